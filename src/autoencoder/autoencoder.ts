@@ -1,0 +1,416 @@
+/**
+ * AutoencoderKL — the variational autoencoder of latent diffusion (diffusers v0.24 semantics,
+ * parameter names and config.json), in TensorFlow.js, channels-last.
+ *
+ *   image x [B, H, W, C] in [-1, 1]
+ *     → Encoder (conv_in, down_blocks of ResnetBlock2D + stride-2 Downsample2D, mid_block
+ *       resnet/attention/resnet, GroupNorm, SiLU, conv_out to 2·latent_channels)
+ *     → quant_conv (1×1) → mean, logvar (logvar clamped to [-30, 20])
+ *     → z = mean + exp(logvar/2)·ε                         [B, H/2^k, W/2^k, latent_channels]
+ *     → post_quant_conv (1×1) → Decoder (mirror image, Upsample2D nearest ×2 + conv) → image
+ *   Diffusion runs on z · scaling_factor (≈ unit variance); decode z_diffusion / scaling_factor.
+ *
+ * Usage:
+ *   const vae = AutoencoderKL.fromPretrained('../shared/fixtures/sd1_tiny/model/vae');
+ *   const { mean, logvar } = vae.encode(x);              // NHWC
+ *   const img = vae.decode(tf.div(latents, vae.scalingFactor));
+ *   vae.save('runs/default/vae');                        // config.json + diffusion_pytorch_model.safetensors
+ *
+ * Weights load from diffusers directories (also with the legacy attention names
+ * query/key/value/proj_attn) and round-trip through diffusers unchanged.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation, skipInit } from '../nn/index.ts';
+import { type ConfigSpec, readConfig, writeConfig } from '../io/config.ts';
+import { loadWeights, saveWeights } from '../io/checkpoint.ts';
+import type { WriteDtype } from '../io/safetensors.ts';
+import { UsageError } from '../util/errors.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+/** diffusers AutoencoderKL config (same keys as its config.json). */
+export interface AutoencoderKLConfig {
+  in_channels: number;
+  out_channels: number;
+  down_block_types: string[]; // all "DownEncoderBlock2D"
+  up_block_types: string[]; // all "UpDecoderBlock2D"
+  block_out_channels: number[];
+  layers_per_block: number;
+  act_fn: string;
+  latent_channels: number;
+  norm_num_groups: number;
+  sample_size: number;
+  scaling_factor: number;
+  /** Subtracted before scaling (SD3/Flux VAEs); null for SD 1.x. */
+  shift_factor: number | null;
+  mid_block_add_attention: boolean;
+  use_quant_conv: boolean;
+  use_post_quant_conv: boolean;
+}
+
+/** diffusers' defaults for AutoencoderKL. */
+export const VAE_DEFAULTS: AutoencoderKLConfig = {
+  in_channels: 3,
+  out_channels: 3,
+  down_block_types: ['DownEncoderBlock2D'],
+  up_block_types: ['UpDecoderBlock2D'],
+  block_out_channels: [64],
+  layers_per_block: 1,
+  act_fn: 'silu',
+  latent_channels: 4,
+  norm_num_groups: 32,
+  sample_size: 32,
+  scaling_factor: 0.18215,
+  shift_factor: null,
+  mid_block_add_attention: true,
+  use_quant_conv: true,
+  use_post_quant_conv: true,
+};
+
+/**
+ * Keys diffusers writes that sdlab accepts and ignores:
+ *   force_upcast          — run the VAE in fp32 under fp16 pipelines; sdlab always computes in fp32.
+ *   latents_mean/_std     — per-channel latent statistics used by some (SDXL-era) pipelines, not the model.
+ */
+export const VAE_IGNORED_KEYS = ['force_upcast', 'latents_mean', 'latents_std'] as const;
+
+/** Schema for readConfig(file, VAE_CONFIG_SPEC). */
+export const VAE_CONFIG_SPEC: ConfigSpec<AutoencoderKLConfig> = { className: 'AutoencoderKL', defaults: VAE_DEFAULTS, ignored: VAE_IGNORED_KEYS };
+
+export const VAE_PRESETS = {
+  /**
+   * MNIST: 28×28 digits padded to 32×32, one channel. Three levels [32, 64, 64] with two
+   * stride-2 downsamplings give 4×8×8 latents: 256 numbers for 1024 pixels (4:1, like SD's
+   * 3×512×512 → 4×64×64 at 48:1 but gentler, because a 32-px digit has little redundancy and
+   * the 8×8 grid still resolves strokes). One resnet per level plus the mid-block attention
+   * (8×8 = 64 tokens, cheap) keep it at 953 k parameters, trainable on a laptop CPU. 32 groups
+   * as in SD (on 32 channels that is a per-channel norm). scaling_factor 1.0 is a placeholder:
+   * training should measure 1/std of the latents and store it in the saved config.
+   */
+  mnist: {
+    ...VAE_DEFAULTS,
+    in_channels: 1,
+    out_channels: 1,
+    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
+    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
+    block_out_channels: [32, 64, 64],
+    layers_per_block: 1,
+    latent_channels: 4,
+    norm_num_groups: 32,
+    sample_size: 32,
+    scaling_factor: 1.0,
+  },
+  /** Stable Diffusion 1.x (and 2.x) VAE: 512 px → 4×64×64. */
+  sd1: {
+    ...VAE_DEFAULTS,
+    down_block_types: Array(4).fill('DownEncoderBlock2D'),
+    up_block_types: Array(4).fill('UpDecoderBlock2D'),
+    block_out_channels: [128, 256, 512, 512],
+    layers_per_block: 2,
+    sample_size: 512,
+    scaling_factor: 0.18215,
+  },
+} satisfies Record<string, AutoencoderKLConfig>;
+
+/** Fills defaults and checks a config object (`source` names the file or preset in errors). */
+export function validateVaeConfig(cfg: AutoencoderKLConfig, source = 'vae config'): AutoencoderKLConfig {
+  const n = cfg.block_out_channels.length;
+  const fail = (msg: string) => {
+    throw new UsageError(`${source}: ${msg}.`);
+  };
+  if (n < 1) fail('block_out_channels must list at least one width');
+  if (cfg.down_block_types.length !== n || cfg.up_block_types.length !== n) {
+    fail(`down_block_types (${cfg.down_block_types.length}) and up_block_types (${cfg.up_block_types.length}) must have one entry per block_out_channels (${n})`);
+  }
+  for (const t of cfg.down_block_types) if (t !== 'DownEncoderBlock2D') fail(`down_block_types: unsupported "${t}" (only DownEncoderBlock2D)`);
+  for (const t of cfg.up_block_types) if (t !== 'UpDecoderBlock2D') fail(`up_block_types: unsupported "${t}" (only UpDecoderBlock2D)`);
+  const ints: Array<[string, number]> = [
+    ['in_channels', cfg.in_channels],
+    ['out_channels', cfg.out_channels],
+    ['latent_channels', cfg.latent_channels],
+    ['layers_per_block', cfg.layers_per_block],
+    ['norm_num_groups', cfg.norm_num_groups],
+    ...cfg.block_out_channels.map((c, i): [string, number] => [`block_out_channels[${i}]`, c]),
+  ];
+  for (const [k, v] of ints) if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
+  for (const c of cfg.block_out_channels) {
+    if (c % cfg.norm_num_groups !== 0) fail(`block_out_channels ${c} is not divisible by norm_num_groups ${cfg.norm_num_groups}`);
+  }
+  if (!(cfg.scaling_factor > 0)) fail(`scaling_factor must be > 0, got ${cfg.scaling_factor}`);
+  getActivation(cfg.act_fn, `${source}: act_fn`);
+  return cfg;
+}
+
+/** Reads and validates a VAE config.json. */
+export function readVaeConfig(file: string): AutoencoderKLConfig {
+  return validateVaeConfig(readConfig(file, VAE_CONFIG_SPEC), file);
+}
+
+/**
+ * Maps legacy diffusers VAE attention names (diffusers < 0.14: query, key, value, proj_attn)
+ * to the current ones (to_q, to_k, to_v, to_out.0); other keys pass through.
+ */
+export function vaeLegacyKeyMap(key: string): string {
+  return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_m, pre: string, name: string) => {
+    const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[name as 'query'];
+    return `${pre}${to}.`;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks
+
+const VAE_EPS = 1e-6; // every VAE GroupNorm (resnets, attention, conv_norm_out)
+
+/** DownEncoderBlock2D: resnets, then a stride-2 conv (pad bottom/right by 1) unless last. */
+class DownEncoderBlock2D extends Module {
+  readonly resnets = this.module('resnets', new ModuleList<ResnetBlock2D>());
+  readonly downsamplers: ModuleList<Downsample2D> | null;
+
+  constructor(cin: number, cout: number, layers: number, groups: number, addDownsample: boolean) {
+    super();
+    for (let i = 0; i < layers; i++) {
+      this.resnets.push(new ResnetBlock2D({ inChannels: i === 0 ? cin : cout, outChannels: cout, groups, eps: VAE_EPS }));
+    }
+    this.downsamplers = addDownsample
+      ? this.module('downsamplers', new ModuleList([new Downsample2D(cout, { useConv: true, outChannels: cout, padding: 0 })]))
+      : null;
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let h = x;
+      for (const r of this.resnets) h = r.forward(h);
+      if (this.downsamplers) h = this.downsamplers.at(0).forward(h);
+      return h;
+    });
+  }
+}
+
+/** UpDecoderBlock2D: resnets, then nearest ×2 + conv unless last. */
+class UpDecoderBlock2D extends Module {
+  readonly resnets = this.module('resnets', new ModuleList<ResnetBlock2D>());
+  readonly upsamplers: ModuleList<Upsample2D> | null;
+
+  constructor(cin: number, cout: number, layers: number, groups: number, addUpsample: boolean) {
+    super();
+    for (let i = 0; i < layers; i++) {
+      this.resnets.push(new ResnetBlock2D({ inChannels: i === 0 ? cin : cout, outChannels: cout, groups, eps: VAE_EPS }));
+    }
+    this.upsamplers = addUpsample
+      ? this.module('upsamplers', new ModuleList([new Upsample2D(cout, { useConv: true, outChannels: cout })]))
+      : null;
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let h = x;
+      for (const r of this.resnets) h = r.forward(h);
+      if (this.upsamplers) h = this.upsamplers.at(0).forward(h);
+      return h;
+    });
+  }
+}
+
+/** UNetMidBlock2D without time embedding: resnet, (single-head attention with residual), resnet. */
+class VaeMidBlock extends Module {
+  readonly resnets = this.module('resnets', new ModuleList<ResnetBlock2D>());
+  readonly attentions: ModuleList<Attention> | null;
+
+  constructor(ch: number, groups: number, addAttention: boolean) {
+    super();
+    this.resnets.push(new ResnetBlock2D({ inChannels: ch, outChannels: ch, groups, eps: VAE_EPS }));
+    // diffusers: attention_head_dim = channels → one head of dimension `ch`, biases on q/k/v.
+    this.attentions = addAttention
+      ? this.module(
+          'attentions',
+          new ModuleList([
+            new Attention(ch, { heads: 1, dimHead: ch, bias: true, normNumGroups: groups, normEps: VAE_EPS, residualConnection: true }),
+          ]),
+        )
+      : null;
+    this.resnets.push(new ResnetBlock2D({ inChannels: ch, outChannels: ch, groups, eps: VAE_EPS }));
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let h = this.resnets.at(0).forward(x);
+      if (this.attentions) h = this.attentions.at(0).forward(h);
+      return this.resnets.at(1).forward(h);
+    });
+  }
+}
+
+export class Encoder extends Module {
+  readonly conv_in: Conv2d;
+  readonly down_blocks = new ModuleList<DownEncoderBlock2D>();
+  readonly mid_block: VaeMidBlock;
+  readonly conv_norm_out: GroupNorm;
+  readonly conv_out: Conv2d;
+  private readonly act: <T extends tf.Tensor>(x: T) => T;
+
+  constructor(cfg: AutoencoderKLConfig) {
+    super();
+    const ch = cfg.block_out_channels;
+    const groups = cfg.norm_num_groups;
+    this.act = getActivation(cfg.act_fn);
+    this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0]!, 3, { padding: 1 }));
+    this.module('down_blocks', this.down_blocks);
+    ch.forEach((cout, i) => {
+      const cin = i === 0 ? ch[0]! : ch[i - 1]!;
+      this.down_blocks.push(new DownEncoderBlock2D(cin, cout, cfg.layers_per_block, groups, i < ch.length - 1));
+    });
+    const top = ch[ch.length - 1]!;
+    this.mid_block = this.module('mid_block', new VaeMidBlock(top, groups, cfg.mid_block_add_attention));
+    this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(groups, top, { eps: VAE_EPS }));
+    // double_z: mean and logvar channels.
+    this.conv_out = this.module('conv_out', new Conv2d(top, 2 * cfg.latent_channels, 3, { padding: 1 }));
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let h = this.conv_in.forward(x);
+      for (const block of this.down_blocks) h = block.forward(h);
+      h = this.mid_block.forward(h);
+      return this.conv_out.forward(this.act(this.conv_norm_out.forward(h)));
+    });
+  }
+}
+
+export class Decoder extends Module {
+  readonly conv_in: Conv2d;
+  readonly mid_block: VaeMidBlock;
+  readonly up_blocks = new ModuleList<UpDecoderBlock2D>();
+  readonly conv_norm_out: GroupNorm;
+  readonly conv_out: Conv2d;
+  private readonly act: <T extends tf.Tensor>(x: T) => T;
+
+  constructor(cfg: AutoencoderKLConfig) {
+    super();
+    const rev = [...cfg.block_out_channels].reverse();
+    const groups = cfg.norm_num_groups;
+    this.act = getActivation(cfg.act_fn);
+    this.conv_in = this.module('conv_in', new Conv2d(cfg.latent_channels, rev[0]!, 3, { padding: 1 }));
+    this.mid_block = this.module('mid_block', new VaeMidBlock(rev[0]!, groups, cfg.mid_block_add_attention));
+    this.module('up_blocks', this.up_blocks);
+    rev.forEach((cout, i) => {
+      const cin = i === 0 ? rev[0]! : rev[i - 1]!;
+      // The decoder has one more resnet per level than the encoder.
+      this.up_blocks.push(new UpDecoderBlock2D(cin, cout, cfg.layers_per_block + 1, groups, i < rev.length - 1));
+    });
+    const bottom = rev[rev.length - 1]!;
+    this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(groups, bottom, { eps: VAE_EPS }));
+    this.conv_out = this.module('conv_out', new Conv2d(bottom, cfg.out_channels, 3, { padding: 1 }));
+  }
+
+  forward(z: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      let h = this.mid_block.forward(this.conv_in.forward(z));
+      for (const block of this.up_blocks) h = block.forward(h);
+      return this.conv_out.forward(this.act(this.conv_norm_out.forward(h)));
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AutoencoderKL
+
+export interface LatentDistribution {
+  /** [B, h, w, latent_channels], unscaled (multiply by scalingFactor for diffusion space). */
+  mean: tf.Tensor4D;
+  /** Clamped to [-30, 20] as diffusers does. */
+  logvar: tf.Tensor4D;
+}
+
+export const VAE_WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors';
+
+export class AutoencoderKL extends Module {
+  readonly config: AutoencoderKLConfig;
+  readonly encoder: Encoder;
+  readonly decoder: Decoder;
+  readonly quant_conv: Conv2d | null;
+  readonly post_quant_conv: Conv2d | null;
+
+  /** Missing keys take diffusers' defaults (VAE_DEFAULTS); see VAE_PRESETS. */
+  constructor(config: Partial<AutoencoderKLConfig>) {
+    super();
+    this.config = validateVaeConfig({ ...VAE_DEFAULTS, ...config });
+    const lc = this.config.latent_channels;
+    this.encoder = this.module('encoder', new Encoder(this.config));
+    this.decoder = this.module('decoder', new Decoder(this.config));
+    this.quant_conv = this.config.use_quant_conv ? this.module('quant_conv', new Conv2d(2 * lc, 2 * lc, 1)) : null;
+    this.post_quant_conv = this.config.use_post_quant_conv ? this.module('post_quant_conv', new Conv2d(lc, lc, 1)) : null;
+  }
+
+  /** Multiply encoder latents by this to get diffusion-space latents (≈ unit variance). */
+  get scalingFactor(): number {
+    return this.config.scaling_factor;
+  }
+
+  /** Spatial downsampling factor (2 per level after the first): 8 for SD, 4 for the MNIST preset. */
+  get downsampleFactor(): number {
+    return 2 ** (this.config.block_out_channels.length - 1);
+  }
+
+  /** x [B, H, W, in_channels] in [-1, 1] → posterior mean and logvar (NHWC). */
+  encode(x: tf.Tensor4D): LatentDistribution {
+    return tf.tidy(() => {
+      let moments = this.encoder.forward(x);
+      if (this.quant_conv) moments = this.quant_conv.forward(moments);
+      const [mean, logvar] = tf.split(moments, 2, 3) as [tf.Tensor4D, tf.Tensor4D];
+      return { mean, logvar: tf.clipByValue(logvar, -30, 20) };
+    });
+  }
+
+  /** z = mean + exp(logvar/2)·noise (noise ~ N(0,1) if not given; pass it for reproducibility). */
+  sample(dist: LatentDistribution, noise?: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const eps = noise ?? tf.randomNormal(dist.mean.shape);
+      return tf.add(dist.mean, tf.mul(tf.exp(tf.mul(dist.logvar, 0.5)), eps)) as tf.Tensor4D;
+    });
+  }
+
+  /** Unscaled latents z [B, h, w, latent_channels] → image [B, H, W, out_channels] (≈ [-1, 1], not clamped). */
+  decode(z: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => this.decoder.forward(this.post_quant_conv ? this.post_quant_conv.forward(z) : z));
+  }
+
+  /** Reconstruction: encode, sample the posterior (or take its mean), decode. */
+  forward(x: tf.Tensor4D, opts: { samplePosterior?: boolean; noise?: tf.Tensor4D } = {}): LatentDistribution & { sample: tf.Tensor4D } {
+    return tf.tidy(() => {
+      const dist = this.encode(x);
+      const z = opts.samplePosterior ?? true ? this.sample(dist, opts.noise) : dist.mean;
+      return { ...dist, sample: this.decode(z) };
+    });
+  }
+
+  /** Loads a diffusers VAE directory (config.json + diffusion_pytorch_model.safetensors). */
+  static fromPretrained(dir: string): AutoencoderKL {
+    const cfgFile = path.join(dir, 'config.json');
+    const weights = path.join(dir, VAE_WEIGHTS_FILE);
+    if (!fs.existsSync(cfgFile)) throw new UsageError(`${dir}: no config.json (expected a diffusers VAE directory).`);
+    if (!fs.existsSync(weights)) {
+      const bin = fs.existsSync(path.join(dir, 'diffusion_pytorch_model.bin'));
+      throw new UsageError(`${dir}: no ${VAE_WEIGHTS_FILE}${bin ? ' (only a pickle .bin, which sdlab does not read: convert it to safetensors)' : ''}.`);
+    }
+    const vae = skipInit(() => new AutoencoderKL(readVaeConfig(cfgFile)));
+    loadWeights(vae, weights, { keyMap: vaeLegacyKeyMap });
+    return vae;
+  }
+
+  /** Writes config.json + diffusion_pytorch_model.safetensors into `dir`. */
+  save(dir: string, opts: { dtype?: WriteDtype } = {}): void {
+    saveWeights(this, path.join(dir, VAE_WEIGHTS_FILE), opts);
+    writeConfig(path.join(dir, 'config.json'), 'AutoencoderKL', this.config);
+  }
+}
+
+/** KL(q(z|x) ‖ N(0, I)) per sample, summed over latent elements: 0.5·Σ(μ² + σ² − 1 − log σ²). */
+export function klDivergence(dist: LatentDistribution): tf.Tensor1D {
+  return tf.tidy(
+    () => tf.mul(tf.sum(tf.sub(tf.add(tf.square(dist.mean), tf.exp(dist.logvar)), tf.add(dist.logvar, 1)), [1, 2, 3]), 0.5) as tf.Tensor1D,
+  );
+}

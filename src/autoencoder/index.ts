@@ -1,0 +1,2 @@
+/** The latent autoencoder (AutoencoderKL); see autoencoder.ts. */
+export * from './autoencoder.ts';

@@ -1,0 +1,362 @@
+/**
+ * safetensors read/write (https://github.com/huggingface/safetensors format):
+ *   8-byte little-endian u64 N | N bytes of JSON header | raw little-endian tensor bytes.
+ * The header maps each name to {dtype, shape, data_offsets: [begin, end]} (offsets into the
+ * byte buffer after the header) plus an optional "__metadata__" string map.
+ *
+ * Reading validates everything before trusting it — header length bounds (checked before
+ * anything is allocated), JSON shape, dtypes, offsets inside the file, no overlaps or gaps,
+ * dtype size × element count = byte length — so a hostile or truncated file fails with one
+ * UsageError line naming the file. Tensors are read one at a time straight from the file
+ * (no whole-file buffer), so multi-GB checkpoints load with little extra memory.
+ *
+ * All float dtypes (F16, BF16, F32, F64) and integer dtypes (e.g. I64 position_ids) come back
+ * as Float32Array values; `dtype` says what was on disk. Writing produces F32 (or F16/BF16,
+ * rounded to nearest even) and is atomic (temp file in the same directory, then rename).
+ *
+ *   const tensors = readSafetensors('vae/diffusion_pytorch_model.safetensors');
+ *   tensors.get('decoder.conv_in.weight')  // {dtype: 'F16', shape: [64,4,3,3], data: Float32Array}
+ *   writeSafetensors('out.safetensors', tensors, { metadata: { format: 'pt' } });
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { UsageError } from '../util/errors.ts';
+
+export type Dtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
+export type WriteDtype = 'F32' | 'F16' | 'BF16';
+
+const DTYPE_SIZE: Record<Dtype, number> = {
+  F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
+};
+
+/** The spec caps the header at 100 MB; anything larger is refused before allocating. */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+export interface SafeTensor {
+  dtype: Dtype;
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface TensorEntry {
+  dtype: Dtype;
+  shape: number[];
+  /** Absolute byte range in the file. */
+  begin: number;
+  end: number;
+}
+
+if (os.endianness() !== 'LE') throw new Error('sdlab safetensors I/O assumes a little-endian machine');
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/** A parsed and validated safetensors header; read tensors lazily with `read(name)`. */
+export class SafetensorsFile {
+  private constructor(
+    readonly file: string,
+    readonly entries: Map<string, TensorEntry>,
+    readonly metadata: Record<string, string>,
+  ) {}
+
+  /** Opens `file` and validates its header (no tensor data is read yet). */
+  static open(file: string): SafetensorsFile {
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (err) {
+      throw new UsageError(`${file}: cannot open safetensors file (${(err as NodeJS.ErrnoException).code ?? String(err)}).`);
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      const { entries, metadata } = parseHeader(file, fd, size);
+      return new SafetensorsFile(file, entries, metadata);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  names(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** Reads one tensor, converted to float32. */
+  read(name: string): SafeTensor {
+    const e = this.entries.get(name);
+    if (!e) throw new UsageError(`${this.file}: no tensor named "${name}".`);
+    const bytes = new Uint8Array(e.end - e.begin); // own ArrayBuffer: aligned typed-array views
+    const fd = fs.openSync(this.file, 'r');
+    try {
+      let done = 0;
+      while (done < bytes.length) {
+        const n = fs.readSync(fd, bytes, done, bytes.length - done, e.begin + done);
+        if (n === 0) throw new UsageError(`${this.file}: file ended while reading tensor "${name}" (truncated?).`);
+        done += n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    return { dtype: e.dtype, shape: [...e.shape], data: decode(e.dtype, bytes) };
+  }
+
+  /** Reads every tensor (or those `filter` accepts), in file order. */
+  readAll(filter?: (name: string) => boolean): Map<string, SafeTensor> {
+    const out = new Map<string, SafeTensor>();
+    for (const name of this.entries.keys()) if (!filter || filter(name)) out.set(name, this.read(name));
+    return out;
+  }
+}
+
+/** Reads a whole safetensors file: name → {dtype (on disk), shape, data: Float32Array}. */
+export function readSafetensors(file: string, filter?: (name: string) => boolean): Map<string, SafeTensor> {
+  return SafetensorsFile.open(file).readAll(filter);
+}
+
+function parseHeader(file: string, fd: number, size: number): { entries: Map<string, TensorEntry>; metadata: Record<string, string> } {
+  const bad = (why: string) => new UsageError(`${file}: not a valid safetensors file: ${why}.`);
+  if (size < 8) throw bad(`only ${size} bytes, shorter than the 8-byte header length`);
+  const lenBuf = Buffer.alloc(8);
+  fs.readSync(fd, lenBuf, 0, 8, 0);
+  const n64 = lenBuf.readBigUInt64LE(0);
+  if (n64 > BigInt(MAX_HEADER_BYTES)) throw bad(`header length ${n64} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+  const n = Number(n64);
+  if (n < 2) throw bad(`header length ${n} is too small for a JSON object`);
+  if (8 + n > size) throw bad(`header length ${n} runs past the end of the ${size}-byte file (truncated?)`);
+  const headerBytes = Buffer.alloc(n);
+  fs.readSync(fd, headerBytes, 0, n, 8);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (err) {
+    throw bad(`header is not valid UTF-8 JSON (${(err as Error).message.split('\n')[0]})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw bad('header is not a JSON object');
+
+  const dataStart = 8 + n;
+  const dataLen = size - dataStart;
+  const entries = new Map<string, TensorEntry>();
+  let metadata: Record<string, string> = {};
+  const ranges: Array<[number, number, string]> = [];
+  for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('"__metadata__" is not an object');
+      metadata = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]));
+      continue;
+    }
+    if (typeof raw !== 'object' || raw === null) throw bad(`entry "${name}" is not an object`);
+    const { dtype, shape, data_offsets: offs } = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (typeof dtype !== 'string' || !(dtype in DTYPE_SIZE)) {
+      throw bad(`tensor "${name}" has unsupported dtype ${JSON.stringify(dtype)} (expected one of ${Object.keys(DTYPE_SIZE).join(', ')})`);
+    }
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw bad(`tensor "${name}" has an invalid shape ${JSON.stringify(shape)}`);
+    }
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0) || offs[0] > offs[1]) {
+      throw bad(`tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`);
+    }
+    const [b, e] = offs as [number, number];
+    if (e > dataLen) throw bad(`tensor "${name}" data_offsets [${b}, ${e}] run past the end of the data (${dataLen} bytes; truncated?)`);
+    // Element count, bailing out early so absurd shapes cannot overflow.
+    const bytes = e - b;
+    let count = (shape as number[]).includes(0) ? 0 : 1;
+    for (const d of shape as number[]) {
+      if (count * DTYPE_SIZE[dtype as Dtype] > bytes) break;
+      count *= d;
+    }
+    if (count * DTYPE_SIZE[dtype as Dtype] !== bytes) {
+      throw bad(`tensor "${name}" is ${dtype} ${JSON.stringify(shape)} but its data_offsets span ${bytes} bytes`);
+    }
+    entries.set(name, { dtype: dtype as Dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e });
+    ranges.push([b, e, name]);
+  }
+  // The byte buffer must be covered exactly: sorted ranges are contiguous, from 0 to the end.
+  ranges.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  let pos = 0;
+  for (const [b, e, name] of ranges) {
+    if (b < pos) throw bad(`tensor "${name}" data [${b}, ${e}] overlaps the previous tensor (which ends at ${pos})`);
+    if (b > pos) throw bad(`gap in the data before tensor "${name}" (bytes ${pos}..${b} belong to no tensor)`);
+    pos = e;
+  }
+  if (pos !== dataLen) throw bad(`${dataLen - pos} trailing bytes after the last tensor`);
+  return { entries, metadata };
+}
+
+// ---------------------------------------------------------------------------------------------
+// dtype conversion
+
+let f16Table: Float32Array | null = null;
+
+/** float16 bits → float32 value (exact). */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24; // subnormal (or zero)
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** float32 value → float16 bits, rounding to nearest even (overflow → ±Inf). */
+export function floatToHalf(value: number): number {
+  f32[0] = value;
+  const x = u32[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0); // Inf / NaN
+  const e = exp - 127 + 15; // re-biased exponent
+  if (e >= 31) return sign | 0x7c00; // too large: Inf
+  if (e <= 0) {
+    // Subnormal half (or zero): shift the full 24-bit significand into place, round to even.
+    if (e < -10) return sign; // below half of the smallest subnormal: ±0
+    mant |= 0x800000;
+    const shift = 14 - e; // 14..24
+    let h = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++; // may carry into the exponent: correct (→ Inf at the top)
+  return sign | h;
+}
+
+/** float32 value → bfloat16 bits, rounding to nearest even. */
+export function floatToBf16(value: number): number {
+  f32[0] = value;
+  const x = u32[0]!;
+  if ((x & 0x7f800000) === 0x7f800000 && x & 0x7fffff) return (x >>> 16) | 0x40; // keep NaN a (quiet) NaN
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+function decode(dtype: Dtype, bytes: Uint8Array): Float32Array {
+  const buf = bytes.buffer;
+  const n = bytes.length / DTYPE_SIZE[dtype];
+  switch (dtype) {
+    case 'F32':
+      return new Float32Array(buf, 0, n);
+    case 'F16': {
+      if (!f16Table) {
+        f16Table = new Float32Array(65536);
+        for (let i = 0; i < 65536; i++) f16Table[i] = halfToFloat(i);
+      }
+      const src = new Uint16Array(buf, 0, n);
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = f16Table[src[i]!]!;
+      return out;
+    }
+    case 'BF16': {
+      const src = new Uint16Array(buf, 0, n);
+      const out = new Uint32Array(n);
+      for (let i = 0; i < n; i++) out[i] = src[i]! << 16;
+      return new Float32Array(out.buffer);
+    }
+    case 'F64':
+      return Float32Array.from(new Float64Array(buf, 0, n));
+    case 'I64':
+      return Float32Array.from(new BigInt64Array(buf, 0, n), (v) => Number(v));
+    case 'U64':
+      return Float32Array.from(new BigUint64Array(buf, 0, n), (v) => Number(v));
+    case 'I32':
+      return Float32Array.from(new Int32Array(buf, 0, n));
+    case 'U32':
+      return Float32Array.from(new Uint32Array(buf, 0, n));
+    case 'I16':
+      return Float32Array.from(new Int16Array(buf, 0, n));
+    case 'U16':
+      return Float32Array.from(new Uint16Array(buf, 0, n));
+    case 'I8':
+      return Float32Array.from(new Int8Array(buf, 0, n));
+    case 'U8':
+    case 'BOOL':
+      return Float32Array.from(new Uint8Array(buf, 0, n));
+  }
+}
+
+function encode(dtype: WriteDtype, data: Float32Array): Uint8Array {
+  if (dtype === 'F32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const out = new Uint16Array(data.length);
+  const conv = dtype === 'F16' ? floatToHalf : floatToBf16;
+  for (let i = 0; i < data.length; i++) out[i] = conv(data[i]!);
+  return new Uint8Array(out.buffer);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+export interface WriteOptions {
+  /** String metadata stored under "__metadata__" (e.g. {format: 'pt'}). */
+  metadata?: Record<string, string>;
+  /** On-disk dtype for every tensor (default F32). */
+  dtype?: WriteDtype;
+}
+
+/**
+ * Writes tensors (name → {shape, data}) as safetensors, atomically. Tensors are laid out in
+ * name order; the header is padded with spaces to a multiple of 8 bytes, as the Python
+ * library does, so the data stays aligned.
+ */
+export function writeSafetensors(
+  file: string,
+  tensors: Map<string, { shape: readonly number[]; data: Float32Array }> | Record<string, { shape: readonly number[]; data: Float32Array }>,
+  opts: WriteOptions = {},
+): void {
+  const dtype = opts.dtype ?? 'F32';
+  const size = DTYPE_SIZE[dtype];
+  const items = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort((a, b) =>
+    a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0,
+  );
+  const header: Record<string, unknown> = {};
+  if (opts.metadata) header.__metadata__ = opts.metadata;
+  let offset = 0;
+  for (const [name, t] of items) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    if (count !== t.data.length) {
+      throw new Error(`writeSafetensors: tensor "${name}" has shape [${t.shape.join(',')}] but ${t.data.length} values`);
+    }
+    header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + count * size] };
+    offset += count * size;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((Buffer.byteLength(json) + 8) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(headerBytes.length));
+
+  writeAtomicStream(file, (write) => {
+    write(len);
+    write(headerBytes);
+    for (const [, t] of items) write(encode(dtype, t.data));
+  });
+}
+
+/**
+ * Streams chunks into a temporary file next to `file`, fsyncs, then renames it over `file`
+ * (like util/fs.ts writeFileAtomic, but without holding the whole file in memory).
+ */
+function writeAtomicStream(file: string, produce: (write: (chunk: Uint8Array) => void) => void): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  const rand = Math.floor(Math.random() * 0x7fffffff).toString(36);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${rand}.tmp`);
+  let fd: number | undefined = fs.openSync(tmp, 'w');
+  try {
+    produce((chunk) => {
+      let done = 0;
+      while (done < chunk.length) done += fs.writeSync(fd!, chunk, done, chunk.length - done);
+    });
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    if (fd !== undefined) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+}

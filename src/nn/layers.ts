@@ -1,0 +1,218 @@
+/**
+ * Basic layers: Conv2d, Linear, GroupNorm, LayerNorm, Embedding, and the activations
+ * (silu, exact erf gelu, quick_gelu). Activations are channels-last: images are NHWC
+ * [batch, height, width, channels], sequences [batch, length, channels].
+ */
+import * as tf from '@tensorflow/tfjs';
+import { UsageError } from '../util/errors.ts';
+import { Module, init } from './module.ts';
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/** SiLU / swish: x·σ(x). */
+export function silu<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
+}
+
+/** Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default, used by GEGLU in SD). */
+export function gelu<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)) as T);
+}
+
+/** GELU's tanh approximation (PyTorch gelu(approximate='tanh')). */
+export function geluTanh<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => {
+    const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), Math.sqrt(2 / Math.PI));
+    return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1)) as T;
+  });
+}
+
+/** quick_gelu: x·σ(1.702x) (OpenAI CLIP's activation). */
+export function quickGelu<T extends tf.Tensor>(x: T): T {
+  return tf.tidy(() => tf.mul(x, tf.sigmoid(tf.mul(x, 1.702))) as T);
+}
+
+export type ActivationName = 'silu' | 'swish' | 'gelu' | 'gelu_tanh' | 'quick_gelu' | 'relu';
+export const ACTIVATIONS: Record<ActivationName, <T extends tf.Tensor>(x: T) => T> = {
+  silu,
+  swish: silu,
+  gelu,
+  gelu_tanh: geluTanh,
+  quick_gelu: quickGelu,
+  relu: <T extends tf.Tensor>(x: T) => tf.relu(x) as T,
+};
+
+/** The activation function for a config name (act_fn / hidden_act); `what` names the key in errors. */
+export function getActivation(name: string, what = 'activation'): <T extends tf.Tensor>(x: T) => T {
+  const fn = (ACTIVATIONS as Record<string, <T extends tf.Tensor>(x: T) => T>)[name];
+  if (!fn) throw new UsageError(`${what}: unknown activation "${name}" (expected one of ${Object.keys(ACTIVATIONS).join(', ')}).`);
+  return fn;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conv2d
+
+export interface Conv2dOptions {
+  stride?: number;
+  /** Zero padding: one number for all sides, or [top, bottom, left, right] (e.g. [0,1,0,1]). */
+  padding?: number | [number, number, number, number];
+  bias?: boolean;
+}
+
+/** 2-D convolution on NHWC input; weight HWIO (PyTorch files: OIHW). */
+export class Conv2d extends Module {
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable | null;
+  readonly stride: number;
+  readonly pad: [number, number, number, number];
+
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    opts: Conv2dOptions = {},
+  ) {
+    super();
+    this.stride = opts.stride ?? 1;
+    const p = opts.padding ?? 0;
+    this.pad = typeof p === 'number' ? [p, p, p, p] : p;
+    const bound = 1 / Math.sqrt(inChannels * kernelSize * kernelSize);
+    this.weight = this.param('weight', [kernelSize, kernelSize, inChannels, outChannels], init.uniform(bound), 'conv');
+    this.bias = opts.bias === false ? null : this.param('bias', [outChannels], init.uniform(bound));
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor4D {
+    return tf.tidy(() => {
+      const [t, b, l, r] = this.pad;
+      const k = this.kernelSize;
+      let y: tf.Tensor4D;
+      if (this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r) {
+        // Symmetric "same" padding: let the kernel pad (no copy of the input).
+        y = tf.conv2d(x, this.weight as tf.Tensor4D, 1, 'same');
+      } else {
+        // Explicit zero padding then a 'valid' conv: exact PyTorch semantics on every backend
+        // (tfjs-node only knows 'same'/'valid', and 'same' pads asymmetrically for stride 2).
+        const xp = t || b || l || r ? tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]]) : x;
+        y = tf.conv2d(xp, this.weight as tf.Tensor4D, this.stride, 'valid');
+      }
+      return this.bias ? tf.add(y, this.bias) : y;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+
+/** y = x W + b over the last axis; weight [in, out] (PyTorch files: [out, in]). */
+export class Linear extends Module {
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable | null;
+
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    opts: { bias?: boolean } = {},
+  ) {
+    super();
+    const bound = 1 / Math.sqrt(inFeatures);
+    this.weight = this.param('weight', [inFeatures, outFeatures], init.uniform(bound), 'linear');
+    this.bias = opts.bias === false ? null : this.param('bias', [outFeatures], init.uniform(bound));
+  }
+
+  forward<T extends tf.Tensor>(x: T): T {
+    return tf.tidy(() => {
+      const lead = x.shape.slice(0, -1);
+      let y = tf.matMul(tf.reshape(x, [-1, this.inFeatures]), this.weight as tf.Tensor2D) as tf.Tensor;
+      if (this.bias) y = tf.add(y, this.bias);
+      return tf.reshape(y, [...lead, this.outFeatures]) as T;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation
+
+/**
+ * GroupNorm over channels-last input of any rank ≥ 2 ([B, ..., C]): statistics per sample
+ * and per group of C/groups channels, over all positions. Biased variance, like PyTorch.
+ */
+export class GroupNorm extends Module {
+  readonly weight: tf.Variable | null;
+  readonly bias: tf.Variable | null;
+  readonly eps: number;
+
+  constructor(
+    readonly numGroups: number,
+    readonly numChannels: number,
+    opts: { eps?: number; affine?: boolean } = {},
+  ) {
+    super();
+    if (numChannels % numGroups !== 0) {
+      throw new UsageError(`GroupNorm: ${numChannels} channels are not divisible into ${numGroups} groups (norm_num_groups).`);
+    }
+    this.eps = opts.eps ?? 1e-5;
+    const affine = opts.affine ?? true;
+    this.weight = affine ? this.param('weight', [numChannels], init.ones()) : null;
+    this.bias = affine ? this.param('bias', [numChannels], init.zeros()) : null;
+  }
+
+  forward<T extends tf.Tensor>(x: T): T {
+    return tf.tidy(() => {
+      const b = x.shape[0];
+      const g = this.numGroups;
+      const xg = tf.reshape(x, [b, -1, g, this.numChannels / g]);
+      const { mean, variance } = tf.moments(xg, [1, 3], true);
+      let y = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, this.eps))), x.shape) as tf.Tensor;
+      if (this.weight) y = tf.add(tf.mul(y, this.weight), this.bias!);
+      return y as T;
+    });
+  }
+}
+
+/** LayerNorm over the last axis. */
+export class LayerNorm extends Module {
+  readonly weight: tf.Variable | null;
+  readonly bias: tf.Variable | null;
+  readonly eps: number;
+
+  constructor(
+    readonly dim: number,
+    opts: { eps?: number; affine?: boolean } = {},
+  ) {
+    super();
+    this.eps = opts.eps ?? 1e-5;
+    const affine = opts.affine ?? true;
+    this.weight = affine ? this.param('weight', [dim], init.ones()) : null;
+    this.bias = affine ? this.param('bias', [dim], init.zeros()) : null;
+  }
+
+  forward<T extends tf.Tensor>(x: T): T {
+    return tf.tidy(() => {
+      const { mean, variance } = tf.moments(x, -1, true);
+      let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
+      if (this.weight) y = tf.add(tf.mul(y, this.weight), this.bias!);
+      return y as T;
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+/** A lookup table [num, dim]; forward(ids int32 [...]) → [..., dim]. Init N(0, 1) like PyTorch. */
+export class Embedding extends Module {
+  readonly weight: tf.Variable;
+
+  constructor(
+    readonly numEmbeddings: number,
+    readonly embeddingDim: number,
+  ) {
+    super();
+    this.weight = this.param('weight', [numEmbeddings, embeddingDim], init.normal(1));
+  }
+
+  forward(ids: tf.Tensor): tf.Tensor {
+    return tf.tidy(() => tf.gather(this.weight, ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32')));
+  }
+}

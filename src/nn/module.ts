@@ -1,0 +1,262 @@
+/**
+ * A small module system in the spirit of torch.nn.Module.
+ *
+ * A Module owns named parameters (trainable tf.Variables, each tagged with a weight layout,
+ * see layout.ts) and named child modules. Names compose with dots exactly like PyTorch
+ * state-dict keys, so `encoder.down_blocks.0.resnets.1.conv1.weight` in a diffusers file
+ * addresses the same parameter here. Each subclass defines its own `forward(...)`.
+ *
+ *   class Block extends Module {
+ *     conv = this.module('conv', new Conv2d(4, 8, 3, { padding: 1 }));
+ *     forward(x: tf.Tensor4D) { return this.conv.forward(x); }
+ *   }
+ *
+ * Initialisation follows PyTorch's defaults and draws from one seeded stream
+ * (`manualSeed(n)`), so building the same model twice after the same seed gives the same
+ * weights. `skipInit(() => new Model(cfg))` builds with zeros — use it when weights are
+ * about to be loaded from a checkpoint anyway (faster, no random draws).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { UsageError } from '../util/errors.ts';
+import { Random } from '../util/random.ts';
+import { type Layout, fromTorch, shapeMatches, shapeStr, toTorch, torchShape } from './layout.ts';
+
+/** A parameter: its variable and how its weight is laid out in PyTorch files. */
+export interface Parameter {
+  variable: tf.Variable;
+  layout: Layout;
+}
+
+/** One tensor of a state dict: PyTorch layout, float32 values (dtype is informational). */
+export interface TensorData {
+  shape: number[];
+  data: Float32Array;
+  dtype?: string;
+}
+
+/** Parameter name → tensor, PyTorch layout (what safetensors files hold). */
+export type StateDict = Map<string, TensorData>;
+
+// ---------------------------------------------------------------------------------------------
+// Initialisation
+
+let initRng = new Random(0);
+let initDisabled = false;
+
+/** Reseeds the stream that parameter initialisers draw from. */
+export function manualSeed(seed: number): void {
+  initRng = new Random(seed);
+}
+
+/** Runs `build` with every initialiser producing zeros (for models about to be loaded). */
+export function skipInit<T>(build: () => T): T {
+  const before = initDisabled;
+  initDisabled = true;
+  try {
+    return build();
+  } finally {
+    initDisabled = before;
+  }
+}
+
+/** An initialiser fills a fresh Float32Array of `size` values. */
+export type Initializer = (size: number) => Float32Array;
+
+export const init = {
+  zeros: (): Initializer => (n) => new Float32Array(n),
+  ones: (): Initializer => (n) => new Float32Array(n).fill(1),
+  constant: (v: number): Initializer => (n) => new Float32Array(n).fill(v),
+  /** U(-bound, bound); PyTorch's default for conv/linear is bound = 1/sqrt(fan_in). */
+  uniform: (bound: number): Initializer => (n) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = (2 * initRng.next() - 1) * bound;
+    return a;
+  },
+  normal: (std = 1): Initializer => (n) => {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = initRng.normal() * std;
+    return a;
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Module
+
+export abstract class Module {
+  private readonly _params = new Map<string, Parameter>();
+  private readonly _children = new Map<string, Module>();
+
+  /** Creates and registers a trainable parameter. `shape` is the internal (tfjs) shape. */
+  protected param(name: string, shape: number[], initializer: Initializer, layout: Layout = 'plain'): tf.Variable {
+    if (this._params.has(name) || this._children.has(name)) throw new Error(`duplicate parameter name "${name}"`);
+    const size = shape.reduce((a, b) => a * b, 1);
+    const values = initDisabled ? new Float32Array(size) : initializer(size);
+    const initial = tf.tensor(values, shape, 'float32');
+    const variable = tf.variable(initial, true); // shares the data (ref-counted)
+    initial.dispose();
+    this._params.set(name, { variable, layout });
+    return variable;
+  }
+
+  /** Registers a child module under `name` (may contain dots, e.g. 'to_out.0') and returns it. */
+  protected module<M extends Module>(name: string, child: M): M {
+    if (this._params.has(name) || this._children.has(name)) throw new Error(`duplicate module name "${name}"`);
+    this._children.set(name, child);
+    return child;
+  }
+
+  /** All parameters with their full dotted names, in registration order. */
+  namedParameters(prefix = ''): Array<[string, Parameter]> {
+    const out: Array<[string, Parameter]> = [];
+    for (const [name, p] of this._params) out.push([prefix + name, p]);
+    for (const [name, child] of this._children) out.push(...child.namedParameters(`${prefix}${name}.`));
+    return out;
+  }
+
+  /** All descendant modules (not this one) with their dotted names. */
+  namedModules(prefix = ''): Array<[string, Module]> {
+    const out: Array<[string, Module]> = [];
+    for (const [name, child] of this._children) {
+      out.push([prefix + name, child]);
+      out.push(...child.namedModules(`${prefix}${name}.`));
+    }
+    return out;
+  }
+
+  /** The trainable variables (e.g. the varList of an optimizer). */
+  parameters(): tf.Variable[] {
+    return this.namedParameters().map(([, p]) => p.variable);
+  }
+
+  /** Total number of scalar parameters. */
+  numParameters(): number {
+    return this.namedParameters().reduce((n, [, p]) => n + p.variable.size, 0);
+  }
+
+  /** A copy of every parameter in PyTorch layout (synchronously downloads the values). */
+  stateDict(): StateDict {
+    const sd: StateDict = new Map();
+    for (const [name, p] of this.namedParameters()) {
+      const shape = p.variable.shape;
+      const raw = p.variable.dataSync() as Float32Array;
+      const data = toTorch(p.layout, shape, raw);
+      // Backends may hand out their own buffer: never let a state dict alias a parameter.
+      sd.set(name, { shape: torchShape(p.layout, shape), data: data === raw ? raw.slice() : data, dtype: 'F32' });
+    }
+    return sd;
+  }
+
+  /**
+   * Copies a PyTorch-layout state dict into the parameters. Every name and shape is checked
+   * first; all missing, unexpected and mis-shaped keys are reported together in one
+   * UsageError (naming `source`) and nothing is assigned unless everything matches.
+   * `keyMap` renames checkpoint keys to model names (return null to skip a key).
+   */
+  loadStateDict(sd: StateDict, opts: LoadOptions = {}): void {
+    const plan = planLoad(this, sd.keys(), (k) => sd.get(k)!.shape, opts);
+    const params = new Map(this.namedParameters());
+    for (const [fileKey, name] of plan) assignFromTorch(params.get(name)!, sd.get(fileKey)!.data);
+  }
+
+  /** Frees every parameter. */
+  dispose(): void {
+    for (const [, p] of this.namedParameters()) p.variable.dispose();
+  }
+}
+
+/** A list of child modules named 0, 1, 2… (torch.nn.ModuleList). */
+export class ModuleList<M extends Module = Module> extends Module {
+  readonly items: M[] = [];
+  constructor(items: M[] = []) {
+    super();
+    for (const m of items) this.push(m);
+  }
+  push(m: M): M {
+    this.module(String(this.items.length), m);
+    this.items.push(m);
+    return m;
+  }
+  get length(): number {
+    return this.items.length;
+  }
+  at(i: number): M {
+    const m = this.items[i];
+    if (!m) throw new Error(`ModuleList index ${i} out of range (length ${this.items.length})`);
+    return m;
+  }
+  [Symbol.iterator](): Iterator<M> {
+    return this.items[Symbol.iterator]();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+export interface LoadOptions {
+  /** Named in error messages (a file path, or e.g. "state dict"). */
+  source?: string;
+  /** Checkpoint key → model parameter name; null skips the key (e.g. position_ids). */
+  keyMap?: (key: string) => string | null;
+  /** Allow model parameters the checkpoint does not provide (they keep their values). */
+  allowMissing?: boolean;
+}
+
+/**
+ * Matches checkpoint keys against a model's parameters and returns [checkpointKey, paramName]
+ * pairs, or throws one UsageError listing every problem.
+ */
+export function planLoad(
+  model: Module,
+  keys: Iterable<string>,
+  shapeOf: (key: string) => readonly number[],
+  opts: LoadOptions = {},
+): Array<[string, string]> {
+  const params = new Map(model.namedParameters());
+  const plan: Array<[string, string]> = [];
+  const seen = new Map<string, string>();
+  const unexpected: string[] = [];
+  const mismatched: string[] = [];
+  const duplicated: string[] = [];
+  for (const key of keys) {
+    const name = opts.keyMap ? opts.keyMap(key) : key;
+    if (name === null) continue;
+    const p = params.get(name);
+    if (!p) {
+      unexpected.push(key);
+      continue;
+    }
+    if (seen.has(name)) {
+      duplicated.push(`${key} (also ${seen.get(name)})`);
+      continue;
+    }
+    seen.set(name, key);
+    const shape = shapeOf(key);
+    if (!shapeMatches(p.layout, p.variable.shape, shape)) {
+      mismatched.push(`${key} ${shapeStr(shape)} vs model ${shapeStr(torchShape(p.layout, p.variable.shape))}`);
+      continue;
+    }
+    plan.push([key, name]);
+  }
+  const missing = opts.allowMissing ? [] : [...params.keys()].filter((n) => !seen.has(n));
+  const problems: string[] = [];
+  if (missing.length) problems.push(`${missing.length} missing: ${listSome(missing)}`);
+  if (unexpected.length) problems.push(`${unexpected.length} unexpected: ${listSome(unexpected)}`);
+  if (mismatched.length) problems.push(`${mismatched.length} with wrong shape: ${listSome(mismatched)}`);
+  if (duplicated.length) problems.push(`${duplicated.length} duplicated: ${listSome(duplicated)}`);
+  if (problems.length) {
+    throw new UsageError(`${opts.source ?? 'state dict'}: weights do not fit the model — ${problems.join('; ')}.`);
+  }
+  return plan;
+}
+
+/** Writes PyTorch-layout values into a parameter (converting the layout). */
+export function assignFromTorch(p: Parameter, data: Float32Array): void {
+  const values = fromTorch(p.layout, p.variable.shape, data);
+  tf.tidy(() => p.variable.assign(tf.tensor(values, p.variable.shape, 'float32')));
+}
+
+const LIST_LIMIT = 30;
+function listSome(items: string[]): string {
+  const shown = items.slice(0, LIST_LIMIT).join(', ');
+  return items.length > LIST_LIMIT ? `${shown}, … (${items.length - LIST_LIMIT} more)` : shown;
+}
