@@ -14,7 +14,6 @@ export function buildProgram(): Command {
   program
     .name('sdlab')
     .description('Diffusion from scratch in TensorFlow.js: train a text-to-digit latent diffusion model, see diffusion, run Stable Diffusion 1.x.')
-    .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .configureOutput({ outputError: (str, write) => write(str) });
   for (const register of commands) register(program);
