@@ -1,0 +1,201 @@
+/**
+ * Euler: the first-order ODE sampler of "Elucidating the Design Space of Diffusion-Based
+ * Generative Models" (Karras et al. 2022, arXiv 2206.00364, Algorithm 2 without churn),
+ * mirroring diffusers v0.24 EulerDiscreteScheduler.
+ *
+ * It works in the sigma parametrisation x = x0 + σ·ε with σ_t = sqrt((1-ᾱ_t)/ᾱ_t) (the
+ * ᾱ-scaled sample divided by sqrt(ᾱ_t)). Hence latents start at N(0, σ_max²) (initNoiseSigma
+ * ~ 14.6 for SD) and the model input is rescaled to unit variance: x / sqrt(σ² + 1)
+ * (scaleModelInput, required every step). A step follows the ODE dx/dσ = (x - x0)/σ:
+ *
+ *   x0 = x - σ_i·ε;   x_{i+1} = x + (x - x0)/σ_i · (σ_{i+1} - σ_i)
+ *
+ * Timesteps are floats ("linspace" by default: 999, 888, ..., 0 for 10 steps); sigmas are the
+ * σ table interpolated at them, plus a final 0. The scheduler keeps a step index: call
+ * setTimesteps before each run and step through `timesteps` in order.
+ *
+ *   const s = EulerDiscreteScheduler.fromConfig(json); s.setTimesteps(20);
+ *   let x = noise.mul(s.initNoiseSigma);
+ *   for (const t of s.timesteps) x = s.step(unet(s.scaleModelInput(x, t), t), t, x).prevSample;
+ */
+import * as tf from '@tensorflow/tfjs';
+import { UsageError } from '../util/errors.ts';
+import {
+  BASE_CHOICES,
+  type BaseSchedulerConfig,
+  Scheduler,
+  type SchedulerOutput,
+  type StepOptions,
+  type TimestepsLike,
+  interpTable,
+  npArange,
+  npLinspace,
+  resolveConfig,
+  roundHalfEven,
+  sigmaTable,
+} from './base.ts';
+
+const f32 = Math.fround;
+
+/**
+ * Shared by Euler and Euler-ancestral: float timesteps, the sigma table, the step index,
+ * scaleModelInput and sigma-space addNoise.
+ */
+export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Scheduler<C> {
+  /** σ at each timestep of the schedule, then 0 (length timesteps + 1; float32 values). */
+  sigmas: number[] = [];
+  /** Index of the next step in `timesteps`; set by the first scaleModelInput/step after setTimesteps. */
+  stepIndex: number | null = null;
+
+  constructor(config: C) {
+    super(config);
+    // Before setTimesteps: every train timestep, noisiest first.
+    const T = this.numTrainTimesteps;
+    this.timesteps = npLinspace(0, T - 1, T).reverse();
+    this.sigmas = [...Array.from(sigmaTable(this.alphasCumprod)).reverse(), 0];
+  }
+
+  /** σ_max for "linspace"/"trailing"; sqrt(σ_max² + 1) for "leading" (as diffusers). */
+  override get initNoiseSigma(): number {
+    const max = f32(Math.max(...this.sigmas));
+    return this.config.timestep_spacing === 'leading' ? f32(Math.sqrt(f32(f32(max * max) + 1))) : max;
+  }
+
+  setTimesteps(numInferenceSteps: number): void {
+    this.checkSteps(numInferenceSteps);
+    const T = this.numTrainTimesteps;
+    const n = numInferenceSteps;
+    this.numInferenceSteps = n;
+    let ts: number[];
+    switch (this.config.timestep_spacing) {
+      case 'linspace': // not rounded: 999, 832.5, ... for 7 steps
+        ts = npLinspace(0, T - 1, n).map(f32).reverse();
+        break;
+      case 'leading': {
+        const ratio = Math.floor(T / n);
+        ts = Array.from({ length: n }, (_, i) => i * ratio + this.config.steps_offset).reverse();
+        break;
+      }
+      case 'trailing':
+        ts = npArange(T, 0, -T / n).map((v) => roundHalfEven(v) - 1);
+        break;
+    }
+    const table = sigmaTable(this.alphasCumprod);
+    this.timesteps = ts;
+    this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), 0];
+    this.stepIndex = null;
+  }
+
+  /** Finds the step index of `timestep` (the second match if it repeats, as diffusers does). */
+  protected initStepIndex(timestep: number, where: string): void {
+    const matches = this.timesteps.flatMap((t, i) => (t === timestep ? [i] : []));
+    if (matches.length === 0) {
+      throw new UsageError(`${where}: timestep ${timestep} is not in this scheduler's timesteps (call setTimesteps and use scheduler.timesteps).`);
+    }
+    this.stepIndex = matches.length > 1 ? matches[1]! : matches[0]!;
+  }
+
+  /** The current step's σ, initialising the step index from `timestep` on first use. */
+  protected currentSigma(timestep: number, where: string): number {
+    if (this.stepIndex === null) this.initStepIndex(timestep, where);
+    if (this.stepIndex! >= this.timesteps.length) {
+      throw new UsageError(`${where}: all ${this.timesteps.length} steps are done; call setTimesteps again for a new run.`);
+    }
+    return this.sigmas[this.stepIndex!]!;
+  }
+
+  /** x / sqrt(σ² + 1): the model was trained on unit-variance inputs. */
+  override scaleModelInput(sample: tf.Tensor, timestep: number): tf.Tensor {
+    const sigma = this.currentSigma(timestep, `${this.constructor.name}.scaleModelInput`);
+    return tf.div(sample, f32(Math.sqrt(f32(f32(sigma * sigma) + 1))));
+  }
+
+  /**
+   * Sigma-space forward noising: x = x0 + σ_t·noise, for timesteps of the current schedule
+   * (img2img starts mid-schedule). Replaces the ᾱ form, as in diffusers.
+   */
+  override addNoise(x0: tf.Tensor, noise: tf.Tensor, t: TimestepsLike): tf.Tensor {
+    const values = typeof t === 'number' ? [t] : t instanceof tf.Tensor ? Array.from(t.dataSync()) : Array.from(t);
+    const sig = values.map((v) => {
+      const i = this.timesteps.indexOf(v);
+      if (i < 0) throw new UsageError(`addNoise: timestep ${v} is not in this scheduler's timesteps.`);
+      return this.sigmas[i]!;
+    });
+    const shape = sig.length === 1 ? [] : [sig.length, ...new Array<number>(x0.rank - 1).fill(1)];
+    return tf.tidy(() => tf.add(x0, tf.mul(noise, tf.tensor(sig, shape, 'float32'))));
+  }
+
+  /** x0 from the model output at σ (the Karras "denoiser" D(x; σ)). */
+  protected predictX0Sigma(modelOutput: tf.Tensor, sample: tf.Tensor, sigma: number): tf.Tensor {
+    switch (this.config.prediction_type) {
+      case 'epsilon':
+        return tf.sub(sample, tf.mul(modelOutput, sigma));
+      case 'v_prediction': {
+        // c_out·v + c_skip·x with c_out = -σ/sqrt(σ²+1), c_skip = 1/(σ²+1)
+        const s2p1 = f32(f32(sigma * sigma) + 1);
+        return tf.add(tf.mul(modelOutput, f32(-sigma / f32(Math.sqrt(s2p1)))), tf.div(sample, s2p1));
+      }
+      case 'sample':
+        return modelOutput.clone();
+    }
+  }
+}
+
+export interface EulerDiscreteConfig extends BaseSchedulerConfig {
+  interpolation_type: 'linear';
+  use_karras_sigmas: boolean;
+  sigma_min: number | null;
+  sigma_max: number | null;
+  timestep_type: 'discrete';
+}
+
+export const EULER_DEFAULTS: EulerDiscreteConfig = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null,
+  prediction_type: 'epsilon',
+  interpolation_type: 'linear',
+  use_karras_sigmas: false,
+  sigma_min: null,
+  sigma_max: null,
+  timestep_spacing: 'linspace',
+  timestep_type: 'discrete',
+  steps_offset: 0,
+};
+
+export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> {
+  static fromConfig(json: Record<string, unknown> = {}, overrides: Partial<EulerDiscreteConfig> | Record<string, unknown> = {}): EulerDiscreteScheduler {
+    const cfg = resolveConfig(
+      'EulerDiscreteScheduler',
+      EULER_DEFAULTS,
+      json,
+      overrides,
+      { ...BASE_CHOICES, interpolation_type: ['linear'], timestep_type: ['discrete'] },
+      { trained_betas: 'number[]', sigma_min: 'number', sigma_max: 'number' },
+    );
+    return new EulerDiscreteScheduler(cfg);
+  }
+
+  constructor(config: EulerDiscreteConfig = EULER_DEFAULTS) {
+    if (config.use_karras_sigmas) {
+      throw new UsageError('EulerDiscreteScheduler config key "use_karras_sigmas": true is not supported by sdlab yet; set it to false.');
+    }
+    super(config);
+  }
+
+  step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, _opts: StepOptions = {}): SchedulerOutput {
+    const where = 'EulerDiscreteScheduler.step';
+    const sigma = this.currentSigma(timestep, where);
+    const dt = f32(this.sigmas[this.stepIndex! + 1]! - sigma);
+    const out = tf.tidy(() => {
+      // 1. x0 from the model output, 2. the ODE derivative d = (x - x0)/σ, 3. an Euler step
+      const x0 = this.predictX0Sigma(modelOutput, sample, sigma);
+      const derivative = tf.div(tf.sub(sample, x0), sigma);
+      return { prevSample: tf.add(sample, tf.mul(derivative, dt)), predOriginalSample: x0 };
+    });
+    this.stepIndex! += 1;
+    return out;
+  }
+}

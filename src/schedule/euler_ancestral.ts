@@ -1,0 +1,68 @@
+/**
+ * Euler-ancestral ("euler_a"): Euler steps that overshoot to a lower noise level σ_down and
+ * then add fresh noise σ_up·z so the marginal noise level is σ_{i+1} again (k-diffusion's
+ * sample_euler_ancestral), mirroring diffusers v0.24 EulerAncestralDiscreteScheduler:
+ *
+ *   σ_up   = sqrt(σ_{i+1}² (σ_i² - σ_{i+1}²) / σ_i²),   σ_down = sqrt(σ_{i+1}² - σ_up²)
+ *   x0     = x - σ_i·ε;   x_{i+1} = x + (x - x0)/σ_i · (σ_down - σ_i) + σ_up·z
+ *
+ * Timesteps, sigmas, initNoiseSigma and scaleModelInput are Euler's (./euler.ts). Every step
+ * draws z: pass `noise` or a seeded `generator` to step() for reproducible samples.
+ *
+ *   const s = EulerAncestralDiscreteScheduler.fromConfig(json); s.setTimesteps(20);
+ *   for (const t of s.timesteps) x = s.step(unet(s.scaleModelInput(x, t), t), t, x, { generator }).prevSample;
+ */
+import * as tf from '@tensorflow/tfjs';
+import { UsageError } from '../util/errors.ts';
+import { BASE_CHOICES, type BaseSchedulerConfig, type SchedulerOutput, type StepOptions, drawNoise, resolveConfig } from './base.ts';
+import { SigmaScheduler } from './euler.ts';
+
+export type EulerAncestralConfig = BaseSchedulerConfig;
+
+export const EULER_ANCESTRAL_DEFAULTS: EulerAncestralConfig = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null,
+  prediction_type: 'epsilon',
+  timestep_spacing: 'linspace',
+  steps_offset: 0,
+};
+
+export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestralConfig> {
+  static fromConfig(json: Record<string, unknown> = {}, overrides: Partial<EulerAncestralConfig> | Record<string, unknown> = {}): EulerAncestralDiscreteScheduler {
+    const cfg = resolveConfig('EulerAncestralDiscreteScheduler', EULER_ANCESTRAL_DEFAULTS, json, overrides, BASE_CHOICES, {
+      trained_betas: 'number[]',
+    });
+    return new EulerAncestralDiscreteScheduler(cfg);
+  }
+
+  constructor(config: EulerAncestralConfig = EULER_ANCESTRAL_DEFAULTS) {
+    if (config.prediction_type === 'sample') {
+      throw new UsageError('EulerAncestralDiscreteScheduler config key "prediction_type": "sample" is not supported (as in diffusers); use "epsilon" or "v_prediction".');
+    }
+    super(config);
+  }
+
+  /** σ_up (fresh noise) and σ_down (where the deterministic part lands) for the step σ_from -> σ_to. */
+  static ancestralSigmas(sigmaFrom: number, sigmaTo: number): { sigmaUp: number; sigmaDown: number } {
+    const sigmaUp = Math.sqrt((sigmaTo ** 2 * (sigmaFrom ** 2 - sigmaTo ** 2)) / sigmaFrom ** 2);
+    const sigmaDown = Math.sqrt(sigmaTo ** 2 - sigmaUp ** 2);
+    return { sigmaUp, sigmaDown };
+  }
+
+  step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, opts: StepOptions = {}): SchedulerOutput {
+    const sigma = this.currentSigma(timestep, 'EulerAncestralDiscreteScheduler.step');
+    const { sigmaUp, sigmaDown } = EulerAncestralDiscreteScheduler.ancestralSigmas(sigma, this.sigmas[this.stepIndex! + 1]!);
+    const out = tf.tidy(() => {
+      const x0 = this.predictX0Sigma(modelOutput, sample, sigma);
+      const derivative = tf.div(tf.sub(sample, x0), sigma);
+      const det = tf.add(sample, tf.mul(derivative, sigmaDown - sigma));
+      const noise = drawNoise(modelOutput.shape, opts);
+      return { prevSample: tf.add(det, tf.mul(noise, sigmaUp)), predOriginalSample: x0 };
+    });
+    this.stepIndex! += 1;
+    return out;
+  }
+}

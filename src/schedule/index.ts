@@ -1,0 +1,101 @@
+/**
+ * Schedulers by name. `createScheduler('euler', json)` builds one from a diffusers
+ * `scheduler_config.json` (e.g. SD's, which names PNDMScheduler: like diffusers' `from_config`,
+ * each class takes the keys it knows and its own defaults for the rest — so the spacing is
+ * "leading" for ddpm/ddim/pndm and "linspace" for euler/euler_a/dpm++2m).
+ *
+ *   ddpm      DDPMScheduler                    ancestral, stochastic (./ddpm.ts)
+ *   ddim      DDIMScheduler                    deterministic with eta=0 (./ddim.ts)
+ *   pndm      PNDMScheduler                    PLMS, SD's default (./pndm.ts)
+ *   euler     EulerDiscreteScheduler           sigma-space ODE, scales the input (./euler.ts)
+ *   euler_a   EulerAncestralDiscreteScheduler  Euler + fresh noise (./euler_ancestral.ts)
+ *   dpm++2m   DPMSolverMultistepScheduler      2nd-order multistep (./dpm_solver.ts)
+ */
+import fs from 'node:fs';
+import { UsageError } from '../util/errors.ts';
+import type { Scheduler } from './base.ts';
+import { DDIMScheduler } from './ddim.ts';
+import { DDPMScheduler } from './ddpm.ts';
+import { DPMSolverMultistepScheduler } from './dpm_solver.ts';
+import { EulerDiscreteScheduler } from './euler.ts';
+import { EulerAncestralDiscreteScheduler } from './euler_ancestral.ts';
+import { PNDMScheduler } from './pndm.ts';
+
+export * from './base.ts';
+export { DDIMScheduler } from './ddim.ts';
+export { DDPMScheduler } from './ddpm.ts';
+export { DPMSolverMultistepScheduler } from './dpm_solver.ts';
+export { EulerDiscreteScheduler, SigmaScheduler } from './euler.ts';
+export { EulerAncestralDiscreteScheduler } from './euler_ancestral.ts';
+export { PNDMScheduler } from './pndm.ts';
+
+export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m'] as const;
+export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
+
+/** The diffusers class name behind each sdlab name (`_class_name` in scheduler_config.json). */
+export const SCHEDULER_CLASS_NAMES: Record<SchedulerName, string> = {
+  ddpm: 'DDPMScheduler',
+  ddim: 'DDIMScheduler',
+  pndm: 'PNDMScheduler',
+  euler: 'EulerDiscreteScheduler',
+  euler_a: 'EulerAncestralDiscreteScheduler',
+  'dpm++2m': 'DPMSolverMultistepScheduler',
+};
+
+/** The sdlab name for a diffusers class name, or null if sdlab has no such scheduler. */
+export function schedulerNameForClass(className: string): SchedulerName | null {
+  const hit = SCHEDULER_NAMES.find((n) => SCHEDULER_CLASS_NAMES[n] === className);
+  return hit ?? null;
+}
+
+/**
+ * Builds the scheduler `name` from a diffusers scheduler config (keys it does not know are
+ * ignored) with `overrides` applied on top, e.g. `{ timestep_spacing: 'trailing' }`.
+ */
+export function createScheduler(
+  name: string,
+  config: Record<string, unknown> = {},
+  overrides: Record<string, unknown> = {},
+): Scheduler {
+  switch (name as SchedulerName) {
+    case 'ddpm':
+      return DDPMScheduler.fromConfig(config, overrides);
+    case 'ddim':
+      return DDIMScheduler.fromConfig(config, overrides);
+    case 'pndm':
+      return PNDMScheduler.fromConfig(config, overrides);
+    case 'euler':
+      return EulerDiscreteScheduler.fromConfig(config, overrides);
+    case 'euler_a':
+      return EulerAncestralDiscreteScheduler.fromConfig(config, overrides);
+    case 'dpm++2m':
+      // The name fixes the algorithm: DPM-Solver++ of order 2.
+      return DPMSolverMultistepScheduler.fromConfig(config, { algorithm_type: 'dpmsolver++', solver_order: 2, ...overrides });
+    default:
+      throw new UsageError(`unknown scheduler "${name}": expected one of ${SCHEDULER_NAMES.join(', ')}.`);
+  }
+}
+
+/**
+ * Reads a diffusers scheduler_config.json. Python's json writes -Infinity (DPM-Solver's
+ * lambda_min_clipped) as a bare token that JSON.parse rejects; it becomes the string "-Infinity",
+ * which the config reader understands.
+ */
+export function readSchedulerConfig(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    throw new UsageError(`${file}: cannot read the scheduler config (expected a diffusers scheduler_config.json).`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text.replace(/([:[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])/g, '$1"$2"'));
+  } catch (err) {
+    throw new UsageError(`${file}: not valid JSON (${(err as Error).message}).`);
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new UsageError(`${file}: expected a JSON object of scheduler settings.`);
+  }
+  return json as Record<string, unknown>;
+}
