@@ -2,9 +2,13 @@
  * Backend selection. `--backend auto|cuda|tensorflow|native|cpu` (or SDLAB_BACKEND).
  * auto prefers tfjs-node-gpu with a visible GPU, then tfjs-node, then sdlab's native
  * backend, then the pure-JS cpu backend, and says which it chose and why.
+ *
+ *   const sel = await selectBackend(opts.backend);   // { name, reason }
  */
 import * as tf from '@tensorflow/tfjs';
+import { existsSync, readdirSync } from 'node:fs';
 import { UsageError } from '../util/errors.ts';
+import { loadNativeAddon, nativeLoadError, registerNativeBackend } from './native.ts';
 
 export const BACKEND_CHOICES = ['auto', 'cuda', 'tensorflow', 'native', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -14,12 +18,97 @@ export interface BackendSelection {
   reason: string;
 }
 
+/** What each backend needs, and whether it is here: used by selectBackend and `sdlab doctor`. */
+export interface BackendProbe {
+  choice: Exclude<BackendChoice, 'auto'>;
+  tfName: string;
+  available: boolean;
+  detail: string;
+}
+
+/** A visible NVIDIA GPU (driver device nodes), without loading CUDA. */
+function gpuVisible(): boolean {
+  if (process.env.CUDA_VISIBLE_DEVICES === '' || process.env.CUDA_VISIBLE_DEVICES === '-1') return false;
+  try {
+    return existsSync('/dev/nvidiactl') && readdirSync('/dev').some((f) => /^nvidia\d+$/.test(f));
+  } catch {
+    return false;
+  }
+}
+
+// The tfjs-node packages are optional peers (not installable everywhere): import them only when
+// asked, since importing one registers its backend and loads libtensorflow.
+async function tryImport(pkg: string): Promise<string | null> {
+  try {
+    await import(pkg);
+    return null;
+  } catch (err) {
+    const msg = (err as Error).message.split('\n')[0];
+    return /Cannot find (module|package)/.test(msg) ? `${pkg} is not installed (npm install ${pkg})` : `${pkg} failed to load: ${msg}`;
+  }
+}
+
+const probed = new Map<string, BackendProbe>();
+
+export async function probeBackend(choice: Exclude<BackendChoice, 'auto'>): Promise<BackendProbe> {
+  const cached = probed.get(choice);
+  if (cached) return cached;
+  let p: BackendProbe;
+  if (choice === 'cuda') {
+    if (!gpuVisible()) {
+      p = { choice, tfName: 'tensorflow', available: false, detail: 'no NVIDIA GPU visible (/dev/nvidia*)' };
+    } else {
+      const err = await tryImport('@tensorflow/tfjs-node-gpu');
+      p = { choice, tfName: 'tensorflow', available: !err, detail: err ?? '@tensorflow/tfjs-node-gpu with a visible GPU' };
+    }
+  } else if (choice === 'tensorflow') {
+    const err = await tryImport('@tensorflow/tfjs-node');
+    p = { choice, tfName: 'tensorflow', available: !err, detail: err ?? '@tensorflow/tfjs-node (libtensorflow on the CPU)' };
+  } else if (choice === 'native') {
+    const ok = registerNativeBackend();
+    const addon = loadNativeAddon();
+    p = {
+      choice, tfName: 'native', available: ok,
+      detail: ok && addon ? `sdlab native addon (${addon.isa()}, ${addon.threads()} threads)` : nativeLoadError(),
+    };
+  } else {
+    p = { choice, tfName: 'cpu', available: true, detail: "tfjs's pure-JS cpu backend (slow)" };
+  }
+  probed.set(choice, p);
+  return p;
+}
+
+let warnedFallback = false;
+
 export async function selectBackend(choice: string = process.env.SDLAB_BACKEND ?? 'auto'): Promise<BackendSelection> {
   if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
     throw new UsageError(`--backend / SDLAB_BACKEND: expected one of ${BACKEND_CHOICES.join(', ')}, got "${choice}".`);
   }
-  // Until the faster backends land, everything resolves to the pure-JS cpu backend.
-  await tf.setBackend('cpu');
+  let chosen: BackendProbe;
+  let reason: string;
+  if (choice !== 'auto') {
+    chosen = await probeBackend(choice as BackendProbe['choice']);
+    if (!chosen.available) throw new UsageError(`--backend ${choice}: not available: ${chosen.detail}.`);
+    reason = 'requested';
+  } else {
+    const skipped: string[] = [];
+    chosen = await probeBackend('cpu');
+    reason = '';
+    for (const c of ['cuda', 'tensorflow', 'native'] as const) {
+      const p = await probeBackend(c);
+      if (p.available) {
+        chosen = p;
+        break;
+      }
+      skipped.push(`${c}: ${p.detail}`);
+    }
+    reason = skipped.length ? `auto; ${skipped.join('; ')}` : 'auto; fastest available';
+    if (chosen.choice === 'cpu' && !warnedFallback) {
+      warnedFallback = true;
+      console.warn(`sdlab: warning: using the slow pure-JS 'cpu' backend (${nativeLoadError() || 'native backend unavailable'}).`);
+    }
+  }
+  await tf.setBackend(chosen.tfName);
   await tf.ready();
-  return { name: 'cpu', reason: choice === 'cpu' ? 'requested' : 'no faster backend available' };
+  return { name: chosen.choice === 'cuda' ? 'cuda (tensorflow)' : chosen.tfName, reason };
 }

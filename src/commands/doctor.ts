@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import os from 'node:os';
-import { selectBackend } from '../backend/index.ts';
+import { probeBackend, selectBackend } from '../backend/index.ts';
+import { loadNativeAddon } from '../backend/native.ts';
 
 export function register(program: Command): void {
   program
@@ -11,9 +12,16 @@ export function register(program: Command): void {
     .option('--backend <name>', 'backend to try: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (opts: { backend: string }) => {
       const sel = await selectBackend(opts.backend);
+      const addon = loadNativeAddon();
       console.log(`backend:   ${sel.name} (${sel.reason})`);
       console.log(`tfjs:      ${tf.version.tfjs}`);
       console.log(`node:      ${process.version}`);
-      console.log(`cpus:      ${os.cpus().length}`);
+      console.log(`cpus:      ${os.availableParallelism?.() ?? os.cpus().length} (${os.cpus()[0]?.model ?? 'unknown'})`);
+      console.log(`threads:   ${addon ? `${addon.threads()} native (SDLAB_THREADS to change)` : '1 (the cpu backend is single-threaded)'}`);
+      console.log(`native:    ${addon ? `sdlab_native.node, GEMM kernel ${addon.isa()}` : 'not available'}`);
+      for (const c of ['cuda', 'tensorflow', 'native'] as const) {
+        const p = await probeBackend(c);
+        console.log(`${(c + ':').padEnd(10)} ${p.available ? 'available' : 'missing'}: ${p.detail}`);
+      }
     });
 }

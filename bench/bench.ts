@@ -1,0 +1,325 @@
+/**
+ * `npm run bench`: tfjs `cpu` vs sdlab `native` (and PyTorch CPU when /usr/bin/python3 has torch)
+ * on the same shapes and thread count. Every figure is the median of --runs interleaved runs
+ * (after one warm-up run each): backends take turns within each round, so machine noise hits
+ * all of them alike.
+ *
+ *   npm run bench                         # table
+ *   npm run bench -- --json               # one JSON object per line: case, backend, medianMs, gflops, ...
+ *   npm run bench -- --threads 1 --runs 7 --cases sgemm-1024,convnet-train-step
+ *   npm run bench -- --cpu-slow           # also time the cpu backend on the training step (~200 s/run)
+ *
+ * Adding a case (e.g. the UNet / VAE training steps): push a BenchCase onto CASES with a `setup`
+ * that builds the tensors/model for the current tfjs backend and returns one step as a function,
+ * and, for a PyTorch comparison, a `torch` snippet defining setup() -> step (see TORCH_CASES).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { loadNativeAddon, nativeLoadError, nativeThreadCount, registerNativeBackend } from '../src/backend/native.ts';
+
+interface BenchCase {
+  name: string;
+  /** FLOPs of one run (for GFLOP/s), 0 if not meaningful. */
+  flops: number;
+  /** Builds inputs on the current backend; returns one run (which must finish its work synchronously or by the returned promise). */
+  setup: () => { run: () => void | Promise<void>; dispose: () => void };
+  /** The cpu backend is too slow for this case: run it once, and only with --cpu-slow. */
+  cpuSlow?: boolean;
+  /** Not implemented yet: listed as skipped. */
+  pending?: string;
+}
+
+const PYTHON = '/usr/bin/python3';
+
+// ---- cases ---------------------------------------------------------------------------------
+
+function gemmCase(name: string, M: number, K: number, N: number): BenchCase {
+  return {
+    name,
+    flops: 2 * M * N * K,
+    setup: () => {
+      const a = tf.randomUniform([M, K], -1, 1), b = tf.randomUniform([K, N], -1, 1);
+      return {
+        run: () => { const c = tf.matMul(a, b); c.dataSync(); c.dispose(); },
+        dispose: () => { a.dispose(); b.dispose(); },
+      };
+    },
+  };
+}
+
+/**
+ * The reference convnet: batch 64 of 28x28x1 (input is also the target), conv3x3 1->32,
+ * conv3x3 32->64 stride 2, conv3x3 64->64, 3x3 conv-transpose 64->32 stride 2 back to 28x28,
+ * conv3x3 32->1; ReLU after every layer but the last, 'same' padding, biases, MSE, Adam 1e-3.
+ */
+const CONVNET_LAYERS = [
+  { kind: 'conv', cin: 1, cout: 32, stride: 1, hw: 28 },
+  { kind: 'conv', cin: 32, cout: 64, stride: 2, hw: 14 },
+  { kind: 'conv', cin: 64, cout: 64, stride: 1, hw: 14 },
+  { kind: 'convT', cin: 64, cout: 32, stride: 2, hw: 28 },
+  { kind: 'conv', cin: 32, cout: 1, stride: 1, hw: 28 },
+] as const;
+
+function convnetFlops(batch: number): number {
+  // forward 2*B*(output pixels)*Cout*9*Cin for a conv; the transpose conv does the same work as
+  // the conv it transposes (14x14x64 <-> 28x28x32). Backward: x2 (dx and dw), no dx for layer 1.
+  let total = 0;
+  CONVNET_LAYERS.forEach((l, i) => {
+    const fwd = l.kind === 'conv' ? 2 * batch * l.hw * l.hw * l.cout * 9 * l.cin : 2 * batch * 14 * 14 * l.cin * 9 * l.cout;
+    total += fwd * (i === 0 ? 2 : 3);
+  });
+  return total;
+}
+
+function convnetCase(batch: number): BenchCase {
+  return {
+    name: 'convnet-train-step',
+    flops: convnetFlops(batch),
+    cpuSlow: true,
+    setup: () => {
+      const heInit = (shape: number[], fanIn: number) => tf.variable(tf.randomNormal(shape, 0, Math.sqrt(2 / fanIn)));
+      const w = CONVNET_LAYERS.map((l) => (l.kind === 'conv' ? heInit([3, 3, l.cin, l.cout], 9 * l.cin) : heInit([3, 3, l.cout, l.cin], 9 * l.cin)));
+      const b = CONVNET_LAYERS.map((l) => tf.variable(tf.zeros([l.cout])));
+      const x = tf.randomUniform([batch, 28, 28, 1]) as tf.Tensor4D;
+      const opt = tf.train.adam(1e-3);
+      const forward = (input: tf.Tensor4D): tf.Tensor4D => {
+        let h = input;
+        CONVNET_LAYERS.forEach((l, i) => {
+          const last = i === CONVNET_LAYERS.length - 1;
+          if (l.kind === 'conv') {
+            h = tf.fused.conv2d({ x: h, filter: w[i] as tf.Tensor4D, strides: l.stride, pad: 'same', bias: b[i], activation: last ? 'linear' : 'relu' });
+          } else {
+            h = tf.relu(tf.add(tf.conv2dTranspose(h, w[i] as tf.Tensor4D, [batch, l.hw, l.hw, l.cout], l.stride, 'same'), b[i])) as tf.Tensor4D;
+          }
+        });
+        return h;
+      };
+      return {
+        run: () => {
+          const loss = opt.minimize(() => tf.losses.meanSquaredError(x, forward(x)) as tf.Scalar, true);
+          loss!.dataSync();
+          loss!.dispose();
+        },
+        dispose: () => { [...w, ...b, x].forEach((t) => t.dispose()); opt.dispose(); },
+      };
+    },
+  };
+}
+
+const CASES: BenchCase[] = [
+  gemmCase('sgemm-1024', 1024, 1024, 1024),
+  gemmCase('sd-gemm-4096x2880x320', 4096, 2880, 320),
+  gemmCase('sd-gemm-4096x320x4096', 4096, 320, 4096),
+  convnetCase(64),
+  // Hooks for the later training-step cases (UNet and VAE on MNIST latents): fill in setup().
+  { name: 'unet-train-step', flops: 0, pending: 'not wired up yet (hook in bench/bench.ts)', setup: () => { throw new Error('pending'); } },
+  { name: 'vae-train-step', flops: 0, pending: 'not wired up yet (hook in bench/bench.ts)', setup: () => { throw new Error('pending'); } },
+];
+
+// PyTorch versions of the same cases (NCHW, same shapes/threads), run by a persistent python process.
+const TORCH_SCRIPT = String.raw`
+import sys, json, time, torch
+import torch.nn as nn
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+def gemm(M, K, N):
+    a, b = torch.rand(M, K) * 2 - 1, torch.rand(K, N) * 2 - 1
+    return lambda: torch.mm(a, b)
+def convnet(B):
+    net = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 3, 2, 1, output_padding=1), nn.ReLU(),
+        nn.Conv2d(32, 1, 3, 1, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(B, 1, 28, 28)
+    def step():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(net(x), x)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+CASES = {'sgemm-1024': lambda: gemm(1024, 1024, 1024), 'sd-gemm-4096x2880x320': lambda: gemm(4096, 2880, 320),
+         'sd-gemm-4096x320x4096': lambda: gemm(4096, 320, 4096), 'convnet-train-step': lambda: convnet(64)}
+steps = {}
+print(json.dumps({'ready': True, 'version': torch.__version__, 'threads': torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+    name = line.strip()
+    if name not in CASES:
+        print(json.dumps({'error': 'unknown case'}), flush=True); continue
+    if name not in steps:
+        steps[name] = CASES[name]()
+        steps[name]()  # warm-up
+    t0 = time.perf_counter(); steps[name](); ms = (time.perf_counter() - t0) * 1e3
+    print(json.dumps({'ms': ms}), flush=True)
+`;
+
+class Torch {
+  private proc: ChildProcessWithoutNullStreams;
+  private lines: AsyncIterableIterator<string>;
+  version = '';
+  private constructor(threads: number) {
+    this.proc = spawn(PYTHON, ['-c', TORCH_SCRIPT, String(threads)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.lines = createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
+  }
+  static async start(threads: number): Promise<Torch | null> {
+    if (spawnSync(PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status !== 0) return null;
+    const t = new Torch(threads);
+    const first = await t.lines.next();
+    if (first.done) return null;
+    t.version = JSON.parse(first.value).version;
+    return t;
+  }
+  async time(name: string): Promise<number> {
+    this.proc.stdin.write(`${name}\n`);
+    const r = await this.lines.next();
+    const msg = JSON.parse(r.value);
+    if (msg.error) throw new Error(msg.error);
+    return msg.ms;
+  }
+  stop(): void {
+    this.proc.stdin.end();
+  }
+}
+
+// ---- driver --------------------------------------------------------------------------------
+
+interface Opts { json: boolean; cpuSlow: boolean; runs: number; threads: number; cases: string[] | null; backends: string[] }
+
+function parseArgs(argv: string[]): Opts {
+  const o: Opts = { json: false, cpuSlow: false, runs: 5, threads: nativeThreadCount(), cases: null, backends: ['cpu', 'native', 'torch'] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = () => {
+      const v = argv[++i];
+      if (v === undefined) usage(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--json') o.json = true;
+    else if (a === '--cpu-slow') o.cpuSlow = true;
+    else if (a === '--runs') o.runs = posInt(a, val());
+    else if (a === '--threads') o.threads = posInt(a, val());
+    else if (a === '--cases') o.cases = val().split(',');
+    else if (a === '--backends') o.backends = val().split(',');
+    else if (a === '--help' || a === '-h') usage('');
+    else usage(`unknown option ${a}`);
+  }
+  if (o.cases) for (const c of o.cases) if (!CASES.some((k) => k.name === c)) usage(`--cases: unknown case "${c}" (have ${CASES.map((k) => k.name).join(', ')})`);
+  return o;
+}
+
+function posInt(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) usage(`${flag}: expected a positive integer, got "${v}"`);
+  return n;
+}
+
+function usage(msg: string): never {
+  if (msg) console.error(`bench: error: ${msg}`);
+  console.error('usage: npm run bench -- [--json] [--cpu-slow] [--runs N] [--threads N] [--cases a,b] [--backends cpu,native,torch]');
+  process.exit(msg ? 2 : 0);
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+interface Row { case: string; backend: string; medianMs: number | null; gflops: number | null; runs: number; threads: number; note?: string }
+
+async function main(): Promise<void> {
+  const opts = parseArgs(process.argv.slice(2));
+  tf.env().set('PROD', true);
+  const haveNative = registerNativeBackend();
+  if (haveNative) loadNativeAddon()!.setThreads(opts.threads);
+  const torch = opts.backends.includes('torch') ? await Torch.start(opts.threads) : null;
+  const cases = CASES.filter((c) => !opts.cases || opts.cases.includes(c.name));
+  const rows: Row[] = [];
+  const emit = (r: Row) => {
+    rows.push(r);
+    if (opts.json) console.log(JSON.stringify(r));
+  };
+  if (!opts.json) {
+    const isa = haveNative ? `native ${loadNativeAddon()!.isa()}` : `native unavailable: ${nativeLoadError()}`;
+    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version}` : 'no PyTorch'}; median of ${opts.runs} interleaved runs\n`);
+  }
+
+  for (const c of cases) {
+    if (c.pending) {
+      emit({ case: c.name, backend: '-', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: c.pending });
+      continue;
+    }
+    // Backends for this case, each with a setup()'d run function (tfjs) or the torch process.
+    type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; note?: string };
+    const runners: Runner[] = [];
+    for (const backend of ['cpu', 'native']) {
+      if (!opts.backends.includes(backend)) continue;
+      if (backend === 'native' && !haveNative) continue;
+      let runs = opts.runs;
+      let note: string | undefined;
+      if (backend === 'cpu' && c.cpuSlow) {
+        if (!opts.cpuSlow) {
+          emit({ case: c.name, backend, medianMs: null, gflops: null, runs: 0, threads: 1, note: 'skipped: ~200 s per run on cpu (--cpu-slow to run once)' });
+          continue;
+        }
+        runs = 1;
+        note = 'one run (--cpu-slow), no warm-up';
+      }
+      await tf.setBackend(backend);
+      const s = c.setup();
+      const bname = backend;
+      runners.push({
+        backend, runs, note, times: [],
+        time: async () => {
+          await tf.setBackend(bname);
+          const t0 = performance.now();
+          await s.run();
+          return performance.now() - t0;
+        },
+        dispose: () => { tf.setBackend(bname); s.dispose(); },
+      });
+    }
+    if (torch) runners.push({ backend: 'torch', runs: opts.runs, times: [], time: () => torch.time(c.name), dispose: () => {} });
+
+    // Warm-up, then interleaved rounds.
+    for (const r of runners) if (r.runs > 1) await r.time();
+    for (let round = 0; round < opts.runs; round++) {
+      for (const r of runners) if (r.times.length < r.runs) r.times.push(await r.time());
+    }
+    for (const r of runners) {
+      const ms = median(r.times);
+      emit({ case: c.name, backend: r.backend, medianMs: round2(ms), gflops: c.flops ? round2(c.flops / ms / 1e6) : null, runs: r.times.length,
+        threads: r.backend === 'cpu' ? 1 : opts.threads, ...(r.note ? { note: r.note } : {}) });
+      r.dispose();
+    }
+  }
+  torch?.stop();
+  if (!opts.json) printTable(rows, opts.threads);
+}
+
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+function printTable(rows: Row[], threads: number): void {
+  const head = ['case', 'backend', 'threads', 'median ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', 'note'];
+  const body = rows.map((r) => [r.case, r.backend, String(r.threads), r.medianMs === null ? '-' : r.medianMs.toFixed(1),
+    r.gflops === null ? '-' : r.gflops.toFixed(1), r.gflops === null ? '-' : (r.gflops / r.threads).toFixed(1), String(r.runs), r.note ?? '']);
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i >= 2 && i <= 6 ? c.padStart(w[i]) : c.padEnd(w[i]))).join('  ').trimEnd();
+  console.log(line(head));
+  console.log(w.map((n) => '-'.repeat(n)).join('  '));
+  for (const b of body) console.log(line(b));
+  // Speed-ups against the other backends, per case.
+  const byCase = new Map<string, Row[]>();
+  for (const r of rows) if (r.medianMs !== null) byCase.set(r.case, [...(byCase.get(r.case) ?? []), r]);
+  const notes: string[] = [];
+  for (const [name, rs] of byCase) {
+    const nat = rs.find((r) => r.backend === 'native');
+    if (!nat) continue;
+    for (const o of rs) if (o !== nat) notes.push(`${name}: native is ${(o.medianMs! / nat.medianMs!).toFixed(2)}x ${o.backend}`);
+  }
+  if (notes.length) console.log(`\n${notes.join('\n')}`);
+  console.log(`\n(cpu is tfjs's single-threaded JS backend; native and torch use ${threads} thread(s).)`);
+}
+
+await main();

@@ -1,0 +1,337 @@
+// N-API bindings. Every function works in place on Float32Arrays owned by JavaScript (zero
+// copy) and checks their lengths against the shapes it is given before touching memory.
+#include <node_api.h>
+
+#include <cstdlib>
+#include <malloc.h>
+#include <string>
+#include <thread>
+
+#include "conv.h"
+#include "gemm.h"
+#include "ops.h"
+#include "pool.h"
+
+namespace {
+
+using namespace sdlab;
+
+struct Err {
+  std::string msg;
+};
+
+napi_value throw_err(napi_env env, const std::string& msg) {
+  napi_throw_error(env, "SDLAB_NATIVE", msg.c_str());
+  return nullptr;
+}
+
+struct Args {
+  napi_env env;
+  size_t argc = 16;
+  napi_value argv[16];
+  Args(napi_env e, napi_callback_info info) : env(e) { napi_get_cb_info(e, info, &argc, argv, nullptr, nullptr); }
+
+  bool is_null(size_t i) const {
+    if (i >= argc) return true;
+    napi_valuetype t;
+    napi_typeof(env, argv[i], &t);
+    return t == napi_null || t == napi_undefined;
+  }
+  float* f32(size_t i, size_t need, const char* what) const {
+    if (i >= argc) throw Err{std::string(what) + ": missing argument"};
+    bool is_ta = false;
+    napi_is_typedarray(env, argv[i], &is_ta);
+    if (!is_ta) throw Err{std::string(what) + ": expected a Float32Array"};
+    napi_typedarray_type type;
+    size_t length;
+    void* data;
+    napi_value buf;
+    size_t off;
+    napi_get_typedarray_info(env, argv[i], &type, &length, &data, &buf, &off);
+    if (type != napi_float32_array) throw Err{std::string(what) + ": expected a Float32Array"};
+    if (length < need)
+      throw Err{std::string(what) + ": Float32Array of length " + std::to_string(length) + " is shorter than " +
+                std::to_string(need)};
+    return static_cast<float*>(data);
+  }
+  const float* opt_f32(size_t i, size_t need, const char* what) const { return is_null(i) ? nullptr : f32(i, need, what); }
+  double num(size_t i) const {
+    double v = 0;
+    if (i >= argc || napi_get_value_double(env, argv[i], &v) != napi_ok) throw Err{"expected a number argument"};
+    return v;
+  }
+  long lng(size_t i) const {
+    double v = num(i);
+    if (v < 0) throw Err{"expected a non-negative integer"};
+    return (long)v;
+  }
+  bool boolean(size_t i) const {
+    bool v = false;
+    if (i < argc) napi_get_value_bool(env, argv[i], &v);
+    return v;
+  }
+  std::vector<long> ints(size_t i) const {
+    bool is_arr = false;
+    napi_is_array(env, argv[i], &is_arr);
+    if (!is_arr) throw Err{"expected an array of integers"};
+    uint32_t n;
+    napi_get_array_length(env, argv[i], &n);
+    std::vector<long> out(n);
+    for (uint32_t k = 0; k < n; ++k) {
+      napi_value e;
+      napi_get_element(env, argv[i], k, &e);
+      double d;
+      napi_get_value_double(env, e, &d);
+      out[k] = (long)d;
+    }
+    return out;
+  }
+};
+
+template <typename F>
+napi_value guarded(napi_env env, F&& f) {
+  try {
+    return f();
+  } catch (const Err& e) {
+    return throw_err(env, e.msg);
+  } catch (const std::exception& e) {
+    return throw_err(env, e.what());
+  }
+}
+
+napi_value undefined(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+// matmul(A, B, C, batch, M, N, K, transA, transB, strideA, strideB, bias|null, act, alpha, accumulate)
+// C[b] = op(A[b])·op(B[b]) for b < batch; strideA/strideB are element offsets between batches (0 = broadcast).
+napi_value Matmul(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    long batch = a.lng(3), M = a.lng(4), N = a.lng(5), K = a.lng(6);
+    bool ta = a.boolean(7), tb = a.boolean(8);
+    long sA = a.lng(9), sB = a.lng(10);
+    const float* A = a.f32(0, batch ? (batch - 1) * sA + M * K : 0, "matmul A");
+    const float* B = a.f32(1, batch ? (batch - 1) * sB + K * N : 0, "matmul B");
+    float* C = a.f32(2, batch * M * N, "matmul C");
+    const float* bias = a.opt_f32(11, N, "matmul bias");
+    int act = (int)a.num(12);
+    float alpha = (float)a.num(13);
+    bool acc = a.boolean(14);
+    for (long b = 0; b < batch; ++b) {
+      Gemm g;
+      g.M = M; g.N = N; g.K = K;
+      g.A = A + b * sA; g.lda = ta ? M : K; g.transA = ta;
+      g.B = B + b * sB; g.ldb = tb ? K : N; g.transB = tb;
+      g.C = C + b * M * N; g.ldc = N; g.accumulate = acc;
+      g.bias = bias; g.act = act; g.alpha = alpha;
+      sgemm(g);
+    }
+    return undefined(env);
+  });
+}
+
+ConvShape conv_shape(const std::vector<long>& v) {
+  if (v.size() != 15) throw Err{"conv shape: expected 15 integers"};
+  ConvShape s{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13], v[14]};
+  if (s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1) throw Err{"conv shape: strides and dilations must be >= 1"};
+  return s;
+}
+
+// conv2d(x, w, out, shape[15], bias|null, act, alpha)
+napi_value Conv2d(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    ConvShape s = conv_shape(a.ints(3));
+    const float* x = a.f32(0, s.B * s.H * s.W * s.Cin, "conv2d x");
+    const float* w = a.f32(1, s.kh * s.kw * s.Cin * s.Cout, "conv2d filter");
+    float* out = a.f32(2, s.B * s.outH * s.outW * s.Cout, "conv2d out");
+    const float* bias = a.opt_f32(4, s.Cout, "conv2d bias");
+    conv2d(s, x, w, out, bias, (int)a.num(5), (float)a.num(6));
+    return undefined(env);
+  });
+}
+
+// conv2dBackpropInput(dy, w, dx, shape[15])
+napi_value Conv2dBackpropInput(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    ConvShape s = conv_shape(a.ints(3));
+    const float* dy = a.f32(0, s.B * s.outH * s.outW * s.Cout, "conv2dBackpropInput dy");
+    const float* w = a.f32(1, s.kh * s.kw * s.Cin * s.Cout, "conv2dBackpropInput filter");
+    float* dx = a.f32(2, s.B * s.H * s.W * s.Cin, "conv2dBackpropInput dx");
+    conv2d_backprop_input(s, dy, w, dx);
+    return undefined(env);
+  });
+}
+
+// conv2dBackpropFilter(x, dy, dw, shape[15])
+napi_value Conv2dBackpropFilter(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    ConvShape s = conv_shape(a.ints(3));
+    const float* x = a.f32(0, s.B * s.H * s.W * s.Cin, "conv2dBackpropFilter x");
+    const float* dy = a.f32(1, s.B * s.outH * s.outW * s.Cout, "conv2dBackpropFilter dy");
+    float* dw = a.f32(2, s.kh * s.kw * s.Cin * s.Cout, "conv2dBackpropFilter dw");
+    conv2d_backprop_filter(s, x, dy, dw);
+    return undefined(env);
+  });
+}
+
+long prod(const std::vector<long>& v) {
+  long p = 1;
+  for (long d : v) p *= d;
+  return p;
+}
+
+// binary(op, a, aShape, b, bShape, out, outShape): out = a (op) b with numpy broadcasting;
+// shapes are given already padded to the same rank.
+napi_value Binary(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    std::vector<long> as = a.ints(2), bs = a.ints(4), os = a.ints(6);
+    if (as.size() != os.size() || bs.size() != os.size()) throw Err{"binary: shapes must have equal rank"};
+    for (size_t i = 0; i < os.size(); ++i)
+      if ((as[i] != os[i] && as[i] != 1) || (bs[i] != os[i] && bs[i] != 1)) throw Err{"binary: shapes do not broadcast"};
+    const float* x = a.f32(1, prod(as), "binary a");
+    const float* y = a.f32(3, prod(bs), "binary b");
+    float* out = a.f32(5, prod(os), "binary out");
+    binary(op, x, as, y, bs, out, os);
+    return undefined(env);
+  });
+}
+
+// unary(op, x, out, alpha)
+napi_value Unary(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    size_t n;
+    {
+      napi_typedarray_type t;
+      void* d;
+      napi_value b;
+      size_t o;
+      napi_get_typedarray_info(env, a.argv[1], &t, &n, &d, &b, &o);
+    }
+    const float* x = a.f32(1, n, "unary x");
+    float* out = a.f32(2, n, "unary out");
+    unary(op, x, out, (long)n, (float)a.num(3));
+    return undefined(env);
+  });
+}
+
+// reduce(op, x, out, outer, reduce, inner): out[o, i] = op over r of x[o, r, i]
+napi_value Reduce(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    long outer = a.lng(3), red = a.lng(4), inner = a.lng(5);
+    const float* x = a.f32(1, outer * red * inner, "reduce x");
+    float* out = a.f32(2, outer * inner, "reduce out");
+    reduce(op, x, out, outer, red, inner);
+    return undefined(env);
+  });
+}
+
+// transpose(x, shape, perm, out)
+napi_value Transpose(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> shape = a.ints(1), perm = a.ints(2);
+    if (perm.size() != shape.size()) throw Err{"transpose: perm and shape differ in rank"};
+    std::vector<bool> seen(shape.size(), false);
+    for (long p : perm) {
+      if (p < 0 || p >= (long)shape.size() || seen[p]) throw Err{"transpose: bad perm"};
+      seen[p] = true;
+    }
+    const float* x = a.f32(0, prod(shape), "transpose x");
+    float* out = a.f32(3, prod(shape), "transpose out");
+    transpose(x, shape, perm, out);
+    return undefined(env);
+  });
+}
+
+// softmax(x, out, rows, cols): softmax over the last axis
+napi_value Softmax(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    long rows = a.lng(2), cols = a.lng(3);
+    const float* x = a.f32(0, rows * cols, "softmax x");
+    float* out = a.f32(1, rows * cols, "softmax out");
+    softmax(x, out, rows, cols);
+    return undefined(env);
+  });
+}
+
+napi_value SetThreads(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    long n = a.lng(0);
+    if (n < 1) n = 1;
+    if (n > 256) n = 256;
+    Pool::get().set_threads((int)n);
+    return undefined(env);
+  });
+}
+
+napi_value Threads(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_int32(env, Pool::get().threads(), &v);
+  return v;
+}
+
+napi_value Isa(napi_env env, napi_callback_info) {
+  napi_value v;
+  const char* s = gemm_isa();
+  napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+napi_value HardwareThreads(napi_env env, napi_callback_info) {
+  napi_value v;
+  napi_create_int32(env, (int)std::thread::hardware_concurrency(), &v);
+  return v;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+#ifdef M_MMAP_THRESHOLD
+  // Tensors come and go every step; by default glibc maps and unmaps each large buffer, so every
+  // new tensor pays page faults on first touch (slow in VMs). Keep freed memory for reuse instead.
+  // SDLAB_MALLOC_TUNE=0 disables this.
+  const char* tune = std::getenv("SDLAB_MALLOC_TUNE");
+  if (!tune || std::string(tune) != "0") {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+#endif
+  struct {
+    const char* name;
+    napi_callback cb;
+  } fns[] = {{"matmul", Matmul},
+             {"conv2d", Conv2d},
+             {"conv2dBackpropInput", Conv2dBackpropInput},
+             {"conv2dBackpropFilter", Conv2dBackpropFilter},
+             {"binary", Binary},
+             {"unary", Unary},
+             {"reduce", Reduce},
+             {"transpose", Transpose},
+             {"softmax", Softmax},
+             {"setThreads", SetThreads},
+             {"threads", Threads},
+             {"isa", Isa},
+             {"hardwareThreads", HardwareThreads}};
+  for (auto& f : fns) {
+    napi_value fn;
+    napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.cb, nullptr, &fn);
+    napi_set_named_property(env, exports, f.name, fn);
+  }
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

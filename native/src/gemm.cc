@@ -1,0 +1,505 @@
+// Packed, register-tiled SGEMM (the BLIS recipe): B is packed once into K-blocks of NR-wide
+// column panels shared by all threads; each thread packs its own MR-row panels of A per K
+// block and runs an MR x NR micro-kernel that keeps the C tile in registers. The micro-kernel
+// is picked at run time: AVX-512 (12x32), AVX2+FMA (6x16), or portable C++ (6x16).
+#include "gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SDLAB_X86 1
+#endif
+
+namespace sdlab {
+
+namespace {
+
+constexpr long KC = 384;       // K block: a 16-wide B micro-panel of KC rows is 24 KB (L1)
+constexpr long MC_ROWS = 96;   // rows of A packed per block (L2)
+
+typedef void (*KernFn)(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc);
+// Full-height tile with A unpacked (row-major, stride lda); optional per ISA.
+typedef void (*KernRowsFn)(long kc, const float* A, long lda, const float* B, float* C, long ldc, int nr, bool acc);
+
+struct Kern {
+  int MR, NR;
+  KernFn fn;
+  const char* name;
+  KernRowsFn rows_fn = nullptr;
+};
+
+constexpr long DIRECT_A_MAX_N = 384;  // skip packing A when N is at most this
+
+// Copies an MR x NR register tile (held in `t`) into C, honouring partial tiles and accumulate.
+inline void store_tile(const float* t, int MR, int NR, float* C, long ldc, int mr, int nr, bool acc) {
+  for (int i = 0; i < mr; ++i) {
+    float* c = C + i * ldc;
+    const float* s = t + i * NR;
+    if (acc)
+      for (int j = 0; j < nr; ++j) c[j] += s[j];
+    else
+      for (int j = 0; j < nr; ++j) c[j] = s[j];
+  }
+  (void)MR;
+}
+
+void kern_generic(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc) {
+  constexpr int MR = 6, NR = 16;
+  float t[MR * NR] = {0};
+  for (long k = 0; k < kc; ++k) {
+    const float* a = A + k * MR;
+    const float* b = B + k * NR;
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) t[i * NR + j] += a[i] * b[j];
+  }
+  store_tile(t, MR, NR, C, ldc, mr, nr, acc);
+}
+
+#ifdef SDLAB_X86
+__attribute__((target("avx2,fma"))) void kern_avx2(long kc, const float* A, const float* B, float* C, long ldc,
+                                                    int mr, int nr, bool acc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (long k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(A + 0); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(A + 1); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(A + 2); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(A + 3); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(A + 4); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(A + 5); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+    A += 6;
+    B += 16;
+  }
+  if (mr == 6 && nr == 16) {
+#define ROW(i, x0, x1)                                                              \
+  {                                                                                 \
+    float* c = C + (i) * ldc;                                                       \
+    if (acc) {                                                                      \
+      x0 = _mm256_add_ps(x0, _mm256_loadu_ps(c));                                   \
+      x1 = _mm256_add_ps(x1, _mm256_loadu_ps(c + 8));                               \
+    }                                                                               \
+    _mm256_storeu_ps(c, x0);                                                        \
+    _mm256_storeu_ps(c + 8, x1);                                                    \
+  }
+    ROW(0, c00, c01) ROW(1, c10, c11) ROW(2, c20, c21) ROW(3, c30, c31) ROW(4, c40, c41) ROW(5, c50, c51)
+#undef ROW
+    return;
+  }
+  alignas(32) float t[6 * 16];
+  _mm256_store_ps(t + 0, c00); _mm256_store_ps(t + 8, c01);
+  _mm256_store_ps(t + 16, c10); _mm256_store_ps(t + 24, c11);
+  _mm256_store_ps(t + 32, c20); _mm256_store_ps(t + 40, c21);
+  _mm256_store_ps(t + 48, c30); _mm256_store_ps(t + 56, c31);
+  _mm256_store_ps(t + 64, c40); _mm256_store_ps(t + 72, c41);
+  _mm256_store_ps(t + 80, c50); _mm256_store_ps(t + 88, c51);
+  store_tile(t, 6, 16, C, ldc, mr, nr, acc);
+}
+
+// Same tile, but A read straight from row-major storage (6 rows, stride lda): skips packing A,
+// which pays off when N is small (each A element then feeds only a few B panels).
+__attribute__((target("avx2,fma"))) void kern_avx2_rows(long kc, const float* A, long lda, const float* B, float* C,
+                                                         long ldc, int nr, bool acc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda, *a5 = A + 5 * lda;
+  for (long k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+    B += 16;
+  }
+  alignas(32) float t[6 * 16];
+  _mm256_store_ps(t + 0, c00); _mm256_store_ps(t + 8, c01);
+  _mm256_store_ps(t + 16, c10); _mm256_store_ps(t + 24, c11);
+  _mm256_store_ps(t + 32, c20); _mm256_store_ps(t + 40, c21);
+  _mm256_store_ps(t + 48, c30); _mm256_store_ps(t + 56, c31);
+  _mm256_store_ps(t + 64, c40); _mm256_store_ps(t + 72, c41);
+  _mm256_store_ps(t + 80, c50); _mm256_store_ps(t + 88, c51);
+  if (nr == 16) {
+    for (int i = 0; i < 6; ++i) {
+      float* c = C + i * ldc;
+      __m256 x0 = _mm256_load_ps(t + i * 16), x1 = _mm256_load_ps(t + i * 16 + 8);
+      if (acc) {
+        x0 = _mm256_add_ps(x0, _mm256_loadu_ps(c));
+        x1 = _mm256_add_ps(x1, _mm256_loadu_ps(c + 8));
+      }
+      _mm256_storeu_ps(c, x0);
+      _mm256_storeu_ps(c + 8, x1);
+    }
+    return;
+  }
+  store_tile(t, 6, 16, C, ldc, 6, nr, acc);
+}
+
+__attribute__((target("avx512f"))) void kern_avx512(long kc, const float* A, const float* B, float* C, long ldc,
+                                                     int mr, int nr, bool acc) {
+  constexpr int MR = 12;
+  __m512 c[MR][2];
+  for (int i = 0; i < MR; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
+  for (long k = 0; k < kc; ++k) {
+    __m512 b0 = _mm512_load_ps(B), b1 = _mm512_load_ps(B + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      __m512 a = _mm512_set1_ps(A[i]);
+      c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+      c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+    }
+    A += MR;
+    B += 32;
+  }
+  if (mr == MR && nr == 32) {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      float* p = C + i * ldc;
+      __m512 x0 = c[i][0], x1 = c[i][1];
+      if (acc) {
+        x0 = _mm512_add_ps(x0, _mm512_loadu_ps(p));
+        x1 = _mm512_add_ps(x1, _mm512_loadu_ps(p + 16));
+      }
+      _mm512_storeu_ps(p, x0);
+      _mm512_storeu_ps(p + 16, x1);
+    }
+    return;
+  }
+  alignas(64) float t[MR * 32];
+  for (int i = 0; i < MR; ++i) {
+    _mm512_store_ps(t + i * 32, c[i][0]);
+    _mm512_store_ps(t + i * 32 + 16, c[i][1]);
+  }
+  store_tile(t, MR, 32, C, ldc, mr, nr, acc);
+}
+#endif
+
+const Kern& kernel() {
+  static const Kern k = [] {
+    const char* force = std::getenv("SDLAB_ISA");  // "avx512" | "avx2" | "generic" (tests, benchmarks)
+    std::string f = force ? force : "";
+#ifdef SDLAB_X86
+    __builtin_cpu_init();
+    bool has512 = __builtin_cpu_supports("avx512f");
+    bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (has512 && (f.empty() || f == "avx512")) return Kern{12, 32, kern_avx512, "avx512"};
+    if (has2 && f != "generic") return Kern{6, 16, kern_avx2, "avx2+fma", kern_avx2_rows};
+#endif
+    return Kern{6, 16, kern_generic, "generic"};
+  }();
+  return k;
+}
+
+// Packs rows [p0*MR, p1*MR) x cols [k0, k0+kc) of op(A) into MR-row panels laid out [k][MR].
+void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* dst) {
+  for (long p = p0; p < p1; ++p, dst += kc * MR) {
+    long m0 = p * MR;
+    int mr = (int)std::min<long>(MR, g.M - m0);
+    if (!g.transA) {
+      for (int i = 0; i < mr; ++i) {
+        const float* src = g.A + (m0 + i) * g.lda + k0;
+        for (long k = 0; k < kc; ++k) dst[k * MR + i] = src[k];
+      }
+      for (int i = mr; i < MR; ++i)
+        for (long k = 0; k < kc; ++k) dst[k * MR + i] = 0.f;
+    } else {
+      for (long k = 0; k < kc; ++k) {
+        const float* src = g.A + (k0 + k) * g.lda + m0;
+        float* d = dst + k * MR;
+        int i = 0;
+        for (; i < mr; ++i) d[i] = src[i];
+        for (; i < MR; ++i) d[i] = 0.f;
+      }
+    }
+  }
+}
+
+// Packs panel j (cols [j*NR, j*NR+NR)) x rows [k0, k0+kc) of op(B), laid out [k][NR].
+void pack_b(const Gemm& g, int NR, long j, long k0, long kc, float* dst) {
+  long n0 = j * NR;
+  int nr = (int)std::min<long>(NR, g.N - n0);
+  if (!g.transB) {
+    for (long k = 0; k < kc; ++k) {
+      const float* src = g.B + (k0 + k) * g.ldb + n0;
+      float* d = dst + k * NR;
+      int jj = 0;
+      for (; jj < nr; ++jj) d[jj] = src[jj];
+      for (; jj < NR; ++jj) d[jj] = 0.f;
+    }
+  } else {
+    for (int jj = 0; jj < nr; ++jj) {
+      const float* src = g.B + (n0 + jj) * g.ldb + k0;
+      for (long k = 0; k < kc; ++k) dst[k * NR + jj] = src[k];
+    }
+    for (int jj = nr; jj < NR; ++jj)
+      for (long k = 0; k < kc; ++k) dst[k * NR + jj] = 0.f;
+  }
+}
+
+inline float act1(float v, int act, float alpha) {
+  switch (act) {
+    case ACT_RELU: return v > 0.f ? v : 0.f;
+    case ACT_RELU6: return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+    case ACT_SIGMOID: return 1.f / (1.f + std::exp(-v));
+    case ACT_LEAKYRELU: return v < 0.f ? alpha * v : v;
+    case ACT_ELU: return v < 0.f ? std::expm1(v) : v;
+    default: return v;
+  }
+}
+
+void epilogue_region(float* C, long ldc, long m0, long m1, long n0, long n1, const float* bias, int act,
+                     float alpha) {
+  if (!bias && act == ACT_LINEAR) return;
+  for (long m = m0; m < m1; ++m) {
+    float* c = C + m * ldc;
+    if (bias)
+      for (long n = n0; n < n1; ++n) c[n] += bias[n];
+    if (act == ACT_RELU) {
+      for (long n = n0; n < n1; ++n) c[n] = c[n] > 0.f ? c[n] : 0.f;
+    } else if (act != ACT_LINEAR) {
+      for (long n = n0; n < n1; ++n) c[n] = act1(c[n], act, alpha);
+    }
+  }
+}
+
+// ---- matrix-vector products (N == 1 or M == 1): memory-bound, no packing ----
+
+#ifdef SDLAB_X86
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* x, const float* y, long n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+  __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s);
+  float r = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  for (; i < n; ++i) r += x[i] * y[i];
+  return r;
+}
+#endif
+
+float dot(const float* x, const float* y, long n) {
+#ifdef SDLAB_X86
+  static const bool simd = std::strcmp(kernel().name, "generic") != 0;
+  if (simd) return dot_avx2(x, y, n);
+#endif
+  float s[8] = {0};
+  long i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += x[i + j] * y[i + j];
+  float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) r += x[i] * y[i];
+  return r;
+}
+
+// y[i] = sum_k v[k] * X(i, k) for i in [0, count): X(i,k) = X[i*ldx + k] when dot_form, else X[k*ldx + i].
+void gemv(const float* X, long ldx, bool dot_form, const float* v, long K, float* y, long count) {
+  if (dot_form) {
+    parallel_for(count, std::max<long>(1, 65536 / std::max<long>(1, K)), [&](long b, long e) {
+      for (long i = b; i < e; ++i) y[i] = dot(X + i * ldx, v, K);
+    });
+  } else {
+    parallel_for(count, 4096, [&](long b, long e) {
+      for (long i = b; i < e; ++i) y[i] = 0.f;
+      for (long k = 0; k < K; ++k) {
+        const float* x = X + k * ldx;
+        float s = v[k];
+        for (long i = b; i < e; ++i) y[i] += s * x[i];
+      }
+    });
+  }
+}
+
+void sgemv_case(const Gemm& g) {
+  std::vector<float> tmpv, y;
+  if (g.N == 1) {
+    // C[m] = sum_k A(m,k) b[k]
+    const float* b = g.B;
+    if (!g.transB && g.ldb != 1) {
+      tmpv.resize(g.K);
+      for (long k = 0; k < g.K; ++k) tmpv[k] = g.B[k * g.ldb];
+      b = tmpv.data();
+    }
+    y.resize(g.M);
+    gemv(g.A, g.lda, !g.transA, b, g.K, y.data(), g.M);
+    for (long m = 0; m < g.M; ++m) {
+      float v = y[m] + (g.accumulate ? g.C[m * g.ldc] : 0.f);
+      if (g.bias) v += g.bias[0];
+      g.C[m * g.ldc] = act1(v, g.act, g.alpha);
+    }
+  } else {
+    // M == 1: C[n] = sum_k a[k] B(k,n)
+    const float* a = g.A;
+    if (g.transA && g.lda != 1) {
+      tmpv.resize(g.K);
+      for (long k = 0; k < g.K; ++k) tmpv[k] = g.A[k * g.lda];
+      a = tmpv.data();
+    }
+    y.resize(g.N);
+    gemv(g.B, g.ldb, g.transB, a, g.K, y.data(), g.N);
+    for (long n = 0; n < g.N; ++n) {
+      float v = y[n] + (g.accumulate ? g.C[n] : 0.f);
+      if (g.bias) v += g.bias[n];
+      g.C[n] = act1(v, g.act, g.alpha);
+    }
+  }
+}
+
+}  // namespace
+
+const char* gemm_isa() { return kernel().name; }
+
+float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }
+
+void epilogue(float* C, long ldc, long m0, long m1, long N, const float* bias, int act, float alpha) {
+  epilogue_region(C, ldc, m0, m1, 0, N, bias, act, alpha);
+}
+
+void sgemm(const Gemm& g) {
+  const long M = g.M, N = g.N, K = g.K;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (long m = 0; m < M; ++m)
+      if (!g.accumulate) std::memset(g.C + m * g.ldc, 0, N * sizeof(float));
+    epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
+    return;
+  }
+  if (N == 1 || M == 1) return sgemv_case(g);
+
+  const Kern& kr = kernel();
+  const int MR = kr.MR, NR = kr.NR;
+  const long mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR, Npad = np * NR;
+  const long nkb = (K + KC - 1) / KC;
+  const long MCP = std::max<long>(1, MC_ROWS / MR);  // A panels per packed block
+  Pool& pool = Pool::get();
+  int T = pool.threads();
+  double flops = 2.0 * M * N * K;
+  if (flops < 3e6) T = 1;
+
+  // Pack all of op(B) once: block kb (rows [kb*KC, ...)) starts at kb*KC*Npad, panel j at +j*kc*NR.
+  float* const Bpk = scratch(1, (size_t)K * Npad);
+  {
+    long tasks = nkb * np;
+    auto packer = [&](long b, long e) {
+      for (long t = b; t < e; ++t) {
+        long kb = t / np, j = t % np, k0 = kb * KC, kc = std::min(KC, K - k0);
+        pack_b(g, NR, j, k0, kc, Bpk + k0 * Npad + j * kc * NR);
+      }
+    };
+    if (T == 1) packer(0, tasks); else parallel_for(tasks, 1, packer);
+  }
+
+  // One thread's share: A panels [pb,pe) x B panels [jb,je) x K blocks [kbb,kbe), into Cd.
+  const bool direct_a = kr.rows_fn && !g.transA && N <= DIRECT_A_MAX_N && (std::getenv("SDLAB_PACK_A") == nullptr);
+  auto compute = [&](long pb, long pe, long jb, long je, long kbb, long kbe, float* Cd, long ldc, bool acc) {
+    float* const Apk = scratch(2, (size_t)MCP * MR * KC);
+    for (long kb = kbb; kb < kbe; ++kb) {
+      long k0 = kb * KC, kc = std::min(KC, K - k0);
+      bool accum = acc || kb > kbb;
+      for (long p0 = pb; p0 < pe; p0 += MCP) {
+        long p1 = std::min(p0 + MCP, pe);
+        if (direct_a) {
+          // Full panels read A in place; only a ragged last panel is packed (zero-padded).
+          bool ragged = p1 * MR > M;
+          if (ragged) pack_a(g, MR, p1 - 1, p1, k0, kc, Apk);
+          for (long j = jb; j < je; ++j) {
+            const float* bpan = Bpk + k0 * Npad + j * kc * NR;
+            int nr = (int)std::min<long>(NR, N - j * NR);
+            for (long p = p0; p < p1; ++p) {
+              float* cp = Cd + p * MR * ldc + j * NR;
+              if (ragged && p == p1 - 1)
+                kr.fn(kc, Apk, bpan, cp, ldc, (int)(M - p * MR), nr, accum);
+              else
+                kr.rows_fn(kc, g.A + p * MR * g.lda + k0, g.lda, bpan, cp, ldc, nr, accum);
+            }
+          }
+          continue;
+        }
+        pack_a(g, MR, p0, p1, k0, kc, Apk);
+        for (long j = jb; j < je; ++j) {
+          const float* bpan = Bpk + k0 * Npad + j * kc * NR;
+          int nr = (int)std::min<long>(NR, N - j * NR);
+          for (long p = p0; p < p1; ++p) {
+            int mr = (int)std::min<long>(MR, M - p * MR);
+            kr.fn(kc, Apk + (p - p0) * kc * MR, bpan, Cd + p * MR * ldc + j * NR, ldc, mr, nr, accum);
+          }
+        }
+      }
+    }
+  };
+  auto rows = [&](long p) { return std::min(p * MR, M); };
+  auto cols = [&](long j) { return std::min(j * NR, N); };
+
+  if (T == 1) {
+    compute(0, mp, 0, np, 0, nkb, g.C, g.ldc, g.accumulate);
+    epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
+  } else if (mp >= 2 * T || (mp >= T && np < 2 * T)) {
+    pool.run(T, [&](int t) {
+      long pb = mp * t / T, pe = mp * (t + 1) / T;
+      if (pb >= pe) return;
+      compute(pb, pe, 0, np, 0, nkb, g.C, g.ldc, g.accumulate);
+      epilogue_region(g.C, g.ldc, rows(pb), rows(pe), 0, N, g.bias, g.act, g.alpha);
+    });
+  } else if (np >= T) {
+    pool.run(T, [&](int t) {
+      long jb = np * t / T, je = np * (t + 1) / T;
+      if (jb >= je) return;
+      compute(0, mp, jb, je, 0, nkb, g.C, g.ldc, g.accumulate);
+      epilogue_region(g.C, g.ldc, 0, M, cols(jb), cols(je), g.bias, g.act, g.alpha);
+    });
+  } else if (nkb >= 2) {
+    // Few output tiles, long K (e.g. a filter gradient): split K, then sum the partial products.
+    int parts = (int)std::min<long>(T, nkb);
+    std::vector<float*> part(parts, nullptr);
+    pool.run(parts, [&](int t) {
+      long kbb = nkb * t / parts, kbe = nkb * (t + 1) / parts;
+      if (t == 0) {
+        compute(0, mp, 0, np, kbb, kbe, g.C, g.ldc, g.accumulate);
+      } else {
+        part[t] = scratch(3, (size_t)mp * MR * N);
+        compute(0, mp, 0, np, kbb, kbe, part[t], N, false);
+      }
+    });
+    parallel_for(M, 64, [&](long b, long e) {
+      for (long m = b; m < e; ++m) {
+        float* c = g.C + m * g.ldc;
+        for (int t = 1; t < parts; ++t) {
+          const float* s = part[t] + m * N;
+          for (long n = 0; n < N; ++n) c[n] += s[n];
+        }
+      }
+      epilogue_region(g.C, g.ldc, b, e, 0, N, g.bias, g.act, g.alpha);
+    });
+  } else {
+    compute(0, mp, 0, np, 0, nkb, g.C, g.ldc, g.accumulate);
+    epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
+  }
+}
+
+}  // namespace sdlab

@@ -1,0 +1,252 @@
+/**
+ * Parity of sdlab's native backend against tfjs's `cpu` backend: every overridden kernel,
+ * forward and through tf.grads / optimizer.minimize, over seeded random shapes, strides,
+ * paddings, dilations and batch sizes (including 1-sized and odd dimensions, K=1, N=1).
+ * Error measure: max |native - cpu| / sqrt(K) <= 1e-5, K the length of each dot product.
+ */
+import { describe, expect, it, beforeAll } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import { loadNativeAddon, registerNativeBackend, nativeLoadError } from '../src/backend/native.ts';
+
+tf.env().set('PROD', true); // no per-op NaN checks/warnings in the comparisons
+
+function rng(seed: number) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+const R = rng(1234);
+const int = (lo: number, hi: number) => lo + Math.floor(R() * (hi - lo + 1));
+const pick = <T,>(xs: T[]) => xs[Math.floor(R() * xs.length)];
+const randData = (n: number) => Float32Array.from({ length: n }, () => R() * 2 - 1);
+
+/** Runs fn on fresh tensors under `backend`, returns the outputs' data. */
+function runOn(backend: string, inputs: Array<{ shape: number[]; data: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[]): Float32Array[] {
+  tf.setBackend(backend);
+  return tf.tidy(() => {
+    const xs = inputs.map((i) => tf.tensor(i.data, i.shape));
+    const out = fn(...xs);
+    return (Array.isArray(out) ? out : [out]).map((t) => t.dataSync() as Float32Array);
+  });
+}
+
+/** max |a-b| / sqrt(K) over all outputs of fn under cpu and native. */
+function parity(inputs: Array<{ shape: number[]; data?: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[], K: number): number {
+  const full = inputs.map((i) => ({ shape: i.shape, data: i.data ?? randData(i.shape.reduce((a, b) => a * b, 1)) }));
+  const want = runOn('cpu', full, fn);
+  const got = runOn('native', full, fn);
+  let err = 0;
+  want.forEach((w, j) => {
+    expect(got[j].length).toBe(w.length);
+    for (let i = 0; i < w.length; i++) {
+      const d = Math.abs(got[j][i] - w[i]);
+      err = Math.max(err, Number.isNaN(d) ? Infinity : d);
+    }
+  });
+  return err / Math.sqrt(Math.max(1, K));
+}
+
+const TOL = 1e-5;
+
+beforeAll(() => {
+  const ok = registerNativeBackend();
+  if (!ok) throw new Error(`native backend not available: ${nativeLoadError()}`);
+});
+
+describe('native backend: GEMM kernels', () => {
+  it('matMul forward, random shapes, transposes and broadcast batches (1 and 2 threads)', () => {
+    const addon = loadNativeAddon()!;
+    let worst = 0;
+    for (let t = 0; t < 40; t++) {
+      addon.setThreads(t % 2 ? 2 : 1);
+      const M = pick([1, 2, int(1, 17), int(20, 70)]), N = pick([1, 3, int(1, 17), int(20, 70)]), K = pick([1, int(1, 9), int(10, 90), 700]);
+      const ta = R() < 0.5, tb = R() < 0.5;
+      const batch = pick([[], [1], [3], [2, 2]]);
+      const bBatch = pick([batch, [1], []]);
+      const aShape = [...batch, ...(ta ? [K, M] : [M, K])], bShape = [...bBatch, ...(tb ? [N, K] : [K, N])];
+      worst = Math.max(worst, parity([{ shape: aShape }, { shape: bShape }], (a, b) => tf.matMul(a, b, ta, tb), K));
+    }
+    addon.setThreads(2);
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('a larger matMul that uses several K blocks and both threads', () => {
+    expect(parity([{ shape: [131, 900] }, { shape: [900, 75] }], (a, b) => tf.matMul(a, b), 900)).toBeLessThanOrEqual(TOL);
+  });
+
+  it('fused matMul (bias, activations) forward and gradients', () => {
+    let worst = 0;
+    for (const activation of ['linear', 'relu', 'relu6', 'sigmoid', 'elu', 'leakyrelu'] as const) {
+      const M = int(1, 30), N = int(1, 30), K = int(1, 40);
+      const ta = R() < 0.5, tb = R() < 0.5;
+      const f = (a: tf.Tensor, b: tf.Tensor, bias: tf.Tensor) =>
+        tf.fused.matMul({ a: a as tf.Tensor2D, b: b as tf.Tensor2D, transposeA: ta, transposeB: tb, bias, activation, leakyreluAlpha: 0.1 });
+      const inputs = [{ shape: ta ? [K, M] : [M, K] }, { shape: tb ? [N, K] : [K, N] }, { shape: [N] }];
+      worst = Math.max(worst, parity(inputs, f, K));
+      if (activation === 'linear' || activation === 'relu') {
+        worst = Math.max(worst, parity(inputs, (a, b, bias) => tf.grads((a, b, bias) => f(a, b, bias).square().sum())([a, b, bias]), Math.max(K, M, N)));
+      }
+    }
+    // a bias that broadcasts over rows ([M,1]) goes through the Add kernel
+    worst = Math.max(worst, parity([{ shape: [5, 7] }, { shape: [7, 4] }, { shape: [5, 1] }],
+      (a, b, bias) => tf.fused.matMul({ a: a as tf.Tensor2D, b: b as tf.Tensor2D, bias, activation: 'relu' }), 7));
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('conv2d forward: random sizes, strides, paddings, dilations', () => {
+    let worst = 0;
+    for (let t = 0; t < 40; t++) {
+      const B = int(1, 3), H = int(1, 12), W = int(1, 12), Cin = pick([1, int(1, 6), 17]), Cout = pick([1, int(1, 8), 33]);
+      const kh = int(1, 4), kw = int(1, 4);
+      const stride = R() < 0.5 ? 1 : int(1, 3);
+      const dil = stride === 1 && R() < 0.4 ? int(1, 2) : 1; // tfjs: strides or dilations must be 1
+      const pad = pick(['same', 'valid', int(0, 2)] as Array<'same' | 'valid' | number>);
+      if (pad === 'valid' && (H < (kh - 1) * dil + 1 || W < (kw - 1) * dil + 1)) continue;
+      const info = tf.backend_util.computeConv2DInfo([B, H, W, Cin], [kh, kw, Cin, Cout], stride, dil, pad, undefined, false, 'channelsLast');
+      if (info.outHeight < 1 || info.outWidth < 1) continue;
+      worst = Math.max(worst, parity([{ shape: [B, H, W, Cin] }, { shape: [kh, kw, Cin, Cout] }],
+        (x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, stride, pad, 'NHWC', dil), kh * kw * Cin));
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('conv2d gradients (Conv2DBackpropInput / Conv2DBackpropFilter) through tf.grads', () => {
+    let worst = 0;
+    for (let t = 0; t < 25; t++) {
+      const B = int(1, 3), H = int(2, 11), W = int(2, 11), Cin = pick([1, int(1, 5)]), Cout = pick([1, int(1, 7)]);
+      const kh = int(1, 3), kw = int(1, 3), stride: [number, number] = [int(1, 3), int(1, 3)];
+      const pad = pick(['same', 'valid', int(0, 1)] as Array<'same' | 'valid' | number>);
+      if (pad === 'valid' && (H < kh || W < kw)) continue;
+      const f = (x: tf.Tensor, w: tf.Tensor) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, stride, pad);
+      const inputs = [{ shape: [B, H, W, Cin] }, { shape: [kh, kw, Cin, Cout] }];
+      const K = Math.max(kh * kw * Cout, B * H * W);
+      worst = Math.max(worst, parity(inputs, (x, w) => tf.grads((x, w) => f(x, w).square().sum())([x, w]), K));
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('conv2dTranspose forward and gradients', () => {
+    let worst = 0;
+    for (let t = 0; t < 15; t++) {
+      const B = int(1, 2), h = int(1, 7), w = int(1, 7), Cin = int(1, 5), Cout = int(1, 5), k = int(1, 4), s = int(1, 3);
+      const pad = pick(['same', 'valid'] as const);
+      const outShape: [number, number, number, number] = pad === 'same' ? [B, h * s, w * s, Cout] : [B, (h - 1) * s + k, (w - 1) * s + k, Cout];
+      const f = (x: tf.Tensor, f: tf.Tensor) => tf.conv2dTranspose(x as tf.Tensor4D, f as tf.Tensor4D, outShape, s, pad);
+      const inputs = [{ shape: [B, h, w, Cin] }, { shape: [k, k, Cout, Cin] }];
+      worst = Math.max(worst, parity(inputs, f, k * k * Cin));
+      worst = Math.max(worst, parity(inputs, (x, w) => tf.grads((x, w) => f(x, w).square().sum())([x, w]), Math.max(k * k * Cout, B * outShape[1] * outShape[2])));
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('fused conv2d with bias and activation, forward and gradients', () => {
+    let worst = 0;
+    for (const activation of ['linear', 'relu', 'sigmoid', 'leakyrelu'] as const) {
+      const Cin = int(1, 4), Cout = int(1, 6), s = int(1, 2);
+      const f = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
+        tf.fused.conv2d({ x: x as tf.Tensor4D, filter: w as tf.Tensor4D, strides: s, pad: 'same', bias: b, activation, leakyreluAlpha: 0.3 });
+      const inputs = [{ shape: [2, 9, 7, Cin] }, { shape: [3, 3, Cin, Cout] }, { shape: [Cout] }];
+      worst = Math.max(worst, parity(inputs, f, 9 * Cin));
+      if (activation !== 'sigmoid' && activation !== 'leakyrelu') {
+        worst = Math.max(worst, parity(inputs, (x, w, b) => tf.grads((x, w, b) => f(x, w, b).square().sum())([x, w, b]), 2 * 9 * 7));
+      }
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('the reference convnet shapes (batch 4), forward and backward', () => {
+    const layers = (x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, w3: tf.Tensor, w4: tf.Tensor, w5: tf.Tensor) => {
+      let h = tf.relu(tf.conv2d(x as tf.Tensor4D, w1 as tf.Tensor4D, 1, 'same'));
+      h = tf.relu(tf.conv2d(h, w2 as tf.Tensor4D, 2, 'same'));
+      h = tf.relu(tf.conv2d(h, w3 as tf.Tensor4D, 1, 'same'));
+      h = tf.relu(tf.conv2dTranspose(h, w4 as tf.Tensor4D, [x.shape[0]!, 28, 28, 32], 2, 'same'));
+      return tf.conv2d(h, w5 as tf.Tensor4D, 1, 'same');
+    };
+    // Weights scaled by sqrt(3 / fan-in) so activations stay O(1) through the five layers.
+    const inputs = [[4, 28, 28, 1], [3, 3, 1, 32], [3, 3, 32, 64], [3, 3, 64, 64], [3, 3, 32, 64], [3, 3, 32, 1]].map((shape, i) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const fanIn = i === 4 ? 9 * 64 : 9 * shape[2];
+      return { shape, data: i === 0 ? randData(n) : randData(n).map((v) => v * Math.sqrt(3 / fanIn)) };
+    });
+    const loss = (...xs: tf.Tensor[]) => tf.losses.meanSquaredError(xs[0], layers(...(xs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor])));
+    expect(parity(inputs, (...xs) => layers(...(xs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor])), 576)).toBeLessThanOrEqual(TOL);
+    expect(parity(inputs, (...xs) => tf.grads(loss)(xs), 4 * 28 * 28)).toBeLessThanOrEqual(TOL);
+  });
+});
+
+describe('native backend: elementwise, reductions, transpose, softmax', () => {
+  it('binary ops with broadcasting', () => {
+    const ops: Array<(a: tf.Tensor, b: tf.Tensor) => tf.Tensor> = [tf.add, tf.sub, tf.mul, tf.div, tf.squaredDifference, tf.maximum, tf.minimum];
+    const pairs: number[][][] = [[[5, 7], [5, 7]], [[5, 7], [7]], [[5, 7], [5, 1]], [[2, 3, 4, 5], [5]], [[2, 3, 4, 5], [3, 1, 1]], [[1], [4, 3]],
+      [[2, 1, 4], [3, 1]], [[6], []], [[4, 1, 3, 1], [1, 5, 1, 2]], [[70000], [70000]], [[64, 7, 7, 32], [32]]];
+    let worst = 0;
+    for (const op of ops) for (const [a, b] of pairs) worst = Math.max(worst, parity([{ shape: a }, { shape: b }], op, 1));
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('unary ops, including NaN passthrough of relu', () => {
+    const fs: Array<(x: tf.Tensor) => tf.Tensor> = [tf.relu, tf.relu6, tf.sigmoid, tf.tanh, tf.exp, tf.neg, tf.abs, tf.square, tf.elu,
+      (x) => tf.step(x, 0.25), (x) => tf.leakyRelu(x, 0.1), (x) => tf.sqrt(tf.abs(x)), (x) => tf.rsqrt(tf.abs(x).add(0.1)), (x) => tf.log(tf.abs(x).add(0.1))];
+    let worst = 0;
+    for (const f of fs) worst = Math.max(worst, parity([{ shape: [3, 1000] }], (x) => f(x.mul(3)), 1));
+    expect(worst).toBeLessThanOrEqual(TOL);
+    const nan = new Float32Array([NaN, -1, 2]);
+    expect(Array.from(runOn('native', [{ shape: [3], data: nan }], (x) => tf.relu(x))[0])).toEqual([NaN, 0, 2]);
+  });
+
+  it('sum / mean / max / min over axes, keepDims', () => {
+    const cases: Array<[number[], number | number[] | undefined]> = [[[64, 7, 7, 32], [0, 1, 2]], [[5, 6, 7], 1], [[5, 6, 7], [0, 2]], [[5, 6, 7], -1],
+      [[5, 6, 7], undefined], [[3000], 0], [[2, 3, 4, 5], [1, 3]], [[1, 1, 9], [0, 1]]];
+    let worst = 0;
+    for (const [shape, axis] of cases) {
+      for (const keep of [false, true]) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const k = axis === undefined ? n : n / tf.sum(tf.zeros(shape), axis).size;
+        worst = Math.max(worst, parity([{ shape }], (x) => [tf.sum(x, axis, keep), tf.mean(x, axis, keep), tf.max(x, axis, keep), tf.min(x, axis, keep)], k));
+      }
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('transpose, softmax, addN', () => {
+    let worst = parity([{ shape: [2, 3, 4, 5] }], (x) => [tf.transpose(x, [3, 1, 0, 2]), tf.transpose(x, [0, 2, 1, 3]), tf.transpose(x)], 1);
+    worst = Math.max(worst, parity([{ shape: [7, 33] }], (x) => [tf.softmax(x.mul(5)), tf.softmax(x.reshape([7, 3, 11]))], 1));
+    worst = Math.max(worst, parity([{ shape: [4, 9] }, { shape: [4, 9] }, { shape: [4, 9] }], (a, b, c) => tf.addN([a, b, c]), 1));
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+});
+
+describe('native backend: training', () => {
+  it('Adam minimize on a small convnet gives the same weights as cpu after 3 steps', () => {
+    const shapes = [[3, 3, 1, 4], [4], [3, 3, 2, 4], [2]];
+    const init = shapes.map((s) => randData(s.reduce((a, b) => a * b, 1)).map((v) => v * 0.5));
+    const x = randData(3 * 10 * 10);
+    const train = (backend: string) => {
+      tf.setBackend(backend);
+      const vars = shapes.map((s, i) => tf.variable(tf.tensor(init[i], s)));
+      const xs = tf.tensor4d(x, [3, 10, 10, 1]);
+      const opt = tf.train.adam(1e-2);
+      for (let step = 0; step < 3; step++) {
+        opt.minimize(() => {
+          const h = tf.relu(tf.conv2d(xs, vars[0] as tf.Variable<tf.Rank.R4>, 2, 'same').add(vars[1])) as tf.Tensor4D;
+          const y = tf.conv2dTranspose(h, vars[2] as tf.Variable<tf.Rank.R4>, [3, 10, 10, 2], 2, 'same').add(vars[3]);
+          return tf.losses.meanSquaredError(xs.tile([1, 1, 1, 2]), y) as tf.Scalar;
+        });
+      }
+      const out = vars.map((v) => v.dataSync().slice() as Float32Array);
+      vars.forEach((v) => v.dispose());
+      xs.dispose();
+      opt.dispose();
+      return out;
+    };
+    const want = train('cpu'), got = train('native');
+    let err = 0;
+    want.forEach((w, j) => w.forEach((v, i) => (err = Math.max(err, Math.abs(v - got[j][i])))));
+    expect(err).toBeLessThanOrEqual(1e-5);
+  });
+});
