@@ -190,8 +190,11 @@ export class GEGLU extends Module {
   }
   forward<T extends tf.Tensor>(x: T): T {
     return tf.tidy(() => {
-      const [value, gate] = tf.split(this.proj.forward(x), 2, -1);
-      return tf.mul(value!, gelu(gate!)) as T;
+      // Split via [N, 2, out] → [2, N, out] and unstack: both halves are then contiguous.
+      // (tf.split/slice along the last axis take ~100× longer in tfjs's cpu kernels.)
+      const h = tf.transpose(tf.reshape(this.proj.forward(x), [-1, 2, this.dimOut]), [1, 0, 2]);
+      const [value, gate] = tf.unstack(h, 0);
+      return tf.reshape(tf.mul(value!, gelu(gate!)), [...x.shape.slice(0, -1), this.dimOut]) as T;
     });
   }
 }

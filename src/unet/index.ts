@@ -1,0 +1,2 @@
+/** The text-conditioned latent UNet (UNet2DConditionModel); see unet.ts. */
+export * from './unet.ts';
