@@ -1,4 +1,4 @@
-/** The text side of sdlab: tokenizers (and, later, the text encoder). */
+/** sdlab's CLIP: tokenizers, the text encoder (CLIP text transformer), a small image encoder, the contrastive model and its evaluation. */
 export { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 export { ClipTokenizer, basicClean, type ClipTokenizerOptions, type ClipSpecialTokens } from './tokenizer_clip.ts';
 export {
@@ -10,3 +10,7 @@ export {
   type WordTokenizerOptions,
 } from './tokenizer_word.ts';
 export { loadTokenizer } from './tokenizer_load.ts';
+export * from './text_encoder.ts';
+export * from './image_encoder.ts';
+export * from './clip.ts';
+export * from './eval.ts';

@@ -1,0 +1,215 @@
+/**
+ * Loading a StableDiffusionPipeline from the three places weights live:
+ *
+ *   loadDiffusersPipeline('path/to/model')          a diffusers directory (save_pretrained):
+ *                                                   tokenizer/ text_encoder/ unet/ vae/ scheduler/
+ *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })
+ *                                                   an original CompVis/LDM single file (+ its yaml);
+ *                                                   the tokenizer comes from a separate directory
+ *   loadRunPipeline('runs/default')                 a run trained by sdlab: vae/ clip/ unet/ and
+ *                                                   scheduler/scheduler_config.json
+ *
+ * The scheduler is picked by name (`--scheduler`), configured from the model's
+ * scheduler_config.json as diffusers' `Scheduler.from_config(pipe.scheduler.config)` does;
+ * without a name, the class the config names.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { loadTokenizer } from '../clip/tokenizer_load.ts';
+import type { Tokenizer } from '../clip/tokenizer.ts';
+import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEncoderConfig } from '../clip/text_encoder.ts';
+import { UNet2DConditionModel } from '../unet/unet.ts';
+import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
+import { LdmCheckpoint } from '../io/ldm.ts';
+import { skipInit } from '../nn/module.ts';
+import { type Scheduler, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
+import { UsageError } from '../util/errors.ts';
+import { StableDiffusionPipeline } from './pipeline.ts';
+
+/** Builds scheduler `name` (or the config's own class) from a diffusers scheduler config. */
+export function schedulerFromConfig(config: Record<string, unknown>, name?: string, source = 'scheduler config'): Scheduler {
+  let chosen = name;
+  if (!chosen) {
+    const cls = typeof config._class_name === 'string' ? config._class_name : '';
+    chosen = schedulerNameForClass(cls) ?? undefined;
+    if (!chosen) {
+      throw new UsageError(`${source}: _class_name "${cls}" is not a scheduler sdlab has; pick one with --scheduler ${SCHEDULER_NAMES.join('|')}.`);
+    }
+  }
+  return createScheduler(chosen, config);
+}
+
+// ---------------------------------------------------------------------------------------------
+// diffusers directory
+
+export interface LoadOptions {
+  /** sdlab scheduler name (ddim, euler, ...); default: the class in the model's scheduler config. */
+  scheduler?: string;
+}
+
+export interface DiffusersLoadOptions extends LoadOptions {
+  /** A tokenizer folder to use instead of the model's tokenizer/. */
+  tokenizer?: string;
+}
+
+function requireDir(dir: string, what: string, root: string): void {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new UsageError(`${root}: no ${path.basename(dir)}/ folder (expected a diffusers Stable Diffusion directory with ${what}).`);
+  }
+}
+
+/** A diffusers StableDiffusionPipeline directory: tokenizer/, text_encoder/, unet/, vae/, scheduler/. */
+export function loadDiffusersPipeline(dir: string, opts: DiffusersLoadOptions = {}): StableDiffusionPipeline {
+  const parts = 'tokenizer/, text_encoder/, unet/, vae/ and scheduler/';
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--model ${dir}: no such directory (expected a diffusers directory or a .safetensors file).`);
+  for (const sub of [...(opts.tokenizer ? [] : ['tokenizer']), 'text_encoder', 'unet', 'vae', 'scheduler']) requireDir(path.join(dir, sub), parts, dir);
+  const schedulerFile = path.join(dir, 'scheduler', 'scheduler_config.json');
+  const scheduler = schedulerFromConfig(readSchedulerConfig(schedulerFile), opts.scheduler, schedulerFile);
+  return new StableDiffusionPipeline({
+    tokenizer: loadTokenizer(opts.tokenizer ?? path.join(dir, 'tokenizer')),
+    textEncoder: TextEncoder.fromPretrained(path.join(dir, 'text_encoder')),
+    unet: UNet2DConditionModel.fromPretrained(path.join(dir, 'unet')),
+    vae: AutoencoderKL.fromPretrained(path.join(dir, 'vae')),
+    scheduler,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// LDM single file
+
+export interface LdmLoadOptions extends LoadOptions {
+  /** The checkpoint's LDM yaml (default: SD 1.x's v1-inference.yaml values). */
+  yaml?: string;
+  /** A directory holding the CLIP tokenizer (vocab.json + merges.txt), e.g. a diffusers model dir. Required. */
+  tokenizer?: string;
+  /**
+   * The text encoder's config.json. Default: SD 1.x's CLIP ViT-L/14 settings with the sizes read
+   * from the weights and 64 channels per head (the head count is not visible in the weights).
+   */
+  textEncoderConfig?: string;
+  /** Image size the configs' sample_size is derived from (default 512, 768 for v-prediction). */
+  imageSize?: number;
+}
+
+/**
+ * diffusers' single-file scheduler: SD's DDIM-style config from the yaml's
+ * linear_start/linear_end/timesteps (scaled_linear, steps_offset 1, no clipping), epsilon or v.
+ */
+export function ldmSchedulerConfig(yamlFile?: string): Record<string, unknown> {
+  let p: Record<string, unknown> = {};
+  if (yamlFile) {
+    const doc = parseYaml(fs.readFileSync(yamlFile, 'utf8')) as { model?: { params?: Record<string, unknown> } } | null;
+    p = doc?.model?.params ?? {};
+  }
+  const num = (k: string, d: number) => (typeof p[k] === 'number' ? (p[k] as number) : d);
+  return {
+    _class_name: 'PNDMScheduler',
+    num_train_timesteps: num('timesteps', 1000),
+    beta_start: num('linear_start', 0.00085),
+    beta_end: num('linear_end', 0.012),
+    beta_schedule: 'scaled_linear',
+    prediction_type: p.parameterization === 'v' ? 'v_prediction' : 'epsilon',
+    clip_sample: false,
+    set_alpha_to_one: false,
+    skip_prk_steps: true,
+    steps_offset: 1,
+  };
+}
+
+/** An LDM/CompVis single-file checkpoint (.safetensors) + its yaml + a tokenizer directory. */
+export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): StableDiffusionPipeline {
+  if (!fs.existsSync(file)) throw new UsageError(`--model ${file}: no such file.`);
+  if (!opts.tokenizer) {
+    throw new UsageError(
+      `--model ${file}: a single-file checkpoint carries no tokenizer; pass --tokenizer DIR (a folder with CLIP's vocab.json + merges.txt, e.g. a diffusers model directory).`,
+    );
+  }
+  const tokenizer: Tokenizer = loadTokenizer(opts.tokenizer);
+  const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize });
+  const shape = ckpt.textEncoderShape();
+  let teConfig: TextEncoderConfig;
+  if (opts.textEncoderConfig) {
+    teConfig = readTextEncoderConfig(opts.textEncoderConfig);
+    for (const [k, v] of Object.entries(shape)) {
+      if (teConfig[k as keyof typeof shape] !== v) {
+        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
+      }
+    }
+  } else {
+    if (shape.hidden_size % 64 !== 0) {
+      throw new UsageError(
+        `${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`,
+      );
+    }
+    teConfig = { ...TEXT_ENCODER_PRESETS.sd1, ...shape, num_attention_heads: shape.hidden_size / 64 };
+  }
+  const textEncoder = skipInit(() => new TextEncoder(teConfig));
+  ckpt.loadInto(textEncoder, 'textEncoder');
+  const scheduler = schedulerFromConfig(ldmSchedulerConfig(opts.yaml), opts.scheduler, opts.yaml ?? file);
+  return new StableDiffusionPipeline({ tokenizer, textEncoder, unet: ckpt.loadUnet(), vae: ckpt.loadVae(), scheduler });
+}
+
+// ---------------------------------------------------------------------------------------------
+// sdlab run directory
+
+/** The scheduler a run uses when it has no scheduler/scheduler_config.json: SD's DDPM training schedule. */
+export const DEFAULT_RUN_SCHEDULER_CONFIG: Record<string, unknown> = {
+  _class_name: 'DDPMScheduler',
+  num_train_timesteps: 1000,
+  beta_schedule: 'scaled_linear',
+  beta_start: 0.00085,
+  beta_end: 0.012,
+  prediction_type: 'epsilon',
+  clip_sample: false,
+  set_alpha_to_one: false,
+  steps_offset: 1,
+};
+
+export interface RunPipeline {
+  pipeline: StableDiffusionPipeline;
+  /** Things the user should know (e.g. a default that was assumed). */
+  notes: string[];
+}
+
+/** Throws the "train it first" message unless `dir` holds config.json and `weights`. */
+function requireTrained(run: string, component: 'vae' | 'clip' | 'unet', weights: string): string {
+  const dir = path.join(run, component);
+  const missing = [path.join(dir, 'config.json'), path.join(dir, weights)].filter((f) => !fs.existsSync(f));
+  if (missing.length) {
+    const runFlag = path.normalize(run) === path.normalize('runs/default') ? '' : ` --run ${run}`;
+    throw new UsageError(`${missing[0]} not found: the run has no trained ${component}; train it with \`npx sdlab train ${component}${runFlag}\`.`);
+  }
+  return dir;
+}
+
+/**
+ * A run trained by sdlab: vae/ (AutoencoderKL), clip/ (CLIP: its text tower + tokenizer.json),
+ * unet/ (UNet2DConditionModel) and scheduler/scheduler_config.json (the training schedule).
+ */
+export function loadRunPipeline(run: string, opts: LoadOptions = {}): RunPipeline {
+  if (!fs.existsSync(run) || !fs.statSync(run).isDirectory()) {
+    throw new UsageError(`--run ${run}: no such run directory; train one with \`npx sdlab train vae\`, \`npx sdlab train clip\` and \`npx sdlab train unet\` (add --run ${run}).`);
+  }
+  const notes: string[] = [];
+  const vaeDir = requireTrained(run, 'vae', 'diffusion_pytorch_model.safetensors');
+  const clipDir = requireTrained(run, 'clip', 'model.safetensors');
+  const unetDir = requireTrained(run, 'unet', 'diffusion_pytorch_model.safetensors');
+  let config: Record<string, unknown>;
+  const schedulerFile = path.join(run, 'scheduler', 'scheduler_config.json');
+  if (fs.existsSync(schedulerFile)) {
+    config = readSchedulerConfig(schedulerFile);
+  } else {
+    config = DEFAULT_RUN_SCHEDULER_CONFIG;
+    notes.push(`${schedulerFile} not found: assuming the default training schedule (DDPM, scaled_linear betas 0.00085..0.012, 1000 steps).`);
+  }
+  const scheduler = schedulerFromConfig(config, opts.scheduler ?? 'ddim', schedulerFile);
+  const pipeline = new StableDiffusionPipeline({
+    tokenizer: loadTokenizer(clipDir),
+    textEncoder: TextEncoder.fromPretrained(clipDir),
+    unet: UNet2DConditionModel.fromPretrained(unetDir),
+    vae: AutoencoderKL.fromPretrained(vaeDir),
+    scheduler,
+  });
+  return { pipeline, notes };
+}
