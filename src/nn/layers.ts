@@ -91,10 +91,15 @@ export class Conv2d extends Module {
         // Symmetric "same" padding: let the kernel pad (no copy of the input).
         y = tf.conv2d(x, this.weight as tf.Tensor4D, 1, 'same');
       } else {
-        // Explicit zero padding then a 'valid' conv: exact PyTorch semantics on every backend
-        // (tfjs-node only knows 'same'/'valid', and 'same' pads asymmetrically for stride 2).
-        const xp = t || b || l || r ? tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]]) : x;
-        y = tf.conv2d(xp, this.weight as tf.Tensor4D, this.stride, 'valid');
+        // PyTorch padding is explicit per side ('same' pads asymmetrically for stride 2). Pass it
+        // to the conv itself: a separate tf.pad costs a copy forward and a slow Slice backward.
+        // tfjs-node's conv only knows 'same'/'valid', so there we pad first.
+        if (tf.getBackend() === 'tensorflow') {
+          const xp = t || b || l || r ? tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]]) : x;
+          y = tf.conv2d(xp, this.weight as tf.Tensor4D, this.stride, 'valid');
+        } else {
+          y = tf.conv2d(x, this.weight as tf.Tensor4D, this.stride, [[0, 0], [t, b], [l, r], [0, 0]]);
+        }
       }
       return this.bias ? tf.add(y, this.bias) : y;
     });
