@@ -110,5 +110,9 @@ export async function selectBackend(choice: string = process.env.SDLAB_BACKEND ?
   }
   await tf.setBackend(chosen.tfName);
   await tf.ready();
+  // The cpu backend (and native, which extends it) greets Node users with an "install
+  // tfjs-node" banner on its first write; sdlab already said which backend it chose and why.
+  const b = tf.backend() as unknown as { firstUse?: boolean };
+  if (b.firstUse === true) b.firstUse = false;
   return { name: chosen.choice === 'cuda' ? 'cuda (tensorflow)' : chosen.tfName, reason };
 }
