@@ -1,0 +1,148 @@
+/**
+ * Training state on disk: everything needed to continue a run exactly where it stopped.
+ *
+ *   <run>/train/<task>/state.safetensors
+ *     model.<param>        the trainable parameters (tfjs layout, float32: exact)
+ *     exp_avg.<param>      AdamW first moments
+ *     exp_avg_sq.<param>   AdamW second moments
+ *     __metadata__         format, task, step, epoch, batch (next position in the epoch's
+ *                          order), total_steps (the run is finished when step = total_steps), settings (JSON: every hyper-parameter that shapes the run),
+ *                          elapsed seconds, saved_at
+ *   <run>/train/<task>/history.json   per-step losses and per-epoch validation numbers
+ *
+ * The state file holds its own copy of the parameters, so it is always self-consistent (one
+ * atomic write) even if a crash lands between it and the exported model directory (<run>/vae/
+ * ...), which is for using the model, not for resuming. The data order and all training noise
+ * are pure functions of (seed, epoch) and (seed, step), so no generator state is stored.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { UsageError } from '../util/errors.ts';
+import { writeFileAtomicSync } from '../util/fs.ts';
+import type { AdamW } from './optimizer.ts';
+
+export const STATE_FORMAT = 'sdlab-train-state';
+export const STATE_VERSION = '1';
+export const STATE_FILE = 'state.safetensors';
+export const HISTORY_FILE = 'history.json';
+
+/** Where a task's training state, history and pictures live: <run>/train/<task>. */
+export function trainDir(runDir: string, task: string): string {
+  return path.join(runDir, 'train', task);
+}
+
+export function statePath(runDir: string, task: string): string {
+  return path.join(trainDir(runDir, task), STATE_FILE);
+}
+
+export interface StateInfo {
+  task: string;
+  /** Updates applied so far. */
+  step: number;
+  /** Position of the next batch: epoch (0-based) and batch index within its order. */
+  epoch: number;
+  batch: number;
+  /** Updates the finished run will have (epochs × steps per epoch, or maxSteps): done when step reaches it. */
+  totalSteps: number;
+  settings: Record<string, unknown>;
+  /** Training seconds accumulated over all sessions. */
+  elapsed: number;
+}
+
+export interface History {
+  task: string;
+  /** One entry per update: step (1-based: updates done), loss, lr and the task's metrics. */
+  steps: Array<{ step: number; loss: number; lr: number; [metric: string]: number }>;
+  /** One entry per finished epoch (1-based), with the validation numbers. */
+  epochs: Array<{ epoch: number; step: number; seconds: number; [metric: string]: number }>;
+}
+
+/** Writes the state file atomically. */
+export function saveState(
+  file: string,
+  info: StateInfo,
+  params: Array<[string, tf.Variable]>,
+  optimizer: AdamW,
+): void {
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, v] of params) tensors.set(`model.${name}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
+  for (const [k, t] of optimizer.stateTensors()) tensors.set(k, t);
+  writeSafetensors(file, tensors, {
+    metadata: {
+      format: STATE_FORMAT,
+      version: STATE_VERSION,
+      task: info.task,
+      step: String(info.step),
+      epoch: String(info.epoch),
+      batch: String(info.batch),
+      total_steps: String(info.totalSteps),
+      optimizer_step: String(optimizer.step),
+      settings: JSON.stringify(info.settings),
+      elapsed: String(info.elapsed),
+      saved_at: new Date().toISOString(),
+    },
+  });
+}
+
+/** Reads only the metadata of a state file (cheap: no tensor data). */
+export function readStateInfo(file: string): StateInfo {
+  const st = SafetensorsFile.open(file);
+  const m = st.metadata;
+  if (m.format !== STATE_FORMAT) throw new UsageError(`${file}: not an sdlab training state (metadata format is ${JSON.stringify(m.format)}).`);
+  if (m.version !== STATE_VERSION) throw new UsageError(`${file}: training state version ${m.version}, this sdlab reads version ${STATE_VERSION}.`);
+  const num = (k: string) => {
+    const v = Number(m[k]);
+    if (!Number.isFinite(v)) throw new UsageError(`${file}: metadata "${k}" is ${JSON.stringify(m[k])}, expected a number.`);
+    return v;
+  };
+  let settings: Record<string, unknown>;
+  try {
+    settings = JSON.parse(m.settings ?? '{}') as Record<string, unknown>;
+  } catch {
+    throw new UsageError(`${file}: metadata "settings" is not valid JSON.`);
+  }
+  return { task: m.task ?? '', step: num('step'), epoch: num('epoch'), batch: num('batch'), totalSteps: m.total_steps === undefined ? NaN : num('total_steps'), settings, elapsed: num('elapsed') };
+}
+
+/** Loads parameters and optimizer state from a state file (checks every name and shape first). */
+export function loadState(file: string, params: Array<[string, tf.Variable]>, optimizer: AdamW): StateInfo {
+  const info = readStateInfo(file);
+  const st = SafetensorsFile.open(file);
+  const problems: string[] = [];
+  for (const [name, v] of params) {
+    const e = st.entries.get(`model.${name}`);
+    if (!e) problems.push(`missing model.${name}`);
+    else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`model.${name} is [${e.shape}] but the model needs [${v.shape}]`);
+  }
+  const known = new Set(params.map(([n]) => `model.${n}`));
+  const extra = st.names().filter((k) => k.startsWith('model.') && !known.has(k));
+  if (extra.length) problems.push(`${extra.length} unexpected parameter(s), e.g. ${extra[0]}`);
+  if (problems.length) {
+    throw new UsageError(`${file}: the saved parameters do not fit the model (${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}).`);
+  }
+  const opt = st.readAll((k) => k.startsWith('exp_avg'));
+  optimizer.loadState(Number(st.metadata.optimizer_step ?? info.step), opt, file);
+  for (const [name, v] of params) {
+    const t = st.read(`model.${name}`);
+    tf.tidy(() => v.assign(tf.tensor(t.data, v.shape, 'float32')));
+  }
+  return info;
+}
+
+export function readHistory(dir: string, task: string): History {
+  const file = path.join(dir, HISTORY_FILE);
+  if (!fs.existsSync(file)) return { task, steps: [], epochs: [] };
+  try {
+    const h = JSON.parse(fs.readFileSync(file, 'utf8')) as History;
+    if (!Array.isArray(h.steps) || !Array.isArray(h.epochs)) throw new Error('bad shape');
+    return h;
+  } catch (err) {
+    throw new UsageError(`${file}: not a valid training history (${(err as Error).message}); delete it to start a fresh history.`);
+  }
+}
+
+export function writeHistory(dir: string, h: History): void {
+  writeFileAtomicSync(path.join(dir, HISTORY_FILE), JSON.stringify(h) + '\n');
+}
