@@ -7,16 +7,25 @@
  *   npm run bench                         # table
  *   npm run bench -- --json               # one JSON object per line: case, backend, medianMs, gflops, ...
  *   npm run bench -- --threads 1 --runs 7 --cases sgemm-1024,convnet-train-step
- *   npm run bench -- --cpu-slow           # also time the cpu backend on the training step (~200 s/run)
+ *   npm run bench -- --cpu-slow           # also time the cpu backend on the training steps (slow)
  *
- * Adding a case (e.g. the UNet / VAE training steps): push a BenchCase onto CASES with a `setup`
- * that builds the tensors/model for the current tfjs backend and returns one step as a function,
- * and, for a PyTorch comparison, a `torch` snippet defining setup() -> step (see TORCH_CASES).
+ * Cases: GEMMs (1024³ and two Stable Diffusion shapes), the reference convnet training step, and
+ * the model training steps of bench/cases.ts: vae-train-step (AutoencoderKL, MNIST preset, batch
+ * 32 of 32×32×1, MSE + KL, Adam) and unet-train-step (UNet2DConditionModel, MNIST preset, batch
+ * 64 of 8×8×4 latents, text context [64, 16, 128], ε-MSE, Adam), each also as *-fused: the same
+ * step with src/nn's GroupNorm / LayerNorm / SiLU routed through the native fused ops.
+ * "cpu ms" is the process's CPU time per run (all threads): on a machine shared with other work
+ * it is a steadier measure of the work done than the wall time.
+ *
+ * Adding a case: push a BenchCase onto CASES with a `setup` that builds the tensors/model for the
+ * current tfjs backend and returns one step as a function, and, for a PyTorch comparison, a
+ * snippet in TORCH_SCRIPT's CASES.
  */
 import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { loadNativeAddon, nativeLoadError, nativeThreadCount, registerNativeBackend } from '../src/backend/native.ts';
+import { type TrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
 
 interface BenchCase {
   name: string;
@@ -28,6 +37,8 @@ interface BenchCase {
   cpuSlow?: boolean;
   /** Not implemented yet: listed as skipped. */
   pending?: string;
+  /** Run before setup on every backend (e.g. useFusedOps). */
+  prepare?: () => void;
 }
 
 const PYTHON = '/usr/bin/python3';
@@ -107,14 +118,21 @@ function convnetCase(batch: number): BenchCase {
   };
 }
 
+/** A model training step from bench/cases.ts (the cpu backend takes seconds to minutes per step). */
+function trainCase(name: string, make: () => TrainStep, fused: boolean): BenchCase {
+  return { name, flops: 0, cpuSlow: true, prepare: fused ? useFusedOps : undefined, setup: make };
+}
+
 const CASES: BenchCase[] = [
   gemmCase('sgemm-1024', 1024, 1024, 1024),
   gemmCase('sd-gemm-4096x2880x320', 4096, 2880, 320),
   gemmCase('sd-gemm-4096x320x4096', 4096, 320, 4096),
   convnetCase(64),
-  // Hooks for the later training-step cases (UNet and VAE on MNIST latents): fill in setup().
-  { name: 'unet-train-step', flops: 0, pending: 'not wired up yet (hook in bench/bench.ts)', setup: () => { throw new Error('pending'); } },
-  { name: 'vae-train-step', flops: 0, pending: 'not wired up yet (hook in bench/bench.ts)', setup: () => { throw new Error('pending'); } },
+  // The fused variants patch src/nn for the rest of the process, so they come last.
+  trainCase('vae-train-step', () => vaeTrainStep(), false),
+  trainCase('unet-train-step', () => unetTrainStep(), false),
+  trainCase('vae-train-step-fused', () => vaeTrainStep(), true),
+  trainCase('unet-train-step-fused', () => unetTrainStep(), true),
 ];
 
 // PyTorch versions of the same cases (NCHW, same shapes/threads), run by a persistent python process.
@@ -141,6 +159,7 @@ def convnet(B):
     return step
 CASES = {'sgemm-1024': lambda: gemm(1024, 1024, 1024), 'sd-gemm-4096x2880x320': lambda: gemm(4096, 2880, 320),
          'sd-gemm-4096x320x4096': lambda: gemm(4096, 320, 4096), 'convnet-train-step': lambda: convnet(64)}
+# (no PyTorch versions of the model training steps: they would need the models rewritten in torch)
 steps = {}
 print(json.dumps({'ready': True, 'version': torch.__version__, 'threads': torch.get_num_threads()}), flush=True)
 for line in sys.stdin:
@@ -153,6 +172,8 @@ for line in sys.stdin:
     t0 = time.perf_counter(); steps[name](); ms = (time.perf_counter() - t0) * 1e3
     print(json.dumps({'ms': ms}), flush=True)
 `;
+
+const TORCH_CASE_NAMES = ['sgemm-1024', 'sd-gemm-4096x2880x320', 'sd-gemm-4096x320x4096', 'convnet-train-step'];
 
 class Torch {
   private proc: ChildProcessWithoutNullStreams;
@@ -226,7 +247,7 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-interface Row { case: string; backend: string; medianMs: number | null; gflops: number | null; runs: number; threads: number; note?: string }
+interface Row { case: string; backend: string; medianMs: number | null; cpuMs?: number | null; gflops: number | null; runs: number; threads: number; note?: string }
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
@@ -251,7 +272,8 @@ async function main(): Promise<void> {
       continue;
     }
     // Backends for this case, each with a setup()'d run function (tfjs) or the torch process.
-    type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; note?: string };
+    type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; cpu: number[]; note?: string };
+    c.prepare?.();
     const runners: Runner[] = [];
     for (const backend of ['cpu', 'native']) {
       if (!opts.backends.includes(backend)) continue;
@@ -260,7 +282,7 @@ async function main(): Promise<void> {
       let note: string | undefined;
       if (backend === 'cpu' && c.cpuSlow) {
         if (!opts.cpuSlow) {
-          emit({ case: c.name, backend, medianMs: null, gflops: null, runs: 0, threads: 1, note: 'skipped: ~200 s per run on cpu (--cpu-slow to run once)' });
+          emit({ case: c.name, backend, medianMs: null, gflops: null, runs: 0, threads: 1, note: 'skipped: slow on cpu (--cpu-slow to run once)' });
           continue;
         }
         runs = 1;
@@ -269,27 +291,34 @@ async function main(): Promise<void> {
       await tf.setBackend(backend);
       const s = c.setup();
       const bname = backend;
-      runners.push({
-        backend, runs, note, times: [],
+      const r: Runner = {
+        backend, runs, note, times: [], cpu: [],
         time: async () => {
           await tf.setBackend(bname);
-          const t0 = performance.now();
+          const t0 = performance.now(), c0 = process.cpuUsage();
           await s.run();
-          return performance.now() - t0;
+          const ms = performance.now() - t0, cu = process.cpuUsage(c0);
+          r.cpu.push((cu.user + cu.system) / 1000);
+          return ms;
         },
         dispose: () => { tf.setBackend(bname); s.dispose(); },
-      });
+      };
+      runners.push(r);
     }
-    if (torch) runners.push({ backend: 'torch', runs: opts.runs, times: [], time: () => torch.time(c.name), dispose: () => {} });
+    if (torch && TORCH_CASE_NAMES.includes(c.name)) runners.push({ backend: 'torch', runs: opts.runs, times: [], cpu: [], time: () => torch.time(c.name), dispose: () => {} });
 
     // Warm-up, then interleaved rounds.
-    for (const r of runners) if (r.runs > 1) await r.time();
+    for (const r of runners) if (r.runs > 1) {
+      await r.time();
+      r.cpu.length = 0;
+    }
     for (let round = 0; round < opts.runs; round++) {
       for (const r of runners) if (r.times.length < r.runs) r.times.push(await r.time());
     }
     for (const r of runners) {
       const ms = median(r.times);
-      emit({ case: c.name, backend: r.backend, medianMs: round2(ms), gflops: c.flops ? round2(c.flops / ms / 1e6) : null, runs: r.times.length,
+      emit({ case: c.name, backend: r.backend, medianMs: round2(ms), cpuMs: r.cpu.length ? round2(median(r.cpu)) : null,
+        gflops: c.flops ? round2(c.flops / ms / 1e6) : null, runs: r.times.length,
         threads: r.backend === 'cpu' ? 1 : opts.threads, ...(r.note ? { note: r.note } : {}) });
       r.dispose();
     }
@@ -301,11 +330,11 @@ async function main(): Promise<void> {
 const round2 = (x: number) => Math.round(x * 100) / 100;
 
 function printTable(rows: Row[], threads: number): void {
-  const head = ['case', 'backend', 'threads', 'median ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', 'note'];
-  const body = rows.map((r) => [r.case, r.backend, String(r.threads), r.medianMs === null ? '-' : r.medianMs.toFixed(1),
+  const head = ['case', 'backend', 'threads', 'median ms', 'cpu ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', 'note'];
+  const body = rows.map((r) => [r.case, r.backend, String(r.threads), r.medianMs === null ? '-' : r.medianMs.toFixed(1), r.cpuMs == null ? '-' : r.cpuMs.toFixed(1),
     r.gflops === null ? '-' : r.gflops.toFixed(1), r.gflops === null ? '-' : (r.gflops / r.threads).toFixed(1), String(r.runs), r.note ?? '']);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i >= 2 && i <= 6 ? c.padStart(w[i]) : c.padEnd(w[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) => cells.map((c, i) => (i >= 2 && i <= 7 ? c.padStart(w[i]) : c.padEnd(w[i]))).join('  ').trimEnd();
   console.log(line(head));
   console.log(w.map((n) => '-'.repeat(n)).join('  '));
   for (const b of body) console.log(line(b));

@@ -159,7 +159,7 @@ describe('native backend: GEMM kernels', () => {
     expect(worst).toBeLessThanOrEqual(TOL);
   });
 
-  it('the reference convnet shapes (batch 4), forward and backward', () => {
+  it('the reference convnet shapes (batch 2), forward and backward', () => {
     const layers = (x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, w3: tf.Tensor, w4: tf.Tensor, w5: tf.Tensor) => {
       let h = tf.relu(tf.conv2d(x as tf.Tensor4D, w1 as tf.Tensor4D, 1, 'same'));
       h = tf.relu(tf.conv2d(h, w2 as tf.Tensor4D, 2, 'same'));
@@ -168,14 +168,14 @@ describe('native backend: GEMM kernels', () => {
       return tf.conv2d(h, w5 as tf.Tensor4D, 1, 'same');
     };
     // Weights scaled by sqrt(3 / fan-in) so activations stay O(1) through the five layers.
-    const inputs = [[4, 28, 28, 1], [3, 3, 1, 32], [3, 3, 32, 64], [3, 3, 64, 64], [3, 3, 32, 64], [3, 3, 32, 1]].map((shape, i) => {
+    const inputs = [[2, 28, 28, 1], [3, 3, 1, 32], [3, 3, 32, 64], [3, 3, 64, 64], [3, 3, 32, 64], [3, 3, 32, 1]].map((shape, i) => {
       const n = shape.reduce((a, b) => a * b, 1);
       const fanIn = i === 4 ? 9 * 64 : 9 * shape[2];
       return { shape, data: i === 0 ? randData(n) : randData(n).map((v) => v * Math.sqrt(3 / fanIn)) };
     });
     const loss = (...xs: tf.Tensor[]) => tf.losses.meanSquaredError(xs[0], layers(...(xs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor])));
     expect(parity(inputs, (...xs) => layers(...(xs as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor])), 576)).toBeLessThanOrEqual(TOL);
-    expect(parity(inputs, (...xs) => tf.grads(loss)(xs), 4 * 28 * 28)).toBeLessThanOrEqual(TOL);
+    expect(parity(inputs, (...xs) => tf.grads(loss)(xs), 2 * 28 * 28)).toBeLessThanOrEqual(TOL);
   });
 });
 

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "conv.h"
+#include "copy.h"
 #include "gemm.h"
 #include "ops.h"
 #include "pool.h"
@@ -53,6 +54,21 @@ struct Args {
       throw Err{std::string(what) + ": Float32Array of length " + std::to_string(length) + " is shorter than " +
                 std::to_string(need)};
     return static_cast<float*>(data);
+  }
+  const int* i32(size_t i, size_t need, const char* what) const {
+    if (i >= argc) throw Err{std::string(what) + ": missing argument"};
+    bool is_ta = false;
+    napi_is_typedarray(env, argv[i], &is_ta);
+    if (!is_ta) throw Err{std::string(what) + ": expected an Int32Array"};
+    napi_typedarray_type type;
+    size_t length;
+    void* data;
+    napi_value buf;
+    size_t off;
+    napi_get_typedarray_info(env, argv[i], &type, &length, &data, &buf, &off);
+    if (type != napi_int32_array) throw Err{std::string(what) + ": expected an Int32Array"};
+    if (length < need) throw Err{std::string(what) + ": Int32Array too short"};
+    return static_cast<const int*>(data);
   }
   const float* opt_f32(size_t i, size_t need, const char* what) const { return is_null(i) ? nullptr : f32(i, need, what); }
   double num(size_t i) const {
@@ -120,7 +136,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
     int act = (int)a.num(12);
     float alpha = (float)a.num(13);
     bool acc = a.boolean(14);
-    for (long b = 0; b < batch; ++b) {
+    auto one = [&](long b) {
       Gemm g;
       g.M = M; g.N = N; g.K = K;
       g.A = A + b * sA; g.lda = ta ? M : K; g.transA = ta;
@@ -128,7 +144,14 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
       g.C = C + b * M * N; g.ldc = N; g.accumulate = acc;
       g.bias = bias; g.act = act; g.alpha = alpha;
       sgemm(g);
-    }
+    };
+    // Many small products (attention heads): one thread each, in parallel.
+    if (batch > 1 && 2.0 * M * N * K < 4e6)
+      parallel_for(batch, std::max<long>(1, (long)(2e5 / (2.0 * M * N * K + 1))), [&](long b0, long b1) {
+        for (long b = b0; b < b1; ++b) one(b);
+      });
+    else
+      for (long b = 0; b < batch; ++b) one(b);
     return undefined(env);
   });
 }
@@ -267,6 +290,167 @@ napi_value Softmax(napi_env env, napi_callback_info info) {
   });
 }
 
+// reduceAxes(op, x, shape, reducedMask[], out): op over any set of axes; out holds the kept dims in order.
+napi_value ReduceAxes(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    std::vector<long> shape = a.ints(2), mask = a.ints(3);
+    if (mask.size() != shape.size()) throw Err{"reduceAxes: mask and shape differ in rank"};
+    std::vector<bool> red(shape.size());
+    long kept = 1;
+    for (size_t i = 0; i < shape.size(); ++i) {
+      red[i] = mask[i] != 0;
+      if (!red[i]) kept *= shape[i];
+    }
+    const float* x = a.f32(1, prod(shape), "reduceAxes x");
+    float* out = a.f32(4, kept, "reduceAxes out");
+    reduce_axes(op, x, shape, red, out);
+    return undefined(env);
+  });
+}
+
+// copyBox(src, srcShape, srcBegin, dst, dstShape, dstBegin, size)
+napi_value CopyBox(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> ss = a.ints(1), sb = a.ints(2), ds = a.ints(4), db = a.ints(5), sz = a.ints(6);
+    size_t D = sz.size();
+    if (ss.size() != D || sb.size() != D || ds.size() != D || db.size() != D) throw Err{"copyBox: ranks differ"};
+    for (size_t i = 0; i < D; ++i)
+      if (sb[i] + sz[i] > ss[i] || db[i] + sz[i] > ds[i]) throw Err{"copyBox: box outside a tensor"};
+    const float* src = a.f32(0, prod(ss), "copyBox src");
+    float* dst = a.f32(3, prod(ds), "copyBox dst");
+    copy_box(src, ss, sb, dst, ds, db, sz);
+    return undefined(env);
+  });
+}
+
+// tile(x, shape, reps, out)
+napi_value Tile(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> shape = a.ints(1), reps = a.ints(2);
+    if (reps.size() != shape.size()) throw Err{"tile: reps and shape differ in rank"};
+    long total = 1;
+    for (size_t i = 0; i < shape.size(); ++i) total *= shape[i] * reps[i];
+    const float* x = a.f32(0, prod(shape), "tile x");
+    float* out = a.f32(3, total, "tile out");
+    tile(x, shape, reps, out);
+    return undefined(env);
+  });
+}
+
+// gatherHW(x, [B,H,W,C], rows Int32Array(OH), cols Int32Array(OW), out): out[b,y,x] = x[b,rows[y],cols[x]]
+napi_value GatherHW(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> s = a.ints(1);
+    if (s.size() != 6) throw Err{"gatherHW: expected [B, H, W, C, OH, OW]"};
+    long B = s[0], H = s[1], W = s[2], C = s[3], OH = s[4], OW = s[5];
+    const int* rows = a.i32(2, OH, "gatherHW rows");
+    const int* cols = a.i32(3, OW, "gatherHW cols");
+    for (long i = 0; i < OH; ++i) if (rows[i] < 0 || rows[i] >= H) throw Err{"gatherHW: row index out of range"};
+    for (long i = 0; i < OW; ++i) if (cols[i] < 0 || cols[i] >= W) throw Err{"gatherHW: column index out of range"};
+    const float* x = a.f32(0, B * H * W * C, "gatherHW x");
+    float* out = a.f32(4, B * OH * OW * C, "gatherHW out");
+    gather_hw(x, B, H, W, C, rows, OH, cols, OW, out);
+    return undefined(env);
+  });
+}
+
+// scatterAddHW(dy, [B,H,W,C,OH,OW], rows, cols, dx): dx[b,rows[y],cols[x]] += dy[b,y,x]
+napi_value ScatterAddHW(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> s = a.ints(1);
+    if (s.size() != 6) throw Err{"scatterAddHW: expected [B, H, W, C, OH, OW]"};
+    long B = s[0], H = s[1], W = s[2], C = s[3], OH = s[4], OW = s[5];
+    const int* rows = a.i32(2, OH, "scatterAddHW rows");
+    const int* cols = a.i32(3, OW, "scatterAddHW cols");
+    for (long i = 0; i < OH; ++i) if (rows[i] < 0 || rows[i] >= H) throw Err{"scatterAddHW: row index out of range"};
+    for (long i = 0; i < OW; ++i) if (cols[i] < 0 || cols[i] >= W) throw Err{"scatterAddHW: column index out of range"};
+    const float* dy = a.f32(0, B * OH * OW * C, "scatterAddHW dy");
+    float* dx = a.f32(4, B * H * W * C, "scatterAddHW dx");
+    scatter_add_hw(dy, B, OH, OW, C, rows, cols, dx, H, W);
+    return undefined(env);
+  });
+}
+
+// groupNorm(x, [B, S, C, G], gamma|null, beta|null, eps, act, y, mean, rstd)
+napi_value GroupNorm(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> d = a.ints(1);
+    if (d.size() != 4 || d[3] < 1 || d[2] % d[3] != 0) throw Err{"groupNorm: expected [B, S, C, G] with G dividing C"};
+    const long B = d[0], S = d[1], C = d[2], G = d[3];
+    const float* x = a.f32(0, B * S * C, "groupNorm x");
+    const float* gamma = a.opt_f32(2, C, "groupNorm gamma");
+    const float* beta = a.opt_f32(3, C, "groupNorm beta");
+    float eps = (float)a.num(4);
+    int act = (int)a.num(5);
+    float* y = a.f32(6, B * S * C, "groupNorm y");
+    float* mean = a.f32(7, B * G, "groupNorm mean");
+    float* rstd = a.f32(8, B * G, "groupNorm rstd");
+    group_norm(x, B, S, C, G, gamma, beta, eps, act, y, mean, rstd);
+    return undefined(env);
+  });
+}
+
+// groupNormGrad(dy, x, [B, S, C, G], gamma|null, beta|null, mean, rstd, act, dx, dgamma|null, dbeta|null)
+napi_value GroupNormGrad(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> d = a.ints(2);
+    if (d.size() != 4 || d[3] < 1 || d[2] % d[3] != 0) throw Err{"groupNormGrad: expected [B, S, C, G] with G dividing C"};
+    const long B = d[0], S = d[1], C = d[2], G = d[3];
+    const float* dy = a.f32(0, B * S * C, "groupNormGrad dy");
+    const float* x = a.f32(1, B * S * C, "groupNormGrad x");
+    const float* gamma = a.opt_f32(3, C, "groupNormGrad gamma");
+    const float* beta = a.opt_f32(4, C, "groupNormGrad beta");
+    const float* mean = a.f32(5, B * G, "groupNormGrad mean");
+    const float* rstd = a.f32(6, B * G, "groupNormGrad rstd");
+    int act = (int)a.num(7);
+    float* dx = a.f32(8, B * S * C, "groupNormGrad dx");
+    float* dgamma = a.is_null(9) ? nullptr : a.f32(9, C, "groupNormGrad dgamma");
+    float* dbeta = a.is_null(10) ? nullptr : a.f32(10, C, "groupNormGrad dbeta");
+    group_norm_grad(dy, x, B, S, C, G, gamma, beta, mean, rstd, act, dx, dgamma, dbeta);
+    return undefined(env);
+  });
+}
+
+size_t length_of(napi_env env, napi_value v) {
+  napi_typedarray_type t;
+  size_t n = 0;
+  void* d;
+  napi_value b;
+  size_t o;
+  if (napi_get_typedarray_info(env, v, &t, &n, &d, &b, &o) != napi_ok) throw Err{"expected a Float32Array"};
+  return n;
+}
+
+// activation(op, x, y): y = act(x); op 0 = SiLU, 1 = exact GELU
+napi_value Activation(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    size_t n = length_of(env, a.argv[1]);
+    activation(op, a.f32(1, n, "activation x"), a.f32(2, n, "activation y"), (long)n);
+    return undefined(env);
+  });
+}
+
+// activationGrad(op, dy, x, dx): dx = dy * act'(x)
+napi_value ActivationGrad(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    int op = (int)a.num(0);
+    size_t n = length_of(env, a.argv[2]);
+    activation_grad(op, a.f32(1, n, "activationGrad dy"), a.f32(2, n, "activationGrad x"), a.f32(3, n, "activationGrad dx"), (long)n);
+    return undefined(env);
+  });
+}
+
 napi_value SetThreads(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
@@ -320,6 +504,15 @@ napi_value Init(napi_env env, napi_value exports) {
              {"reduce", Reduce},
              {"transpose", Transpose},
              {"softmax", Softmax},
+             {"reduceAxes", ReduceAxes},
+             {"copyBox", CopyBox},
+             {"tile", Tile},
+             {"gatherHW", GatherHW},
+             {"scatterAddHW", ScatterAddHW},
+             {"groupNorm", GroupNorm},
+             {"groupNormGrad", GroupNormGrad},
+             {"activation", Activation},
+             {"activationGrad", ActivationGrad},
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},

@@ -15,6 +15,10 @@
 #include "gemm.h"
 #include "pool.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace sdlab {
 
 namespace {
@@ -101,24 +105,81 @@ std::vector<float> filter_by_cout(const ConvShape& s, const float* w) {
   return wt;
 }
 
+// One output pixel's Cout (<= 4) dot products over all taps: accumulated 8 channels at a time and
+// summed across lanes once per pixel (a dot product per tap would spend most of its time in the
+// horizontal sums).
+template <bool SIMD>
+inline void small_pixel(const ConvShape& s, const float* x, const float* wt, long b, long oh, long ow, float* acc);
+
+template <>
+inline void small_pixel<false>(const ConvShape& s, const float* x, const float* wt, long b, long oh, long ow, float* acc) {
+  for (long co = 0; co < s.Cout; ++co) acc[co] = 0.f;
+  for (long ki = 0; ki < s.kh; ++ki) {
+    const long ih = oh * s.sh - s.padTop + ki * s.dh;
+    if (ih < 0 || ih >= s.H) continue;
+    for (long kj = 0; kj < s.kw; ++kj) {
+      const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+      if (iw < 0 || iw >= s.W) continue;
+      const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
+      const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
+      for (long co = 0; co < s.Cout; ++co) acc[co] += sdot(xp, wp + co * s.Cin, s.Cin);
+    }
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) void small_rows_avx2(const ConvShape& s, const float* x, const float* wt, long rb,
+                                                          long re, float* out) {
+  const long C8 = s.Cin / 8 * 8;
+  for (long r = rb; r < re; ++r) {
+    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
+    __m256 v[SMALL_COUT] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float tail[SMALL_COUT] = {0, 0, 0, 0};
+    for (long ki = 0; ki < s.kh; ++ki) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (long kj = 0; kj < s.kw; ++kj) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
+        const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
+        for (long c = 0; c < C8; c += 8) {
+          const __m256 xv = _mm256_loadu_ps(xp + c);
+          for (long co = 0; co < s.Cout; ++co) v[co] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wp + co * s.Cin + c), v[co]);
+        }
+        for (long c = C8; c < s.Cin; ++c)
+          for (long co = 0; co < s.Cout; ++co) tail[co] += xp[c] * wp[co * s.Cin + c];
+      }
+    }
+    for (long co = 0; co < s.Cout; ++co) {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, v[co]);
+      out[r * s.Cout + co] = (((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))) + tail[co];
+    }
+  }
+}
+#endif
+
 void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
   std::vector<float> wt = filter_by_cout(s, w);
   const long rows = s.B * s.outH * s.outW;
+#if defined(__x86_64__) || defined(__i386__)
+  const bool simd = indirect_kernel() != nullptr && std::strcmp(gemm_isa(), "generic") != 0;
+#else
+  const bool simd = false;
+#endif
   parallel_for(rows, 256, [&](long rb, long re) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (simd) {
+      small_rows_avx2(s, x, wt.data(), rb, re, out);
+      epilogue(out, s.Cout, rb, re, s.Cout, bias, act, alpha);
+      return;
+    }
+#endif
     for (long r = rb; r < re; ++r) {
       long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
-      float acc[SMALL_COUT] = {0, 0, 0, 0};
-      for (long ki = 0; ki < s.kh; ++ki) {
-        long ih = oh * s.sh - s.padTop + ki * s.dh;
-        if (ih < 0 || ih >= s.H) continue;
-        for (long kj = 0; kj < s.kw; ++kj) {
-          long iw = ow * s.sw - s.padLeft + kj * s.dw;
-          if (iw < 0 || iw >= s.W) continue;
-          const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-          const float* wp = wt.data() + (ki * s.kw + kj) * s.Cout * s.Cin;
-          for (long co = 0; co < s.Cout; ++co) acc[co] += sdot(xp, wp + co * s.Cin, s.Cin);
-        }
-      }
+      float acc[SMALL_COUT];
+      small_pixel<false>(s, x, wt.data(), b, oh, ow, acc);
       std::copy(acc, acc + s.Cout, out + r * s.Cout);
     }
     epilogue(out, s.Cout, rb, re, s.Cout, bias, act, alpha);
@@ -158,8 +219,57 @@ void conv2d_backprop_input_small(const ConvShape& s, const float* dy, const floa
   });
 }
 
+// dW[tap][c][co] = sum over pixels of x[pixel at tap][c] * dy[pixel][co]: one task per (tap,
+// output channel, block of 32 input channels) runs over all pixels with its sums in registers.
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) void filter_small_task(const ConvShape& s, const float* x, const float* dy, long t,
+                                                           long co, long c0, long cn, float* res) {
+  const long ki = t / s.kw, kj = t % s.kw, nv = cn / 8;
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (long b = 0; b < s.B; ++b)
+    for (long oh = 0; oh < s.outH; ++oh) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      const float* g = dy + ((b * s.outH + oh) * s.outW) * s.Cout + co;
+      for (long ow = 0; ow < s.outW; ++ow, g += s.Cout) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin + c0;
+        const __m256 gv = _mm256_set1_ps(*g);
+        if (nv > 0) a0 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp), a0);
+        if (nv > 1) a1 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 8), a1);
+        if (nv > 2) a2 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 16), a2);
+        if (nv > 3) a3 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 24), a3);
+        for (long c = nv * 8; c < cn; ++c) tail[c - nv * 8] += *g * xp[c];
+      }
+    }
+  alignas(32) float t32[32];
+  _mm256_store_ps(t32, a0);
+  _mm256_store_ps(t32 + 8, a1);
+  _mm256_store_ps(t32 + 16, a2);
+  _mm256_store_ps(t32 + 24, a3);
+  for (long c = 0; c < nv * 8; ++c) res[c] = t32[c];
+  for (long c = nv * 8; c < cn; ++c) res[c] = tail[c - nv * 8];
+}
+#endif
+
 void conv2d_backprop_filter_small(const ConvShape& s, const float* x, const float* dy, float* dw) {
   const long taps = s.kh * s.kw, F = taps * s.Cout * s.Cin, rows = s.B * s.outH * s.outW;
+#if defined(__x86_64__) || defined(__i386__)
+  if (indirect_kernel() != nullptr && std::strcmp(gemm_isa(), "generic") != 0) {
+    const long nblk = (s.Cin + 31) / 32;
+    parallel_for(taps * s.Cout * nblk, 1, [&](long t0, long t1) {
+      float res[32];
+      for (long t = t0; t < t1; ++t) {
+        const long tap = t / (s.Cout * nblk), co = (t / nblk) % s.Cout, c0 = (t % nblk) * 32, cn = std::min<long>(32, s.Cin - c0);
+        filter_small_task(s, x, dy, tap, co, c0, cn, res);
+        for (long c = 0; c < cn; ++c) dw[(tap * s.Cin + c0 + c) * s.Cout + co] = res[c];
+      }
+    });
+    return;
+  }
+#endif
   Pool& pool = Pool::get();
   const int parts = (int)std::max<long>(1, std::min<long>(pool.threads(), rows / 1024));
   std::vector<std::vector<float>> acc(parts, std::vector<float>(F, 0.f));  // [tap][co][c] per part
@@ -194,6 +304,171 @@ void conv2d_backprop_filter_small(const ConvShape& s, const float* x, const floa
       }
 }
 
+// ---- im2col-free convolution ----
+// The forward pass (and the stride-1 input gradient, a forward convolution of dy with the
+// flipped filter) runs the GEMM micro-kernel over pointers to input pixels: for each tile of 6
+// output pixels and each tap, 6 pointers to Cin-vectors of the input (or to zeros where the tap
+// falls in the padding). No im2col matrix (9x the input for a 3x3 conv) is written or read back.
+
+constexpr long KCONV = 256;  // K block of the indirect kernel: taps x channels per packed filter block
+constexpr long PANELS_PER_TASK = 8;  // 6-pixel tiles per task; the filter block is reused across them
+
+void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
+                     float alpha, IndirectKernel kern) {
+  const int MR = IND_MR, NR = IND_NR;
+  const long taps = s.kh * s.kw, Cin = s.Cin, N = s.Cout;
+  const long np = (N + NR - 1) / NR;
+  const long M = s.B * s.outH * s.outW, mp = (M + MR - 1) / MR;
+  // K blocks: whole taps [t0, t1) x channels [c0, c1).
+  struct Blk { long t0, t1, c0, c1, off; };
+  std::vector<Blk> blocks;
+  long total = 0;
+  auto add = [&](long t0, long t1, long c0, long c1) {
+    blocks.push_back({t0, t1, c0, c1, total});
+    total += (t1 - t0) * (c1 - c0) * np * NR;
+  };
+  if (Cin <= KCONV) {
+    const long tg = std::max<long>(1, KCONV / Cin);
+    for (long t0 = 0; t0 < taps; t0 += tg) add(t0, std::min(taps, t0 + tg), 0, Cin);
+  } else {
+    for (long t = 0; t < taps; ++t)
+      for (long c0 = 0; c0 < Cin; c0 += KCONV) add(t, t + 1, c0, std::min(Cin, c0 + KCONV));
+  }
+  // Filter [taps, Cin, N] packed per block and 16-wide column panel: [t][c][16], zero-padded.
+  float* wp = scratch(1, (size_t)total);
+  for (const Blk& b : blocks) {
+    const long blen = (b.t1 - b.t0) * (b.c1 - b.c0);
+    for (long j = 0; j < np; ++j) {
+      float* d = wp + b.off + j * blen * NR;
+      const long n0 = j * NR, nr = std::min<long>(NR, N - n0);
+      for (long t = b.t0; t < b.t1; ++t)
+        for (long c = b.c0; c < b.c1; ++c, d += NR) {
+          const float* src = w + (t * Cin + c) * N + n0;
+          long jj = 0;
+          for (; jj < nr; ++jj) d[jj] = src[jj];
+          for (; jj < NR; ++jj) d[jj] = 0.f;
+        }
+    }
+  }
+  const std::vector<float> zeros(Cin, 0.f);
+  const long groups = (mp + PANELS_PER_TASK - 1) / PANELS_PER_TASK;
+  parallel_for(groups, 1, [&](long g0, long g1) {
+    std::vector<const float*> rows(PANELS_PER_TASK * taps * MR);
+    for (long g = g0; g < g1; ++g) {
+      const long p0 = g * PANELS_PER_TASK, p1 = std::min(mp, p0 + PANELS_PER_TASK);
+      // rows[(p - p0) * taps * 6 + t * 6 + i]: input vector read by pixel p*6+i at tap t.
+      for (long p = p0; p < p1; ++p) {
+        const float** r = rows.data() + (p - p0) * taps * MR;
+        for (int i = 0; i < MR; ++i) {
+          const long m = p * MR + i;
+          long b = 0, oh = 0, ow = 0;
+          if (m < M) {
+            b = m / (s.outH * s.outW);
+            const long rem = m % (s.outH * s.outW);
+            oh = rem / s.outW;
+            ow = rem % s.outW;
+          }
+          for (long ki = 0; ki < s.kh; ++ki) {
+            const long ih = oh * s.sh - s.padTop + ki * s.dh;
+            for (long kj = 0; kj < s.kw; ++kj) {
+              const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+              const bool in = m < M && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+              r[(ki * s.kw + kj) * MR + i] = in ? x + ((b * s.H + ih) * s.W + iw) * Cin : zeros.data();
+            }
+          }
+        }
+      }
+      for (size_t bi = 0; bi < blocks.size(); ++bi) {
+        const Blk& bk = blocks[bi];
+        const long blen = (bk.t1 - bk.t0) * (bk.c1 - bk.c0);
+        for (long j = 0; j < np; ++j) {
+          const float* bp = wp + bk.off + j * blen * NR;
+          const int nr = (int)std::min<long>(NR, N - j * NR);
+          for (long p = p0; p < p1; ++p) {
+            const int mr = (int)std::min<long>(MR, M - p * MR);
+            kern(bk.t1 - bk.t0, bk.c1 - bk.c0, bk.c0, rows.data() + (p - p0) * taps * MR + bk.t0 * MR, bp,
+                 out + p * MR * N + j * NR, N, mr, nr, bi > 0);
+          }
+        }
+      }
+      epilogue(out, N, p0 * MR, std::min(M, p1 * MR), N, bias, act, alpha);
+    }
+  });
+}
+
+// The filter gradient dW[(t, c), co] = sum over pixels k of x[k at tap t][c] * dy[k][co] is a
+// GEMM whose A (the transposed im2col matrix) is packed straight from x, 6 (tap, channel) rows
+// at a time: for each pixel, the rows' values are a few contiguous channel runs of x.
+struct ColsT {
+  const ConvShape* s;
+  const float* x;
+};
+
+// Copies n runs of len floats, from src (stride sstride) to dst (stride MR).
+inline void copy_runs(const float* __restrict src, long sstride, float* __restrict dst, int MR, int len, long n) {
+  if (len == 6 && MR == 6) {
+    for (long q = 0; q < n; ++q, src += sstride, dst += 6) {
+      dst[0] = src[0]; dst[1] = src[1]; dst[2] = src[2]; dst[3] = src[3]; dst[4] = src[4]; dst[5] = src[5];
+    }
+    return;
+  }
+  for (long q = 0; q < n; ++q, src += sstride, dst += MR)
+    for (int c = 0; c < len; ++c) dst[c] = src[c];
+}
+
+inline void zero_runs(float* dst, int MR, int len, long n) {
+  for (long q = 0; q < n; ++q, dst += MR)
+    for (int c = 0; c < len; ++c) dst[c] = 0.f;
+}
+
+void pack_cols_t(const void* ctx, long m0, int mr, int MR, long k0, long kc, float* dst) {
+  const ColsT& ct = *static_cast<const ColsT*>(ctx);
+  const ConvShape& s = *ct.s;
+  const long P = s.outH * s.outW;
+  // Runs of rows that share a tap: rows [i0, i1) are channels [c, c + i1 - i0) of tap t. For
+  // each, walk the pixels k0 .. k0+kc one output row segment at a time: along a row the tap
+  // reads x at a fixed stride, inside [lo, hi) of the row, zeros outside.
+  for (int i0 = 0; i0 < mr;) {
+    const long m = m0 + i0, t = m / s.Cin, c = m % s.Cin;
+    const int i1 = (int)std::min<long>(mr, i0 + (s.Cin - c));
+    const int len = i1 - i0;
+    const long ki = t / s.kw, kj = t % s.kw;
+    const long off = kj * s.dw - s.padLeft;  // iw = ow*sw + off
+    const long lo = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
+    const long hi = std::max<long>(lo, std::min<long>(s.outW, s.W - off > 0 ? (s.W - off + s.sw - 1) / s.sw : 0));
+    long b = k0 / P, rem = k0 % P, oh = rem / s.outW, ow = rem % s.outW;
+    float* d = dst + i0;
+    for (long k = 0; k < kc;) {
+      const long n = std::min(kc - k, s.outW - ow);
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) {
+        zero_runs(d, MR, len, n);
+      } else {
+        const long e = ow + n;
+        const long a1 = std::min(std::max(ow, lo), e), a2 = std::max(a1, std::min(e, hi));
+        zero_runs(d, MR, len, a1 - ow);
+        const float* src = ct.x + ((b * s.H + ih) * s.W + (a1 * s.sw + off)) * s.Cin + c;
+        copy_runs(src, s.sw * s.Cin, d + (a1 - ow) * MR, MR, len, a2 - a1);
+        zero_runs(d + (a2 - ow) * MR, MR, len, e - a2);
+      }
+      d += n * MR;
+      k += n;
+      ow += n;
+      if (ow == s.outW) {
+        ow = 0;
+        if (++oh == s.outH) {
+          oh = 0;
+          ++b;
+        }
+      }
+    }
+    i0 = i1;
+  }
+  if (mr < MR)
+    for (long k = 0; k < kc; ++k)
+      for (int i = mr; i < MR; ++i) dst[k * MR + i] = 0.f;
+}
+
 }  // namespace
 
 void conv2d(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
@@ -207,6 +482,8 @@ void conv2d(const ConvShape& s, const float* x, const float* w, float* out, cons
     return;
   }
   if (s.Cout <= SMALL_COUT) return conv2d_small(s, x, w, out, bias, act, alpha);
+  if (IndirectKernel kern = indirect_kernel(); kern && !std::getenv("SDLAB_IM2COL"))
+    return conv2d_indirect(s, x, w, out, bias, act, alpha, kern);
   const long ipc = images_per_chunk(s);
   float* cols = scratch(0, (size_t)ipc * P * Kc);
   for (long b0 = 0; b0 < s.B; b0 += ipc) {
@@ -225,6 +502,21 @@ void conv2d_backprop_input(const ConvShape& s, const float* dy, const float* w, 
     g.M = s.B * P; g.A = dy; g.C = dx;
     sgemm(g);
     return;
+  }
+  IndirectKernel kern = indirect_kernel();
+  if (kern && s.sh == 1 && s.sw == 1 && !std::getenv("SDLAB_IM2COL")) {
+    // Stride 1: dx is the convolution of dy with the filter flipped in space and with its channel
+    // axes swapped, padded by (k-1)*d - pad (dx[ih] collects dy[ih + pad - ki*d]).
+    const long taps = s.kh * s.kw;
+    std::vector<float> wf(taps * s.Cin * s.Cout);
+    for (long t = 0; t < taps; ++t) {
+      const long ki = t / s.kw, kj = t % s.kw, tf = (s.kh - 1 - ki) * s.kw + (s.kw - 1 - kj);
+      for (long ci = 0; ci < s.Cin; ++ci)
+        for (long co = 0; co < s.Cout; ++co) wf[(tf * s.Cout + co) * s.Cin + ci] = w[(t * s.Cin + ci) * s.Cout + co];
+    }
+    ConvShape r{s.B, s.outH, s.outW, s.Cout, s.H, s.W, s.Cin, s.kh, s.kw, 1, 1, s.dh, s.dw,
+                (s.kh - 1) * s.dh - s.padTop, (s.kw - 1) * s.dw - s.padLeft};
+    return conv2d_indirect(r, dy, wf.data(), dx, nullptr, ACT_LINEAR, 0.f, kern);
   }
   if (s.Cout <= SMALL_COUT) return conv2d_backprop_input_small(s, dy, w, dx);
   const long ipc = images_per_chunk(s);
@@ -247,6 +539,12 @@ void conv2d_backprop_filter(const ConvShape& s, const float* x, const float* dy,
     return;
   }
   if (s.Cout <= SMALL_COUT) return conv2d_backprop_filter_small(s, x, dy, dw);
+  if (!std::getenv("SDLAB_IM2COL")) {
+    ColsT ct{&s, x};
+    g.K = s.B * P; g.B = dy; g.pack_a = pack_cols_t; g.pack_a_ctx = &ct;
+    sgemm(g);
+    return;
+  }
   const long ipc = images_per_chunk(s);
   float* cols = scratch(0, (size_t)ipc * P * Kc);
   for (long b0 = 0; b0 < s.B; b0 += ipc) {

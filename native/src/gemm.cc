@@ -64,6 +64,21 @@ void kern_generic(long kc, const float* A, const float* B, float* C, long ldc, i
   store_tile(t, MR, NR, C, ldc, mr, nr, acc);
 }
 
+void kern_generic_ind(long ntaps, long clen, long coff, const float* const* rows, const float* B, float* C, long ldc,
+                      int mr, int nr, bool acc) {
+  constexpr int MR = 6, NR = 16;
+  float t[MR * NR] = {0};
+  for (long tp = 0; tp < ntaps; ++tp) {
+    const float* const* r = rows + tp * MR;
+    for (long c = 0; c < clen; ++c, B += NR)
+      for (int i = 0; i < MR; ++i) {
+        const float a = r[i][coff + c];
+        for (int j = 0; j < NR; ++j) t[i * NR + j] += a * B[j];
+      }
+  }
+  store_tile(t, MR, NR, C, ldc, mr, nr, acc);
+}
+
 #ifdef SDLAB_X86
 __attribute__((target("avx2,fma"))) void kern_avx2(long kc, const float* A, const float* B, float* C, long ldc,
                                                     int mr, int nr, bool acc) {
@@ -155,6 +170,55 @@ __attribute__((target("avx2,fma"))) void kern_avx2_rows(long kc, const float* A,
   store_tile(t, 6, 16, C, ldc, 6, nr, acc);
 }
 
+// 6 x 16 tile with the 6 A rows of each tap read through pointers (a convolution's input pixels,
+// or a zero row for padding): the im2col matrix is never built.
+__attribute__((target("avx2,fma"))) void kern_avx2_ind(long ntaps, long clen, long coff, const float* const* rows,
+                                                        const float* B, float* C, long ldc, int mr, int nr, bool acc) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (long tp = 0; tp < ntaps; ++tp) {
+    const float* const* r = rows + tp * 6;
+    const float *a0 = r[0] + coff, *a1 = r[1] + coff, *a2 = r[2] + coff, *a3 = r[3] + coff, *a4 = r[4] + coff,
+                *a5 = r[5] + coff;
+    for (long k = 0; k < clen; ++k) {
+      __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+      __m256 a;
+      a = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+      a = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+      a = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+      a = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+      a = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+      a = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+      B += 16;
+    }
+  }
+  alignas(32) float t[6 * 16];
+  _mm256_store_ps(t + 0, c00); _mm256_store_ps(t + 8, c01);
+  _mm256_store_ps(t + 16, c10); _mm256_store_ps(t + 24, c11);
+  _mm256_store_ps(t + 32, c20); _mm256_store_ps(t + 40, c21);
+  _mm256_store_ps(t + 48, c30); _mm256_store_ps(t + 56, c31);
+  _mm256_store_ps(t + 64, c40); _mm256_store_ps(t + 72, c41);
+  _mm256_store_ps(t + 80, c50); _mm256_store_ps(t + 88, c51);
+  if (nr == 16) {
+    for (int i = 0; i < mr; ++i) {
+      float* c = C + i * ldc;
+      __m256 x0 = _mm256_load_ps(t + i * 16), x1 = _mm256_load_ps(t + i * 16 + 8);
+      if (acc) {
+        x0 = _mm256_add_ps(x0, _mm256_loadu_ps(c));
+        x1 = _mm256_add_ps(x1, _mm256_loadu_ps(c + 8));
+      }
+      _mm256_storeu_ps(c, x0);
+      _mm256_storeu_ps(c + 8, x1);
+    }
+    return;
+  }
+  store_tile(t, 6, 16, C, ldc, mr, nr, acc);
+}
+
 __attribute__((target("avx512f"))) void kern_avx512(long kc, const float* A, const float* B, float* C, long ldc,
                                                      int mr, int nr, bool acc) {
   constexpr int MR = 12;
@@ -215,6 +279,10 @@ void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* ds
   for (long p = p0; p < p1; ++p, dst += kc * MR) {
     long m0 = p * MR;
     int mr = (int)std::min<long>(MR, g.M - m0);
+    if (g.pack_a) {
+      g.pack_a(g.pack_a_ctx, m0, mr, MR, k0, kc, dst);
+      continue;
+    }
     if (!g.transA) {
       for (int i = 0; i < mr; ++i) {
         const float* src = g.A + (m0 + i) * g.lda + k0;
@@ -375,6 +443,15 @@ void sgemv_case(const Gemm& g) {
 
 const char* gemm_isa() { return kernel().name; }
 
+IndirectKernel indirect_kernel() {
+  const Kern& k = kernel();
+#ifdef SDLAB_X86
+  if (k.fn == kern_avx2) return kern_avx2_ind;
+#endif
+  if (k.fn == kern_generic) return kern_generic_ind;
+  return nullptr;
+}
+
 float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }
 
 void epilogue(float* C, long ldc, long m0, long m1, long N, const float* bias, int act, float alpha) {
@@ -390,7 +467,7 @@ void sgemm(const Gemm& g) {
     epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
     return;
   }
-  if (N == 1 || M == 1) return sgemv_case(g);
+  if ((N == 1 || M == 1) && !g.pack_a) return sgemv_case(g);
 
   const Kern& kr = kernel();
   const int MR = kr.MR, NR = kr.NR;
@@ -416,7 +493,7 @@ void sgemm(const Gemm& g) {
   }
 
   // One thread's share: A panels [pb,pe) x B panels [jb,je) x K blocks [kbb,kbe), into Cd.
-  const bool direct_a = kr.rows_fn && !g.transA && N <= DIRECT_A_MAX_N && (std::getenv("SDLAB_PACK_A") == nullptr);
+  const bool direct_a = kr.rows_fn && !g.pack_a && !g.transA && N <= DIRECT_A_MAX_N && (std::getenv("SDLAB_PACK_A") == nullptr);
   auto compute = [&](long pb, long pe, long jb, long je, long kbb, long kbe, float* Cd, long ldc, bool acc) {
     float* const Apk = scratch(2, (size_t)MCP * MR * KC);
     for (long kb = kbb; kb < kbe; ++kb) {

@@ -20,12 +20,26 @@ struct Gemm {
   const float* bias = nullptr;  // length N, added after the product
   int act = ACT_LINEAR;
   float alpha = 0.2f;  // leakyrelu slope
+  // Optional: A given implicitly (e.g. the im2col matrix of a convolution, never materialised).
+  // pack_a(ctx, m0, mr, MR, k0, kc, dst) writes A[m0+i][k0+k] to dst[k*MR + i] for i < mr,
+  // zeros for mr <= i < MR. A, lda and transA are then ignored.
+  void (*pack_a)(const void* ctx, long m0, int mr, int MR, long k0, long kc, float* dst) = nullptr;
+  const void* pack_a_ctx = nullptr;
 };
 
 void sgemm(const Gemm& g);
 // Applies bias + activation to rows [m0,m1) of C (used by the fused kernels and the tests).
 void epilogue(float* C, long ldc, long m0, long m1, long N, const float* bias, int act, float alpha);
 const char* gemm_isa();
+
+// Indirect micro-kernel (convolutions without im2col), tile MR x NR = 6 x 16:
+//   C[i][0..nr) (+)= sum over t < ntaps, c < clen of rows[t*6 + i][coff + c] * B[(t*clen + c)*16 + 0..16)
+// for i < mr (rows[t*6 + i] for i >= mr must still point at clen readable floats, e.g. zeros).
+typedef void (*IndirectKernel)(long ntaps, long clen, long coff, const float* const* rows, const float* B, float* C,
+                               long ldc, int mr, int nr, bool acc);
+constexpr int IND_MR = 6, IND_NR = 16;
+// The indirect kernel for this CPU, or nullptr where the GEMM uses a kernel of another shape (AVX-512).
+IndirectKernel indirect_kernel();
 float sdot(const float* x, const float* y, long n);
 
 }  // namespace sdlab

@@ -1,9 +1,24 @@
 #include "pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SDLAB_PAUSE() _mm_pause()
+#else
+#define SDLAB_PAUSE() std::this_thread::yield()
+#endif
+
 namespace sdlab {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+thread_local bool in_job = false;  // this thread is running a pool task: nested jobs run inline
+constexpr auto WORKER_SPIN = std::chrono::microseconds(50);  // wait for the next job this long before sleeping
+constexpr auto CALLER_SPIN = std::chrono::microseconds(50);  // wait for claimed tasks this long before sleeping
+}  // namespace
 
 Pool& Pool::get() {
   static Pool pool;
@@ -26,59 +41,99 @@ void Pool::stop_all() {
 void Pool::set_threads(int n) {
   if (n < 1) n = 1;
   if (n == nthreads_ && (int)workers_.size() == n - 1) return;
+  std::lock_guard<std::mutex> serial(run_mu_);
   stop_all();
   nthreads_ = n;
   for (int i = 1; i < n; ++i) workers_.emplace_back(&Pool::worker, this, i);
 }
 
-void Pool::worker(int /*id*/) {
-  long seen = 0;
+void Pool::work_on(uint32_t gen, const std::function<void(int)>* job, int ntasks) {
   for (;;) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    do {
+      if ((uint32_t)(t >> 32) != gen || (int)(uint32_t)t >= ntasks) return;
+    } while (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel));
+    in_job = true;
+    (*job)((int)(uint32_t)t);
+    in_job = false;
+    // seq_cst on both sides (here and in run()), so the caller either sees the count or is woken.
+    if (done_.fetch_add(1) + 1 == ntasks && caller_sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_done_.notify_one();
+    }
+  }
+}
+
+void Pool::worker(int /*id*/) {
+  uint32_t seen = generation_.load();
+  for (;;) {
+    // Spin briefly for the next job, then sleep.
+    auto until = Clock::now() + WORKER_SPIN;
+    int spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen) {
+      SDLAB_PAUSE();
+      if (++spins % 64 == 0 && Clock::now() > until) break;
+    }
     const std::function<void(int)>* job;
     int ntasks;
+    uint32_t gen;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_start_.wait(lock, [&] { return quit_ || generation_ != seen; });
+      if (generation_.load() == seen && !quit_) {
+        sleepers_.fetch_add(1);
+        cv_start_.wait(lock, [&] { return quit_ || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+      }
       if (quit_) return;
-      seen = generation_;
+      gen = seen = generation_.load();
       job = job_;
       ntasks = ntasks_;
     }
-    for (int t; (t = next_.fetch_add(1)) < ntasks;) (*job)(t);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
-    }
+    if (job) work_on(gen, job, ntasks);
   }
 }
 
 void Pool::run(int ntasks, const std::function<void(int)>& fn) {
   if (ntasks <= 0) return;
-  if (ntasks == 1 || workers_.empty()) {
+  if (ntasks == 1 || workers_.empty() || in_job) {
     for (int t = 0; t < ntasks; ++t) fn(t);
     return;
   }
   std::lock_guard<std::mutex> serial(run_mu_);
+  uint32_t gen;
   {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &fn;
     ntasks_ = ntasks;
-    next_.store(0);
-    pending_ = (int)workers_.size();
-    ++generation_;
+    done_.store(0);
+    gen = generation_.load() + 1;
+    ticket_.store((uint64_t)gen << 32);
+    generation_.store(gen, std::memory_order_release);
   }
-  cv_start_.notify_all();
-  for (int t; (t = next_.fetch_add(1)) < ntasks;) fn(t);
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_done_.wait(lock, [&] { return pending_ == 0; });
-  job_ = nullptr;
+  if (sleepers_.load() > 0) cv_start_.notify_all();
+  work_on(gen, &fn, ntasks);
+  // Wait for tasks that workers claimed and are still running.
+  auto until = Clock::now() + CALLER_SPIN;
+  int spins = 0;
+  while (done_.load(std::memory_order_acquire) < ntasks) {
+    SDLAB_PAUSE();
+    if (++spins % 64 == 0 && Clock::now() > until) {
+      std::unique_lock<std::mutex> lock(mu_);
+      caller_sleeping_.store(true);
+      cv_done_.wait_for(lock, std::chrono::milliseconds(1), [&] { return done_.load() >= ntasks; });
+      caller_sleeping_.store(false);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  job_ = nullptr;  // late workers see no job
 }
 
 void parallel_for(long n, long min_per_task, const std::function<void(long, long)>& fn) {
   if (n <= 0) return;
   Pool& pool = Pool::get();
-  long parts = std::min<long>(pool.threads(), std::max<long>(1, n / std::max<long>(1, min_per_task)));
-  if (parts <= 1) {
+  const long T = pool.threads();
+  long parts = std::min<long>(4 * T, std::max<long>(1, n / std::max<long>(1, min_per_task)));
+  if (T <= 1 || parts <= 1) {
     fn(0, n);
     return;
   }

@@ -1,10 +1,16 @@
-// A tiny persistent thread pool: the calling thread is worker 0, the others sleep on a
-// condition variable between jobs. Jobs are synchronous (the N-API call blocks until done),
+// A tiny persistent thread pool: the calling thread is worker 0, the others wait between jobs
+// (spinning for a few tens of microseconds, since tfjs kernels arrive back to back, then
+// sleeping on a condition variable). Jobs are synchronous (the N-API call blocks until done),
 // which is what tfjs kernels want: they return a finished tensor.
+//
+// Tasks are claimed one at a time from a counter tagged with the job's number, and the caller
+// waits only for tasks that were actually claimed: a worker that the OS has not scheduled yet
+// (the machine is busy) never holds a job up, since the caller takes its tasks instead.
 #pragma once
 #include <atomic>
-#include <cstddef>
 #include <condition_variable>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -18,12 +24,16 @@ class Pool {
   void set_threads(int n);  // total threads including the caller; >= 1
   int threads() const { return nthreads_; }
   // Runs fn(t) for t in [0, ntasks) on up to threads() threads; returns when all are done.
+  // Called from inside a task, it runs the tasks inline (no nested parallelism, no deadlock).
   void run(int ntasks, const std::function<void(int)>& fn);
   ~Pool();
 
  private:
   void worker(int id);
   void stop_all();
+  // Claims and runs tasks of job `gen` until none are left.
+  void work_on(uint32_t gen, const std::function<void(int)>* job, int ntasks);
+
   int nthreads_ = 1;
   std::vector<std::thread> workers_;
   std::mutex mu_;
@@ -31,13 +41,16 @@ class Pool {
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(int)>* job_ = nullptr;
   int ntasks_ = 0;
-  std::atomic<int> next_{0};
-  int pending_ = 0;
-  long generation_ = 0;
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<uint64_t> ticket_{0};  // (generation << 32) | next task index
+  std::atomic<int> done_{0};         // tasks of the current job finished
+  std::atomic<int> sleepers_{0};     // workers blocked on cv_start_
+  std::atomic<bool> caller_sleeping_{false};
   bool quit_ = false;
 };
 
-// Splits [0, n) into `parts` contiguous ranges and runs fn(begin, end) on each, in parallel.
+// Splits [0, n) into contiguous ranges of at least min_per_task items (a few per thread, so a
+// descheduled thread holds up little) and runs fn(begin, end) on them in parallel.
 void parallel_for(long n, long min_per_task, const std::function<void(long, long)>& fn);
 
 // Grow-only per-thread scratch buffer number `slot` (0..3), 64-byte aligned, at least n floats.

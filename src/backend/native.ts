@@ -1,7 +1,10 @@
 /**
  * sdlab's native CPU backend for TensorFlow.js: tfjs's `cpu` backend with its heavy kernels
- * replaced by a C++ addon (native/: a packed SIMD GEMM, im2col convolutions, broadcasting
- * elementwise ops, reductions), multithreaded over all cores.
+ * replaced by a C++ addon (native/: a packed SIMD GEMM, im2col-free convolutions, vectorised
+ * exp/sigmoid/erf, broadcasting elementwise ops, reductions over any axes, slice/concat/pad/
+ * resize), multithreaded over all cores. It also provides fused ops — groupNorm (+SiLU, and
+ * LayerNorm), fusedSilu, fusedGelu — that run one native kernel each way on this backend and
+ * fall back to plain tfjs compositions on any other.
  *
  * The backend `extends MathBackendCPU`, so tensors are the cpu backend's own Float32Arrays and
  * the addon reads and writes them in place (no copies). It registers under the name 'native'
@@ -38,6 +41,16 @@ export interface NativeAddon {
   reduce(op: number, x: F32, out: F32, outer: number, reduce: number, inner: number): void;
   transpose(x: F32, shape: number[], perm: number[], out: F32): void;
   softmax(x: F32, out: F32, rows: number, cols: number): void;
+  reduceAxes(op: number, x: F32, shape: number[], reducedMask: number[], out: F32): void;
+  copyBox(src: F32, srcShape: number[], srcBegin: number[], dst: F32, dstShape: number[], dstBegin: number[], size: number[]): void;
+  tile(x: F32, shape: number[], reps: number[], out: F32): void;
+  gatherHW(x: F32, dims: number[], rows: Int32Array, cols: Int32Array, out: F32): void;
+  scatterAddHW(dy: F32, dims: number[], rows: Int32Array, cols: Int32Array, dx: F32): void;
+  groupNorm(x: F32, dims: number[], gamma: F32 | null, beta: F32 | null, eps: number, act: number, y: F32, mean: F32, rstd: F32): void;
+  groupNormGrad(dy: F32, x: F32, dims: number[], gamma: F32 | null, beta: F32 | null, mean: F32, rstd: F32, act: number,
+    dx: F32, dgamma: F32 | null, dbeta: F32 | null): void;
+  activation(op: number, x: F32, y: F32): void;
+  activationGrad(op: number, dy: F32, x: F32, dx: F32): void;
   setThreads(n: number): void;
   threads(): number;
   isa(): string;
@@ -103,6 +116,17 @@ function f32(backend: NativeBackend, t: TensorInfo | undefined): F32 | null {
 }
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/**
+ * An output buffer of n floats with undefined contents, for kernels that write every element:
+ * Buffer.allocUnsafeSlow skips the zero-fill of `new Float32Array(n)`, which for large
+ * outputs costs a good part of a whole elementwise op. (Small ones: the ordinary allocation.)
+ */
+function outBuf(n: number): F32 {
+  if (n < 4096) return new Float32Array(n);
+  const b = Buffer.allocUnsafeSlow(n * 4);
+  return new Float32Array(b.buffer, b.byteOffset, n);
+}
 
 function convShape(c: tf.backend_util.Conv2DInfo): number[] {
   return [c.batchSize, c.inHeight, c.inWidth, c.inChannels, c.outHeight, c.outWidth, c.outChannels,
@@ -171,7 +195,7 @@ function matmul(args: { inputs: tf.NamedTensorInfoMap; backend: NativeBackend; a
     return null;
   }
   const batch = Math.max(batchA, batchB);
-  const out = new Float32Array(batch * M * N);
+  const out = outBuf(batch * M * N);
   let bias: F32 | null | undefined = null;
   let act = 0;
   if (fused) {
@@ -202,7 +226,7 @@ function conv(args: { inputs: tf.NamedTensorInfoMap; backend: NativeBackend; att
   const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], filter.shape as [number, number, number, number],
     strides, dilations ?? 1, pad, dimRoundingMode, false, 'channelsLast');
   if (info.outShape.some((d) => !(d > 0))) return null; // empty or invalid: the JS kernel decides
-  const out = new Float32Array(size(info.outShape));
+  const out = outBuf(size(info.outShape));
   let bias: F32 | null | undefined = null;
   let act = 0;
   if (fused) {
@@ -231,7 +255,7 @@ const conv2DBackpropInput: KernelFunc = (args) => {
   if (dyv && wv && (dataFormat ?? 'NHWC') === 'NHWC' && dy.shape.length === 4 && filter.shape.length === 4) {
     const info = tf.backend_util.computeConv2DInfo(inputShape, filter.shape as [number, number, number, number], strides, 1, pad, dimRoundingMode, false, 'channelsLast');
     if (info.outShape.every((d, i) => d === dy.shape[i])) {
-      const dx = new Float32Array(size(info.inShape));
+      const dx = outBuf(size(info.inShape));
       addon!.conv2dBackpropInput(dyv, wv, dx, convShape(info));
       return backend.makeTensorInfo(info.inShape, 'float32', dx);
     }
@@ -248,7 +272,7 @@ const conv2DBackpropFilter: KernelFunc = (args) => {
   if (xv && dyv && (dataFormat ?? 'NHWC') === 'NHWC' && x.shape.length === 4 && dy.shape.length === 4) {
     const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], filterShape, strides, 1, pad, dimRoundingMode, false, 'channelsLast');
     if (info.outShape.every((d, i) => d === dy.shape[i])) {
-      const dw = new Float32Array(size(filterShape));
+      const dw = outBuf(size(filterShape));
       addon!.conv2dBackpropFilter(xv, dyv, dw, convShape(info));
       return backend.makeTensorInfo(filterShape, 'float32', dw);
     }
@@ -259,7 +283,7 @@ const conv2DBackpropFilter: KernelFunc = (args) => {
 // ---------------------------------------------------------------------------------------------
 // Elementwise, reductions, transpose, softmax
 
-const BINARY: Record<string, number> = { Add: 0, Sub: 1, Multiply: 2, RealDiv: 3, SquaredDifference: 4, Maximum: 5, Minimum: 6 };
+const BINARY: Record<string, number> = { Add: 0, Sub: 1, Multiply: 2, RealDiv: 3, SquaredDifference: 4, Maximum: 5, Minimum: 6, Pow: 7 };
 
 function binaryKernel(name: string, op: number): KernelFunc {
   const fallback = cpuKernel(name);
@@ -270,7 +294,7 @@ function binaryKernel(name: string, op: number): KernelFunc {
     if (!av || !bv) return fallback(args);
     const outShape = tf.broadcast_util.assertAndGetBroadcastShape(a.shape, b.shape);
     const pad = (s: number[]) => new Array(outShape.length - s.length).fill(1).concat(s);
-    const out = new Float32Array(size(outShape));
+    const out = outBuf(size(outShape));
     addon!.binary(op, av, pad(a.shape), bv, pad(b.shape), out, outShape);
     return backend.makeTensorInfo(outShape, 'float32', out);
   };
@@ -278,6 +302,7 @@ function binaryKernel(name: string, op: number): KernelFunc {
 
 const UNARY: Record<string, number> = {
   Relu: 0, Relu6: 1, Sigmoid: 2, Tanh: 3, Exp: 4, Log: 5, Sqrt: 6, Rsqrt: 7, Square: 8, Neg: 9, Abs: 10, Step: 11, LeakyRelu: 12, Elu: 13,
+  Erf: 14, Reciprocal: 15,
 };
 
 function unaryKernel(name: string, op: number): KernelFunc {
@@ -288,26 +313,10 @@ function unaryKernel(name: string, op: number): KernelFunc {
     const xv = f32(backend, x);
     if (!xv) return fallback(args);
     const alpha = (args.attrs as { alpha?: number } | undefined)?.alpha ?? 0;
-    const out = new Float32Array(xv.length);
+    const out = outBuf(xv.length);
     addon!.unary(op, xv, out, alpha);
     return backend.makeTensorInfo(x.shape, 'float32', out);
   };
-}
-
-/** Moves `axes` to the end (natively) if they are not one contiguous run; returns [outer, red, inner]. */
-function reduceLayout(backend: NativeBackend, x: TensorInfo, xv: F32, axes: number[]): { data: F32; outer: number; red: number; inner: number } {
-  const s = x.shape;
-  const sorted = [...axes].sort((p, q) => p - q);
-  const contiguous = sorted.every((a, i) => i === 0 || a === sorted[i - 1] + 1);
-  if (contiguous && sorted.length > 0) {
-    const first = sorted[0], last = sorted[sorted.length - 1];
-    return { data: xv, outer: size(s.slice(0, first)), red: size(s.slice(first, last + 1)), inner: size(s.slice(last + 1)) };
-  }
-  const keep = s.map((_, i) => i).filter((i) => !sorted.includes(i));
-  const perm = keep.concat(sorted);
-  const t = new Float32Array(xv.length);
-  addon!.transpose(xv, s, perm, t);
-  return { data: t, outer: size(keep.map((i) => s[i])), red: size(sorted.map((i) => s[i])), inner: 1 };
 }
 
 function reduceKernel(name: string, op: number): KernelFunc {
@@ -320,10 +329,10 @@ function reduceKernel(name: string, op: number): KernelFunc {
     const xv = f32(backend, x);
     if (!xv || xv.length === 0) return fallback(args);
     const axes = tf.util.parseAxisParam(axis ?? reductionIndices ?? null as never, x.shape);
-    const { data, outer, red, inner } = reduceLayout(backend, x, xv, axes);
-    const out = new Float32Array(outer * inner);
-    addon!.reduce(op, data, out, outer, red, inner);
     const shape = keepDims ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !axes.includes(i));
+    const out = outBuf(size(shape));
+    // Any set of axes, natively: no transpose to bring them together first.
+    addon!.reduceAxes(op, xv, x.shape, x.shape.map((_, i) => (axes.includes(i) ? 1 : 0)), out);
     return backend.makeTensorInfo(shape, 'float32', out);
   };
 }
@@ -334,7 +343,7 @@ const transposeKernel: KernelFunc = (args) => {
   const { perm } = args.attrs as { perm: number[] };
   const xv = f32(backend, x);
   if (!xv) return cpuKernel('Transpose')(args);
-  const out = new Float32Array(xv.length);
+  const out = outBuf(xv.length);
   addon!.transpose(xv, x.shape, perm, out);
   return backend.makeTensorInfo(perm.map((p) => x.shape[p]), 'float32', out);
 };
@@ -347,7 +356,7 @@ const softmaxKernel: KernelFunc = (args) => {
   const r = logits.shape.length;
   if (!xv || r === 0 || (dim !== -1 && dim !== r - 1)) return cpuKernel('Softmax')(args);
   const cols = logits.shape[r - 1];
-  const out = new Float32Array(xv.length);
+  const out = outBuf(xv.length);
   addon!.softmax(xv, out, xv.length / cols, cols);
   return backend.makeTensorInfo(logits.shape, 'float32', out);
 };
@@ -360,15 +369,275 @@ const addN: KernelFunc = (args) => {
   const shape = tensors[0].shape;
   if (vals.length === 1) return backend.makeTensorInfo(shape, 'float32', new Float32Array(vals[0]!));
   // The addon's inputs and output must not overlap, so ping-pong between two buffers.
-  let out = new Float32Array(vals[0]!.length);
+  let out = outBuf(vals[0]!.length);
   addon!.binary(0, vals[0]!, shape, vals[1]!, shape, out, shape);
-  let spare = vals.length > 2 ? new Float32Array(out.length) : null;
+  let spare = vals.length > 2 ? outBuf(out.length) : null;
   for (let i = 2; i < vals.length; i++) {
     addon!.binary(0, out, shape, vals[i]!, shape, spare!, shape);
     [out, spare] = [spare!, out];
   }
   return backend.makeTensorInfo(shape, 'float32', out);
 };
+
+// ---------------------------------------------------------------------------------------------
+// Data movement: slice, split, concat, pad, tile, nearest-neighbour resize (tfjs's JS versions
+// index element by element through generic N-d helpers, which made the gradient of a pad or a
+// channel concat cost more than the convolutions around it)
+
+const zerosOf = (n: number) => new Array<number>(n).fill(0);
+
+/** A float32 box copy of x[begin : begin+sz] into a new tensor (sz already resolved). */
+function sliceNative(backend: NativeBackend, x: TensorInfo, xv: F32, begin: number[], sz: number[]): TensorInfo {
+  const out = outBuf(size(sz));
+  addon!.copyBox(xv, x.shape, begin, out, sz, zerosOf(sz.length), sz);
+  return backend.makeTensorInfo(sz, 'float32', out);
+}
+
+const sliceKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x } = args.inputs as { x: TensorInfo };
+  const { begin, size: sz } = args.attrs as { begin: number | number[]; size?: number | number[] };
+  const xv = f32(backend, x);
+  if (!xv) return cpuKernel('Slice')(args);
+  const [b, s] = tf.slice_util.parseSliceParams(x as tf.Tensor, begin, sz);
+  tf.slice_util.assertParamsValid(x as tf.Tensor, b, s);
+  // A contiguous slice is a zero-copy subarray in the cpu kernel: keep that.
+  if (tf.slice_util.isSliceContinous(x.shape, b, s)) return cpuKernel('Slice')(args);
+  return sliceNative(backend, x, xv, b, s);
+};
+
+const splitVKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x } = args.inputs as { x: TensorInfo };
+  const { numOrSizeSplits, axis } = args.attrs as { numOrSizeSplits: number | number[]; axis: number };
+  const xv = f32(backend, x);
+  if (!xv) return cpuKernel('SplitV')(args);
+  const ax = tf.util.parseAxisParam(axis, x.shape)[0];
+  const sizes = tf.backend_util.prepareSplitSize(x as tf.Tensor, numOrSizeSplits, ax);
+  const begin = zerosOf(x.shape.length);
+  return sizes.map((n) => {
+    const sz = [...x.shape];
+    sz[ax] = n;
+    const b = [...begin];
+    begin[ax] += n;
+    return tf.slice_util.isSliceContinous(x.shape, b, sz)
+      ? (cpuKernel('Slice')({ inputs: { x }, backend, attrs: { begin: b, size: sz } }) as TensorInfo)
+      : sliceNative(backend, x, xv, b, sz);
+  });
+};
+
+const concatKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const inputs = args.inputs as unknown as TensorInfo[];
+  const { axis } = args.attrs as { axis: number };
+  const vals = inputs.map((t) => f32(backend, t));
+  if (inputs.length < 2 || vals.some((v) => !v)) return cpuKernel('Concat')(args);
+  const ax = tf.util.parseAxisParam(axis, inputs[0].shape)[0];
+  tf.backend_util.assertParamsConsistent(inputs.map((t) => t.shape), ax);
+  const outShape = tf.backend_util.computeOutShape(inputs.map((t) => t.shape), ax);
+  const out = outBuf(size(outShape));
+  const at = zerosOf(outShape.length);
+  inputs.forEach((t, i) => {
+    if (vals[i]!.length > 0) addon!.copyBox(vals[i]!, t.shape, zerosOf(t.shape.length), out, outShape, at, t.shape);
+    at[ax] += t.shape[ax];
+  });
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+const padKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x } = args.inputs as { x: TensorInfo };
+  const { paddings, constantValue } = args.attrs as { paddings: Array<[number, number]>; constantValue: number };
+  const xv = f32(backend, x);
+  if (!xv || paddings.some(([a, b]) => a < 0 || b < 0)) return cpuKernel('PadV2')(args);
+  const outShape = paddings.map(([a, b], i) => a + x.shape[i] + b);
+  const out = new Float32Array(size(outShape));
+  if (constantValue !== 0) out.fill(constantValue);
+  if (xv.length > 0) addon!.copyBox(xv, x.shape, zerosOf(x.shape.length), out, outShape, paddings.map(([a]) => a), x.shape);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+const tileKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x } = args.inputs as { x: TensorInfo };
+  const { reps } = args.attrs as { reps: number[] };
+  const xv = f32(backend, x);
+  if (!xv || reps.length !== x.shape.length) return cpuKernel('Tile')(args);
+  const outShape = x.shape.map((d, i) => d * reps[i]);
+  const out = outBuf(size(outShape));
+  if (out.length > 0) addon!.tile(xv, x.shape, reps, out);
+  return backend.makeTensorInfo(outShape, 'float32', out);
+};
+
+/** Source index of each output row/column, exactly as tfjs's cpu resizeNearestNeighbor computes it. */
+function nearestSources(inSize: number, outSize: number, alignCorners: boolean, halfPixelCenters: boolean): Int32Array {
+  const ratio = (alignCorners && outSize > 1 ? inSize - 1 : inSize) / (alignCorners && outSize > 1 ? outSize - 1 : outSize);
+  const idx = new Int32Array(outSize);
+  for (let o = 0; o < outSize; o++) {
+    const frac = halfPixelCenters ? ratio * (o + 0.5) : ratio * o;
+    let src = Math.min(inSize - 1, alignCorners ? Math.round(frac) : Math.floor(frac));
+    if (halfPixelCenters) src = Math.max(0, src);
+    idx[o] = src;
+  }
+  return idx;
+}
+
+const resizeNearestKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { images } = args.inputs as { images: TensorInfo };
+  const { alignCorners, halfPixelCenters, size: newSize } = args.attrs as { alignCorners: boolean; halfPixelCenters: boolean; size: [number, number] };
+  const xv = f32(backend, images);
+  if (!xv || images.shape.length !== 4) return cpuKernel('ResizeNearestNeighbor')(args);
+  const [B, H, W, C] = images.shape;
+  const [OH, OW] = newSize;
+  const out = outBuf(B * OH * OW * C);
+  if (out.length > 0) {
+    addon!.gatherHW(xv, [B, H, W, C, OH, OW], nearestSources(H, OH, alignCorners, halfPixelCenters), nearestSources(W, OW, alignCorners, halfPixelCenters), out);
+  }
+  return backend.makeTensorInfo([B, OH, OW, C], 'float32', out);
+};
+
+/**
+ * The gradient of resizeNearestNeighbor: each dy pixel added to the input pixel it was copied
+ * from, by the forward's own mapping. (tfjs's cpu kernel differs where it is wrong: it reads dy
+ * at the input's batch stride, so batch items after the first get another item's gradient, and
+ * it ignores halfPixelCenters. TensorFlow's kernel, like this one, is the true gradient.)
+ */
+const resizeNearestGradKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { images, dy } = args.inputs as { images: TensorInfo; dy: TensorInfo };
+  const { alignCorners, halfPixelCenters } = args.attrs as { alignCorners: boolean; halfPixelCenters?: boolean };
+  const dyv = f32(backend, dy);
+  if (!dyv || images.dtype !== 'float32' || images.shape.length !== 4 || dy.shape.length !== 4) return cpuKernel('ResizeNearestNeighborGrad')(args);
+  const [B, H, W, C] = images.shape;
+  const [, OH, OW] = dy.shape;
+  const dx = outBuf(B * H * W * C);
+  if (dx.length > 0) {
+    const hp = halfPixelCenters ?? false;
+    addon!.scatterAddHW(dyv, [B, H, W, C, OH, OW], nearestSources(H, OH, alignCorners, hp), nearestSources(W, OW, alignCorners, hp), dx);
+  }
+  return backend.makeTensorInfo(images.shape, 'float32', dx);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Fused ops: GroupNorm / LayerNorm (optionally followed by SiLU), SiLU and exact GELU, each one
+// native kernel forward and one backward (tfjs composes them from 6-20 elementwise kernels and
+// reductions, each a full pass over memory). They are ops (functions of tensors, differentiable)
+// that use the fused kernels on the 'native' backend and compose tfjs ops elsewhere, so model
+// code calls them unconditionally.
+
+const K_NORM = 'SdlabGroupNorm', K_NORM_GRAD = 'SdlabGroupNormGrad', K_ACT = 'SdlabActivation', K_ACT_GRAD = 'SdlabActivationGrad';
+const ACT_FN: Record<string, number> = { silu: 0, gelu: 1 };
+
+/** [B, S, C] view of a normalisation input: the first `batchDims` dims are B, the last is C. */
+function normDims(shape: number[], batchDims: number, groups: number): number[] {
+  const B = size(shape.slice(0, batchDims)), C = shape[shape.length - 1];
+  return [B, size(shape) / Math.max(1, B * C), C, groups];
+}
+
+const groupNormKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x, gamma, beta } = args.inputs as { x: TensorInfo; gamma?: TensorInfo; beta?: TensorInfo };
+  const { groups, eps, act, batchDims } = args.attrs as { groups: number; eps: number; act: number; batchDims: number };
+  const dims = normDims(x.shape, batchDims, groups);
+  const y = outBuf(size(x.shape)), mean = outBuf(dims[0] * groups), rstd = outBuf(dims[0] * groups);
+  addon!.groupNorm(f32(backend, x)!, dims, gamma ? f32(backend, gamma) : null, beta ? f32(backend, beta) : null, eps, act, y, mean, rstd);
+  return [backend.makeTensorInfo(x.shape, 'float32', y), backend.makeTensorInfo([dims[0], groups], 'float32', mean),
+    backend.makeTensorInfo([dims[0], groups], 'float32', rstd)];
+};
+
+const groupNormGradKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { dy, x, gamma, beta, mean, rstd } = args.inputs as Record<string, TensorInfo | undefined>;
+  const { groups, act, batchDims } = args.attrs as { groups: number; act: number; batchDims: number };
+  const dims = normDims(x!.shape, batchDims, groups);
+  const C = dims[2];
+  const dx = outBuf(size(x!.shape)), dg = outBuf(C), db = outBuf(C);
+  addon!.groupNormGrad(f32(backend, dy)!, f32(backend, x)!, dims, gamma ? f32(backend, gamma) : null, beta ? f32(backend, beta) : null,
+    f32(backend, mean)!, f32(backend, rstd)!, act, dx, dg, db);
+  return [backend.makeTensorInfo(x!.shape, 'float32', dx), backend.makeTensorInfo([C], 'float32', dg), backend.makeTensorInfo([C], 'float32', db)];
+};
+
+const activationKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x } = args.inputs as { x: TensorInfo };
+  const y = outBuf(size(x.shape));
+  addon!.activation((args.attrs as { op: number }).op, f32(backend, x)!, y);
+  return backend.makeTensorInfo(x.shape, 'float32', y);
+};
+
+const activationGradKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { dy, x } = args.inputs as { dy: TensorInfo; x: TensorInfo };
+  const dx = outBuf(size(x.shape));
+  addon!.activationGrad((args.attrs as { op: number }).op, f32(backend, dy)!, f32(backend, x)!, dx);
+  return backend.makeTensorInfo(x.shape, 'float32', dx);
+};
+
+function registerFusedGradients(): void {
+  tf.registerGradient({
+    kernelName: K_NORM,
+    inputsToSave: ['x', 'gamma', 'beta'],
+    outputsToSave: [false, true, true],
+    gradFunc: (dys, saved, attrs) => {
+      const dy = (dys as tf.Tensor[])[0];
+      const [x, gamma, beta, mean, rstd] = saved as tf.Tensor[];
+      // One kernel computes all three (now, not in the per-input closures: tfjs runs each of
+      // those in its own tidy, which would dispose the other two).
+      const [dx, dgamma, dbeta] = tf.engine().runKernel(K_NORM_GRAD, { dy, x, gamma, beta, mean, rstd }, attrs as NamedAttrMap) as tf.Tensor[];
+      return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
+    },
+  });
+  tf.registerGradient({
+    kernelName: K_ACT,
+    inputsToSave: ['x'],
+    gradFunc: (dy, saved, attrs) => ({ x: () => tf.engine().runKernel(K_ACT_GRAD, { dy: dy as tf.Tensor, x: saved[0] }, attrs as NamedAttrMap) as tf.Tensor }),
+  });
+}
+
+const onNative = (...ts: Array<tf.Tensor | null | undefined>) =>
+  registered && tf.getBackend() === NATIVE_BACKEND_NAME && ts.every((t) => !t || t.dtype === 'float32');
+
+/**
+ * GroupNorm over channels-last x [B, ..., C]: statistics per sample and group of C/groups
+ * channels (biased variance), then ·gamma + beta (per channel, optional) and optionally SiLU.
+ * With batchDims = rank − 1 and groups = 1 it is LayerNorm over the last axis.
+ */
+export function groupNorm<T extends tf.Tensor>(x: T, groups: number, gamma: tf.Tensor | null, beta: tf.Tensor | null,
+  eps: number, opts: { activation?: 'none' | 'silu'; batchDims?: number } = {}): T {
+  const batchDims = opts.batchDims ?? 1;
+  const silu = opts.activation === 'silu';
+  const C = x.shape[x.rank - 1]!;
+  if (C % groups !== 0) throw new Error(`groupNorm: ${C} channels are not divisible into ${groups} groups`);
+  if (onNative(x, gamma, beta) && x.rank > batchDims) {
+    return tf.tidy(() => {
+      // The kernel always takes gamma and beta (ones / zeros when absent).
+      const inputs = { x, gamma: gamma ?? tf.ones([C]), beta: beta ?? tf.zeros([C]) };
+      return (tf.engine().runKernel(K_NORM, inputs, { groups, eps, act: silu ? 1 : 0, batchDims }) as tf.Tensor[])[0] as T;
+    });
+  }
+  return tf.tidy(() => {
+    const [B, S] = normDims(x.shape, batchDims, groups);
+    const xg = tf.reshape(x, [B, S, groups, C / groups]);
+    const { mean, variance } = tf.moments(xg, [1, 3], true);
+    let y = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, eps))), x.shape) as tf.Tensor;
+    if (gamma) y = tf.mul(y, gamma);
+    if (beta) y = tf.add(y, beta);
+    return (silu ? tf.mul(y, tf.sigmoid(y)) : y) as T;
+  });
+}
+
+/** SiLU x·σ(x): one fused kernel each way on 'native'. */
+export function fusedSilu<T extends tf.Tensor>(x: T): T {
+  if (onNative(x)) return tf.engine().runKernel(K_ACT, { x }, { op: ACT_FN.silu }) as T;
+  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
+}
+
+/** Exact GELU ½x(1 + erf(x/√2)): one fused kernel each way on 'native'. */
+export function fusedGelu<T extends tf.Tensor>(x: T): T {
+  if (onNative(x)) return tf.engine().runKernel(K_ACT, { x }, { op: ACT_FN.gelu }) as T;
+  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)) as T);
+}
 
 /** The kernels this backend runs natively (everything else is the cpu backend's JS kernel). */
 export function nativeKernels(): Record<string, KernelFunc> {
@@ -382,6 +651,17 @@ export function nativeKernels(): Record<string, KernelFunc> {
     Transpose: transposeKernel,
     Softmax: softmaxKernel,
     AddN: addN,
+    Slice: sliceKernel,
+    SplitV: splitVKernel,
+    Concat: concatKernel,
+    PadV2: padKernel,
+    Tile: tileKernel,
+    ResizeNearestNeighbor: resizeNearestKernel,
+    ResizeNearestNeighborGrad: resizeNearestGradKernel,
+    [K_NORM]: groupNormKernel,
+    [K_NORM_GRAD]: groupNormGradKernel,
+    [K_ACT]: activationKernel,
+    [K_ACT_GRAD]: activationGradKernel,
     Sum: reduceKernel('Sum', 0),
     Max: reduceKernel('Max', 1),
     Min: reduceKernel('Min', 2),
@@ -411,6 +691,7 @@ export function registerNativeBackend(): boolean {
   for (const config of tf.getKernelsForBackend('cpu')) {
     if (!(config.kernelName in own)) tf.registerKernel({ ...config, backendName: NATIVE_BACKEND_NAME });
   }
+  registerFusedGradients();
   registered = true;
   return true;
 }

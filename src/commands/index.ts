@@ -2,5 +2,11 @@
 import type { Command } from 'commander';
 import { register as doctor } from './doctor.ts';
 import { register as noise } from './noise.ts';
+import { register as train } from './train.ts';
+import { register as encode } from './encode.ts';
+import { register as evalCmd } from './eval.ts';
+import { register as sample } from './sample.ts';
+import { register as txt2img } from './txt2img.ts';
+import { register as clipEval } from './clip_eval.ts';
 
-export const commands: Array<(program: Command) => void> = [doctor, noise];
+export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, clipEval];

@@ -1,0 +1,163 @@
+// Box copies collapse the dims that are contiguous in both tensors first, so a slice of the
+// channels of an NHWC tensor is a loop of short memcpys and a pad is a loop of whole rows.
+#include "copy.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "pool.h"
+
+namespace sdlab {
+
+void copy_box(const float* src, const std::vector<long>& src_shape, const std::vector<long>& src_begin, float* dst,
+              const std::vector<long>& dst_shape, const std::vector<long>& dst_begin, const std::vector<long>& size) {
+  const int D = (int)size.size();
+  long total = 1;
+  for (long s : size) total *= s;
+  if (total == 0) return;
+  std::vector<long> ss(D), ds(D);
+  for (int i = D - 1, a = 1, b = 1; i >= 0; --i) {
+    ss[i] = a;
+    ds[i] = b;
+    a *= src_shape[i];
+    b *= dst_shape[i];
+  }
+  long soff = 0, doff = 0;
+  for (int i = 0; i < D; ++i) {
+    soff += src_begin[i] * ss[i];
+    doff += dst_begin[i] * ds[i];
+  }
+  // Dims (size, src stride, dst stride), innermost last, size-1 dims dropped, and a dim merged
+  // into the next inner one when both tensors are contiguous across the pair.
+  std::vector<long> n, sst, dst_;
+  for (int i = 0; i < D; ++i) {
+    if (size[i] == 1) continue;
+    n.push_back(size[i]);
+    sst.push_back(ss[i]);
+    dst_.push_back(ds[i]);
+  }
+  for (int i = (int)n.size() - 2; i >= 0; --i) {
+    if (sst[i] == n[i + 1] * sst[i + 1] && dst_[i] == n[i + 1] * dst_[i + 1]) {
+      n[i] *= n[i + 1];
+      sst[i] = sst[i + 1];
+      dst_[i] = dst_[i + 1];
+      n.erase(n.begin() + i + 1);
+      sst.erase(sst.begin() + i + 1);
+      dst_.erase(dst_.begin() + i + 1);
+    }
+  }
+  const float* s0 = src + soff;
+  float* d0 = dst + doff;
+  if (n.empty()) {
+    *d0 = *s0;
+    return;
+  }
+  const int R = (int)n.size();
+  const long L = n[R - 1], sl = sst[R - 1], dl = dst_[R - 1];
+  const long rows = total / L;
+  auto row = [&](const float* s, float* d, long len) {
+    if (sl == 1 && dl == 1) std::memcpy(d, s, len * sizeof(float));
+    else for (long i = 0; i < len; ++i) d[i * dl] = s[i * sl];
+  };
+  if (rows == 1) {
+    parallel_for(L, 1 << 16, [&](long b, long e) { row(s0 + b * sl, d0 + b * dl, e - b); });
+    return;
+  }
+  parallel_for(rows, std::max<long>(1, (1 << 15) / L), [&](long r0, long r1) {
+    std::vector<long> idx(R, 0);
+    long rem = r0, so = 0, dof = 0;
+    for (int i = R - 2; i >= 0; --i) {
+      idx[i] = rem % n[i];
+      rem /= n[i];
+      so += idx[i] * sst[i];
+      dof += idx[i] * dst_[i];
+    }
+    for (long r = r0; r < r1; ++r) {
+      row(s0 + so, d0 + dof, L);
+      for (int i = R - 2; i >= 0; --i) {
+        so += sst[i];
+        dof += dst_[i];
+        if (++idx[i] < n[i]) break;
+        so -= sst[i] * n[i];
+        dof -= dst_[i] * n[i];
+        idx[i] = 0;
+      }
+    }
+  });
+}
+
+void tile(const float* x, const std::vector<long>& shape, const std::vector<long>& reps, float* out) {
+  const int D = (int)shape.size();
+  if (D == 0) {
+    out[0] = x[0];
+    return;
+  }
+  std::vector<long> os(D);
+  long total = 1;
+  for (int i = 0; i < D; ++i) total *= (os[i] = shape[i] * reps[i]);
+  if (total == 0) return;
+  std::vector<long> xs(D);
+  for (int i = D - 1, a = 1; i >= 0; --i) {
+    xs[i] = a;
+    a *= shape[i];
+  }
+  const long L = shape[D - 1], OL = os[D - 1], rows = total / OL;
+  // Each output row (all dims but the last) reads one input row, repeated reps[D-1] times.
+  parallel_for(rows, std::max<long>(1, (1 << 15) / OL), [&](long r0, long r1) {
+    std::vector<long> idx(D, 0);
+    long rem = r0;
+    for (int i = D - 2; i >= 0; --i) {
+      idx[i] = rem % os[i];
+      rem /= os[i];
+    }
+    for (long r = r0; r < r1; ++r) {
+      long off = 0;
+      for (int i = 0; i < D - 1; ++i) off += (idx[i] % shape[i]) * xs[i];
+      float* o = out + r * OL;
+      for (long k = 0; k < reps[D - 1]; ++k) std::memcpy(o + k * L, x + off, L * sizeof(float));
+      for (int i = D - 2; i >= 0; --i) {
+        if (++idx[i] < os[i]) break;
+        idx[i] = 0;
+      }
+    }
+  });
+}
+
+void gather_hw(const float* in, long B, long H, long W, long C, const int* rows, long OH, const int* cols, long OW,
+               float* out) {
+  parallel_for(B * OH, std::max<long>(1, (1 << 14) / std::max<long>(1, OW * C)), [&](long r0, long r1) {
+    for (long r = r0; r < r1; ++r) {
+      long b = r / OH, y = r % OH;
+      const float* src = in + (b * H + rows[y]) * W * C;
+      float* dst = out + r * OW * C;
+      if (C == 1)
+        for (long x = 0; x < OW; ++x) dst[x] = src[cols[x]];
+      else
+        for (long x = 0; x < OW; ++x) std::memcpy(dst + x * C, src + cols[x] * C, C * sizeof(float));
+    }
+  });
+}
+
+void scatter_add_hw(const float* dy, long B, long OH, long OW, long C, const int* rows, const int* cols, float* dx,
+                    long H, long W) {
+  // Gather form: each input row (b, r) sums the dy rows that map to it, so threads never collide.
+  std::vector<std::vector<long>> from(H);
+  for (long y = 0; y < OH; ++y) from[rows[y]].push_back(y);
+  parallel_for(B * H, std::max<long>(1, (1 << 14) / std::max<long>(1, W * C)), [&](long r0, long r1) {
+    for (long r = r0; r < r1; ++r) {
+      long b = r / H, h = r % H;
+      float* d = dx + r * W * C;
+      std::memset(d, 0, W * C * sizeof(float));
+      for (long y : from[h]) {
+        const float* g = dy + (b * OH + y) * OW * C;
+        for (long x = 0; x < OW; ++x) {
+          float* __restrict o = d + cols[x] * C;
+          const float* __restrict s = g + x * C;
+          for (long c = 0; c < C; ++c) o[c] += s[c];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace sdlab

@@ -1,0 +1,23 @@
+// Data-movement kernels: box copies (slice, pad, concat, split), tile, and nearest-neighbour
+// resize with its gradient. Pure copies (no arithmetic), so results equal tfjs's bit for bit.
+#pragma once
+#include <vector>
+
+namespace sdlab {
+
+// dst[dst_begin + i] = src[src_begin + i] for every index i of the box `size` (all of equal rank).
+void copy_box(const float* src, const std::vector<long>& src_shape, const std::vector<long>& src_begin, float* dst,
+              const std::vector<long>& dst_shape, const std::vector<long>& dst_begin, const std::vector<long>& size);
+
+// out = x tiled reps times along each dim (out shape = shape * reps).
+void tile(const float* x, const std::vector<long>& shape, const std::vector<long>& reps, float* out);
+
+// out[b, y, x, :] = in[b, rows[y], cols[x], :] (in [B, H, W, C], out [B, OH, OW, C]).
+void gather_hw(const float* in, long B, long H, long W, long C, const int* rows, long OH, const int* cols, long OW,
+               float* out);
+
+// dx[b, r, c, :] = sum of dy[b, y, x, :] over y, x with rows[y] == r and cols[x] == c.
+void scatter_add_hw(const float* dy, long B, long OH, long OW, long C, const int* rows, const int* cols, float* dx,
+                    long H, long W);
+
+}  // namespace sdlab

@@ -1,0 +1,592 @@
+/**
+ * `sdlab train <what>`: train the models of a run directory (--run DIR, default runs/default).
+ *
+ *   npx sdlab train vae                       # → runs/default/vae/ + runs/default/train/vae/
+ *   npx sdlab train vae --epochs 4 --lr 2e-3
+ *   npx sdlab train vae --resume              # continue exactly where it stopped (Ctrl-C saves)
+ *
+ * Each model is one subcommand registered by its own function below (registerVae, …), sharing
+ * the harness in src/train/. Everything a run trains lives in the run directory: the usable
+ * model in <run>/<model>/ (diffusers layout), the training state, history, loss curve and
+ * pictures in <run>/train/<model>/.
+ *
+ * With --resume, the stored settings are used for every flag not given on the command line; a
+ * flag given with a different value is refused (the run would no longer match an
+ * uninterrupted one) — start over with --overwrite instead.
+ */
+import fs from 'node:fs';
+import type { Command } from 'commander';
+import { selectBackend } from '../backend/index.ts';
+import { UsageError } from '../util/errors.ts';
+import { float, int, intList, oneOf } from '../util/options.ts';
+import { formatDuration } from '../util/progress.ts';
+import { VAE_PRESETS } from '../autoencoder/index.ts';
+import { readStateInfo, statePath, trainDir } from '../train/state.ts';
+import { VAE_TRAIN_DEFAULTS, type VaePreset, trainVae, vaeData } from '../train/vae.ts';
+import { CLIP_PRESETS, CLIP_TRAIN_DEFAULTS, type ClipConfigOverrides, type ClipPreset, trainClip } from '../train/clip.ts';
+import type { CLIPConfig } from '../clip/index.ts';
+import { BETA_SCHEDULES, TIMESTEP_SPACINGS } from '../schedule/index.ts';
+import { UNET_TRAIN_DEFAULTS, trainUnet, trainCommand, type LatentMode } from '../train/unet.ts';
+import { DATA_SPLIT } from '../train/vae.ts';
+import { loadDataset, splitDataset } from '../data/index.ts';
+import { TINY_PRESET, TRAIN_ALL_PRESETS, type TrainAllPresetName } from '../train/presets.ts';
+import { describeRun, trainAll } from '../train/all.ts';
+
+const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
+
+/** Flags every trainer shares: run directory, backend, optimisation, stopping. */
+function commonOptions(cmd: Command, d: { epochs?: number; maxSteps?: number; batchSize: number; lr: number; weightDecay: number; warmupSteps: number; minLrRatio: number }): Command {
+  return cmd
+    .option('--run <dir>', 'run directory', 'runs/default')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--seed <n>', 'seed for initialisation, data order and noise', int(0), 0)
+    .option('--epochs <n>', 'passes over the training digits (given alone: train them all)', int(1), d.epochs)
+    .option('--steps <n>', 'total training steps; the lr schedule ends there', int(1), d.maxSteps)
+    .option('--batch-size <n>', 'examples per step', int(1), d.batchSize)
+    .option('--lr <x>', 'peak learning rate (AdamW)', float(0), d.lr)
+    .option('--weight-decay <x>', 'AdamW decoupled weight decay', float(0), d.weightDecay)
+    .option('--warmup <steps>', 'linear learning-rate warm-up steps', int(0), d.warmupSteps)
+    .option('--schedule <kind>', 'after warm-up: cosine | constant', oneOf(['cosine', 'constant'] as const), 'cosine')
+    .option('--min-lr-ratio <x>', 'cosine floor as a fraction of --lr', float(0, 1), d.minLrRatio)
+    .option('--clip-grad-norm <x>', 'clip the global gradient norm (off by default)', float(0))
+    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
+    .option('--limit <n>', 'train on only the first N training digits', int(1))
+    .option('--resume', 'continue the run in --run exactly where it stopped')
+    .option('--overwrite', 'start over even if --run already holds a training state')
+    .option('--stop-at-step <n>', 'stop (and save) once N steps are done; continue later with --resume', int(0))
+    .option('--max-minutes <x>', 'stop (and save) after this many minutes', float(0));
+}
+
+/** Fills options the user did not give from a stored state's settings (for --resume). */
+function fromStored(cmd: Command, opts: Record<string, unknown>, stored: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(stored)) {
+    if (value === undefined) continue; // not stored: keep the flag's value
+    if (cmd.getOptionValueSource(key) !== 'cli') opts[key] = value ?? undefined; // null: stored as unset
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// vae
+
+interface VaeCliOptions {
+  run: string;
+  backend: string;
+  seed: number;
+  epochs?: number;
+  steps?: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  warmup: number;
+  schedule: 'cosine' | 'constant';
+  minLrRatio: number;
+  clipGradNorm?: number;
+  data?: string;
+  limit?: number;
+  valLimit?: number;
+  resume?: boolean;
+  overwrite?: boolean;
+  stopAtStep?: number;
+  maxMinutes?: number;
+  preset: VaePreset;
+  loss: 'mse' | 'l1';
+  klWeight: number;
+  channels?: number[];
+  layersPerBlock?: number;
+  latentChannels?: number;
+  normGroups?: number;
+  sampleSize?: number;
+  midAttention: boolean;
+}
+
+export function registerVae(trainCmd: Command): void {
+  const d = VAE_TRAIN_DEFAULTS;
+  const cmd = trainCmd
+    .command('vae')
+    .description('train the autoencoder (AutoencoderKL): reconstruction + β·KL, then measure scaling_factor');
+  commonOptions(cmd, d)
+    .option('--preset <name>', `VAE architecture: ${Object.keys(VAE_PRESETS).join(' | ')}`, oneOf(Object.keys(VAE_PRESETS) as VaePreset[]), d.preset)
+    .option('--loss <kind>', 'reconstruction loss: mse | l1', oneOf(['mse', 'l1'] as const), d.loss)
+    .option('--kl-weight <x>', 'β, the weight of the KL term', float(0), d.beta)
+    .option('--channels <list>', 'override block_out_channels, e.g. 32,64,64', intList(1))
+    .option('--layers-per-block <n>', 'override layers_per_block', int(1))
+    .option('--latent-channels <n>', 'override latent_channels', int(1))
+    .option('--norm-groups <n>', 'override norm_num_groups', int(1))
+    .option('--sample-size <n>', 'override sample_size (digits are padded to it)', int(1))
+    .option('--no-mid-attention', 'no attention in the mid blocks')
+    .option('--val-limit <n>', 'validate on at most N held-out digits', int(1))
+    .action(async (opts: VaeCliOptions) => {
+      await runTrainVae(cmd, opts);
+    });
+}
+
+async function runTrainVae(cmd: Command, opts: VaeCliOptions): Promise<void> {
+  const sel = await selectBackend(opts.backend);
+  // --epochs alone means all of those epochs, not the default step budget.
+  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
+  let config: Record<string, unknown> = {};
+  if (opts.channels) {
+    config.block_out_channels = opts.channels;
+    config.down_block_types = opts.channels.map(() => 'DownEncoderBlock2D');
+    config.up_block_types = opts.channels.map(() => 'UpDecoderBlock2D');
+  }
+  if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
+  if (opts.latentChannels !== undefined) config.latent_channels = opts.latentChannels;
+  if (opts.normGroups !== undefined) config.norm_num_groups = opts.normGroups;
+  if (opts.sampleSize !== undefined) config.sample_size = opts.sampleSize;
+  if (!opts.midAttention) config.mid_block_add_attention = false;
+
+  if (opts.resume) {
+    const file = statePath(opts.run, 'vae');
+    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
+    const s = readStateInfo(file).settings;
+    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
+    const o = opts as unknown as Record<string, unknown>;
+    fromStored(cmd, o, {
+      seed: s.seed,
+      epochs: s.epochs,
+      steps: s.maxSteps,
+      batchSize: s.batchSize,
+      lr: s.lr,
+      weightDecay: adamw.weightDecay,
+      warmup: s.warmupSteps,
+      schedule: s.decay,
+      minLrRatio: s.minLrRatio,
+      clipGradNorm: s.clipGradNorm,
+      loss: s.loss,
+      klWeight: s.beta,
+      data: s.data,
+      limit: s.limit,
+    });
+    const archFlags = ['channels', 'layersPerBlock', 'latentChannels', 'normGroups', 'sampleSize', 'midAttention', 'preset'];
+    if (!archFlags.some((k) => cmd.getOptionValueSource(k) === 'cli') && s.config) config = s.config as Record<string, unknown>;
+  }
+
+  // --steps alone may need more than the default epochs: as many as it takes.
+  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
+    const size = (config.sample_size as number | undefined) ?? VAE_PRESETS[opts.preset].sample_size;
+    const n = vaeData({ data: opts.data, limit: opts.limit, size }).train.n;
+    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
+  }
+
+  const res = await trainVae({
+    runDir: opts.run,
+    seed: opts.seed,
+    epochs: opts.epochs ?? VAE_TRAIN_DEFAULTS.epochs,
+    maxSteps: opts.steps,
+    batchSize: opts.batchSize,
+    lr: opts.lr,
+    weightDecay: opts.weightDecay,
+    warmupSteps: opts.warmup,
+    decay: opts.schedule,
+    minLrRatio: opts.minLrRatio,
+    clipGradNorm: opts.clipGradNorm,
+    loss: opts.loss,
+    beta: opts.klWeight,
+    preset: opts.preset,
+    config,
+    data: opts.data,
+    limit: opts.limit,
+    valLimit: opts.valLimit,
+    gridSize: VAE_TRAIN_DEFAULTS.gridSize,
+    resume: opts.resume,
+    overwrite: opts.overwrite,
+    stopAtStep: opts.stopAtStep,
+    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
+  });
+  const where = `model in ${res.vaeDir}, state and pictures in ${trainDir(opts.run, 'vae')}`;
+  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
+  if (res.stopped === 'finished') {
+    console.log(
+      `vae: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out PSNR ${res.psnr.toFixed(2)} dB; scaling_factor ${res.scalingFactor.toPrecision(5)}; ${where}`,
+    );
+  } else {
+    console.log(`vae: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
+    if (res.stopped === 'interrupted') process.exitCode = 130;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// clip
+
+interface ClipCliOptions {
+  run: string;
+  backend: string;
+  seed: number;
+  epochs?: number;
+  steps?: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  warmup: number;
+  schedule: 'cosine' | 'constant';
+  minLrRatio: number;
+  clipGradNorm?: number;
+  data?: string;
+  limit?: number;
+  valLimit?: number;
+  resume?: boolean;
+  overwrite?: boolean;
+  stopAtStep?: number;
+  maxMinutes?: number;
+  preset: ClipPreset;
+  sameLabelWeight: number;
+  shiftPixels: number;
+  projectionDim?: number;
+  textWidth?: number;
+  textLayers?: number;
+  textHeads?: number;
+  imageChannels?: number[];
+  normGroups?: number;
+  sampleSize?: number;
+}
+
+export function registerClip(trainCmd: Command): void {
+  const d = CLIP_TRAIN_DEFAULTS;
+  const cmd = trainCmd
+    .command('clip')
+    .description('train the text encoder with an image encoder (CLIP): symmetric InfoNCE on generated captions, zero-shot digit accuracy');
+  commonOptions(cmd, d)
+    .option('--preset <name>', `CLIP architecture: ${CLIP_PRESETS.join(' | ')}`, oneOf(CLIP_PRESETS), d.preset)
+    .option('--same-label-weight <w>', 'share of the target on same-digit pairs: 0 = plain CLIP, 1 = every same-digit pair a positive', float(0, 1), d.sameLabelWeight)
+    .option('--shift-pixels <n>', 'augmentation: shift training digits by up to N pixels', int(0, 8), d.shiftPixels)
+    .option('--projection-dim <n>', 'override projection_dim (the shared embedding width)', int(1))
+    .option('--text-width <n>', 'override the text encoder hidden_size (MLP 4× wider)', int(1))
+    .option('--text-layers <n>', 'override the text encoder num_hidden_layers', int(1))
+    .option('--text-heads <n>', 'override the text encoder num_attention_heads', int(1))
+    .option('--image-channels <list>', 'override the image encoder block_out_channels, e.g. 32,64,96', intList(1))
+    .option('--norm-groups <n>', 'override the image encoder norm_num_groups', int(1))
+    .option('--sample-size <n>', 'override the image encoder sample_size (digits are padded to it)', int(1))
+    .option('--val-limit <n>', 'validate on at most N held-out digits', int(1))
+    .action(async (opts: ClipCliOptions) => {
+      await runTrainClip(cmd, opts);
+    });
+}
+
+async function runTrainClip(cmd: Command, opts: ClipCliOptions): Promise<void> {
+  const sel = await selectBackend(opts.backend);
+  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
+  let config: ClipConfigOverrides = { text: {}, image: {} };
+  if (opts.projectionDim !== undefined) config.projection_dim = opts.projectionDim;
+  if (opts.textWidth !== undefined) Object.assign(config.text!, { hidden_size: opts.textWidth, intermediate_size: 4 * opts.textWidth });
+  if (opts.textLayers !== undefined) config.text!.num_hidden_layers = opts.textLayers;
+  if (opts.textHeads !== undefined) config.text!.num_attention_heads = opts.textHeads;
+  if (opts.imageChannels) config.image!.block_out_channels = opts.imageChannels;
+  if (opts.normGroups !== undefined) config.image!.norm_num_groups = opts.normGroups;
+  if (opts.sampleSize !== undefined) config.image!.sample_size = opts.sampleSize;
+
+  if (opts.resume) {
+    const file = statePath(opts.run, 'clip');
+    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
+    const s = readStateInfo(file).settings;
+    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
+    fromStored(cmd, opts as unknown as Record<string, unknown>, {
+      seed: s.seed,
+      epochs: s.epochs,
+      steps: s.maxSteps,
+      batchSize: s.batchSize,
+      lr: s.lr,
+      weightDecay: adamw.weightDecay,
+      warmup: s.warmupSteps,
+      schedule: s.decay,
+      minLrRatio: s.minLrRatio,
+      clipGradNorm: s.clipGradNorm,
+      sameLabelWeight: s.sameLabelWeight,
+      shiftPixels: s.shiftPixels,
+      data: s.data,
+      limit: s.limit,
+    });
+    const archFlags = ['preset', 'projectionDim', 'textWidth', 'textLayers', 'textHeads', 'imageChannels', 'normGroups', 'sampleSize'];
+    const stored = s.config as CLIPConfig | undefined;
+    if (!archFlags.some((k) => cmd.getOptionValueSource(k) === 'cli') && stored) {
+      config = { projection_dim: stored.projection_dim, text: stored.text_config, image: stored.image_config };
+    }
+  }
+
+  // --steps alone may need more than the default epochs: as many as it takes.
+  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
+    const n = vaeData({ data: opts.data, limit: opts.limit, size: config.image?.sample_size ?? 32 }).train.n;
+    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
+  }
+
+  const res = await trainClip({
+    runDir: opts.run,
+    seed: opts.seed,
+    epochs: opts.epochs ?? CLIP_TRAIN_DEFAULTS.epochs,
+    maxSteps: opts.steps,
+    batchSize: opts.batchSize,
+    lr: opts.lr,
+    weightDecay: opts.weightDecay,
+    warmupSteps: opts.warmup,
+    decay: opts.schedule,
+    minLrRatio: opts.minLrRatio,
+    clipGradNorm: opts.clipGradNorm,
+    sameLabelWeight: opts.sameLabelWeight,
+    shiftPixels: opts.shiftPixels,
+    preset: opts.preset,
+    config,
+    data: opts.data,
+    limit: opts.limit,
+    valLimit: opts.valLimit,
+    resume: opts.resume,
+    overwrite: opts.overwrite,
+    stopAtStep: opts.stopAtStep,
+    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
+  });
+  res.clip.dispose();
+  const where = `model in ${res.clipDir}, state and pictures in ${trainDir(opts.run, 'clip')}`;
+  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
+  if (res.stopped === 'finished') {
+    const ev = res.lastEvaluation;
+    const pct = (x: number | undefined) => `${(100 * (x ?? NaN)).toFixed(1)}%`;
+    console.log(
+      `clip: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out zero-shot accuracy ${pct(res.zeroShotAccuracy)}, text->image recall@1 ${pct(ev.recall1)} @5 ${pct(ev.recall5)}; ${where} (details: npx sdlab clip-eval${opts.run === 'runs/default' ? '' : ` --run ${opts.run}`})`,
+    );
+  } else {
+    console.log(`clip: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
+    if (res.stopped === 'interrupted') process.exitCode = 130;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// unet
+
+interface UnetCliOptions {
+  run: string;
+  backend: string;
+  seed: number;
+  epochs: number;
+  steps?: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  warmup: number;
+  schedule: 'cosine' | 'constant';
+  minLrRatio: number;
+  clipGradNorm?: number;
+  data?: string;
+  limit?: number;
+  resume?: boolean;
+  overwrite?: boolean;
+  stopAtStep?: number;
+  maxMinutes?: number;
+  prediction: 'epsilon' | 'v_prediction';
+  betaSchedule: (typeof BETA_SCHEDULES)[number];
+  betaStart: number;
+  betaEnd: number;
+  zeroTerminalSnr?: boolean;
+  spacing: (typeof TIMESTEP_SPACINGS)[number];
+  snrGamma: number;
+  captionDropout: number;
+  emaDecay: number;
+  latents: LatentMode;
+  channels?: number[];
+  layersPerBlock?: number;
+  valLimit: number;
+  gridEvery: number;
+  gridSteps: number;
+  guidance: number;
+}
+
+export function registerUnet(trainCmd: Command): void {
+  const d = UNET_TRAIN_DEFAULTS;
+  const cmd = trainCmd
+    .command('unet')
+    .description("train the latent-diffusion UNet on the run's frozen VAE latents and CLIP text states (after `train vae` and `train clip`)");
+  commonOptions(cmd, d)
+    .option('--prediction <kind>', 'what the UNet predicts: epsilon | v_prediction', oneOf(['epsilon', 'v_prediction'] as const), d.prediction)
+    .option('--beta-schedule <kind>', `noise schedule: ${BETA_SCHEDULES.join(' | ')}`, oneOf(BETA_SCHEDULES), d.betaSchedule)
+    .option('--beta-start <x>', 'first beta', float(0, 1), d.betaStart)
+    .option('--beta-end <x>', 'last beta', float(0, 1), d.betaEnd)
+    .option('--zero-terminal-snr', 'rescale the betas so the last timestep is pure noise (needs --prediction v_prediction)')
+    .option('--spacing <kind>', `sampling timestep spacing written to the scheduler config: ${TIMESTEP_SPACINGS.join(' | ')}`, oneOf(TIMESTEP_SPACINGS), d.timestepSpacing)
+    .option('--snr-gamma <x>', 'min-SNR-γ loss weighting (0 = plain MSE)', float(0), d.snrGamma)
+    .option('--caption-dropout <p>', 'share of captions replaced by "" (for classifier-free guidance)', float(0, 1), d.captionDropout)
+    .option('--ema-decay <x>', 'EMA of the weights, exported as the model (0 = no EMA)', float(0, 0.999999), d.emaDecay)
+    .option('--latents <mode>', "diffuse the VAE's posterior mean or a fresh sample: mean | sample", oneOf(['mean', 'sample'] as const), d.latents)
+    .option('--channels <list>', 'override block_out_channels, e.g. 32,64', intList(1))
+    .option('--layers-per-block <n>', 'override layers_per_block', int(1))
+    .option('--val-limit <n>', 'held-out digits for the validation loss', int(1), d.valLimit)
+    .option('--grid-every <n>', 'sample grid every N epochs (0 = never)', int(0), d.gridEvery)
+    .option('--grid-steps <n>', 'DDIM steps of the sample grid', int(1, 1000), d.gridSteps)
+    .option('--guidance <g>', 'classifier-free guidance of the sample grid', float(0, 100), d.gridGuidance)
+    .action(async (opts: UnetCliOptions) => {
+      await runTrainUnet(cmd, opts);
+    });
+}
+
+async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
+  const sel = await selectBackend(opts.backend);
+  const d = UNET_TRAIN_DEFAULTS;
+  // --epochs alone means all of those epochs, not the default step budget.
+  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
+  let config: Record<string, unknown> = {};
+  if (opts.channels) {
+    config.block_out_channels = opts.channels;
+    config.down_block_types = opts.channels.map(() => 'CrossAttnDownBlock2D');
+    config.up_block_types = opts.channels.map(() => 'CrossAttnUpBlock2D');
+    config.attention_head_dim = opts.channels.map((c) => Math.max(1, Math.round(c / 16)));
+  }
+  if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
+  // The recipe clips gradients at 1; --clip-grad-norm 0 turns it off.
+  let clipGradNorm = cmd.getOptionValueSource('clipGradNorm') === 'cli' ? opts.clipGradNorm : d.clipGradNorm;
+
+  if (opts.resume) {
+    const file = statePath(opts.run, 'unet');
+    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
+    const s = readStateInfo(file).settings;
+    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
+    const sch = (s.scheduler ?? {}) as Record<string, unknown>;
+    const o = opts as unknown as Record<string, unknown>;
+    fromStored(cmd, o, {
+      seed: s.seed,
+      epochs: s.epochs,
+      steps: s.maxSteps ?? undefined,
+      batchSize: s.batchSize,
+      lr: s.lr,
+      weightDecay: adamw.weightDecay,
+      warmup: s.warmupSteps,
+      schedule: s.decay,
+      minLrRatio: s.minLrRatio,
+      data: s.data ?? undefined,
+      limit: s.limit ?? undefined,
+      prediction: sch.prediction_type,
+      betaSchedule: sch.beta_schedule,
+      betaStart: sch.beta_start,
+      betaEnd: sch.beta_end,
+      zeroTerminalSnr: sch.rescale_betas_zero_snr,
+      spacing: sch.timestep_spacing,
+      snrGamma: s.snrGamma,
+      captionDropout: s.captionDropout,
+      emaDecay: s.emaDecay,
+      latents: s.latents,
+    });
+    if (cmd.getOptionValueSource('clipGradNorm') !== 'cli') clipGradNorm = (s.clipGradNorm as number | null) ?? undefined;
+    if (!['channels', 'layersPerBlock'].some((k) => cmd.getOptionValueSource(k) === 'cli') && s.config) config = s.config as Record<string, unknown>;
+  }
+
+  // --steps alone may need more than the default epochs: as many as it takes.
+  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
+    const n = Math.min(opts.limit ?? Infinity, splitDataset(loadDataset({ data: opts.data }), DATA_SPLIT).train.n);
+    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
+  }
+
+  const res = await trainUnet({
+    ...d,
+    runDir: opts.run,
+    seed: opts.seed,
+    epochs: opts.epochs,
+    maxSteps: opts.steps,
+    batchSize: opts.batchSize,
+    lr: opts.lr,
+    weightDecay: opts.weightDecay,
+    warmupSteps: opts.warmup,
+    decay: opts.schedule,
+    minLrRatio: opts.minLrRatio,
+    clipGradNorm: clipGradNorm === 0 ? undefined : clipGradNorm,
+    config,
+    prediction: opts.prediction,
+    betaSchedule: opts.betaSchedule,
+    betaStart: opts.betaStart,
+    betaEnd: opts.betaEnd,
+    zeroTerminalSnr: Boolean(opts.zeroTerminalSnr),
+    timestepSpacing: opts.spacing,
+    snrGamma: opts.snrGamma,
+    captionDropout: opts.captionDropout,
+    emaDecay: opts.emaDecay,
+    latents: opts.latents,
+    data: opts.data,
+    limit: opts.limit,
+    valLimit: opts.valLimit,
+    gridEvery: opts.gridEvery,
+    gridSteps: opts.gridSteps,
+    gridGuidance: opts.guidance,
+    resume: opts.resume,
+    overwrite: opts.overwrite,
+    stopAtStep: opts.stopAtStep,
+    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
+  });
+  const where = `model (EMA) in ${res.unetDir}, schedule in ${res.schedulerFile}, state and sample grids in ${trainDir(opts.run, 'unet')}`;
+  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
+  if (res.stopped === 'finished') {
+    const run = opts.run === 'runs/default' ? '' : ` --run ${opts.run}`;
+    console.log(`unet: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out loss ${res.valLoss.toPrecision(4)}; ${where}`);
+    console.log(`next: npx sdlab sample${run} --digits 0-9 --n 8`);
+  } else {
+    console.log(`unet: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
+    if (res.stopped === 'interrupted') process.exitCode = 130;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// all
+
+interface AllCliOptions {
+  run: string;
+  backend: string;
+  preset: TrainAllPresetName | 'tiny';
+  seed: number;
+  data?: string;
+  resume?: boolean;
+  overwrite?: boolean;
+  sheet: boolean;
+}
+
+export function registerAll(trainCmd: Command): void {
+  const names = Object.keys(TRAIN_ALL_PRESETS) as TrainAllPresetName[];
+  trainCmd
+    .command('all')
+    .description('train the whole digit generator (VAE → CLIP → UNet) and write a sample sheet')
+    .option('--preset <name>', `${names.map((n) => `${n} (${TRAIN_ALL_PRESETS[n].description})`).join(' | ')}`, oneOf([...names, 'tiny'] as const), 'full')
+    .option('--run <dir>', 'run directory', 'runs/default')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--seed <n>', 'seed for every stage', int(0), 0)
+    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
+    .option('--resume', 'continue an interrupted run (finished stages are kept)')
+    .option('--overwrite', 'start every stage over')
+    .option('--no-sheet', 'skip the closing sample sheet')
+    .action(async (opts: AllCliOptions) => {
+      const sel = await selectBackend(opts.backend);
+      if (opts.resume && opts.overwrite) throw new UsageError('--resume and --overwrite: choose one (continue the run, or start it over).');
+      // 'tiny' exists for tests (a few steps on tiny models); it is not listed in --help.
+      const preset = opts.preset === 'tiny' ? TINY_PRESET : TRAIN_ALL_PRESETS[opts.preset];
+      console.log(`train all --preset ${opts.preset}: vae → clip → unet into ${opts.run} on ${sel.name} (${sel.reason})`);
+      const res = await trainAll({
+        runDir: opts.run,
+        preset,
+        presetName: opts.preset,
+        seed: opts.seed,
+        data: opts.data,
+        resume: opts.resume,
+        overwrite: opts.overwrite,
+        noSheet: !opts.sheet,
+        backend: sel.name,
+      });
+      for (const s of res.stages) {
+        const time = s.status === 'skipped' ? 'already trained' : `${formatDuration(s.seconds)}${s.examplesPerSecond ? `, ${s.examplesPerSecond.toFixed(1)} img/s` : ''}`;
+        const metric = Object.entries(s.metric).map(([k, v]) => `${k} ${v.toPrecision(4)}`).join(', ');
+        console.log(`  ${s.stage.padEnd(5)} ${s.status.padEnd(8)} ${time}${metric ? `  ${metric}` : ''}`);
+      }
+      if (res.stopped) {
+        const last = res.stages[res.stages.length - 1]!;
+        console.log(`stopped during ${last.stage}; continue with \`${trainCommand('all', opts.run)} --preset ${opts.preset} --resume\``);
+        process.exitCode = 130;
+        return;
+      }
+      const train = res.stages.reduce((a, s) => a + s.seconds, 0);
+      console.log(`trained in ${formatDuration(train)}${res.sheet ? ` (+ ${formatDuration(res.sheet.seconds)} for the sample sheet)` : ''}`);
+      for (const line of describeRun(opts.run, res)) console.log(line);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export function register(program: Command): void {
+  const trainCmd = program
+    .command('train')
+    .description('train the models of a run directory (vae; clip, unet and all come next)');
+  registerVae(trainCmd);
+  registerClip(trainCmd);
+  registerUnet(trainCmd);
+  registerAll(trainCmd);
+}

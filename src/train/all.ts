@@ -1,0 +1,236 @@
+/**
+ * `npx sdlab train all`: the whole digit generator in one go — VAE → CLIP → UNet on the embedded
+ * digits — then a sample sheet (one row per digit, "a handwritten <digit>").
+ *
+ *   npx sdlab train all --preset quick          # a few minutes (demos, CI smoke)
+ *   npx sdlab train all --preset full           # the quality target, ≈ 20 minutes on 2 cores
+ *   npx sdlab train all --resume                # after Ctrl-C: finished stages are kept, the
+ *                                               # interrupted one continues exactly
+ *
+ * Each stage is the same trainer as `npx sdlab train vae|clip|unet` with the preset's settings
+ * (presets.ts), writing into the same run directory. A stage whose training state is already
+ * complete with the preset's epochs and batch size is skipped, so re-running after an
+ * interruption redoes nothing. Timings per stage go to <run>/train/all.json.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { UsageError } from '../util/errors.ts';
+import { formatDuration } from '../util/progress.ts';
+import { writeFileAtomicSync } from '../util/fs.ts';
+import { runSample } from '../commands/sample.ts';
+import { trainClip } from './clip.ts';
+import { type TrainAllPreset } from './presets.ts';
+import { readStateInfo, statePath, trainDir } from './state.ts';
+import { trainUnet } from './unet.ts';
+import { trainVae } from './vae.ts';
+
+export interface TrainAllOptions {
+  runDir: string;
+  preset: TrainAllPreset;
+  /** Name of the preset (recorded in all.json). */
+  presetName: string;
+  seed?: number;
+  /** IDX directory for every stage (default: the embedded MNIST digits). */
+  data?: string;
+  resume?: boolean;
+  overwrite?: boolean;
+  /** Where the sample sheet goes (default <run>/samples). */
+  sheetDir?: string;
+  /** Skip the sample sheet. */
+  noSheet?: boolean;
+  signal?: AbortSignal;
+  handleSigint?: boolean;
+  quiet?: boolean;
+  log?: (line: string) => void;
+  /** Name of the backend (recorded in all.json). */
+  backend?: string;
+}
+
+export type StageName = 'vae' | 'clip' | 'unet';
+
+export interface StageReport {
+  stage: StageName;
+  status: 'trained' | 'resumed' | 'skipped' | 'stopped';
+  seconds: number;
+  steps: number;
+  examplesPerSecond: number;
+  /** Headline number of the stage: PSNR (vae), zero-shot accuracy (clip), held-out loss (unet). */
+  metric: Record<string, number>;
+}
+
+export interface TrainAllResult {
+  stages: StageReport[];
+  stopped: boolean;
+  sheet: { dir: string; grid: string; json: string; seconds: number } | null;
+  summaryFile: string;
+  totalSeconds: number;
+}
+
+/**
+ * Whether a stage's training state is complete for the preset's (epochs, maxSteps, batch size,
+ * limit, data): 'done', 'partial' (a state to resume), 'none', or a one-line reason it belongs
+ * to other settings.
+ */
+export function stageState(
+  runDir: string,
+  stage: StageName,
+  want: { epochs: number; maxSteps?: number | undefined; batchSize: number; limit?: number | undefined; data?: string | undefined },
+): 'done' | 'partial' | 'none' | { mismatch: string } {
+  const file = statePath(runDir, stage);
+  if (!fs.existsSync(file)) return 'none';
+  const info = readStateInfo(file);
+  const s = info.settings;
+  const diffs: string[] = [];
+  const differs = (label: string, have: unknown, wanted: unknown, none: string) => {
+    if ((have ?? null) !== (wanted ?? null)) diffs.push(`${label} ${String(have ?? none)} → ${String(wanted ?? none)}`);
+  };
+  differs('epochs', s.epochs, want.epochs, 'none');
+  differs('max steps', s.maxSteps, want.maxSteps, 'none');
+  differs('batch size', s.batchSize, want.batchSize, 'none');
+  differs('limit', s.limit, want.limit, 'none');
+  differs('data', s.data, want.data, 'embedded');
+  if (diffs.length) return { mismatch: diffs.join(', ') };
+  return info.step >= info.totalSteps ? 'done' : 'partial';
+}
+
+/** Trains every stage of `opts.preset` into `opts.runDir`, then writes the sample sheet. */
+export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
+  const log = opts.quiet ? () => {} : (opts.log ?? ((l: string) => process.stderr.write(l + '\n')));
+  const p = opts.data === undefined ? opts.preset : { ...opts.preset, vae: { ...opts.preset.vae, data: opts.data }, clip: { ...opts.preset.clip, data: opts.data }, unet: { ...opts.preset.unet, data: opts.data } };
+  const seed = opts.seed ?? 0;
+  const common = {
+    runDir: opts.runDir,
+    seed,
+    signal: opts.signal,
+    handleSigint: opts.handleSigint,
+    quiet: opts.quiet,
+    log: opts.log,
+  };
+  const started = Date.now();
+  const stages: StageReport[] = [];
+  const summaryFile = path.join(opts.runDir, 'train', 'all.json');
+  const writeSummary = (extra: Record<string, unknown> = {}) => {
+    fs.mkdirSync(path.dirname(summaryFile), { recursive: true });
+    writeFileAtomicSync(
+      summaryFile,
+      JSON.stringify({ preset: opts.presetName, seed, backend: opts.backend ?? null, stages, totalSeconds: (Date.now() - started) / 1000, ...extra }, null, 2) + '\n',
+    );
+  };
+
+  /** resume/overwrite flags for a stage, or null to skip it. */
+  const plan = (stage: StageName, want: { epochs: number; batchSize: number; limit?: number | undefined; data?: string | undefined }): { resume: boolean; overwrite: boolean } | null => {
+    if (opts.overwrite) return { resume: false, overwrite: true };
+    const st = stageState(opts.runDir, stage, want);
+    if (st === 'done') return null;
+    if (st === 'none') return { resume: false, overwrite: false };
+    if (st === 'partial') {
+      if (!opts.resume) {
+        throw new UsageError(`${statePath(opts.runDir, stage)}: an unfinished ${stage} training is there; pass --resume to continue it, or --overwrite to start the run over.`);
+      }
+      return { resume: true, overwrite: false };
+    }
+    throw new UsageError(`${opts.runDir} holds a ${stage} trained with other settings (${st.mismatch}) than --preset ${opts.presetName}; use another --run, or --overwrite to start over.`);
+  };
+
+  const stageDone = (r: StageReport) => {
+    stages.push(r);
+    writeSummary();
+    const rate = r.examplesPerSecond ? `, ${r.examplesPerSecond.toFixed(1)} img/s` : '';
+    const metric = Object.entries(r.metric).map(([k, v]) => `${k} ${v.toPrecision(4)}`).join(', ');
+    log(`== ${r.stage}: ${r.status}${r.status === 'skipped' ? ' (already trained)' : ` in ${formatDuration(r.seconds)} (${r.steps} steps${rate})`}${metric ? `; ${metric}` : ''}`);
+  };
+  const skipped = (stage: StageName): StageReport => ({ stage, status: 'skipped', seconds: 0, steps: 0, examplesPerSecond: 0, metric: {} });
+
+  // ---- VAE
+  let stopped = false;
+  const vaePlan = plan('vae', p.vae);
+  if (vaePlan) {
+    log(`== vae: training the autoencoder (${p.vae.epochs} epochs)`);
+    const t0 = Date.now();
+    const r = await trainVae({ ...p.vae, ...common, ...vaePlan });
+    r.vae.dispose();
+    stopped = r.stopped !== 'finished';
+    stageDone({
+      stage: 'vae', status: stopped ? 'stopped' : vaePlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
+      examplesPerSecond: r.examplesPerSecond, metric: { psnr: r.psnr, scaling_factor: r.scalingFactor },
+    });
+  } else stageDone(skipped('vae'));
+
+  // ---- CLIP
+  if (!stopped) {
+    const clipPlan = plan('clip', p.clip);
+    if (clipPlan) {
+      log(`== clip: training the text encoder (${p.clip.epochs} epochs)`);
+      const t0 = Date.now();
+      const r = await trainClip({ ...p.clip, ...common, ...clipPlan });
+      r.clip.dispose();
+      stopped = r.stopped !== 'finished';
+      stageDone({
+        stage: 'clip', status: stopped ? 'stopped' : clipPlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
+        examplesPerSecond: r.examplesPerSecond, metric: { zero_shot: r.zeroShotAccuracy },
+      });
+    } else stageDone(skipped('clip'));
+  }
+
+  // ---- UNet
+  if (!stopped) {
+    const unetPlan = plan('unet', p.unet);
+    if (unetPlan) {
+      log(`== unet: training the diffusion model (${p.unet.epochs} epochs)`);
+      const t0 = Date.now();
+      const r = await trainUnet({ ...p.unet, ...common, ...unetPlan });
+      r.unet.dispose();
+      if (r.emaUnet !== r.unet) r.emaUnet.dispose();
+      stopped = r.stopped !== 'finished';
+      stageDone({
+        stage: 'unet', status: stopped ? 'stopped' : unetPlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
+        examplesPerSecond: r.examplesPerSecond, metric: { val_loss: r.valLoss },
+      });
+    } else stageDone(skipped('unet'));
+  }
+
+  if (stopped) {
+    writeSummary({ stopped: true });
+    return { stages, stopped: true, sheet: null, summaryFile, totalSeconds: (Date.now() - started) / 1000 };
+  }
+
+  // ---- sample sheet
+  let sheet: TrainAllResult['sheet'] = null;
+  if (!opts.noSheet) {
+    const dir = opts.sheetDir ?? path.join(opts.runDir, 'samples');
+    log(`== samples: ${p.sheet.n} per digit, DDIM ${p.sheet.steps} steps, guidance ${p.sheet.guidance} → ${dir}`);
+    const t0 = Date.now();
+    const res = await runSample({
+      run: opts.runDir,
+      digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+      n: p.sheet.n,
+      steps: p.sheet.steps,
+      scheduler: 'ddim',
+      guidance: p.sheet.guidance,
+      seed,
+      out: dir,
+      batch: 10 * p.sheet.n,
+      progress: opts.quiet ? null : undefined,
+    });
+    sheet = { dir, grid: res.files.grid, json: res.files.json, seconds: (Date.now() - t0) / 1000 };
+  }
+  const trainSeconds = stages.reduce((a, s) => a + s.seconds, 0);
+  writeSummary({ trainSeconds, sheet });
+  return { stages, stopped: false, sheet, summaryFile, totalSeconds: (Date.now() - started) / 1000 };
+}
+
+/** Where everything of a finished run is, as lines for the terminal. */
+export function describeRun(runDir: string, res: TrainAllResult): string[] {
+  const run = path.normalize(runDir) === path.normalize('runs/default') ? '' : ` --run ${runDir}`;
+  const lines = [
+    `models:      ${path.join(runDir, 'vae')}/  ${path.join(runDir, 'clip')}/  ${path.join(runDir, 'unet')}/  ${path.join(runDir, 'scheduler')}/`,
+    `training:    ${trainDir(runDir, '<stage>')}/ (loss.png, history.json, pictures; unet/samples.png per epoch)`,
+    `summary:     ${res.summaryFile}`,
+  ];
+  if (res.sheet) lines.push(`sample sheet: ${res.sheet.grid}`);
+  lines.push(
+    `next:        npx sdlab sample${run} --prompt "a thick 7" --n 16`,
+    `             npx sdlab sample${run} --digits 0-9 --n 100 --out out/eval-samples && npx sdlab eval${run} --samples out/eval-samples`,
+  );
+  return lines;
+}

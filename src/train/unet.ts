@@ -1,0 +1,694 @@
+/**
+ * Training the latent-diffusion UNet on captioned digits — `npx sdlab train unet`.
+ *
+ *   x0  = scaling_factor · z,   z = VAE posterior mean (or a sample μ + σ·ε) of a training digit
+ *   t   ~ U{0, …, T−1},  ε ~ N(0, I),  x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε
+ *   c   = frozen CLIP text encoder's lastHiddenState of a freshly drawn caption ("a thick 7",
+ *         "seven", "the number 7", …), or of "" with probability `captionDropout` (so the same
+ *         network is also the unconditional model classifier-free guidance needs)
+ *   loss = mean_b w_b · ‖unet(x_t, t, c) − target‖²,   target = ε (epsilon) or
+ *          v = √ᾱ_t · ε − √(1−ᾱ_t) · x0 (v_prediction);  w_b = 1, or min-SNR-γ
+ *          (Hang et al. 2023): min(SNR_t, γ)/SNR_t for ε, min(SNR_t, γ)/(SNR_t + 1) for v
+ *
+ * It needs the run's trained vae/ (`npx sdlab train vae`) and clip/ (`npx sdlab train clip`); both
+ * stay frozen. The latents of the training split are encoded once and cached in
+ * <run>/train/unet/latents.safetensors (keyed by a hash of the VAE, so a retrained VAE re-encodes);
+ * the text encoder's output is cached per distinct caption (there are ~1,300), each encoded on its
+ * own so the cache is the same whatever order captions turn up in (exact resume).
+ *
+ * EMA: an exponential moving average of the weights (decay min(emaDecay, (1+n)/(10+n)) after n
+ * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights and AdamW moments stay
+ * in the training state, and the EMA in <run>/train/unet/ema.safetensors, so --resume continues
+ * bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
+ *
+ * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
+ * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit, same noise each epoch,
+ * so you watch the digits form.
+ *
+ *   const res = await trainUnet({ ...UNET_TRAIN_DEFAULTS, runDir: 'runs/default' });
+ *
+ * The recipe (model size, schedule, loss weighting, EMA…) and what it was measured against: the
+ * comment at the top of presets.ts.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { AutoencoderKL, VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
+import { TextEncoder } from '../clip/text_encoder.ts';
+import { loadTokenizer } from '../clip/tokenizer_load.ts';
+import type { Tokenizer } from '../clip/tokenizer.ts';
+import { DIGIT_WORDS, captionFor } from '../data/captions.ts';
+import { type Dataset, imageAt } from '../data/index.ts';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { manualSeed, skipInit } from '../nn/index.ts';
+import { type BetaSchedule, type PredictionType, type TimestepSpacing, NoiseSchedule, createScheduler } from '../schedule/index.ts';
+import { StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { UNet2DConditionModel, type UNet2DConditionConfig, mnistUnetConfig } from '../unet/index.ts';
+import { UsageError } from '../util/errors.ts';
+import { writeFileAtomicSync } from '../util/fs.ts';
+import { Random } from '../util/random.ts';
+import { saveImageGrid } from '../viz/index.ts';
+import { EpochBatcher, chunks } from './data.ts';
+import type { NamedVariable } from './optimizer.ts';
+import { readStateInfo, statePath, trainDir } from './state.ts';
+import { type EpochContext, type TrainResult, train } from './trainer.ts';
+import { DATA_SPLIT, vaeData } from './vae.ts';
+
+export type LatentMode = 'mean' | 'sample';
+
+export interface UnetTrainOptions {
+  runDir: string;
+  seed: number;
+  /** Passes over the training digits (training ends earlier if maxSteps says so). */
+  epochs: number;
+  /** End training (and the lr schedule) after this many updates. */
+  maxSteps?: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  warmupSteps: number;
+  decay: 'cosine' | 'constant';
+  minLrRatio: number;
+  clipGradNorm?: number;
+  /** Architecture overrides on top of mnistUnetConfig (cross_attention_dim always comes from the text encoder). */
+  config?: Partial<UNet2DConditionConfig>;
+  /** What the UNet predicts: the noise ε, or v = √ᾱ·ε − √(1−ᾱ)·x0. */
+  prediction: PredictionType;
+  betaSchedule: BetaSchedule;
+  betaStart: number;
+  betaEnd: number;
+  numTrainTimesteps: number;
+  /** Rescale the betas so ᾱ_T = 0 (arXiv 2305.08891); needs v_prediction. */
+  zeroTerminalSnr: boolean;
+  /** Spacing of the sampling timesteps written to the scheduler config. */
+  timestepSpacing: TimestepSpacing;
+  /** min-SNR-γ loss weighting; 0 = plain MSE. */
+  snrGamma: number;
+  /** Probability of training on the empty caption (classifier-free guidance). */
+  captionDropout: number;
+  /** Peak EMA decay; 0 = no EMA (the raw weights are exported). */
+  emaDecay: number;
+  /** Diffuse the VAE's posterior mean, or a fresh posterior sample every step. */
+  latents: LatentMode;
+  /** IDX directory; undefined = embedded MNIST. */
+  data?: string;
+  /** Train on only the first N training digits. */
+  limit?: number;
+  /** Held-out digits for the per-epoch validation loss. */
+  valLimit: number;
+  /** Sample grid every N epochs (and after the last); 0 = never. */
+  gridEvery: number;
+  /** Images per digit row in the grid. */
+  gridCols: number;
+  gridSteps: number;
+  gridGuidance: number;
+  resume?: boolean;
+  overwrite?: boolean;
+  stopAtStep?: number;
+  timeLimitSeconds?: number;
+  signal?: AbortSignal;
+  handleSigint?: boolean;
+  quiet?: boolean;
+  log?: (line: string) => void;
+  /** Called after every update (and after the EMA update); `unet` holds the raw weights. */
+  onStep?: (info: { step: number; loss: number; lr: number; epoch: number; batchIndex: number; unet: UNet2DConditionModel }) => void;
+}
+
+/** The full-preset recipe (see presets.ts for what it was chosen against). */
+export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
+  seed: 0,
+  epochs: 12,
+  batchSize: 64,
+  lr: 1e-3,
+  weightDecay: 0.01,
+  warmupSteps: 100,
+  decay: 'cosine',
+  minLrRatio: 0.05,
+  clipGradNorm: 1,
+  prediction: 'epsilon',
+  betaSchedule: 'scaled_linear',
+  betaStart: 0.00085,
+  betaEnd: 0.012,
+  numTrainTimesteps: 1000,
+  zeroTerminalSnr: false,
+  timestepSpacing: 'leading',
+  snrGamma: 5,
+  captionDropout: 0.1,
+  emaDecay: 0.999,
+  latents: 'mean',
+  valLimit: 256,
+  gridEvery: 1,
+  gridCols: 6,
+  gridSteps: 20,
+  gridGuidance: 3,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The run's frozen parts
+
+export interface FrozenParts {
+  vae: AutoencoderKL;
+  textEncoder: TextEncoder;
+  tokenizer: Tokenizer;
+  vaeDir: string;
+  clipDir: string;
+}
+
+/** `npx sdlab train <what>` with --run when the run is not the default one. */
+export function trainCommand(what: string, runDir: string): string {
+  const runFlag = path.normalize(runDir) === path.normalize('runs/default') ? '' : ` --run ${runDir}`;
+  return `npx sdlab train ${what}${runFlag}`;
+}
+
+/** Loads the run's trained VAE and CLIP text encoder (+ tokenizer), or says which command trains them. */
+export function loadFrozenParts(runDir: string): FrozenParts {
+  const vaeDir = path.join(runDir, 'vae');
+  const clipDir = path.join(runDir, 'clip');
+  const need: Array<[string, string, string]> = [
+    ['vae', path.join(vaeDir, 'config.json'), 'autoencoder'],
+    ['vae', path.join(vaeDir, VAE_WEIGHTS_FILE), 'autoencoder'],
+    ['clip', path.join(clipDir, 'config.json'), 'text encoder'],
+    ['clip', path.join(clipDir, 'model.safetensors'), 'text encoder'],
+    ['clip', path.join(clipDir, 'tokenizer.json'), 'text encoder'],
+  ];
+  for (const [what, file, name] of need) {
+    if (!fs.existsSync(file)) {
+      throw new UsageError(`${file} not found: the UNet trains on the run's frozen ${name}; train it first with \`${trainCommand(what, runDir)}\`.`);
+    }
+  }
+  return {
+    vae: AutoencoderKL.fromPretrained(vaeDir),
+    textEncoder: TextEncoder.fromPretrained(clipDir),
+    tokenizer: loadTokenizer(clipDir),
+    vaeDir,
+    clipDir,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Noise schedule
+
+/** The diffusers scheduler config the run is sampled with (<run>/scheduler/scheduler_config.json). */
+export function unetSchedulerConfig(o: Pick<UnetTrainOptions, 'numTrainTimesteps' | 'betaSchedule' | 'betaStart' | 'betaEnd' | 'prediction' | 'zeroTerminalSnr' | 'timestepSpacing'>): Record<string, unknown> {
+  return {
+    _class_name: 'DDIMScheduler',
+    _diffusers_version: '0.24.0',
+    num_train_timesteps: o.numTrainTimesteps,
+    beta_schedule: o.betaSchedule,
+    beta_start: o.betaStart,
+    beta_end: o.betaEnd,
+    trained_betas: null,
+    prediction_type: o.prediction,
+    rescale_betas_zero_snr: o.zeroTerminalSnr,
+    timestep_spacing: o.timestepSpacing,
+    // With ᾱ_T = 0 the last step must land on clean data; otherwise SD's convention.
+    set_alpha_to_one: o.zeroTerminalSnr,
+    steps_offset: o.timestepSpacing === 'leading' ? 1 : 0,
+    clip_sample: false,
+  };
+}
+
+/** min-SNR-γ weight of timestep t for the given prediction type (γ = 0: weight 1). */
+export function minSnrWeight(alphaCumprod: number, gamma: number, prediction: PredictionType): number {
+  if (!(gamma > 0)) return 1;
+  const snr = alphaCumprod / (1 - alphaCumprod);
+  const clipped = Math.min(snr, gamma);
+  if (prediction === 'v_prediction') return clipped / (snr + 1);
+  if (prediction === 'epsilon') return snr > 0 ? clipped / snr : 1;
+  return clipped; // 'sample' (x0): weight SNR, clipped
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latents
+
+export interface LatentSet {
+  /** Posterior means [n, h, w, c] (unscaled), flat. */
+  mean: Float32Array;
+  /** Posterior standard deviations, same shape. */
+  std: Float32Array;
+  n: number;
+  /** [h, w, c] of one latent. */
+  shape: [number, number, number];
+}
+
+/** Posterior mean and std of every image of `ds` (chunks of 64). */
+export function encodeLatents(vae: AutoencoderKL, ds: Dataset): LatentSet {
+  const f = vae.downsampleFactor;
+  const shape: [number, number, number] = [ds.height / f, ds.width / f, vae.config.latent_channels];
+  const per = shape[0] * shape[1] * shape[2];
+  const mean = new Float32Array(ds.n * per);
+  const std = new Float32Array(ds.n * per);
+  const px = ds.height * ds.width;
+  for (const idx of chunks(ds.n, 64)) {
+    const [m, s] = tf.tidy(() => {
+      const buf = new Float32Array(idx.length * px);
+      for (let k = 0; k < idx.length; k++) {
+        const img = imageAt(ds, idx[k]!);
+        for (let p = 0; p < px; p++) buf[k * px + p] = img[p]! * 2 - 1;
+      }
+      const dist = vae.encode(tf.tensor4d(buf, [idx.length, ds.height, ds.width, 1]));
+      return [dist.mean.dataSync() as Float32Array, tf.exp(tf.mul(dist.logvar, 0.5)).dataSync() as Float32Array];
+    });
+    mean.set(m!, idx[0]! * per);
+    std.set(s!, idx[0]! * per);
+  }
+  return { mean, std, n: ds.n, shape };
+}
+
+/** sha256 of the VAE's config and weights: the latent cache is valid for exactly this VAE. */
+function vaeFingerprint(vaeDir: string): string {
+  const h = crypto.createHash('sha256');
+  h.update(fs.readFileSync(path.join(vaeDir, 'config.json')));
+  h.update(fs.readFileSync(path.join(vaeDir, VAE_WEIGHTS_FILE)));
+  return h.digest('hex');
+}
+
+/** Encoded train/val latents, from <run>/train/unet/latents.safetensors when it matches, else encoded and cached. */
+export function cachedLatents(
+  file: string,
+  vae: AutoencoderKL,
+  vaeDir: string,
+  sets: { train: Dataset; val: Dataset },
+  key: Record<string, unknown>,
+  log: (line: string) => void,
+): { train: LatentSet; val: LatentSet } {
+  const fingerprint = JSON.stringify({ vae: vaeFingerprint(vaeDir), ...key, trainN: sets.train.n, valN: sets.val.n });
+  if (fs.existsSync(file)) {
+    try {
+      const st = SafetensorsFile.open(file);
+      if (st.metadata.key === fingerprint) {
+        const get = (name: string) => st.read(name);
+        const mk = (p: string, n: number): LatentSet => {
+          const m = get(`${p}.mean`);
+          return { mean: m.data, std: get(`${p}.std`).data, n, shape: m.shape.slice(1) as [number, number, number] };
+        };
+        return { train: mk('train', sets.train.n), val: mk('val', sets.val.n) };
+      }
+    } catch {
+      // unreadable cache: encode again below
+    }
+  }
+  const started = Date.now();
+  const train = encodeLatents(vae, sets.train);
+  const val = encodeLatents(vae, sets.val);
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [p, s] of [['train', train], ['val', val]] as const) {
+    tensors.set(`${p}.mean`, { shape: [s.n, ...s.shape], data: s.mean });
+    tensors.set(`${p}.std`, { shape: [s.n, ...s.shape], data: s.std });
+  }
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  writeSafetensors(file, tensors, { metadata: { key: fingerprint } });
+  log(`unet: encoded ${train.n + val.n} digits with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
+  return { train, val };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+/**
+ * The frozen text encoder's lastHiddenState per caption, computed once per distinct caption.
+ * Each caption is encoded alone (batch 1), so the cached numbers do not depend on which captions
+ * happened to be encoded together — a resumed run sees exactly the same vectors.
+ */
+export class TextCache {
+  private readonly cache = new Map<string, Float32Array>();
+  readonly length: number;
+  readonly width: number;
+
+  constructor(readonly textEncoder: TextEncoder, readonly tokenizer: Tokenizer) {
+    this.length = tokenizer.maxLength;
+    this.width = textEncoder.hiddenSize;
+  }
+
+  get size(): number {
+    return this.cache.size;
+  }
+
+  get(caption: string): Float32Array {
+    let v = this.cache.get(caption);
+    if (!v) {
+      const ids = this.tokenizer.encode(caption).inputIds;
+      v = tf.tidy(() => this.textEncoder.forward(tf.tensor2d([ids], [1, ids.length], 'int32')).lastHiddenState.dataSync() as Float32Array);
+      this.cache.set(caption, v);
+    }
+    return v;
+  }
+
+  /** [B, L, D] for `captions`. */
+  batch(captions: readonly string[]): tf.Tensor3D {
+    const per = this.length * this.width;
+    const out = new Float32Array(captions.length * per);
+    captions.forEach((c, k) => out.set(this.get(c), k * per));
+    return tf.tensor3d(out, [captions.length, this.length, this.width]);
+  }
+}
+
+/**
+ * One caption per example: "" (unconditional) with probability `dropout`, else a fresh caption
+ * from the caption generator. Draws, per example in order: one uniform, then the caption's own.
+ */
+export function drawCaptions(ds: Dataset, indices: ArrayLike<number>, rng: Random, dropout: number): string[] {
+  return Array.from(indices, (i) =>
+    rng.next() < dropout ? '' : captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i]!, rng),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches
+
+export interface DiffusionBatch {
+  /** Noisy latents x_t [B, h, w, c]. */
+  noisy: tf.Tensor4D;
+  /** Timesteps [B] (float32 holding integers). */
+  timesteps: tf.Tensor1D;
+  /** Text states [B, L, D]. */
+  context: tf.Tensor3D;
+  /** ε or v [B, h, w, c]. */
+  target: tf.Tensor4D;
+  /** Per-example loss weights [B] (all 1 without min-SNR). */
+  weights: tf.Tensor1D;
+  captions: string[];
+  t: Int32Array;
+}
+
+export interface BatchMaker {
+  schedule: NoiseSchedule;
+  /** x_t, target and weights for the examples `indices` of a latent set, all randomness from `rng`. */
+  make(ds: Dataset, latents: LatentSet, indices: ArrayLike<number>, rng: Random, captionDropout: number): DiffusionBatch;
+}
+
+export function makeBatchMaker(
+  o: Pick<UnetTrainOptions, 'numTrainTimesteps' | 'betaSchedule' | 'betaStart' | 'betaEnd' | 'zeroTerminalSnr' | 'prediction' | 'snrGamma' | 'latents'>,
+  scalingFactor: number,
+  text: TextCache,
+): BatchMaker {
+  const schedule = new NoiseSchedule({
+    num_train_timesteps: o.numTrainTimesteps,
+    beta_schedule: o.betaSchedule,
+    beta_start: o.betaStart,
+    beta_end: o.betaEnd,
+    trained_betas: null,
+    rescale_betas_zero_snr: o.zeroTerminalSnr,
+  });
+  const T = o.numTrainTimesteps;
+  const f32 = Math.fround;
+  const sqrtA = schedule.alphasCumprod.map((a) => f32(Math.sqrt(a)));
+  const sqrt1mA = schedule.alphasCumprod.map((a) => f32(Math.sqrt(f32(1 - a))));
+  const weightOf = schedule.alphasCumprod.map((a) => minSnrWeight(a, o.snrGamma, o.prediction));
+  return {
+    schedule,
+    make(ds, latents, indices, rng, captionDropout) {
+      const b = indices.length;
+      const [h, w, c] = latents.shape;
+      const per = h * w * c;
+      // Draw order (fixed: resumes depend on it): captions, timesteps, noise, posterior noise.
+      const captions = drawCaptions(ds, indices, rng, captionDropout);
+      const t = Int32Array.from({ length: b }, () => rng.int(T));
+      const noise = rng.normalArray(b * per);
+      const eps = o.latents === 'sample' ? rng.normalArray(b * per) : null;
+      const noisy = new Float32Array(b * per);
+      const target = new Float32Array(b * per);
+      const weights = new Float32Array(b);
+      for (let k = 0; k < b; k++) {
+        const src = indices[k]! * per;
+        const a = sqrtA[t[k]!]!;
+        const s = sqrt1mA[t[k]!]!;
+        weights[k] = weightOf[t[k]!]!;
+        for (let j = 0; j < per; j++) {
+          const z = eps ? latents.mean[src + j]! + latents.std[src + j]! * eps[k * per + j]! : latents.mean[src + j]!;
+          const x0 = f32(z * scalingFactor);
+          const n = noise[k * per + j]!;
+          noisy[k * per + j] = a * x0 + s * n;
+          target[k * per + j] = o.prediction === 'v_prediction' ? a * n - s * x0 : o.prediction === 'sample' ? x0 : n;
+        }
+      }
+      return {
+        noisy: tf.tensor4d(noisy, [b, h, w, c]),
+        timesteps: tf.tensor1d(Float32Array.from(t), 'float32'),
+        context: text.batch(captions),
+        target: tf.tensor4d(target, [b, h, w, c]),
+        weights: tf.tensor1d(weights, 'float32'),
+        captions,
+        t,
+      };
+    },
+  };
+}
+
+function disposeBatch(b: DiffusionBatch): void {
+  tf.dispose([b.noisy, b.timesteps, b.context, b.target, b.weights]);
+}
+
+/** Σ_b w_b · mean((pred − target)²) / B, and the unweighted MSE. */
+export function diffusionLoss(unet: UNet2DConditionModel, b: DiffusionBatch): { loss: tf.Scalar; mse: tf.Scalar } {
+  const pred = unet.forward(b.noisy, b.timesteps, b.context);
+  const perExample = tf.mean(tf.squaredDifference(pred, b.target), [1, 2, 3]);
+  return { loss: tf.mean(tf.mul(perExample, b.weights)) as tf.Scalar, mse: tf.mean(perExample) as tf.Scalar };
+}
+
+// ---------------------------------------------------------------------------------------------
+// EMA
+
+/** Exponential moving average of a model's parameters, kept in a second model of the same config. */
+export class Ema {
+  constructor(
+    readonly raw: NamedVariable[],
+    readonly ema: NamedVariable[],
+    readonly maxDecay: number,
+  ) {
+    if (raw.length !== ema.length || raw.some(([n], i) => n !== ema[i]![0])) throw new Error('Ema: the two models do not have the same parameters');
+  }
+
+  /** diffusers' EMAModel.get_decay (no ema warm-up power): min(maxDecay, (1+n)/(10+n)), n = updates before this one. */
+  decayAt(updatesDone: number): number {
+    const n = Math.max(0, updatesDone - 1);
+    return Math.min(this.maxDecay, (1 + n) / (10 + n));
+  }
+
+  copyFromRaw(): void {
+    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(this.raw[i]![1])));
+  }
+
+  /** ema ← d·ema + (1−d)·raw, after update number `updatesDone`. */
+  update(updatesDone: number): void {
+    const d = this.decayAt(updatesDone);
+    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(tf.add(tf.mul(e, d), tf.mul(this.raw[i]![1], 1 - d)))));
+  }
+
+  save(file: string, step: number): void {
+    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [n, v] of this.ema) tensors.set(`ema.${n}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
+    writeSafetensors(file, tensors, { metadata: { format: 'sdlab-ema', step: String(step), decay: String(this.maxDecay) } });
+  }
+
+  /** Loads ema.safetensors, which must be at `step` (the training state's). */
+  load(file: string, step: number): void {
+    if (!fs.existsSync(file)) throw new UsageError(`--resume: ${file} is missing (the EMA weights of the run); start over with --overwrite.`);
+    const st = SafetensorsFile.open(file);
+    const at = Number(st.metadata.step);
+    if (at !== step) throw new UsageError(`--resume: ${file} is at step ${st.metadata.step} but the training state at step ${step}; start over with --overwrite.`);
+    for (const [n, v] of this.ema) {
+      const e = st.entries.get(`ema.${n}`);
+      if (!e || e.shape.join(',') !== v.shape.join(',')) throw new UsageError(`--resume: ${file} does not fit the model (ema.${n}); start over with --overwrite.`);
+      const data = st.read(`ema.${n}`).data;
+      tf.tidy(() => v.assign(tf.tensor(data, v.shape, 'float32')));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pictures
+
+/** One row per digit ("a handwritten <word>"), `cols` images each, same seed every time. */
+export async function saveSampleGrid(
+  file: string,
+  parts: { vae: AutoencoderKL; textEncoder: TextEncoder; tokenizer: Tokenizer; unet: UNet2DConditionModel },
+  schedulerConfig: Record<string, unknown>,
+  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string },
+): Promise<void> {
+  const scheduler = createScheduler('ddim', schedulerConfig);
+  const pipe = new StableDiffusionPipeline({ ...parts, scheduler });
+  const prompts = DIGIT_WORDS.flatMap((w) => new Array<string>(o.cols).fill(`a handwritten ${w}`));
+  const out = pipe.call({ prompt: prompts, numInferenceSteps: o.steps, guidanceScale: o.guidance, seed: o.seed ?? 0 });
+  try {
+    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: DIGIT_WORDS.map((_, d) => String(d)), title: o.title });
+  } finally {
+    tf.dispose([out.images, out.latents, out.promptEmbeds]);
+    scheduler.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training
+
+export interface UnetTrainResult extends TrainResult {
+  unet: UNet2DConditionModel;
+  /** The exported (EMA) model. */
+  emaUnet: UNet2DConditionModel;
+  unetDir: string;
+  schedulerFile: string;
+  /** Held-out loss of the EMA weights after the last finished epoch (NaN if none). */
+  valLoss: number;
+  /** Std of the scaled training latents (≈ 1 when the VAE's scaling_factor fits). */
+  latentStd: number;
+}
+
+const EMA_FILE = 'ema.safetensors';
+const LATENTS_FILE = 'latents.safetensors';
+
+/** Trains (or resumes) the UNet of a run directory on its frozen VAE and text encoder. */
+export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult> {
+  const log = opts.quiet ? () => {} : (opts.log ?? ((l: string) => process.stderr.write(l + '\n')));
+  if (!(opts.captionDropout >= 0 && opts.captionDropout <= 1)) throw new UsageError(`--caption-dropout: expected a probability in [0, 1], got ${opts.captionDropout}.`);
+  if (!(opts.emaDecay >= 0 && opts.emaDecay < 1)) throw new UsageError(`--ema-decay: expected a number in [0, 1), got ${opts.emaDecay}.`);
+  if (!(opts.snrGamma >= 0)) throw new UsageError(`--snr-gamma: expected a number >= 0 (0 = off), got ${opts.snrGamma}.`);
+  if (opts.zeroTerminalSnr && opts.prediction === 'epsilon') {
+    throw new UsageError('--zero-terminal-snr needs --prediction v_prediction (at ᾱ_T = 0 the noise prediction cannot give x0).');
+  }
+  const parts = loadFrozenParts(opts.runDir);
+  const { vae, textEncoder, tokenizer } = parts;
+  const sf = vae.scalingFactor;
+  const dir = trainDir(opts.runDir, 'unet');
+  const unetDir = path.join(opts.runDir, 'unet');
+  const schedulerFile = path.join(opts.runDir, 'scheduler', 'scheduler_config.json');
+  const schedulerConfig = unetSchedulerConfig(opts);
+
+  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: vae.config.sample_size });
+  const latents = cachedLatents(path.join(dir, LATENTS_FILE), vae, parts.vaeDir, { train: trainSet, val }, { data: opts.data ?? null, limit: opts.limit ?? null, split: DATA_SPLIT }, log);
+  const latentStd = stdOf(latents.train.mean, sf);
+
+  const config: UNet2DConditionConfig = {
+    ...mnistUnetConfig(),
+    sample_size: latents.train.shape[0],
+    in_channels: vae.config.latent_channels,
+    out_channels: vae.config.latent_channels,
+    ...opts.config,
+    cross_attention_dim: textEncoder.hiddenSize,
+  };
+  manualSeed(opts.seed);
+  const unet = new UNet2DConditionModel(config);
+  const emaUnet = skipInit(() => new UNet2DConditionModel(config));
+  const params: NamedVariable[] = unet.namedParameters().map(([n, p]) => [n, p.variable]);
+  const ema = new Ema(params, emaUnet.namedParameters().map(([n, p]) => [n, p.variable]), opts.emaDecay);
+  const exported = opts.emaDecay > 0 ? emaUnet : unet;
+  const emaFile = path.join(dir, EMA_FILE);
+  const stateFile = statePath(opts.runDir, 'unet');
+  if (opts.resume && fs.existsSync(stateFile) && opts.emaDecay > 0) ema.load(emaFile, readStateInfo(stateFile).step);
+  else ema.copyFromRaw();
+
+  const text = new TextCache(textEncoder, tokenizer);
+  const maker = makeBatchMaker(opts, sf, text);
+  const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
+  const totalSteps = Math.min(opts.epochs * batcher.stepsPerEpoch, opts.maxSteps ?? Infinity);
+  const frozen = { vae, textEncoder, tokenizer };
+  const writeScheduler = () => {
+    fs.mkdirSync(path.dirname(schedulerFile), { recursive: true });
+    writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
+  };
+  log(`unet: ${trainSet.n} training digits → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);
+
+  const result = await train<DiffusionBatch>(
+    {
+      name: 'unet',
+      params,
+      settings: {
+        config: structuredClone(config),
+        batchSize: opts.batchSize,
+        scheduler: schedulerConfig,
+        snrGamma: opts.snrGamma,
+        captionDropout: opts.captionDropout,
+        emaDecay: opts.emaDecay,
+        latents: opts.latents,
+        data: opts.data ?? null,
+        limit: opts.limit ?? null,
+        trainExamples: trainSet.n,
+        split: DATA_SPLIT,
+        vae: vaeFingerprint(parts.vaeDir).slice(0, 16),
+      },
+      stepsPerEpoch: batcher.stepsPerEpoch,
+      examplesPerStep: opts.batchSize,
+      batch: (epoch, i) => {
+        // Everything random about a batch comes from (seed, epoch, index) — the trainer's rule.
+        const rng = new Random(`${opts.seed}/unet/epoch ${epoch}/batch ${i}`);
+        return maker.make(trainSet, latents.train, batcher.indices(epoch, i), rng, opts.captionDropout);
+      },
+      disposeBatch,
+      loss: (b) => {
+        const { loss, mse } = diffusionLoss(unet, b);
+        return { loss, metrics: { mse } };
+      },
+      evaluate: () => ({ loss: validationLoss(exported, maker, val, latents.val, opts.batchSize) }),
+      onEpochEnd: async (ctx: EpochContext, ev) => {
+        const last = ctx.step === totalSteps;
+        if (!(opts.gridEvery > 0 && ((Number.isInteger(ctx.epoch) && ctx.epoch % opts.gridEvery === 0) || last))) return;
+        const epochName = Number.isInteger(ctx.epoch) ? String(ctx.epoch) : ctx.epoch.toFixed(2);
+        const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
+        const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
+        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+        fs.copyFileSync(file, path.join(ctx.dir, 'samples.png'));
+      },
+      exportModel: (ctx) => {
+        if (opts.emaDecay > 0) ema.save(emaFile, ctx.step);
+        exported.save(unetDir);
+        writeScheduler();
+      },
+    },
+    {
+      runDir: opts.runDir,
+      seed: opts.seed,
+      epochs: opts.epochs,
+      maxSteps: opts.maxSteps,
+      lr: opts.lr,
+      warmupSteps: opts.warmupSteps,
+      decay: opts.decay,
+      minLrRatio: opts.minLrRatio,
+      optimizer: { weightDecay: opts.weightDecay },
+      clipGradNorm: opts.clipGradNorm,
+      resume: opts.resume,
+      overwrite: opts.overwrite,
+      stopAtStep: opts.stopAtStep,
+      timeLimitSeconds: opts.timeLimitSeconds,
+      signal: opts.signal,
+      handleSigint: opts.handleSigint,
+      quiet: opts.quiet,
+      log,
+      onStep: (info) => {
+        if (opts.emaDecay > 0) ema.update(info.step);
+        opts.onStep?.({ ...info, unet });
+      },
+    },
+  );
+  vae.dispose();
+  textEncoder.dispose();
+  const lastEpoch = result.history.epochs[result.history.epochs.length - 1];
+  return { ...result, unet, emaUnet: exported, unetDir, schedulerFile, valLoss: lastEpoch?.loss ?? NaN, latentStd };
+}
+
+/** Mean (weighted) loss of `model` on the held-out latents, with captions, t and noise fixed across epochs. */
+export function validationLoss(model: UNet2DConditionModel, maker: BatchMaker, val: Dataset, latents: LatentSet, batchSize: number): number {
+  const rng = new Random('unet validation');
+  let total = 0;
+  for (const idx of chunks(latents.n, batchSize)) {
+    const b = maker.make(val, latents, idx, rng, 0);
+    try {
+      const l = tf.tidy(() => diffusionLoss(model, b).loss.dataSync()[0]!);
+      total += l * idx.length;
+    } finally {
+      disposeBatch(b);
+    }
+  }
+  return total / Math.max(1, latents.n);
+}
+
+function stdOf(data: Float32Array, scale: number): number {
+  let s = 0;
+  let s2 = 0;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]! * scale;
+    s += v;
+    s2 += v * v;
+  }
+  const m = s / data.length;
+  return Math.sqrt(Math.max(0, s2 / data.length - m * m));
+}

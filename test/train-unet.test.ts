@@ -1,0 +1,332 @@
+/**
+ * `sdlab train unet` on tiny models (a 4×4×2-latent VAE and a width-8 text encoder, both untrained:
+ * the UNet trainer only needs them frozen) and 8×8 digits written as IDX files, on the cpu backend:
+ *   - the noisy latents, targets and min-SNR weights of a batch match the closed forms (and the
+ *     schedule's own addNoise / getVelocity); the loss is the weighted MSE recomputed here;
+ *   - a few steps lower the held-out loss of the same digits/noise/timesteps;
+ *   - the exported unet/ holds the EMA of the raw weights, recomputed here from every step;
+ *   - stopped mid-epoch and resumed: bit-identical weights, optimizer state and EMA;
+ *   - caption dropout happens at the requested rate, and kept captions name the right digit;
+ *   - a missing vae/ or clip/ is a one-line error naming the command that trains it.
+ */
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-cpu';
+import { AutoencoderKL, VAE_PRESETS } from '../src/autoencoder/index.ts';
+import { CLIPModel, mnistCaptionTokenizer } from '../src/clip/index.ts';
+import { clipTrainConfig } from '../src/train/clip.ts';
+import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
+import { readSafetensors } from '../src/io/safetensors.ts';
+import { manualSeed } from '../src/nn/index.ts';
+import { NoiseSchedule, readSchedulerConfig } from '../src/schedule/index.ts';
+import { digitFromPrompt } from '../src/sample/prompts.ts';
+import { loadRunPipeline } from '../src/sample/load.ts';
+import { UNet2DConditionModel } from '../src/unet/index.ts';
+import { Random } from '../src/util/random.ts';
+import { readStateInfo, statePath } from '../src/train/state.ts';
+import { vaeData } from '../src/train/vae.ts';
+import {
+  type UnetTrainOptions,
+  type UnetTrainResult,
+  UNET_TRAIN_DEFAULTS,
+  TextCache,
+  diffusionLoss,
+  drawCaptions,
+  encodeLatents,
+  loadFrozenParts,
+  makeBatchMaker,
+  minSnrWeight,
+  trainUnet,
+  validationLoss,
+} from '../src/train/unet.ts';
+
+let tmp: string;
+let dataDir: string;
+let baseRun: string;
+
+/** 60 MNIST digits, padded to 32×32 and average-pooled 4×4 to 8×8, as IDX files. */
+function writeTinyIdx(dir: string): void {
+  const ds = padDataset(loadEmbeddedMnist(), 32);
+  const n = 60;
+  const pick = new Random(3).permutation(ds.n).subarray(0, n);
+  const S = 8;
+  const px = new Uint8Array(n * S * S);
+  const labels = new Uint8Array(n);
+  pick.forEach((i, k) => {
+    labels[k] = ds.labels[i]!;
+    for (let y = 0; y < S; y++) {
+      for (let x = 0; x < S; x++) {
+        let s = 0;
+        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
+        px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
+      }
+    }
+  });
+  const header = (magic: number, dims: number[]) => {
+    const b = Buffer.alloc(4 + 4 * dims.length);
+    b.writeUInt32BE(magic, 0);
+    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
+    return b;
+  };
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, S, S]), px]));
+  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
+}
+
+/** A run directory with an (untrained) tiny vae/ and clip/, as `train vae` / `train clip` leave them. */
+function writeFrozenParts(run: string): void {
+  manualSeed(11);
+  const vae = new AutoencoderKL({
+    ...VAE_PRESETS.mnist,
+    sample_size: 8,
+    block_out_channels: [4, 4],
+    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
+    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
+    norm_num_groups: 2,
+    latent_channels: 2,
+    mid_block_add_attention: false,
+    scaling_factor: 1.7,
+  });
+  vae.save(path.join(run, 'vae'));
+  const tok = mnistCaptionTokenizer();
+  const clip = new CLIPModel(
+    clipTrainConfig('mnist', tok.vocabSize, {
+      projection_dim: 8,
+      text: { hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2 },
+      image: { block_out_channels: [4], norm_num_groups: 2 },
+    }),
+  );
+  clip.save(path.join(run, 'clip'), tok);
+  vae.dispose();
+  clip.dispose();
+}
+
+function copyRun(from: string, to: string): void {
+  fs.cpSync(from, to, { recursive: true });
+}
+
+const opts = (runDir: string): UnetTrainOptions => ({
+  ...UNET_TRAIN_DEFAULTS,
+  runDir,
+  seed: 3,
+  epochs: 2,
+  batchSize: 8,
+  lr: 1e-2,
+  warmupSteps: 2,
+  minLrRatio: 0.1,
+  config: { block_out_channels: [4, 8], attention_head_dim: [1, 2], norm_num_groups: 2 },
+  emaDecay: 0.3, // small, so the cap min(0.3, (1+n)/(10+n)) is reached within 6 steps
+  data: dataDir,
+  limit: 24, // 3 steps per epoch, 6 in all
+  valLimit: 6,
+  gridEvery: 0,
+  quiet: true,
+  handleSigint: false,
+});
+
+/** Every tensor of a run's unet weights, training state and EMA. */
+function snapshot(runDir: string): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [k, t] of readSafetensors(path.join(runDir, 'unet/diffusion_pytorch_model.safetensors'))) out.set(`unet/${k}`, t.data);
+  for (const [k, t] of readSafetensors(statePath(runDir, 'unet'))) out.set(`state/${k}`, t.data);
+  for (const [k, t] of readSafetensors(path.join(runDir, 'train/unet/ema.safetensors'))) out.set(`ema/${k}`, t.data);
+  return out;
+}
+
+let straightDir: string;
+let straight: UnetTrainResult;
+/** Raw parameters (tfjs layout) after every update of the straight run. */
+const rawAfter: Array<Map<string, Float32Array>> = [];
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-train-unet-'));
+  dataDir = path.join(tmp, 'digits8');
+  writeTinyIdx(dataDir);
+  baseRun = path.join(tmp, 'base');
+  writeFrozenParts(baseRun);
+  straightDir = path.join(tmp, 'straight');
+  copyRun(baseRun, straightDir);
+  straight = await trainUnet({
+    ...opts(straightDir),
+    onStep: ({ unet }) => rawAfter.push(new Map(unet.namedParameters().map(([n, p]) => [n, (p.variable.dataSync() as Float32Array).slice()]))),
+  });
+});
+
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('batches and the loss', () => {
+  it('x_t, targets and min-SNR weights follow the closed forms', () => {
+    const parts = loadFrozenParts(baseRun);
+    const { train } = vaeData({ data: dataDir, limit: 24, size: 8 });
+    const latents = encodeLatents(parts.vae, train);
+    expect(latents.shape).toEqual([4, 4, 2]);
+    const text = new TextCache(parts.textEncoder, parts.tokenizer);
+    for (const prediction of ['epsilon', 'v_prediction'] as const) {
+      const o = { ...UNET_TRAIN_DEFAULTS, prediction, snrGamma: 5 };
+      const maker = makeBatchMaker(o, 1.7, text);
+      const idx = Int32Array.from([3, 0, 7, 7, 12]);
+      const b = maker.make(train, latents, idx, new Random('batch'), 0);
+      // Replay the draws: captions, timesteps, noise.
+      const rng = new Random('batch');
+      const captions = drawCaptions(train, idx, rng, 0);
+      const t = Array.from(idx, () => rng.int(1000));
+      const noise = rng.normalArray(idx.length * 32);
+      expect(b.captions).toEqual(captions);
+      expect(Array.from(b.t)).toEqual(t);
+      const x0 = tf.tensor4d(Float32Array.from({ length: idx.length * 32 }, (_, j) => latents.mean[idx[Math.floor(j / 32)]! * 32 + (j % 32)]! * 1.7), [idx.length, 4, 4, 2]);
+      const eps = tf.tensor4d(noise, [idx.length, 4, 4, 2]);
+      const sched = new NoiseSchedule({ num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, trained_betas: null });
+      const xt = sched.addNoise(x0, eps, t);
+      const target = prediction === 'epsilon' ? eps : sched.getVelocity(x0, eps, t);
+      expect(maxAbsDiff(b.noisy, xt)).toBeLessThan(1e-6);
+      expect(maxAbsDiff(b.target, target)).toBeLessThan(1e-6);
+      // min-SNR-γ (Hang et al.): ε: min(snr, γ)/snr; v: min(snr, γ)/(snr + 1).
+      const w = Array.from(b.weights.dataSync());
+      t.forEach((ti, k) => {
+        const a = sched.alphasCumprod[ti]!;
+        const snr = a / (1 - a);
+        expect(w[k]).toBeCloseTo(prediction === 'epsilon' ? Math.min(snr, 5) / snr : Math.min(snr, 5) / (snr + 1), 6);
+      });
+      // The text states are the frozen encoder's lastHiddenState of each caption.
+      const ref = parts.textEncoder.forward(tf.tensor2d(captions.map((c) => parts.tokenizer.encode(c).inputIds), undefined, 'int32')).lastHiddenState;
+      expect(maxAbsDiff(b.context, ref)).toBeLessThan(1e-5);
+      // Loss = mean_b w_b · mean((pred − target)²).
+      const unet = new UNet2DConditionModel({ ...opts('').config, sample_size: 4, in_channels: 2, out_channels: 2, cross_attention_dim: 8, down_block_types: ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'], up_block_types: ['CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'] });
+      const pred = Array.from(unet.forward(b.noisy, b.timesteps, b.context).dataSync());
+      const tgt = Array.from(b.target.dataSync());
+      let expected = 0;
+      for (let k = 0; k < idx.length; k++) {
+        let s = 0;
+        for (let j = 0; j < 32; j++) s += (pred[k * 32 + j]! - tgt[k * 32 + j]!) ** 2;
+        expected += (w[k]! * s) / 32;
+      }
+      expect(diffusionLoss(unet, b).loss.dataSync()[0]).toBeCloseTo(expected / idx.length, 5);
+      tf.dispose([x0, eps, xt, target, ref]);
+      unet.dispose();
+    }
+    expect(minSnrWeight(0.5, 0, 'epsilon')).toBe(1);
+  });
+
+  it('caption dropout happens at the requested rate; kept captions name the digit', () => {
+    const { train } = vaeData({ data: dataDir, size: 8 });
+    const idx = Int32Array.from({ length: 4000 }, (_, i) => i % train.n);
+    for (const p of [0, 0.1, 0.5, 1]) {
+      const caps = drawCaptions(train, idx, new Random(`drop ${p}`), p);
+      const empty = caps.filter((c) => c === '').length;
+      // Binomial(4000, p): within 4 standard deviations.
+      expect(Math.abs(empty - 4000 * p)).toBeLessThanOrEqual(4 * Math.sqrt(4000 * p * (1 - p)) + 1e-9);
+      caps.forEach((c, k) => {
+        if (c !== '') expect(digitFromPrompt(c)).toBe(train.labels[idx[k]!]);
+      });
+    }
+  });
+});
+
+describe('trainUnet', () => {
+  it('trains, lowers the held-out loss and writes a run `sdlab sample` can load', () => {
+    expect(straight.stopped).toBe('finished');
+    expect(straight.step).toBe(6);
+    expect(straight.history.epochs).toHaveLength(2);
+    for (const f of ['history.json', 'loss.png', 'state.safetensors', 'ema.safetensors', 'latents.safetensors']) {
+      expect(fs.existsSync(path.join(straightDir, 'train/unet', f)), f).toBe(true);
+    }
+    const cfg = readSchedulerConfig(path.join(straightDir, 'scheduler/scheduler_config.json'));
+    expect(cfg).toMatchObject({ _class_name: 'DDIMScheduler', beta_schedule: 'scaled_linear', prediction_type: 'epsilon', num_train_timesteps: 1000 });
+    // The held-out loss (same digits, captions, t and noise every epoch) went down.
+    const parts = loadFrozenParts(straightDir);
+    const { val } = vaeData({ data: dataDir, valLimit: 6, size: 8 });
+    const latents = encodeLatents(parts.vae, val);
+    const maker = makeBatchMaker(opts(straightDir), parts.vae.scalingFactor, new TextCache(parts.textEncoder, parts.tokenizer));
+    const config = JSON.parse(fs.readFileSync(path.join(straightDir, 'unet/config.json'), 'utf8'));
+    manualSeed(3);
+    const init = new UNet2DConditionModel(config); // the trainer's initial weights (same seed, same config)
+    const before = validationLoss(init, maker, val, latents, 8);
+    const trained = UNet2DConditionModel.fromPretrained(path.join(straightDir, 'unet'));
+    const after = validationLoss(trained, maker, val, latents, 8);
+    expect(straight.valLoss).toBeCloseTo(after, 5);
+    expect(after).toBeLessThan(0.9 * before);
+    init.dispose();
+    trained.dispose();
+
+    const { pipeline } = loadRunPipeline(straightDir);
+    expect(pipeline.unet.config.cross_attention_dim).toBe(8);
+    expect(pipeline.unet.config.in_channels).toBe(2);
+    pipeline.dispose();
+  });
+});
+
+describe('EMA and resume', () => {
+  it('exports the EMA of the raw weights: ema ← d·ema + (1−d)·raw, d = min(0.3, (1+n)/(10+n))', () => {
+    expect(rawAfter).toHaveLength(6);
+    const config = JSON.parse(fs.readFileSync(path.join(straightDir, 'unet/config.json'), 'utf8'));
+    manualSeed(3);
+    const init = new UNet2DConditionModel(config);
+    const ema = new Map(init.namedParameters().map(([n, p]) => [n, Float64Array.from(p.variable.dataSync())]));
+    init.dispose();
+    rawAfter.forEach((raw, n) => {
+      const d = Math.min(0.3, (1 + n) / (10 + n));
+      for (const [name, e] of ema) {
+        const r = raw.get(name)!;
+        for (let i = 0; i < e.length; i++) e[i] = d * e[i]! + (1 - d) * r[i]!;
+      }
+    });
+    const exported = UNet2DConditionModel.fromPretrained(path.join(straightDir, 'unet'));
+    let worst = 0;
+    let moved = 0;
+    for (const [name, p] of exported.namedParameters()) {
+      const got = p.variable.dataSync();
+      const want = ema.get(name)!;
+      const last = rawAfter[5]!.get(name)!;
+      for (let i = 0; i < got.length; i++) {
+        worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+        moved = Math.max(moved, Math.abs(got[i]! - last[i]!));
+      }
+    }
+    exported.dispose();
+    expect(worst).toBeLessThan(1e-5);
+    expect(moved).toBeGreaterThan(20 * worst); // the export is not just the raw weights
+  });
+
+  it('stopped mid-epoch and resumed: bit-identical weights, optimizer state and EMA', async () => {
+    const dir = path.join(tmp, 'split');
+    copyRun(baseRun, dir);
+    const first = await trainUnet({ ...opts(dir), stopAtStep: 4 }); // epoch 2, batch 2 of 3
+    expect(first.stopped).toBe('stop-at-step');
+    expect(readStateInfo(statePath(dir, 'unet'))).toMatchObject({ step: 4, epoch: 1, batch: 1 });
+    const second = await trainUnet({ ...opts(dir), resume: true });
+    expect(second.step).toBe(6);
+    const a = snapshot(straightDir);
+    const b = snapshot(dir);
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    const differing = [...a].filter(([k, v]) => Buffer.compare(Buffer.from(v.buffer, v.byteOffset, v.byteLength), Buffer.from(b.get(k)!.buffer, b.get(k)!.byteOffset, b.get(k)!.byteLength)) !== 0);
+    expect(differing.map(([k]) => k)).toEqual([]);
+    expect(second.valLoss).toBe(straight.valLoss);
+  });
+
+  it('refuses to resume without the EMA file of the same step', async () => {
+    const dir = path.join(tmp, 'noema');
+    copyRun(baseRun, dir);
+    await trainUnet({ ...opts(dir), stopAtStep: 1 });
+    fs.rmSync(path.join(dir, 'train/unet/ema.safetensors'));
+    await expect(trainUnet({ ...opts(dir), resume: true })).rejects.toThrow(/ema\.safetensors is missing/);
+  });
+});
+
+describe('missing parts', () => {
+  it('names the command that trains a missing vae/ or clip/', async () => {
+    const dir = path.join(tmp, 'empty');
+    fs.mkdirSync(dir);
+    await expect(trainUnet(opts(dir))).rejects.toThrow(new RegExp(`vae/config\\.json not found.*\`npx sdlab train vae --run ${dir.replace(/[/\\]/g, '.')}\``));
+    fs.cpSync(path.join(baseRun, 'vae'), path.join(dir, 'vae'), { recursive: true });
+    await expect(trainUnet(opts(dir))).rejects.toThrow(/clip\/config\.json not found.*`npx sdlab train clip --run /);
+    expect(() => loadFrozenParts('runs/default-that-does-not-exist')).toThrow(/npx sdlab train vae --run runs\/default-that-does-not-exist/);
+  });
+});
+
+function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
+  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+}
