@@ -6,17 +6,23 @@
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { Module, init } from './module.ts';
+import { fusedGelu, fusedSilu, groupNorm } from '../backend/native.ts';
+
+/** True when the fused native kernels can run (they exist only on sdlab's native backend). */
+const onNative = (): boolean => tf.getBackend() === 'native';
 
 // ---------------------------------------------------------------------------------------------
 // Activations
 
 /** SiLU / swish: x·σ(x). */
 export function silu<T extends tf.Tensor>(x: T): T {
+  if (onNative()) return fusedSilu(x); // one kernel each way instead of three
   return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
 }
 
 /** Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default, used by GEGLU in SD). */
 export function gelu<T extends tf.Tensor>(x: T): T {
+  if (onNative()) return fusedGelu(x);
   return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)) as T);
 }
 
@@ -163,6 +169,8 @@ export class GroupNorm extends Module {
   }
 
   forward<T extends tf.Tensor>(x: T): T {
+    // The native backend has this whole normalisation (and its gradient) as one kernel.
+    if (onNative()) return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
     return tf.tidy(() => {
       const b = x.shape[0];
       const g = this.numGroups;
@@ -193,6 +201,8 @@ export class LayerNorm extends Module {
   }
 
   forward<T extends tf.Tensor>(x: T): T {
+    // LayerNorm is GroupNorm with one group over the last axis alone.
+    if (onNative()) return groupNorm(x, 1, this.weight, this.bias, this.eps, { batchDims: x.rank - 1 });
     return tf.tidy(() => {
       const { mean, variance } = tf.moments(x, -1, true);
       let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
