@@ -165,13 +165,13 @@ describe('batches and the loss', () => {
     const latents = encodeLatents(parts.vae, train);
     expect(latents.shape).toEqual([4, 4, 2]);
     const text = new TextCache(parts.textEncoder, parts.tokenizer);
-    for (const prediction of ['epsilon', 'v_prediction'] as const) {
-      const o = { ...UNET_TRAIN_DEFAULTS, prediction, snrGamma: 5 };
+    for (const [prediction, zeroTerminalSnr] of [['epsilon', false], ['v_prediction', false], ['v_prediction', true]] as const) {
+      const o = { ...UNET_TRAIN_DEFAULTS, prediction, zeroTerminalSnr, snrGamma: 5 };
       const maker = makeBatchMaker(o, 1.7, text);
       const idx = Int32Array.from([3, 0, 7, 7, 12]);
-      const b = maker.make(train, latents, idx, new Random('batch'), 0);
+      const b = maker.make(train, latents, idx, new Random(`batch ${prediction}`), 0);
       // Replay the draws: captions, timesteps, noise.
-      const rng = new Random('batch');
+      const rng = new Random(`batch ${prediction}`);
       const captions = drawCaptions(train, idx, rng, 0);
       const t = Array.from(idx, () => rng.int(1000));
       const noise = rng.normalArray(idx.length * 32);
@@ -179,7 +179,8 @@ describe('batches and the loss', () => {
       expect(Array.from(b.t)).toEqual(t);
       const x0 = tf.tensor4d(Float32Array.from({ length: idx.length * 32 }, (_, j) => latents.mean[idx[Math.floor(j / 32)]! * 32 + (j % 32)]! * 1.7), [idx.length, 4, 4, 2]);
       const eps = tf.tensor4d(noise, [idx.length, 4, 4, 2]);
-      const sched = new NoiseSchedule({ num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, trained_betas: null });
+      const sched = new NoiseSchedule({ num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, trained_betas: null, rescale_betas_zero_snr: zeroTerminalSnr });
+      if (zeroTerminalSnr) expect(sched.alphasCumprod[999]).toBe(0);
       const xt = sched.addNoise(x0, eps, t);
       const target = prediction === 'epsilon' ? eps : sched.getVelocity(x0, eps, t);
       expect(maxAbsDiff(b.noisy, xt)).toBeLessThan(1e-6);
@@ -191,6 +192,24 @@ describe('batches and the loss', () => {
         const snr = a / (1 - a);
         expect(w[k]).toBeCloseTo(prediction === 'epsilon' ? Math.min(snr, 5) / snr : Math.min(snr, 5) / (snr + 1), 6);
       });
+      if (zeroTerminalSnr) {
+        // At t = T−1 the input is pure noise, v = −x0, and min-SNR gives the step weight 0.
+        const t0 = makeBatchMaker(o, 1.7, text);
+        // A generator whose timestep draw is the last one and whose noise is all 0.25.
+        const last = new (class extends Random {
+          override int(n: number): number {
+            return n - 1;
+          }
+          override normalArray(n: number): Float32Array {
+            return new Float32Array(n).fill(0.25);
+          }
+        })('T');
+        const bT = t0.make(train, latents, Int32Array.from([5]), last, 0);
+        expect(Array.from(bT.t)).toEqual([999]);
+        expect(Array.from(bT.noisy.dataSync()).every((v) => Math.abs(v - 0.25) < 1e-6)).toBe(true);
+        expect(bT.weights.dataSync()[0]).toBe(0);
+        tf.dispose([bT.noisy, bT.timesteps, bT.context, bT.target, bT.weights]);
+      }
       // The text states are the frozen encoder's lastHiddenState of each caption.
       const ref = parts.textEncoder.forward(tf.tensor2d(captions.map((c) => parts.tokenizer.encode(c).inputIds), undefined, 'int32')).lastHiddenState;
       expect(maxAbsDiff(b.context, ref)).toBeLessThan(1e-5);
@@ -235,7 +254,10 @@ describe('trainUnet', () => {
       expect(fs.existsSync(path.join(straightDir, 'train/unet', f)), f).toBe(true);
     }
     const cfg = readSchedulerConfig(path.join(straightDir, 'scheduler/scheduler_config.json'));
-    expect(cfg).toMatchObject({ _class_name: 'DDIMScheduler', beta_schedule: 'scaled_linear', prediction_type: 'epsilon', num_train_timesteps: 1000 });
+    expect(cfg).toMatchObject({
+      _class_name: 'DDIMScheduler', beta_schedule: 'scaled_linear', prediction_type: 'v_prediction', num_train_timesteps: 1000,
+      rescale_betas_zero_snr: true, timestep_spacing: 'trailing', set_alpha_to_one: true,
+    });
     // The held-out loss (same digits, captions, t and noise every epoch) went down.
     const parts = loadFrozenParts(straightDir);
     const { val } = vaeData({ data: dataDir, valLimit: 6, size: 8 });

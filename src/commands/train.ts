@@ -420,11 +420,14 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
   const d = UNET_TRAIN_DEFAULTS;
   // --epochs alone means all of those epochs, not the default step budget.
   if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
-  let config: Record<string, unknown> = {};
+  let config: Record<string, unknown> = { ...d.config };
   if (opts.channels) {
+    // The recipe's layout at any width: no attention at the first (highest-resolution) level,
+    // attention at every other level; 16 channels per head.
+    const n = opts.channels.length;
     config.block_out_channels = opts.channels;
-    config.down_block_types = opts.channels.map(() => 'CrossAttnDownBlock2D');
-    config.up_block_types = opts.channels.map(() => 'CrossAttnUpBlock2D');
+    config.down_block_types = opts.channels.map((_, i) => (i === 0 && n > 1 ? 'DownBlock2D' : 'CrossAttnDownBlock2D'));
+    config.up_block_types = [...(config.down_block_types as string[])].reverse().map((t) => t.replace('Down', 'Up'));
     config.attention_head_dim = opts.channels.map((c) => Math.max(1, Math.round(c / 16)));
   }
   if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
