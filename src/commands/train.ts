@@ -392,13 +392,16 @@ export function registerUnet(trainCmd: Command): void {
   const d = UNET_TRAIN_DEFAULTS;
   const cmd = trainCmd
     .command('unet')
-    .description("train the latent-diffusion UNet on the run's frozen VAE latents and CLIP text states (after `train vae` and `train clip`)");
+    .description(
+      "train the latent-diffusion UNet on the run's frozen VAE latents and CLIP text states (after `train vae` and `train clip`); gradients are clipped at norm 1 unless --clip-grad-norm says otherwise (0 = off)",
+    );
   commonOptions(cmd, d)
     .option('--prediction <kind>', 'what the UNet predicts: epsilon | v_prediction', oneOf(['epsilon', 'v_prediction'] as const), d.prediction)
     .option('--beta-schedule <kind>', `noise schedule: ${BETA_SCHEDULES.join(' | ')}`, oneOf(BETA_SCHEDULES), d.betaSchedule)
     .option('--beta-start <x>', 'first beta', float(0, 1), d.betaStart)
     .option('--beta-end <x>', 'last beta', float(0, 1), d.betaEnd)
-    .option('--zero-terminal-snr', 'rescale the betas so the last timestep is pure noise (needs --prediction v_prediction)')
+    .option('--zero-terminal-snr', 'rescale the betas so the last timestep is pure noise (default with v_prediction)')
+    .option('--no-zero-terminal-snr', 'keep the betas as they are (default with epsilon)')
     .option('--spacing <kind>', `sampling timestep spacing written to the scheduler config: ${TIMESTEP_SPACINGS.join(' | ')}`, oneOf(TIMESTEP_SPACINGS), d.timestepSpacing)
     .option('--snr-gamma <x>', 'min-SNR-γ loss weighting (0 = plain MSE)', float(0), d.snrGamma)
     .option('--caption-dropout <p>', 'share of captions replaced by "" (for classifier-free guidance)', float(0, 1), d.captionDropout)
@@ -492,7 +495,7 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
     betaSchedule: opts.betaSchedule,
     betaStart: opts.betaStart,
     betaEnd: opts.betaEnd,
-    zeroTerminalSnr: Boolean(opts.zeroTerminalSnr),
+    zeroTerminalSnr: opts.zeroTerminalSnr ?? (opts.prediction === 'v_prediction' && d.zeroTerminalSnr),
     timestepSpacing: opts.spacing,
     snrGamma: opts.snrGamma,
     captionDropout: opts.captionDropout,
@@ -540,7 +543,7 @@ export function registerAll(trainCmd: Command): void {
   trainCmd
     .command('all')
     .description('train the whole digit generator (VAE → CLIP → UNet) and write a sample sheet')
-    .option('--preset <name>', `${names.map((n) => `${n} (${TRAIN_ALL_PRESETS[n].description})`).join(' | ')}`, oneOf([...names, 'tiny'] as const), 'full')
+    .option('--preset <name>', names.map((n) => `${n}: ${TRAIN_ALL_PRESETS[n].description}`).join(' | '), oneOf([...names, 'tiny'] as const), 'full')
     .option('--run <dir>', 'run directory', 'runs/default')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .option('--seed <n>', 'seed for every stage', int(0), 0)
