@@ -21,6 +21,7 @@ import { runSample } from '../commands/sample.ts';
 import { trainClip } from './clip.ts';
 import { type TrainAllPreset } from './presets.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
+import { trainLog } from './trainer.ts';
 import { trainUnet } from './unet.ts';
 import { trainVae } from './vae.ts';
 
@@ -95,7 +96,7 @@ export function stageState(
 
 /** Trains every stage of `opts.preset` into `opts.runDir`, then writes the sample sheet. */
 export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
-  const log = opts.quiet ? () => {} : (opts.log ?? ((l: string) => process.stderr.write(l + '\n')));
+  const log = trainLog(opts);
   const p = opts.data === undefined ? opts.preset : { ...opts.preset, vae: { ...opts.preset.vae, data: opts.data }, clip: { ...opts.preset.clip, data: opts.data }, unet: { ...opts.preset.unet, data: opts.data } };
   const seed = opts.seed ?? 0;
   const common = {

@@ -50,8 +50,8 @@ import { manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
-import { type EpochContext, type TrainResult, train } from './trainer.ts';
-import { DATA_SPLIT, vaeData } from './vae.ts';
+import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
+import { dataSettings, vaeData } from './vae.ts';
 
 export const CLIP_PRESETS = ['mnist'] as const;
 export type ClipPreset = (typeof CLIP_PRESETS)[number];
@@ -63,40 +63,15 @@ export interface ClipConfigOverrides {
   image?: Partial<ImageEncoderConfig>;
 }
 
-export interface ClipTrainOptions {
-  runDir: string;
-  seed: number;
-  /** Passes over the training digits (training ends earlier if maxSteps says so). */
-  epochs: number;
-  /** End after this many updates (the lr schedule ends there); default: all the epochs. */
-  maxSteps?: number;
-  batchSize: number;
-  lr: number;
-  weightDecay: number;
-  warmupSteps: number;
-  decay: 'cosine' | 'constant';
-  minLrRatio: number;
-  clipGradNorm?: number;
+export interface ClipTrainOptions extends ModelTrainOptions {
   /** w in the target above: 0 = CLIP (own caption only), 1 = every same-digit pair is a positive. */
   sameLabelWeight: number;
   /** Augmentation: shift each training digit by up to this many pixels (0 = off). */
   shiftPixels: number;
   preset: ClipPreset;
   config?: ClipConfigOverrides;
-  /** IDX directory; undefined = embedded MNIST. */
-  data?: string;
-  /** Train on only the first N training examples (quick runs). */
-  limit?: number;
   /** Validate on at most N held-out examples (default all). */
   valLimit?: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  stopAtStep?: number;
-  timeLimitSeconds?: number;
-  signal?: AbortSignal;
-  handleSigint?: boolean;
-  quiet?: boolean;
-  log?: (line: string) => void;
 }
 
 /**
@@ -319,7 +294,7 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
   const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size });
   const clipDir = path.join(opts.runDir, 'clip');
   const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
-  const log = opts.quiet ? () => {} : (opts.log ?? ((l: string) => process.stderr.write(l + '\n')));
+  const log = trainLog(opts);
 
   const result = await train<CaptionBatch>(
     {
@@ -331,10 +306,7 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
         batchSize: opts.batchSize,
         sameLabelWeight: opts.sameLabelWeight,
         shiftPixels: opts.shiftPixels,
-        data: opts.data ?? null,
-        limit: opts.limit ?? null,
-        trainExamples: trainSet.n,
-        split: DATA_SPLIT,
+        ...dataSettings(opts, trainSet),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
       examplesPerStep: opts.batchSize,
@@ -371,29 +343,9 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
         clip.save(clipDir, tokenizer);
       },
     },
-    {
-      runDir: opts.runDir,
-      seed: opts.seed,
-      epochs: opts.epochs,
-      maxSteps: opts.maxSteps,
-      lr: opts.lr,
-      warmupSteps: opts.warmupSteps,
-      decay: opts.decay,
-      minLrRatio: opts.minLrRatio,
-      optimizer: { weightDecay: opts.weightDecay },
-      clipGradNorm: opts.clipGradNorm,
-      resume: opts.resume,
-      overwrite: opts.overwrite,
-      stopAtStep: opts.stopAtStep,
-      timeLimitSeconds: opts.timeLimitSeconds,
-      signal: opts.signal,
-      handleSigint: opts.handleSigint,
-      quiet: opts.quiet,
-      log,
-    },
+    harnessOptions(opts),
   );
-  const lastEpoch = result.history.epochs[result.history.epochs.length - 1];
-  return { ...result, clip, tokenizer, zeroShotAccuracy: lastEpoch?.zeroShot ?? NaN, clipDir };
+  return { ...result, clip, tokenizer, zeroShotAccuracy: lastEpochValue(result, 'zeroShot'), clipDir };
 }
 
 /** The held-out digits a CLIP run validates on (the shared split), padded to `size`, first `limit`. */

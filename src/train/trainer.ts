@@ -149,6 +149,63 @@ export interface TrainResult {
   statePath: string;
 }
 
+// ---------------------------------------------------------------------------------------------
+// What the model trainers (vae.ts, clip.ts, unet.ts) share
+
+/**
+ * The options trainVae, trainClip and trainUnet all take, in the same sense: the harness's own
+ * (handed on by harnessOptions) plus the batch size and which digits to train on.
+ */
+export interface ModelTrainOptions
+  extends Pick<TrainOptions, 'runDir' | 'seed' | 'maxSteps' | 'lr' | 'clipGradNorm' | 'resume' | 'overwrite' | 'stopAtStep' | 'timeLimitSeconds' | 'signal' | 'handleSigint' | 'quiet' | 'log'> {
+  /** Passes over the training digits (training ends earlier if maxSteps says so). */
+  epochs: number;
+  batchSize: number;
+  /** AdamW decoupled weight decay. */
+  weightDecay: number;
+  warmupSteps: number;
+  decay: LrSchedule['decay'];
+  minLrRatio: number;
+  /** IDX directory; undefined = embedded MNIST. */
+  data?: string;
+  /** Train on only the first N training digits (quick runs). */
+  limit?: number;
+}
+
+/** The harness options a model trainer passes to train(): its own options, mapped the same way for every model. */
+export function harnessOptions(o: ModelTrainOptions): TrainOptions {
+  return {
+    runDir: o.runDir,
+    seed: o.seed,
+    epochs: o.epochs,
+    maxSteps: o.maxSteps,
+    lr: o.lr,
+    warmupSteps: o.warmupSteps,
+    decay: o.decay,
+    minLrRatio: o.minLrRatio,
+    optimizer: { weightDecay: o.weightDecay },
+    clipGradNorm: o.clipGradNorm,
+    resume: o.resume,
+    overwrite: o.overwrite,
+    stopAtStep: o.stopAtStep,
+    timeLimitSeconds: o.timeLimitSeconds,
+    signal: o.signal,
+    handleSigint: o.handleSigint,
+    quiet: o.quiet,
+    log: o.log,
+  };
+}
+
+/** Where train() writes its lines (o.log, else stderr; nothing when quiet), for a trainer's own messages. */
+export function trainLog(o: Pick<TrainOptions, 'quiet' | 'log'>): (line: string) => void {
+  return o.quiet ? () => {} : (o.log ?? ((line: string) => process.stderr.write(line + '\n')));
+}
+
+/** `key` of the last finished epoch's evaluation (NaN if no epoch finished): a trainer's headline number. */
+export function lastEpochValue(result: TrainResult, key: string): number {
+  return result.history.epochs[result.history.epochs.length - 1]?.[key] ?? NaN;
+}
+
 /** The hyper-parameters the harness itself adds to the stored settings. */
 function harnessSettings(task: TrainTask<unknown>, o: TrainOptions, schedule: LrSchedule, adam: AdamWConfig): Record<string, unknown> {
   return {
@@ -175,7 +232,7 @@ export function settingsDiff(a: Record<string, unknown>, b: Record<string, unkno
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<TrainResult> {
-  const log = o.quiet ? () => {} : (o.log ?? ((line: string) => process.stderr.write(line + '\n')));
+  const log = trainLog(o);
   const dir = trainDir(o.runDir, task.name);
   const stateFile = statePath(o.runDir, task.name);
   const totalSteps = Math.min(o.epochs * task.stepsPerEpoch, o.maxSteps ?? Infinity);

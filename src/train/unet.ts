@@ -52,25 +52,12 @@ import { saveImageGrid } from '../viz/index.ts';
 import { EpochBatcher, chunks } from './data.ts';
 import type { NamedVariable } from './optimizer.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
-import { type EpochContext, type TrainResult, train } from './trainer.ts';
-import { DATA_SPLIT, vaeData } from './vae.ts';
+import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
+import { DATA_SPLIT, dataSettings, vaeData } from './vae.ts';
 
 export type LatentMode = 'mean' | 'sample';
 
-export interface UnetTrainOptions {
-  runDir: string;
-  seed: number;
-  /** Passes over the training digits (training ends earlier if maxSteps says so). */
-  epochs: number;
-  /** End training (and the lr schedule) after this many updates. */
-  maxSteps?: number;
-  batchSize: number;
-  lr: number;
-  weightDecay: number;
-  warmupSteps: number;
-  decay: 'cosine' | 'constant';
-  minLrRatio: number;
-  clipGradNorm?: number;
+export interface UnetTrainOptions extends ModelTrainOptions {
   /** Architecture overrides on top of mnistUnetConfig (cross_attention_dim always comes from the text encoder). */
   config?: Partial<UNet2DConditionConfig>;
   /** What the UNet predicts: the noise ε, or v = √ᾱ·ε − √(1−ᾱ)·x0. */
@@ -91,10 +78,6 @@ export interface UnetTrainOptions {
   emaDecay: number;
   /** Diffuse the VAE's posterior mean, or a fresh posterior sample every step. */
   latents: LatentMode;
-  /** IDX directory; undefined = embedded MNIST. */
-  data?: string;
-  /** Train on only the first N training digits. */
-  limit?: number;
   /** Held-out digits for the per-epoch validation loss. */
   valLimit: number;
   /** Sample grid every N epochs (and after the last); 0 = never. */
@@ -103,14 +86,6 @@ export interface UnetTrainOptions {
   gridCols: number;
   gridSteps: number;
   gridGuidance: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  stopAtStep?: number;
-  timeLimitSeconds?: number;
-  signal?: AbortSignal;
-  handleSigint?: boolean;
-  quiet?: boolean;
-  log?: (line: string) => void;
   /** Called after every update (and after the EMA update); `unet` holds the raw weights. */
   onStep?: (info: { step: number; loss: number; lr: number; epoch: number; batchIndex: number; unet: UNet2DConditionModel }) => void;
 }
@@ -551,7 +526,7 @@ const LATENTS_FILE = 'latents.safetensors';
 
 /** Trains (or resumes) the UNet of a run directory on its frozen VAE and text encoder. */
 export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult> {
-  const log = opts.quiet ? () => {} : (opts.log ?? ((l: string) => process.stderr.write(l + '\n')));
+  const log = trainLog(opts);
   if (!(opts.captionDropout >= 0 && opts.captionDropout <= 1)) throw new UsageError(`--caption-dropout: expected a probability in [0, 1], got ${opts.captionDropout}.`);
   if (!(opts.emaDecay >= 0 && opts.emaDecay < 1)) throw new UsageError(`--ema-decay: expected a number in [0, 1), got ${opts.emaDecay}.`);
   if (!(opts.snrGamma >= 0)) throw new UsageError(`--snr-gamma: expected a number >= 0 (0 = off), got ${opts.snrGamma}.`);
@@ -612,10 +587,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         captionDropout: opts.captionDropout,
         emaDecay: opts.emaDecay,
         latents: opts.latents,
-        data: opts.data ?? null,
-        limit: opts.limit ?? null,
-        trainExamples: trainSet.n,
-        split: DATA_SPLIT,
+        ...dataSettings(opts, trainSet),
         vae: vaeFingerprint(parts.vaeDir).slice(0, 16),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
@@ -647,24 +619,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
       },
     },
     {
-      runDir: opts.runDir,
-      seed: opts.seed,
-      epochs: opts.epochs,
-      maxSteps: opts.maxSteps,
-      lr: opts.lr,
-      warmupSteps: opts.warmupSteps,
-      decay: opts.decay,
-      minLrRatio: opts.minLrRatio,
-      optimizer: { weightDecay: opts.weightDecay },
-      clipGradNorm: opts.clipGradNorm,
-      resume: opts.resume,
-      overwrite: opts.overwrite,
-      stopAtStep: opts.stopAtStep,
-      timeLimitSeconds: opts.timeLimitSeconds,
-      signal: opts.signal,
-      handleSigint: opts.handleSigint,
-      quiet: opts.quiet,
-      log,
+      ...harnessOptions(opts),
       onStep: (info) => {
         if (opts.emaDecay > 0) ema.update(info.step);
         opts.onStep?.({ ...info, unet });
@@ -673,8 +628,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   );
   vae.dispose();
   textEncoder.dispose();
-  const lastEpoch = result.history.epochs[result.history.epochs.length - 1];
-  return { ...result, unet, emaUnet: exported, unetDir, schedulerFile, valLoss: lastEpoch?.loss ?? NaN, latentStd };
+  return { ...result, unet, emaUnet: exported, unetDir, schedulerFile, valLoss: lastEpochValue(result, 'loss'), latentStd };
 }
 
 /** Mean (weighted) loss of `model` on the held-out latents, with captions, t and noise fixed across epochs. */

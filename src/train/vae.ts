@@ -30,27 +30,14 @@ import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { saveImageGrid } from '../viz/index.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
-import { type EpochContext, type TrainResult, train } from './trainer.ts';
+import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
 
 /** Held-out split shared by all sdlab trainers (independent of --seed, so it never moves). */
 export const DATA_SPLIT = { valFraction: 0.1, seed: 0 } as const;
 
 export type VaePreset = keyof typeof VAE_PRESETS;
 
-export interface VaeTrainOptions {
-  runDir: string;
-  seed: number;
-  /** Passes over the training digits (training ends earlier if maxSteps says so). */
-  epochs: number;
-  /** End after this many steps (the lr schedule ends there), even part-way through an epoch. */
-  maxSteps?: number;
-  batchSize: number;
-  lr: number;
-  weightDecay: number;
-  warmupSteps: number;
-  decay: 'cosine' | 'constant';
-  minLrRatio: number;
-  clipGradNorm?: number;
+export interface VaeTrainOptions extends ModelTrainOptions {
   /** Reconstruction loss. */
   loss: 'mse' | 'l1';
   /** KL weight β. */
@@ -58,22 +45,10 @@ export interface VaeTrainOptions {
   preset: VaePreset;
   /** Overrides on top of the preset (e.g. tiny models for tests). */
   config?: Partial<AutoencoderKLConfig>;
-  /** IDX directory; undefined = embedded MNIST. */
-  data?: string;
-  /** Train on only the first N training examples (quick runs). */
-  limit?: number;
   /** Validate on at most N held-out examples (default all). */
   valLimit?: number;
   /** Number of digits in the reconstruction picture. */
   gridSize: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  stopAtStep?: number;
-  timeLimitSeconds?: number;
-  signal?: AbortSignal;
-  handleSigint?: boolean;
-  quiet?: boolean;
-  log?: (line: string) => void;
   /** Measure the latent std on at most this many training digits (default 2048; 0 = skip). */
   scaleExamples?: number;
 }
@@ -123,6 +98,11 @@ export function vaeData(opts: { data?: string; limit?: number; valLimit?: number
     throw new UsageError(`data: images are ${train.height}×${train.width}, larger than the VAE's sample_size ${opts.size}.`);
   }
   return { train: padDataset(train, opts.size), val: padDataset(val, opts.size) };
+}
+
+/** The stored settings that pin a run's digits (every trainer stores them; a resume must see the same ones). */
+export function dataSettings(opts: { data?: string; limit?: number }, train: Dataset): Record<string, unknown> {
+  return { data: opts.data ?? null, limit: opts.limit ?? null, trainExamples: train.n, split: DATA_SPLIT };
 }
 
 /** Reconstruction error of one batch (mean over all elements). */
@@ -253,10 +233,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         batchSize: opts.batchSize,
         loss: opts.loss,
         beta: opts.beta,
-        data: opts.data ?? null,
-        limit: opts.limit ?? null,
-        trainExamples: trainSet.n,
-        split: DATA_SPLIT,
+        ...dataSettings(opts, trainSet),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
       examplesPerStep: opts.batchSize,
@@ -287,32 +264,12 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         scalingFactor = 1 / std;
         vae.config.scaling_factor = scalingFactor;
         vae.save(vaeDir);
-        if (!opts.quiet) (opts.log ?? ((l: string) => process.stderr.write(l + '\n')))(
+        trainLog(opts)(
           `vae: latent std over ${nScale} training digits = ${std.toFixed(4)} → scaling_factor ${scalingFactor.toFixed(5)} written to ${path.join(vaeDir, 'config.json')}`,
         );
       },
     },
-    {
-      runDir: opts.runDir,
-      seed: opts.seed,
-      epochs: opts.epochs,
-      maxSteps: opts.maxSteps,
-      lr: opts.lr,
-      warmupSteps: opts.warmupSteps,
-      decay: opts.decay,
-      minLrRatio: opts.minLrRatio,
-      optimizer: { weightDecay: opts.weightDecay },
-      clipGradNorm: opts.clipGradNorm,
-      resume: opts.resume,
-      overwrite: opts.overwrite,
-      stopAtStep: opts.stopAtStep,
-      timeLimitSeconds: opts.timeLimitSeconds,
-      signal: opts.signal,
-      handleSigint: opts.handleSigint,
-      quiet: opts.quiet,
-      log: opts.log,
-    },
+    harnessOptions(opts),
   );
-  const lastEpoch = result.history.epochs[result.history.epochs.length - 1];
-  return { ...result, vae, psnr: lastEpoch?.psnr ?? NaN, scalingFactor, vaeDir };
+  return { ...result, vae, psnr: lastEpochValue(result, 'psnr'), scalingFactor, vaeDir };
 }
