@@ -16,12 +16,13 @@
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { type BackendSelection, selectBackend } from '../backend/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { float, int, intList, oneOf } from '../util/options.ts';
 import { formatDuration } from '../util/progress.ts';
 import { VAE_PRESETS } from '../autoencoder/index.ts';
 import { readStateInfo, statePath, trainDir } from '../train/state.ts';
+import type { TrainResult } from '../train/trainer.ts';
 import { VAE_TRAIN_DEFAULTS, type VaePreset, trainVae, vaeData } from '../train/vae.ts';
 import { CLIP_PRESETS, CLIP_TRAIN_DEFAULTS, type ClipConfigOverrides, type ClipPreset, trainClip } from '../train/clip.ts';
 import type { CLIPConfig } from '../clip/index.ts';
@@ -34,9 +35,16 @@ import { describeRun, trainAll } from '../train/all.ts';
 
 const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
 
-/** Flags every trainer shares: run directory, backend, optimisation, stopping. */
-function commonOptions(cmd: Command, d: { epochs?: number; maxSteps?: number; batchSize: number; lr: number; weightDecay: number; warmupSteps: number; minLrRatio: number }): Command {
-  return cmd
+/** The subcommand `train <name>` with the flags every trainer shares: run directory, backend, optimisation, stopping. */
+function trainerCommand(
+  trainCmd: Command,
+  name: string,
+  description: string,
+  d: { epochs?: number; maxSteps?: number; batchSize: number; lr: number; weightDecay: number; warmupSteps: number; minLrRatio: number },
+): Command {
+  return trainCmd
+    .command(name)
+    .description(description)
     .option('--run <dir>', 'run directory', 'runs/default')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .option('--seed <n>', 'seed for initialisation, data order and noise', int(0), 0)
@@ -57,18 +65,8 @@ function commonOptions(cmd: Command, d: { epochs?: number; maxSteps?: number; ba
     .option('--max-minutes <x>', 'stop (and save) after this many minutes', float(0));
 }
 
-/** Fills options the user did not give from a stored state's settings (for --resume). */
-function fromStored(cmd: Command, opts: Record<string, unknown>, stored: Record<string, unknown>): void {
-  for (const [key, value] of Object.entries(stored)) {
-    if (value === undefined) continue; // not stored: keep the flag's value
-    if (cmd.getOptionValueSource(key) !== 'cli') opts[key] = value ?? undefined; // null: stored as unset
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// vae
-
-interface VaeCliOptions {
+/** The flags trainerCommand registers, as commander hands them over. */
+interface CommonCliOptions {
   run: string;
   backend: string;
   seed: number;
@@ -83,11 +81,105 @@ interface VaeCliOptions {
   clipGradNorm?: number;
   data?: string;
   limit?: number;
-  valLimit?: number;
   resume?: boolean;
   overwrite?: boolean;
   stopAtStep?: number;
   maxMinutes?: number;
+}
+
+/** Whether any of the options `keys` was given on the command line (not a default, not stored). */
+function givenOnCli(cmd: Command, ...keys: string[]): boolean {
+  return keys.some((k) => cmd.getOptionValueSource(k) === 'cli');
+}
+
+/** Picks the backend; --epochs alone means all of those epochs, not the default step budget. */
+async function startTraining(cmd: Command, opts: CommonCliOptions): Promise<BackendSelection> {
+  const sel = await selectBackend(opts.backend);
+  if (givenOnCli(cmd, 'epochs') && !givenOnCli(cmd, 'steps')) opts.steps = undefined;
+  return sel;
+}
+
+/** The settings stored in the run's `task` training state (for --resume). */
+function storedSettings(run: string, task: string): Record<string, unknown> {
+  const file = statePath(run, task);
+  if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
+  return readStateInfo(file).settings;
+}
+
+/** The common flags' values in stored settings (as the harness and dataSettings store them), by option key. */
+function storedCommon(s: Record<string, unknown>): Record<string, unknown> {
+  const adamw = (s.adamw ?? {}) as { weightDecay?: number };
+  return {
+    seed: s.seed,
+    epochs: s.epochs,
+    steps: s.maxSteps,
+    batchSize: s.batchSize,
+    lr: s.lr,
+    weightDecay: adamw.weightDecay,
+    warmup: s.warmupSteps,
+    schedule: s.decay,
+    minLrRatio: s.minLrRatio,
+    clipGradNorm: s.clipGradNorm,
+    data: s.data,
+    limit: s.limit,
+  };
+}
+
+/** Fills options the user did not give from a stored state's settings (for --resume). */
+function fromStored(cmd: Command, opts: CommonCliOptions, stored: Record<string, unknown>): void {
+  const o = opts as unknown as Record<string, unknown>;
+  for (const [key, value] of Object.entries(stored)) {
+    if (value === undefined) continue; // not stored: keep the flag's value
+    if (cmd.getOptionValueSource(key) !== 'cli') o[key] = value ?? undefined; // null: stored as unset
+  }
+}
+
+/** --steps alone may need more than the default epochs: as many as it takes (trainDigits() counts the training digits). */
+function epochsForSteps(cmd: Command, opts: CommonCliOptions, trainDigits: () => number): void {
+  if (!opts.resume && givenOnCli(cmd, 'steps') && !givenOnCli(cmd, 'epochs') && opts.steps !== undefined) {
+    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(trainDigits() / opts.batchSize))));
+  }
+}
+
+/** The trainer options the common flags give (the rest is each model's own); `defaultEpochs` when --epochs has no value. */
+function commonTrainOptions(opts: CommonCliOptions, defaultEpochs: number) {
+  return {
+    runDir: opts.run,
+    seed: opts.seed,
+    epochs: opts.epochs ?? defaultEpochs,
+    maxSteps: opts.steps,
+    batchSize: opts.batchSize,
+    lr: opts.lr,
+    weightDecay: opts.weightDecay,
+    warmupSteps: opts.warmup,
+    decay: opts.schedule,
+    minLrRatio: opts.minLrRatio,
+    clipGradNorm: opts.clipGradNorm,
+    data: opts.data,
+    limit: opts.limit,
+    resume: opts.resume,
+    overwrite: opts.overwrite,
+    stopAtStep: opts.stopAtStep,
+    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
+  };
+}
+
+/** The closing line: finished(rate) for a finished run; a stopped one says how to continue (exit code 130 after Ctrl-C). */
+function report(task: string, res: TrainResult, where: string, finished: (rate: string) => void): void {
+  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
+  if (res.stopped === 'finished') {
+    finished(rate);
+  } else {
+    console.log(`${task}: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
+    if (res.stopped === 'interrupted') process.exitCode = 130;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// vae
+
+interface VaeCliOptions extends CommonCliOptions {
+  valLimit?: number;
   preset: VaePreset;
   loss: 'mse' | 'l1';
   klWeight: number;
@@ -101,10 +193,8 @@ interface VaeCliOptions {
 
 export function registerVae(trainCmd: Command): void {
   const d = VAE_TRAIN_DEFAULTS;
-  const cmd = trainCmd
-    .command('vae')
-    .description('train the autoencoder (AutoencoderKL): reconstruction + β·KL, then measure scaling_factor');
-  commonOptions(cmd, d)
+  const cmd = trainerCommand(trainCmd, 'vae', 'train the autoencoder (AutoencoderKL): reconstruction + β·KL, then measure scaling_factor', d);
+  cmd
     .option('--preset <name>', `VAE architecture: ${Object.keys(VAE_PRESETS).join(' | ')}`, oneOf(Object.keys(VAE_PRESETS) as VaePreset[]), d.preset)
     .option('--loss <kind>', 'reconstruction loss: mse | l1', oneOf(['mse', 'l1'] as const), d.loss)
     .option('--kl-weight <x>', 'β, the weight of the KL term', float(0), d.beta)
@@ -121,9 +211,7 @@ export function registerVae(trainCmd: Command): void {
 }
 
 async function runTrainVae(cmd: Command, opts: VaeCliOptions): Promise<void> {
-  const sel = await selectBackend(opts.backend);
-  // --epochs alone means all of those epochs, not the default step budget.
-  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
+  const sel = await startTraining(cmd, opts);
   let config: Record<string, unknown> = {};
   if (opts.channels) {
     config.block_out_channels = opts.channels;
@@ -137,98 +225,38 @@ async function runTrainVae(cmd: Command, opts: VaeCliOptions): Promise<void> {
   if (!opts.midAttention) config.mid_block_add_attention = false;
 
   if (opts.resume) {
-    const file = statePath(opts.run, 'vae');
-    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
-    const s = readStateInfo(file).settings;
-    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
-    const o = opts as unknown as Record<string, unknown>;
-    fromStored(cmd, o, {
-      seed: s.seed,
-      epochs: s.epochs,
-      steps: s.maxSteps,
-      batchSize: s.batchSize,
-      lr: s.lr,
-      weightDecay: adamw.weightDecay,
-      warmup: s.warmupSteps,
-      schedule: s.decay,
-      minLrRatio: s.minLrRatio,
-      clipGradNorm: s.clipGradNorm,
-      loss: s.loss,
-      klWeight: s.beta,
-      data: s.data,
-      limit: s.limit,
-    });
-    const archFlags = ['channels', 'layersPerBlock', 'latentChannels', 'normGroups', 'sampleSize', 'midAttention', 'preset'];
-    if (!archFlags.some((k) => cmd.getOptionValueSource(k) === 'cli') && s.config) config = s.config as Record<string, unknown>;
+    const s = storedSettings(opts.run, 'vae');
+    fromStored(cmd, opts, { ...storedCommon(s), loss: s.loss, klWeight: s.beta });
+    if (!givenOnCli(cmd, 'channels', 'layersPerBlock', 'latentChannels', 'normGroups', 'sampleSize', 'midAttention', 'preset') && s.config) config = s.config as Record<string, unknown>;
   }
 
-  // --steps alone may need more than the default epochs: as many as it takes.
-  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
+  epochsForSteps(cmd, opts, () => {
     const size = (config.sample_size as number | undefined) ?? VAE_PRESETS[opts.preset].sample_size;
-    const n = vaeData({ data: opts.data, limit: opts.limit, size }).train.n;
-    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
-  }
+    return vaeData({ data: opts.data, limit: opts.limit, size }).train.n;
+  });
 
   const res = await trainVae({
-    runDir: opts.run,
-    seed: opts.seed,
-    epochs: opts.epochs ?? VAE_TRAIN_DEFAULTS.epochs,
-    maxSteps: opts.steps,
-    batchSize: opts.batchSize,
-    lr: opts.lr,
-    weightDecay: opts.weightDecay,
-    warmupSteps: opts.warmup,
-    decay: opts.schedule,
-    minLrRatio: opts.minLrRatio,
-    clipGradNorm: opts.clipGradNorm,
+    ...commonTrainOptions(opts, VAE_TRAIN_DEFAULTS.epochs),
     loss: opts.loss,
     beta: opts.klWeight,
     preset: opts.preset,
     config,
-    data: opts.data,
-    limit: opts.limit,
     valLimit: opts.valLimit,
     gridSize: VAE_TRAIN_DEFAULTS.gridSize,
-    resume: opts.resume,
-    overwrite: opts.overwrite,
-    stopAtStep: opts.stopAtStep,
-    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
   });
   const where = `model in ${res.vaeDir}, state and pictures in ${trainDir(opts.run, 'vae')}`;
-  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
-  if (res.stopped === 'finished') {
+  report('vae', res, where, (rate) =>
     console.log(
       `vae: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out PSNR ${res.psnr.toFixed(2)} dB; scaling_factor ${res.scalingFactor.toPrecision(5)}; ${where}`,
-    );
-  } else {
-    console.log(`vae: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
-    if (res.stopped === 'interrupted') process.exitCode = 130;
-  }
+    ),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
 // clip
 
-interface ClipCliOptions {
-  run: string;
-  backend: string;
-  seed: number;
-  epochs?: number;
-  steps?: number;
-  batchSize: number;
-  lr: number;
-  weightDecay: number;
-  warmup: number;
-  schedule: 'cosine' | 'constant';
-  minLrRatio: number;
-  clipGradNorm?: number;
-  data?: string;
-  limit?: number;
+interface ClipCliOptions extends CommonCliOptions {
   valLimit?: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  stopAtStep?: number;
-  maxMinutes?: number;
   preset: ClipPreset;
   sameLabelWeight: number;
   shiftPixels: number;
@@ -243,10 +271,8 @@ interface ClipCliOptions {
 
 export function registerClip(trainCmd: Command): void {
   const d = CLIP_TRAIN_DEFAULTS;
-  const cmd = trainCmd
-    .command('clip')
-    .description('train the text encoder with an image encoder (CLIP): symmetric InfoNCE on generated captions, zero-shot digit accuracy');
-  commonOptions(cmd, d)
+  const cmd = trainerCommand(trainCmd, 'clip', 'train the text encoder with an image encoder (CLIP): symmetric InfoNCE on generated captions, zero-shot digit accuracy', d);
+  cmd
     .option('--preset <name>', `CLIP architecture: ${CLIP_PRESETS.join(' | ')}`, oneOf(CLIP_PRESETS), d.preset)
     .option('--same-label-weight <w>', 'share of the target on same-digit pairs: 0 = plain CLIP, 1 = every same-digit pair a positive', float(0, 1), d.sameLabelWeight)
     .option('--shift-pixels <n>', 'augmentation: shift training digits by up to N pixels', int(0, 8), d.shiftPixels)
@@ -264,8 +290,7 @@ export function registerClip(trainCmd: Command): void {
 }
 
 async function runTrainClip(cmd: Command, opts: ClipCliOptions): Promise<void> {
-  const sel = await selectBackend(opts.backend);
-  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
+  const sel = await startTraining(cmd, opts);
   let config: ClipConfigOverrides = { text: {}, image: {} };
   if (opts.projectionDim !== undefined) config.projection_dim = opts.projectionDim;
   if (opts.textWidth !== undefined) Object.assign(config.text!, { hidden_size: opts.textWidth, intermediate_size: 4 * opts.textWidth });
@@ -276,100 +301,40 @@ async function runTrainClip(cmd: Command, opts: ClipCliOptions): Promise<void> {
   if (opts.sampleSize !== undefined) config.image!.sample_size = opts.sampleSize;
 
   if (opts.resume) {
-    const file = statePath(opts.run, 'clip');
-    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
-    const s = readStateInfo(file).settings;
-    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
-    fromStored(cmd, opts as unknown as Record<string, unknown>, {
-      seed: s.seed,
-      epochs: s.epochs,
-      steps: s.maxSteps,
-      batchSize: s.batchSize,
-      lr: s.lr,
-      weightDecay: adamw.weightDecay,
-      warmup: s.warmupSteps,
-      schedule: s.decay,
-      minLrRatio: s.minLrRatio,
-      clipGradNorm: s.clipGradNorm,
-      sameLabelWeight: s.sameLabelWeight,
-      shiftPixels: s.shiftPixels,
-      data: s.data,
-      limit: s.limit,
-    });
-    const archFlags = ['preset', 'projectionDim', 'textWidth', 'textLayers', 'textHeads', 'imageChannels', 'normGroups', 'sampleSize'];
+    const s = storedSettings(opts.run, 'clip');
+    fromStored(cmd, opts, { ...storedCommon(s), sameLabelWeight: s.sameLabelWeight, shiftPixels: s.shiftPixels });
     const stored = s.config as CLIPConfig | undefined;
-    if (!archFlags.some((k) => cmd.getOptionValueSource(k) === 'cli') && stored) {
+    if (!givenOnCli(cmd, 'preset', 'projectionDim', 'textWidth', 'textLayers', 'textHeads', 'imageChannels', 'normGroups', 'sampleSize') && stored) {
       config = { projection_dim: stored.projection_dim, text: stored.text_config, image: stored.image_config };
     }
   }
 
-  // --steps alone may need more than the default epochs: as many as it takes.
-  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
-    const n = vaeData({ data: opts.data, limit: opts.limit, size: config.image?.sample_size ?? 32 }).train.n;
-    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
-  }
+  epochsForSteps(cmd, opts, () => vaeData({ data: opts.data, limit: opts.limit, size: config.image?.sample_size ?? 32 }).train.n);
 
   const res = await trainClip({
-    runDir: opts.run,
-    seed: opts.seed,
-    epochs: opts.epochs ?? CLIP_TRAIN_DEFAULTS.epochs,
-    maxSteps: opts.steps,
-    batchSize: opts.batchSize,
-    lr: opts.lr,
-    weightDecay: opts.weightDecay,
-    warmupSteps: opts.warmup,
-    decay: opts.schedule,
-    minLrRatio: opts.minLrRatio,
-    clipGradNorm: opts.clipGradNorm,
+    ...commonTrainOptions(opts, CLIP_TRAIN_DEFAULTS.epochs),
     sameLabelWeight: opts.sameLabelWeight,
     shiftPixels: opts.shiftPixels,
     preset: opts.preset,
     config,
-    data: opts.data,
-    limit: opts.limit,
     valLimit: opts.valLimit,
-    resume: opts.resume,
-    overwrite: opts.overwrite,
-    stopAtStep: opts.stopAtStep,
-    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
   });
   res.clip.dispose();
   const where = `model in ${res.clipDir}, state and pictures in ${trainDir(opts.run, 'clip')}`;
-  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
-  if (res.stopped === 'finished') {
+  report('clip', res, where, (rate) => {
     const ev = res.lastEvaluation;
     const pct = (x: number | undefined) => `${(100 * (x ?? NaN)).toFixed(1)}%`;
     console.log(
       `clip: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out zero-shot accuracy ${pct(res.zeroShotAccuracy)}, text->image recall@1 ${pct(ev.recall1)} @5 ${pct(ev.recall5)}; ${where} (details: npx sdlab clip-eval${opts.run === 'runs/default' ? '' : ` --run ${opts.run}`})`,
     );
-  } else {
-    console.log(`clip: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
-    if (res.stopped === 'interrupted') process.exitCode = 130;
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // unet
 
-interface UnetCliOptions {
-  run: string;
-  backend: string;
-  seed: number;
+interface UnetCliOptions extends CommonCliOptions {
   epochs: number;
-  steps?: number;
-  batchSize: number;
-  lr: number;
-  weightDecay: number;
-  warmup: number;
-  schedule: 'cosine' | 'constant';
-  minLrRatio: number;
-  clipGradNorm?: number;
-  data?: string;
-  limit?: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  stopAtStep?: number;
-  maxMinutes?: number;
   prediction: 'epsilon' | 'v_prediction';
   betaSchedule: (typeof BETA_SCHEDULES)[number];
   betaStart: number;
@@ -390,12 +355,13 @@ interface UnetCliOptions {
 
 export function registerUnet(trainCmd: Command): void {
   const d = UNET_TRAIN_DEFAULTS;
-  const cmd = trainCmd
-    .command('unet')
-    .description(
-      "train the latent-diffusion UNet on the run's frozen VAE latents and CLIP text states (after `train vae` and `train clip`); gradients are clipped at norm 1 unless --clip-grad-norm says otherwise (0 = off)",
-    );
-  commonOptions(cmd, d)
+  const cmd = trainerCommand(
+    trainCmd,
+    'unet',
+    "train the latent-diffusion UNet on the run's frozen VAE latents and CLIP text states (after `train vae` and `train clip`); gradients are clipped at norm 1 unless --clip-grad-norm says otherwise (0 = off)",
+    d,
+  );
+  cmd
     .option('--prediction <kind>', 'what the UNet predicts: epsilon | v_prediction', oneOf(['epsilon', 'v_prediction'] as const), d.prediction)
     .option('--beta-schedule <kind>', `noise schedule: ${BETA_SCHEDULES.join(' | ')}`, oneOf(BETA_SCHEDULES), d.betaSchedule)
     .option('--beta-start <x>', 'first beta', float(0, 1), d.betaStart)
@@ -419,10 +385,8 @@ export function registerUnet(trainCmd: Command): void {
 }
 
 async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
-  const sel = await selectBackend(opts.backend);
+  const sel = await startTraining(cmd, opts);
   const d = UNET_TRAIN_DEFAULTS;
-  // --epochs alone means all of those epochs, not the default step budget.
-  if (cmd.getOptionValueSource('epochs') === 'cli' && cmd.getOptionValueSource('steps') !== 'cli') opts.steps = undefined;
   let config: Record<string, unknown> = { ...d.config };
   if (opts.channels) {
     // The recipe's layout at any width: no attention at the first (highest-resolution) level,
@@ -434,28 +398,14 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
     config.attention_head_dim = opts.channels.map((c) => Math.max(1, Math.round(c / 16)));
   }
   if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
-  // The recipe clips gradients at 1; --clip-grad-norm 0 turns it off.
-  let clipGradNorm = cmd.getOptionValueSource('clipGradNorm') === 'cli' ? opts.clipGradNorm : d.clipGradNorm;
 
   if (opts.resume) {
-    const file = statePath(opts.run, 'unet');
-    if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
-    const s = readStateInfo(file).settings;
-    const adamw = (s.adamw ?? {}) as { weightDecay?: number };
+    const s = storedSettings(opts.run, 'unet');
     const sch = (s.scheduler ?? {}) as Record<string, unknown>;
-    const o = opts as unknown as Record<string, unknown>;
-    fromStored(cmd, o, {
-      seed: s.seed,
-      epochs: s.epochs,
+    fromStored(cmd, opts, {
+      ...storedCommon(s),
+      // Unlike vae and clip (kept as it was): a stored null, no step cap, leaves --steps at its default.
       steps: s.maxSteps ?? undefined,
-      batchSize: s.batchSize,
-      lr: s.lr,
-      weightDecay: adamw.weightDecay,
-      warmup: s.warmupSteps,
-      schedule: s.decay,
-      minLrRatio: s.minLrRatio,
-      data: s.data ?? undefined,
-      limit: s.limit ?? undefined,
       prediction: sch.prediction_type,
       betaSchedule: sch.beta_schedule,
       betaStart: sch.beta_start,
@@ -467,28 +417,16 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
       emaDecay: s.emaDecay,
       latents: s.latents,
     });
-    if (cmd.getOptionValueSource('clipGradNorm') !== 'cli') clipGradNorm = (s.clipGradNorm as number | null) ?? undefined;
-    if (!['channels', 'layersPerBlock'].some((k) => cmd.getOptionValueSource(k) === 'cli') && s.config) config = s.config as Record<string, unknown>;
+    if (!givenOnCli(cmd, 'channels', 'layersPerBlock') && s.config) config = s.config as Record<string, unknown>;
   }
+  // The recipe clips gradients at 1 (a resumed run as it was stored); --clip-grad-norm 0 turns it off.
+  const clipGradNorm = opts.resume || givenOnCli(cmd, 'clipGradNorm') ? opts.clipGradNorm : d.clipGradNorm;
 
-  // --steps alone may need more than the default epochs: as many as it takes.
-  if (!opts.resume && cmd.getOptionValueSource('steps') === 'cli' && cmd.getOptionValueSource('epochs') !== 'cli' && opts.steps !== undefined) {
-    const n = Math.min(opts.limit ?? Infinity, splitDataset(loadDataset({ data: opts.data }), DATA_SPLIT).train.n);
-    opts.epochs = Math.max(1, Math.ceil(opts.steps / Math.max(1, Math.floor(n / opts.batchSize))));
-  }
+  epochsForSteps(cmd, opts, () => Math.min(opts.limit ?? Infinity, splitDataset(loadDataset({ data: opts.data }), DATA_SPLIT).train.n));
 
   const res = await trainUnet({
     ...d,
-    runDir: opts.run,
-    seed: opts.seed,
-    epochs: opts.epochs,
-    maxSteps: opts.steps,
-    batchSize: opts.batchSize,
-    lr: opts.lr,
-    weightDecay: opts.weightDecay,
-    warmupSteps: opts.warmup,
-    decay: opts.schedule,
-    minLrRatio: opts.minLrRatio,
+    ...commonTrainOptions(opts, d.epochs),
     clipGradNorm: clipGradNorm === 0 ? undefined : clipGradNorm,
     config,
     prediction: opts.prediction,
@@ -501,27 +439,17 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
     captionDropout: opts.captionDropout,
     emaDecay: opts.emaDecay,
     latents: opts.latents,
-    data: opts.data,
-    limit: opts.limit,
     valLimit: opts.valLimit,
     gridEvery: opts.gridEvery,
     gridSteps: opts.gridSteps,
     gridGuidance: opts.guidance,
-    resume: opts.resume,
-    overwrite: opts.overwrite,
-    stopAtStep: opts.stopAtStep,
-    timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
   });
   const where = `model (EMA) in ${res.unetDir}, schedule in ${res.schedulerFile}, state and sample grids in ${trainDir(opts.run, 'unet')}`;
-  const rate = res.examplesPerSecond ? `, ${res.examplesPerSecond.toFixed(1)} img/s` : '';
-  if (res.stopped === 'finished') {
+  report('unet', res, where, (rate) => {
     const run = opts.run === 'runs/default' ? '' : ` --run ${opts.run}`;
     console.log(`unet: trained ${res.step} steps in ${formatDuration(res.elapsed)} on ${sel.name}${rate}; held-out loss ${res.valLoss.toPrecision(4)}; ${where}`);
     console.log(`next: npx sdlab sample${run} --digits 0-9 --n 8`);
-  } else {
-    console.log(`unet: stopped (${res.stopped}) at step ${res.step}/${res.totalSteps}${rate}; ${where}; continue with --resume`);
-    if (res.stopped === 'interrupted') process.exitCode = 130;
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
