@@ -9,57 +9,23 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { PNG } from 'pngjs';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { CLIPModel, digitPrompts } from '../src/clip/index.ts';
-import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
-import { Random } from '../src/util/random.ts';
 import { CLIP_TRAIN_DEFAULTS, trainClip } from '../src/train/clip.ts';
 import { vaeData } from '../src/train/vae.ts';
 import { loadRunClip, zeroShotPrompts } from '../src/commands/clip_eval.ts';
 import { UsageError } from '../src/util/errors.ts';
-
-const ROOT = path.resolve(__dirname, '..');
-const exec = promisify(execFile);
+import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;
 let dataDir: string;
 let runDir: string;
 
-/** 120 MNIST digits pooled to 8×8, as IDX files (12 held out). */
-function writeTinyIdx(dir: string, n = 120): void {
-  const ds = padDataset(loadEmbeddedMnist(), 32);
-  const pick = new Random(3).permutation(ds.n).subarray(0, n);
-  const px = new Uint8Array(n * 64);
-  const labels = new Uint8Array(n);
-  pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
-    for (let y = 0; y < 8; y++) {
-      for (let x = 0; x < 8; x++) {
-        let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
-        px[k * 64 + y * 8 + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
-      }
-    }
-  });
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, 8, 8]), px]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
-}
-
 async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return exec(process.execPath, ['bin/sdlab.mjs', 'clip-eval', '--backend', 'cpu', ...args], { cwd: ROOT }).then(
+  return sdlab(['clip-eval', '--backend', 'cpu', ...args]).then(
     (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
   );
@@ -74,9 +40,7 @@ function copyRun(name: string): string {
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-clip-eval-'));
-  dataDir = path.join(tmp, 'digits8');
-  writeTinyIdx(dataDir);
+  ({ tmp, dataDir } = tinyDigitsDir('sdlab-clip-eval-', 120));
   runDir = path.join(tmp, 'run');
   await trainClip({
     ...CLIP_TRAIN_DEFAULTS,

@@ -7,64 +7,26 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { PNG } from 'pngjs';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
-import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
-import { Random } from '../src/util/random.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
 import { TINY_PRESET, TRAIN_ALL_PRESETS } from '../src/train/presets.ts';
 import { stageState, trainAll } from '../src/train/all.ts';
 import { trainUnet } from '../src/train/unet.ts';
-
-const ROOT = path.resolve(__dirname, '..');
-const run = promisify(execFile);
+import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;
 let dataDir: string;
 let runDir: string;
 let stdout: string;
 
-/** 60 MNIST digits, padded to 32×32 and average-pooled 4×4 to 8×8, as IDX files. */
-function writeTinyIdx(dir: string): void {
-  const ds = padDataset(loadEmbeddedMnist(), 32);
-  const n = 60;
-  const pick = new Random(3).permutation(ds.n).subarray(0, n);
-  const S = 8;
-  const px = new Uint8Array(n * S * S);
-  const labels = new Uint8Array(n);
-  pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
-    for (let y = 0; y < S; y++) {
-      for (let x = 0; x < S; x++) {
-        let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
-        px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
-      }
-    }
-  });
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, S, S]), px]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
-}
-
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-train-all-'));
+  ({ tmp, dataDir } = tinyDigitsDir('sdlab-train-all-', 60));
   runDir = path.join(tmp, 'run');
-  dataDir = path.join(tmp, 'digits8');
-  writeTinyIdx(dataDir);
-  ({ stdout } = await run(process.execPath, ['bin/sdlab.mjs', 'train', 'all', '--preset', 'tiny', '--data', dataDir, '--backend', 'cpu', '--run', runDir], { cwd: ROOT }));
+  ({ stdout } = await sdlab(['train', 'all', '--preset', 'tiny', '--data', dataDir, '--backend', 'cpu', '--run', runDir]));
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -92,11 +54,7 @@ describe('train all', () => {
 
   it('leaves a run `sdlab sample` reads (paraphrases, "" and unknown words included)', async () => {
     const out = path.join(tmp, 'sampled');
-    const res = await run(
-      process.execPath,
-      ['bin/sdlab.mjs', 'sample', '--backend', 'cpu', '--run', runDir, '--prompt', 'the number 7', '--prompt', '', '--prompt', 'a zebra 7', '--n', '2', '--steps', '2', '--out', out],
-      { cwd: ROOT },
-    );
+    const res = await sdlab(['sample', '--backend', 'cpu', '--run', runDir, '--prompt', 'the number 7', '--prompt', '', '--prompt', 'a zebra 7', '--n', '2', '--steps', '2', '--out', out]);
     expect(res.stdout).toMatch(/6 images \(3 prompts × 2\)/);
     const png = PNG.sync.read(fs.readFileSync(path.join(out, '0000.png')));
     expect([png.width, png.height]).toEqual([8, 8]);
@@ -119,7 +77,7 @@ describe('train all', () => {
     const dir = path.join(tmp, 'noclip');
     fs.cpSync(path.join(runDir, 'vae'), path.join(dir, 'vae'), { recursive: true });
     await expect(trainUnet({ ...TINY_PRESET.unet, runDir: dir, data: dataDir, quiet: true })).rejects.toThrow(/clip[/\\]config\.json not found: .*`npx sdlab train clip --run /);
-    const cli = await run(process.execPath, ['bin/sdlab.mjs', 'train', 'unet', '--backend', 'cpu', '--run', dir], { cwd: ROOT }).then(
+    const cli = await sdlab(['train', 'unet', '--backend', 'cpu', '--run', dir]).then(
       () => null,
       (e: { code: number; stderr: string }) => e,
     );

@@ -14,15 +14,11 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { CLIPModel, TextEncoder, contrastiveLoss, evaluateClip, l2Normalize, loadTokenizer, mnistCaptionTokenizer } from '../src/clip/index.ts';
 import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, DIGIT_WORDS } from '../src/data/captions.ts';
-import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { Random } from '../src/util/random.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
@@ -40,40 +36,10 @@ import {
   trainClip,
 } from '../src/train/clip.ts';
 import { vaeData } from '../src/train/vae.ts';
-
-const ROOT = path.resolve(__dirname, '..');
-const run = promisify(execFile);
+import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;
 let dataDir: string;
-
-/** 120 MNIST digits, padded to 32×32 and average-pooled 4×4 to 8×8, as IDX files. */
-function writeTinyIdx(dir: string, n = 120): void {
-  const ds = padDataset(loadEmbeddedMnist(), 32);
-  const pick = new Random(3).permutation(ds.n).subarray(0, n);
-  const S = 8;
-  const px = new Uint8Array(n * S * S);
-  const labels = new Uint8Array(n);
-  pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
-    for (let y = 0; y < S; y++) {
-      for (let x = 0; x < S; x++) {
-        let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
-        px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
-      }
-    }
-  });
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, S, S]), px]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
-}
 
 const TINY = {
   projection_dim: 8,
@@ -122,9 +88,7 @@ let straight: ClipTrainResult;
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-train-clip-'));
-  dataDir = path.join(tmp, 'digits8');
-  writeTinyIdx(dataDir);
+  ({ tmp, dataDir } = tinyDigitsDir('sdlab-train-clip-', 120));
   straightDir = path.join(tmp, 'straight');
   straight = await trainClip(opts(straightDir));
 });
@@ -346,15 +310,15 @@ describe('trainClip', () => {
   it('the CLI stops at a step, and --resume with only --run finishes with the same weights', async () => {
     const dir = path.join(tmp, 'cli');
     const args = [
-      'bin/sdlab.mjs', 'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
+      'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
       '--seed', '5', '--epochs', '3', '--batch-size', '8', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
       '--min-lr-ratio', '0.1', '--same-label-weight', '0.5', '--shift-pixels', '1', '--projection-dim', '8', '--text-width', '16',
       '--text-layers', '1', '--text-heads', '2', '--image-channels', '4,8', '--norm-groups', '2', '--sample-size', '8',
       '--stop-at-step', '5',
     ];
-    const first = await run(process.execPath, args, { cwd: ROOT });
+    const first = await sdlab(args);
     expect(first.stdout).toMatch(/clip: stopped \(stop-at-step\) at step 5\/12/);
-    const resumed = await run(process.execPath, ['bin/sdlab.mjs', 'train', 'clip', '--backend', 'cpu', '--run', dir, '--resume'], { cwd: ROOT });
+    const resumed = await sdlab(['train', 'clip', '--backend', 'cpu', '--run', dir, '--resume']);
     expect(resumed.stdout).toMatch(/clip: trained 12 steps .*held-out zero-shot accuracy \d+\.\d%, text->image recall@1/);
     const a = snapshot(straightDir);
     const b = snapshot(dir);

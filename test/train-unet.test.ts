@@ -11,14 +11,12 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { AutoencoderKL, VAE_PRESETS } from '../src/autoencoder/index.ts';
 import { CLIPModel, mnistCaptionTokenizer } from '../src/clip/index.ts';
 import { clipTrainConfig } from '../src/train/clip.ts';
-import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { NoiseSchedule, readSchedulerConfig } from '../src/schedule/index.ts';
@@ -42,39 +40,11 @@ import {
   trainUnet,
   validationLoss,
 } from '../src/train/unet.ts';
+import { tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;
 let dataDir: string;
 let baseRun: string;
-
-/** 60 MNIST digits, padded to 32×32 and average-pooled 4×4 to 8×8, as IDX files. */
-function writeTinyIdx(dir: string): void {
-  const ds = padDataset(loadEmbeddedMnist(), 32);
-  const n = 60;
-  const pick = new Random(3).permutation(ds.n).subarray(0, n);
-  const S = 8;
-  const px = new Uint8Array(n * S * S);
-  const labels = new Uint8Array(n);
-  pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
-    for (let y = 0; y < S; y++) {
-      for (let x = 0; x < S; x++) {
-        let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
-        px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
-      }
-    }
-  });
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, S, S]), px]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
-}
 
 /** A run directory with an (untrained) tiny vae/ and clip/, as `train vae` / `train clip` leave them. */
 function writeFrozenParts(run: string): void {
@@ -143,9 +113,7 @@ const rawAfter: Array<Map<string, Float32Array>> = [];
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-train-unet-'));
-  dataDir = path.join(tmp, 'digits8');
-  writeTinyIdx(dataDir);
+  ({ tmp, dataDir } = tinyDigitsDir('sdlab-train-unet-', 60));
   baseRun = path.join(tmp, 'base');
   writeFrozenParts(baseRun);
   straightDir = path.join(tmp, 'straight');

@@ -11,55 +11,20 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { spawn, execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+import { spawn } from 'node:child_process';
 import { PNG } from 'pngjs';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { AutoencoderKL, VAE_DEFAULTS, readVaeConfig } from '../src/autoencoder/index.ts';
-import { loadEmbeddedMnist, padDataset } from '../src/data/index.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { gridLayout } from '../src/viz/index.ts';
-import { Random } from '../src/util/random.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
 import { trainVae, vaeData, evaluateVae, type VaeTrainOptions, type VaeTrainResult } from '../src/train/vae.ts';
-
-const ROOT = path.resolve(__dirname, '..');
-const run = promisify(execFile);
+import { ROOT, sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;
 let dataDir: string;
-
-/** 60 MNIST digits, padded to 32×32 and average-pooled 4×4 to 8×8, as IDX files. */
-function writeTinyIdx(dir: string): void {
-  const ds = padDataset(loadEmbeddedMnist(), 32);
-  const n = 60;
-  const pick = new Random(3).permutation(ds.n).subarray(0, n);
-  const S = 8;
-  const px = new Uint8Array(n * S * S);
-  const labels = new Uint8Array(n);
-  pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
-    for (let y = 0; y < S; y++) {
-      for (let x = 0; x < S; x++) {
-        let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
-        px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
-      }
-    }
-  });
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, S, S]), px]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), labels]));
-}
 
 const TINY = {
   sample_size: 8,
@@ -114,9 +79,7 @@ let straight: VaeTrainResult;
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-train-vae-'));
-  dataDir = path.join(tmp, 'digits8');
-  writeTinyIdx(dataDir);
+  ({ tmp, dataDir } = tinyDigitsDir('sdlab-train-vae-', 60));
   straightDir = path.join(tmp, 'straight');
   straight = await trainVae(opts(straightDir));
 });
@@ -217,12 +180,12 @@ describe('trainVae', () => {
   it('the CLI stops on SIGINT with a checkpoint, and --resume finishes with the same weights', async () => {
     const dir = path.join(tmp, 'cli');
     const args = [
-      'bin/sdlab.mjs', 'train', 'vae', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '16',
+      'train', 'vae', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '16',
       '--seed', '5', '--epochs', '3', '--batch-size', '4', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
       '--min-lr-ratio', '0.1', '--kl-weight', '1e-4', '--channels', '4,4', '--norm-groups', '2', '--latent-channels', '2',
       '--sample-size', '8',
     ];
-    const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, CI: '1' } });
+    const child = spawn(process.execPath, ['bin/sdlab.mjs', ...args], { cwd: ROOT, env: { ...process.env, CI: '1' } });
     let stderr = '';
     let sent = false;
     child.stderr.on('data', (d: Buffer) => {
@@ -240,12 +203,12 @@ describe('trainVae', () => {
     expect(info.step).toBeLessThan(12);
 
     // Without --resume the run is protected.
-    const clobber = await run(process.execPath, args, { cwd: ROOT }).then(() => null, (e: { code: number; stderr: string }) => e);
+    const clobber = await sdlab(args).then(() => null, (e: { code: number; stderr: string }) => e);
     expect(clobber?.code).toBe(2);
     expect(clobber?.stderr).toMatch(/state\.safetensors exists: pass --resume/);
 
     // Resume with only --run (and backend): every other setting comes from the state.
-    const resumed = await run(process.execPath, ['bin/sdlab.mjs', 'train', 'vae', '--backend', 'cpu', '--run', dir, '--resume'], { cwd: ROOT });
+    const resumed = await sdlab(['train', 'vae', '--backend', 'cpu', '--run', dir, '--resume']);
     expect(resumed.stdout).toMatch(/vae: trained 12 steps/);
     expectSameRun(straightDir, dir);
   });
