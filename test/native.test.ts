@@ -4,59 +4,14 @@
  * paddings, dilations and batch sizes (including 1-sized and odd dimensions, K=1, N=1).
  * Error measure: max |native - cpu| / sqrt(K) <= 1e-5, K the length of each dot product.
  */
-import { describe, expect, it, beforeAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { loadNativeAddon, registerNativeBackend, nativeLoadError } from '../src/backend/native.ts';
+import { loadNativeAddon } from '../src/backend/native.ts';
+import { TOL, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
-tf.env().set('PROD', true); // no per-op NaN checks/warnings in the comparisons
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const R = rng(1234);
-const int = (lo: number, hi: number) => lo + Math.floor(R() * (hi - lo + 1));
-const pick = <T,>(xs: T[]) => xs[Math.floor(R() * xs.length)];
-const randData = (n: number) => Float32Array.from({ length: n }, () => R() * 2 - 1);
-
-/** Runs fn on fresh tensors under `backend`, returns the outputs' data. */
-function runOn(backend: string, inputs: Array<{ shape: number[]; data: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[]): Float32Array[] {
-  tf.setBackend(backend);
-  return tf.tidy(() => {
-    const xs = inputs.map((i) => tf.tensor(i.data, i.shape));
-    const out = fn(...xs);
-    return (Array.isArray(out) ? out : [out]).map((t) => t.dataSync() as Float32Array);
-  });
-}
-
-/** max |a-b| / sqrt(K) over all outputs of fn under cpu and native. */
-function parity(inputs: Array<{ shape: number[]; data?: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[], K: number): number {
-  const full = inputs.map((i) => ({ shape: i.shape, data: i.data ?? randData(i.shape.reduce((a, b) => a * b, 1)) }));
-  const want = runOn('cpu', full, fn);
-  const got = runOn('native', full, fn);
-  let err = 0;
-  want.forEach((w, j) => {
-    expect(got[j].length).toBe(w.length);
-    for (let i = 0; i < w.length; i++) {
-      const d = Math.abs(got[j][i] - w[i]);
-      err = Math.max(err, Number.isNaN(d) ? Infinity : d);
-    }
-  });
-  return err / Math.sqrt(Math.max(1, K));
-}
-
-const TOL = 1e-5;
-
-beforeAll(() => {
-  const ok = registerNativeBackend();
-  if (!ok) throw new Error(`native backend not available: ${nativeLoadError()}`);
-});
+useNativeBackend();
+const { R, int, pick, randData } = seededRandom(1234);
+const parity = parityWith(randData);
 
 describe('native backend: GEMM kernels', () => {
   it('matMul forward, random shapes, transposes and broadcast batches (1 and 2 threads)', () => {

@@ -8,48 +8,14 @@
  * in a child process (SDLAB_ISA=generic) and on the old im2col path (SDLAB_IM2COL=1).
  * Error measure: max |native − cpu| / √K ≤ 1e-5, K the length of the longest sum.
  */
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { loadNativeAddon, registerNativeBackend, nativeLoadError, nativeThreadCount } from '../src/backend/native.ts';
+import { TOL, bothThreadCounts, parityWith, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
-tf.env().set('PROD', true);
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const R = rng(99);
-const randData = (n: number) => Float32Array.from({ length: n }, () => R() * 2 - 1);
-const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
-
-function runOn(backend: string, inputs: Array<{ shape: number[]; data: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[]): Float32Array[] {
-  tf.setBackend(backend);
-  return tf.tidy(() => {
-    const xs = inputs.map((i) => tf.tensor(i.data, i.shape));
-    const out = fn(...xs);
-    return (Array.isArray(out) ? out : [out]).map((t) => t.dataSync() as Float32Array);
-  });
-}
-
-function parity(inputs: Array<{ shape: number[] }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[], K: number): number {
-  const full = inputs.map((i) => ({ shape: i.shape, data: randData(numel(i.shape)) }));
-  const want = runOn('cpu', full, fn);
-  const got = runOn('native', full, fn);
-  let err = 0;
-  want.forEach((w, j) => {
-    expect(got[j].length).toBe(w.length);
-    for (let i = 0; i < w.length; i++) err = Math.max(err, Math.abs(got[j][i] - w[i]) || (Number.isNaN(got[j][i]) ? Infinity : 0));
-  });
-  return err / Math.sqrt(Math.max(1, K));
-}
+useNativeBackend();
+const parity = parityWith(seededRandom(99).randData);
 
 interface Case { x: number[]; k: number; cout: number; stride: number; pad: 'same' | 'valid' | number; dil: number }
 // [B, H, W, Cin], kernel size, Cout, stride, padding, dilation
@@ -84,27 +50,15 @@ function checkAll(): number {
   return worst;
 }
 
-beforeAll(() => {
-  if (!registerNativeBackend()) throw new Error(`native backend not available: ${nativeLoadError()}`);
-});
-afterAll(() => {
-  tf.setBackend('cpu');
-});
-
 describe('native convolutions', () => {
   it('every code path, forward and gradients, at 1 and 2 threads', () => {
-    const addon = loadNativeAddon()!;
-    for (const t of [1, 2]) {
-      addon.setThreads(t);
-      expect(checkAll()).toBeLessThanOrEqual(1e-5);
-    }
-    addon.setThreads(nativeThreadCount());
+    bothThreadCounts(() => expect(checkAll()).toBeLessThanOrEqual(TOL));
   });
 
   it('the im2col path (SDLAB_IM2COL=1) agrees too', () => {
     process.env.SDLAB_IM2COL = '1';
     try {
-      expect(checkAll()).toBeLessThanOrEqual(1e-5);
+      expect(checkAll()).toBeLessThanOrEqual(TOL);
     } finally {
       delete process.env.SDLAB_IM2COL;
     }

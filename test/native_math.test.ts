@@ -6,11 +6,12 @@
  * erf(x) = 2/√π · e^{−x²} · Σ_n 2^n x^{2n+1} / (1·3·…·(2n+1)) (all terms positive, no
  * cancellation), and 1 − erfc by its continued fraction beyond |x| = 4.
  */
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { registerNativeBackend, nativeLoadError, fusedGelu, fusedSilu } from '../src/backend/native.ts';
+import { fusedGelu, fusedSilu } from '../src/backend/native.ts';
+import { useNativeBackend } from './helpers/native-parity.ts';
 
-tf.env().set('PROD', true);
+useNativeBackend({ activate: true });
 
 function erf64(x: number): number {
   const a = Math.abs(x);
@@ -57,14 +58,6 @@ function worstUlps(xs: Float32Array, f: (x: tf.Tensor) => tf.Tensor, ref: (x: nu
   });
   return { ulps: worst, at };
 }
-
-beforeAll(async () => {
-  if (!registerNativeBackend()) throw new Error(`native backend not available: ${nativeLoadError()}`);
-  await tf.setBackend('native');
-});
-afterAll(() => {
-  tf.setBackend('cpu');
-});
 
 describe('native vectorised math against double precision', () => {
   it('the erf reference itself matches known values', () => {

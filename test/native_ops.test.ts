@@ -6,76 +6,16 @@
  * over seeded random shapes with odd sizes, at 1 and 2 threads.
  * Error measure as in native.test.ts: max |native − cpu| / √K, K the length of the longest sum.
  */
-import { describe, expect, it, beforeAll, afterAll } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { loadNativeAddon, registerNativeBackend, nativeLoadError, nativeThreadCount, groupNorm, fusedSilu, fusedGelu } from '../src/backend/native.ts';
+import { groupNorm, fusedSilu, fusedGelu } from '../src/backend/native.ts';
 import { GroupNorm, LayerNorm, gelu, silu, scaledDotProductAttention } from '../src/nn/index.ts';
+import { TOL, bothThreadCounts, numel, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
-tf.env().set('PROD', true);
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const R = rng(4321);
-const int = (lo: number, hi: number) => lo + Math.floor(R() * (hi - lo + 1));
-const pick = <T,>(xs: T[]) => xs[Math.floor(R() * xs.length)];
-const randData = (n: number) => Float32Array.from({ length: n }, () => R() * 2 - 1);
-const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
-
-function runOn(backend: string, inputs: Array<{ shape: number[]; data: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[]): Float32Array[] {
-  tf.setBackend(backend);
-  return tf.tidy(() => {
-    const xs = inputs.map((i) => tf.tensor(i.data, i.shape));
-    const out = fn(...xs);
-    return (Array.isArray(out) ? out : [out]).map((t) => t.dataSync() as Float32Array);
-  });
-}
-
-/**
- * max |native − cpu| / √K over all outputs (shapes must match too); with K = 'relative',
- * max |native − cpu| / max(1, |cpu|) instead (for exp and friends, whose outputs span decades).
- */
-function parity(inputs: Array<{ shape: number[]; data?: Float32Array }>, fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[], K: number | 'relative' = 1): number {
-  const full = inputs.map((i) => ({ shape: i.shape, data: i.data ?? randData(numel(i.shape)) }));
-  const want = runOn('cpu', full, fn);
-  const got = runOn('native', full, fn);
-  let err = 0;
-  want.forEach((w, j) => {
-    expect(got[j].length).toBe(w.length);
-    for (let i = 0; i < w.length; i++) {
-      const d = Math.abs(got[j][i] - w[i]) / (K === 'relative' ? Math.max(1, Math.abs(w[i])) : 1);
-      err = Math.max(err, Number.isNaN(d) ? (Number.isNaN(w[i]) && Number.isNaN(got[j][i]) ? 0 : Infinity) : d);
-    }
-  });
-  return K === 'relative' ? err : err / Math.sqrt(Math.max(1, K));
-}
-
-/** Runs body at 1 and at 2 threads. */
-function bothThreadCounts(body: () => void): void {
-  const addon = loadNativeAddon()!;
-  for (const t of [1, 2]) {
-    addon.setThreads(t);
-    body();
-  }
-  addon.setThreads(nativeThreadCount());
-}
-
-const TOL = 1e-5;
+useNativeBackend();
+const { int, pick, randData } = seededRandom(4321);
+const parity = parityWith(randData);
 const sq = (f: (...xs: tf.Tensor[]) => tf.Tensor) => (...xs: tf.Tensor[]) => tf.grads((...ys: tf.Tensor[]) => tf.sum(tf.square(f(...ys))))(xs);
-
-beforeAll(() => {
-  if (!registerNativeBackend()) throw new Error(`native backend not available: ${nativeLoadError()}`);
-});
-afterAll(() => {
-  tf.setBackend('cpu');
-});
 
 describe('native data movement', () => {
   it('slice: random boxes of rank 1-5 (contiguous and strided), forward and gradient', () => {
