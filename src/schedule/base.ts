@@ -428,8 +428,8 @@ export abstract class Scheduler<C extends BaseSchedulerConfig = BaseSchedulerCon
   }
 
   /**
-   * The "leading" / "linspace" / "trailing" spacings (arXiv 2305.08891, Table 2) as DDPM, DDIM and
-   * Euler compute them, noisiest first. leading: 0, r, 2r... plus steps_offset (SD's configs use
+   * The "leading" / "linspace" / "trailing" spacings (arXiv 2305.08891, Table 2) as DDPM, DDIM,
+   * PNDM and Euler compute them (Euler's linspace is unrounded), noisiest first. leading: 0, r, 2r... plus steps_offset (SD's configs use
    * steps_offset=1 so the last step is t=1); linspace: evenly from T-1 to 0; trailing: from T-1
    * down in steps of T/n.
    */

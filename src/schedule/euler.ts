@@ -28,10 +28,8 @@ import {
   type StepOptions,
   type TimestepsLike,
   interpTable,
-  npArange,
   npLinspace,
   resolveConfig,
-  roundHalfEven,
   sigmaTable,
 } from './base.ts';
 
@@ -66,20 +64,8 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
     const T = this.numTrainTimesteps;
     const n = numInferenceSteps;
     this.numInferenceSteps = n;
-    let ts: number[];
-    switch (this.config.timestep_spacing) {
-      case 'linspace': // not rounded: 999, 832.5, ... for 7 steps
-        ts = npLinspace(0, T - 1, n).map(f32).reverse();
-        break;
-      case 'leading': {
-        const ratio = Math.floor(T / n);
-        ts = Array.from({ length: n }, (_, i) => i * ratio + this.config.steps_offset).reverse();
-        break;
-      }
-      case 'trailing':
-        ts = npArange(T, 0, -T / n).map((v) => roundHalfEven(v) - 1);
-        break;
-    }
+    // Euler's "linspace" is not rounded (999, 832.5, ... for 7 steps); the other spacings are DDIM's.
+    const ts = this.config.timestep_spacing === 'linspace' ? npLinspace(0, T - 1, n).map(f32).reverse() : this.spacedTimesteps(n);
     const table = sigmaTable(this.alphasCumprod);
     this.timesteps = ts;
     this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), 0];

@@ -23,10 +23,7 @@ import {
   type BaseSchedulerConfig,
   Scheduler,
   type SchedulerOutput,
-  npArange,
-  npLinspace,
   resolveConfig,
-  roundHalfEven,
 } from './base.ts';
 
 const f32 = Math.fround; // scalars rounded as torch rounds them on float32 tensors (see base.ts)
@@ -79,20 +76,7 @@ export class PNDMScheduler extends Scheduler<PNDMConfig> {
     const n = numInferenceSteps;
     this.numInferenceSteps = n;
     // Ascending here (PNDM reverses at the end).
-    let ts: number[];
-    switch (this.config.timestep_spacing) {
-      case 'linspace':
-        ts = npLinspace(0, T - 1, n).map(roundHalfEven);
-        break;
-      case 'leading': {
-        const ratio = Math.floor(T / n);
-        ts = Array.from({ length: n }, (_, i) => i * ratio + this.config.steps_offset);
-        break;
-      }
-      case 'trailing':
-        ts = npArange(T, 0, -T / n).map((v) => roundHalfEven(v) - 1).reverse();
-        break;
-    }
+    const ts = this.spacedTimesteps(n).reverse();
 
     if (this.config.skip_prk_steps) {
       // PLMS only: repeat the second-to-last (ascending) timestep for the warm-up step.
