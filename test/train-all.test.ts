@@ -69,7 +69,7 @@ describe('train all', () => {
     expect(fs.statSync(statePath(runDir, 'unet')).mtimeMs).toBe(before);
     expect(stageState(runDir, 'unet', TRAIN_ALL_PRESETS.quick.unet)).toHaveProperty('mismatch');
     await expect(trainAll({ runDir, preset: TRAIN_ALL_PRESETS.quick, presetName: 'quick', quiet: true, handleSigint: false })).rejects.toThrow(
-      /holds a vae trained with other settings \(.*limit 16 → 3000.*\) than --preset quick; .*--overwrite/,
+      /holds a vae trained with other settings \(.*limit 16 → none.*\) than --preset quick; .*--overwrite/,
     );
   });
 

@@ -56,7 +56,7 @@ function trainerCommand(
     .option('--warmup <steps>', 'linear learning-rate warm-up steps', int(0), d.warmupSteps)
     .option('--schedule <kind>', 'after warm-up: cosine | constant', oneOf(['cosine', 'constant'] as const), 'cosine')
     .option('--min-lr-ratio <x>', 'cosine floor as a fraction of --lr', float(0, 1), d.minLrRatio)
-    .option('--clip-grad-norm <x>', 'clip the global gradient norm (off by default)', float(0))
+    .option('--clip-grad-norm <x>', 'clip the global gradient norm (0 = off)', float(0))
     .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
     .option('--limit <n>', 'train on only the first N training digits', int(1))
     .option('--resume', 'continue the run in --run exactly where it stopped')
@@ -404,8 +404,6 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
     const sch = (s.scheduler ?? {}) as Record<string, unknown>;
     fromStored(cmd, opts, {
       ...storedCommon(s),
-      // Unlike vae and clip (kept as it was): a stored null, no step cap, leaves --steps at its default.
-      steps: s.maxSteps ?? undefined,
       prediction: sch.prediction_type,
       betaSchedule: sch.beta_schedule,
       betaStart: sch.beta_start,

@@ -103,8 +103,8 @@ export const RECIPE_UNET_CONFIG: Partial<UNet2DConditionConfig> = {
 /** The full-preset recipe (see presets.ts for what it was chosen against and what helped). */
 export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
   seed: 0,
-  epochs: 5,
-  maxSteps: 1200,
+  epochs: 12,
+  maxSteps: 3200,
   batchSize: 32,
   lr: 4e-3,
   weightDecay: 0.01,
