@@ -221,7 +221,7 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
 }
 
 /** Where everything of a finished run is, as lines for the terminal. */
-export function describeRun(runDir: string, res: TrainAllResult): string[] {
+export function describeRun(runDir: string, res: TrainAllResult, guidance: number): string[] {
   const run = path.normalize(runDir) === path.normalize('runs/default') ? '' : ` --run ${runDir}`;
   const lines = [
     `models:      ${path.join(runDir, 'vae')}/  ${path.join(runDir, 'clip')}/  ${path.join(runDir, 'unet')}/  ${path.join(runDir, 'scheduler')}/`,
@@ -231,7 +231,8 @@ export function describeRun(runDir: string, res: TrainAllResult): string[] {
   if (res.sheet) lines.push(`sample sheet: ${res.sheet.grid}`);
   lines.push(
     `next:        npx sdlab sample${run} --prompt "a thick 7" --n 16`,
-    `             npx sdlab sample${run} --digits 0-9 --n 100 --out out/eval-samples && npx sdlab eval${run} --samples out/eval-samples`,
+    // The eval command uses the preset's guidance: the one its quality figures were measured at.
+    `             npx sdlab sample${run} --digits 0-9 --n 100 --guidance ${guidance} --out out/eval-samples && npx sdlab eval${run} --samples out/eval-samples`,
   );
   return lines;
 }

@@ -8,8 +8,27 @@
  *   quick   a few minutes: recognisable digits for demos and CI smoke runs
  *   tiny    tests only (a handful of steps on tiny models; not offered on the command line)
  *
- * What the recipe is and why (measured; see RECIPE_NOTES below for the numbers):
- *   RECIPE_NOTES_PLACEHOLDER
+ * What the recipe is and why. Measured on the embedded digits, native backend, 2 idle cores,
+ * `sdlab eval` on 1,000 samples (100 per digit, "a handwritten <digit>", DDIM 50 steps); FID is
+ * in the eval classifier's feature space, real-vs-real baseline 22.67:
+ *
+ *   VAE       200 steps, batch 16 (1m16s): held-out PSNR 23.4 dB. Its round trip costs little:
+ *             1,000 training digits encoded + decoded score FID 24.8 (1.09× baseline), the raw
+ *             digits 18.6 — so the UNet, not the VAE, decides the sample quality.
+ *   CLIP      4 epochs, batch 64 (1m30s): 97.7% zero-shot. One epoch reached 77% and gave the
+ *             UNet muddled prompts (quick preset draft: 0, 2, 5, 6, 8 unreadable).
+ *   UNet      v-prediction on zero-terminal-SNR betas, min-SNR-γ 5, 10% caption dropout, EMA,
+ *             AdamW lr 4e-3 with warm-up + cosine, attention only at 4×4 (RECIPE_UNET_CONFIG).
+ *             Steps against guidance (accuracy / FID ÷ baseline):
+ *                 steps   guidance 1.5     1.75           2              3
+ *                 1200    91.9% / 1.47×                  97.6% / 1.97×  99.7% / 3.07×
+ *                 2400    94.6% / 1.28×                  98.8% / 1.77×
+ *                 3200    97.3% / 1.30×    98.7% / 1.53×  99.3% / 1.81×
+ *             Guidance trades diversity (FID) for faithfulness (accuracy); longer training lifts
+ *             accuracy at low guidance. 3200 steps at guidance 1.75 meets both targets with margin
+ *             and fits the 20 minutes (the UNet takes ≈ 12 of them).
+ *   quick     150 VAE steps (21.8 dB), 2 CLIP epochs (95.9%), 600 UNet steps: ≈ 5 minutes, and
+ *             the sheet reads as digits at guidance 3; with 100 / 1 / 300 (3m20s) it did not.
  */
 import type { AutoencoderKLConfig } from '../autoencoder/index.ts';
 import { type ClipTrainOptions, CLIP_TRAIN_DEFAULTS } from './clip.ts';
