@@ -154,7 +154,8 @@ function commonTrainOptions(opts: CommonCliOptions, defaultEpochs: number) {
     warmupSteps: opts.warmup,
     decay: opts.schedule,
     minLrRatio: opts.minLrRatio,
-    clipGradNorm: opts.clipGradNorm,
+    // --clip-grad-norm 0 means off (the harness would otherwise scale every gradient to 0).
+    clipGradNorm: opts.clipGradNorm || undefined,
     data: opts.data,
     limit: opts.limit,
     resume: opts.resume,
@@ -418,14 +419,13 @@ async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
     if (!givenOnCli(cmd, 'channels', 'layersPerBlock') && s.config) config = s.config as Record<string, unknown>;
   }
   // The recipe clips gradients at 1 (a resumed run as it was stored); --clip-grad-norm 0 turns it off.
-  const clipGradNorm = opts.resume || givenOnCli(cmd, 'clipGradNorm') ? opts.clipGradNorm : d.clipGradNorm;
+  if (!opts.resume && !givenOnCli(cmd, 'clipGradNorm')) opts.clipGradNorm = d.clipGradNorm;
 
   epochsForSteps(cmd, opts, () => Math.min(opts.limit ?? Infinity, splitDataset(loadDataset({ data: opts.data }), DATA_SPLIT).train.n));
 
   const res = await trainUnet({
     ...d,
     ...commonTrainOptions(opts, d.epochs),
-    clipGradNorm: clipGradNorm === 0 ? undefined : clipGradNorm,
     config,
     prediction: opts.prediction,
     betaSchedule: opts.betaSchedule,

@@ -93,7 +93,7 @@ export interface UnetTrainOptions extends ModelTrainOptions {
 /**
  * The UNet of the recipe: mnistUnetConfig's widths (32, 64), one layer per level, but attention
  * only at the 4×4 level and in the mid block — at 8×8 the transformer costs ~30% of a training
- * step and bought nothing measurable (presets.ts).
+ * step and bought nothing measurable in the earlier recipe sweeps.
  */
 export const RECIPE_UNET_CONFIG: Partial<UNet2DConditionConfig> = {
   down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'],
