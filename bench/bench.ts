@@ -25,7 +25,7 @@ import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { loadNativeAddon, nativeLoadError, nativeThreadCount, registerNativeBackend } from '../src/backend/native.ts';
-import { type TrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
+import { type TrainStep, convnetFlops, convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
 
 interface BenchCase {
   name: string;
@@ -59,63 +59,8 @@ function gemmCase(name: string, M: number, K: number, N: number): BenchCase {
   };
 }
 
-/**
- * The reference convnet: batch 64 of 28x28x1 (input is also the target), conv3x3 1->32,
- * conv3x3 32->64 stride 2, conv3x3 64->64, 3x3 conv-transpose 64->32 stride 2 back to 28x28,
- * conv3x3 32->1; ReLU after every layer but the last, 'same' padding, biases, MSE, Adam 1e-3.
- */
-const CONVNET_LAYERS = [
-  { kind: 'conv', cin: 1, cout: 32, stride: 1, hw: 28 },
-  { kind: 'conv', cin: 32, cout: 64, stride: 2, hw: 14 },
-  { kind: 'conv', cin: 64, cout: 64, stride: 1, hw: 14 },
-  { kind: 'convT', cin: 64, cout: 32, stride: 2, hw: 28 },
-  { kind: 'conv', cin: 32, cout: 1, stride: 1, hw: 28 },
-] as const;
-
-function convnetFlops(batch: number): number {
-  // forward 2*B*(output pixels)*Cout*9*Cin for a conv; the transpose conv does the same work as
-  // the conv it transposes (14x14x64 <-> 28x28x32). Backward: x2 (dx and dw), no dx for layer 1.
-  let total = 0;
-  CONVNET_LAYERS.forEach((l, i) => {
-    const fwd = l.kind === 'conv' ? 2 * batch * l.hw * l.hw * l.cout * 9 * l.cin : 2 * batch * 14 * 14 * l.cin * 9 * l.cout;
-    total += fwd * (i === 0 ? 2 : 3);
-  });
-  return total;
-}
-
 function convnetCase(batch: number): BenchCase {
-  return {
-    name: 'convnet-train-step',
-    flops: convnetFlops(batch),
-    cpuSlow: true,
-    setup: () => {
-      const heInit = (shape: number[], fanIn: number) => tf.variable(tf.randomNormal(shape, 0, Math.sqrt(2 / fanIn)));
-      const w = CONVNET_LAYERS.map((l) => (l.kind === 'conv' ? heInit([3, 3, l.cin, l.cout], 9 * l.cin) : heInit([3, 3, l.cout, l.cin], 9 * l.cin)));
-      const b = CONVNET_LAYERS.map((l) => tf.variable(tf.zeros([l.cout])));
-      const x = tf.randomUniform([batch, 28, 28, 1]) as tf.Tensor4D;
-      const opt = tf.train.adam(1e-3);
-      const forward = (input: tf.Tensor4D): tf.Tensor4D => {
-        let h = input;
-        CONVNET_LAYERS.forEach((l, i) => {
-          const last = i === CONVNET_LAYERS.length - 1;
-          if (l.kind === 'conv') {
-            h = tf.fused.conv2d({ x: h, filter: w[i] as tf.Tensor4D, strides: l.stride, pad: 'same', bias: b[i], activation: last ? 'linear' : 'relu' });
-          } else {
-            h = tf.relu(tf.add(tf.conv2dTranspose(h, w[i] as tf.Tensor4D, [batch, l.hw, l.hw, l.cout], l.stride, 'same'), b[i])) as tf.Tensor4D;
-          }
-        });
-        return h;
-      };
-      return {
-        run: () => {
-          const loss = opt.minimize(() => tf.losses.meanSquaredError(x, forward(x)) as tf.Scalar, true);
-          loss!.dataSync();
-          loss!.dispose();
-        },
-        dispose: () => { [...w, ...b, x].forEach((t) => t.dispose()); opt.dispose(); },
-      };
-    },
-  };
+  return { name: 'convnet-train-step', flops: convnetFlops(batch), cpuSlow: true, setup: () => convnetTrainStep(batch) };
 }
 
 /** A model training step from bench/cases.ts (the cpu backend takes seconds to minutes per step). */
@@ -180,7 +125,11 @@ class Torch {
   private lines: AsyncIterableIterator<string>;
   version = '';
   private constructor(threads: number) {
-    this.proc = spawn(PYTHON, ['-c', TORCH_SCRIPT, String(threads)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // torch.set_num_threads does not reach the BLAS library a Debian torch calls (OpenBLAS, when
+    // libopenblas0 is installed, runs its own pool over every core): pin it through the environment.
+    const t = String(threads);
+    const env = { ...process.env, OMP_NUM_THREADS: t, OPENBLAS_NUM_THREADS: t, MKL_NUM_THREADS: t };
+    this.proc = spawn(PYTHON, ['-c', TORCH_SCRIPT, t], { stdio: ['pipe', 'pipe', 'pipe'], env });
     this.lines = createInterface({ input: this.proc.stdout })[Symbol.asyncIterator]();
   }
   static async start(threads: number): Promise<Torch | null> {

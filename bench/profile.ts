@@ -7,13 +7,13 @@
  * for 1 ms costs 2 ms): unlike wall time, that is not inflated when other processes share the
  * cores. --clock wall measures elapsed time. "step" is the median wall time of a whole step.
  *
- *   node bin/run-ts.mjs bench/profile.ts vae|unet [--backend native|cpu] [--steps 3] [--clock cpu|wall] [--top 12] [--shapes 15] [--fused]
+ *   node bin/run-ts.mjs bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps 3] [--clock cpu|wall] [--top 12] [--shapes 15] [--fused]
  *
  * --fused routes src/nn's GroupNorm / LayerNorm / SiLU through the fused ops (see bench/cases.ts).
  */
 import * as tf from '@tensorflow/tfjs';
 import { registerNativeBackend } from '../src/backend/native.ts';
-import { unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
+import { convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
 
 const args = process.argv.slice(2);
 const which = args[0];
@@ -21,8 +21,8 @@ const opt = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1]! : dflt;
 };
-if (which !== 'vae' && which !== 'unet') {
-  console.error('usage: bench/profile.ts vae|unet [--backend native|cpu] [--steps N] [--clock cpu|wall] [--top N] [--shapes N]');
+if (which !== 'vae' && which !== 'unet' && which !== 'convnet') {
+  console.error('usage: bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps N] [--clock cpu|wall] [--top N] [--shapes N]');
   process.exit(2);
 }
 const backend = opt('backend', 'native');
@@ -61,7 +61,7 @@ for (const config of tf.getKernelsForBackend(backend)) {
       } finally {
         const ms = now() - t0;
         depth--;
-        const shapes = Object.values(a.inputs).map((t) => `[${(t as tf.TensorInfo).shape}]`).join(' ');
+        const shapes = Object.values(a.inputs).filter((t) => t != null).map((t) => `[${(t as tf.TensorInfo).shape}]`).join(" ");
         add(byName, config.kernelName, ms);
         add(byShape, `${config.kernelName} ${shapes}`, ms);
       }
@@ -69,7 +69,7 @@ for (const config of tf.getKernelsForBackend(backend)) {
   });
 }
 
-const step = which === 'vae' ? vaeTrainStep() : unetTrainStep();
+const step = which === 'vae' ? vaeTrainStep() : which === 'unet' ? unetTrainStep() : convnetTrainStep();
 step.run(); // warm-up
 const walls: number[] = [];
 let cpuTotal = 0;

@@ -1,8 +1,9 @@
 /**
  * The native backend's convolutions against tfjs's `cpu` backend, forward and through tf.grads,
  * on the shapes that pick each code path: the im2col-free (indirect) forward with one and
- * several K blocks (Cin·taps above 256, Cin above 256), the stride-1 input gradient computed as
- * a convolution with the flipped filter (with asymmetric 'same' padding), the
+ * several K blocks (Cin·taps above 256, Cin above 256), the input gradient computed per stride
+ * phase as an implicit GEMM over dy (stride 1: one phase; 2 and 3: taps split unevenly between
+ * phases, some phases with no taps; asymmetric 'same' padding), the
  * filter gradient packed straight from x, strided convolutions, 1x1 convolutions, few output
  * channels (direct loops) — at 1 and 2 threads, then the same on the portable (non-SIMD) kernels
  * in a child process (SDLAB_ISA=generic) and on the old im2col path (SDLAB_IM2COL=1).
@@ -25,7 +26,8 @@ const CASES: Case[] = [
   { x: [2, 5, 7, 40], k: 3, cout: 17, stride: 1, pad: 'valid', dil: 1 }, // two tap blocks, ragged N panel
   { x: [1, 9, 8, 6], k: 3, cout: 20, stride: 1, pad: 'same', dil: 2 }, // dilation (forward only: tfjs has no dilated gradients)
   { x: [2, 8, 7, 5], k: 4, cout: 9, stride: 1, pad: 'same', dil: 1 }, // even kernel: asymmetric 'same' pads
-  { x: [2, 9, 9, 12], k: 3, cout: 16, stride: 2, pad: 'valid', dil: 1 }, // stride 2 (GEMM + col2im input gradient)
+  { x: [2, 9, 9, 12], k: 3, cout: 16, stride: 2, pad: 'valid', dil: 1 }, // stride 2: 4 phases with 4, 2, 2, 1 taps
+  { x: [2, 10, 11, 5], k: 4, cout: 6, stride: 3, pad: 'same', dil: 1 }, // stride 3 > half the kernel: uneven phases
   { x: [3, 8, 8, 7], k: 3, cout: 33, stride: 2, pad: 'same', dil: 1 },
   { x: [2, 5, 5, 24], k: 1, cout: 10, stride: 1, pad: 0, dil: 1 }, // 1x1: plain GEMM
   { x: [2, 6, 6, 9], k: 1, cout: 7, stride: 2, pad: 0, dil: 1 }, // strided 1x1

@@ -3,7 +3,11 @@
 //   forward:          out   = cols · W
 //   backprop filter:  dW    = colsᵀ · dy
 //   backprop input:   dcols = dy · Wᵀ, then col2im (a gather, so threads never collide).
-// The cols matrix is built in chunks of images so it stays near the L3 cache and memory stays bounded.
+// With an AVX2 (or generic) kernel none of these matrices is built: the forward pass and the input
+// gradient run the micro-kernel over pointers into x or dy (conv2d_indirect, and per stride phase
+// conv2d_backprop_input_phases), and the filter gradient packs colsᵀ straight from x (pack_cols_t).
+// The explicit im2col path (chunks of images, so cols stays near the L3 cache) remains for the
+// AVX-512 kernel, whose tile has another shape, and under SDLAB_IM2COL=1.
 #include "conv.h"
 
 #include <algorithm>
@@ -313,12 +317,15 @@ void conv2d_backprop_filter_small(const ConvShape& s, const float* x, const floa
 constexpr long KCONV = 256;  // K block of the indirect kernel: taps x channels per packed filter block
 constexpr long PANELS_PER_TASK = 8;  // 6-pixel tiles per task; the filter block is reused across them
 
-void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
-                     float alpha, IndirectKernel kern) {
+// The implicit GEMM behind both: out[m, 0..N) = sum over taps t, channels c of
+// in(m, t)[c] * w[t][c][0..N), where in(m, t) points at the Cin input floats that output row m
+// reads at tap t (nullptr: padding, reads zeros). `ptrs(m, r, stride)` writes in(m, t) to
+// r[t * stride] for every tap.
+template <class RowPtrs>
+void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* out, const float* bias, int act,
+                   float alpha, IndirectKernel kern, const RowPtrs& ptrs) {
   const int MR = IND_MR, NR = IND_NR;
-  const long taps = s.kh * s.kw, Cin = s.Cin, N = s.Cout;
-  const long np = (N + NR - 1) / NR;
-  const long M = s.B * s.outH * s.outW, mp = (M + MR - 1) / MR;
+  const long np = (N + NR - 1) / NR, mp = (M + MR - 1) / MR;
   // K blocks: whole taps [t0, t1) x channels [c0, c1).
   struct Blk { long t0, t1, c0, c1, off; };
   std::vector<Blk> blocks;
@@ -356,26 +363,14 @@ void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* 
     std::vector<const float*> rows(PANELS_PER_TASK * taps * MR);
     for (long g = g0; g < g1; ++g) {
       const long p0 = g * PANELS_PER_TASK, p1 = std::min(mp, p0 + PANELS_PER_TASK);
-      // rows[(p - p0) * taps * 6 + t * 6 + i]: input vector read by pixel p*6+i at tap t.
+      // rows[(p - p0) * taps * 6 + t * 6 + i]: input vector read by row p*6+i at tap t.
       for (long p = p0; p < p1; ++p) {
         const float** r = rows.data() + (p - p0) * taps * MR;
         for (int i = 0; i < MR; ++i) {
           const long m = p * MR + i;
-          long b = 0, oh = 0, ow = 0;
-          if (m < M) {
-            b = m / (s.outH * s.outW);
-            const long rem = m % (s.outH * s.outW);
-            oh = rem / s.outW;
-            ow = rem % s.outW;
-          }
-          for (long ki = 0; ki < s.kh; ++ki) {
-            const long ih = oh * s.sh - s.padTop + ki * s.dh;
-            for (long kj = 0; kj < s.kw; ++kj) {
-              const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-              const bool in = m < M && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
-              r[(ki * s.kw + kj) * MR + i] = in ? x + ((b * s.H + ih) * s.W + iw) * Cin : zeros.data();
-            }
-          }
+          if (m < M) ptrs(m, r + i, (long)MR);
+          for (long t = 0; t < taps; ++t)
+            if (m >= M || !r[t * MR + i]) r[t * MR + i] = zeros.data();
         }
       }
       for (size_t bi = 0; bi < blocks.size(); ++bi) {
@@ -394,6 +389,83 @@ void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* 
       epilogue(out, N, p0 * MR, std::min(M, p1 * MR), N, bias, act, alpha);
     }
   });
+}
+
+void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
+                     float alpha, IndirectKernel kern) {
+  const long P = s.outH * s.outW;
+  indirect_gemm(s.B * P, s.kh * s.kw, s.Cin, s.Cout, w, out, bias, act, alpha, kern,
+                [&](long m, const float** r, long stride) {
+                  const long b = m / P, oh = (m % P) / s.outW, ow = m % s.outW;
+                  for (long ki = 0; ki < s.kh; ++ki) {
+                    const long ih = oh * s.sh - s.padTop + ki * s.dh;
+                    for (long kj = 0; kj < s.kw; ++kj) {
+                      const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+                      const bool in = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+                      r[(ki * s.kw + kj) * stride] = in ? x + ((b * s.H + ih) * s.W + iw) * s.Cin : nullptr;
+                    }
+                  }
+                });
+}
+
+// The input gradient, any stride, without col2im: dx[b, ih, iw] collects dy[b, oh, ow] · w[ki, kj]ᵀ
+// over the taps with oh*sh = ih + padTop - ki*dh (and the same for columns). Which taps reach a
+// pixel depends only on its phase (ih mod sh, iw mod sw), so each phase is a stride-1 implicit
+// GEMM over its own sub-grid of dx, with its own subset of taps (for 3x3 stride 2: 4, 2, 2 and 1);
+// the phases' taps add up to the filter, so the work is that of the forward convolution.
+void conv2d_backprop_input_phases(const ConvShape& s, const float* dy, const float* w, float* dx, IndirectKernel kern) {
+  const long Cin = s.Cin, Cout = s.Cout;
+  const bool one_phase = s.sh == 1 && s.sw == 1;
+  std::vector<float> sub;  // a phase's dense dx rows, scattered into dx afterwards (stride > 1 only)
+  for (long ph = 0; ph < std::min(s.sh, s.H); ++ph)
+    for (long pw = 0; pw < std::min(s.sw, s.W); ++pw) {
+      const long nh = (s.H - ph + s.sh - 1) / s.sh, nw = (s.W - pw + s.sw - 1) / s.sw, M = s.B * nh * nw;
+      // Taps that reach this phase, with the dy row/column offset they read at: oh = i + oh0.
+      std::vector<long> tki, tkj, oh0, ow0;
+      for (long ki = 0; ki < s.kh; ++ki) {
+        const long q = ph + s.padTop - ki * s.dh;
+        if (((q % s.sh) + s.sh) % s.sh) continue;
+        for (long kj = 0; kj < s.kw; ++kj) {
+          const long u = pw + s.padLeft - kj * s.dw;
+          if (((u % s.sw) + s.sw) % s.sw) continue;
+          tki.push_back(ki); tkj.push_back(kj); oh0.push_back(q / s.sh); ow0.push_back(u / s.sw);
+        }
+      }
+      const long taps = (long)tki.size();
+      float* o = dx;
+      if (!one_phase) {
+        sub.resize((size_t)M * Cin);
+        o = sub.data();
+      }
+      if (taps == 0) {
+        std::fill(o, o + M * Cin, 0.f);
+      } else {
+        // Filter of this phase as [tap][co][ci].
+        std::vector<float> wt(taps * Cout * Cin);
+        for (long t = 0; t < taps; ++t)
+          for (long ci = 0; ci < Cin; ++ci)
+            for (long co = 0; co < Cout; ++co)
+              wt[(t * Cout + co) * Cin + ci] = w[((tki[t] * s.kw + tkj[t]) * Cin + ci) * Cout + co];
+        indirect_gemm(M, taps, Cout, Cin, wt.data(), o, nullptr, ACT_LINEAR, 0.f, kern,
+                      [&](long m, const float** r, long stride) {
+                        const long b = m / (nh * nw), i = (m % (nh * nw)) / nw, j = m % nw;
+                        for (long t = 0; t < taps; ++t) {
+                          const long oh = i + oh0[t], ow = j + ow0[t];
+                          const bool in = oh >= 0 && oh < s.outH && ow >= 0 && ow < s.outW;
+                          r[t * stride] = in ? dy + ((b * s.outH + oh) * s.outW + ow) * Cout : nullptr;
+                        }
+                      });
+      }
+      if (!one_phase)
+        parallel_for(s.B * nh, 16, [&](long rb, long re) {
+          for (long r = rb; r < re; ++r) {
+            const long b = r / nh, i = r % nh;
+            float* d = dx + ((b * s.H + ph + i * s.sh) * s.W + pw) * Cin;
+            const float* src = sub.data() + r * nw * Cin;
+            for (long j = 0; j < nw; ++j, d += s.sw * Cin, src += Cin) std::memcpy(d, src, Cin * sizeof(float));
+          }
+        });
+    }
 }
 
 // The filter gradient dW[(t, c), co] = sum over pixels k of x[k at tap t][c] * dy[k][co] is a
@@ -503,21 +575,8 @@ void conv2d_backprop_input(const ConvShape& s, const float* dy, const float* w, 
     sgemm(g);
     return;
   }
-  IndirectKernel kern = indirect_kernel();
-  if (kern && s.sh == 1 && s.sw == 1 && !std::getenv("SDLAB_IM2COL")) {
-    // Stride 1: dx is the convolution of dy with the filter flipped in space and with its channel
-    // axes swapped, padded by (k-1)*d - pad (dx[ih] collects dy[ih + pad - ki*d]).
-    const long taps = s.kh * s.kw;
-    std::vector<float> wf(taps * s.Cin * s.Cout);
-    for (long t = 0; t < taps; ++t) {
-      const long ki = t / s.kw, kj = t % s.kw, tf = (s.kh - 1 - ki) * s.kw + (s.kw - 1 - kj);
-      for (long ci = 0; ci < s.Cin; ++ci)
-        for (long co = 0; co < s.Cout; ++co) wf[(tf * s.Cout + co) * s.Cin + ci] = w[(t * s.Cin + ci) * s.Cout + co];
-    }
-    ConvShape r{s.B, s.outH, s.outW, s.Cout, s.H, s.W, s.Cin, s.kh, s.kw, 1, 1, s.dh, s.dw,
-                (s.kh - 1) * s.dh - s.padTop, (s.kw - 1) * s.dw - s.padLeft};
-    return conv2d_indirect(r, dy, wf.data(), dx, nullptr, ACT_LINEAR, 0.f, kern);
-  }
+  if (IndirectKernel kern = indirect_kernel(); kern && !std::getenv("SDLAB_IM2COL"))
+    return conv2d_backprop_input_phases(s, dy, w, dx, kern);
   if (s.Cout <= SMALL_COUT) return conv2d_backprop_input_small(s, dy, w, dx);
   const long ipc = images_per_chunk(s);
   float* dcols = scratch(0, (size_t)ipc * P * Kc);
