@@ -4,7 +4,8 @@
  * several K blocks (Cin·taps above 256, Cin above 256), the input gradient computed per stride
  * phase as an implicit GEMM over dy (stride 1: one phase; 2 and 3: taps split unevenly between
  * phases, some phases with no taps; asymmetric 'same' padding), the
- * filter gradient packed straight from x, strided convolutions, 1x1 convolutions, few output
+ * filter gradient with x's channel runs packed straight into the GEMM's B panels (split between
+ * threads by panels, or by pixels when there are few panels), strided convolutions, 1x1 convolutions, few output
  * channels (direct loops) — at 1 and 2 threads, then the same on the portable (non-SIMD) kernels
  * in a child process (SDLAB_ISA=generic) and on the old im2col path (SDLAB_IM2COL=1).
  * Error measure: max |native − cpu| / √K ≤ 1e-5, K the length of the longest sum.
@@ -35,6 +36,7 @@ const CASES: Case[] = [
   { x: [2, 7, 6, 70], k: 3, cout: 3, stride: 2, pad: 'same', dil: 1 }, // few outputs, 32-channel blocks + tail, strided
   { x: [3, 5, 6, 13], k: 2, cout: 2, stride: 1, pad: 'valid', dil: 1 }, // few outputs, odd Cin
   { x: [1, 4, 3, 1], k: 2, cout: 5, stride: 1, pad: 'valid', dil: 1 }, // Cin 1
+  { x: [5, 16, 15, 3], k: 3, cout: 8, stride: 1, pad: 'same', dil: 1 }, // filter gradient over 1200 pixels: K blocks split between threads
 ];
 
 /** Worst error over CASES, forward and both gradients. */

@@ -164,6 +164,41 @@ __attribute__((target("avx2,fma"))) void small_rows_avx2(const ConvShape& s, con
 }
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+// One output channel: four independent sums in registers, or the FMA latency sets the pace.
+__attribute__((target("avx2,fma"))) void small_rows_cout1_avx2(const ConvShape& s, const float* x, const float* w,
+                                                                long rb, long re, float* out) {
+  const long C32 = s.Cin / 32 * 32, C8 = s.Cin / 8 * 8;
+  for (long r = rb; r < re; ++r) {
+    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    float tail = 0.f;
+    for (long ki = 0; ki < s.kh; ++ki) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (long kj = 0; kj < s.kw; ++kj) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
+        const float* wp = w + (ki * s.kw + kj) * s.Cin;
+        long c = 0;
+        for (; c < C32; c += 32) {
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(wp + c), a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 8), _mm256_loadu_ps(wp + c + 8), a1);
+          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 16), _mm256_loadu_ps(wp + c + 16), a2);
+          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 24), _mm256_loadu_ps(wp + c + 24), a3);
+        }
+        for (; c < C8; c += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(wp + c), a0);
+        for (; c < s.Cin; ++c) tail += xp[c] * wp[c];
+      }
+    }
+    alignas(32) float t[8];
+    _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    out[r] = (((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))) + tail;
+  }
+}
+#endif
+
 void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
   std::vector<float> wt = filter_by_cout(s, w);
   const long rows = s.B * s.outH * s.outW;
@@ -175,7 +210,8 @@ void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out
   parallel_for(rows, 256, [&](long rb, long re) {
 #if defined(__x86_64__) || defined(__i386__)
     if (simd) {
-      small_rows_avx2(s, x, wt.data(), rb, re, out);
+      if (s.Cout == 1) small_rows_cout1_avx2(s, x, w, rb, re, out);  // [taps, Cin, 1] is already per-tap rows
+      else small_rows_avx2(s, x, wt.data(), rb, re, out);
       epilogue(out, s.Cout, rb, re, s.Cout, bias, act, alpha);
       return;
     }
@@ -541,6 +577,115 @@ void pack_cols_t(const void* ctx, long m0, int mr, int MR, long k0, long kc, flo
       for (int i = mr; i < MR; ++i) dst[k * MR + i] = 0.f;
 }
 
+// The filter gradient with the operands swapped, for the usual case of few output channels:
+// dWᵀ[co, (t, c)] = sum over pixels k of dy[k][co] * cols[k][(t, c)]. The big operand, the
+// implicit im2col matrix, is now B, whose 16-wide panels are runs of contiguous channels of x
+// (plain copies, not the 6-row transposes an A panel needs); each thread packs its own panels one
+// K block at a time, just before the kernel reads them. dyᵀ (Cout rows) is the small, A side.
+constexpr long KC_FILTER = 512;
+
+void conv2d_backprop_filter_panels(const ConvShape& s, const float* x, const float* dy, float* dw, PackedKernel kern) {
+  const int MR = IND_MR, NR = IND_NR;
+  const long Cin = s.Cin, Cout = s.Cout, Kc = s.kh * s.kw * Cin, P = s.outH * s.outW, Kpix = s.B * P;
+  const long np = (Kc + NR - 1) / NR, mp = (Cout + MR - 1) / MR, ldc = np * NR;
+  const long nkb = (Kpix + KC_FILTER - 1) / KC_FILTER;
+  const int T = Pool::get().threads();
+  // Threads split the panels when there are enough of them, else the pixels (each part then
+  // accumulates into its own copy of dWᵀ, summed at the end).
+  const int kparts = np >= 2 * T ? 1 : (int)std::max<long>(1, std::min<long>(T, nkb));
+  std::vector<std::vector<float>> C(kparts, std::vector<float>(mp * MR * ldc));
+  // Column runs of panel j: columns [q, q + len) are channels [c, c + len) of tap (ki, kj).
+  struct Run { long ki, kj, c, len, off; };
+  auto runs_of = [&](long j) {
+    std::vector<Run> runs;
+    for (long q = j * NR; q < std::min(Kc, (j + 1) * NR);) {
+      const long t = q / Cin, c = q % Cin, len = std::min(std::min(Kc, (j + 1) * NR) - q, Cin - c);
+      runs.push_back({t / s.kw, t % s.kw, c, len, q - j * NR});
+      q += len;
+    }
+    return runs;
+  };
+  const int tasks = kparts > 1 ? kparts : T;
+  Pool::get().run(tasks, [&](int task) {
+    const long jb = kparts > 1 ? 0 : np * task / tasks, je = kparts > 1 ? np : np * (task + 1) / tasks;
+    const long kb0 = kparts > 1 ? nkb * task / kparts : 0, kb1 = kparts > 1 ? nkb * (task + 1) / kparts : nkb;
+    float* const Cd = C[kparts > 1 ? task : 0].data();
+    float* const Apk = scratch(2, (size_t)mp * MR * KC_FILTER);
+    float* const Bp = scratch(3, (size_t)KC_FILTER * NR);
+    std::vector<std::vector<Run>> runs;
+    for (long j = jb; j < je; ++j) runs.push_back(runs_of(j));
+    for (long kb = kb0; kb < kb1; ++kb) {
+      const long k0 = kb * KC_FILTER, kc = std::min(KC_FILTER, Kpix - k0);
+      // dyᵀ block: panel p holds dy[k0 + k][p*6 + i] at [k][i].
+      for (long p = 0; p < mp; ++p) {
+        float* d = Apk + p * kc * MR;
+        const long m0 = p * MR, mr = std::min<long>(MR, Cout - m0);
+        for (long k = 0; k < kc; ++k, d += MR) {
+          const float* src = dy + (k0 + k) * Cout + m0;
+          long i = 0;
+          for (; i < mr; ++i) d[i] = src[i];
+          for (; i < MR; ++i) d[i] = 0.f;
+        }
+      }
+      for (long j = jb; j < je; ++j) {
+        const std::vector<Run>& rj = runs[j - jb];
+        const long width = rj.back().off + rj.back().len;
+        if (width < NR)
+          for (long k = 0; k < kc; ++k) std::memset(Bp + k * NR + width, 0, (NR - width) * sizeof(float));
+        for (const Run& r : rj) {
+          // Walk the block's pixels one output-row segment at a time: along a row the tap reads x
+          // at a fixed stride, inside [lo, hi) of the row, zeros outside (as pack_cols_t does).
+          const long off = r.kj * s.dw - s.padLeft;  // iw = ow*sw + off
+          const long lo = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
+          const long hi = std::max<long>(lo, std::min<long>(s.outW, s.W - off > 0 ? (s.W - off + s.sw - 1) / s.sw : 0));
+          long b = k0 / P, oh = (k0 % P) / s.outW, ow = k0 % s.outW;
+          float* d = Bp + r.off;
+          for (long k = 0; k < kc;) {
+            const long n = std::min(kc - k, s.outW - ow), e = ow + n;
+            const long ih = oh * s.sh - s.padTop + r.ki * s.dh;
+            long a1 = e, a2 = e;  // valid range [a1, a2) of this segment
+            if (ih >= 0 && ih < s.H) {
+              a1 = std::min(std::max(ow, lo), e);
+              a2 = std::max(a1, std::min(e, hi));
+            }
+            for (long q = ow; q < a1; ++q)
+              for (long c = 0; c < r.len; ++c) d[(q - ow) * NR + c] = 0.f;
+            const float* src = x + ((b * s.H + ih) * s.W + a1 * s.sw + off) * Cin + r.c;
+            if (r.len == NR) {
+              for (long q = a1; q < a2; ++q, src += s.sw * Cin) std::memcpy(d + (q - ow) * NR, src, NR * sizeof(float));
+            } else if (r.len == 1) {
+              for (long q = a1; q < a2; ++q, src += s.sw * Cin) d[(q - ow) * NR] = *src;
+            } else {
+              for (long q = a1; q < a2; ++q, src += s.sw * Cin) std::memcpy(d + (q - ow) * NR, src, r.len * sizeof(float));
+            }
+            for (long q = a2; q < e; ++q)
+              for (long c = 0; c < r.len; ++c) d[(q - ow) * NR + c] = 0.f;
+            d += n * NR;
+            k += n;
+            ow = e;
+            if (ow == s.outW) {
+              ow = 0;
+              if (++oh == s.outH) {
+                oh = 0;
+                ++b;
+              }
+            }
+          }
+        }
+        for (long p = 0; p < mp; ++p)
+          kern(kc, Apk + p * kc * MR, Bp, Cd + p * MR * ldc + j * NR, ldc, MR, NR, kb > kb0);
+      }
+    }
+  });
+  // dw[(t, c)][co] = sum over parts of dWᵀ[co][(t, c)].
+  for (long q = 0; q < Kc; ++q)
+    for (long co = 0; co < Cout; ++co) {
+      float v = 0.f;
+      for (int part = 0; part < kparts; ++part) v += C[part][co * ldc + q];
+      dw[q * Cout + co] = v;
+    }
+}
+
 }  // namespace
 
 void conv2d(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
@@ -598,6 +743,8 @@ void conv2d_backprop_filter(const ConvShape& s, const float* x, const float* dy,
     return;
   }
   if (s.Cout <= SMALL_COUT) return conv2d_backprop_filter_small(s, x, dy, dw);
+  if (PackedKernel kern = packed_kernel(); kern && !std::getenv("SDLAB_IM2COL"))
+    return conv2d_backprop_filter_panels(s, x, dy, dw, kern);
   if (!std::getenv("SDLAB_IM2COL")) {
     ColsT ct{&s, x};
     g.K = s.B * P; g.B = dy; g.pack_a = pack_cols_t; g.pack_a_ctx = &ct;

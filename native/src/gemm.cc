@@ -507,6 +507,8 @@ IndirectKernel indirect_kernel() {
   return nullptr;
 }
 
+PackedKernel packed_kernel() { return indirect_kernel() ? kernel().fn : nullptr; }
+
 float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }
 
 void epilogue(float* C, long ldc, long m0, long m1, long N, const float* bias, int act, float alpha) {

@@ -40,6 +40,11 @@ typedef void (*IndirectKernel)(long ntaps, long clen, long coff, const float* co
 constexpr int IND_MR = 6, IND_NR = 16;
 // The indirect kernel for this CPU, or nullptr where the GEMM uses a kernel of another shape (AVX-512).
 IndirectKernel indirect_kernel();
+// The packed micro-kernel of the same tile, on panels laid out A [k][6] and B [k][16]:
+//   C[i][0..nr) (+)= sum over k < kc of A[k*6 + i] * B[k*16 + 0..16)   for i < mr;
+// nullptr where indirect_kernel() is.
+typedef void (*PackedKernel)(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc);
+PackedKernel packed_kernel();
 float sdot(const float* x, const float* y, long n);
 
 }  // namespace sdlab
