@@ -9,7 +9,8 @@
  *   npm run bench -- --threads 1 --runs 7 --cases sgemm-1024,convnet-train-step
  *   npm run bench -- --cpu-slow           # also time the cpu backend on the training steps (slow)
  *
- * Cases: GEMMs (1024³ and two Stable Diffusion shapes), the reference convnet training step, and
+ * Cases: fma-peak (one core's FMA peak, measured in the same run: the GEMM rows give their fraction of it),
+ * GEMMs (1024³ and two Stable Diffusion shapes), the reference convnet training step, and
  * the model training steps of bench/cases.ts: vae-train-step (AutoencoderKL, MNIST preset, batch
  * 32 of 32×32×1, MSE + KL, Adam) and unet-train-step (UNet2DConditionModel, MNIST preset, batch
  * 64 of 8×8×4 latents, text context [64, 16, 128], ε-MSE, Adam), each also as *-fused: the same
@@ -31,8 +32,10 @@ interface BenchCase {
   name: string;
   /** FLOPs of one run (for GFLOP/s), 0 if not meaningful. */
   flops: number;
-  /** Builds inputs on the current backend; returns one run (which must finish its work synchronously or by the returned promise). */
-  setup: () => { run: () => void | Promise<void>; dispose: () => void };
+  /** Builds inputs on the current backend; returns one run (which must finish its work synchronously or by the returned promise), and the FLOPs of one run where only the setup knows them. */
+  setup: () => { run: () => void | Promise<void>; dispose: () => void; flops?: number };
+  /** Runs on the native backend only (no tfjs or torch counterpart). */
+  nativeOnly?: boolean;
   /** The cpu backend is too slow for this case: run it once, and only with --cpu-slow. */
   cpuSlow?: boolean;
   /** Not implemented yet: listed as skipped. */
@@ -68,7 +71,24 @@ function trainCase(name: string, make: () => TrainStep, fused: boolean): BenchCa
   return { name, flops: 0, cpuSlow: true, prepare: fused ? useFusedOps : undefined, setup: make };
 }
 
+/**
+ * One core's peak: each native thread runs 12 independent FMA chains in the GEMM kernel's vector
+ * width at once. The GEMM rows then say what fraction of this run's peak they reach (a VM's
+ * clock moves with its neighbours' load, so a peak measured on another day says little).
+ */
+function fmaPeakCase(): BenchCase {
+  const iters = 5_000_000;
+  return {
+    name: 'fma-peak', flops: 0, nativeOnly: true,
+    setup: () => {
+      const addon = loadNativeAddon()!;
+      return { run: () => { addon.fmaPeak(iters); }, dispose: () => {}, flops: addon.fmaPeak(iters) };
+    },
+  };
+}
+
 const CASES: BenchCase[] = [
+  fmaPeakCase(),
   gemmCase('sgemm-1024', 1024, 1024, 1024),
   gemmCase('sd-gemm-4096x2880x320', 4096, 2880, 320),
   gemmCase('sd-gemm-4096x320x4096', 4096, 320, 4096),
@@ -196,7 +216,12 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-interface Row { case: string; backend: string; medianMs: number | null; cpuMs?: number | null; gflops: number | null; runs: number; threads: number; note?: string }
+interface Row {
+  case: string; backend: string; medianMs: number | null; cpuMs?: number | null; gflops: number | null; runs: number; threads: number;
+  /** Native GEMMs: GFLOP/s per thread as a fraction of this run's fma-peak per thread. */
+  ofPeak?: number;
+  note?: string;
+}
 
 async function main(): Promise<void> {
   const opts = parseArgs(process.argv.slice(2));
@@ -221,12 +246,13 @@ async function main(): Promise<void> {
       continue;
     }
     // Backends for this case, each with a setup()'d run function (tfjs) or the torch process.
-    type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; cpu: number[]; note?: string };
+    type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; cpu: number[]; flops: number; note?: string };
     c.prepare?.();
     const runners: Runner[] = [];
     for (const backend of ['cpu', 'native']) {
       if (!opts.backends.includes(backend)) continue;
       if (backend === 'native' && !haveNative) continue;
+      if (backend === 'cpu' && c.nativeOnly) continue;
       let runs = opts.runs;
       let note: string | undefined;
       if (backend === 'cpu' && c.cpuSlow) {
@@ -241,7 +267,7 @@ async function main(): Promise<void> {
       const s = c.setup();
       const bname = backend;
       const r: Runner = {
-        backend, runs, note, times: [], cpu: [],
+        backend, runs, note, times: [], cpu: [], flops: s.flops ?? c.flops,
         time: async () => {
           await tf.setBackend(bname);
           const t0 = performance.now(), c0 = process.cpuUsage();
@@ -254,7 +280,7 @@ async function main(): Promise<void> {
       };
       runners.push(r);
     }
-    if (torch && TORCH_CASE_NAMES.includes(c.name)) runners.push({ backend: 'torch', runs: opts.runs, times: [], cpu: [], time: () => torch.time(c.name), dispose: () => {} });
+    if (torch && TORCH_CASE_NAMES.includes(c.name)) runners.push({ backend: 'torch', runs: opts.runs, times: [], cpu: [], flops: c.flops, time: () => torch.time(c.name), dispose: () => {} });
 
     // Warm-up, then interleaved rounds.
     for (const r of runners) if (r.runs > 1) {
@@ -266,9 +292,12 @@ async function main(): Promise<void> {
     }
     for (const r of runners) {
       const ms = median(r.times);
+      const gflops = r.flops ? round2(r.flops / ms / 1e6) : null;
+      const peak = rows.find((p) => p.case === 'fma-peak' && p.gflops !== null)?.gflops;
+      const ofPeak = r.backend === 'native' && c.name.includes('gemm') && peak && gflops ? Math.round((1000 * gflops) / peak) / 1000 : undefined;
       emit({ case: c.name, backend: r.backend, medianMs: round2(ms), cpuMs: r.cpu.length ? round2(median(r.cpu)) : null,
-        gflops: c.flops ? round2(c.flops / ms / 1e6) : null, runs: r.times.length,
-        threads: r.backend === 'cpu' ? 1 : opts.threads, ...(r.note ? { note: r.note } : {}) });
+        gflops, runs: r.times.length, threads: r.backend === 'cpu' ? 1 : opts.threads,
+        ...(ofPeak !== undefined ? { ofPeak } : {}), ...(r.note ? { note: r.note } : {}) });
       r.dispose();
     }
   }
@@ -277,6 +306,8 @@ async function main(): Promise<void> {
 }
 
 const round2 = (x: number) => Math.round(x * 100) / 100;
+/** One Zen 4 core's FMA peak (32 FLOP/cycle at ~3.6 GHz), the figure issue 3 was written against. */
+const NOMINAL_PEAK = 115;
 
 function printTable(rows: Row[], threads: number): void {
   const head = ['case', 'backend', 'threads', 'median ms', 'cpu ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', 'note'];
@@ -295,6 +326,10 @@ function printTable(rows: Row[], threads: number): void {
     const nat = rs.find((r) => r.backend === 'native');
     if (!nat) continue;
     for (const o of rs) if (o !== nat) notes.push(`${name}: native is ${(o.medianMs! / nat.medianMs!).toFixed(2)}x ${o.backend}`);
+    if (nat.ofPeak !== undefined) {
+      notes.push(`${name}: native per thread is ${(100 * nat.ofPeak).toFixed(0)}% of this run's FMA peak per thread ` +
+        `(${(100 * nat.gflops! / nat.threads / NOMINAL_PEAK).toFixed(0)}% of a nominal ${NOMINAL_PEAK} GFLOP/s core)`);
+    }
   }
   if (notes.length) console.log(`\n${notes.join('\n')}`);
   console.log(`\n(cpu is tfjs's single-threaded JS backend; native and torch use ${threads} thread(s).)`);

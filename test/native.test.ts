@@ -34,6 +34,29 @@ describe('native backend: GEMM kernels', () => {
     expect(parity([{ shape: [131, 900] }, { shape: [900, 75] }], (a, b) => tf.matMul(a, b), 900)).toBeLessThanOrEqual(TOL);
   });
 
+  it('wide matMuls (N > 384: A packed by the 6-row SIMD transpose, K tails, K blocks of uneven length)', () => {
+    const addon = loadNativeAddon()!;
+    let worst = 0;
+    for (const [M, K, N, threads] of [[13, 37, 400, 1], [7, 1030, 390, 2], [20, 5, 777, 2], [6, 513, 401, 1]]) {
+      addon.setThreads(threads);
+      worst = Math.max(worst, parity([{ shape: [M, K] }, { shape: [K, N] }], (a, b) => tf.matMul(a, b), K));
+    }
+    addon.setThreads(2);
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
+  it('fmaPeak counts the FLOPs of its 12 FMA chains on every thread', () => {
+    const addon = loadNativeAddon()!;
+    // FLOPs per chain step: 2 per lane; lanes per vector by the GEMM's ISA.
+    const perStep = { 'avx512': 32, 'avx2+fma': 16, 'generic': 2 }[addon.isa()];
+    expect(perStep).toBeDefined();
+    for (const threads of [1, 2]) {
+      addon.setThreads(threads);
+      expect(addon.fmaPeak(1000)).toBe(threads * 12 * perStep! * 1000);
+    }
+    addon.setThreads(2);
+  });
+
   it('fused matMul (bias, activations) forward and gradients', () => {
     let worst = 0;
     for (const activation of ['linear', 'relu', 'relu6', 'sigmoid', 'elu', 'leakyrelu'] as const) {

@@ -475,6 +475,28 @@ napi_value Isa(napi_env env, napi_callback_info) {
   return v;
 }
 
+// fmaPeak(iters): every pool thread runs the FMA probe at once; returns the FLOPs done in all.
+napi_value FmaPeak(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    const long iters = a.lng(0);
+    Pool& pool = Pool::get();
+    std::vector<double> flops(pool.threads(), 0.0);
+    std::vector<float> sink(pool.threads(), 0.f);
+    pool.run(pool.threads(), [&](int t) {
+      FmaProbe p = fma_probe(iters);
+      flops[t] = p.flops;
+      sink[t] = p.value;
+    });
+    double total = 0;
+    for (double f : flops) total += f;
+    if (sink[0] != sink[0]) total = -1;  // never (the chains converge to 1e-6/1e-6 = 1): keeps sink live
+    napi_value v;
+    napi_create_double(env, total, &v);
+    return v;
+  });
+}
+
 napi_value HardwareThreads(napi_env env, napi_callback_info) {
   napi_value v;
   napi_create_int32(env, (int)std::thread::hardware_concurrency(), &v);
@@ -513,6 +535,7 @@ napi_value Init(napi_env env, napi_value exports) {
              {"groupNormGrad", GroupNormGrad},
              {"activation", Activation},
              {"activationGrad", ActivationGrad},
+             {"fmaPeak", FmaPeak},
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},

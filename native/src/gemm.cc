@@ -507,6 +507,58 @@ IndirectKernel indirect_kernel() {
   return nullptr;
 }
 
+// ---- the machine's FMA peak (for the benchmark: GEMM speed as a fraction of it) ----
+// 12 independent FMA chains, enough to cover the FMA latency on 2 pipes; the vector width of
+// the GEMM's own kernel. Returns a value that depends on the result, so nothing is optimised away.
+#ifdef SDLAB_X86
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(long iters) {
+  __m256 a0 = _mm256_set1_ps(0.f), a1 = _mm256_set1_ps(1.f), a2 = _mm256_set1_ps(2.f), a3 = _mm256_set1_ps(3.f),
+         a4 = _mm256_set1_ps(4.f), a5 = _mm256_set1_ps(5.f), a6 = _mm256_set1_ps(6.f), a7 = _mm256_set1_ps(7.f),
+         a8 = _mm256_set1_ps(8.f), a9 = _mm256_set1_ps(9.f), a10 = _mm256_set1_ps(10.f), a11 = _mm256_set1_ps(11.f);
+  const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-6f);
+  for (long n = 0; n < iters; ++n) {
+    a0 = _mm256_fmadd_ps(a0, b, c); a1 = _mm256_fmadd_ps(a1, b, c); a2 = _mm256_fmadd_ps(a2, b, c);
+    a3 = _mm256_fmadd_ps(a3, b, c); a4 = _mm256_fmadd_ps(a4, b, c); a5 = _mm256_fmadd_ps(a5, b, c);
+    a6 = _mm256_fmadd_ps(a6, b, c); a7 = _mm256_fmadd_ps(a7, b, c); a8 = _mm256_fmadd_ps(a8, b, c);
+    a9 = _mm256_fmadd_ps(a9, b, c); a10 = _mm256_fmadd_ps(a10, b, c); a11 = _mm256_fmadd_ps(a11, b, c);
+  }
+  __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                           _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+  s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s);
+  return t[0];
+}
+
+__attribute__((target("avx512f"))) float fma_chains_avx512(long iters) {
+  __m512 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps((float)i);
+  const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-6f);
+  for (long n = 0; n < iters; ++n) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+  }
+  __m512 s = a[0];
+  for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
+  return _mm512_reduce_add_ps(s);
+}
+#endif
+
+FmaProbe fma_probe(long iters) {
+  const Kern& k = kernel();
+#ifdef SDLAB_X86
+  if (k.fn == kern_avx512) return {fma_chains_avx512(iters), 12.0 * 32 * iters};
+  if (k.fn == kern_avx2) return {fma_chains_avx2(iters), 12.0 * 16 * iters};
+#endif
+  float a[12];
+  for (int i = 0; i < 12; ++i) a[i] = (float)i;
+  for (long n = 0; n < iters; ++n)
+    for (int i = 0; i < 12; ++i) a[i] = a[i] * 0.999999f + 1e-6f;
+  float s = 0.f;
+  for (int i = 0; i < 12; ++i) s += a[i];
+  return {s, 12.0 * 2 * iters};
+}
+
 PackedKernel packed_kernel() { return indirect_kernel() ? kernel().fn : nullptr; }
 
 float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }

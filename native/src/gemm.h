@@ -47,4 +47,9 @@ typedef void (*PackedKernel)(long kc, const float* A, const float* B, float* C, 
 PackedKernel packed_kernel();
 float sdot(const float* x, const float* y, long n);
 
+// Runs iters rounds of 12 independent FMA chains in the GEMM kernel's vector width (one thread):
+// the benchmark's measure of a core's peak. flops: floating-point operations done.
+struct FmaProbe { float value; double flops; };
+FmaProbe fma_probe(long iters);
+
 }  // namespace sdlab

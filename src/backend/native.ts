@@ -55,6 +55,8 @@ export interface NativeAddon {
   threads(): number;
   isa(): string;
   hardwareThreads(): number;
+  /** Every pool thread runs `iters` rounds of 12 FMA chains at once (the bench's peak probe); returns the FLOPs done. */
+  fmaPeak(iters: number): number;
 }
 
 /** The built addon; SDLAB_NATIVE_ADDON=FILE loads another build (or simulates a missing one). */
