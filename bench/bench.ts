@@ -45,6 +45,8 @@ interface BenchCase {
 }
 
 const PYTHON = '/usr/bin/python3';
+/** Pause after a multi-threaded torch run, so its BLAS threads stop spinning before the next backend runs. */
+const TORCH_SETTLE_MS = 300;
 
 // ---- cases ---------------------------------------------------------------------------------
 
@@ -126,7 +128,10 @@ CASES = {'sgemm-1024': lambda: gemm(1024, 1024, 1024), 'sd-gemm-4096x2880x320': 
          'sd-gemm-4096x320x4096': lambda: gemm(4096, 320, 4096), 'convnet-train-step': lambda: convnet(64)}
 # (no PyTorch versions of the model training steps: they would need the models rewritten in torch)
 steps = {}
-print(json.dumps({'ready': True, 'version': torch.__version__, 'threads': torch.get_num_threads()}), flush=True)
+torch.mm(torch.ones(8, 8), torch.ones(8, 8))  # loads the BLAS library, to name it below
+maps = open('/proc/self/maps').read()
+blas = next((n for n in ('openblas', 'mkl', 'blis') if 'lib' + n in maps), 'reference BLAS')
+print(json.dumps({'ready': True, 'version': torch.__version__, 'threads': torch.get_num_threads(), 'blas': blas}), flush=True)
 for line in sys.stdin:
     name = line.strip()
     if name not in CASES:
@@ -144,6 +149,8 @@ class Torch {
   private proc: ChildProcessWithoutNullStreams;
   private lines: AsyncIterableIterator<string>;
   version = '';
+  /** The BLAS library torch's matrix products run on (Debian's torch uses whichever libblas.so.3 is selected). */
+  blas = '';
   private constructor(threads: number) {
     // torch.set_num_threads does not reach the BLAS library a Debian torch calls (OpenBLAS, when
     // libopenblas0 is installed, runs its own pool over every core): pin it through the environment.
@@ -157,7 +164,9 @@ class Torch {
     const t = new Torch(threads);
     const first = await t.lines.next();
     if (first.done) return null;
-    t.version = JSON.parse(first.value).version;
+    const ready = JSON.parse(first.value) as { version: string; blas: string };
+    t.version = ready.version;
+    t.blas = ready.blas;
     return t;
   }
   async time(name: string): Promise<number> {
@@ -237,7 +246,8 @@ async function main(): Promise<void> {
   };
   if (!opts.json) {
     const isa = haveNative ? `native ${loadNativeAddon()!.isa()}` : `native unavailable: ${nativeLoadError()}`;
-    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version}` : 'no PyTorch'}; median of ${opts.runs} interleaved runs\n`);
+    const blasNote = torch?.blas === 'reference BLAS' ? ' (slow; apt install libopenblas0-pthread for a fair comparison)' : '';
+    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version} on ${torch.blas}${blasNote}` : 'no PyTorch'}; median of ${opts.runs} interleaved runs\n`);
   }
 
   for (const c of cases) {
@@ -286,9 +296,16 @@ async function main(): Promise<void> {
     for (const r of runners) if (r.runs > 1) {
       await r.time();
       r.cpu.length = 0;
+      if (r.backend === 'torch' && opts.threads > 1) await new Promise((res) => setTimeout(res, TORCH_SETTLE_MS));
     }
     for (let round = 0; round < opts.runs; round++) {
-      for (const r of runners) if (r.times.length < r.runs) r.times.push(await r.time());
+      for (const r of runners) {
+        if (r.times.length >= r.runs) continue;
+        r.times.push(await r.time());
+        // OpenBLAS's threads spin for ~0.1 s after a call (OpenMP's for a while too): left busy,
+        // they would take the cores from the next backend's threads.
+        if (r.backend === 'torch' && opts.threads > 1) await new Promise((res) => setTimeout(res, TORCH_SETTLE_MS));
+      }
     }
     for (const r of runners) {
       const ms = median(r.times);

@@ -582,7 +582,7 @@ void pack_cols_t(const void* ctx, long m0, int mr, int MR, long k0, long kc, flo
 // implicit im2col matrix, is now B, whose 16-wide panels are runs of contiguous channels of x
 // (plain copies, not the 6-row transposes an A panel needs); each thread packs its own panels one
 // K block at a time, just before the kernel reads them. dyᵀ (Cout rows) is the small, A side.
-constexpr long KC_FILTER = 512;
+constexpr long KC_FILTER = 384;
 
 void conv2d_backprop_filter_panels(const ConvShape& s, const float* x, const float* dy, float* dw, PackedKernel kern) {
   const int MR = IND_MR, NR = IND_NR;

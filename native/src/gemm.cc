@@ -23,10 +23,11 @@ namespace sdlab {
 
 namespace {
 
-// K block: at most KC_MAX rows, split evenly (K = 1024 -> 2 x 512, not 384 + 384 + 256), since
-// every extra block costs a pass that reads and writes all of C. A 16-wide B micro-panel of 512
-// rows is 32 KB (L1).
-constexpr long KC_MAX = 512;
+// K block: at most KC_MAX rows, split evenly (K = 1024 -> 3 x 344, not 384 + 384 + 256): each
+// block costs a pass that reads and writes C, so blocks are as few as the cache allows. A 16-wide
+// B micro-panel of 384 rows is 24 KB, leaving room in L1 (32 KB) for the A panel streaming past
+// it (512 rows fill L1 and measured slower on a busy machine).
+constexpr long KC_MAX = 384;
 constexpr long MC_ROWS = 96;   // rows of A packed per block (L2)
 
 typedef void (*KernFn)(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc);
