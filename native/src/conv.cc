@@ -350,7 +350,9 @@ void conv2d_backprop_filter_small(const ConvShape& s, const float* x, const floa
 // output pixels and each tap, 6 pointers to Cin-vectors of the input (or to zeros where the tap
 // falls in the padding). No im2col matrix (9x the input for a 3x3 conv) is written or read back.
 
-constexpr long KCONV = 256;  // K block of the indirect kernel: taps x channels per packed filter block
+// K block of the indirect kernel: at most this many taps x channels per packed filter block (a
+// 16-wide panel of 384 is 24 KB, as in the GEMM), taps split evenly between blocks.
+constexpr long KCONV = 384;
 constexpr long PANELS_PER_TASK = 8;  // 6-pixel tiles per task; the filter block is reused across them
 
 // The implicit GEMM behind both: out[m, 0..N) = sum over taps t, channels c of
@@ -371,7 +373,7 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
     total += (t1 - t0) * (c1 - c0) * np * NR;
   };
   if (Cin <= KCONV) {
-    const long tg = std::max<long>(1, KCONV / Cin);
+    const long nblk = (taps * Cin + KCONV - 1) / KCONV, tg = (taps + nblk - 1) / nblk;
     for (long t0 = 0; t0 < taps; t0 += tg) add(t0, std::min(taps, t0 + tg), 0, Cin);
   } else {
     for (long t = 0; t < taps; ++t)
