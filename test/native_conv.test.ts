@@ -12,6 +12,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { TOL, bothThreadCounts, parityWith, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
@@ -93,4 +95,19 @@ describe('native convolutions', () => {
     expect(out.isa).toBe('generic');
     expect(out.worst).toBeLessThanOrEqual(1e-5);
   });
+
+  it('the C++ convolutions against a naive double-precision loop, dilated gradients included (native/test/conv_check.cc)', () => {
+    // tfjs's cpu backend has no dilated gradients, so the parity tests above cannot reach those
+    // paths; this standalone check compares all three operations with a direct sum.
+    const root = path.resolve(__dirname, '..');
+    const exe = path.join(mkdtempSync(path.join(tmpdir(), 'sdlab-conv-')), 'conv_check');
+    const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/conv_check.cc', 'native/src/conv.cc',
+      'native/src/gemm.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
+    for (const env of [{}, { SDLAB_ISA: 'generic' }, { SDLAB_IM2COL: '1' }]) {
+      const r = spawnSync(exe, [], { env: { ...process.env, ...env }, encoding: 'utf8' });
+      expect(r.status, `${JSON.stringify(env)}: ${r.stdout}${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/^\d+ shapes; worst error/);
+    }
+  }, 120_000);
 });

@@ -1,0 +1,77 @@
+// Standalone check of the convolutions against a naive double-precision loop, without Node:
+// forward, input gradient and filter gradient over random shapes, strides, dilations and
+// paddings — including dilated gradients, which tfjs's cpu backend (the parity tests' reference)
+// does not implement — at 1 and 2 threads.
+//   g++ -O2 -std=c++17 -pthread -Inative/src native/test/conv_check.cc native/src/conv.cc \
+//       native/src/gemm.cc native/src/pool.cc -o /tmp/conv_check && /tmp/conv_check
+// Prints the worst error scaled by sqrt(K) per operation and exits 1 if any exceeds 1e-5.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "conv.h"
+#include "pool.h"
+
+using sdlab::ConvShape;
+
+int main() {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> U(-1, 1);
+  auto rnd = [&](long n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = U(rng);
+    return v;
+  };
+  double worst[3] = {0, 0, 0};
+  int cases = 0;
+  for (int it = 0; it < 600; ++it) {
+    sdlab::Pool::get().set_threads(it % 2 ? 2 : 1);
+    const long B = it % 9 == 0 ? 24 : 1 + rng() % 3;  // some with many pixels: several K blocks
+    const long H = 1 + rng() % 12, W = 1 + rng() % 12;
+    const long Cin = it % 5 == 0 ? 1 + rng() % 4 : 1 + rng() % 70;
+    const long Cout = it % 4 == 0 ? 1 + rng() % 4 : 1 + rng() % 40;
+    const long kh = 1 + rng() % 4, kw = 1 + rng() % 4, sh = 1 + rng() % 3, sw = 1 + rng() % 3;
+    const long dh = 1 + rng() % 2, dw = 1 + rng() % 2;
+    const long ekh = (kh - 1) * dh + 1, ekw = (kw - 1) * dw + 1;
+    const long pt = rng() % ekh, pl = rng() % ekw;
+    const long outH = (H + 2 * pt - ekh) / sh + 1, outW = (W + 2 * pl - ekw) / sw + 1;
+    if (H + 2 * pt < ekh || W + 2 * pl < ekw || outH <= 0 || outW <= 0) continue;
+    ++cases;
+    const ConvShape s{B, H, W, Cin, outH, outW, Cout, kh, kw, sh, sw, dh, dw, pt, pl};
+    const std::vector<float> x = rnd(B * H * W * Cin), w = rnd(kh * kw * Cin * Cout), dy = rnd(B * outH * outW * Cout);
+    std::vector<double> y(dy.size(), 0), dx(x.size(), 0), dwr(w.size(), 0);
+    for (long b = 0; b < B; ++b)
+      for (long oh = 0; oh < outH; ++oh)
+        for (long ow = 0; ow < outW; ++ow)
+          for (long ki = 0; ki < kh; ++ki)
+            for (long kj = 0; kj < kw; ++kj) {
+              const long ih = oh * sh - pt + ki * dh, iw = ow * sw - pl + kj * dw;
+              if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+              for (long ci = 0; ci < Cin; ++ci)
+                for (long co = 0; co < Cout; ++co) {
+                  const long xi = ((b * H + ih) * W + iw) * Cin + ci, wi = ((ki * kw + kj) * Cin + ci) * Cout + co;
+                  const long yi = ((b * outH + oh) * outW + ow) * Cout + co;
+                  y[yi] += (double)x[xi] * w[wi];
+                  dx[xi] += (double)dy[yi] * w[wi];
+                  dwr[wi] += (double)dy[yi] * x[xi];
+                }
+            }
+    std::vector<float> got_y(y.size(), 1e30f), got_dx(dx.size(), 1e30f), got_dw(dwr.size(), 1e30f);
+    sdlab::conv2d(s, x.data(), w.data(), got_y.data(), nullptr, 0, 0.f);
+    sdlab::conv2d_backprop_input(s, dy.data(), w.data(), got_dx.data());
+    sdlab::conv2d_backprop_filter(s, x.data(), dy.data(), got_dw.data());
+    auto err = [](const std::vector<double>& ref, const std::vector<float>& got, double K) {
+      double e = 0;
+      for (size_t i = 0; i < ref.size(); ++i) e = std::max(e, std::fabs(ref[i] - got[i]));
+      return e / std::sqrt(std::max(1.0, K));
+    };
+    worst[0] = std::max(worst[0], err(y, got_y, (double)kh * kw * Cin));
+    worst[1] = std::max(worst[1], err(dx, got_dx, (double)kh * kw * Cout));
+    worst[2] = std::max(worst[2], err(dwr, got_dw, (double)B * outH * outW));
+  }
+  std::printf("%d shapes; worst error / sqrt(K): forward %.2e, input gradient %.2e, filter gradient %.2e\n", cases,
+              worst[0], worst[1], worst[2]);
+  return std::max({worst[0], worst[1], worst[2]}) <= 1e-5 ? 0 : 1;
+}
