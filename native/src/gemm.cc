@@ -300,6 +300,9 @@ const Kern& kernel() {
 __attribute__((target("avx2,fma"))) void pack_a6_avx2(const float* src, long lda, long kc, float* dst) {
   long k = 0;
   for (; k + 8 <= kc; k += 8) {
+    // Six rows a page apart are six short streams the hardware prefetcher is slow to pick up.
+    if ((k & 15) == 0)
+      for (int i = 0; i < 6; ++i) _mm_prefetch((const char*)(src + i * lda + k + 64), _MM_HINT_T0);
     __m256 r0 = _mm256_loadu_ps(src + k), r1 = _mm256_loadu_ps(src + lda + k), r2 = _mm256_loadu_ps(src + 2 * lda + k),
            r3 = _mm256_loadu_ps(src + 3 * lda + k), r4 = _mm256_loadu_ps(src + 4 * lda + k),
            r5 = _mm256_loadu_ps(src + 5 * lda + k), r6 = r4, r7 = r5;
@@ -601,7 +604,29 @@ void sgemm(const Gemm& g) {
         pack_b(g, NR, j, k0, kc, Bpk + k0 * Npad + j * kc * NR);
       }
     };
-    if (T == 1) packer(0, tasks); else parallel_for(tasks, 1, packer);
+    // A plain (untransposed) B in row order: each row read once, front to back, its 16-float
+    // pieces sent to their panels (panel by panel, B would be read a row apart per 64 bytes).
+    auto row_packer = [&](long b, long e) {
+      for (long k = b; k < e; ++k) {
+        const long k0 = k / KC * KC, kc = std::min(KC, K - k0);
+        const float* src = g.B + k * g.ldb;
+        float* dst = Bpk + k0 * Npad + (k - k0) * NR;
+        long j = 0;
+        for (; (j + 1) * NR <= N; ++j) std::memcpy(dst + j * kc * NR, src + j * NR, NR * sizeof(float));
+        if (j < np) {
+          float* d = dst + j * kc * NR;
+          std::memcpy(d, src + j * NR, (N - j * NR) * sizeof(float));
+          std::fill(d + (N - j * NR), d + NR, 0.f);
+        }
+      }
+    };
+    if (!g.transB) {
+      if (T == 1) row_packer(0, K); else parallel_for(K, 16, row_packer);
+    } else if (T == 1) {
+      packer(0, tasks);
+    } else {
+      parallel_for(tasks, 1, packer);
+    }
   }
 
   // One thread's share: A panels [pb,pe) x B panels [jb,je) x K blocks [kbb,kbe), into Cd.
