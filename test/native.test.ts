@@ -4,9 +4,9 @@
  * paddings, dilations and batch sizes (including 1-sized and odd dimensions, K=1, N=1).
  * Error measure: max |native - cpu| / sqrt(K) <= 1e-5, K the length of each dot product.
  */
-import { describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { loadNativeAddon } from '../src/backend/native.ts';
+import { NativeBackend, loadNativeAddon } from '../src/backend/native.ts';
 import { TOL, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
 useNativeBackend();
@@ -226,5 +226,62 @@ describe('native backend: training', () => {
     let err = 0;
     want.forEach((w, j) => w.forEach((v, i) => (err = Math.max(err, Math.abs(v - got[j][i])))));
     expect(err).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe('native backend: recycled output buffers', () => {
+  // The backend's own array behind a tensor, read without readSync (which would pin it).
+  const own = (t: tf.Tensor) => (tf.backend() as NativeBackend).data.get(t.dataId).values as Float32Array;
+  const x = () => tf.randomUniform([64, 100], -1, 1, 'float32', 5);
+  // Elementwise results in float32, computed here from the inputs.
+  const expected = (a: tf.Tensor, b: tf.Tensor, f: (p: number, q: number) => number) => {
+    const av = a.dataSync(), bv = b.dataSync();
+    return Array.from(av, (v, i) => Math.fround(f(v, bv[i])));
+  };
+  beforeEach(async () => { await tf.setBackend('native'); });
+
+  it('reuses a disposed tensor\'s buffer for the next output of that size, with correct results', () => {
+    const a = x(), b = x();
+    const s = tf.add(a, b);
+    const buf = own(s).buffer;
+    s.dispose();
+    const p = tf.mul(a, b);
+    expect(own(p).buffer).toBe(buf); // recycled...
+    expect(Array.from(p.dataSync())).toEqual(expected(a, b, (u, v) => u * v)); // ...and overwritten correctly
+    tf.dispose([a, b, p]);
+  });
+
+  it('never reuses what dataSync() handed out, nor a buffer a second tensor views', () => {
+    const a = x(), b = x();
+    const s = tf.add(a, b);
+    const seen = s.dataSync(); // the backend's own array
+    const kept = seen.slice();
+    s.dispose();
+    const t = tf.add(a, b);
+    const view = tf.sub(a, b);
+    const viewBuf = own(view).buffer;
+    // A second tensor over a view of the same memory, as some cpu JS kernels make (simple slices).
+    const backend = tf.backend() as NativeBackend;
+    const alias = tf.engine().makeTensorFromTensorInfo(backend.makeTensorInfo([100], 'float32', own(view).subarray(0, 100)));
+    const aliasWant = Array.from(alias.dataSync());
+    view.dispose();
+    const u = tf.mul(a, b), w = tf.div(a, tf.add(b, 3));
+    expect(own(u).buffer).not.toBe(viewBuf);
+    expect(own(w).buffer).not.toBe(viewBuf);
+    expect(Array.from(seen)).toEqual(Array.from(kept));
+    expect(Array.from(alias.dataSync())).toEqual(aliasWant);
+    tf.dispose([a, b, t, u, w, alias]);
+  });
+
+  it('keeps a buffer while any tensor sharing its data (a reshape) is alive', () => {
+    const a = x(), b = x();
+    const s = tf.add(a, b);
+    const r = tf.reshape(s, [100, 64]);
+    const want = expected(a, b, (u, v) => u + v);
+    s.dispose();
+    const m = tf.mul(a, b);
+    expect(own(m).buffer).not.toBe(own(r).buffer);
+    expect(Array.from(r.dataSync())).toEqual(want);
+    tf.dispose([a, b, r, m]);
   });
 });

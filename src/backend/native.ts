@@ -96,8 +96,95 @@ export function nativeThreadCount(): number {
   return os.availableParallelism?.() ?? os.cpus().length;
 }
 
-/** The cpu backend, with tensors the addon can work on in place. */
-export class NativeBackend extends MathBackendCPU {}
+/**
+ * Recycles the large output buffers of native kernels. A training step allocates and frees the
+ * same few dozen multi-megabyte tensors every time; left to V8, each allocation counts as
+ * external memory and triggers garbage collections (several per step), and each buffer arrives
+ * cold. A freed buffer is reused only if nobody else can still see it: it was allocated here,
+ * registered to exactly one tensor (a JS kernel that wraps a view of it in a second tensor makes
+ * it shared for good), and never handed out by readSync/read (dataSync() returns the backend's
+ * own array).
+ */
+class BufferPool {
+  static readonly MAX_BUFFER = 64 << 20; // larger buffers go back to V8
+  static readonly MAX_TOTAL = 512 << 20; // bytes held for reuse at most
+  private owned = new WeakSet<ArrayBuffer>();
+  private uses = new WeakMap<ArrayBuffer, number>(); // tensor registrations since allocation or reuse
+  private escaped = new WeakSet<ArrayBuffer>();
+  private free = new Map<number, ArrayBuffer[]>(); // by length in floats
+  private bytes = 0;
+
+  /** n floats, contents undefined. */
+  take(n: number): F32 {
+    const ab = this.free.get(n)?.pop();
+    if (ab) {
+      this.bytes -= ab.byteLength;
+      this.uses.set(ab, 0);
+      return new Float32Array(ab, 0, n);
+    }
+    const b = Buffer.allocUnsafeSlow(n * 4);
+    if (b.byteOffset === 0 && b.buffer.byteLength === n * 4) {
+      this.owned.add(b.buffer);
+      this.uses.set(b.buffer, 0);
+    }
+    return new Float32Array(b.buffer, b.byteOffset, n);
+  }
+
+  registered(values: unknown): void {
+    const ab = ownedBuffer(this.owned, values);
+    if (ab) this.uses.set(ab, (this.uses.get(ab) ?? 0) + 1);
+  }
+
+  handedOut(values: unknown): void {
+    const ab = ownedBuffer(this.owned, values);
+    if (ab) this.escaped.add(ab);
+  }
+
+  /** The tensor that held `values` is gone. */
+  release(values: unknown): void {
+    const ab = ownedBuffer(this.owned, values);
+    if (!ab || this.escaped.has(ab) || this.uses.get(ab) !== 1) return;
+    if (ab.byteLength > BufferPool.MAX_BUFFER || this.bytes + ab.byteLength > BufferPool.MAX_TOTAL) return;
+    this.uses.set(ab, 2); // never released twice
+    const n = ab.byteLength / 4;
+    const list = this.free.get(n);
+    if (list) list.push(ab);
+    else this.free.set(n, [ab]);
+    this.bytes += ab.byteLength;
+  }
+}
+
+function ownedBuffer(owned: WeakSet<ArrayBuffer>, values: unknown): ArrayBuffer | null {
+  if (!(values instanceof Float32Array)) return null;
+  return owned.has(values.buffer as ArrayBuffer) ? (values.buffer as ArrayBuffer) : null;
+}
+
+const buffers = new BufferPool();
+
+/** The cpu backend, with tensors the addon can work on in place and recycled output buffers. */
+export class NativeBackend extends MathBackendCPU {
+  override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): tf.DataId {
+    buffers.registered(values);
+    return super.write(values, shape, dtype);
+  }
+
+  override move(dataId: tf.DataId, values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType, refCount: number): void {
+    buffers.registered(values);
+    super.move(dataId, values, shape, dtype, refCount);
+  }
+
+  override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    if (this.data.has(dataId)) buffers.handedOut(this.data.get(dataId).values);
+    return super.readSync(dataId);
+  }
+
+  override disposeData(dataId: tf.DataId, force = false): boolean {
+    const values = this.data.has(dataId) ? this.data.get(dataId).values : undefined;
+    const released = super.disposeData(dataId, force);
+    if (values !== undefined && !this.data.has(dataId)) buffers.release(values);
+    return released;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -122,12 +209,12 @@ const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 /**
  * An output buffer of n floats with undefined contents, for kernels that write every element:
  * Buffer.allocUnsafeSlow skips the zero-fill of `new Float32Array(n)`, which for large
- * outputs costs a good part of a whole elementwise op. (Small ones: the ordinary allocation.)
+ * outputs costs a good part of a whole elementwise op, and large ones are recycled (BufferPool).
+ * (Small ones: the ordinary allocation.)
  */
 function outBuf(n: number): F32 {
   if (n < 4096) return new Float32Array(n);
-  const b = Buffer.allocUnsafeSlow(n * 4);
-  return new Float32Array(b.buffer, b.byteOffset, n);
+  return buffers.take(n);
 }
 
 function convShape(c: tf.backend_util.Conv2DInfo): number[] {
