@@ -677,16 +677,19 @@ void sgemm(const Gemm& g) {
     compute(0, mp, 0, np, 0, nkb, g.C, g.ldc, g.accumulate);
     epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
   } else if (mp >= 2 * T || (mp >= T && np < 2 * T)) {
-    pool.run(T, [&](int t) {
-      long pb = mp * t / T, pe = mp * (t + 1) / T;
-      if (pb >= pe) return;
+    // Row blocks of at most one packed A block, about 4 per thread, claimed as threads come
+    // free: a core that the VM's neighbours slow down then takes fewer, instead of holding up
+    // a fixed half of the work.
+    const long chunk = std::max<long>(1, std::min(MCP, (mp + 4 * T - 1) / (4 * T))), tasks = (mp + chunk - 1) / chunk;
+    pool.run((int)tasks, [&](int t) {
+      const long pb = t * chunk, pe = std::min(mp, pb + chunk);
       compute(pb, pe, 0, np, 0, nkb, g.C, g.ldc, g.accumulate);
       epilogue_region(g.C, g.ldc, rows(pb), rows(pe), 0, N, g.bias, g.act, g.alpha);
     });
   } else if (np >= T) {
-    pool.run(T, [&](int t) {
-      long jb = np * t / T, je = np * (t + 1) / T;
-      if (jb >= je) return;
+    const long chunk = std::max<long>(1, (np + 4 * T - 1) / (4 * T)), tasks = (np + chunk - 1) / chunk;
+    pool.run((int)tasks, [&](int t) {
+      const long jb = t * chunk, je = std::min(np, jb + chunk);
       compute(0, mp, jb, je, 0, nkb, g.C, g.ldc, g.accumulate);
       epilogue_region(g.C, g.ldc, 0, M, cols(jb), cols(je), g.bias, g.act, g.alpha);
     });
