@@ -44,7 +44,9 @@ struct Kern {
   KernRowsFn rows_fn = nullptr;
 };
 
-constexpr long DIRECT_A_MAX_N = 384;  // skip packing A when N is at most this
+// Skip packing A when N is at most this: A is then read once per 16-wide B panel, in place. (Up to
+// N = 384 while packing A was scalar; with the SIMD packing, packing wins from N = 128 on, measured.)
+constexpr long DIRECT_A_MAX_N = 64;
 
 // Copies an MR x NR register tile (held in `t`) into C, honouring partial tiles and accumulate.
 inline void store_tile(const float* t, int MR, int NR, float* C, long ldc, int mr, int nr, bool acc) {
