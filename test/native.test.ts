@@ -7,6 +7,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
 import { NativeBackend, loadNativeAddon } from '../src/backend/native.ts';
+import { AdamW, type NamedVariable } from '../src/train/optimizer.ts';
 import { TOL, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
 useNativeBackend();
@@ -283,5 +284,34 @@ describe('native backend: recycled output buffers', () => {
     expect(own(m).buffer).not.toBe(own(r).buffer);
     expect(Array.from(r.dataSync())).toEqual(want);
     tf.dispose([a, b, r, m]);
+  });
+});
+
+describe('native backend: fused AdamW', () => {
+  it('gives the same float32 bits as the optimizer\'s tfjs composition on the cpu backend', () => {
+    const { randData: rnd } = seededRandom(77);
+    const shapes = [[3], [7, 5], [130, 257]]; // the last one is split between threads
+    const init = shapes.map((s) => rnd(s.reduce((a, b) => a * b, 1)));
+    const grads = [0, 1, 2, 3].map(() => shapes.map((s) => rnd(s.reduce((a, b) => a * b, 1))));
+    const lrs = [1e-3, 4e-3, 2e-3, 5e-4];
+    const run = (backend: string, weightDecay: number) => {
+      tf.setBackend(backend);
+      const vars = init.map((d, i) => tf.variable(tf.tensor(d, shapes[i]), true, `adamw_${backend}_${weightDecay}_${i}`));
+      const opt = new AdamW(vars.map((v, i): NamedVariable => [`p${i}`, v]), { weightDecay, beta1: 0.9, beta2: 0.999, eps: 1e-8 });
+      grads.forEach((gs, s) => {
+        const g = gs.map((d, i) => tf.tensor(d, shapes[i]));
+        opt.applyGradients(g, lrs[s]!);
+        tf.dispose(g);
+      });
+      const out = [...vars, ...opt.expAvg, ...opt.expAvgSq].map((t) => Array.from(t.dataSync()));
+      tf.dispose(vars);
+      opt.expAvg.forEach((t) => t.dispose());
+      opt.expAvgSq.forEach((t) => t.dispose());
+      return out;
+    };
+    for (const wd of [0.01, 0]) {
+      const native = run('native', wd), cpu = run('cpu', wd);
+      native.forEach((xs, i) => expect(xs).toEqual(cpu[i]));
+    }
   });
 });

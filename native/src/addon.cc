@@ -451,6 +451,19 @@ napi_value ActivationGrad(napi_env env, napi_callback_info info) {
   });
 }
 
+// adamw(p, g, m, v, pOut, mOut, vOut, [b1, c1, b2, c2, decay, bc2, eps, step], hasDecay)
+napi_value AdamW(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    const size_t n = length_of(env, a.argv[0]);
+    const float* h = a.f32(7, 8, "adamw hyperparameters");
+    const AdamHyper hp{h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], a.boolean(8)};
+    adamw(a.f32(0, n, "adamw p"), a.f32(1, n, "adamw g"), a.f32(2, n, "adamw m"), a.f32(3, n, "adamw v"),
+          a.f32(4, n, "adamw pOut"), a.f32(5, n, "adamw mOut"), a.f32(6, n, "adamw vOut"), (long)n, hp);
+    return undefined(env);
+  });
+}
+
 napi_value SetThreads(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
@@ -535,6 +548,7 @@ napi_value Init(napi_env env, napi_value exports) {
              {"groupNormGrad", GroupNormGrad},
              {"activation", Activation},
              {"activationGrad", ActivationGrad},
+             {"adamw", AdamW},
              {"fmaPeak", FmaPeak},
              {"setThreads", SetThreads},
              {"threads", Threads},

@@ -969,4 +969,24 @@ void activation_grad(int op, const float* dy, const float* x, float* dx, long n)
   });
 }
 
+// No FMA contraction here: a fused multiply-add rounds once where the tfjs ops round twice.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+void adamw(const float* p, const float* g, const float* m, const float* v, float* p_out, float* m_out, float* v_out,
+           long n, const AdamHyper& h) {
+  parallel_for(n, 1 << 14, [&](long s, long e) {
+    for (long i = s; i < e; ++i) {
+      const float gi = g[i];
+      const float mi = m[i] * h.b1 + gi * h.c1;
+      const float vi = v[i] * h.b2 + (gi * gi) * h.c2;
+      const float pd = h.has_decay ? p[i] * h.decay : p[i];
+      const float denom = std::sqrt(vi) / h.bc2 + h.eps;
+      m_out[i] = mi;
+      v_out[i] = vi;
+      p_out[i] = pd - (mi / denom) * h.step;
+    }
+  });
+}
+#pragma GCC pop_options
+
 }  // namespace sdlab

@@ -37,4 +37,12 @@ void activation(int op, const float* x, float* y, long n);
 // dx = dy · act'(x).
 void activation_grad(int op, const float* dy, const float* x, float* dx, long n);
 
+// One AdamW step for n parameters, each operation rounded to float32 in the order the tfjs
+// composition in src/train/optimizer.ts uses (so both give the same bits):
+//   m' = m·b1 + g·c1;  v' = v·b2 + (g·g)·c2;  p' = p·decay − (m' / (√v' / bc2 + eps))·step
+// h = {b1, c1, b2, c2, decay, bc2, eps, step}; decay is skipped (p used as is) when has_decay is false.
+struct AdamHyper { float b1, c1, b2, c2, decay, bc2, eps, step; bool has_decay; };
+void adamw(const float* p, const float* g, const float* m, const float* v, float* p_out, float* m_out, float* v_out,
+           long n, const AdamHyper& h);
+
 }  // namespace sdlab

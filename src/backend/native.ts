@@ -51,6 +51,7 @@ export interface NativeAddon {
     dx: F32, dgamma: F32 | null, dbeta: F32 | null): void;
   activation(op: number, x: F32, y: F32): void;
   activationGrad(op: number, dy: F32, x: F32, dx: F32): void;
+  adamw(p: F32, g: F32, m: F32, v: F32, pOut: F32, mOut: F32, vOut: F32, hyper: F32, hasDecay: boolean): void;
   setThreads(n: number): void;
   threads(): number;
   isa(): string;
@@ -616,6 +617,7 @@ const resizeNearestGradKernel: KernelFunc = (args) => {
 // code calls them unconditionally.
 
 const K_NORM = 'SdlabGroupNorm', K_NORM_GRAD = 'SdlabGroupNormGrad', K_ACT = 'SdlabActivation', K_ACT_GRAD = 'SdlabActivationGrad';
+const K_ADAMW = 'SdlabAdamW';
 const ACT_FN: Record<string, number> = { silu: 0, gelu: 1 };
 
 /** [B, S, C] view of a normalisation input: the first `batchDims` dims are B, the last is C. */
@@ -662,6 +664,40 @@ const activationGradKernel: KernelFunc = (args) => {
   addon!.activationGrad((args.attrs as { op: number }).op, f32(backend, dy)!, f32(backend, x)!, dx);
   return backend.makeTensorInfo(x.shape, 'float32', dx);
 };
+
+/** AdamW's hyperparameters for one step, as the optimizer's tfjs composition uses them. */
+export interface AdamWStep {
+  beta1: number; beta2: number; eps: number;
+  /** Multiplies the parameter before the update (1 − lr·weightDecay); null: no decay. */
+  decay: number | null;
+  /** √(1 − beta2^t) and lr / (1 − beta1^t). */
+  bc2Sqrt: number; stepSize: number;
+}
+
+const adamwKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { p, g, m, v } = args.inputs as Record<string, TensorInfo>;
+  const h = args.attrs as unknown as AdamWStep;
+  const n = size(p.shape);
+  const pOut = outBuf(n), mOut = outBuf(n), vOut = outBuf(n);
+  // Float32Array rounds each value as tfjs does when it makes a scalar tensor of it.
+  const hyper = Float32Array.of(h.beta1, 1 - h.beta1, h.beta2, 1 - h.beta2, h.decay ?? 1, h.bc2Sqrt, h.eps, h.stepSize);
+  addon!.adamw(f32(backend, p)!, f32(backend, g)!, f32(backend, m)!, f32(backend, v)!, pOut, mOut, vOut, hyper, h.decay !== null);
+  return [backend.makeTensorInfo(p.shape, 'float32', pOut), backend.makeTensorInfo(p.shape, 'float32', mOut),
+    backend.makeTensorInfo(p.shape, 'float32', vOut)];
+};
+
+/**
+ * One AdamW update of parameter p with gradient g and moments m, v as a single native kernel:
+ * returns [p', m', v'] (the same float32 bits as the optimizer's composition of ~13 tfjs ops), or
+ * null off the native backend, where the caller composes it. A training step updates every
+ * parameter tensor, so the per-op overhead of the composition adds up (a third of the elementwise
+ * kernel calls of a UNet step).
+ */
+export function fusedAdamW(p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, h: AdamWStep): [tf.Tensor, tf.Tensor, tf.Tensor] | null {
+  if (!onNative(p, g, m, v) || !tf.util.arraysEqual(p.shape, g.shape)) return null;
+  return tf.engine().runKernel(K_ADAMW, { p, g, m, v }, h as unknown as NamedAttrMap) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
+}
 
 function registerFusedGradients(): void {
   tf.registerGradient({
@@ -751,6 +787,7 @@ export function nativeKernels(): Record<string, KernelFunc> {
     [K_NORM_GRAD]: groupNormGradKernel,
     [K_ACT]: activationKernel,
     [K_ACT_GRAD]: activationGradKernel,
+    [K_ADAMW]: adamwKernel,
     Sum: reduceKernel('Sum', 0),
     Max: reduceKernel('Max', 1),
     Min: reduceKernel('Min', 2),

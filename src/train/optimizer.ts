@@ -17,6 +17,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { fusedAdamW } from '../backend/native.ts';
 
 export interface AdamWConfig {
   beta1: number;
@@ -71,6 +72,14 @@ export class AdamW {
         if (!g) return;
         const m = this.expAvg[i]!;
         const v = this.expAvgSq[i]!;
+        // On the native backend the lines below run as one kernel (same float32 bits).
+        const fused = fusedAdamW(p, g, m, v, { beta1: b1, beta2: b2, eps, decay: wd !== 0 ? 1 - lr * wd : null, bc2Sqrt, stepSize });
+        if (fused) {
+          m.assign(fused[1]);
+          v.assign(fused[2]);
+          p.assign(fused[0]);
+          return;
+        }
         const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
         const vNew = tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2));
         m.assign(mNew);
