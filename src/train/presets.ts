@@ -50,7 +50,7 @@ export interface TrainAllPreset {
 export const FULL_GUIDANCE = 1.75;
 
 const FULL: TrainAllPreset = {
-  description: 'the quality target, about 15 minutes on 2 cores',
+  description: 'the quality target, about 12 minutes on 2 cores (16 on a busy machine)',
   vae: { ...VAE_TRAIN_DEFAULTS },
   clip: { ...CLIP_TRAIN_DEFAULTS },
   unet: { ...UNET_TRAIN_DEFAULTS },
