@@ -5,9 +5,10 @@
 //   backprop input:   dcols = dy · Wᵀ, then col2im (a gather, so threads never collide).
 // With an AVX2 (or generic) kernel none of these matrices is built: the forward pass and the input
 // gradient run the micro-kernel over pointers into x or dy (conv2d_indirect, and per stride phase
-// conv2d_backprop_input_phases), and the filter gradient packs colsᵀ straight from x (pack_cols_t).
-// The explicit im2col path (chunks of images, so cols stays near the L3 cache) remains for the
-// AVX-512 kernel, whose tile has another shape, and under SDLAB_IM2COL=1.
+// conv2d_backprop_input_phases), and the filter gradient packs cols' panels straight from x
+// (conv2d_backprop_filter_panels; pack_tap_run). The explicit im2col path (chunks of images, so
+// cols stays near the L3 cache) remains for the AVX-512 kernel, whose tile has another shape
+// (its filter gradient packs colsᵀ from x through the GEMM: pack_cols_t), and under SDLAB_IM2COL=1.
 #include "conv.h"
 
 #include <algorithm>
@@ -515,63 +516,72 @@ struct ColsT {
 };
 
 // Copies n runs of len floats, from src (stride sstride) to dst (stride MR).
-inline void copy_runs(const float* __restrict src, long sstride, float* __restrict dst, int MR, int len, long n) {
-  if (len == 6 && MR == 6) {
+inline void copy_runs(const float* __restrict src, long sstride, float* __restrict dst, int dstride, int len, long n) {
+  if (len == 6 && dstride == 6) {
     for (long q = 0; q < n; ++q, src += sstride, dst += 6) {
       dst[0] = src[0]; dst[1] = src[1]; dst[2] = src[2]; dst[3] = src[3]; dst[4] = src[4]; dst[5] = src[5];
     }
-    return;
+  } else if (len == IND_NR) {
+    for (long q = 0; q < n; ++q, src += sstride, dst += dstride) std::memcpy(dst, src, IND_NR * sizeof(float));
+  } else if (len == 1) {
+    for (long q = 0; q < n; ++q, src += sstride, dst += dstride) *dst = *src;
+  } else {
+    for (long q = 0; q < n; ++q, src += sstride, dst += dstride)
+      for (int c = 0; c < len; ++c) dst[c] = src[c];
   }
-  for (long q = 0; q < n; ++q, src += sstride, dst += MR)
-    for (int c = 0; c < len; ++c) dst[c] = src[c];
 }
 
-inline void zero_runs(float* dst, int MR, int len, long n) {
-  for (long q = 0; q < n; ++q, dst += MR)
+inline void zero_runs(float* dst, int dstride, int len, long n) {
+  for (long q = 0; q < n; ++q, dst += dstride)
     for (int c = 0; c < len; ++c) dst[c] = 0.f;
+}
+
+// One run of columns of the im2col matrix, for output pixels [k0, k0 + kc): writes channels
+// [c, c + len) of x read at tap (ki, kj) of pixel k0 + k to dst[k * dstride + 0..len) (zeros where
+// the tap falls in the padding). Walks the pixels one output-row segment at a time: along a row
+// the tap reads x at a fixed stride, inside [lo, hi) of the row, zeros outside.
+void pack_tap_run(const ConvShape& s, const float* x, long ki, long kj, long c, int len, long k0, long kc, float* dst,
+                  int dstride) {
+  const long P = s.outH * s.outW;
+  const long off = kj * s.dw - s.padLeft;  // iw = ow*sw + off
+  const long lo = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
+  const long hi = std::max<long>(lo, std::min<long>(s.outW, s.W - off > 0 ? (s.W - off + s.sw - 1) / s.sw : 0));
+  long b = k0 / P, rem = k0 % P, oh = rem / s.outW, ow = rem % s.outW;
+  float* d = dst;
+  for (long k = 0; k < kc;) {
+    const long n = std::min(kc - k, s.outW - ow);
+    const long ih = oh * s.sh - s.padTop + ki * s.dh;
+    if (ih < 0 || ih >= s.H) {
+      zero_runs(d, dstride, len, n);
+    } else {
+      const long e = ow + n;
+      const long a1 = std::min(std::max(ow, lo), e), a2 = std::max(a1, std::min(e, hi));
+      zero_runs(d, dstride, len, a1 - ow);
+      const float* src = x + ((b * s.H + ih) * s.W + (a1 * s.sw + off)) * s.Cin + c;
+      copy_runs(src, s.sw * s.Cin, d + (a1 - ow) * dstride, dstride, len, a2 - a1);
+      zero_runs(d + (a2 - ow) * dstride, dstride, len, e - a2);
+    }
+    d += n * dstride;
+    k += n;
+    ow += n;
+    if (ow == s.outW) {
+      ow = 0;
+      if (++oh == s.outH) {
+        oh = 0;
+        ++b;
+      }
+    }
+  }
 }
 
 void pack_cols_t(const void* ctx, long m0, int mr, int MR, long k0, long kc, float* dst) {
   const ColsT& ct = *static_cast<const ColsT*>(ctx);
   const ConvShape& s = *ct.s;
-  const long P = s.outH * s.outW;
-  // Runs of rows that share a tap: rows [i0, i1) are channels [c, c + i1 - i0) of tap t. For
-  // each, walk the pixels k0 .. k0+kc one output row segment at a time: along a row the tap
-  // reads x at a fixed stride, inside [lo, hi) of the row, zeros outside.
+  // Runs of rows that share a tap: rows [i0, i1) are channels [c, c + i1 - i0) of tap t.
   for (int i0 = 0; i0 < mr;) {
     const long m = m0 + i0, t = m / s.Cin, c = m % s.Cin;
     const int i1 = (int)std::min<long>(mr, i0 + (s.Cin - c));
-    const int len = i1 - i0;
-    const long ki = t / s.kw, kj = t % s.kw;
-    const long off = kj * s.dw - s.padLeft;  // iw = ow*sw + off
-    const long lo = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
-    const long hi = std::max<long>(lo, std::min<long>(s.outW, s.W - off > 0 ? (s.W - off + s.sw - 1) / s.sw : 0));
-    long b = k0 / P, rem = k0 % P, oh = rem / s.outW, ow = rem % s.outW;
-    float* d = dst + i0;
-    for (long k = 0; k < kc;) {
-      const long n = std::min(kc - k, s.outW - ow);
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) {
-        zero_runs(d, MR, len, n);
-      } else {
-        const long e = ow + n;
-        const long a1 = std::min(std::max(ow, lo), e), a2 = std::max(a1, std::min(e, hi));
-        zero_runs(d, MR, len, a1 - ow);
-        const float* src = ct.x + ((b * s.H + ih) * s.W + (a1 * s.sw + off)) * s.Cin + c;
-        copy_runs(src, s.sw * s.Cin, d + (a1 - ow) * MR, MR, len, a2 - a1);
-        zero_runs(d + (a2 - ow) * MR, MR, len, e - a2);
-      }
-      d += n * MR;
-      k += n;
-      ow += n;
-      if (ow == s.outW) {
-        ow = 0;
-        if (++oh == s.outH) {
-          oh = 0;
-          ++b;
-        }
-      }
-    }
+    pack_tap_run(s, ct.x, t / s.kw, t % s.kw, c, i1 - i0, k0, kc, dst + i0, MR);
     i0 = i1;
   }
   if (mr < MR)
@@ -634,46 +644,7 @@ void conv2d_backprop_filter_panels(const ConvShape& s, const float* x, const flo
         const long width = rj.back().off + rj.back().len;
         if (width < NR)
           for (long k = 0; k < kc; ++k) std::memset(Bp + k * NR + width, 0, (NR - width) * sizeof(float));
-        for (const Run& r : rj) {
-          // Walk the block's pixels one output-row segment at a time: along a row the tap reads x
-          // at a fixed stride, inside [lo, hi) of the row, zeros outside (as pack_cols_t does).
-          const long off = r.kj * s.dw - s.padLeft;  // iw = ow*sw + off
-          const long lo = off >= 0 ? 0 : (-off + s.sw - 1) / s.sw;
-          const long hi = std::max<long>(lo, std::min<long>(s.outW, s.W - off > 0 ? (s.W - off + s.sw - 1) / s.sw : 0));
-          long b = k0 / P, oh = (k0 % P) / s.outW, ow = k0 % s.outW;
-          float* d = Bp + r.off;
-          for (long k = 0; k < kc;) {
-            const long n = std::min(kc - k, s.outW - ow), e = ow + n;
-            const long ih = oh * s.sh - s.padTop + r.ki * s.dh;
-            long a1 = e, a2 = e;  // valid range [a1, a2) of this segment
-            if (ih >= 0 && ih < s.H) {
-              a1 = std::min(std::max(ow, lo), e);
-              a2 = std::max(a1, std::min(e, hi));
-            }
-            for (long q = ow; q < a1; ++q)
-              for (long c = 0; c < r.len; ++c) d[(q - ow) * NR + c] = 0.f;
-            const float* src = x + ((b * s.H + ih) * s.W + a1 * s.sw + off) * Cin + r.c;
-            if (r.len == NR) {
-              for (long q = a1; q < a2; ++q, src += s.sw * Cin) std::memcpy(d + (q - ow) * NR, src, NR * sizeof(float));
-            } else if (r.len == 1) {
-              for (long q = a1; q < a2; ++q, src += s.sw * Cin) d[(q - ow) * NR] = *src;
-            } else {
-              for (long q = a1; q < a2; ++q, src += s.sw * Cin) std::memcpy(d + (q - ow) * NR, src, r.len * sizeof(float));
-            }
-            for (long q = a2; q < e; ++q)
-              for (long c = 0; c < r.len; ++c) d[(q - ow) * NR + c] = 0.f;
-            d += n * NR;
-            k += n;
-            ow = e;
-            if (ow == s.outW) {
-              ow = 0;
-              if (++oh == s.outH) {
-                oh = 0;
-                ++b;
-              }
-            }
-          }
-        }
+        for (const Run& r : rj) pack_tap_run(s, x, r.ki, r.kj, r.c, (int)r.len, k0, kc, Bp + r.off, NR);
         for (long p = 0; p < mp; ++p)
           kern(kc, Apk + p * kc * MR, Bp, Cd + p * MR * ldc + j * NR, ldc, MR, NR, kb > kb0);
       }
