@@ -366,25 +366,35 @@ void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* ds
   }
 }
 
-// Packs panel j (cols [j*NR, j*NR+NR)) x rows [k0, k0+kc) of op(B), laid out [k][NR].
-void pack_b(const Gemm& g, int NR, long j, long k0, long kc, float* dst) {
+// Packs panel j (cols [j*NR, j*NR+NR)) x rows [k0, k0+kc) of a transposed B (stored [N,K]),
+// laid out [k][NR].
+void pack_bt_panel(const Gemm& g, int NR, long j, long k0, long kc, float* dst) {
   long n0 = j * NR;
   int nr = (int)std::min<long>(NR, g.N - n0);
-  if (!g.transB) {
-    for (long k = 0; k < kc; ++k) {
-      const float* src = g.B + (k0 + k) * g.ldb + n0;
-      float* d = dst + k * NR;
-      int jj = 0;
-      for (; jj < nr; ++jj) d[jj] = src[jj];
-      for (; jj < NR; ++jj) d[jj] = 0.f;
+  for (int jj = 0; jj < nr; ++jj) {
+    const float* src = g.B + (n0 + jj) * g.ldb + k0;
+    for (long k = 0; k < kc; ++k) dst[k * NR + jj] = src[k];
+  }
+  for (int jj = nr; jj < NR; ++jj)
+    for (long k = 0; k < kc; ++k) dst[k * NR + jj] = 0.f;
+}
+
+// Packs rows [kb, ke) of a plain B (stored [K,N]) in row order: each row read once, front to
+// back, its NR-float pieces sent to their panels (panel by panel, B would be read a row apart per
+// 64 bytes). Block k0 = k / KC * KC starts at Bpk + k0*Npad, its panel j at + j*kc*NR, laid out [k][NR].
+void pack_b_rows(const Gemm& g, int NR, long KC, long Npad, long kb, long ke, float* Bpk) {
+  const long N = g.N, np = Npad / NR;
+  for (long k = kb; k < ke; ++k) {
+    const long k0 = k / KC * KC, kc = std::min(KC, g.K - k0);
+    const float* src = g.B + k * g.ldb;
+    float* dst = Bpk + k0 * Npad + (k - k0) * NR;
+    long j = 0;
+    for (; (j + 1) * NR <= N; ++j) std::memcpy(dst + j * kc * NR, src + j * NR, NR * sizeof(float));
+    if (j < np) {
+      float* d = dst + j * kc * NR;
+      std::memcpy(d, src + j * NR, (N - j * NR) * sizeof(float));
+      std::fill(d + (N - j * NR), d + NR, 0.f);
     }
-  } else {
-    for (int jj = 0; jj < nr; ++jj) {
-      const float* src = g.B + (n0 + jj) * g.ldb + k0;
-      for (long k = 0; k < kc; ++k) dst[k * NR + jj] = src[k];
-    }
-    for (int jj = nr; jj < NR; ++jj)
-      for (long k = 0; k < kc; ++k) dst[k * NR + jj] = 0.f;
   }
 }
 
@@ -601,37 +611,17 @@ void sgemm(const Gemm& g) {
 
   // Pack all of op(B) once: block kb (rows [kb*KC, ...)) starts at kb*KC*Npad, panel j at +j*kc*NR.
   float* const Bpk = scratch(1, (size_t)K * Npad);
-  {
-    long tasks = nkb * np;
-    auto packer = [&](long b, long e) {
+  if (!g.transB) {
+    auto pack_rows = [&](long b, long e) { pack_b_rows(g, NR, KC, Npad, b, e, Bpk); };
+    if (T == 1) pack_rows(0, K); else parallel_for(K, 16, pack_rows);
+  } else {
+    auto panels = [&](long b, long e) {
       for (long t = b; t < e; ++t) {
         long kb = t / np, j = t % np, k0 = kb * KC, kc = std::min(KC, K - k0);
-        pack_b(g, NR, j, k0, kc, Bpk + k0 * Npad + j * kc * NR);
+        pack_bt_panel(g, NR, j, k0, kc, Bpk + k0 * Npad + j * kc * NR);
       }
     };
-    // A plain (untransposed) B in row order: each row read once, front to back, its 16-float
-    // pieces sent to their panels (panel by panel, B would be read a row apart per 64 bytes).
-    auto row_packer = [&](long b, long e) {
-      for (long k = b; k < e; ++k) {
-        const long k0 = k / KC * KC, kc = std::min(KC, K - k0);
-        const float* src = g.B + k * g.ldb;
-        float* dst = Bpk + k0 * Npad + (k - k0) * NR;
-        long j = 0;
-        for (; (j + 1) * NR <= N; ++j) std::memcpy(dst + j * kc * NR, src + j * NR, NR * sizeof(float));
-        if (j < np) {
-          float* d = dst + j * kc * NR;
-          std::memcpy(d, src + j * NR, (N - j * NR) * sizeof(float));
-          std::fill(d + (N - j * NR), d + NR, 0.f);
-        }
-      }
-    };
-    if (!g.transB) {
-      if (T == 1) row_packer(0, K); else parallel_for(K, 16, row_packer);
-    } else if (T == 1) {
-      packer(0, tasks);
-    } else {
-      parallel_for(tasks, 1, packer);
-    }
+    if (T == 1) panels(0, nkb * np); else parallel_for(nkb * np, 1, panels);
   }
 
   // One thread's share: A panels [pb,pe) x B panels [jb,je) x K blocks [kbb,kbe), into Cd.
