@@ -295,19 +295,22 @@ async function main(): Promise<void> {
     }
     if (torch && TORCH_CASE_NAMES.includes(c.name)) runners.push({ backend: 'torch', runs: opts.runs, times: [], cpu: [], flops: c.flops, time: () => torch.time(c.name), dispose: () => {} });
 
+    // OpenBLAS's threads spin for ~0.1 s after a call (OpenMP's for a while too): left busy,
+    // they would take the cores from the next backend's threads.
+    const settle = async (r: Runner) => {
+      if (r.backend === 'torch' && opts.threads > 1) await new Promise((res) => setTimeout(res, TORCH_SETTLE_MS));
+    };
     // Warm-up, then interleaved rounds.
     for (const r of runners) if (r.runs > 1) {
       await r.time();
       r.cpu.length = 0;
-      if (r.backend === 'torch' && opts.threads > 1) await new Promise((res) => setTimeout(res, TORCH_SETTLE_MS));
+      await settle(r);
     }
     for (let round = 0; round < opts.runs; round++) {
       for (const r of runners) {
         if (r.times.length >= r.runs) continue;
         r.times.push(await r.time());
-        // OpenBLAS's threads spin for ~0.1 s after a call (OpenMP's for a while too): left busy,
-        // they would take the cores from the next backend's threads.
-        if (r.backend === 'torch' && opts.threads > 1) await new Promise((res) => setTimeout(res, TORCH_SETTLE_MS));
+        await settle(r);
       }
     }
     for (const r of runners) {

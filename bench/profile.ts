@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { registerNativeBackend } from '../src/backend/native.ts';
-import { convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
+import { type TrainStep, convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
 
 const args = process.argv.slice(2);
 const which = args[0];
@@ -21,7 +21,8 @@ const opt = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1]! : dflt;
 };
-if (which !== 'vae' && which !== 'unet' && which !== 'convnet') {
+const STEPS: Record<string, () => TrainStep> = { vae: () => vaeTrainStep(), unet: () => unetTrainStep(), convnet: () => convnetTrainStep() };
+if (!which || !Object.hasOwn(STEPS, which)) {
   console.error('usage: bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps N] [--clock cpu|wall] [--top N] [--shapes N]');
   process.exit(2);
 }
@@ -61,7 +62,7 @@ for (const config of tf.getKernelsForBackend(backend)) {
       } finally {
         const ms = now() - t0;
         depth--;
-        const shapes = Object.values(a.inputs).filter((t) => t != null).map((t) => `[${(t as tf.TensorInfo).shape}]`).join(" ");
+        const shapes = Object.values(a.inputs).filter((t) => t != null).map((t) => `[${(t as tf.TensorInfo).shape}]`).join(' ');
         add(byName, config.kernelName, ms);
         add(byShape, `${config.kernelName} ${shapes}`, ms);
       }
@@ -69,7 +70,7 @@ for (const config of tf.getKernelsForBackend(backend)) {
   });
 }
 
-const step = which === 'vae' ? vaeTrainStep() : which === 'unet' ? unetTrainStep() : convnetTrainStep();
+const step = STEPS[which]!();
 step.run(); // warm-up
 const walls: number[] = [];
 let cpuTotal = 0;
