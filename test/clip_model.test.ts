@@ -19,18 +19,11 @@ import {
   TEXT_ENCODER_PRESETS,
   TextEncoder,
   WordTokenizer,
-  contrastiveLoss,
-  cosineSimilarity,
-  digitPrompts,
-  evaluateClip,
-  mnistCaptionTokenizer,
+  clipLoss,
   mnistClipConfig,
-  recallAtK,
-  renderSimilarityMatrix,
-  viridis,
-  zeroShotPredict,
-  zeroShotScores,
 } from '../src/clip/index.ts';
+import { cosineSimilarity, digitPrompts, evaluateClip, recallAtK, renderSimilarityMatrix, viridis, zeroShotPredict, zeroShotScores } from '../src/eval/clip.ts';
+import { mnistCaptionTokenizer } from '../src/train/clip.ts';
 import { CAPTION_VOCABULARY, captionFor } from '../src/data/captions.ts';
 import type { Dataset } from '../src/data/types.ts';
 import { manualSeed } from '../src/nn/index.ts';
@@ -64,25 +57,25 @@ function referenceLoss(img: number[][], txt: number[][], logitScale: number): nu
   return (i2t / n + t2i / n) / 2;
 }
 
-describe('contrastiveLoss (symmetric InfoNCE)', () => {
+describe('clipLoss (symmetric InfoNCE)', () => {
   it('matches the closed form on a 2×2 example (both directions count)', () => {
     // logits = [[1, 0.6], [0, 0.8]] at scale 1: rows are image→text, columns text→image.
     const img = tf.tensor2d([[1, 0], [0, 1]]);
     const txt = tf.tensor2d([[1, 0], [0.6, 0.8]]);
     const want = 0.5 * ((softplus(-0.4) + softplus(-0.8)) / 2 + (softplus(-1) + softplus(-0.2)) / 2);
-    expect(contrastiveLoss(img, txt, 0).dataSync()[0]).toBeCloseTo(want, 6);
-    expect(contrastiveLoss(img, txt, tf.scalar(0)).dataSync()[0]).toBeCloseTo(want, 6);
+    expect(clipLoss(img, txt, 0).dataSync()[0]).toBeCloseTo(want, 6);
+    expect(clipLoss(img, txt, tf.scalar(0)).dataSync()[0]).toBeCloseTo(want, 6);
     // Swapping the roles of images and texts gives the same symmetric loss.
-    expect(contrastiveLoss(txt, img, 0).dataSync()[0]).toBeCloseTo(want, 6);
+    expect(clipLoss(txt, img, 0).dataSync()[0]).toBeCloseTo(want, 6);
   });
 
   it('caps the scale at 100 (logit_scale ≤ ln 100)', () => {
     // Every pair is mismatched by 0.2: each of the four terms is softplus(0.2·scale).
     const img = tf.tensor2d([[1, 0], [0, 1]]);
     const txt = tf.tensor2d([[0.6, 0.8], [0.8, 0.6]]);
-    expect(contrastiveLoss(img, txt, Math.log(10)).dataSync()[0]).toBeCloseTo(softplus(2), 5);
-    expect(contrastiveLoss(img, txt, Math.log(100)).dataSync()[0]).toBeCloseTo(softplus(20), 4);
-    expect(contrastiveLoss(img, txt, Math.log(1000)).dataSync()[0]).toBeCloseTo(softplus(20), 4);
+    expect(clipLoss(img, txt, Math.log(10)).dataSync()[0]).toBeCloseTo(softplus(2), 5);
+    expect(clipLoss(img, txt, Math.log(100)).dataSync()[0]).toBeCloseTo(softplus(20), 4);
+    expect(clipLoss(img, txt, Math.log(1000)).dataSync()[0]).toBeCloseTo(softplus(20), 4);
   });
 
   it('agrees with a float64 reference, and its gradients with finite differences', () => {
@@ -92,7 +85,7 @@ describe('contrastiveLoss (symmetric InfoNCE)', () => {
     const img = Array.from({ length: n }, () => Array.from({ length: p }, () => rng.normal() * 0.5));
     const txt = Array.from({ length: n }, () => Array.from({ length: p }, () => rng.normal() * 0.5));
     const ls = 1.3;
-    const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => contrastiveLoss(a as tf.Tensor2D, b as tf.Tensor2D, c as tf.Scalar);
+    const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => clipLoss(a as tf.Tensor2D, b as tf.Tensor2D, c as tf.Scalar);
     const [gi, gt, gs] = tf.grads(f)([tf.tensor2d(img), tf.tensor2d(txt), tf.scalar(ls)]).map((g) => g.dataSync());
     expect(f(tf.tensor2d(img), tf.tensor2d(txt), tf.scalar(ls)).dataSync()[0]).toBeCloseTo(referenceLoss(img, txt, ls), 5);
     const h = 1e-6;
@@ -107,11 +100,11 @@ describe('contrastiveLoss (symmetric InfoNCE)', () => {
     near(gs![0]!, fd((d) => referenceLoss(img, txt, ls + d)));
     expect(Math.abs(gs![0]!)).toBeGreaterThan(1e-3);
     // Above the cap the temperature gets no gradient.
-    expect(tf.grad((c: tf.Tensor) => contrastiveLoss(tf.tensor2d(img), tf.tensor2d(txt), c as tf.Scalar))(tf.scalar(5)).dataSync()[0]).toBe(0);
+    expect(tf.grad((c: tf.Tensor) => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), c as tf.Scalar))(tf.scalar(5)).dataSync()[0]).toBe(0);
   });
 
   it('rejects mismatched batches', () => {
-    expect(() => contrastiveLoss(tf.zeros([2, 3]) as tf.Tensor2D, tf.zeros([3, 3]) as tf.Tensor2D, 0)).toThrow(UsageError);
+    expect(() => clipLoss(tf.zeros([2, 3]) as tf.Tensor2D, tf.zeros([3, 3]) as tf.Tensor2D, 0)).toThrow(UsageError);
   });
 });
 
@@ -175,7 +168,7 @@ describe('CLIPModel', () => {
       expect(tf.norm(out.imageEmbeds, 'euclidean', 1).dataSync().every((v) => Math.abs(v - 1) < 1e-5)).toBe(true);
       expect(tf.norm(out.textEmbeds, 'euclidean', 1).dataSync().every((v) => Math.abs(v - 1) < 1e-5)).toBe(true);
       expect(maxAbs(out.logitsPerImage, tf.mul(tf.matMul(out.imageEmbeds, out.textEmbeds, false, true), 1 / 0.07))).toBeLessThan(1e-4);
-      expect(out.loss.dataSync()[0]).toBeCloseTo(contrastiveLoss(out.imageEmbeds, out.textEmbeds, LOGIT_SCALE_INIT).dataSync()[0]!, 5);
+      expect(out.loss.dataSync()[0]).toBeCloseTo(clipLoss(out.imageEmbeds, out.textEmbeds, LOGIT_SCALE_INIT).dataSync()[0]!, 5);
     });
     tf.dispose([out.imageEmbeds, out.textEmbeds, out.logitsPerImage, out.loss]);
     expect(tf.memory().numTensors).toBe(before);

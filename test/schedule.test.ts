@@ -220,6 +220,39 @@ describe('noise schedule: closed forms', () => {
   });
 });
 
+describe('noisedSample: the forward process and the training target', () => {
+  it('x_t and each target per batch item, computed in float64 and rounded once', () => {
+    const s = new NoiseSchedule({ num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, trained_betas: null });
+    const x0 = Float32Array.from([1, -2, 3, 0.5, 0.25, -0.75]);
+    const eps = Float32Array.from([0.3, 0.1, -1, 2, -0.6, 1.1]);
+    const t = [400, 10, 999];
+    const f32 = Math.fround;
+    for (const prediction of ['epsilon', 'v_prediction', 'sample'] as const) {
+      const { noisy, target } = s.noisedSample(x0, eps, t, prediction);
+      for (let j = 0; j < 6; j++) {
+        const ab = s.alphasCumprod[t[Math.floor(j / 2)]!]!;
+        const a = f32(Math.sqrt(ab));
+        const b = f32(Math.sqrt(f32(1 - ab)));
+        expect(noisy[j]).toBe(f32(a * x0[j]! + b * eps[j]!));
+        const want = prediction === 'epsilon' ? eps[j]! : prediction === 'sample' ? x0[j]! : f32(a * eps[j]! - b * x0[j]!);
+        expect(target[j]).toBe(want);
+      }
+    }
+    // One timestep serves the whole batch.
+    expect(Array.from(s.noisedSample(x0, eps, [400], 'epsilon').noisy)).toEqual(Array.from(s.noisedSample(x0, eps, [400, 400, 400], 'epsilon').noisy));
+    // The tensor forms are the same numbers.
+    const xT = tf.tensor3d(x0, [3, 2, 1]);
+    const eT = tf.tensor3d(eps, [3, 2, 1]);
+    expect(Array.from(s.addNoise(xT, eT, t).dataSync())).toEqual(Array.from(s.noisedSample(x0, eps, t, 'epsilon').noisy));
+    expect(Array.from(s.getVelocity(xT, eT, t).dataSync())).toEqual(Array.from(s.noisedSample(x0, eps, t, 'v_prediction').target));
+    expect(() => s.addNoise(xT, tf.zeros([3, 2]), t)).toThrow(/noise has shape \[3,2\], expected the shape of x0 \[3,2,1\]/);
+    tf.dispose([xT, eT]);
+    expect(() => s.noisedSample(x0, eps.subarray(1), t, 'epsilon')).toThrow(UsageError);
+    expect(() => s.noisedSample(x0, eps, [1, 2, 3, 4], 'epsilon')).toThrow(/4 timesteps do not split 6 values/);
+    expect(() => s.noisedSample(x0, eps, [1, 2, 1000], 'epsilon')).toThrow(/timestep must be an integer in \[0, 999\], got 1000/);
+  });
+});
+
 describe('bad input', () => {
   it('an unknown scheduler name lists the valid ones', () => {
     expect(() => createScheduler('lms', sdSchedulerConfig)).toThrow(UsageError);

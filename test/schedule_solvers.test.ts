@@ -350,6 +350,32 @@ describe('timesteps, sigmas and options', () => {
     x.dispose();
   });
 
+  it('predictOriginalSample is the x0 that step() reports (ᾱ and sigma forms), and recovers x0 on the trajectory', () => {
+    for (const name of ['ddpm', 'ddim', 'euler', 'pndm', 'dpm++2m'] as const) {
+      for (const type of ['epsilon', 'v_prediction', 'sample'] as const) {
+        if (name === 'pndm' && type === 'sample') continue; // PNDM has no x0-prediction mode
+        const s = createScheduler(name, sdSchedulerConfig, { prediction_type: type });
+        s.setTimesteps(10);
+        const i = 3;
+        const t = s.timesteps[i]!;
+        // The sample at t on the point-mass trajectory, in the scheduler's own space (Euler's is x0 + σ·ε).
+        const a = alphaBarAt(s, i, t);
+        const x = s instanceof SigmaScheduler ? tf.tensor(X0.map((v, j) => v + s.sigmas[i]! * EPS[j]!), SHAPE) : tf.tensor(onTrajectory(a), SHAPE);
+        const out = exactOutput(s instanceof SigmaScheduler ? tf.div(x, Math.sqrt(1 + s.sigmas[i]! ** 2)) : x, a, type);
+        const x0 = s.predictOriginalSample(out, t, x);
+        expectNear(x0, X0, 1e-5, `${name} ${type} x0`);
+        if (name !== 'pndm' && name !== 'dpm++2m') {
+          if (s instanceof SigmaScheduler) s.scaleModelInput(x, t).dispose(); // sets the step index
+          const r = s.step(out, t, x, { noise: tf.zerosLike(x) });
+          expect(Array.from(x0.dataSync()), `${name} ${type}`).toEqual(Array.from(r.predOriginalSample!.dataSync()));
+          tf.dispose([r.prevSample, r.predOriginalSample]);
+        }
+        tf.dispose([x, out, x0]);
+      }
+    }
+    expect(() => createScheduler('ddim', sdSchedulerConfig).predictOriginalSample(tf.zeros([1]), 1000, tf.zeros([1]))).toThrow(/timestep must be an integer in \[0, 999\]/);
+  });
+
   it('DPM-Solver lambda_min_clipped drops the timesteps whose log-SNR is below it', () => {
     const s = DPMSolverMultistepScheduler.fromConfig({ beta_schedule: 'squaredcos_cap_v2', lambda_min_clipped: -5.1 });
     s.setTimesteps(10);

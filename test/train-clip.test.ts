@@ -2,7 +2,7 @@
  * `sdlab train clip` on tiny towers and 8×8 digits (real MNIST digits pooled 4×4, written as IDX
  * files so the CLI reads them too), on the pure-JS cpu backend:
  *   - the multi-positive contrastive loss against a float64 reference written from its definition
- *     (and, at w = 0, against clip.ts's plain CLIP loss);
+ *     (and, at w = 0, against the plain CLIP loss without labels);
  *   - trimming the token ids after the longest caption changes no text embedding (causal encoder);
  *   - batches: captions name the right digit, are fresh each epoch, repeat exactly for (seed, epoch,
  *     batch); the shift augmentation is a translation;
@@ -17,7 +17,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
-import { CLIPModel, TextEncoder, contrastiveLoss, evaluateClip, l2Normalize, loadTokenizer, mnistCaptionTokenizer } from '../src/clip/index.ts';
+import { CLIPModel, TextEncoder, clipLoss, contrastiveTargets, l2Normalize, loadTokenizer } from '../src/clip/index.ts';
+import { evaluateClip } from '../src/eval/clip.ts';
 import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, DIGIT_WORDS } from '../src/data/captions.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { Random } from '../src/util/random.ts';
@@ -29,8 +30,7 @@ import {
   CLIP_TRAIN_DEFAULTS,
   captionBatch,
   clipTrainConfig,
-  contrastiveTargets,
-  multiPositiveContrastiveLoss,
+  mnistCaptionTokenizer,
   shiftedImages,
   tokenIds,
   trainClip,
@@ -141,24 +141,24 @@ describe('multi-positive contrastive loss', () => {
     expect(contrastiveTargets(labels, 1)[2]).toBeCloseTo(1 / 3, 6);
   });
 
-  it('matches a float64 reference for several w, and clip.ts contrastiveLoss at w = 0', () => {
+  it('matches a float64 reference for several w, and the plain CLIP loss (no labels) at w = 0', () => {
     const rng = new Random(11);
     const labels = [0, 2, 2, 5, 0, 2, 9];
     const img = unitRows(rng, 7, 5);
     const txt = unitRows(rng, 7, 5);
     for (const [w, ls] of [[0, 1.2], [0.5, 2.0], [1, 3.1], [0.3, 5.5]] as const) {
-      const got = tf.tidy(() => multiPositiveContrastiveLoss(tf.tensor2d(img), tf.tensor2d(txt), ls, labels, w).dataSync()[0]!);
+      const got = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), ls, labels, w).dataSync()[0]!);
       expect(got).toBeCloseTo(referenceLoss(img, txt, ls, labels, w), 4);
     }
-    const plain = tf.tidy(() => contrastiveLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0).dataSync()[0]!);
-    const ours = tf.tidy(() => multiPositiveContrastiveLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0, labels, 0).dataSync()[0]!);
+    const plain = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0).dataSync()[0]!);
+    const ours = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0, labels, 0).dataSync()[0]!);
     expect(ours).toBeCloseTo(plain, 5);
   });
 
   it('collapsed embeddings give ln N whatever the target', () => {
     const same = Array.from({ length: 6 }, () => [0.6, 0.8]);
     for (const w of [0, 0.5, 1]) {
-      const l = tf.tidy(() => multiPositiveContrastiveLoss(tf.tensor2d(same), tf.tensor2d(same), 2.6, [1, 1, 2, 3, 3, 3], w).dataSync()[0]!);
+      const l = tf.tidy(() => clipLoss(tf.tensor2d(same), tf.tensor2d(same), 2.6, [1, 1, 2, 3, 3, 3], w).dataSync()[0]!);
       expect(l).toBeCloseTo(Math.log(6), 5);
     }
   });

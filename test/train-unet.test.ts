@@ -15,8 +15,8 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { AutoencoderKL, VAE_PRESETS } from '../src/autoencoder/index.ts';
-import { CLIPModel, mnistCaptionTokenizer } from '../src/clip/index.ts';
-import { clipTrainConfig } from '../src/train/clip.ts';
+import { CLIPModel } from '../src/clip/index.ts';
+import { clipTrainConfig, mnistCaptionTokenizer } from '../src/train/clip.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { NoiseSchedule, readSchedulerConfig } from '../src/schedule/index.ts';
@@ -26,20 +26,11 @@ import { UNet2DConditionModel } from '../src/unet/index.ts';
 import { Random } from '../src/util/random.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
 import { vaeData } from '../src/train/vae.ts';
-import {
-  type UnetTrainOptions,
-  type UnetTrainResult,
-  UNET_TRAIN_DEFAULTS,
-  TextCache,
-  diffusionLoss,
-  drawCaptions,
-  encodeLatents,
-  loadFrozenParts,
-  makeBatchMaker,
-  minSnrWeight,
-  trainUnet,
-  validationLoss,
-} from '../src/train/unet.ts';
+import { type UnetTrainOptions, type UnetTrainResult, UNET_TRAIN_DEFAULTS, loadFrozenParts, trainUnet, validationLoss } from '../src/train/unet.ts';
+import { drawCaptions, makeBatchMaker } from '../src/train/diffusion_batch.ts';
+import { encodeLatents } from '../src/train/latents.ts';
+import { diffusionLoss, minSnrWeight } from '../src/train/losses.ts';
+import { TextCache } from '../src/train/text_cache.ts';
 import { tinyDigitsDir } from './helpers/tiny-data.ts';
 
 let tmp: string;

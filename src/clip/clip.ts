@@ -7,8 +7,10 @@
  *   encodeImage(x)  = normalise(image_encoder(x))                        [B, P]
  *   logits[i, j]    = exp(logit_scale) · <image_i, text_j>   (logit_scale learned, init ln(1/0.07),
  *                                                             capped at ln 100)
- *   loss            = ½ (CE(logits, diag) + CE(logitsᵀ, diag))  — symmetric InfoNCE: each image
- *                     must pick its own caption among the batch's, and each caption its image.
+ *   loss            = ½ (CE(logits, diag) + CE(logitsᵀ, diag))  — symmetric InfoNCE (clipLoss):
+ *                     each image must pick its own caption among the batch's, and each caption
+ *                     its image. sdlab's trainer (src/train/clip.ts) passes the digit labels too,
+ *                     so that same-digit pairs share part of the target.
  *
  * After training, the text encoder's lastHiddenState is what the UNet cross-attends to.
  *
@@ -18,7 +20,7 @@
  * ln(batch size) (measured on MNIST, batch 64). A linear warmup to 1e-3 over the first 100 steps
  * avoids it: zero-shot accuracy ~95 % after 140 steps of batch 64 in that measurement.
  *
- *   const tok = mnistCaptionTokenizer();
+ *   const tok = mnistCaptionTokenizer();               // src/train/clip.ts: the caption words
  *   const clip = new CLIPModel(mnistClipConfig(tok.vocabSize));
  *   const loss = clip.loss(images, ids);              // scalar; images NHWC in [-1, 1]
  *   clip.clampLogitScale();                           // after each optimizer step
@@ -38,7 +40,6 @@ import { loadWeights, saveWeights } from '../io/checkpoint.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
-import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY } from '../data/captions.ts';
 import type { Tokenizer } from './tokenizer.ts';
 import { loadTokenizer } from './tokenizer_load.ts';
 import { WordTokenizer, WORD_TOKENIZER_FILE } from './tokenizer_word.ts';
@@ -93,11 +94,6 @@ export function mnistClipConfig(vocabSize: number, maxLength = TEXT_ENCODER_PRES
   };
 }
 
-/** The word tokenizer for generated captions (src/data/captions.ts): every caption word and ','. */
-export function mnistCaptionTokenizer(maxLength = TEXT_ENCODER_PRESETS.mnist.max_position_embeddings): WordTokenizer {
-  return new WordTokenizer([...CAPTION_VOCABULARY, ...CAPTION_PUNCTUATION], { maxLength });
-}
-
 /** Fills defaults, checks both towers and that they agree on projection_dim. */
 export function validateClipConfig(cfg: CLIPConfig, source = 'clip config'): CLIPConfig {
   const text = validateTextEncoderConfig({ ...cfg.text_config }, `${source} text_config`);
@@ -147,24 +143,58 @@ export function l2Normalize<T extends tf.Tensor>(x: T): T {
 }
 
 /**
- * Symmetric InfoNCE with in-batch negatives. imageEmbeds, textEmbeds [N, P] (pair i is
- * image i with text i; pass L2-normalised embeddings), logitScale = ln(scale), capped at
- * LOGIT_SCALE_MAX (no gradient above the cap). With logits = exp(logitScale)·I·Tᵀ:
- *   loss = ½ [ mean_i (logsumexp_j logits[i, j] − logits[i, i])       image → text
- *            + mean_j (logsumexp_i logits[i, j] − logits[j, j]) ]     text → image
+ * CLIP's loss: symmetric InfoNCE with in-batch negatives (HF transformers' clip_loss).
+ * imageEmbeds, textEmbeds [N, P] (pair i is image i with text i; pass L2-normalised embeddings),
+ * logitScale = ln(scale), capped at LOGIT_SCALE_MAX (no gradient above the cap). With
+ * logits = exp(logitScale)·I·Tᵀ and a target matrix whose rows sum to 1:
+ *
+ *   loss = −1/(2N) Σ_ij target[i, j] · ( log softmax_j logits[i, j]      image → text
+ *                                      + log softmax_i logits[i, j] )    text → image
+ *
+ * Without labels the target is the identity — each image's own caption, each caption's own
+ * image — and this is CLIP's ½ [CE(logits, diag) + CE(logitsᵀ, diag)]. With labels, pairs of the
+ * same label share `sameLabelWeight` of the target (contrastiveTargets): what sdlab's CLIP trainer
+ * minimises, as a batch of digits holds several of each and "seven" fits every 7.
  */
-export function contrastiveLoss(imageEmbeds: tf.Tensor2D, textEmbeds: tf.Tensor2D, logitScale: tf.Scalar | number): tf.Scalar {
+export function clipLoss(
+  imageEmbeds: tf.Tensor2D,
+  textEmbeds: tf.Tensor2D,
+  logitScale: tf.Scalar | number,
+  labels: ArrayLike<number> | null = null,
+  sameLabelWeight = 0,
+): tf.Scalar {
   return tf.tidy(() => {
-    if (imageEmbeds.shape[0] !== textEmbeds.shape[0] || imageEmbeds.shape[1] !== textEmbeds.shape[1]) {
-      throw new UsageError(`contrastiveLoss: image embeddings [${imageEmbeds.shape}] and text embeddings [${textEmbeds.shape}] must have the same shape.`);
+    const n = imageEmbeds.shape[0];
+    const pairLabels = labels ?? Int32Array.from({ length: n }, (_, i) => i); // every pair its own class
+    if (textEmbeds.shape[0] !== n || textEmbeds.shape[1] !== imageEmbeds.shape[1] || pairLabels.length !== n) {
+      throw new UsageError(`clipLoss: image embeddings [${imageEmbeds.shape}], text embeddings [${textEmbeds.shape}] and ${pairLabels.length} labels must agree.`);
     }
     const scale = tf.exp(tf.minimum(logitScale, LOGIT_SCALE_MAX));
-    const logits = tf.mul(tf.matMul(imageEmbeds, textEmbeds, false, true), scale); // [images, texts]
-    const diag = tf.mul(tf.sum(tf.mul(imageEmbeds, textEmbeds), -1), scale); // logits[i, i]
-    const imageToText = tf.mean(tf.sub(tf.logSumExp(logits, 1), diag));
-    const textToImage = tf.mean(tf.sub(tf.logSumExp(logits, 0), diag));
-    return tf.mul(tf.add(imageToText, textToImage), 0.5) as tf.Scalar;
+    const logits = tf.mul(tf.matMul(imageEmbeds, textEmbeds, false, true), scale); // [images, captions]
+    const target = tf.tensor2d(contrastiveTargets(pairLabels, sameLabelWeight), [n, n]);
+    const imageToText = tf.sub(logits, tf.logSumExp(logits, 1, true)); // log p(caption j | image i)
+    const textToImage = tf.sub(logits, tf.logSumExp(logits, 0, true)); // log p(image i | caption j)
+    const ce = tf.add(tf.sum(tf.mul(target, imageToText)), tf.sum(tf.mul(target, textToImage)));
+    return tf.div(ce, -2 * n) as tf.Scalar;
   });
+}
+
+/**
+ * target[i, j] = (1 − w)·[i = j] + w·[label_i = label_j] / (count of label_i in the batch).
+ * Each row sums to 1, and the matrix is symmetric, so its columns are the caption → image targets.
+ * With w = 0 (or all labels different) it is the identity.
+ */
+export function contrastiveTargets(labels: ArrayLike<number>, sameLabelWeight: number): Float32Array {
+  const n = labels.length;
+  const w = sameLabelWeight;
+  const count = new Map<number, number>();
+  for (let i = 0; i < n; i++) count.set(labels[i]!, (count.get(labels[i]!) ?? 0) + 1);
+  const t = new Float32Array(n * n);
+  for (let i = 0; i < n; i++) {
+    const c = count.get(labels[i]!)!;
+    for (let j = 0; j < n; j++) t[i * n + j] = (i === j ? 1 - w : 0) + (labels[i] === labels[j] ? w / c : 0);
+  }
+  return t;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,13 +269,13 @@ export class CLIPModel extends Module {
       const textEmbeds = this.encodeText(ids);
       const scale = tf.exp(tf.minimum(this.logit_scale, LOGIT_SCALE_MAX));
       const logitsPerImage = tf.mul(tf.matMul(imageEmbeds, textEmbeds, false, true), scale) as tf.Tensor2D;
-      return { imageEmbeds, textEmbeds, logitsPerImage, loss: contrastiveLoss(imageEmbeds, textEmbeds, this.logit_scale as tf.Scalar) };
+      return { imageEmbeds, textEmbeds, logitsPerImage, loss: clipLoss(imageEmbeds, textEmbeds, this.logit_scale as tf.Scalar) };
     });
   }
 
-  /** The contrastive loss alone (what training minimises). */
+  /** The contrastive loss alone: clipLoss of the batch's pairs (each image with its own text). */
   loss(images: tf.Tensor4D, ids: tf.Tensor2D | number[][]): tf.Scalar {
-    return tf.tidy(() => contrastiveLoss(this.encodeImage(images), this.encodeText(ids), this.logit_scale as tf.Scalar));
+    return tf.tidy(() => clipLoss(this.encodeImage(images), this.encodeText(ids), this.logit_scale as tf.Scalar));
   }
 
   /**

@@ -17,7 +17,6 @@
  */
 import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
-import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../backend/index.ts';
 import { check } from '../util/errors.ts';
 import { int, intList, float } from '../util/options.ts';
@@ -120,68 +119,57 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
   const schedules = opts.schedules.map(
     (name) => [name, new NoiseSchedule({ num_train_timesteps: NUM_TRAIN_TIMESTEPS, beta_start: opts.betaStart, beta_end: opts.betaEnd, beta_schedule: name, trained_betas: null })] as const,
   );
-  const x0t = tf.tensor4d(x0, [n, H, W, 1]);
-  const epst = tf.tensor4d(noise, [n, H, W, 1]);
-  const noisy = (s: NoiseSchedule, t: number): Float32Array => {
-    const xt = s.addNoise(x0t, epst, t);
-    const out = xt.dataSync() as Float32Array;
-    xt.dispose();
-    return out;
-  };
+  // x_t of every digit at one timestep (the schedule's forward process; the target is not drawn).
+  const noisy = (s: NoiseSchedule, t: number): Float32Array => s.noisedSample(x0, noise, [t], 'epsilon').noisy;
 
-  try {
-    // The strip: for each digit, one row per schedule; one column per timestep.
-    const xt: Record<string, Float32Array[]> = {};
-    for (const [name, s] of schedules) xt[name] = opts.timesteps.map((t) => noisy(s, t));
-    const cells: FloatImage[] = [];
-    const rowLabels: string[] = [];
-    for (let d = 0; d < n; d++) {
-      for (const [name] of schedules) {
-        rowLabels.push(`${name} ${ds.labels[indices[d]!]}`);
-        for (const x of xt[name]!) cells.push({ data: toDisplay(x.subarray(d * px, (d + 1) * px)), height: H, width: W });
-      }
+  // The strip: for each digit, one row per schedule; one column per timestep.
+  const xt: Record<string, Float32Array[]> = {};
+  for (const [name, s] of schedules) xt[name] = opts.timesteps.map((t) => noisy(s, t));
+  const cells: FloatImage[] = [];
+  const rowLabels: string[] = [];
+  for (let d = 0; d < n; d++) {
+    for (const [name] of schedules) {
+      rowLabels.push(`${name} ${ds.labels[indices[d]!]}`);
+      for (const x of xt[name]!) cells.push({ data: toDisplay(x.subarray(d * px, (d + 1) * px)), height: H, width: W });
     }
-    const gridOpts = {
-      rows: n * schedules.length,
-      cols: opts.timesteps.length,
-      scale: opts.scale,
-      rowLabels,
-      colLabels: opts.timesteps.map((t) => `t=${t}`),
-      title: 'x_t = sqrt(a_t) x0 + sqrt(1-a_t) eps',
-      groupRows: schedules.length,
-    };
-    const strip = path.join(opts.out, 'noise_strip.png');
-    await savePng(strip, renderGrid(cells, gridOpts));
-    const stripLayout = gridLayout(cells.length, H, W, gridOpts);
-
-    // The GIF: t from 0 to T-1; rows = schedules, columns = digits.
-    const gifTimesteps = Array.from({ length: opts.frames }, (_, k) => Math.round((k * (NUM_TRAIN_TIMESTEPS - 1)) / (opts.frames - 1)));
-    const gifOpts = { rows: schedules.length, cols: n, scale: opts.scale, rowLabels: schedules.map(([name]) => name), title: 't=999' };
-    const frames = gifTimesteps.map((t) => {
-      const frameCells = schedules.flatMap(([, s]) => images(toDisplay(noisy(s, t)), n, H, W));
-      return renderGrid(frameCells, { ...gifOpts, title: `t=${String(t).padStart(3, ' ')}` });
-    });
-    const gifLayout = gridLayout(n * schedules.length, H, W, gifOpts);
-    const gif = path.join(opts.out, 'noise.gif');
-    await saveGif(gif, frames, { delayMs: 80, lastFrameDelayMs: 1200 });
-
-    // ᾱ_t per schedule: how much of the signal is left at t.
-    const alphasCumprod: Record<string, Float64Array> = {};
-    for (const [name, s] of schedules) alphasCumprod[name] = s.alphasCumprod;
-    const alphas = path.join(opts.out, 'alphas_cumprod.png');
-    await savePng(
-      alphas,
-      renderLossCurve(
-        schedules.map(([name, s]) => ({ name, values: Array.from(s.alphasCumprod) })),
-        { title: 'signal left: alphas_cumprod', xLabel: 't', yLabel: 'alpha_bar', logY: false },
-      ),
-    );
-
-    return { files: { strip, gif, alphas }, indices, labels: indices.map((i) => ds.labels[i]!), height: H, width: W, alphasCumprod, x0, noise, xt, stripLayout, gifLayout, gifTimesteps };
-  } finally {
-    x0t.dispose();
-    epst.dispose();
   }
+  const gridOpts = {
+    rows: n * schedules.length,
+    cols: opts.timesteps.length,
+    scale: opts.scale,
+    rowLabels,
+    colLabels: opts.timesteps.map((t) => `t=${t}`),
+    title: 'x_t = sqrt(a_t) x0 + sqrt(1-a_t) eps',
+    groupRows: schedules.length,
+  };
+  const strip = path.join(opts.out, 'noise_strip.png');
+  await savePng(strip, renderGrid(cells, gridOpts));
+  const stripLayout = gridLayout(cells.length, H, W, gridOpts);
+
+  // The GIF: t from 0 to T-1; rows = schedules, columns = digits.
+  const gifTimesteps = Array.from({ length: opts.frames }, (_, k) => Math.round((k * (NUM_TRAIN_TIMESTEPS - 1)) / (opts.frames - 1)));
+  const gifOpts = { rows: schedules.length, cols: n, scale: opts.scale, rowLabels: schedules.map(([name]) => name), title: 't=999' };
+  const frames = gifTimesteps.map((t) => {
+    const frameCells = schedules.flatMap(([, s]) => images(toDisplay(noisy(s, t)), n, H, W));
+    return renderGrid(frameCells, { ...gifOpts, title: `t=${String(t).padStart(3, ' ')}` });
+  });
+  const gifLayout = gridLayout(n * schedules.length, H, W, gifOpts);
+  const gif = path.join(opts.out, 'noise.gif');
+  await saveGif(gif, frames, { delayMs: 80, lastFrameDelayMs: 1200 });
+
+  // ᾱ_t per schedule: how much of the signal is left at t.
+  const alphasCumprod: Record<string, Float64Array> = {};
+  for (const [name, s] of schedules) alphasCumprod[name] = s.alphasCumprod;
+  const alphas = path.join(opts.out, 'alphas_cumprod.png');
+  await savePng(
+    alphas,
+    renderLossCurve(
+      schedules.map(([name, s]) => ({ name, values: Array.from(s.alphasCumprod) })),
+      { title: 'signal left: alphas_cumprod', xLabel: 't', yLabel: 'alpha_bar', logY: false },
+    ),
+  );
+
+  return { files: { strip, gif, alphas }, indices, labels: indices.map((i) => ds.labels[i]!), height: H, width: W, alphasCumprod, x0, noise, xt, stripLayout, gifLayout, gifTimesteps };
 }
 
 function scheduleList(value: string): BetaSchedule[] {

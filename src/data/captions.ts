@@ -17,7 +17,8 @@
  * Thresholds assume MNIST-scale strokes (28x28, or padded to 32x32).
  *
  * Every word the generator can emit is in CAPTION_VOCABULARY; captions are those words joined by
- * single spaces, where a style word may carry a trailing comma ("a thick, slanted 7").
+ * single spaces, where a style word may carry a trailing comma ("a thick, slanted 7"). The CLIP
+ * trainer's word tokenizer is built from these lists (mnistCaptionTokenizer, src/train/clip.ts).
  */
 import { Random } from '../util/random.ts';
 

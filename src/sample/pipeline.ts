@@ -56,7 +56,7 @@ export interface StepInfo {
   t: number;
   /** Latents after the step [B, h, w, C] (diffusion space: multiply by 1/scaling_factor to decode). */
   latents: tf.Tensor4D;
-  /** The estimate of the clean latents x0 at this step (the scheduler's, or derived from eps). */
+  /** The estimate of the clean latents x0 at this step (scheduler.step's, else scheduler.predictOriginalSample). */
   predOriginalSample: tf.Tensor4D;
   /** The (guided) model output the scheduler stepped with. */
   noisePred: tf.Tensor4D;
@@ -255,7 +255,8 @@ export class StableDiffusionPipeline {
         });
         const stepped = scheduler.step(noisePred, t, x, { eta: opts.eta, generator });
         const next = stepped.prevSample as tf.Tensor4D;
-        const x0 = opts.callback ? ((stepped.predOriginalSample as tf.Tensor4D | undefined) ?? estimateX0(scheduler, noisePred, t, x)) : null;
+        // Schedulers that report no x0 (PNDM, DPM-Solver) are asked for it: pictures only.
+        const x0 = opts.callback ? ((stepped.predOriginalSample ?? scheduler.predictOriginalSample(noisePred, t, x)) as tf.Tensor4D) : null;
         if (!opts.callback) stepped.predOriginalSample?.dispose();
         x.dispose();
         latents = next;
@@ -319,27 +320,6 @@ function perImage(v: string | readonly string[], b: number, what: string): strin
   if (v.length === 1) return new Array<string>(b).fill(v[0]!);
   if (v.length !== b) throw new UsageError(`pipeline: got ${v.length} values for the ${what}, expected 1 or ${b} (one per image).`);
   return [...v];
-}
-
-/**
- * x0 from the model output in the ᾱ parametrisation, for schedulers that report none (PNDM,
- * DPM-Solver): x0 = (x − sqrt(1−ᾱ_t)·eps) / sqrt(ᾱ_t) for epsilon-prediction (v and sample
- * likewise). Used for pictures only.
- */
-export function estimateX0(scheduler: Scheduler, modelOutput: tf.Tensor4D, t: number, sample: tf.Tensor4D): tf.Tensor4D {
-  const a = scheduler.alphasCumprod[Math.min(scheduler.numTrainTimesteps - 1, Math.max(0, Math.round(t)))]!;
-  const sa = Math.sqrt(a);
-  const sb = Math.sqrt(1 - a);
-  return tf.tidy(() => {
-    switch (scheduler.config.prediction_type) {
-      case 'epsilon':
-        return tf.div(tf.sub(sample, tf.mul(modelOutput, sb)), sa) as tf.Tensor4D;
-      case 'v_prediction':
-        return tf.sub(tf.mul(sample, sa), tf.mul(modelOutput, sb)) as tf.Tensor4D;
-      case 'sample':
-        return modelOutput.clone();
-    }
-  });
 }
 
 /** Throws a one-line error when the components were not made for each other. */

@@ -1,21 +1,14 @@
 /**
- * The noise schedule, and what every sampler ("scheduler") shares.
+ * What every sampler ("scheduler") shares: the config, the timestep spacings, x0 from the model
+ * output, and the numpy/torch helpers that make the numbers match diffusers.
  *
- * Diffusion training adds Gaussian noise to clean data x0 in T = num_train_timesteps small steps.
- * A beta schedule says how much noise step t adds (beta_t); its running product
- *
- *   alphasCumprod[t] = ᾱ_t = Π_{s<=t} (1 - beta_s)
- *
- * gives the closed form of the forward process used for training:
- *
- *   x_t = sqrt(ᾱ_t) · x0 + sqrt(1 - ᾱ_t) · noise          (addNoise)
- *   v_t = sqrt(ᾱ_t) · noise - sqrt(1 - ᾱ_t) · x0           (getVelocity, the v-prediction target)
- *
- * A scheduler walks the process backwards at inference: setTimesteps(n) picks n of the T
- * timesteps, and step(modelOutput, t, x_t) turns the model's prediction at t into the sample at
- * the next (earlier) timestep. Each scheduler lives in its own file next to this one and mirrors
- * diffusers v0.24 (same config keys, same defaults, same numbers); `createScheduler` in
- * ./index.ts builds one by name from a diffusers `scheduler_config.json`.
+ * The beta schedule, ᾱ and the forward (noising) process x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε live in
+ * ./forward.ts (NoiseSchedule); a Scheduler extends NoiseSchedule and walks the process backwards
+ * at inference: setTimesteps(n) picks n of the T timesteps, and step(modelOutput, t, x_t) turns
+ * the model's prediction at t into the sample at the next (earlier) timestep. Each scheduler lives
+ * in its own file next to this one and mirrors diffusers v0.24 (same config keys, same defaults,
+ * same numbers); `createScheduler` in ./index.ts builds one by name from a diffusers
+ * `scheduler_config.json`.
  *
  * Precision: diffusers keeps its tables as float32 torch tensors and computes the per-step
  * coefficients as float32 0-d tensors. We keep the tables in Float64Arrays holding exactly those
@@ -26,11 +19,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { BETA_SCHEDULES, type BetaSchedule, NoiseSchedule, PREDICTION_TYPES, type PredictionType } from './forward.ts';
 
-export const BETA_SCHEDULES = ['linear', 'scaled_linear', 'squaredcos_cap_v2'] as const;
-export type BetaSchedule = (typeof BETA_SCHEDULES)[number];
-export const PREDICTION_TYPES = ['epsilon', 'v_prediction', 'sample'] as const;
-export type PredictionType = (typeof PREDICTION_TYPES)[number];
 export const TIMESTEP_SPACINGS = ['leading', 'linspace', 'trailing'] as const;
 export type TimestepSpacing = (typeof TIMESTEP_SPACINGS)[number];
 
@@ -65,31 +55,6 @@ export function npArange(start: number, stop: number, step: number): number[] {
   return out;
 }
 
-/**
- * torch.linspace(start, end, steps, dtype=float32) on CPU, bit for bit. torch fills 8 lanes at a
- * time from a base fma(step, i0, start) (the second half counts back from `end`), and the last
- * steps % 16 values one by one. The float64 expressions below are exact before the final
- * rounding, so each equals one fused multiply-add. Reproducing it makes alphasCumprod match
- * torch exactly, which matters at t ~ 0 where 1 - ᾱ_t cancels (sigma there moves by ~1e-5).
- */
-export function torchLinspaceF32(start: number, end: number, steps: number): Float64Array {
-  const s = f32(start);
-  const e = f32(end);
-  const step = f32((e - s) / (steps - 1));
-  const half = Math.floor(steps / 2);
-  const at = (i: number) => (i < half ? f32(s + step * i) : f32(e - step * (steps - i - 1)));
-  const out = new Float64Array(steps);
-  let i = 0;
-  for (; i + 16 <= steps; i += 16) {
-    for (const i0 of [i, i + 8]) {
-      const base = at(i0);
-      for (let k = 0; k < 8; k++) out[i0 + k] = f32(base + k * step);
-    }
-  }
-  for (; i < steps; i++) out[i] = at(i);
-  return out;
-}
-
 /** np.interp(x, [0, 1, ..., n-1], table): linear interpolation in a table indexed by timestep. */
 export function interpTable(x: number, table: ArrayLike<number>): number {
   const n = table.length;
@@ -101,76 +66,7 @@ export function interpTable(x: number, table: ArrayLike<number>): number {
   return slope * (x - j) + table[j]!;
 }
 
-// ---------------------------------------------------------------------------------------------
-// beta schedules and ᾱ
-// ---------------------------------------------------------------------------------------------
-
-/** Glide's cosine schedule: betas from ᾱ(t) = cos²((t + 0.008) / 1.008 · π/2), capped at 0.999. */
-function betasForAlphaBar(numTrainTimesteps: number, maxBeta = 0.999): Float64Array {
-  const alphaBar = (t: number) => Math.cos(((t + 0.008) / 1.008) * (Math.PI / 2)) ** 2;
-  const betas = new Float64Array(numTrainTimesteps);
-  for (let i = 0; i < numTrainTimesteps; i++) {
-    const t1 = i / numTrainTimesteps;
-    const t2 = (i + 1) / numTrainTimesteps;
-    betas[i] = f32(Math.min(1 - alphaBar(t2) / alphaBar(t1), maxBeta)); // torch.tensor(list) -> float32
-  }
-  return betas;
-}
-
-/** The betas of a diffusers beta_schedule, as float32 values. */
-export function makeBetas(
-  schedule: string,
-  numTrainTimesteps: number,
-  betaStart: number,
-  betaEnd: number,
-  trainedBetas: readonly number[] | null = null,
-): Float64Array {
-  if (trainedBetas) return Float64Array.from(trainedBetas, f32);
-  switch (schedule) {
-    case 'linear':
-      return torchLinspaceF32(betaStart, betaEnd, numTrainTimesteps);
-    case 'scaled_linear': {
-      // Latent diffusion: linear in sqrt(beta), then squared (in float32, as torch does).
-      const root = torchLinspaceF32(Math.sqrt(betaStart), Math.sqrt(betaEnd), numTrainTimesteps);
-      return root.map((r) => f32(r * r));
-    }
-    case 'squaredcos_cap_v2':
-      return betasForAlphaBar(numTrainTimesteps);
-    default:
-      throw new UsageError(`scheduler config beta_schedule: expected one of ${BETA_SCHEDULES.join(', ')}, got "${schedule}".`);
-  }
-}
-
-/** ᾱ_t = cumprod(1 - beta). torch's CPU cumprod multiplies in float64 and stores float32. */
-export function alphasCumprodFromBetas(betas: Float64Array): Float64Array {
-  const out = new Float64Array(betas.length);
-  let acc = 1;
-  for (let i = 0; i < betas.length; i++) {
-    acc *= f32(1 - betas[i]!);
-    out[i] = f32(acc);
-  }
-  return out;
-}
-
-/**
- * Rescales betas so the last timestep has zero signal (ᾱ_T = 0), "Common Diffusion Noise
- * Schedules and Sample Steps are Flawed" (arXiv 2305.08891), Algorithm 1. Used by DDIM's
- * rescale_betas_zero_snr. Done in float64 (torch does it in float32; no fixture covers it).
- */
-export function rescaleZeroTerminalSnr(betas: Float64Array): Float64Array {
-  const n = betas.length;
-  const ac = alphasCumprodFromBetas(betas);
-  const sq = ac.map(Math.sqrt);
-  const s0 = sq[0]!;
-  const sT = sq[n - 1]!;
-  const scaled = sq.map((v) => ((v - sT) * s0) / (s0 - sT));
-  const bar = scaled.map((v) => v * v);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = f32(1 - (i === 0 ? bar[0]! : bar[i]! / bar[i - 1]!));
-  return out;
-}
-
-/** sqrt((1 - ᾱ) / ᾱ) per train timestep, each op rounded to float32 like the torch expression. */
+/** σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) per train timestep (the sigma-space samplers' noise level), each op rounded to float32 like the torch expression. */
 export function sigmaTable(alphasCumprod: Float64Array): Float64Array {
   return alphasCumprod.map((a) => f32(Math.sqrt(f32(f32(1 - a) / a))));
 }
@@ -295,92 +191,8 @@ export function drawNoise(shape: number[], opts: StepOptions): tf.Tensor {
 }
 
 // ---------------------------------------------------------------------------------------------
-// the forward process and the Scheduler base class
+// the Scheduler base class
 // ---------------------------------------------------------------------------------------------
-
-/** Timesteps for addNoise: a number, a list (one per batch item) or an int tensor. */
-export type TimestepsLike = number | readonly number[] | Int32Array | Float32Array | tf.Tensor;
-
-function timestepList(t: TimestepsLike): { values: number[]; scalar: boolean } {
-  if (typeof t === 'number') return { values: [t], scalar: true };
-  if (t instanceof tf.Tensor) return { values: Array.from(t.dataSync()), scalar: t.rank === 0 };
-  return { values: Array.from(t), scalar: false };
-}
-
-/** Shape that broadcasts one value per batch item against a tensor of rank `rank`. */
-function perItemShape(n: number, rank: number, scalar: boolean): number[] {
-  return scalar ? [] : [n, ...new Array<number>(Math.max(0, rank - 1)).fill(1)];
-}
-
-/**
- * The forward (noising) process of a beta schedule: betas, ᾱ, addNoise, getVelocity.
- * Schedulers extend it; use it alone for training.
- */
-export class NoiseSchedule {
-  readonly numTrainTimesteps: number;
-  readonly betas: Float64Array;
-  readonly alphas: Float64Array;
-  /** ᾱ_t for t = 0..T-1 (float32 values held in float64). */
-  readonly alphasCumprod: Float64Array;
-
-  constructor(
-    cfg: Pick<BaseSchedulerConfig, 'num_train_timesteps' | 'beta_start' | 'beta_end' | 'beta_schedule' | 'trained_betas'> & {
-      rescale_betas_zero_snr?: boolean;
-    },
-  ) {
-    const T = cfg.num_train_timesteps;
-    if (!Number.isInteger(T) || T < 2) {
-      throw new UsageError(`scheduler config num_train_timesteps: expected an integer >= 2, got ${T}.`);
-    }
-    if (cfg.trained_betas && cfg.trained_betas.length !== T) {
-      throw new UsageError(`scheduler config trained_betas: expected ${T} values (num_train_timesteps), got ${cfg.trained_betas.length}.`);
-    }
-    let betas = makeBetas(cfg.beta_schedule, T, cfg.beta_start, cfg.beta_end, cfg.trained_betas);
-    if (cfg.rescale_betas_zero_snr) betas = rescaleZeroTerminalSnr(betas);
-    this.numTrainTimesteps = T;
-    this.betas = betas;
-    this.alphas = betas.map((b) => f32(1 - b));
-    this.alphasCumprod = alphasCumprodFromBetas(betas);
-  }
-
-  /** Throws unless t is an integer train timestep in [0, T). */
-  checkTimestep(t: number, where: string): void {
-    if (!Number.isInteger(t) || t < 0 || t >= this.numTrainTimesteps) {
-      throw new UsageError(`${where}: timestep must be an integer in [0, ${this.numTrainTimesteps - 1}], got ${t}.`);
-    }
-  }
-
-  /** sqrt(ᾱ_t) and sqrt(1 - ᾱ_t) per batch item, as float32 tensors shaped to broadcast against x. */
-  protected signalNoiseCoefs(t: TimestepsLike, x: tf.Tensor, where: string): [tf.Tensor, tf.Tensor] {
-    const { values, scalar } = timestepList(t);
-    if (!scalar && values.length !== 1 && values.length !== x.shape[0]) {
-      throw new UsageError(`${where}: got ${values.length} timesteps for a batch of ${x.shape[0]}.`);
-    }
-    for (const v of values) this.checkTimestep(v, where);
-    const shape = perItemShape(values.length, x.rank, scalar);
-    const a = values.map((v) => this.alphasCumprod[v]!);
-    // Same float32 roundings as diffusers: ᾱ ** 0.5 and (1 - ᾱ) ** 0.5 on float32 tensors.
-    const sqrtA = tf.tensor(a.map((v) => f32(Math.sqrt(v))), shape, 'float32');
-    const sqrt1mA = tf.tensor(a.map((v) => f32(Math.sqrt(f32(1 - v)))), shape, 'float32');
-    return [sqrtA, sqrt1mA];
-  }
-
-  /** x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise, with t one integer per batch item (or one for all). */
-  addNoise(x0: tf.Tensor, noise: tf.Tensor, t: TimestepsLike): tf.Tensor {
-    return tf.tidy(() => {
-      const [a, s] = this.signalNoiseCoefs(t, x0, 'addNoise');
-      return tf.add(tf.mul(a, x0), tf.mul(s, noise));
-    });
-  }
-
-  /** v = sqrt(ᾱ_t)·noise - sqrt(1-ᾱ_t)·x0: the target of a v_prediction model. */
-  getVelocity(x0: tf.Tensor, noise: tf.Tensor, t: TimestepsLike): tf.Tensor {
-    return tf.tidy(() => {
-      const [a, s] = this.signalNoiseCoefs(t, x0, 'getVelocity');
-      return tf.sub(tf.mul(a, noise), tf.mul(s, x0));
-    });
-  }
-}
 
 /**
  * What every scheduler offers. Ownership: every tensor a scheduler returns is new and owned by
@@ -447,7 +259,20 @@ export abstract class Scheduler<C extends BaseSchedulerConfig = BaseSchedulerCon
     }
   }
 
-  /** x0 from the model output in the ᾱ parametrisation (used by DDPM), per prediction_type. */
+  /**
+   * The model's estimate of the clean sample x0 at `timestep`, from its output there (the
+   * forward process solved for x0, per prediction_type). Pipelines draw it for schedulers whose
+   * step() reports none (PNDM, DPM-Solver).
+   */
+  predictOriginalSample(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor): tf.Tensor {
+    this.checkTimestep(timestep, `${this.constructor.name}.predictOriginalSample`);
+    return tf.tidy(() => this.predictX0(modelOutput, sample, this.alphasCumprod[timestep]!));
+  }
+
+  /**
+   * x0 from the model output in the ᾱ parametrisation, per prediction_type:
+   *   epsilon: (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t;   v_prediction: √ᾱ_t·x_t − √(1−ᾱ_t)·v̂;   sample: x̂0.
+   */
   protected predictX0(modelOutput: tf.Tensor, sample: tf.Tensor, alphaProdT: number): tf.Tensor {
     const betaProdT = f32(1 - alphaProdT);
     switch (this.config.prediction_type) {

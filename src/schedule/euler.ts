@@ -26,12 +26,12 @@ import {
   Scheduler,
   type SchedulerOutput,
   type StepOptions,
-  type TimestepsLike,
   interpTable,
   npLinspace,
   resolveConfig,
   sigmaTable,
 } from './base.ts';
+import type { TimestepsLike } from './forward.ts';
 
 const f32 = Math.fround;
 
@@ -97,18 +97,29 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
   }
 
   /**
-   * Sigma-space forward noising: x = x0 + σ_t·noise, for timesteps of the current schedule
-   * (img2img starts mid-schedule). Replaces the ᾱ form, as in diffusers.
+   * The forward process in this scheduler's own parametrisation: x = x0 + σ_t·noise, which is
+   * the ᾱ form x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·noise (NoiseSchedule.noisedSample) divided by √ᾱ_t —
+   * the sample this scheduler's steps walk. For timesteps of the current schedule (img2img
+   * starts mid-schedule), as in diffusers.
    */
   override addNoise(x0: tf.Tensor, noise: tf.Tensor, t: TimestepsLike): tf.Tensor {
     const values = typeof t === 'number' ? [t] : t instanceof tf.Tensor ? Array.from(t.dataSync()) : Array.from(t);
-    const sig = values.map((v) => {
-      const i = this.timesteps.indexOf(v);
-      if (i < 0) throw new UsageError(`addNoise: timestep ${v} is not in this scheduler's timesteps.`);
-      return this.sigmas[i]!;
-    });
+    const sig = values.map((v) => this.sigmaAt(v, 'addNoise'));
     const shape = sig.length === 1 ? [] : [sig.length, ...new Array<number>(x0.rank - 1).fill(1)];
     return tf.tidy(() => tf.add(x0, tf.mul(noise, tf.tensor(sig, shape, 'float32'))));
+  }
+
+  /** x0 from the model output at a timestep of the schedule, in sigma space (predictX0Sigma). */
+  override predictOriginalSample(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor): tf.Tensor {
+    const sigma = this.sigmaAt(timestep, `${this.constructor.name}.predictOriginalSample`);
+    return tf.tidy(() => this.predictX0Sigma(modelOutput, sample, sigma));
+  }
+
+  /** σ at a timestep of the current schedule. */
+  private sigmaAt(t: number, where: string): number {
+    const i = this.timesteps.indexOf(t);
+    if (i < 0) throw new UsageError(`${where}: timestep ${t} is not in this scheduler's timesteps.`);
+    return this.sigmas[i]!;
   }
 
   /** x0 from the model output at σ (the Karras "denoiser" D(x; σ)). */

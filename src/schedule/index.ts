@@ -1,4 +1,7 @@
 /**
+ * The noise schedule and the samplers. ./forward.ts is the forward process (NoiseSchedule:
+ * betas, ᾱ, x_t and the training target); ./base.ts what every sampler shares.
+ *
  * Schedulers by name. `createScheduler('euler', json)` builds one from a diffusers
  * `scheduler_config.json` (e.g. SD's, which names PNDMScheduler: like diffusers' `from_config`,
  * each class takes the keys it knows and its own defaults for the rest — so the spacing is
@@ -21,6 +24,7 @@ import { EulerDiscreteScheduler } from './euler.ts';
 import { EulerAncestralDiscreteScheduler } from './euler_ancestral.ts';
 import { PNDMScheduler } from './pndm.ts';
 
+export * from './forward.ts';
 export * from './base.ts';
 export { DDIMScheduler } from './ddim.ts';
 export { DDPMScheduler } from './ddpm.ts';

@@ -6,6 +6,8 @@
  *   loss         = ½ [ CE_rows(logits, target) + CE_cols(logits, targetᵀ) ]      symmetric InfoNCE
  *   target[i, j] = (1 − w)·[i = j] + w·[label_i = label_j] / #{k : label_k = label_i}
  *
+ * (the loss is `clipLoss` with the batch's digit labels, beside CLIPModel in src/clip/clip.ts).
+ *
  * In-batch negatives: every other caption of the batch is a negative for an image, and every other
  * image a negative for a caption. With w = 0 this is CLIP's loss exactly (caption i belongs to image
  * i only). But a batch of 64 digits holds ~6 of each class, and "seven" fits every 7 equally well:
@@ -36,16 +38,16 @@ import {
   CLIPModel,
   type CLIPConfig,
   LOGIT_SCALE_MAX,
-  evaluateClip,
-  type ClipEvalReport,
   type ImageEncoderConfig,
+  TEXT_ENCODER_PRESETS,
   type TextEncoderConfig,
-  mnistCaptionTokenizer,
+  clipLoss,
   mnistClipConfig,
   WordTokenizer,
 } from '../clip/index.ts';
-import { captionFor } from '../data/captions.ts';
+import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, captionFor } from '../data/captions.ts';
 import { type Dataset, imageAt, subset } from '../data/index.ts';
+import { type ClipEvalReport, evaluateClip } from '../eval/clip.ts';
 import { manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
@@ -95,6 +97,11 @@ export const CLIP_TRAIN_DEFAULTS: Omit<ClipTrainOptions, 'runDir'> = {
   preset: 'mnist',
 };
 
+/** The word tokenizer for generated captions (src/data/captions.ts): every caption word and ','. */
+export function mnistCaptionTokenizer(maxLength = TEXT_ENCODER_PRESETS.mnist.max_position_embeddings): WordTokenizer {
+  return new WordTokenizer([...CAPTION_VOCABULARY, ...CAPTION_PUNCTUATION], { maxLength });
+}
+
 /** The CLIP config a preset plus overrides give, for a tokenizer of `vocabSize` words. */
 export function clipTrainConfig(preset: ClipPreset, vocabSize: number, o: ClipConfigOverrides = {}): CLIPConfig {
   if (!CLIP_PRESETS.includes(preset)) {
@@ -108,52 +115,6 @@ export function clipTrainConfig(preset: ClipPreset, vocabSize: number, o: ClipCo
     text_config: { ...base.text_config, ...o.text, vocab_size: vocabSize, projection_dim: p },
     image_config: { ...base.image_config, ...o.image, projection_dim: p },
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loss
-
-/**
- * target[i, j] = (1 − w)·[i = j] + w·[label_i = label_j] / (count of label_i in the batch).
- * Each row sums to 1, and the matrix is symmetric, so its columns are the caption → image targets.
- */
-export function contrastiveTargets(labels: ArrayLike<number>, sameLabelWeight: number): Float32Array {
-  const n = labels.length;
-  const w = sameLabelWeight;
-  const count = new Map<number, number>();
-  for (let i = 0; i < n; i++) count.set(labels[i]!, (count.get(labels[i]!) ?? 0) + 1);
-  const t = new Float32Array(n * n);
-  for (let i = 0; i < n; i++) {
-    const c = count.get(labels[i]!)!;
-    for (let j = 0; j < n; j++) t[i * n + j] = (i === j ? 1 - w : 0) + (labels[i] === labels[j] ? w / c : 0);
-  }
-  return t;
-}
-
-/**
- * Symmetric InfoNCE against soft targets (contrastiveTargets). With sameLabelWeight 0 it equals
- * clip.ts contrastiveLoss. imageEmbeds, textEmbeds [N, P] L2-normalised; logitScale capped at ln 100.
- */
-export function multiPositiveContrastiveLoss(
-  imageEmbeds: tf.Tensor2D,
-  textEmbeds: tf.Tensor2D,
-  logitScale: tf.Scalar | number,
-  labels: ArrayLike<number>,
-  sameLabelWeight: number,
-): tf.Scalar {
-  return tf.tidy(() => {
-    const n = imageEmbeds.shape[0];
-    if (textEmbeds.shape[0] !== n || labels.length !== n) {
-      throw new UsageError(`contrastive loss: ${n} images, ${textEmbeds.shape[0]} captions and ${labels.length} labels must agree.`);
-    }
-    const scale = tf.exp(tf.minimum(logitScale, LOGIT_SCALE_MAX));
-    const logits = tf.mul(tf.matMul(imageEmbeds, textEmbeds, false, true), scale); // [images, captions]
-    const target = tf.tensor2d(contrastiveTargets(labels, sameLabelWeight), [n, n]);
-    const imageToText = tf.sub(logits, tf.logSumExp(logits, 1, true)); // log p(caption j | image i)
-    const textToImage = tf.sub(logits, tf.logSumExp(logits, 0, true)); // log p(image i | caption j)
-    const ce = tf.add(tf.sum(tf.mul(target, imageToText)), tf.sum(tf.mul(target, textToImage)));
-    return tf.div(ce, -2 * n) as tf.Scalar;
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,7 +210,7 @@ export async function validateClip(
     if (idx.length < Math.min(o.batchSize, val.n)) break; // in-batch loss depends on batch size
     const captions = captionsFor(val, idx, rng);
     const l = tf.tidy(() =>
-      multiPositiveContrastiveLoss(clip.encodeImage(imagesAt(val, idx)), clip.encodeText(tokenIds(tok, captions)), clip.logit_scale as tf.Scalar, Array.from(idx, (i) => val.labels[i]!), o.sameLabelWeight),
+      clipLoss(clip.encodeImage(imagesAt(val, idx)), clip.encodeText(tokenIds(tok, captions)), clip.logit_scale as tf.Scalar, Array.from(idx, (i) => val.labels[i]!), o.sameLabelWeight),
     );
     total += l.dataSync()[0]!;
     l.dispose();
@@ -320,7 +281,7 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
       loss: (b) => {
         const imageEmbeds = clip.encodeImage(b.images);
         const textEmbeds = clip.encodeText(b.ids);
-        const loss = multiPositiveContrastiveLoss(imageEmbeds, textEmbeds, clip.logit_scale as tf.Scalar, b.labels, opts.sameLabelWeight);
+        const loss = clipLoss(imageEmbeds, textEmbeds, clip.logit_scale as tf.Scalar, b.labels, opts.sameLabelWeight);
         // In-batch digit accuracy: does each image's most similar caption name its digit?
         const labels = tf.tensor1d(b.labels, 'int32');
         const picked = tf.gather(labels, tf.argMax(tf.matMul(imageEmbeds, textEmbeds, false, true), 1));

@@ -10,11 +10,19 @@
  *          v = √ᾱ_t · ε − √(1−ᾱ_t) · x0 (v_prediction);  w_b = 1, or min-SNR-γ
  *          (Hang et al. 2023): min(SNR_t, γ)/SNR_t for ε, min(SNR_t, γ)/(SNR_t + 1) for v
  *
+ One concern per file:
+ *   ./latents.ts          x0's source: the VAE posterior of every digit, encoded once and cached
+ *                         in <run>/train/unet/latents.safetensors (keyed by a hash of the VAE)
+ *   ./text_cache.ts       c: the text encoder's output per distinct caption (~1,300), each encoded
+ *                         on its own so the cache is the same whatever order captions come in
+ *   ./diffusion_batch.ts  a batch: captions, t, ε → x_t and target (the schedule's noisedSample)
+ *   ./losses.ts           diffusionLoss and minSnrWeight
+ *   ./ema.ts              the EMA of the weights
+ *   this file             the options, the run's frozen parts, the scheduler config, the sample
+ *                         grid and the training loop
+ *
  * It needs the run's trained vae/ (`npx sdlab train vae`) and clip/ (`npx sdlab train clip`); both
- * stay frozen. The latents of the training split are encoded once and cached in
- * <run>/train/unet/latents.safetensors (keyed by a hash of the VAE, so a retrained VAE re-encodes);
- * the text encoder's output is cached per distinct caption (there are ~1,300), each encoded on its
- * own so the cache is the same whatever order captions turn up in (exact resume).
+ * stay frozen.
  *
  * EMA: an exponential moving average of the weights (decay min(emaDecay, (1+n)/(10+n)) after n
  * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights and AdamW moments stay
@@ -30,7 +38,6 @@
  * The recipe (model size, schedule, loss weighting, EMA…) and what it was measured against: the
  * comment at the top of presets.ts.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -38,11 +45,10 @@ import { AutoencoderKL, VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
 import { TextEncoder } from '../clip/text_encoder.ts';
 import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
-import { DIGIT_WORDS, captionFor } from '../data/captions.ts';
-import { type Dataset, imageAt } from '../data/index.ts';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { DIGIT_WORDS } from '../data/captions.ts';
+import type { Dataset } from '../data/index.ts';
 import { manualSeed, skipInit } from '../nn/index.ts';
-import { type BetaSchedule, type PredictionType, type TimestepSpacing, NoiseSchedule, createScheduler } from '../schedule/index.ts';
+import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler } from '../schedule/index.ts';
 import { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { UNet2DConditionModel, type UNet2DConditionConfig, mnistUnetConfig } from '../unet/index.ts';
 import { UsageError } from '../util/errors.ts';
@@ -50,8 +56,13 @@ import { writeFileAtomicSync } from '../util/fs.ts';
 import { Random } from '../util/random.ts';
 import { saveImageGrid } from '../viz/index.ts';
 import { EpochBatcher, chunks } from './data.ts';
+import { type BatchMaker, type DiffusionBatch, disposeBatch, makeBatchMaker } from './diffusion_batch.ts';
+import { Ema } from './ema.ts';
+import { type LatentSet, cachedLatents, vaeFingerprint } from './latents.ts';
+import { diffusionLoss } from './losses.ts';
 import type { NamedVariable } from './optimizer.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
+import { TextCache } from './text_cache.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
 import { DATA_SPLIT, dataSettings, vaeData } from './vae.ts';
 
@@ -194,294 +205,6 @@ export function unetSchedulerConfig(o: Pick<UnetTrainOptions, 'numTrainTimesteps
     steps_offset: o.timestepSpacing === 'leading' ? 1 : 0,
     clip_sample: false,
   };
-}
-
-/** min-SNR-γ weight of timestep t for the given prediction type (γ = 0: weight 1). */
-export function minSnrWeight(alphaCumprod: number, gamma: number, prediction: PredictionType): number {
-  if (!(gamma > 0)) return 1;
-  const snr = alphaCumprod / (1 - alphaCumprod);
-  const clipped = Math.min(snr, gamma);
-  if (prediction === 'v_prediction') return clipped / (snr + 1);
-  if (prediction === 'epsilon') return snr > 0 ? clipped / snr : 1;
-  return clipped; // 'sample' (x0): weight SNR, clipped
-}
-
-// ---------------------------------------------------------------------------------------------
-// Latents
-
-export interface LatentSet {
-  /** Posterior means [n, h, w, c] (unscaled), flat. */
-  mean: Float32Array;
-  /** Posterior standard deviations, same shape. */
-  std: Float32Array;
-  n: number;
-  /** [h, w, c] of one latent. */
-  shape: [number, number, number];
-}
-
-/** Posterior mean and std of every image of `ds` (chunks of 64). */
-export function encodeLatents(vae: AutoencoderKL, ds: Dataset): LatentSet {
-  const f = vae.downsampleFactor;
-  const shape: [number, number, number] = [ds.height / f, ds.width / f, vae.config.latent_channels];
-  const per = shape[0] * shape[1] * shape[2];
-  const mean = new Float32Array(ds.n * per);
-  const std = new Float32Array(ds.n * per);
-  const px = ds.height * ds.width;
-  for (const idx of chunks(ds.n, 64)) {
-    const [m, s] = tf.tidy(() => {
-      const buf = new Float32Array(idx.length * px);
-      for (let k = 0; k < idx.length; k++) {
-        const img = imageAt(ds, idx[k]!);
-        for (let p = 0; p < px; p++) buf[k * px + p] = img[p]! * 2 - 1;
-      }
-      const dist = vae.encode(tf.tensor4d(buf, [idx.length, ds.height, ds.width, 1]));
-      return [dist.mean.dataSync() as Float32Array, tf.exp(tf.mul(dist.logvar, 0.5)).dataSync() as Float32Array];
-    });
-    mean.set(m!, idx[0]! * per);
-    std.set(s!, idx[0]! * per);
-  }
-  return { mean, std, n: ds.n, shape };
-}
-
-/** sha256 of the VAE's config and weights: the latent cache is valid for exactly this VAE. */
-function vaeFingerprint(vaeDir: string): string {
-  const h = crypto.createHash('sha256');
-  h.update(fs.readFileSync(path.join(vaeDir, 'config.json')));
-  h.update(fs.readFileSync(path.join(vaeDir, VAE_WEIGHTS_FILE)));
-  return h.digest('hex');
-}
-
-/** Encoded train/val latents, from <run>/train/unet/latents.safetensors when it matches, else encoded and cached. */
-export function cachedLatents(
-  file: string,
-  vae: AutoencoderKL,
-  vaeDir: string,
-  sets: { train: Dataset; val: Dataset },
-  key: Record<string, unknown>,
-  log: (line: string) => void,
-): { train: LatentSet; val: LatentSet } {
-  const fingerprint = JSON.stringify({ vae: vaeFingerprint(vaeDir), ...key, trainN: sets.train.n, valN: sets.val.n });
-  if (fs.existsSync(file)) {
-    try {
-      const st = SafetensorsFile.open(file);
-      if (st.metadata.key === fingerprint) {
-        const get = (name: string) => st.read(name);
-        const mk = (p: string, n: number): LatentSet => {
-          const m = get(`${p}.mean`);
-          return { mean: m.data, std: get(`${p}.std`).data, n, shape: m.shape.slice(1) as [number, number, number] };
-        };
-        return { train: mk('train', sets.train.n), val: mk('val', sets.val.n) };
-      }
-    } catch {
-      // unreadable cache: encode again below
-    }
-  }
-  const started = Date.now();
-  const train = encodeLatents(vae, sets.train);
-  const val = encodeLatents(vae, sets.val);
-  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [p, s] of [['train', train], ['val', val]] as const) {
-    tensors.set(`${p}.mean`, { shape: [s.n, ...s.shape], data: s.mean });
-    tensors.set(`${p}.std`, { shape: [s.n, ...s.shape], data: s.std });
-  }
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  writeSafetensors(file, tensors, { metadata: { key: fingerprint } });
-  log(`unet: encoded ${train.n + val.n} digits with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
-  return { train, val };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Text
-
-/**
- * The frozen text encoder's lastHiddenState per caption, computed once per distinct caption.
- * Each caption is encoded alone (batch 1), so the cached numbers do not depend on which captions
- * happened to be encoded together — a resumed run sees exactly the same vectors.
- */
-export class TextCache {
-  private readonly cache = new Map<string, Float32Array>();
-  readonly length: number;
-  readonly width: number;
-
-  constructor(readonly textEncoder: TextEncoder, readonly tokenizer: Tokenizer) {
-    this.length = tokenizer.maxLength;
-    this.width = textEncoder.hiddenSize;
-  }
-
-  get size(): number {
-    return this.cache.size;
-  }
-
-  get(caption: string): Float32Array {
-    let v = this.cache.get(caption);
-    if (!v) {
-      const ids = this.tokenizer.encode(caption).inputIds;
-      v = tf.tidy(() => this.textEncoder.forward(tf.tensor2d([ids], [1, ids.length], 'int32')).lastHiddenState.dataSync() as Float32Array);
-      this.cache.set(caption, v);
-    }
-    return v;
-  }
-
-  /** [B, L, D] for `captions`. */
-  batch(captions: readonly string[]): tf.Tensor3D {
-    const per = this.length * this.width;
-    const out = new Float32Array(captions.length * per);
-    captions.forEach((c, k) => out.set(this.get(c), k * per));
-    return tf.tensor3d(out, [captions.length, this.length, this.width]);
-  }
-}
-
-/**
- * One caption per example: "" (unconditional) with probability `dropout`, else a fresh caption
- * from the caption generator. Draws, per example in order: one uniform, then the caption's own.
- */
-export function drawCaptions(ds: Dataset, indices: ArrayLike<number>, rng: Random, dropout: number): string[] {
-  return Array.from(indices, (i) =>
-    rng.next() < dropout ? '' : captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i]!, rng),
-  );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Batches
-
-export interface DiffusionBatch {
-  /** Noisy latents x_t [B, h, w, c]. */
-  noisy: tf.Tensor4D;
-  /** Timesteps [B] (float32 holding integers). */
-  timesteps: tf.Tensor1D;
-  /** Text states [B, L, D]. */
-  context: tf.Tensor3D;
-  /** ε or v [B, h, w, c]. */
-  target: tf.Tensor4D;
-  /** Per-example loss weights [B] (all 1 without min-SNR). */
-  weights: tf.Tensor1D;
-  captions: string[];
-  t: Int32Array;
-}
-
-export interface BatchMaker {
-  schedule: NoiseSchedule;
-  /** x_t, target and weights for the examples `indices` of a latent set, all randomness from `rng`. */
-  make(ds: Dataset, latents: LatentSet, indices: ArrayLike<number>, rng: Random, captionDropout: number): DiffusionBatch;
-}
-
-export function makeBatchMaker(
-  o: Pick<UnetTrainOptions, 'numTrainTimesteps' | 'betaSchedule' | 'betaStart' | 'betaEnd' | 'zeroTerminalSnr' | 'prediction' | 'snrGamma' | 'latents'>,
-  scalingFactor: number,
-  text: TextCache,
-): BatchMaker {
-  const schedule = new NoiseSchedule({
-    num_train_timesteps: o.numTrainTimesteps,
-    beta_schedule: o.betaSchedule,
-    beta_start: o.betaStart,
-    beta_end: o.betaEnd,
-    trained_betas: null,
-    rescale_betas_zero_snr: o.zeroTerminalSnr,
-  });
-  const T = o.numTrainTimesteps;
-  const f32 = Math.fround;
-  const sqrtA = schedule.alphasCumprod.map((a) => f32(Math.sqrt(a)));
-  const sqrt1mA = schedule.alphasCumprod.map((a) => f32(Math.sqrt(f32(1 - a))));
-  const weightOf = schedule.alphasCumprod.map((a) => minSnrWeight(a, o.snrGamma, o.prediction));
-  return {
-    schedule,
-    make(ds, latents, indices, rng, captionDropout) {
-      const b = indices.length;
-      const [h, w, c] = latents.shape;
-      const per = h * w * c;
-      // Draw order (fixed: resumes depend on it): captions, timesteps, noise, posterior noise.
-      const captions = drawCaptions(ds, indices, rng, captionDropout);
-      const t = Int32Array.from({ length: b }, () => rng.int(T));
-      const noise = rng.normalArray(b * per);
-      const eps = o.latents === 'sample' ? rng.normalArray(b * per) : null;
-      const noisy = new Float32Array(b * per);
-      const target = new Float32Array(b * per);
-      const weights = new Float32Array(b);
-      for (let k = 0; k < b; k++) {
-        const src = indices[k]! * per;
-        const a = sqrtA[t[k]!]!;
-        const s = sqrt1mA[t[k]!]!;
-        weights[k] = weightOf[t[k]!]!;
-        for (let j = 0; j < per; j++) {
-          const z = eps ? latents.mean[src + j]! + latents.std[src + j]! * eps[k * per + j]! : latents.mean[src + j]!;
-          const x0 = f32(z * scalingFactor);
-          const n = noise[k * per + j]!;
-          noisy[k * per + j] = a * x0 + s * n;
-          target[k * per + j] = o.prediction === 'v_prediction' ? a * n - s * x0 : o.prediction === 'sample' ? x0 : n;
-        }
-      }
-      return {
-        noisy: tf.tensor4d(noisy, [b, h, w, c]),
-        timesteps: tf.tensor1d(Float32Array.from(t), 'float32'),
-        context: text.batch(captions),
-        target: tf.tensor4d(target, [b, h, w, c]),
-        weights: tf.tensor1d(weights, 'float32'),
-        captions,
-        t,
-      };
-    },
-  };
-}
-
-function disposeBatch(b: DiffusionBatch): void {
-  tf.dispose([b.noisy, b.timesteps, b.context, b.target, b.weights]);
-}
-
-/** Σ_b w_b · mean((pred − target)²) / B, and the unweighted MSE. */
-export function diffusionLoss(unet: UNet2DConditionModel, b: DiffusionBatch): { loss: tf.Scalar; mse: tf.Scalar } {
-  const pred = unet.forward(b.noisy, b.timesteps, b.context);
-  const perExample = tf.mean(tf.squaredDifference(pred, b.target), [1, 2, 3]);
-  return { loss: tf.mean(tf.mul(perExample, b.weights)) as tf.Scalar, mse: tf.mean(perExample) as tf.Scalar };
-}
-
-// ---------------------------------------------------------------------------------------------
-// EMA
-
-/** Exponential moving average of a model's parameters, kept in a second model of the same config. */
-export class Ema {
-  constructor(
-    readonly raw: NamedVariable[],
-    readonly ema: NamedVariable[],
-    readonly maxDecay: number,
-  ) {
-    if (raw.length !== ema.length || raw.some(([n], i) => n !== ema[i]![0])) throw new Error('Ema: the two models do not have the same parameters');
-  }
-
-  /** diffusers' EMAModel.get_decay (no ema warm-up power): min(maxDecay, (1+n)/(10+n)), n = updates before this one. */
-  decayAt(updatesDone: number): number {
-    const n = Math.max(0, updatesDone - 1);
-    return Math.min(this.maxDecay, (1 + n) / (10 + n));
-  }
-
-  copyFromRaw(): void {
-    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(this.raw[i]![1])));
-  }
-
-  /** ema ← d·ema + (1−d)·raw, after update number `updatesDone`. */
-  update(updatesDone: number): void {
-    const d = this.decayAt(updatesDone);
-    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(tf.add(tf.mul(e, d), tf.mul(this.raw[i]![1], 1 - d)))));
-  }
-
-  save(file: string, step: number): void {
-    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [n, v] of this.ema) tensors.set(`ema.${n}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
-    writeSafetensors(file, tensors, { metadata: { format: 'sdlab-ema', step: String(step), decay: String(this.maxDecay) } });
-  }
-
-  /** Loads ema.safetensors, which must be at `step` (the training state's). */
-  load(file: string, step: number): void {
-    if (!fs.existsSync(file)) throw new UsageError(`--resume: ${file} is missing (the EMA weights of the run); start over with --overwrite.`);
-    const st = SafetensorsFile.open(file);
-    const at = Number(st.metadata.step);
-    if (at !== step) throw new UsageError(`--resume: ${file} is at step ${st.metadata.step} but the training state at step ${step}; start over with --overwrite.`);
-    for (const [n, v] of this.ema) {
-      const e = st.entries.get(`ema.${n}`);
-      if (!e || e.shape.join(',') !== v.shape.join(',')) throw new UsageError(`--resume: ${file} does not fit the model (ema.${n}); start over with --overwrite.`);
-      const data = st.read(`ema.${n}`).data;
-      tf.tidy(() => v.assign(tf.tensor(data, v.shape, 'float32')));
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

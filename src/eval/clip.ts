@@ -1,5 +1,6 @@
 /**
- * How good is a CLIP? Three views, all on held-out digits:
+ * How good is a CLIP? (`npx sdlab clip-eval`, and every epoch of `sdlab train clip`.) Three views,
+ * all on held-out digits:
  *
  *   zero-shot classification  one prompt per class ("a handwritten seven"); each image gets the
  *                             class whose prompt embedding is most similar. Accuracy, per-class
@@ -27,9 +28,8 @@ import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { Raster, textWidth, GLYPH_HEIGHT, type FloatImage, type RGB } from '../viz/raster.ts';
 import { savePng } from '../viz/png.ts';
-import type { CLIPModel } from './clip.ts';
-import { l2Normalize } from './clip.ts';
-import type { Tokenizer } from './tokenizer.ts';
+import { type CLIPModel, l2Normalize } from '../clip/clip.ts';
+import type { Tokenizer } from '../clip/tokenizer.ts';
 
 /** Embeddings [N, P]: a tensor or rows of numbers. */
 export type EmbeddingsInput = tf.Tensor2D | readonly (readonly number[])[];
