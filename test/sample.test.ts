@@ -23,7 +23,7 @@ import { mnistCaptionTokenizer } from '../src/train/clip.ts';
 import { UNet2DConditionModel, mnistUnetConfig } from '../src/unet/index.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { registerNativeBackend } from '../src/backend/native.ts';
-import { runSample, samplePrompts, type SampleOptions } from '../src/commands/sample.ts';
+import { writeSampleSheet, samplePrompts, type SampleOptions } from '../src/sample/sheet.ts';
 import { digitFromPrompt, parseDigitList, loadRunPipeline, latentTile } from '../src/sample/index.ts';
 import { gridLayout } from '../src/viz/index.ts';
 import { main } from '../src/cli.ts';
@@ -124,7 +124,7 @@ describe('prompts', () => {
 describe('sdlab sample (in process)', () => {
   it('writes one PNG per image, the grid and samples.json with the right digits', async () => {
     const out = path.join(tmp, 'sheet');
-    const res = await runSample({ ...base(out), prompt: ['a zorblax 7', '', 'a 3 or a five'], digits: [4], batch: 3 });
+    const res = await writeSampleSheet({ ...base(out), prompt: ['a zorblax 7', '', 'a 3 or a five'], digits: [4], batch: 3 });
     const n = 4 * 2;
     expect(res.notes).toEqual([]);
     expect(fs.readdirSync(out).sort()).toEqual([...Array.from({ length: n }, (_, i) => `000${i}.png`), 'grid.png', 'samples.json']);
@@ -163,7 +163,7 @@ describe('sdlab sample (in process)', () => {
 
   it('--animate writes a GIF with one frame per step: x_t beside the decoded x0, one row per prompt', async () => {
     const out = path.join(tmp, 'anim');
-    const res = await runSample({ ...base(out), prompt: ['a handwritten 2', 'a handwritten 5'], n: 3, steps: 4, animate: true });
+    const res = await writeSampleSheet({ ...base(out), prompt: ['a handwritten 2', 'a handwritten 5'], n: 3, steps: 4, animate: true });
     expect(res.files.gif).toBe(path.join(out, 'animation.gif'));
     const gif = new GifReader(fs.readFileSync(res.files.gif!));
     expect(gif.numFrames()).toBe(4);
@@ -185,9 +185,9 @@ describe('sdlab sample (in process)', () => {
   });
 
   it('same seed, same PNGs whatever the batch size', async () => {
-    const a = await runSample({ ...base(path.join(tmp, 'b64')), prompt: ['a handwritten 1'], n: 3, batch: 64 });
-    const b = await runSample({ ...base(path.join(tmp, 'b1')), prompt: ['a handwritten 1'], n: 3, batch: 1 });
-    const c = await runSample({ ...base(path.join(tmp, 's2')), prompt: ['a handwritten 1'], n: 3, seed: 2 });
+    const a = await writeSampleSheet({ ...base(path.join(tmp, 'b64')), prompt: ['a handwritten 1'], n: 3, batch: 64 });
+    const b = await writeSampleSheet({ ...base(path.join(tmp, 'b1')), prompt: ['a handwritten 1'], n: 3, batch: 1 });
+    const c = await writeSampleSheet({ ...base(path.join(tmp, 's2')), prompt: ['a handwritten 1'], n: 3, seed: 2 });
     for (let k = 0; k < 3; k++) {
       const pa = PNG.sync.read(fs.readFileSync(a.files.images[k]!)).data;
       const pb = PNG.sync.read(fs.readFileSync(b.files.images[k]!)).data;
@@ -200,7 +200,7 @@ describe('sdlab sample (in process)', () => {
   it('without scheduler/scheduler_config.json it assumes the default schedule and says so', async () => {
     const bare = path.join(tmp, 'bare-run');
     for (const sub of ['vae', 'clip', 'unet']) fs.cpSync(path.join(runDir, sub), path.join(bare, sub), { recursive: true });
-    const res = await runSample({ ...base(path.join(tmp, 'bare-out')), run: bare, prompt: ['7'], n: 1, steps: 2 });
+    const res = await writeSampleSheet({ ...base(path.join(tmp, 'bare-out')), run: bare, prompt: ['7'], n: 1, steps: 2 });
     expect(res.notes.join(' ')).toMatch(/scheduler_config\.json not found: assuming .*scaled_linear betas 0\.00085\.\.0\.012, 1000 steps/);
     expect(fs.existsSync(path.join(tmp, 'bare-out', '0000.png'))).toBe(true);
   });

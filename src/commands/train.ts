@@ -10,9 +10,14 @@
  * model in <run>/<model>/ (diffusers layout), the training state, history, loss curve and
  * pictures in <run>/train/<model>/.
  *
- * With --resume, the stored settings are used for every flag not given on the command line; a
- * flag given with a different value is refused (the run would no longer match an
- * uninterrupted one) — start over with --overwrite instead.
+ * With --resume, the stored settings are used for every flag not given on the command line (the
+ * tables COMMON_STORED, VAE_RESUME, … say where each flag's value is stored); a flag given with a
+ * different value is refused (the run would no longer match an uninterrupted one) — start over
+ * with --overwrite instead.
+ *
+ * This file only parses: what the architecture flags mean is the recipe's (src/train/recipe.ts),
+ * the defaults are the trainers' (VAE_TRAIN_DEFAULTS, …), the presets of `train all` are in
+ * src/train/presets.ts.
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
@@ -26,21 +31,36 @@ import type { TrainResult } from '../train/trainer.ts';
 import { VAE_TRAIN_DEFAULTS, type VaePreset, trainVae, vaeData } from '../train/vae.ts';
 import { CLIP_PRESETS, CLIP_TRAIN_DEFAULTS, type ClipConfigOverrides, type ClipPreset, trainClip } from '../train/clip.ts';
 import type { CLIPConfig } from '../clip/index.ts';
+import type { UNet2DConditionConfig } from '../unet/index.ts';
 import { BETA_SCHEDULES, TIMESTEP_SPACINGS } from '../schedule/index.ts';
 import { UNET_TRAIN_DEFAULTS, trainUnet, trainCommand, type LatentMode } from '../train/unet.ts';
 import { DATA_SPLIT } from '../train/vae.ts';
+import { clipConfigOverrides, unetBlockLayout, vaeConfigOverrides, zeroTerminalSnrFor } from '../train/recipe.ts';
 import { loadDataset, splitDataset } from '../data/index.ts';
 import { TINY_PRESET, TRAIN_ALL_PRESETS, type TrainAllPresetName } from '../train/presets.ts';
 import { describeRun, trainAll } from '../train/all.ts';
 
 const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
 
+/** The trainer defaults the shared flags fall back on (VAE_TRAIN_DEFAULTS, …). */
+interface TrainerDefaults {
+  epochs?: number;
+  maxSteps?: number;
+  batchSize: number;
+  lr: number;
+  weightDecay: number;
+  warmupSteps: number;
+  minLrRatio: number;
+  /** The recipe's gradient clipping (not shown as the flag's default: only the UNet has one). */
+  clipGradNorm?: number;
+}
+
 /** The subcommand `train <name>` with the flags every trainer shares: run directory, backend, optimisation, stopping. */
 function trainerCommand(
   trainCmd: Command,
   name: string,
   description: string,
-  d: { epochs?: number; maxSteps?: number; batchSize: number; lr: number; weightDecay: number; warmupSteps: number; minLrRatio: number },
+  d: TrainerDefaults,
 ): Command {
   return trainCmd
     .command(name)
@@ -99,39 +119,52 @@ async function startTraining(cmd: Command, opts: CommonCliOptions): Promise<Back
   return sel;
 }
 
-/** The settings stored in the run's `task` training state (for --resume). */
-function storedSettings(run: string, task: string): Record<string, unknown> {
-  const file = statePath(run, task);
+// ---------------------------------------------------------------------------------------------
+// --resume: the flags read back from the stored settings
+
+/**
+ * Where a training state stores each flag's value: option key → path in its settings (dots go
+ * into nested objects). A flag not given on the command line takes the stored value (null: stored
+ * as unset); a path the settings lack leaves the flag as it is. Adding a setting is one line.
+ */
+type StoredFlags = Record<string, string>;
+
+/** The shared flags, as the harness (trainer.ts harnessSettings) and dataSettings store them. */
+const COMMON_STORED: StoredFlags = {
+  seed: 'seed',
+  epochs: 'epochs',
+  steps: 'maxSteps',
+  batchSize: 'batchSize',
+  lr: 'lr',
+  weightDecay: 'adamw.weightDecay',
+  warmup: 'warmupSteps',
+  schedule: 'decay',
+  minLrRatio: 'minLrRatio',
+  clipGradNorm: 'clipGradNorm',
+  data: 'data',
+  limit: 'limit',
+};
+
+/** What --resume reads back for one trainer. */
+interface ResumeTable {
+  task: string;
+  flags: StoredFlags;
+  /** The architecture flags: given none of them, the run keeps its stored model config. */
+  architecture: string[];
+}
+
+/** Fills the flags not given from the stored settings; returns the stored model config when the run keeps it. */
+function resumeFlags(cmd: Command, opts: CommonCliOptions, table: ResumeTable): unknown {
+  const file = statePath(opts.run, table.task);
   if (!fs.existsSync(file)) throw new UsageError(`--resume: no training state at ${file} (nothing to resume; drop --resume to start).`);
-  return readStateInfo(file).settings;
-}
-
-/** The common flags' values in stored settings (as the harness and dataSettings store them), by option key. */
-function storedCommon(s: Record<string, unknown>): Record<string, unknown> {
-  const adamw = (s.adamw ?? {}) as { weightDecay?: number };
-  return {
-    seed: s.seed,
-    epochs: s.epochs,
-    steps: s.maxSteps,
-    batchSize: s.batchSize,
-    lr: s.lr,
-    weightDecay: adamw.weightDecay,
-    warmup: s.warmupSteps,
-    schedule: s.decay,
-    minLrRatio: s.minLrRatio,
-    clipGradNorm: s.clipGradNorm,
-    data: s.data,
-    limit: s.limit,
-  };
-}
-
-/** Fills options the user did not give from a stored state's settings (for --resume). */
-function fromStored(cmd: Command, opts: CommonCliOptions, stored: Record<string, unknown>): void {
+  const stored = readStateInfo(file).settings;
   const o = opts as unknown as Record<string, unknown>;
-  for (const [key, value] of Object.entries(stored)) {
+  for (const [key, where] of Object.entries(table.flags)) {
+    const value = where.split('.').reduce<unknown>((v, k) => (v as Record<string, unknown> | null | undefined)?.[k], stored);
     if (value === undefined) continue; // not stored: keep the flag's value
     if (cmd.getOptionValueSource(key) !== 'cli') o[key] = value ?? undefined; // null: stored as unset
   }
+  return givenOnCli(cmd, ...table.architecture) ? undefined : stored.config || undefined;
 }
 
 /** --steps alone may need more than the default epochs: as many as it takes (trainDigits() counts the training digits). */
@@ -141,12 +174,14 @@ function epochsForSteps(cmd: Command, opts: CommonCliOptions, trainDigits: () =>
   }
 }
 
-/** The trainer options the common flags give (the rest is each model's own); `defaultEpochs` when --epochs has no value. */
-function commonTrainOptions(opts: CommonCliOptions, defaultEpochs: number) {
+/** The trainer options the common flags give (the rest is each model's own), falling back on the trainer's defaults `d`. */
+function commonTrainOptions(cmd: Command, opts: CommonCliOptions, d: TrainerDefaults & { epochs: number }) {
+  // The recipe's clipping unless --clip-grad-norm is given (a resumed run: as it was stored).
+  const clip = opts.resume || givenOnCli(cmd, 'clipGradNorm') ? opts.clipGradNorm : d.clipGradNorm;
   return {
     runDir: opts.run,
     seed: opts.seed,
-    epochs: opts.epochs ?? defaultEpochs,
+    epochs: opts.epochs ?? d.epochs,
     maxSteps: opts.steps,
     batchSize: opts.batchSize,
     lr: opts.lr,
@@ -155,7 +190,7 @@ function commonTrainOptions(opts: CommonCliOptions, defaultEpochs: number) {
     decay: opts.schedule,
     minLrRatio: opts.minLrRatio,
     // --clip-grad-norm 0 means off (the harness would otherwise scale every gradient to 0).
-    clipGradNorm: opts.clipGradNorm || undefined,
+    clipGradNorm: clip || undefined,
     data: opts.data,
     limit: opts.limit,
     resume: opts.resume,
@@ -211,33 +246,24 @@ export function registerVae(trainCmd: Command): void {
     });
 }
 
+const VAE_RESUME: ResumeTable = {
+  task: 'vae',
+  flags: { ...COMMON_STORED, loss: 'loss', klWeight: 'beta' },
+  architecture: ['channels', 'layersPerBlock', 'latentChannels', 'normGroups', 'sampleSize', 'midAttention', 'preset'],
+};
+
 async function runTrainVae(cmd: Command, opts: VaeCliOptions): Promise<void> {
   const sel = await startTraining(cmd, opts);
-  let config: Record<string, unknown> = {};
-  if (opts.channels) {
-    config.block_out_channels = opts.channels;
-    config.down_block_types = opts.channels.map(() => 'DownEncoderBlock2D');
-    config.up_block_types = opts.channels.map(() => 'UpDecoderBlock2D');
-  }
-  if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
-  if (opts.latentChannels !== undefined) config.latent_channels = opts.latentChannels;
-  if (opts.normGroups !== undefined) config.norm_num_groups = opts.normGroups;
-  if (opts.sampleSize !== undefined) config.sample_size = opts.sampleSize;
-  if (!opts.midAttention) config.mid_block_add_attention = false;
-
-  if (opts.resume) {
-    const s = storedSettings(opts.run, 'vae');
-    fromStored(cmd, opts, { ...storedCommon(s), loss: s.loss, klWeight: s.beta });
-    if (!givenOnCli(cmd, 'channels', 'layersPerBlock', 'latentChannels', 'normGroups', 'sampleSize', 'midAttention', 'preset') && s.config) config = s.config as Record<string, unknown>;
-  }
+  let config = vaeConfigOverrides(opts);
+  if (opts.resume) config = (resumeFlags(cmd, opts, VAE_RESUME) as typeof config | undefined) ?? config;
 
   epochsForSteps(cmd, opts, () => {
-    const size = (config.sample_size as number | undefined) ?? VAE_PRESETS[opts.preset].sample_size;
+    const size = config.sample_size ?? VAE_PRESETS[opts.preset].sample_size;
     return vaeData({ data: opts.data, limit: opts.limit, size }).train.n;
   });
 
   const res = await trainVae({
-    ...commonTrainOptions(opts, VAE_TRAIN_DEFAULTS.epochs),
+    ...commonTrainOptions(cmd, opts, VAE_TRAIN_DEFAULTS),
     loss: opts.loss,
     beta: opts.klWeight,
     preset: opts.preset,
@@ -290,30 +316,25 @@ export function registerClip(trainCmd: Command): void {
     });
 }
 
+const CLIP_RESUME: ResumeTable = {
+  task: 'clip',
+  flags: { ...COMMON_STORED, sameLabelWeight: 'sameLabelWeight', shiftPixels: 'shiftPixels' },
+  architecture: ['preset', 'projectionDim', 'textWidth', 'textLayers', 'textHeads', 'imageChannels', 'normGroups', 'sampleSize'],
+};
+
 async function runTrainClip(cmd: Command, opts: ClipCliOptions): Promise<void> {
   const sel = await startTraining(cmd, opts);
-  let config: ClipConfigOverrides = { text: {}, image: {} };
-  if (opts.projectionDim !== undefined) config.projection_dim = opts.projectionDim;
-  if (opts.textWidth !== undefined) Object.assign(config.text!, { hidden_size: opts.textWidth, intermediate_size: 4 * opts.textWidth });
-  if (opts.textLayers !== undefined) config.text!.num_hidden_layers = opts.textLayers;
-  if (opts.textHeads !== undefined) config.text!.num_attention_heads = opts.textHeads;
-  if (opts.imageChannels) config.image!.block_out_channels = opts.imageChannels;
-  if (opts.normGroups !== undefined) config.image!.norm_num_groups = opts.normGroups;
-  if (opts.sampleSize !== undefined) config.image!.sample_size = opts.sampleSize;
-
+  let config: ClipConfigOverrides = clipConfigOverrides(opts);
   if (opts.resume) {
-    const s = storedSettings(opts.run, 'clip');
-    fromStored(cmd, opts, { ...storedCommon(s), sameLabelWeight: s.sameLabelWeight, shiftPixels: s.shiftPixels });
-    const stored = s.config as CLIPConfig | undefined;
-    if (!givenOnCli(cmd, 'preset', 'projectionDim', 'textWidth', 'textLayers', 'textHeads', 'imageChannels', 'normGroups', 'sampleSize') && stored) {
-      config = { projection_dim: stored.projection_dim, text: stored.text_config, image: stored.image_config };
-    }
+    // The stored config is the full CLIPConfig; as overrides, it is the whole of both towers.
+    const stored = resumeFlags(cmd, opts, CLIP_RESUME) as CLIPConfig | undefined;
+    if (stored) config = { projection_dim: stored.projection_dim, text: stored.text_config, image: stored.image_config };
   }
 
   epochsForSteps(cmd, opts, () => vaeData({ data: opts.data, limit: opts.limit, size: config.image?.sample_size ?? 32 }).train.n);
 
   const res = await trainClip({
-    ...commonTrainOptions(opts, CLIP_TRAIN_DEFAULTS.epochs),
+    ...commonTrainOptions(cmd, opts, CLIP_TRAIN_DEFAULTS),
     sameLabelWeight: opts.sameLabelWeight,
     shiftPixels: opts.shiftPixels,
     preset: opts.preset,
@@ -385,53 +406,42 @@ export function registerUnet(trainCmd: Command): void {
     });
 }
 
+const UNET_RESUME: ResumeTable = {
+  task: 'unet',
+  flags: {
+    ...COMMON_STORED,
+    prediction: 'scheduler.prediction_type',
+    betaSchedule: 'scheduler.beta_schedule',
+    betaStart: 'scheduler.beta_start',
+    betaEnd: 'scheduler.beta_end',
+    zeroTerminalSnr: 'scheduler.rescale_betas_zero_snr',
+    spacing: 'scheduler.timestep_spacing',
+    snrGamma: 'snrGamma',
+    captionDropout: 'captionDropout',
+    emaDecay: 'emaDecay',
+    latents: 'latents',
+  },
+  architecture: ['channels', 'layersPerBlock'],
+};
+
 async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
   const sel = await startTraining(cmd, opts);
   const d = UNET_TRAIN_DEFAULTS;
-  let config: Record<string, unknown> = { ...d.config };
-  if (opts.channels) {
-    // The recipe's layout at any width: no attention at the first (highest-resolution) level,
-    // attention at every other level; 16 channels per head.
-    const n = opts.channels.length;
-    config.block_out_channels = opts.channels;
-    config.down_block_types = opts.channels.map((_, i) => (i === 0 && n > 1 ? 'DownBlock2D' : 'CrossAttnDownBlock2D'));
-    config.up_block_types = [...(config.down_block_types as string[])].reverse().map((t) => t.replace('Down', 'Up'));
-    config.attention_head_dim = opts.channels.map((c) => Math.max(1, Math.round(c / 16)));
-  }
+  let config: Partial<UNet2DConditionConfig> = { ...d.config, ...(opts.channels ? unetBlockLayout(opts.channels) : {}) };
   if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
-
-  if (opts.resume) {
-    const s = storedSettings(opts.run, 'unet');
-    const sch = (s.scheduler ?? {}) as Record<string, unknown>;
-    fromStored(cmd, opts, {
-      ...storedCommon(s),
-      prediction: sch.prediction_type,
-      betaSchedule: sch.beta_schedule,
-      betaStart: sch.beta_start,
-      betaEnd: sch.beta_end,
-      zeroTerminalSnr: sch.rescale_betas_zero_snr,
-      spacing: sch.timestep_spacing,
-      snrGamma: s.snrGamma,
-      captionDropout: s.captionDropout,
-      emaDecay: s.emaDecay,
-      latents: s.latents,
-    });
-    if (!givenOnCli(cmd, 'channels', 'layersPerBlock') && s.config) config = s.config as Record<string, unknown>;
-  }
-  // The recipe clips gradients at 1 (a resumed run as it was stored); --clip-grad-norm 0 turns it off.
-  if (!opts.resume && !givenOnCli(cmd, 'clipGradNorm')) opts.clipGradNorm = d.clipGradNorm;
+  if (opts.resume) config = (resumeFlags(cmd, opts, UNET_RESUME) as typeof config | undefined) ?? config;
 
   epochsForSteps(cmd, opts, () => Math.min(opts.limit ?? Infinity, splitDataset(loadDataset({ data: opts.data }), DATA_SPLIT).train.n));
 
   const res = await trainUnet({
     ...d,
-    ...commonTrainOptions(opts, d.epochs),
+    ...commonTrainOptions(cmd, opts, d),
     config,
     prediction: opts.prediction,
     betaSchedule: opts.betaSchedule,
     betaStart: opts.betaStart,
     betaEnd: opts.betaEnd,
-    zeroTerminalSnr: opts.zeroTerminalSnr ?? (opts.prediction === 'v_prediction' && d.zeroTerminalSnr),
+    zeroTerminalSnr: zeroTerminalSnrFor(opts.prediction, opts.zeroTerminalSnr, d.zeroTerminalSnr),
     timestepSpacing: opts.spacing,
     snrGamma: opts.snrGamma,
     captionDropout: opts.captionDropout,

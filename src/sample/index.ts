@@ -1,5 +1,6 @@
-/** Sampling: the text-to-image pipeline, its loaders (diffusers dir, LDM file, sdlab run), prompts and the reverse-process GIF. */
+/** Sampling: the text-to-image pipeline, its loaders (diffusers dir, LDM file, sdlab run), prompts, the reverse-process GIF and sample sheets. */
 export * from './pipeline.ts';
 export * from './load.ts';
 export * from './prompts.ts';
 export * from './animate.ts';
+export * from './sheet.ts';

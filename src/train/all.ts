@@ -3,21 +3,22 @@
  * digits — then a sample sheet (one row per digit, "a handwritten <digit>").
  *
  *   npx sdlab train all --preset quick          # a few minutes (demos, CI smoke)
- *   npx sdlab train all --preset full           # the quality target, ≈ 20 minutes on 2 cores
+ *   npx sdlab train all --preset full           # the quality target (measured times: README, "Results")
  *   npx sdlab train all --resume                # after Ctrl-C: finished stages are kept, the
  *                                               # interrupted one continues exactly
  *
  * Each stage is the same trainer as `npx sdlab train vae|clip|unet` with the preset's settings
  * (presets.ts), writing into the same run directory. A stage whose training state is already
  * complete with the preset's epochs and batch size is skipped, so re-running after an
- * interruption redoes nothing. Timings per stage go to <run>/train/all.json.
+ * interruption redoes nothing. Timings per stage go to <run>/train/all.json. The closing sheet is
+ * src/sample/sheet.ts, the same writer as `npx sdlab sample --digits 0-9`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import { formatDuration } from '../util/progress.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
-import { runSample } from '../commands/sample.ts';
+import { writeSampleSheet } from '../sample/sheet.ts';
 import { trainClip } from './clip.ts';
 import { type TrainAllPreset } from './presets.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
@@ -201,7 +202,7 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
     const dir = opts.sheetDir ?? path.join(opts.runDir, 'samples');
     log(`== samples: ${p.sheet.n} per digit, DDIM ${p.sheet.steps} steps, guidance ${p.sheet.guidance} → ${dir}`);
     const t0 = Date.now();
-    const res = await runSample({
+    const res = await writeSampleSheet({
       run: opts.runDir,
       digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
       n: p.sheet.n,

@@ -1,10 +1,10 @@
 /**
  * Presets for `npx sdlab train all`: the settings of every stage (VAE → CLIP → UNet) and of the
- * closing sample sheet.
+ * closing sample sheet. Measured times: README.md, "Results" (the one place they are kept).
  *
  *   full    the quality target: ≥ 97% conditional accuracy and FID ≤ 2× the real-vs-real baseline
- *           (`sdlab eval` on 50-step DDIM samples), trained in ≤ 20 minutes on a 2-core CPU with the
- *           native backend
+ *           (`sdlab eval` on 50-step DDIM samples), within a 20-minute budget on a 2-core CPU with
+ *           the native backend
  *   quick   a few minutes: recognisable digits for demos and CI smoke runs
  *   tiny    tests only (a handful of steps on tiny models; not offered on the command line)
  *
@@ -12,10 +12,10 @@
  * `sdlab eval` on 1,000 samples (100 per digit, "a handwritten <digit>", DDIM 50 steps); FID is
  * in the eval classifier's feature space, real-vs-real baseline 22.67:
  *
- *   VAE       200 steps, batch 16 (1m16s): held-out PSNR 23.4 dB. Its round trip costs little:
+ *   VAE       200 steps, batch 16: held-out PSNR 23.4 dB. Its round trip costs little:
  *             1,000 training digits encoded + decoded score FID 24.8 (1.09× baseline), the raw
  *             digits 18.6 — so the UNet, not the VAE, decides the sample quality.
- *   CLIP      4 epochs, batch 64 (1m30s): 97.7% zero-shot. One epoch reached 77% and gave the
+ *   CLIP      4 epochs, batch 64: 97.7% zero-shot. One epoch reached 77% and gave the
  *             UNet muddled prompts (quick preset draft: 0, 2, 5, 6, 8 unreadable).
  *   UNet      v-prediction on zero-terminal-SNR betas, min-SNR-γ 5, 10% caption dropout, EMA,
  *             AdamW lr 4e-3 with warm-up + cosine, attention only at 4×4 (RECIPE_UNET_CONFIG).
@@ -26,9 +26,9 @@
  *                 3200    97.3% / 1.30×    98.7% / 1.53×  99.3% / 1.81×
  *             Guidance trades diversity (FID) for faithfulness (accuracy); longer training lifts
  *             accuracy at low guidance. 3200 steps at guidance 1.75 meets both targets with margin
- *             and fits the 20 minutes (the UNet takes ≈ 12 of them).
- *   quick     150 VAE steps (21.8 dB), 2 CLIP epochs (95.9%), 600 UNet steps: ≈ 5 minutes, and
- *             the sheet reads as digits at guidance 3; with 100 / 1 / 300 (3m20s) it did not.
+ *             and fits the budget (the UNet takes most of it).
+ *   quick     150 VAE steps (21.8 dB), 2 CLIP epochs (95.9%), 600 UNet steps: the sheet reads as
+ *             digits at guidance 3; with 100 / 1 / 300 it did not.
  */
 import type { AutoencoderKLConfig } from '../autoencoder/index.ts';
 import { type ClipTrainOptions, CLIP_TRAIN_DEFAULTS } from './clip.ts';
@@ -50,7 +50,7 @@ export interface TrainAllPreset {
 export const FULL_GUIDANCE = 1.75;
 
 const FULL: TrainAllPreset = {
-  description: 'the quality target, about 12 minutes on 2 cores (16 on a busy machine)',
+  description: 'the quality target (measured times: README, "Results")',
   vae: { ...VAE_TRAIN_DEFAULTS },
   clip: { ...CLIP_TRAIN_DEFAULTS },
   unet: { ...UNET_TRAIN_DEFAULTS },

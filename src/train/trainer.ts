@@ -229,9 +229,75 @@ export function settingsDiff(a: Record<string, unknown>, b: Record<string, unkno
   return [...keys].filter((k) => JSON.stringify(a[k] ?? null) !== JSON.stringify(b[k] ?? null));
 }
 
-const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+// ---------------------------------------------------------------------------------------------
+// The loop
 
+/**
+ * Trains `task` to the end of its schedule (or until told to stop) and returns where it got to.
+ * Read it top to bottom: open the run (fresh or resumed), then one trainStep() per batch, the
+ * end-of-epoch pass (evaluate, pictures, checkpoint) whenever an epoch ends, and a last
+ * checkpoint when the loop is done.
+ */
 export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<TrainResult> {
+  const run = openOrResume(task, o);
+  const stop = new StopSignals(task.name, o);
+  try {
+    while (run.step < run.totalSteps && stop.reason === null) {
+      if (stop.reachedStopStep(run.step)) break;
+      const ctx = stepContext(run, run.step);
+      const out = trainStep(task, run.optimizer, ctx, o.clipGradNorm);
+      if (!out.applied) throw await diverged(run, ctx, out);
+      recordStep(run, ctx, out);
+      // End of an epoch, or of training part-way through one: validate, draw, checkpoint.
+      if (run.step % task.stepsPerEpoch === 0 || run.step === run.totalSteps) await endOfEpoch(run);
+      await tick(); // let Ctrl-C / abort handlers run
+      stop.checkTimeLimit(sessionSeconds(run), run.step < run.totalSteps);
+    }
+
+    run.progress?.finish();
+    if (run.savedAt !== run.step) await checkpoint(run, run.step);
+    if (stop.reason !== null) run.log(`${task.name}: stopped (${stop.reason}) at step ${run.step}/${run.totalSteps}; saved ${run.stateFile} — continue with --resume`);
+    else await task.onTrainEnd?.(epochContext(run, run.step));
+    return result(run, stop.reason ?? 'finished');
+  } finally {
+    stop.dispose();
+    run.optimizer.dispose();
+  }
+}
+
+/** One training session of a task: the run's fixed facts, and where training stands. */
+interface Session<B> {
+  task: TrainTask<B>;
+  o: TrainOptions;
+  log: (line: string) => void;
+  /** <run>/train/<task> and its state file. */
+  dir: string;
+  stateFile: string;
+  totalSteps: number;
+  schedule: LrSchedule;
+  optimizer: AdamW;
+  /** What the state file stores and a resume must match (harnessSettings). */
+  settings: Record<string, unknown>;
+  /** Updates done, over all sessions. */
+  step: number;
+  history: History;
+  /** Seconds of training before this session, and when this session started (ms). */
+  elapsedBefore: number;
+  started: number;
+  /** Updates done in this session (for the img/s rate). */
+  sessionSteps: number;
+  /** The step of the last checkpoint this session wrote (-1: none yet). */
+  savedAt: number;
+  lastEvaluation: Record<string, number>;
+  progress: Progress | null;
+}
+
+/**
+ * Opens the run: the lr schedule and AdamW, then either a fresh start (refusing to clobber an
+ * existing state unless opts.overwrite) or, with opts.resume, the saved parameters, optimizer
+ * moments, step and history — after checking that the stored settings match these.
+ */
+function openOrResume<B>(task: TrainTask<B>, o: TrainOptions): Session<B> {
   const log = trainLog(o);
   const dir = trainDir(o.runDir, task.name);
   const stateFile = statePath(o.runDir, task.name);
@@ -247,7 +313,6 @@ export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<Tra
   const optimizer = new AdamW(task.params, o.optimizer);
   const settings = harnessSettings(task as TrainTask<unknown>, o, schedule, optimizer.config);
 
-  // ---- fresh start or resume
   if (o.resume && o.overwrite) throw new UsageError('--resume and --overwrite: choose one (continue the run, or start it over).');
   let step = 0;
   let elapsedBefore = 0;
@@ -277,161 +342,223 @@ export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<Tra
   }
   fs.mkdirSync(dir, { recursive: true });
 
-  const ctxAt = (s: number): EpochContext => ({
-    epoch: s === totalSteps && s % task.stepsPerEpoch !== 0 ? Number((s / task.stepsPerEpoch).toFixed(3)) : Math.floor(s / task.stepsPerEpoch),
-    step: s,
-    runDir: o.runDir,
-    dir,
-    seed: o.seed,
-    history,
-  });
-
   const started = Date.now();
-  const sessionSeconds = () => (Date.now() - started) / 1000;
-  let lastEvaluation: Record<string, number> = {};
-  let savedAt = -1;
-
-  const checkpoint = async (s: number) => {
-    const ctx = ctxAt(s);
-    writeHistory(dir, history);
-    const info: StateInfo = {
-      task: task.name,
-      step: s,
-      epoch: Math.floor(s / task.stepsPerEpoch),
-      batch: s % task.stepsPerEpoch,
-      totalSteps,
-      settings,
-      elapsed: elapsedBefore + sessionSeconds(),
-    };
-    saveState(stateFile, info, task.params, optimizer);
-    await task.exportModel(ctx);
-    await plotHistory(dir, history, task.name).catch((err) => log(`${task.name}: could not draw the loss curve: ${(err as Error).message}`));
-    savedAt = s;
-  };
-
-  // ---- stop requests
-  let stopReason: TrainResult['stopped'] | null = null;
-  let sigints = 0;
-  const onSigint = () => {
-    sigints++;
-    if (sigints > 1) {
-      process.stderr.write(`\n${task.name}: second Ctrl-C, quitting without saving.\n`);
-      process.exit(130);
-    }
-    stopReason = 'interrupted';
-    process.stderr.write(`\n${task.name}: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)\n`);
-  };
-  const handleSigint = o.handleSigint ?? true;
-  if (handleSigint) process.on('SIGINT', onSigint);
-  const onAbort = () => (stopReason = 'interrupted');
-  o.signal?.addEventListener('abort', onAbort);
-  if (o.signal?.aborted) stopReason = 'interrupted';
-
-  const stepsThisSession = totalSteps - step;
-  const progress = o.quiet || stepsThisSession <= 0 ? null : new Progress({ total: stepsThisSession, label: task.name, unit: 'step' });
-  const examples = task.examplesPerStep ?? 0;
-  let sessionSteps = 0;
-
-  try {
+  const todo = totalSteps - step;
+  const progress = o.quiet || todo <= 0 ? null : new Progress({ total: todo, label: task.name, unit: 'step' });
+  if (step < totalSteps && step === 0) {
     const epochsText = totalSteps < o.epochs * task.stepsPerEpoch ? `${(totalSteps / task.stepsPerEpoch).toFixed(2)} epochs of ${task.stepsPerEpoch}` : `${o.epochs} epochs × ${task.stepsPerEpoch}`;
-    if (step < totalSteps && step === 0) log(`${task.name}: ${totalSteps} steps (${epochsText}), ${countParams(task.params).toLocaleString('en')} parameters, state in ${dir}`);
-    while (step < totalSteps && stopReason === null) {
-      if (o.stopAtStep !== undefined && step >= o.stopAtStep) {
-        stopReason = 'stop-at-step';
-        break;
-      }
-      const epoch = Math.floor(step / task.stepsPerEpoch);
-      const batchIndex = step % task.stepsPerEpoch;
-      const lr = learningRate(step, schedule);
-      const ctx: StepContext = { step, epoch, batchIndex, lr, rng: new Random(`${o.seed}/step ${step}`) };
-      const batch = task.batch(epoch, batchIndex);
-      let metrics: Record<string, tf.Scalar> = {};
-      let value: tf.Scalar;
-      let grads: tf.NamedTensorMap;
-      try {
-        ({ value, grads } = tf.variableGrads(() => {
-          const out = task.loss(batch, ctx);
-          if (out instanceof tf.Tensor) return out;
-          metrics = out.metrics ?? {};
-          for (const m of Object.values(metrics)) tf.keep(m);
-          return out.loss;
-        }, optimizer.variables));
-      } finally {
-        task.disposeBatch?.(batch);
-      }
-      const loss = value.dataSync()[0]!;
-      const metricValues: Record<string, number> = {};
-      for (const [k, m] of Object.entries(metrics)) metricValues[k] = m.dataSync()[0]!;
-      tf.dispose([value, ...Object.values(metrics)]);
-      const clipped = clipGradNorm(grads, o.clipGradNorm);
-      if (!Number.isFinite(loss) || !Number.isFinite(clipped.norm)) {
-        tf.dispose(Object.values(grads));
-        if (clipped.clipped) tf.dispose(Object.values(clipped.grads));
-        // The parameters are still those after `step` good updates: save them, then stop.
-        await checkpoint(step);
-        const what = Number.isFinite(loss) ? `gradient norm is ${clipped.norm}` : `loss is ${loss}`;
-        throw new TrainingError(
-          `${task.name}: ${what} at step ${step + 1} (epoch ${epoch + 1}, batch ${batchIndex + 1}, lr ${lr.toPrecision(3)}); saved the last good state (step ${step}) to ${stateFile}. Try a lower --lr${o.clipGradNorm === undefined ? ' or --clip-grad-norm 1' : ''}.`,
-        );
-      }
-      optimizer.applyGradients(clipped.grads, lr);
-      tf.dispose(Object.values(grads));
-      if (clipped.clipped) tf.dispose(Object.values(clipped.grads));
-      step += 1;
-      sessionSteps += 1;
-      history.steps.push({ step, loss, lr, ...metricValues });
-      o.onStep?.({ step, loss, lr, epoch, batchIndex });
-      if (progress) {
-        const rate = examples ? `  ${((sessionSteps * examples) / Math.max(1e-9, sessionSeconds())).toFixed(1)} img/s` : '';
-        progress.tick(1, `e${epoch + 1}/${Math.ceil(totalSteps / task.stepsPerEpoch)} loss ${fmt(loss)} lr ${lr.toExponential(1)}${rate}`);
-      }
+    log(`${task.name}: ${totalSteps} steps (${epochsText}), ${countParams(task.params).toLocaleString('en')} parameters, state in ${dir}`);
+  }
+  return { task, o, log, dir, stateFile, totalSteps, schedule, optimizer, settings, step, history, elapsedBefore, started, sessionSteps: 0, savedAt: -1, lastEvaluation: {}, progress };
+}
 
-      // End of an epoch, or of training part-way through one: validate, draw, checkpoint.
-      if (step % task.stepsPerEpoch === 0 || step === totalSteps) {
-        const ctx = ctxAt(step);
-        lastEvaluation = task.evaluate ? await task.evaluate(ctx) : {};
-        const seconds = elapsedBefore + sessionSeconds();
-        history.epochs.push({ epoch: ctx.epoch, step, seconds, ...lastEvaluation });
-        await task.onEpochEnd?.(ctx, lastEvaluation);
-        await checkpoint(step);
-        const recent = history.steps.slice(-(step % task.stepsPerEpoch || task.stepsPerEpoch));
-        const trainLoss = recent.reduce((a, s) => a + s.loss, 0) / Math.max(1, recent.length);
-        const evalText = Object.entries(lastEvaluation).map(([k, v]) => `val ${k} ${fmt(v)}`).join('  ');
-        progress?.finish();
-        log(`${task.name}: epoch ${ctx.epoch}/${Number((totalSteps / task.stepsPerEpoch).toFixed(3))}  train loss ${fmt(trainLoss)}  ${evalText}  (${formatDuration(seconds)})`);
-      }
-      await tick(); // let Ctrl-C / abort handlers run
-      if (o.timeLimitSeconds !== undefined && sessionSeconds() >= o.timeLimitSeconds && step < totalSteps) stopReason ??= 'time-limit';
-    }
-    if (stopReason === null && o.stopAtStep !== undefined && step >= o.stopAtStep && step < totalSteps) stopReason = 'stop-at-step';
+/** The step-th update's place in the data, its learning rate and its noise (a pure function of step: exact resume). */
+function stepContext(run: Session<unknown>, step: number): StepContext {
+  const { stepsPerEpoch } = run.task;
+  return {
+    step,
+    epoch: Math.floor(step / stepsPerEpoch),
+    batchIndex: step % stepsPerEpoch,
+    lr: learningRate(step, run.schedule),
+    rng: new Random(`${run.o.seed}/step ${step}`),
+  };
+}
 
-    if (stopReason !== null) {
-      progress?.finish();
-      if (savedAt !== step) await checkpoint(step);
-      log(`${task.name}: stopped (${stopReason}) at step ${step}/${totalSteps}; saved ${stateFile} — continue with --resume`);
-    } else {
-      progress?.finish();
-      if (savedAt !== step) await checkpoint(step);
-      await task.onTrainEnd?.(ctxAt(step));
-    }
-    const seconds = sessionSeconds();
-    return {
-      step,
-      totalSteps,
-      stopped: stopReason ?? 'finished',
-      seconds,
-      elapsed: elapsedBefore + seconds,
-      examplesPerSecond: examples && seconds > 0 ? (sessionSteps * examples) / seconds : 0,
-      history,
-      lastEvaluation,
-      statePath: stateFile,
-    };
+interface StepOutcome {
+  loss: number;
+  metrics: Record<string, number>;
+  /** Global gradient norm before clipping. */
+  norm: number;
+  /** False when the loss or the gradient norm was not finite: the parameters were left as they were. */
+  applied: boolean;
+}
+
+/**
+ * One update: the loss and its gradients (tf.variableGrads), the global gradient norm (clipped to
+ * maxNorm when given), a non-finite check, and the AdamW step. clipGradNorm measures the norm
+ * that the check needs, so it runs before the check; a non-finite loss or norm applies nothing.
+ */
+function trainStep<B>(task: TrainTask<B>, optimizer: AdamW, ctx: StepContext, maxNorm: number | undefined): StepOutcome {
+  const batch = task.batch(ctx.epoch, ctx.batchIndex);
+  let metrics: Record<string, tf.Scalar> = {};
+  let value: tf.Scalar;
+  let grads: tf.NamedTensorMap;
+  try {
+    ({ value, grads } = tf.variableGrads(() => {
+      const out = task.loss(batch, ctx);
+      if (out instanceof tf.Tensor) return out;
+      metrics = out.metrics ?? {};
+      for (const m of Object.values(metrics)) tf.keep(m);
+      return out.loss;
+    }, optimizer.variables));
   } finally {
-    if (handleSigint) process.off('SIGINT', onSigint);
-    o.signal?.removeEventListener('abort', onAbort);
-    optimizer.dispose();
+    task.disposeBatch?.(batch);
+  }
+  const loss = value.dataSync()[0]!;
+  const metricValues: Record<string, number> = {};
+  for (const [k, m] of Object.entries(metrics)) metricValues[k] = m.dataSync()[0]!;
+  tf.dispose([value, ...Object.values(metrics)]);
+
+  const clipped = clipGradNorm(grads, maxNorm);
+  const applied = Number.isFinite(loss) && Number.isFinite(clipped.norm);
+  if (applied) optimizer.applyGradients(clipped.grads, ctx.lr);
+  tf.dispose(Object.values(grads));
+  if (clipped.clipped) tf.dispose(Object.values(clipped.grads));
+  return { loss, metrics: metricValues, norm: clipped.norm, applied };
+}
+
+/**
+ * A non-finite loss or gradient: the parameters are still those after `run.step` good updates,
+ * so save them and return the error (one line naming the step) for the caller to throw.
+ */
+async function diverged(run: Session<unknown>, ctx: StepContext, out: StepOutcome): Promise<TrainingError> {
+  await checkpoint(run, run.step);
+  const what = Number.isFinite(out.loss) ? `gradient norm is ${out.norm}` : `loss is ${out.loss}`;
+  return new TrainingError(
+    `${run.task.name}: ${what} at step ${ctx.step + 1} (epoch ${ctx.epoch + 1}, batch ${ctx.batchIndex + 1}, lr ${ctx.lr.toPrecision(3)}); saved the last good state (step ${run.step}) to ${run.stateFile}. Try a lower --lr${run.o.clipGradNorm === undefined ? ' or --clip-grad-norm 1' : ''}.`,
+  );
+}
+
+/** After an update: count it, add it to the history, tell opts.onStep and the progress bar. */
+function recordStep(run: Session<unknown>, ctx: StepContext, out: StepOutcome): void {
+  const { loss, metrics } = out;
+  const { epoch, batchIndex, lr } = ctx;
+  run.step += 1;
+  run.sessionSteps += 1;
+  run.history.steps.push({ step: run.step, loss, lr, ...metrics });
+  run.o.onStep?.({ step: run.step, loss, lr, epoch, batchIndex });
+  if (run.progress) {
+    const examples = run.task.examplesPerStep ?? 0;
+    const rate = examples ? `  ${((run.sessionSteps * examples) / Math.max(1e-9, sessionSeconds(run))).toFixed(1)} img/s` : '';
+    run.progress.tick(1, `e${epoch + 1}/${Math.ceil(run.totalSteps / run.task.stepsPerEpoch)} loss ${fmt(loss)} lr ${lr.toExponential(1)}${rate}`);
   }
 }
+
+/** End of an epoch (or of training part-way through one): validate, draw, checkpoint, one log line. */
+async function endOfEpoch(run: Session<unknown>): Promise<void> {
+  const { task, step, history } = run;
+  const ctx = epochContext(run, step);
+  run.lastEvaluation = task.evaluate ? await task.evaluate(ctx) : {};
+  const seconds = run.elapsedBefore + sessionSeconds(run);
+  history.epochs.push({ epoch: ctx.epoch, step, seconds, ...run.lastEvaluation });
+  await task.onEpochEnd?.(ctx, run.lastEvaluation);
+  await checkpoint(run, step);
+  const recent = history.steps.slice(-(step % task.stepsPerEpoch || task.stepsPerEpoch));
+  const trainLoss = recent.reduce((a, s) => a + s.loss, 0) / Math.max(1, recent.length);
+  const evalText = Object.entries(run.lastEvaluation).map(([k, v]) => `val ${k} ${fmt(v)}`).join('  ');
+  run.progress?.finish();
+  run.log(`${task.name}: epoch ${ctx.epoch}/${Number((run.totalSteps / task.stepsPerEpoch).toFixed(3))}  train loss ${fmt(trainLoss)}  ${evalText}  (${formatDuration(seconds)})`);
+}
+
+/** Writes history.json, the state file (parameters + moments + position), the usable model and loss.png. */
+async function checkpoint(run: Session<unknown>, step: number): Promise<void> {
+  const { task, dir, history } = run;
+  const ctx = epochContext(run, step);
+  writeHistory(dir, history);
+  const info: StateInfo = {
+    task: task.name,
+    step,
+    epoch: Math.floor(step / task.stepsPerEpoch),
+    batch: step % task.stepsPerEpoch,
+    totalSteps: run.totalSteps,
+    settings: run.settings,
+    elapsed: run.elapsedBefore + sessionSeconds(run),
+  };
+  saveState(run.stateFile, info, task.params, run.optimizer);
+  await task.exportModel(ctx);
+  await plotHistory(dir, history, task.name).catch((err) => run.log(`${task.name}: could not draw the loss curve: ${(err as Error).message}`));
+  run.savedAt = step;
+}
+
+/** What the task's epoch callbacks see after `step` updates (a fractional epoch when training ends mid-epoch). */
+function epochContext(run: Session<unknown>, step: number): EpochContext {
+  const { stepsPerEpoch } = run.task;
+  return {
+    epoch: step === run.totalSteps && step % stepsPerEpoch !== 0 ? Number((step / stepsPerEpoch).toFixed(3)) : Math.floor(step / stepsPerEpoch),
+    step,
+    runDir: run.o.runDir,
+    dir: run.dir,
+    seed: run.o.seed,
+    history: run.history,
+  };
+}
+
+function sessionSeconds(run: Session<unknown>): number {
+  return (Date.now() - run.started) / 1000;
+}
+
+function result(run: Session<unknown>, stopped: TrainResult['stopped']): TrainResult {
+  const seconds = sessionSeconds(run);
+  const examples = run.task.examplesPerStep ?? 0;
+  return {
+    step: run.step,
+    totalSteps: run.totalSteps,
+    stopped,
+    seconds,
+    elapsed: run.elapsedBefore + seconds,
+    examplesPerSecond: examples && seconds > 0 ? (run.sessionSteps * examples) / seconds : 0,
+    history: run.history,
+    lastEvaluation: run.lastEvaluation,
+    statePath: run.stateFile,
+  };
+}
+
+const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+// ---------------------------------------------------------------------------------------------
+// Stopping early
+
+/**
+ * Why the loop should stop before the schedule ends, if it should: Ctrl-C or opts.signal
+ * ('interrupted'; a second Ctrl-C quits at once without saving), opts.stopAtStep, or
+ * opts.timeLimitSeconds. Each lets the current update finish; train() then saves a checkpoint.
+ */
+class StopSignals {
+  reason: Exclude<TrainResult['stopped'], 'finished'> | null = null;
+  private sigints = 0;
+  private readonly handleSigint: boolean;
+
+  constructor(
+    private readonly name: string,
+    private readonly o: Pick<TrainOptions, 'signal' | 'handleSigint' | 'stopAtStep' | 'timeLimitSeconds'>,
+  ) {
+    this.handleSigint = o.handleSigint ?? true;
+    if (this.handleSigint) process.on('SIGINT', this.onSigint);
+    o.signal?.addEventListener('abort', this.onAbort);
+    if (o.signal?.aborted) this.reason = 'interrupted';
+  }
+
+  /** True (with reason 'stop-at-step') once opts.stopAtStep updates are done. */
+  reachedStopStep(step: number): boolean {
+    if (this.o.stopAtStep === undefined || step < this.o.stopAtStep) return false;
+    this.reason = 'stop-at-step';
+    return true;
+  }
+
+  /** Checked after an update (so a session does at least one); another reason that came first wins. */
+  checkTimeLimit(seconds: number, moreToDo: boolean): void {
+    if (this.o.timeLimitSeconds !== undefined && seconds >= this.o.timeLimitSeconds && moreToDo) this.reason ??= 'time-limit';
+  }
+
+  dispose(): void {
+    if (this.handleSigint) process.off('SIGINT', this.onSigint);
+    this.o.signal?.removeEventListener('abort', this.onAbort);
+  }
+
+  private readonly onSigint = () => {
+    this.sigints++;
+    if (this.sigints > 1) {
+      process.stderr.write(`\n${this.name}: second Ctrl-C, quitting without saving.\n`);
+      process.exit(130);
+    }
+    this.reason = 'interrupted';
+    process.stderr.write(`\n${this.name}: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)\n`);
+  };
+
+  private readonly onAbort = () => (this.reason = 'interrupted');
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function countParams(params: NamedVariable[]): number {
   return params.reduce((n, [, v]) => n + v.size, 0);
