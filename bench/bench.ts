@@ -13,8 +13,9 @@
  * GEMMs (1024³ and two Stable Diffusion shapes), the reference convnet training step, and
  * the model training steps of bench/cases.ts: vae-train-step (AutoencoderKL, MNIST preset, batch
  * 32 of 32×32×1, MSE + KL, Adam) and unet-train-step (UNet2DConditionModel, MNIST preset, batch
- * 64 of 8×8×4 latents, text context [64, 16, 128], ε-MSE, Adam), each also as *-fused: the same
- * step with src/nn's GroupNorm / LayerNorm / SiLU routed through the native fused ops.
+ * 64 of 8×8×4 latents, text context [64, 16, 128], ε-MSE, Adam), each also as *-unfused: the
+ * same step with src/ops' GroupNorm / LayerNorm / SiLU / GELU as plain tfjs compositions instead
+ * of one fused kernel each way (what the fused kernels save; on cpu both run the composition).
  * "cpu ms" is the process's CPU time per run (all threads): on a machine shared with other work
  * it is a steadier measure of the work done than the wall time.
  *
@@ -40,7 +41,7 @@ interface BenchCase {
   cpuSlow?: boolean;
   /** Not implemented yet: listed as skipped. */
   pending?: string;
-  /** Run before setup on every backend (e.g. useFusedOps). */
+  /** Run before setup on every backend (e.g. useFusedOps); the case's runs follow before any other case's. */
   prepare?: () => void;
 }
 
@@ -73,7 +74,7 @@ function convnetCase(batch: number): BenchCase {
 
 /** A model training step from bench/cases.ts (the cpu backend takes seconds to minutes per step). */
 function trainCase(name: string, make: () => TrainStep, fused: boolean): BenchCase {
-  return { name, flops: 0, cpuSlow: true, prepare: fused ? useFusedOps : undefined, setup: make };
+  return { name, flops: 0, cpuSlow: true, prepare: () => useFusedOps(fused), setup: make };
 }
 
 /**
@@ -98,11 +99,10 @@ const CASES: BenchCase[] = [
   gemmCase('sd-gemm-4096x2880x320', 4096, 2880, 320),
   gemmCase('sd-gemm-4096x320x4096', 4096, 320, 4096),
   convnetCase(64),
-  // The fused variants patch src/nn for the rest of the process, so they come last.
-  trainCase('vae-train-step', () => vaeTrainStep(), false),
-  trainCase('unet-train-step', () => unetTrainStep(), false),
-  trainCase('vae-train-step-fused', () => vaeTrainStep(), true),
-  trainCase('unet-train-step-fused', () => unetTrainStep(), true),
+  trainCase('vae-train-step', () => vaeTrainStep(), true),
+  trainCase('unet-train-step', () => unetTrainStep(), true),
+  trainCase('vae-train-step-unfused', () => vaeTrainStep(), false),
+  trainCase('unet-train-step-unfused', () => unetTrainStep(), false),
 ];
 
 // PyTorch versions of the same cases (NCHW, same shapes/threads), run by a persistent python process.
@@ -353,6 +353,13 @@ function printTable(rows: Row[], threads: number): void {
       notes.push(`${name}: native per thread is ${(100 * nat.ofPeak).toFixed(0)}% of this run's FMA peak per thread ` +
         `(${(100 * nat.gflops! / nat.threads / NOMINAL_PEAK).toFixed(0)}% of a nominal ${NOMINAL_PEAK} GFLOP/s core)`);
     }
+  }
+  // Each *-unfused case against its fused twin, on native.
+  for (const [name, rs] of byCase) {
+    const fusedName = name.endsWith('-unfused') ? name.slice(0, -'-unfused'.length) : null;
+    const plain = rs.find((r) => r.backend === 'native');
+    const fused = fusedName ? byCase.get(fusedName)?.find((r) => r.backend === 'native') : undefined;
+    if (plain && fused) notes.push(`${fusedName}: the fused ops make native ${(plain.medianMs! / fused.medianMs!).toFixed(2)}x faster than their tfjs compositions (${name})`);
   }
   if (notes.length) console.log(`\n${notes.join('\n')}`);
   console.log(`\n(cpu is tfjs's single-threaded JS backend; native and torch use ${threads} thread(s).)`);

@@ -10,30 +10,19 @@
  * Each builder makes the model and inputs on the current tfjs backend (seeded, so every backend
  * trains the same numbers) and returns one training step.
  *
- * useFusedOps() (the *-fused cases) reroutes src/nn's GroupNorm, LayerNorm and SiLU through the
- * native backend's fused ops (groupNorm, fusedSilu in src/backend/native.ts), to measure what
- * adopting them in the models would give. It patches the classes for the rest of the process.
+ * The models run src/ops' fused ops (GroupNorm, LayerNorm, SiLU, GELU: one native kernel each
+ * way). useFusedOps(false) (the *-unfused cases, profile.ts --unfused) makes those ops take their
+ * plain tfjs compositions instead, on any backend, to measure what the fused kernels save.
  */
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL, VAE_PRESETS, klDivergence } from '../src/autoencoder/index.ts';
 import { UNET_PRESETS, UNet2DConditionModel } from '../src/unet/index.ts';
-import { ACTIVATIONS, GroupNorm, LayerNorm, manualSeed } from '../src/nn/index.ts';
-import { fusedSilu, groupNorm } from '../src/backend/native.ts';
+import { manualSeed } from '../src/nn/index.ts';
+import { opsSettings } from '../src/ops/index.ts';
 
-let fused = false;
-
-/** Routes GroupNorm / LayerNorm / SiLU of src/nn through the fused ops (process-wide, one way). */
-export function useFusedOps(): void {
-  if (fused) return;
-  fused = true;
-  GroupNorm.prototype.forward = function <T extends tf.Tensor>(this: GroupNorm, x: T): T {
-    return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
-  };
-  LayerNorm.prototype.forward = function <T extends tf.Tensor>(this: LayerNorm, x: T): T {
-    return groupNorm(x, 1, this.weight, this.bias, this.eps, { batchDims: x.rank - 1 });
-  };
-  ACTIVATIONS.silu = fusedSilu;
-  ACTIVATIONS.swish = fusedSilu;
+/** Fused kernels (the default) or the tfjs compositions, for every op of src/ops from now on. */
+export function useFusedOps(fused: boolean): void {
+  opsSettings.fused = fused;
 }
 
 export interface TrainStep {

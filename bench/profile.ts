@@ -7,9 +7,10 @@
  * for 1 ms costs 2 ms): unlike wall time, that is not inflated when other processes share the
  * cores. --clock wall measures elapsed time. "step" is the median wall time of a whole step.
  *
- *   node bin/run-ts.mjs bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps 3] [--clock cpu|wall] [--top 12] [--shapes 15] [--fused]
+ *   node bin/run-ts.mjs bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps 3] [--clock cpu|wall] [--top 12] [--shapes 15] [--unfused]
  *
- * --fused routes src/nn's GroupNorm / LayerNorm / SiLU through the fused ops (see bench/cases.ts).
+ * --unfused runs src/ops' GroupNorm / LayerNorm / SiLU / GELU as tfjs compositions instead of
+ * their fused kernels (see bench/cases.ts).
  */
 import * as tf from '@tensorflow/tfjs';
 import { registerNativeBackend } from '../src/backend/native.ts';
@@ -23,7 +24,7 @@ const opt = (name: string, dflt: string) => {
 };
 const STEPS: Record<string, () => TrainStep> = { vae: () => vaeTrainStep(), unet: () => unetTrainStep(), convnet: () => convnetTrainStep() };
 if (!which || !Object.hasOwn(STEPS, which)) {
-  console.error('usage: bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps N] [--clock cpu|wall] [--top N] [--shapes N]');
+  console.error('usage: bench/profile.ts vae|unet|convnet [--backend native|cpu] [--steps N] [--clock cpu|wall] [--top N] [--shapes N] [--unfused]');
   process.exit(2);
 }
 const backend = opt('backend', 'native');
@@ -31,7 +32,7 @@ const steps = Number(opt('steps', '3'));
 const clock = opt('clock', 'cpu');
 const top = Number(opt('top', '12'));
 const topShapes = Number(opt('shapes', '15'));
-if (args.includes('--fused')) useFusedOps();
+if (args.includes('--unfused')) useFusedOps(false);
 
 tf.env().set('PROD', true);
 if (backend === 'native' && !registerNativeBackend()) throw new Error('native backend not available');

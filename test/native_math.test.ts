@@ -8,7 +8,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { fusedGelu, fusedSilu } from '../src/backend/native.ts';
+// The ops run their fused native kernels here (native is the active backend).
+import { gelu as fusedGelu, silu as fusedSilu } from '../src/ops/index.ts';
 import { useNativeBackend } from './helpers/native-parity.ts';
 
 useNativeBackend({ activate: true });

@@ -8,8 +8,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { groupNorm, fusedSilu, fusedGelu } from '../src/backend/native.ts';
-import { GroupNorm, LayerNorm, gelu, silu, scaledDotProductAttention } from '../src/nn/index.ts';
+import { gelu, groupNorm, layerNorm, silu } from '../src/ops/index.ts';
+import { GroupNorm, LayerNorm, scaledDotProductAttention } from '../src/nn/index.ts';
 import { TOL, bothThreadCounts, numel, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
 useNativeBackend();
@@ -251,6 +251,22 @@ describe('fused ops (one native kernel each way) against their tfjs composition 
     });
   });
 
+  it('layerNorm (its composition reduces over the last axis directly): forward and gradients', () => {
+    let worst = 0;
+    for (const shape of [[2, 9, 24], [5, 33], [3, 4, 5, 16]]) {
+      const C = shape[shape.length - 1];
+      for (const affine of [true, false]) {
+        const f = (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => layerNorm(x, affine ? g : null, affine ? b : null, 1e-5);
+        const inputs = [{ shape }, { shape: [C], data: randData(C).map((v) => 1 + v / 2) }, { shape: [C] }];
+        worst = Math.max(worst, parity(inputs, f, C));
+        const w = randData(numel(shape));
+        const loss = (x2: tf.Tensor, g2: tf.Tensor, b2: tf.Tensor) => tf.sum(tf.mul(f(x2, g2, b2), tf.tensor(w, shape)));
+        worst = Math.max(worst, parity(inputs, (x, g, b) => (affine ? tf.grads(loss)([x, g, b]) : [tf.grad((x2: tf.Tensor) => loss(x2, g, b))(x)]), C));
+      }
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
+  });
+
   it('the nn GroupNorm layer and groupNorm agree (the composition is the same math)', () => {
     const gn = new GroupNorm(4, 8, { eps: 1e-6 });
     const data = randData(2 * 5 * 5 * 8);
@@ -262,16 +278,16 @@ describe('fused ops (one native kernel each way) against their tfjs composition 
     gn.dispose();
   });
 
-  it('fusedSilu and fusedGelu: forward and gradients', () => {
+  it('silu and gelu: forward and gradients', () => {
     // The composition on cpu rounds at every step (and its erf is Abramowitz–Stegun, 1.5e-7
     // absolute), so agreement is a few 1e-7; native_math.test.ts checks both against double precision.
     let worst = 0;
     for (const n of [7, 1000, 40000]) {
       const input = () => [{ shape: [n], data: randData(n).map((v) => v * 6) }];
-      worst = Math.max(worst, parity(input(), (x) => fusedSilu(x), 'relative'));
-      worst = Math.max(worst, parity(input(), sq(fusedSilu), 'relative'));
-      worst = Math.max(worst, parity(input(), (x) => fusedGelu(x), 'relative'));
-      worst = Math.max(worst, parity(input(), sq(fusedGelu), 'relative'));
+      worst = Math.max(worst, parity(input(), (x) => silu(x), 'relative'));
+      worst = Math.max(worst, parity(input(), sq(silu), 'relative'));
+      worst = Math.max(worst, parity(input(), (x) => gelu(x), 'relative'));
+      worst = Math.max(worst, parity(input(), sq(gelu), 'relative'));
     }
     expect(worst).toBeLessThanOrEqual(1e-6);
   });

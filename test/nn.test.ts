@@ -20,7 +20,6 @@ import {
   ModuleList,
   ResnetBlock2D,
   Upsample2D,
-  gelu,
   manualSeed,
   quickGelu,
   scaledDotProductAttention,
@@ -28,6 +27,7 @@ import {
   type StateDict,
 } from '../src/nn/index.ts';
 import { loadWeights, saveWeights } from '../src/io/checkpoint.ts';
+import { gelu } from '../src/ops/index.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { UsageError } from '../src/util/errors.ts';
 import { Random } from '../src/util/random.ts';

@@ -16,7 +16,7 @@ import {
   readLdmYaml,
   unetConfigFromLdm,
   vaeConfigFromLdm,
-} from '../src/io/ldm.ts';
+} from '../src/sample/load_single_file.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { UNET_PRESETS, UNet2DConditionModel, readUnetConfig } from '../src/unet/index.ts';
 import { AutoencoderKL, VAE_PRESETS, readVaeConfig } from '../src/autoencoder/index.ts';

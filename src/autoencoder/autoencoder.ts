@@ -1,6 +1,7 @@
 /**
  * AutoencoderKL — the variational autoencoder of latent diffusion (diffusers v0.24 semantics,
- * parameter names and config.json), in TensorFlow.js, channels-last.
+ * parameter names and config.json), in TensorFlow.js, channels-last. Its config (keys,
+ * defaults, presets, checks) is in config.ts beside this file.
  *
  *   image x [B, H, W, C] in [-1, 1]
  *     → Encoder (conv_in, down_blocks of ResnetBlock2D + stride-2 Downsample2D, mid_block
@@ -19,146 +20,14 @@
  * Weights load from diffusers directories (also with the legacy attention names
  * query/key/value/proj_attn) and round-trip through diffusers unchanged.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation, skipInit } from '../nn/index.ts';
-import { type ConfigSpec, readConfig, writeConfig } from '../io/config.ts';
-import { loadWeights, saveWeights } from '../io/checkpoint.ts';
+import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation } from '../nn/index.ts';
+import { writeConfig } from '../io/config.ts';
+import { saveWeights } from '../io/checkpoint.ts';
+import { loadPretrained } from '../io/pretrained.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
-import { UsageError } from '../util/errors.ts';
-
-// ---------------------------------------------------------------------------------------------
-// Config
-
-/** diffusers AutoencoderKL config (same keys as its config.json). */
-export interface AutoencoderKLConfig {
-  in_channels: number;
-  out_channels: number;
-  down_block_types: string[]; // all "DownEncoderBlock2D"
-  up_block_types: string[]; // all "UpDecoderBlock2D"
-  block_out_channels: number[];
-  layers_per_block: number;
-  act_fn: string;
-  latent_channels: number;
-  norm_num_groups: number;
-  sample_size: number;
-  scaling_factor: number;
-  /** Subtracted before scaling (SD3/Flux VAEs); null for SD 1.x. */
-  shift_factor: number | null;
-  mid_block_add_attention: boolean;
-  use_quant_conv: boolean;
-  use_post_quant_conv: boolean;
-}
-
-/** diffusers' defaults for AutoencoderKL. */
-export const VAE_DEFAULTS: AutoencoderKLConfig = {
-  in_channels: 3,
-  out_channels: 3,
-  down_block_types: ['DownEncoderBlock2D'],
-  up_block_types: ['UpDecoderBlock2D'],
-  block_out_channels: [64],
-  layers_per_block: 1,
-  act_fn: 'silu',
-  latent_channels: 4,
-  norm_num_groups: 32,
-  sample_size: 32,
-  scaling_factor: 0.18215,
-  shift_factor: null,
-  mid_block_add_attention: true,
-  use_quant_conv: true,
-  use_post_quant_conv: true,
-};
-
-/**
- * Keys diffusers writes that sdlab accepts and ignores:
- *   force_upcast          — run the VAE in fp32 under fp16 pipelines; sdlab always computes in fp32.
- *   latents_mean/_std     — per-channel latent statistics used by some (SDXL-era) pipelines, not the model.
- */
-export const VAE_IGNORED_KEYS = ['force_upcast', 'latents_mean', 'latents_std'] as const;
-
-/** Schema for readConfig(file, VAE_CONFIG_SPEC). */
-export const VAE_CONFIG_SPEC: ConfigSpec<AutoencoderKLConfig> = { className: 'AutoencoderKL', defaults: VAE_DEFAULTS, ignored: VAE_IGNORED_KEYS };
-
-export const VAE_PRESETS = {
-  /**
-   * MNIST: 28×28 digits padded to 32×32, one channel. Three levels [32, 64, 64] with two
-   * stride-2 downsamplings give 4×8×8 latents: 256 numbers for 1024 pixels (4:1, like SD's
-   * 3×512×512 → 4×64×64 at 48:1 but gentler, because a 32-px digit has little redundancy and
-   * the 8×8 grid still resolves strokes). One resnet per level plus the mid-block attention
-   * (8×8 = 64 tokens, cheap) keep it at 953 k parameters, trainable on a laptop CPU. 32 groups
-   * as in SD (on 32 channels that is a per-channel norm). scaling_factor 1.0 is a placeholder:
-   * training should measure 1/std of the latents and store it in the saved config.
-   */
-  mnist: {
-    ...VAE_DEFAULTS,
-    in_channels: 1,
-    out_channels: 1,
-    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
-    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
-    block_out_channels: [32, 64, 64],
-    layers_per_block: 1,
-    latent_channels: 4,
-    norm_num_groups: 32,
-    sample_size: 32,
-    scaling_factor: 1.0,
-  },
-  /** Stable Diffusion 1.x (and 2.x) VAE: 512 px → 4×64×64. */
-  sd1: {
-    ...VAE_DEFAULTS,
-    down_block_types: Array(4).fill('DownEncoderBlock2D'),
-    up_block_types: Array(4).fill('UpDecoderBlock2D'),
-    block_out_channels: [128, 256, 512, 512],
-    layers_per_block: 2,
-    sample_size: 512,
-    scaling_factor: 0.18215,
-  },
-} satisfies Record<string, AutoencoderKLConfig>;
-
-/** Fills defaults and checks a config object (`source` names the file or preset in errors). */
-export function validateVaeConfig(cfg: AutoencoderKLConfig, source = 'vae config'): AutoencoderKLConfig {
-  const n = cfg.block_out_channels.length;
-  const fail = (msg: string) => {
-    throw new UsageError(`${source}: ${msg}.`);
-  };
-  if (n < 1) fail('block_out_channels must list at least one width');
-  if (cfg.down_block_types.length !== n || cfg.up_block_types.length !== n) {
-    fail(`down_block_types (${cfg.down_block_types.length}) and up_block_types (${cfg.up_block_types.length}) must have one entry per block_out_channels (${n})`);
-  }
-  for (const t of cfg.down_block_types) if (t !== 'DownEncoderBlock2D') fail(`down_block_types: unsupported "${t}" (only DownEncoderBlock2D)`);
-  for (const t of cfg.up_block_types) if (t !== 'UpDecoderBlock2D') fail(`up_block_types: unsupported "${t}" (only UpDecoderBlock2D)`);
-  const ints: Array<[string, number]> = [
-    ['in_channels', cfg.in_channels],
-    ['out_channels', cfg.out_channels],
-    ['latent_channels', cfg.latent_channels],
-    ['layers_per_block', cfg.layers_per_block],
-    ['norm_num_groups', cfg.norm_num_groups],
-    ...cfg.block_out_channels.map((c, i): [string, number] => [`block_out_channels[${i}]`, c]),
-  ];
-  for (const [k, v] of ints) if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
-  for (const c of cfg.block_out_channels) {
-    if (c % cfg.norm_num_groups !== 0) fail(`block_out_channels ${c} is not divisible by norm_num_groups ${cfg.norm_num_groups}`);
-  }
-  if (!(cfg.scaling_factor > 0)) fail(`scaling_factor must be > 0, got ${cfg.scaling_factor}`);
-  getActivation(cfg.act_fn, `${source}: act_fn`);
-  return cfg;
-}
-
-/** Reads and validates a VAE config.json. */
-export function readVaeConfig(file: string): AutoencoderKLConfig {
-  return validateVaeConfig(readConfig(file, VAE_CONFIG_SPEC), file);
-}
-
-/**
- * Maps legacy diffusers VAE attention names (diffusers < 0.14: query, key, value, proj_attn)
- * to the current ones (to_q, to_k, to_v, to_out.0); other keys pass through.
- */
-export function vaeLegacyKeyMap(key: string): string {
-  return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_m, pre: string, name: string) => {
-    const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[name as 'query'];
-    return `${pre}${to}.`;
-  });
-}
+import { type AutoencoderKLConfig, VAE_DEFAULTS, readVaeConfig, validateVaeConfig } from './config.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Blocks
@@ -327,6 +196,17 @@ export interface LatentDistribution {
 
 export const VAE_WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors';
 
+/**
+ * Maps legacy diffusers VAE attention names (diffusers < 0.14: query, key, value, proj_attn)
+ * to the current ones (to_q, to_k, to_v, to_out.0); other keys pass through.
+ */
+export function vaeLegacyKeyMap(key: string): string {
+  return key.replace(/(\.attentions\.\d+\.)(query|key|value|proj_attn)\./, (_m, pre: string, name: string) => {
+    const to = { query: 'to_q', key: 'to_k', value: 'to_v', proj_attn: 'to_out.0' }[name as 'query'];
+    return `${pre}${to}.`;
+  });
+}
+
 export class AutoencoderKL extends Module {
   readonly config: AutoencoderKLConfig;
   readonly encoder: Encoder;
@@ -389,16 +269,14 @@ export class AutoencoderKL extends Module {
 
   /** Loads a diffusers VAE directory (config.json + diffusion_pytorch_model.safetensors). */
   static fromPretrained(dir: string): AutoencoderKL {
-    const cfgFile = path.join(dir, 'config.json');
-    const weights = path.join(dir, VAE_WEIGHTS_FILE);
-    if (!fs.existsSync(cfgFile)) throw new UsageError(`${dir}: no config.json (expected a diffusers VAE directory).`);
-    if (!fs.existsSync(weights)) {
-      const bin = fs.existsSync(path.join(dir, 'diffusion_pytorch_model.bin'));
-      throw new UsageError(`${dir}: no ${VAE_WEIGHTS_FILE}${bin ? ' (only a pickle .bin, which sdlab does not read: convert it to safetensors)' : ''}.`);
-    }
-    const vae = skipInit(() => new AutoencoderKL(readVaeConfig(cfgFile)));
-    loadWeights(vae, weights, { keyMap: vaeLegacyKeyMap });
-    return vae;
+    return loadPretrained(dir, {
+      what: 'a diffusers VAE directory',
+      weightsFile: VAE_WEIGHTS_FILE,
+      pickleFile: 'diffusion_pytorch_model.bin',
+      readConfig: readVaeConfig,
+      build: (cfg) => new AutoencoderKL(cfg),
+      keyMap: vaeLegacyKeyMap,
+    });
   }
 
   /** Writes config.json + diffusion_pytorch_model.safetensors into `dir`. */

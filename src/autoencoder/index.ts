@@ -1,2 +1,3 @@
-/** The latent autoencoder (AutoencoderKL); see autoencoder.ts. */
+/** The latent autoencoder (AutoencoderKL): the model in autoencoder.ts, its config in config.ts. */
+export * from './config.ts';
 export * from './autoencoder.ts';

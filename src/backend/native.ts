@@ -2,9 +2,9 @@
  * sdlab's native CPU backend for TensorFlow.js: tfjs's `cpu` backend with its heavy kernels
  * replaced by a C++ addon (native/: a packed SIMD GEMM, im2col-free convolutions, vectorised
  * exp/sigmoid/erf, broadcasting elementwise ops, reductions over any axes, slice/concat/pad/
- * resize), multithreaded over all cores. It also provides fused ops — groupNorm (+SiLU, and
- * LayerNorm), fusedSilu, fusedGelu — that run one native kernel each way on this backend and
- * fall back to plain tfjs compositions on any other.
+ * resize), multithreaded over all cores. It also implements the fused kernels of src/ops
+ * (GroupNorm/LayerNorm (+SiLU), SiLU, GELU, AdamW; names in src/ops/kernel_names.ts): the ops
+ * there run them when this backend is active, and plain tfjs compositions on any other.
  *
  * The backend `extends MathBackendCPU`, so tensors are the cpu backend's own Float32Arrays and
  * the addon reads and writes them in place (no copies). It registers under the name 'native'
@@ -23,6 +23,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
 
 type F32 = Float32Array;
 type TensorInfo = tf.TensorInfo;
@@ -610,26 +611,13 @@ const resizeNearestGradKernel: KernelFunc = (args) => {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Fused ops: GroupNorm / LayerNorm (optionally followed by SiLU), SiLU and exact GELU, each one
-// native kernel forward and one backward (tfjs composes them from 6-20 elementwise kernels and
-// reductions, each a full pass over memory). They are ops (functions of tensors, differentiable)
-// that use the fused kernels on the 'native' backend and compose tfjs ops elsewhere, so model
-// code calls them unconditionally.
-
-const K_NORM = 'SdlabGroupNorm', K_NORM_GRAD = 'SdlabGroupNormGrad', K_ACT = 'SdlabActivation', K_ACT_GRAD = 'SdlabActivationGrad';
-const K_ADAMW = 'SdlabAdamW';
-const ACT_FN: Record<string, number> = { silu: 0, gelu: 1 };
-
-/** [B, S, C] view of a normalisation input: the first `batchDims` dims are B, the last is C. */
-function normDims(shape: number[], batchDims: number, groups: number): number[] {
-  const B = size(shape.slice(0, batchDims)), C = shape[shape.length - 1];
-  return [B, size(shape) / Math.max(1, B * C), C, groups];
-}
+// Fused kernels: the ops of src/ops (groupNorm / layerNorm, silu, gelu, fusedAdamW) run these
+// when 'native' is the active backend; their gradients are registered there.
 
 const groupNormKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
   const { x, gamma, beta } = args.inputs as { x: TensorInfo; gamma?: TensorInfo; beta?: TensorInfo };
-  const { groups, eps, act, batchDims } = args.attrs as { groups: number; eps: number; act: number; batchDims: number };
+  const { groups, eps, act, batchDims } = args.attrs as unknown as GroupNormAttrs;
   const dims = normDims(x.shape, batchDims, groups);
   const y = outBuf(size(x.shape)), mean = outBuf(dims[0] * groups), rstd = outBuf(dims[0] * groups);
   addon!.groupNorm(f32(backend, x)!, dims, gamma ? f32(backend, gamma) : null, beta ? f32(backend, beta) : null, eps, act, y, mean, rstd);
@@ -640,7 +628,7 @@ const groupNormKernel: KernelFunc = (args) => {
 const groupNormGradKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
   const { dy, x, gamma, beta, mean, rstd } = args.inputs as Record<string, TensorInfo | undefined>;
-  const { groups, act, batchDims } = args.attrs as { groups: number; act: number; batchDims: number };
+  const { groups, act, batchDims } = args.attrs as unknown as GroupNormAttrs;
   const dims = normDims(x!.shape, batchDims, groups);
   const C = dims[2];
   const dx = outBuf(size(x!.shape)), dg = outBuf(C), db = outBuf(C);
@@ -653,7 +641,7 @@ const activationKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
   const { x } = args.inputs as { x: TensorInfo };
   const y = outBuf(size(x.shape));
-  addon!.activation((args.attrs as { op: number }).op, f32(backend, x)!, y);
+  addon!.activation((args.attrs as unknown as ActivationAttrs).op, f32(backend, x)!, y);
   return backend.makeTensorInfo(x.shape, 'float32', y);
 };
 
@@ -661,18 +649,9 @@ const activationGradKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
   const { dy, x } = args.inputs as { dy: TensorInfo; x: TensorInfo };
   const dx = outBuf(size(x.shape));
-  addon!.activationGrad((args.attrs as { op: number }).op, f32(backend, dy)!, f32(backend, x)!, dx);
+  addon!.activationGrad((args.attrs as unknown as ActivationAttrs).op, f32(backend, dy)!, f32(backend, x)!, dx);
   return backend.makeTensorInfo(x.shape, 'float32', dx);
 };
-
-/** AdamW's hyperparameters for one step, as the optimizer's tfjs composition uses them. */
-export interface AdamWStep {
-  beta1: number; beta2: number; eps: number;
-  /** Multiplies the parameter before the update (1 − lr·weightDecay); null: no decay. */
-  decay: number | null;
-  /** √(1 − beta2^t) and lr / (1 − beta1^t). */
-  bc2Sqrt: number; stepSize: number;
-}
 
 const adamwKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
@@ -686,83 +665,6 @@ const adamwKernel: KernelFunc = (args) => {
   return [backend.makeTensorInfo(p.shape, 'float32', pOut), backend.makeTensorInfo(p.shape, 'float32', mOut),
     backend.makeTensorInfo(p.shape, 'float32', vOut)];
 };
-
-/**
- * One AdamW update of parameter p with gradient g and moments m, v as a single native kernel:
- * returns [p', m', v'] (the same float32 bits as the optimizer's composition of ~13 tfjs ops), or
- * null off the native backend, where the caller composes it. A training step updates every
- * parameter tensor, so the per-op overhead of the composition adds up (a third of the elementwise
- * kernel calls of a UNet step).
- */
-export function fusedAdamW(p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, h: AdamWStep): [tf.Tensor, tf.Tensor, tf.Tensor] | null {
-  if (!onNative(p, g, m, v) || !tf.util.arraysEqual(p.shape, g.shape)) return null;
-  return tf.engine().runKernel(K_ADAMW, { p, g, m, v }, h as unknown as NamedAttrMap) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
-}
-
-function registerFusedGradients(): void {
-  tf.registerGradient({
-    kernelName: K_NORM,
-    inputsToSave: ['x', 'gamma', 'beta'],
-    outputsToSave: [false, true, true],
-    gradFunc: (dys, saved, attrs) => {
-      const dy = (dys as tf.Tensor[])[0];
-      const [x, gamma, beta, mean, rstd] = saved as tf.Tensor[];
-      // One kernel computes all three (now, not in the per-input closures: tfjs runs each of
-      // those in its own tidy, which would dispose the other two).
-      const [dx, dgamma, dbeta] = tf.engine().runKernel(K_NORM_GRAD, { dy, x, gamma, beta, mean, rstd }, attrs as NamedAttrMap) as tf.Tensor[];
-      return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
-    },
-  });
-  tf.registerGradient({
-    kernelName: K_ACT,
-    inputsToSave: ['x'],
-    gradFunc: (dy, saved, attrs) => ({ x: () => tf.engine().runKernel(K_ACT_GRAD, { dy: dy as tf.Tensor, x: saved[0] }, attrs as NamedAttrMap) as tf.Tensor }),
-  });
-}
-
-const onNative = (...ts: Array<tf.Tensor | null | undefined>) =>
-  registered && tf.getBackend() === NATIVE_BACKEND_NAME && ts.every((t) => !t || t.dtype === 'float32');
-
-/**
- * GroupNorm over channels-last x [B, ..., C]: statistics per sample and group of C/groups
- * channels (biased variance), then ·gamma + beta (per channel, optional) and optionally SiLU.
- * With batchDims = rank − 1 and groups = 1 it is LayerNorm over the last axis.
- */
-export function groupNorm<T extends tf.Tensor>(x: T, groups: number, gamma: tf.Tensor | null, beta: tf.Tensor | null,
-  eps: number, opts: { activation?: 'none' | 'silu'; batchDims?: number } = {}): T {
-  const batchDims = opts.batchDims ?? 1;
-  const silu = opts.activation === 'silu';
-  const C = x.shape[x.rank - 1]!;
-  if (C % groups !== 0) throw new Error(`groupNorm: ${C} channels are not divisible into ${groups} groups`);
-  if (onNative(x, gamma, beta) && x.rank > batchDims) {
-    return tf.tidy(() => {
-      // The kernel always takes gamma and beta (ones / zeros when absent).
-      const inputs = { x, gamma: gamma ?? tf.ones([C]), beta: beta ?? tf.zeros([C]) };
-      return (tf.engine().runKernel(K_NORM, inputs, { groups, eps, act: silu ? 1 : 0, batchDims }) as tf.Tensor[])[0] as T;
-    });
-  }
-  return tf.tidy(() => {
-    const [B, S] = normDims(x.shape, batchDims, groups);
-    const xg = tf.reshape(x, [B, S, groups, C / groups]);
-    const { mean, variance } = tf.moments(xg, [1, 3], true);
-    let y = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, eps))), x.shape) as tf.Tensor;
-    if (gamma) y = tf.mul(y, gamma);
-    if (beta) y = tf.add(y, beta);
-    return (silu ? tf.mul(y, tf.sigmoid(y)) : y) as T;
-  });
-}
-
-/** SiLU x·σ(x): one fused kernel each way on 'native'. */
-export function fusedSilu<T extends tf.Tensor>(x: T): T {
-  if (onNative(x)) return tf.engine().runKernel(K_ACT, { x }, { op: ACT_FN.silu }) as T;
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
-}
-
-/** Exact GELU ½x(1 + erf(x/√2)): one fused kernel each way on 'native'. */
-export function fusedGelu<T extends tf.Tensor>(x: T): T {
-  if (onNative(x)) return tf.engine().runKernel(K_ACT, { x }, { op: ACT_FN.gelu }) as T;
-  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)) as T);
-}
 
 /** The kernels this backend runs natively (everything else is the cpu backend's JS kernel). */
 export function nativeKernels(): Record<string, KernelFunc> {
@@ -783,11 +685,11 @@ export function nativeKernels(): Record<string, KernelFunc> {
     Tile: tileKernel,
     ResizeNearestNeighbor: resizeNearestKernel,
     ResizeNearestNeighborGrad: resizeNearestGradKernel,
-    [K_NORM]: groupNormKernel,
-    [K_NORM_GRAD]: groupNormGradKernel,
-    [K_ACT]: activationKernel,
-    [K_ACT_GRAD]: activationGradKernel,
-    [K_ADAMW]: adamwKernel,
+    [GROUP_NORM]: groupNormKernel,
+    [GROUP_NORM_GRAD]: groupNormGradKernel,
+    [ACTIVATION]: activationKernel,
+    [ACTIVATION_GRAD]: activationGradKernel,
+    [ADAMW]: adamwKernel,
     Sum: reduceKernel('Sum', 0),
     Max: reduceKernel('Max', 1),
     Min: reduceKernel('Min', 2),
@@ -817,7 +719,6 @@ export function registerNativeBackend(): boolean {
   for (const config of tf.getKernelsForBackend('cpu')) {
     if (!(config.kernelName in own)) tf.registerKernel({ ...config, backendName: NATIVE_BACKEND_NAME });
   }
-  registerFusedGradients();
   registered = true;
   return true;
 }

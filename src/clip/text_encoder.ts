@@ -26,11 +26,10 @@
  * sdlab run's clip/ folder).
  */
 import fs from 'node:fs';
-import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { Embedding, LayerNorm, Linear, Module, ModuleList, getActivation, scaledDotProductAttention, skipInit } from '../nn/index.ts';
+import { Embedding, LayerNorm, Linear, Module, ModuleList, getActivation, scaledDotProductAttention } from '../nn/index.ts';
 import { type ConfigSpec, parseConfig } from '../io/config.ts';
-import { loadWeights } from '../io/checkpoint.ts';
+import { loadPretrained } from '../io/pretrained.ts';
 import { UsageError } from '../util/errors.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -432,15 +431,13 @@ export class TextEncoder extends Module {
    * tower of a whole-CLIP directory whose config.json has a "text_config".
    */
   static fromPretrained(dir: string): TextEncoder {
-    const cfgFile = path.join(dir, 'config.json');
-    const weights = path.join(dir, TEXT_ENCODER_WEIGHTS_FILE);
-    if (!fs.existsSync(cfgFile)) throw new UsageError(`${dir}: no config.json (expected a transformers CLIP text encoder directory).`);
-    if (!fs.existsSync(weights)) {
-      const bin = fs.existsSync(path.join(dir, 'pytorch_model.bin'));
-      throw new UsageError(`${dir}: no ${TEXT_ENCODER_WEIGHTS_FILE}${bin ? ' (only a pickle pytorch_model.bin, which sdlab does not read: convert it to safetensors)' : ''}.`);
-    }
-    const te = skipInit(() => new TextEncoder(readTextEncoderConfig(cfgFile)));
-    loadWeights(te, weights, { keyMap: textTowerKeyMap });
-    return te;
+    return loadPretrained(dir, {
+      what: 'a transformers CLIP text encoder directory',
+      weightsFile: TEXT_ENCODER_WEIGHTS_FILE,
+      pickleFile: 'pytorch_model.bin',
+      readConfig: readTextEncoderConfig,
+      build: (cfg) => new TextEncoder(cfg),
+      keyMap: textTowerKeyMap,
+    });
   }
 }

@@ -1,14 +1,18 @@
 /**
- * Multi-head attention.
+ * Multi-head attention: the one home of scaled-dot-product attention in sdlab.
  *
- * `scaledDotProductAttention(q, k, v, heads)` is the bare computation
- * softmax(q kᵀ · scale + mask) v per head. When the score matrix [B, heads, Lq, Lk] would
- * hold more than `maxScoreElements` numbers (a 64×64 latent has Lq = Lk = 4096), it is
- * computed in chunks of query rows, which gives the same result with bounded memory.
+ * `scaledDotProductAttention(q, k, v, heads)` is the bare computation, per head,
+ *     Attention(Q, K, V) = softmax(Q Kᵀ / √d + mask) V        (d: channels per head)
+ * Every model's attention calls it: the UNet's self- and cross-attention (via Attention in
+ * blocks.ts' BasicTransformerBlock), the VAE's mid-block attention, the CLIP text encoder.
+ * When the score matrix [B, heads, Lq, Lk] would hold more than `maxScoreElements` numbers
+ * (a 64×64 latent has Lq = Lk = 4096), it is computed in chunks of query rows, which gives the
+ * same result with bounded memory.
  *
  * `Attention` is diffusers' Attention module (to_q, to_k, to_v, to_out.0, optional
  * group_norm and residual connection, as in the VAE mid-block): self-attention when no
- * context is given, cross-attention over `context` otherwise.
+ * context is given, cross-attention over `context` otherwise (queries from x, keys and values
+ * from the context: in the UNet, x is the image and the context the text).
  */
 import * as tf from '@tensorflow/tfjs';
 import { Module } from './module.ts';
@@ -27,7 +31,9 @@ export interface SdpaOptions {
 }
 
 /**
+ * softmax(Q Kᵀ / √D + mask) V for each of `heads` heads:
  * q [B, Lq, heads·D], k [B, Lk, heads·D], v [B, Lk, heads·Dv] → [B, Lq, heads·Dv].
+ * (q is scaled before the product, so opts.scale replaces 1/√D.)
  */
 export function scaledDotProductAttention(
   q: tf.Tensor3D,

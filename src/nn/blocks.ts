@@ -6,7 +6,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { Module, ModuleList } from './module.ts';
-import { Conv2d, GroupNorm, LayerNorm, Linear, gelu, getActivation } from './layers.ts';
+import { gelu } from '../ops/index.ts';
+import { Conv2d, GroupNorm, LayerNorm, Linear, getActivation } from './layers.ts';
 import { Attention } from './attention.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -242,7 +243,11 @@ export interface BasicTransformerBlockOptions {
   activation?: 'geglu' | 'gelu' | 'gelu-approximate';
 }
 
-/** Pre-norm transformer block: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x). */
+/**
+ * Pre-norm transformer block: x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x).
+ * attn1 is self-attention over the image tokens; attn2 is cross-attention, the step where the
+ * text enters the image: queries from the image tokens, keys and values from the text vectors.
+ */
 export class BasicTransformerBlock extends Module {
   readonly norm1: LayerNorm;
   readonly attn1: Attention;
@@ -277,6 +282,7 @@ export class BasicTransformerBlock extends Module {
   forward(x: tf.Tensor3D, context?: tf.Tensor3D): tf.Tensor3D {
     return tf.tidy(() => {
       let h = tf.add(this.attn1.forward(this.norm1.forward(x), this.onlyCrossAttention ? context : undefined), x) as tf.Tensor3D;
+      // Cross-attention: every image token takes a weighted mix of the text vectors.
       if (this.attn2) h = tf.add(this.attn2.forward(this.norm2!.forward(h), context), h) as tf.Tensor3D;
       return tf.add(this.ff.forward(this.norm3.forward(h)), h) as tf.Tensor3D;
     });

@@ -1,5 +1,6 @@
 /**
  * sdlab's neural-network building blocks (shared by the VAE, the CLIP text encoder and the UNet).
+ * They build on the fused ops of src/ops (groupNorm, layerNorm, silu, gelu).
  *
  * MODULES (module.ts)
  *   class M extends Module { ... }        like torch.nn.Module. In the constructor:
@@ -35,11 +36,12 @@
  *   GroupNorm(groups, channels, {eps, affine}) channels-last, any rank ≥ 2 (default eps 1e-5)
  *   LayerNorm(dim, {eps, affine})             last axis (default eps 1e-5)
  *   Embedding(num, dim)                       .forward(ids int32) → [..., dim]
- *   silu, gelu (exact erf), geluTanh, quickGelu, getActivation('silu'|'gelu'|'quick_gelu'|...)
+ *   geluTanh, quickGelu; getActivation('silu'|'gelu'|'gelu_tanh'|'quick_gelu'|...) → the function
+ *   (silu and gelu themselves are ops: src/ops)
  *
  * ATTENTION (attention.ts)
- *   scaledDotProductAttention(q, k, v, heads, {scale, mask, maxScoreElements})
- *     q [B, Lq, H·D], k/v [B, Lk, H·D] → [B, Lq, H·D]; additive mask [Lq,Lk] | [B,Lq,Lk] | 4-D
+ *   scaledDotProductAttention(q, k, v, heads, {scale, mask, maxScoreElements})  softmax(QKᵀ/√d + mask)·V
+ *     per head, q [B, Lq, H·D], k/v [B, Lk, H·D] → [B, Lq, H·D]; additive mask [Lq,Lk] | [B,Lq,Lk] | 4-D
  *     (e.g. CLIP's causal mask). Above attentionSettings.maxScoreElements (2^26) score values
  *     it runs in query-row chunks (same result, bounded memory).
  *   Attention(queryDim, {heads, dimHead, crossAttentionDim, bias, outBias, normNumGroups,
@@ -55,6 +57,7 @@
  *   TimestepEmbedding(in, dim)  linear_1 → silu → linear_2
  *   GEGLU, FeedForward(dim, {mult, activation}) (ff.net.0.proj, ff.net.2)
  *   BasicTransformerBlock(dim, heads, dimHead, {crossAttentionDim, attentionBias, normEps})
+ *     attn1 self-attention, attn2 cross-attention to the text (where text conditions the UNet), ff
  *   Transformer2DModel(heads, dimHead, inChannels, {numLayers, crossAttentionDim,
  *     normNumGroups, useLinearProjection})  (norm eps 1e-6, proj_in, transformer_blocks, proj_out)
  *

@@ -1,30 +1,18 @@
 /**
- * Basic layers: Conv2d, Linear, GroupNorm, LayerNorm, Embedding, and the activations
- * (silu, exact erf gelu, quick_gelu). Activations are channels-last: images are NHWC
- * [batch, height, width, channels], sequences [batch, length, channels].
+ * Basic layers: Conv2d, Linear, GroupNorm, LayerNorm, Embedding, and the activations by config
+ * name (silu, exact erf gelu, gelu_tanh, quick_gelu, relu). Activations are channels-last:
+ * images are NHWC [batch, height, width, channels], sequences [batch, length, channels].
+ *
+ * GroupNorm, LayerNorm, silu and gelu are the fused ops of src/ops (one kernel each way on the
+ * native backend, the tfjs composition elsewhere); the layers here hold their parameters.
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { Module, init } from './module.ts';
-import { fusedGelu, fusedSilu, groupNorm } from '../backend/native.ts';
-
-/** True when the fused native kernels can run (they exist only on sdlab's native backend). */
-const onNative = (): boolean => tf.getBackend() === 'native';
+import { gelu, groupNorm, layerNorm, silu } from '../ops/index.ts';
 
 // ---------------------------------------------------------------------------------------------
-// Activations
-
-/** SiLU / swish: x·σ(x). */
-export function silu<T extends tf.Tensor>(x: T): T {
-  if (onNative()) return fusedSilu(x); // one kernel each way instead of three
-  return tf.tidy(() => tf.mul(x, tf.sigmoid(x)) as T);
-}
-
-/** Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)) (PyTorch's default, used by GEGLU in SD). */
-export function gelu<T extends tf.Tensor>(x: T): T {
-  if (onNative()) return fusedGelu(x);
-  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)) as T);
-}
+// Activations (silu and gelu are ops: src/ops/fused.ts)
 
 /** GELU's tanh approximation (PyTorch gelu(approximate='tanh')). */
 export function geluTanh<T extends tf.Tensor>(x: T): T {
@@ -169,17 +157,7 @@ export class GroupNorm extends Module {
   }
 
   forward<T extends tf.Tensor>(x: T): T {
-    // The native backend has this whole normalisation (and its gradient) as one kernel.
-    if (onNative()) return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
-    return tf.tidy(() => {
-      const b = x.shape[0];
-      const g = this.numGroups;
-      const xg = tf.reshape(x, [b, -1, g, this.numChannels / g]);
-      const { mean, variance } = tf.moments(xg, [1, 3], true);
-      let y = tf.reshape(tf.mul(tf.sub(xg, mean), tf.rsqrt(tf.add(variance, this.eps))), x.shape) as tf.Tensor;
-      if (this.weight) y = tf.add(tf.mul(y, this.weight), this.bias!);
-      return y as T;
-    });
+    return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
   }
 }
 
@@ -201,14 +179,7 @@ export class LayerNorm extends Module {
   }
 
   forward<T extends tf.Tensor>(x: T): T {
-    // LayerNorm is GroupNorm with one group over the last axis alone.
-    if (onNative()) return groupNorm(x, 1, this.weight, this.bias, this.eps, { batchDims: x.rank - 1 });
-    return tf.tidy(() => {
-      const { mean, variance } = tf.moments(x, -1, true);
-      let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
-      if (this.weight) y = tf.add(tf.mul(y, this.weight), this.bias!);
-      return y as T;
-    });
+    return layerNorm(x, this.weight, this.bias, this.eps);
   }
 }
 

@@ -21,7 +21,7 @@ import type { Tokenizer } from '../clip/tokenizer.ts';
 import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEncoderConfig } from '../clip/text_encoder.ts';
 import { UNet2DConditionModel } from '../unet/unet.ts';
 import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
-import { LdmCheckpoint } from '../io/ldm.ts';
+import { LdmCheckpoint } from './load_single_file.ts';
 import { skipInit } from '../nn/module.ts';
 import { type Scheduler, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
 import { UsageError } from '../util/errors.ts';

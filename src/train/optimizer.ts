@@ -17,7 +17,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
-import { fusedAdamW } from '../backend/native.ts';
+import { fusedAdamW } from '../ops/index.ts';
 
 export interface AdamWConfig {
   beta1: number;

@@ -1,2 +1,3 @@
-/** The text-conditioned latent UNet (UNet2DConditionModel); see unet.ts. */
+/** The text-conditioned latent UNet (UNet2DConditionModel): the model in unet.ts, its config in config.ts. */
+export * from './config.ts';
 export * from './unet.ts';

@@ -1,8 +1,9 @@
 /**
- * Single-file Stable Diffusion checkpoints in the original CompVis/LDM layout → diffusers names,
- * as diffusers v0.24's convert_from_ckpt does (convert_ldm_unet_checkpoint,
- * convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint, create_unet_diffusers_config,
- * create_vae_diffusers_config).
+ * Single-file Stable Diffusion checkpoints in the original CompVis/LDM layout → diffusers names
+ * and models (the loader behind loadLdmPipeline in load.ts), as diffusers v0.24's
+ * convert_from_ckpt does (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+ * convert_ldm_clip_checkpoint, create_unet_diffusers_config, create_vae_diffusers_config).
+ * Like diffusers, sdlab keeps this converter beside the pipeline loaders: it builds the models.
  *
  *   model.diffusion_model.*            → UNet   (input_blocks/middle_block/output_blocks → down/mid/up_blocks)
  *   first_stage_model.*                → VAE    (encoder.down.i.block.j → encoder.down_blocks.i.resnets.j ...)
@@ -27,9 +28,9 @@
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { type Module, type StateDict, type TensorData, assignFromTorch, planLoad, skipInit } from '../nn/module.ts';
-import { SafetensorsFile } from './safetensors.ts';
-import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/unet.ts';
-import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/autoencoder.ts';
+import { SafetensorsFile } from '../io/safetensors.ts';
+import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
+import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
 import { UsageError } from '../util/errors.ts';
 
 // ---------------------------------------------------------------------------------------------
