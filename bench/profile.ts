@@ -20,7 +20,7 @@ const args = process.argv.slice(2);
 const which = args[0];
 const opt = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : dflt;
+  return i >= 0 ? args[i + 1] : dflt;
 };
 const STEPS: Record<string, () => TrainStep> = { vae: () => vaeTrainStep(), unet: () => unetTrainStep(), convnet: () => convnetTrainStep() };
 if (!which || !Object.hasOwn(STEPS, which)) {
@@ -71,7 +71,7 @@ for (const config of tf.getKernelsForBackend(backend)) {
   });
 }
 
-const step = STEPS[which]!();
+const step = STEPS[which]();
 step.run(); // warm-up
 const walls: number[] = [];
 let cpuTotal = 0;

@@ -61,14 +61,14 @@ function sourceFiles(dir: string): string[] {
 /** The top-level folder of src/ a file belongs to ('.' for files directly in src/). */
 function folderOf(file: string): string {
   const rel = path.relative(SRC, file).split(path.sep);
-  return rel.length === 1 ? '.' : rel[0]!;
+  return rel.length === 1 ? '.' : rel[0];
 }
 
 /** Relative import specifiers of a source text: `from '…'`, `import '…'`, `import('…')`, `export … from '…'`. */
 export function importSpecifiers(text: string): string[] {
   const specs: string[] = [];
   const re = /(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)(['"])(\.{1,2}\/[^'"]+)\1/g;
-  for (const m of text.matchAll(re)) specs.push(m[2]!);
+  for (const m of text.matchAll(re)) specs.push(m[2]);
   return specs;
 }
 
@@ -120,7 +120,7 @@ export function findCycle(graph: Record<string, readonly string[]>): string[] | 
 
 function graphOf(edges: Edge[]): Record<string, string[]> {
   const g: Record<string, string[]> = {};
-  for (const e of edges) (g[e.from] ??= []).includes(e.to) || g[e.from]!.push(e.to);
+  for (const e of edges) (g[e.from] ??= []).includes(e.to) || g[e.from].push(e.to);
   return g;
 }
 

@@ -44,7 +44,7 @@ function nhwc(key: string): tf.Tensor4D {
 // The brief asks for ≤ 1e-4; we hold 2e-5 (observed: ~1e-6 decode, ~3e-6 encode; fp32 vs fp64
 // upstream differs by 2.7e-6), which also catches subtler slips such as GroupNorm eps 1e-5.
 const TOL = 2e-5;
-const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 
 describe('AutoencoderKL vs diffusers (sd1_tiny fixture)', () => {
   it('loads the fixture config and every weight', () => {
@@ -156,7 +156,7 @@ describe('AutoencoderKL config and helpers', () => {
     const noise = tf.tensor4d([1, 1, -1, 2], [1, 1, 2, 2]);
     const z = vae.sample({ mean, logvar }, noise);
     expect(Array.from(z.dataSync())).toEqual([1.5, 1, 2 - Math.exp(-1), 2 * Math.exp(0.5)].map(Math.fround));
-    const kl = klDivergence({ mean, logvar }).dataSync()[0]!;
+    const kl = klDivergence({ mean, logvar }).dataSync()[0];
     const want = [[0.5, 0], [-1, Math.log(4)], [2, -2], [0, 1]].reduce((s, [m, lv]) => s + 0.5 * (m! ** 2 + Math.exp(lv!) - 1 - lv!), 0);
     expect(kl).toBeCloseTo(want, 5);
   });

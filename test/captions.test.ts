@@ -20,7 +20,7 @@ function dilate(img: Float32Array): Float32Array {
         for (let dx = -1; dx <= 1; dx++) {
           const yy = y + dy;
           const xx = x + dx;
-          if (yy >= 0 && yy < S && xx >= 0 && xx < S) m = Math.max(m, img[yy * S + xx]!);
+          if (yy >= 0 && yy < S && xx >= 0 && xx < S) m = Math.max(m, img[yy * S + xx]);
         }
       }
       out[y * S + x] = m;
@@ -38,7 +38,7 @@ function shear(img: Float32Array, k: number): Float32Array {
       const sx = x - shift; // inverse map, linear interpolation along the row
       const x0 = Math.floor(sx);
       const f = sx - x0;
-      const at = (xx: number) => (xx >= 0 && xx < S ? img[y * S + xx]! : 0);
+      const at = (xx: number) => (xx >= 0 && xx < S ? img[y * S + xx] : 0);
       out[y * S + x] = (1 - f) * at(x0) + f * at(x0 + 1);
     }
   }
@@ -49,7 +49,7 @@ function shear(img: Float32Array, k: number): Float32Array {
 function zoom(img: Float32Array, s: number): Float32Array {
   const out = new Float32Array(img.length);
   const c = 13.5;
-  const at = (yy: number, xx: number) => (yy >= 0 && yy < S && xx >= 0 && xx < S ? img[yy * S + xx]! : 0);
+  const at = (yy: number, xx: number) => (yy >= 0 && yy < S && xx >= 0 && xx < S ? img[yy * S + xx] : 0);
   for (let y = 0; y < S; y++) {
     for (let x = 0; x < S; x++) {
       const sy = c + (y - c) / s;
@@ -82,7 +82,7 @@ describe('captions', () => {
     const idx = Array.from({ length: 300 }, (_, k) => k * 33);
     const make = (seed: number) => {
       const rng = new Random(seed);
-      return idx.map((i) => captionFor(imageAt(ds, i), ds.labels[i]!, rng));
+      return idx.map((i) => captionFor(imageAt(ds, i), ds.labels[i], rng));
     };
     const a = make(5);
     expect(make(5)).toEqual(a);
@@ -121,10 +121,10 @@ describe('captions', () => {
         used.add(w);
       }
     };
-    for (let i = 0; i < ds.n; i++) add(imageAt(ds, i), ds.labels[i]!);
+    for (let i = 0; i < ds.n; i++) add(imageAt(ds, i), ds.labels[i]);
     // MNIST digits are all drawn in a 20x20 box, so none is "large" or "small" as-is: add zoomed ones.
-    for (let i = 0; i < 600; i += 3) add(zoom(imageAt(ds, i) as Float32Array, 1.35), ds.labels[i]!);
-    for (let i = 1; i < 600; i += 3) add(zoom(imageAt(ds, i) as Float32Array, 0.5), ds.labels[i]!);
+    for (let i = 0; i < 600; i += 3) add(zoom(imageAt(ds, i) as Float32Array, 1.35), ds.labels[i]);
+    for (let i = 1; i < 600; i += 3) add(zoom(imageAt(ds, i) as Float32Array, 0.5), ds.labels[i]);
     expect([...vocab].filter((w) => !used.has(w))).toEqual([]);
   });
 
@@ -171,7 +171,7 @@ describe('style words follow measured changes', () => {
       const withThick = (x: Float32Array) => {
         const rng = new Random(i);
         let n = 0;
-        for (let k = 0; k < 100; k++) if (words(captionFor(x, ds.labels[i]!, rng)).some((w) => thick.has(w))) n++;
+        for (let k = 0; k < 100; k++) if (words(captionFor(x, ds.labels[i], rng)).some((w) => thick.has(w))) n++;
         return n;
       };
       expect(withThick(img)).toBe(0);

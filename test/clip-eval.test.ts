@@ -76,13 +76,13 @@ describe('sdlab clip-eval', () => {
     const tok = clip.tokenizer!;
     const img = tf.tidy(() => clip.image_encoder.forward(tf.sub(tf.mul(tf.tensor4d(val.images, [val.n, 8, 8, 1]), 2), 1) as tf.Tensor4D).arraySync() as number[][]);
     const txt = tf.tidy(() => clip.textEncoder.forward(tf.tensor2d(digitPrompts().map((p) => tok.encode(p).inputIds), undefined, 'int32')).textEmbeds!.arraySync() as number[][]);
-    const cos = (a: number[], b: number[]) => a.reduce((s, v, k) => s + v * b[k]!, 0) / Math.hypot(...a) / Math.hypot(...b);
+    const cos = (a: number[], b: number[]) => a.reduce((s, v, k) => s + v * b[k], 0) / Math.hypot(...a) / Math.hypot(...b);
     let correct = 0;
     const perDigit = new Map<number, [number, number]>();
     img.forEach((v, i) => {
       const sims = txt.map((t) => cos(v, t));
       const pred = sims.indexOf(Math.max(...sims));
-      const d = val.labels[i]!;
+      const d = val.labels[i];
       const [c, n] = perDigit.get(d) ?? [0, 0];
       perDigit.set(d, [c + +(pred === d), n + 1]);
       if (pred === d) correct++;

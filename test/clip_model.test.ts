@@ -36,14 +36,14 @@ beforeAll(async () => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 const softplus = (x: number) => Math.log1p(Math.exp(x));
 
 /** The loss in float64, written out directly from the definition. */
 function referenceLoss(img: number[][], txt: number[][], logitScale: number): number {
   const s = Math.exp(Math.min(logitScale, Math.log(100)));
   const n = img.length;
-  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k]!, 0)));
+  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k], 0)));
   const lse = (xs: number[]) => {
     const m = Math.max(...xs);
     return m + Math.log(xs.reduce((acc, x) => acc + Math.exp(x - m), 0));
@@ -51,8 +51,8 @@ function referenceLoss(img: number[][], txt: number[][], logitScale: number): nu
   let i2t = 0;
   let t2i = 0;
   for (let i = 0; i < n; i++) {
-    i2t += lse(logits[i]!) - logits[i]![i]!;
-    t2i += lse(logits.map((row) => row[i]!)) - logits[i]![i]!;
+    i2t += lse(logits[i]) - logits[i][i];
+    t2i += lse(logits.map((row) => row[i])) - logits[i][i];
   }
   return (i2t / n + t2i / n) / 2;
 }
@@ -93,12 +93,12 @@ describe('clipLoss (symmetric InfoNCE)', () => {
     const near = (got: number, want: number) => expect(Math.abs(got - want)).toBeLessThan(1e-4 * Math.max(1, Math.abs(want)));
     for (let i = 0; i < n; i++) {
       for (let k = 0; k < p; k++) {
-        near(gi![i * p + k]!, fd((d) => referenceLoss(img.map((r, a) => r.map((v, b) => (a === i && b === k ? v + d : v))), txt, ls)));
-        near(gt![i * p + k]!, fd((d) => referenceLoss(img, txt.map((r, a) => r.map((v, b) => (a === i && b === k ? v + d : v))), ls)));
+        near(gi![i * p + k], fd((d) => referenceLoss(img.map((r, a) => r.map((v, b) => (a === i && b === k ? v + d : v))), txt, ls)));
+        near(gt![i * p + k], fd((d) => referenceLoss(img, txt.map((r, a) => r.map((v, b) => (a === i && b === k ? v + d : v))), ls)));
       }
     }
-    near(gs![0]!, fd((d) => referenceLoss(img, txt, ls + d)));
-    expect(Math.abs(gs![0]!)).toBeGreaterThan(1e-3);
+    near(gs![0], fd((d) => referenceLoss(img, txt, ls + d)));
+    expect(Math.abs(gs![0])).toBeGreaterThan(1e-3);
     // Above the cap the temperature gets no gradient.
     expect(tf.grad((c: tf.Tensor) => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), c as tf.Scalar))(tf.scalar(5)).dataSync()[0]).toBe(0);
   });
@@ -168,7 +168,7 @@ describe('CLIPModel', () => {
       expect(tf.norm(out.imageEmbeds, 'euclidean', 1).dataSync().every((v) => Math.abs(v - 1) < 1e-5)).toBe(true);
       expect(tf.norm(out.textEmbeds, 'euclidean', 1).dataSync().every((v) => Math.abs(v - 1) < 1e-5)).toBe(true);
       expect(maxAbs(out.logitsPerImage, tf.mul(tf.matMul(out.imageEmbeds, out.textEmbeds, false, true), 1 / 0.07))).toBeLessThan(1e-4);
-      expect(out.loss.dataSync()[0]).toBeCloseTo(clipLoss(out.imageEmbeds, out.textEmbeds, LOGIT_SCALE_INIT).dataSync()[0]!, 5);
+      expect(out.loss.dataSync()[0]).toBeCloseTo(clipLoss(out.imageEmbeds, out.textEmbeds, LOGIT_SCALE_INIT).dataSync()[0], 5);
     });
     tf.dispose([out.imageEmbeds, out.textEmbeds, out.logitsPerImage, out.loss]);
     expect(tf.memory().numTensors).toBe(before);
@@ -187,18 +187,18 @@ describe('CLIPModel', () => {
     // Four 8×8 pictures a CNN can tell apart: horizontal bar, vertical bar, centre dot, frame.
     const S = 8;
     const mid = (v: number) => v >= 3 && v < 5;
-    const ink = (k: number, y: number, x: number) => [mid(y), mid(x), mid(y) && mid(x), y % 7 === 0 || x % 7 === 0][k]!;
+    const ink = (k: number, y: number, x: number) => [mid(y), mid(x), mid(y) && mid(x), y % 7 === 0 || x % 7 === 0][k];
     const x = tf.tensor4d(Float32Array.from({ length: 4 * S * S }, (_, i) => (ink(Math.floor(i / (S * S)), Math.floor((i % (S * S)) / S), i % S) ? 1 : -1)), [4, S, S, 1]);
     const ids = model.tokenize(['zero', 'one', 'two', 'three']);
     const { value, grads } = tf.variableGrads(() => model.loss(x, ids), model.parameters());
-    const first = value.dataSync()[0]!;
-    const silent = model.namedParameters().filter(([, p]) => tf.max(tf.abs(grads[p.variable.name]!)).dataSync()[0]! === 0);
+    const first = value.dataSync()[0];
+    const silent = model.namedParameters().filter(([, p]) => tf.max(tf.abs(grads[p.variable.name])).dataSync()[0] === 0);
     expect(silent.map(([n]) => n)).toEqual([]);
     tf.dispose(grads);
     const opt = tf.train.adam(5e-3);
     let last = first;
     for (let i = 0; i < 30; i++) {
-      last = (opt.minimize(() => model.loss(x, ids), true, model.parameters()) as tf.Scalar).dataSync()[0]!;
+      last = (opt.minimize(() => model.loss(x, ids), true, model.parameters()) as tf.Scalar).dataSync()[0];
       model.clampLogitScale();
     }
     // Chance level is ln 4 ≈ 1.39 (every caption equally likely). Observed 1.56 → 0.82: one pair
@@ -310,7 +310,7 @@ describe('evaluation metrics on hand-made embeddings', () => {
     // The same numbers computed in one go with the plain functions.
     const rng = new Random(5);
     const px = 16 * 16;
-    const captions = Array.from({ length: 24 }, (_, i) => captionFor(ds.images.subarray(i * px, (i + 1) * px), ds.labels[i]!, rng));
+    const captions = Array.from({ length: 24 }, (_, i) => captionFor(ds.images.subarray(i * px, (i + 1) * px), ds.labels[i], rng));
     const img = model.encodeImage(tf.tensor4d(ds.images.map((v) => v * 2 - 1), [24, 16, 16, 1]));
     const txt = model.encodePrompts(captions);
     const sim = cosineSimilarity(txt, img);
@@ -318,7 +318,7 @@ describe('evaluation metrics on hand-made embeddings', () => {
     expect(report.textToImageRecall).toEqual(recallAtK(sim, [1, 5]));
     expect(report.textToImageClassRecall).toEqual(recallAtK(sim, [1, 5], { queryLabels: ds.labels, candidateLabels: ds.labels }));
     expect(report.zeroShot).toEqual(zeroShotScores(zeroShotPredict(img, model.encodePrompts(digitPrompts())), ds.labels, 10));
-    expect(report.meanMatchingSimilarity).toBeCloseTo(Array.from({ length: 24 }, (_, i) => sim.data[i * 24 + i]!).reduce((a, b) => a + b) / 24, 5);
+    expect(report.meanMatchingSimilarity).toBeCloseTo(Array.from({ length: 24 }, (_, i) => sim.data[i * 24 + i]).reduce((a, b) => a + b) / 24, 5);
 
     const image = PNG.sync.read(fs.readFileSync(png));
     expect(image.width).toBeGreaterThan(10 * 16);

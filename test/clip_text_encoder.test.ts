@@ -16,7 +16,7 @@ import {
   type TextEncoderConfig,
   readTextEncoderConfig,
 } from '../src/clip/index.ts';
-import { loadWeights } from '../src/io/checkpoint.ts';
+import { loadWeights } from '../src/nn/checkpoint.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { UsageError } from '../src/util/errors.ts';
@@ -41,7 +41,7 @@ const refTensor = (key: string) => {
   if (!t) throw new Error(`reference.safetensors has no ${key}`);
   return tf.tensor(t.data, t.shape);
 };
-const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 
 /** A small random text encoder (seeded) for behavioural tests. */
 function tiny(overrides: Partial<TextEncoderConfig> = {}): TextEncoder {

@@ -105,7 +105,7 @@ describe.skipIf(!haveFashion)('IDX loader on the real Fashion-MNIST files', () =
 
   it('a corrupted .gz (flipped bytes) is one clear error naming the file', () => {
     const gz = Buffer.from(fs.readFileSync(path.join(FASHION, 't10k-labels-idx1-ubyte.gz')));
-    for (let i = 100; i < 140; i++) gz[i] = gz[i]! ^ 0xff;
+    for (let i = 100; i < 140; i++) gz[i] = gz[i] ^ 0xff;
     const images = fs.readFileSync(path.join(FASHION, 't10k-images-idx3-ubyte.gz'));
     const dir = dirWith('corruptgz', { 't10k-images-idx3-ubyte.gz': images, 't10k-labels-idx1-ubyte.gz': gz });
     const msg = usageError(() => loadIdxDataset(dir, { split: 'test' }));
@@ -164,9 +164,9 @@ describe('embedded MNIST', () => {
     for (const c of counts) expect(c).toBeGreaterThan(800), expect(c).toBeLessThan(1200);
     // Independent reference: the package's own per-digit counts and samples.
     const mnist = createRequire(import.meta.url)('mnist') as Array<{ length: number; get(i: number): number[] }>;
-    expect(counts).toEqual(Array.from({ length: 10 }, (_, d) => mnist[d]!.length));
+    expect(counts).toEqual(Array.from({ length: 10 }, (_, d) => mnist[d].length));
     const firstSeven = ds.labels.indexOf(7);
-    expect(Array.from(ds.images.subarray(firstSeven * 784, (firstSeven + 1) * 784))).toEqual(mnist[7]!.get(0).map(Math.fround));
+    expect(Array.from(ds.images.subarray(firstSeven * 784, (firstSeven + 1) * 784))).toEqual(mnist[7].get(0).map(Math.fround));
     let lo = Infinity;
     let hi = -Infinity;
     let mean = 0;
@@ -193,7 +193,7 @@ function numbered(n: number, h = 2, w = 3): Dataset {
   }
   return { images, labels, n, height: h, width: w };
 }
-const ids = (ds: Dataset) => Array.from({ length: ds.n }, (_, i) => ds.images[i * ds.height * ds.width]!);
+const ids = (ds: Dataset) => Array.from({ length: ds.n }, (_, i) => ds.images[i * ds.height * ds.width]);
 
 describe('split, subset, pad, batches', () => {
   it('splitDataset is a deterministic partition for a seed, different for another seed', () => {
@@ -209,7 +209,7 @@ describe('split, subset, pad, batches', () => {
     const all = [...ids(a.train), ...ids(a.val)].sort((x, y) => x - y);
     expect(all).toEqual(Array.from({ length: 1000 }, (_, i) => i));
     // Labels travel with their images.
-    for (let k = 0; k < a.val.n; k++) expect(a.val.labels[k]).toBe(ids(a.val)[k]! % 10);
+    for (let k = 0; k < a.val.n; k++) expect(a.val.labels[k]).toBe(ids(a.val)[k] % 10);
     // Shuffled, not a contiguous block.
     expect(ids(a.val).slice(0, 10)).not.toEqual(ids(a.val).slice(0, 10).sort((x, y) => x - y));
   });
@@ -236,8 +236,8 @@ describe('split, subset, pad, batches', () => {
       for (let y = 0; y < 32; y++) {
         for (let x = 0; x < 32; x++) {
           const inside = y >= 2 && y < 30 && x >= 2 && x < 30;
-          const v = p.images[(i * 32 + y) * 32 + x]!;
-          expect(v).toBe(inside ? small.images[(i * 28 + y - 2) * 28 + x - 2]! : 0);
+          const v = p.images[(i * 32 + y) * 32 + x];
+          expect(v).toBe(inside ? small.images[(i * 28 + y - 2) * 28 + x - 2] : 0);
         }
       }
     }
@@ -250,7 +250,7 @@ describe('split, subset, pad, batches', () => {
       const out: { shape: number[]; ids: number[]; labels: number[] }[] = [];
       for (const b of batches(ds, { batchSize: 5, seed, epoch, dropRemainder })) {
         const data = b.images.dataSync();
-        out.push({ shape: b.images.shape, ids: Array.from({ length: b.images.shape[0] }, (_, k) => data[k * 20]!), labels: Array.from(b.labels.dataSync()) });
+        out.push({ shape: b.images.shape, ids: Array.from({ length: b.images.shape[0] }, (_, k) => data[k * 20]), labels: Array.from(b.labels.dataSync()) });
         expect(b.labels.dtype).toBe('int32');
         expect(Array.from(b.indices)).toEqual(out.at(-1)!.ids);
         b.images.dispose();
@@ -267,7 +267,7 @@ describe('split, subset, pad, batches', () => {
     expect(run(2, 0).flatMap((b) => b.ids)).not.toEqual(e0.flatMap((b) => b.ids));
     expect(run(1, 0, true).length).toBe(4);
     const ordered = [...batches(ds, { batchSize: 10, shuffle: false })];
-    expect(Array.from(ordered[0]!.indices)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(Array.from(ordered[0].indices)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     ordered.forEach((b) => tf.dispose([b.images, b.labels]));
   });
 
@@ -275,7 +275,7 @@ describe('split, subset, pad, batches', () => {
     const ds = subset(loadEmbeddedMnist(), [10, 20]);
     const [b] = [...batches(ds, { batchSize: 2, shuffle: false, range: 'signed' })];
     const got = b!.images.dataSync();
-    for (let i = 0; i < got.length; i++) expect(got[i]).toBeCloseTo(ds.images[i]! * 2 - 1, 6);
+    for (let i = 0; i < got.length; i++) expect(got[i]).toBeCloseTo(ds.images[i] * 2 - 1, 6);
     expect(Math.min(...got)).toBe(-1);
     tf.dispose([b!.images, b!.labels]);
   });

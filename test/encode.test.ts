@@ -34,7 +34,7 @@ function writeDigitPng(file: string, i: number): Float32Array {
   const png = new PNG({ width: 28, height: 28 });
   const out = new Float32Array(28 * 28);
   for (let p = 0; p < 784; p++) {
-    const v = Math.round(ds.images[i * 784 + p]! * 255);
+    const v = Math.round(ds.images[i * 784 + p] * 255);
     png.data.set([v, v, v, 255], 4 * p);
     out[p] = v / 255;
   }
@@ -45,7 +45,7 @@ function writeDigitPng(file: string, i: number): Float32Array {
 /** 28×28 → 32×32, centred, zeros around; then [-1, 1], as a [1, 32, 32, 1] tensor. */
 function padded(img: Float32Array): tf.Tensor4D {
   const out = new Float32Array(32 * 32);
-  for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) out[(y + 2) * 32 + x + 2] = img[y * 28 + x]!;
+  for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) out[(y + 2) * 32 + x + 2] = img[y * 28 + x];
   return tf.tensor4d(out.map((v) => 2 * v - 1), [1, 32, 32, 1]);
 }
 
@@ -75,18 +75,18 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 describe('encode / decode', () => {
   it('encode writes mean × scaling_factor in NCHW, padded 28→32; decode writes the decoded image', async () => {
     const out = path.join(tmp, 'enc');
-    const res = await runEncode({ inputs: [pngs[0]!], out, vae: vaeDir, pad: true });
+    const res = await runEncode({ inputs: [pngs[0]], out, vae: vaeDir, pad: true });
     expect(res.files).toEqual([path.join(out, 'three.safetensors')]);
-    const file = readSafetensors(res.files[0]!);
+    const file = readSafetensors(res.files[0]);
     const lat = file.get('latents')!;
     expect(lat.shape).toEqual([1, 2, 8, 8]);
     // Independent: the model's mean, scaled, transposed by index arithmetic.
-    const x = padded(pixels[0]!);
+    const x = padded(pixels[0]);
     const mean = vae.encode(x).mean;
     const m = mean.dataSync();
     let maxErr = 0;
     for (let c = 0; c < 2; c++) for (let h = 0; h < 8; h++) for (let w = 0; w < 8; w++) {
-      maxErr = Math.max(maxErr, Math.abs(lat.data[c * 64 + h * 8 + w]! - 0.5 * m[(h * 8 + w) * 2 + c]!));
+      maxErr = Math.max(maxErr, Math.abs(lat.data[c * 64 + h * 8 + w] - 0.5 * m[(h * 8 + w) * 2 + c]));
     }
     expect(maxErr).toBeLessThan(1e-6);
     expect(fs.existsSync(path.join(out, 'three.latents.png'))).toBe(true);
@@ -97,15 +97,15 @@ describe('encode / decode', () => {
     const yd = y.dataSync();
     const xd = x.dataSync();
     let se = 0;
-    for (let i = 0; i < yd.length; i++) se += ((xd[i]! + 1) / 2 - yd[i]!) ** 2;
+    for (let i = 0; i < yd.length; i++) se += ((xd[i] + 1) / 2 - yd[i]) ** 2;
     expect(res.psnr[0]).toBeCloseTo(10 * Math.log10(yd.length / se), 4);
 
     // decode → PNG of exactly the decoded pixels (8-bit).
     const dec = await runDecode({ inputs: res.files, out: path.join(tmp, 'dec'), vae: vaeDir, scale: 1 });
-    const png = PNG.sync.read(fs.readFileSync(dec.files[0]!));
+    const png = PNG.sync.read(fs.readFileSync(dec.files[0]));
     expect([png.width, png.height]).toEqual([32, 32]);
     let worst = 0;
-    for (let i = 0; i < 1024; i++) worst = Math.max(worst, Math.abs(png.data[4 * i]! - Math.round(yd[i]! * 255)));
+    for (let i = 0; i < 1024; i++) worst = Math.max(worst, Math.abs(png.data[4 * i] - Math.round(yd[i] * 255)));
     expect(worst).toBeLessThanOrEqual(1);
     tf.dispose([x, mean, y]);
   });
@@ -123,11 +123,11 @@ describe('interpolate', () => {
     const a = Float32Array.from([1, 0]);
     const b = Float32Array.from([0, 1]);
     const s = interpolateLatents(a, b, 3, 'slerp');
-    expect(s[1]![0]).toBeCloseTo(Math.SQRT1_2, 6);
-    expect(s[1]![1]).toBeCloseTo(Math.SQRT1_2, 6);
+    expect(s[1][0]).toBeCloseTo(Math.SQRT1_2, 6);
+    expect(s[1][1]).toBeCloseTo(Math.SQRT1_2, 6);
     const l = interpolateLatents(a, b, 5, 'lerp');
-    expect(Array.from(l[1]!)).toEqual([0.75, 0.25]);
-    expect(Array.from(l[4]!)).toEqual([0, 1]);
+    expect(Array.from(l[1])).toEqual([0.75, 0.25]);
+    expect(Array.from(l[4])).toEqual([0, 1]);
   });
 
   it('each cell decodes the interpolated latents of the two PNGs', async () => {
@@ -137,15 +137,15 @@ describe('interpolate', () => {
     expect(fs.existsSync(res.file)).toBe(true);
     expect(res.grid).toHaveLength(5);
     const expected = tf.tidy(() => {
-      const ma = vae.encode(padded(pixels[0]!)).mean;
-      const mb = vae.encode(padded(pixels[1]!)).mean;
+      const ma = vae.encode(padded(pixels[0])).mean;
+      const mb = vae.encode(padded(pixels[1])).mean;
       const z = tf.concat([ma, tf.add(tf.mul(ma, 0.75), tf.mul(mb, 0.25)), mb]) as tf.Tensor4D;
       return tf.clipByValue(tf.div(tf.add(vae.decode(z), 1), 2), 0, 1).dataSync();
     });
     for (const [k, cell] of [[0, 0], [1, 1], [2, 4]] as const) {
-      const got = res.grid[cell]!.data;
+      const got = res.grid[cell].data;
       let err = 0;
-      for (let i = 0; i < 1024; i++) err = Math.max(err, Math.abs(got[i]! - expected[k * 1024 + i]!));
+      for (let i = 0; i < 1024; i++) err = Math.max(err, Math.abs(got[i] - expected[k * 1024 + i]));
       expect(err, `cell ${cell}`).toBeLessThan(1e-5);
     }
   });
@@ -163,7 +163,7 @@ describe('interpolate', () => {
 
 describe('CLI', () => {
   it('encode without a trained VAE says how to get one (exit 2)', async () => {
-    const err = await run(process.execPath, ['bin/sdlab.mjs', 'encode', pngs[0]!, '--backend', 'cpu', '--run', path.join(tmp, 'nothing')], { cwd: ROOT }).then(
+    const err = await run(process.execPath, ['bin/sdlab.mjs', 'encode', pngs[0], '--backend', 'cpu', '--run', path.join(tmp, 'nothing')], { cwd: ROOT }).then(
       () => null,
       (e: { code: number; stderr: string }) => e,
     );
@@ -172,7 +172,7 @@ describe('CLI', () => {
   });
 
   it('encode prints the latent shape and round-trip PSNR', async () => {
-    const { stdout } = await run(process.execPath, ['bin/sdlab.mjs', 'encode', pngs[1]!, '--backend', 'cpu', '--vae', vaeDir, '--out', path.join(tmp, 'cli')], { cwd: ROOT });
+    const { stdout } = await run(process.execPath, ['bin/sdlab.mjs', 'encode', pngs[1], '--backend', 'cpu', '--vae', vaeDir, '--out', path.join(tmp, 'cli')], { cwd: ROOT });
     expect(stdout).toMatch(/eight\.safetensors: latents 2×8×8 \(× scaling_factor 0\.50000\), round-trip PSNR [\d.]+ dB/);
   });
 });

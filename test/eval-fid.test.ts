@@ -18,12 +18,12 @@ import { Random } from '../src/util/random.ts';
 
 const matmul = (a: Float64Array, b: Float64Array, d: number) => {
   const c = new Float64Array(d * d);
-  for (let i = 0; i < d; i++) for (let k = 0; k < d; k++) for (let j = 0; j < d; j++) c[i * d + j]! += a[i * d + k]! * b[k * d + j]!;
+  for (let i = 0; i < d; i++) for (let k = 0; k < d; k++) for (let j = 0; j < d; j++) c[i * d + j] += a[i * d + k] * b[k * d + j];
   return c;
 };
 const transpose = (a: Float64Array, d: number) => {
   const t = new Float64Array(d * d);
-  for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) t[j * d + i] = a[i * d + j]!;
+  for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) t[j * d + i] = a[i * d + j];
   return t;
 };
 const eye = (d: number) => {
@@ -33,7 +33,7 @@ const eye = (d: number) => {
 };
 const trace = (a: Float64Array, d: number) => {
   let t = 0;
-  for (let i = 0; i < d; i++) t += a[i * d + i]!;
+  for (let i = 0; i < d; i++) t += a[i * d + i];
   return t;
 };
 /** Gauss–Jordan inverse with partial pivoting. */
@@ -42,22 +42,22 @@ function inverse(a: Float64Array, d: number): Float64Array {
   const inv = eye(d);
   for (let c = 0; c < d; c++) {
     let p = c;
-    for (let r = c + 1; r < d; r++) if (Math.abs(m[r * d + c]!) > Math.abs(m[p * d + c]!)) p = r;
+    for (let r = c + 1; r < d; r++) if (Math.abs(m[r * d + c]) > Math.abs(m[p * d + c])) p = r;
     for (let j = 0; j < d; j++) {
-      [m[c * d + j], m[p * d + j]] = [m[p * d + j]!, m[c * d + j]!];
-      [inv[c * d + j], inv[p * d + j]] = [inv[p * d + j]!, inv[c * d + j]!];
+      [m[c * d + j], m[p * d + j]] = [m[p * d + j], m[c * d + j]];
+      [inv[c * d + j], inv[p * d + j]] = [inv[p * d + j], inv[c * d + j]];
     }
-    const piv = m[c * d + c]!;
+    const piv = m[c * d + c];
     for (let j = 0; j < d; j++) {
-      m[c * d + j]! /= piv;
-      inv[c * d + j]! /= piv;
+      m[c * d + j] /= piv;
+      inv[c * d + j] /= piv;
     }
     for (let r = 0; r < d; r++) {
       if (r === c) continue;
-      const f = m[r * d + c]!;
+      const f = m[r * d + c];
       for (let j = 0; j < d; j++) {
-        m[r * d + j]! -= f * m[c * d + j]!;
-        inv[r * d + j]! -= f * inv[c * d + j]!;
+        m[r * d + j] -= f * m[c * d + j];
+        inv[r * d + j] -= f * inv[c * d + j];
       }
     }
   }
@@ -69,8 +69,8 @@ function sqrtmDenmanBeavers(a: Float64Array, d: number): Float64Array {
   let z = eye(d);
   for (let k = 0; k < 60; k++) {
     const yi = inverse(y, d), zi = inverse(z, d);
-    const yn = y.map((v, i) => 0.5 * (v + zi[i]!));
-    const zn = z.map((v, i) => 0.5 * (v + yi[i]!));
+    const yn = y.map((v, i) => 0.5 * (v + zi[i]));
+    const zn = z.map((v, i) => 0.5 * (v + yi[i]));
     y = yn;
     z = zn;
   }
@@ -83,11 +83,11 @@ function randomOrthogonal(d: number, rng: Random): Float64Array {
     const v = Float64Array.from({ length: d }, () => rng.normal());
     for (let p = 0; p < c; p++) {
       let dot = 0;
-      for (let i = 0; i < d; i++) dot += v[i]! * q[i * d + p]!;
-      for (let i = 0; i < d; i++) v[i]! -= dot * q[i * d + p]!;
+      for (let i = 0; i < d; i++) dot += v[i] * q[i * d + p];
+      for (let i = 0; i < d; i++) v[i] -= dot * q[i * d + p];
     }
     const norm = Math.hypot(...v);
-    for (let i = 0; i < d; i++) q[i * d + c] = v[i]! / norm;
+    for (let i = 0; i < d; i++) q[i * d + c] = v[i] / norm;
   }
   return q;
 }
@@ -101,7 +101,7 @@ const rotated = (q: Float64Array, s: number[], d: number) => {
 function randomSpd(d: number, rng: Random, eps = 0.1): Float64Array {
   const b = Float64Array.from({ length: d * d }, () => rng.normal());
   const m = matmul(b, transpose(b, d), d);
-  for (let i = 0; i < d; i++) m[i * d + i]! += eps;
+  for (let i = 0; i < d; i++) m[i * d + i] += eps;
   return m;
 }
 const stats = (mean: number[], cov: Float64Array): GaussianStats => ({ mean: Float64Array.from(mean), cov, dim: mean.length, n: 1000 });
@@ -114,7 +114,7 @@ function randomFeatures(n: number, d: number, rng: Random, shift = 0): Float64Ar
     const z = Array.from({ length: d }, () => rng.normal());
     for (let r = 0; r < d; r++) {
       let v = shift + r;
-      for (let c = 0; c < d; c++) v += a[r * d + c]! * z[c]!;
+      for (let c = 0; c < d; c++) v += a[r * d + c] * z[c];
       out[i * d + r] = v;
     }
   }
@@ -150,8 +150,8 @@ describe('symmetricEigen (Jacobi)', () => {
     let errAv = 0, errOrth = 0;
     for (let i = 0; i < d; i++) {
       for (let k = 0; k < d; k++) {
-        errAv = Math.max(errAv, Math.abs(av[i * d + k]! - v[i * d + k]! * values[k]!));
-        errOrth = Math.max(errOrth, Math.abs(vtv[i * d + k]! - (i === k ? 1 : 0)));
+        errAv = Math.max(errAv, Math.abs(av[i * d + k] - v[i * d + k] * values[k]));
+        errOrth = Math.max(errOrth, Math.abs(vtv[i * d + k] - (i === k ? 1 : 0)));
       }
     }
     expect(errAv).toBeLessThan(1e-10);
@@ -163,7 +163,7 @@ describe('symmetricEigen (Jacobi)', () => {
     const a = randomSpd(d, new Random(6));
     const s = sqrtPsd(a, d);
     const s2 = matmul(s, s, d);
-    for (let i = 0; i < d * d; i++) expect(s2[i]!).toBeCloseTo(a[i]!, 9);
+    for (let i = 0; i < d * d; i++) expect(s2[i]).toBeCloseTo(a[i], 9);
   });
 });
 
@@ -189,7 +189,7 @@ describe('frechetDistance', () => {
       s.forEach((v, i) => (m[i * 4 + i] = v));
       return m;
     };
-    const want = mu1.reduce((acc, m, i) => acc + (m - mu2[i]!) ** 2, 0) + s1.reduce((acc, a, i) => acc + a + s2[i]! - 2 * Math.sqrt(a * s2[i]!), 0);
+    const want = mu1.reduce((acc, m, i) => acc + (m - mu2[i]) ** 2, 0) + s1.reduce((acc, a, i) => acc + a + s2[i] - 2 * Math.sqrt(a * s2[i]), 0);
     const got = frechetDistance(stats(mu1, diag(s1)), stats(mu2, diag(s2)));
     expect(got.fid).toBeCloseTo(want, 10);
     expect(got.meanTerm).toBeCloseTo(1 + 0 + 4 + 1, 12);
@@ -204,7 +204,7 @@ describe('frechetDistance', () => {
     s2[3] = 0; // a singular covariance (fewer samples than dimensions) is allowed
     const mu1 = Array.from({ length: d }, () => rng.normal());
     const mu2 = Array.from({ length: d }, () => rng.normal());
-    const want = mu1.reduce((acc, m, i) => acc + (m - mu2[i]!) ** 2, 0) + s1.reduce((acc, a, i) => acc + a + s2[i]! - 2 * Math.sqrt(a * s2[i]!), 0);
+    const want = mu1.reduce((acc, m, i) => acc + (m - mu2[i]) ** 2, 0) + s1.reduce((acc, a, i) => acc + a + s2[i] - 2 * Math.sqrt(a * s2[i]), 0);
     const got = frechetDistance(stats(mu1, rotated(q, s1, d)), stats(mu2, rotated(q, s2, d))).fid;
     // 1e-6: the zero eigenvalue comes back as ±1e-16 round-off, whose square root is ~1e-8.
     expect(got).toBeCloseTo(want, 6);
@@ -215,12 +215,12 @@ describe('frechetDistance', () => {
     const rng = new Random(3);
     const c1 = randomSpd(d, rng), c2 = randomSpd(d, rng);
     const prod = matmul(c1, c2, d);
-    const commutator = matmul(c2, c1, d).map((v, i) => v - prod[i]!);
+    const commutator = matmul(c2, c1, d).map((v, i) => v - prod[i]);
     expect(Math.max(...commutator.map(Math.abs))).toBeGreaterThan(1); // really non-commuting
     const root = sqrtmDenmanBeavers(prod, d);
     // The iteration converged to a square root of the product.
     const sq = matmul(root, root, d);
-    for (let i = 0; i < d * d; i++) expect(sq[i]!).toBeCloseTo(prod[i]!, 6);
+    for (let i = 0; i < d * d; i++) expect(sq[i]).toBeCloseTo(prod[i], 6);
     expect(traceSqrtProduct(c1, c2, d)).toBeCloseTo(trace(root, d), 8);
     const mu = Array.from({ length: d }, () => 0);
     const want = trace(c1, d) + trace(c2, d) - 2 * trace(root, d);

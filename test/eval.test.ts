@@ -22,7 +22,7 @@ import {
 } from '../src/eval/evaluate.ts';
 import { loadSamples, readDigitPng, type Samples } from '../src/eval/samples.ts';
 import {
-  DigitClassifier, DEFAULT_SPLIT, type ImageClassifier, accuracy, ensureClassifier, loadSplit, shiftedBatch, trainClassifier, toSigned,
+  DigitClassifier, DEFAULT_SPLIT, type ImageClassifier, accuracy, ensureClassifier, loadSplit, shiftedBatch, trainClassifier, signedImages,
 } from '../src/eval/classifier.ts';
 import { DATA_SPLIT } from '../src/train/vae.ts';
 import { subset, imageAt } from '../src/data/index.ts';
@@ -51,10 +51,10 @@ const fake: ImageClassifier = {
   classify(images, n) {
     const preds = new Int32Array(n), features = new Float32Array(n * FAKE_DIM), probs = new Float32Array(n * 10);
     for (let i = 0; i < n; i++) {
-      const c = Math.round(((images[i * PX]! + 1) / 2) * 9);
+      const c = Math.round(((images[i * PX] + 1) / 2) * 9);
       preds[i] = c;
       probs[i * 10 + c] = 0.9;
-      for (let k = 0; k < FAKE_DIM; k++) features[i * FAKE_DIM + k] = images[i * PX + 1 + k]!;
+      for (let k = 0; k < FAKE_DIM; k++) features[i * FAKE_DIM + k] = images[i * PX + 1 + k];
     }
     return { preds, features, probs };
   },
@@ -93,10 +93,10 @@ describe('metrics on a fake classifier', () => {
     expect(r.accuracy.meanPerDigit).toBeCloseTo((7 + 5 / 3) / 10, 12);
     expect(r.histogram.predicted).toEqual([2, 5, 4, 1, 3, 5, 3, 2, 4, 3]);
     expect(r.histogram.prompted).toEqual(new Array(10).fill(3));
-    expect(r.confusion[3]![5]).toBe(2);
-    expect(r.confusion[3]![3]).toBe(1);
-    expect(r.confusion[7]![1]).toBe(1);
-    expect(r.confusion[0]![8]).toBe(1);
+    expect(r.confusion[3][5]).toBe(2);
+    expect(r.confusion[3][3]).toBe(1);
+    expect(r.confusion[7][1]).toBe(1);
+    expect(r.confusion[0][8]).toBe(1);
     expect(r.confusion.flat().reduce((a, b) => a + b, 0)).toBe(30); // unconditional ones left out
     expect(r.misclassified).toEqual([3, 7, 13, 20]);
     expect(r.realAccuracy).toBe(1);
@@ -108,9 +108,9 @@ describe('metrics on a fake classifier', () => {
 
   it('plain functions agree on edge cases', () => {
     expect(conditionalAccuracy([1, 2], [-1, -1]).overall).toBeNull();
-    expect(conditionalAccuracy([1, 2], [-1, -1]).perDigit[1]!.accuracy).toBeNull();
+    expect(conditionalAccuracy([1, 2], [-1, -1]).perDigit[1].accuracy).toBeNull();
     expect(classHistogram([9, 9, 0])).toEqual([1, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-    expect(confusionMatrix([1], [2])[2]![1]).toBe(1);
+    expect(confusionMatrix([1], [2])[2][1]).toBe(1);
     expect(normalizedEntropy([5, 5, 5, 5, 5, 5, 5, 5, 5, 5])).toBeCloseTo(1, 12);
     expect(normalizedEntropy([50, 0, 0, 0, 0, 0, 0, 0, 0, 0])).toBe(0);
     expect(normalizedEntropy([1, 1, 0, 0])).toBeCloseTo(0.5, 12);
@@ -152,8 +152,8 @@ describe('metrics on a fake classifier', () => {
       inBar = h > 0;
     }
     expect(heights.length).toBe(3); // digits 0, 2 and 9
-    expect(heights[0]! / heights[2]!).toBeCloseTo(0.5, 1);
-    expect(heights[1]! / heights[2]!).toBeCloseTo(0.25, 1);
+    expect(heights[0] / heights[2]).toBeCloseTo(0.5, 1);
+    expect(heights[1] / heights[2]).toBeCloseTo(0.25, 1);
   });
 });
 
@@ -292,7 +292,7 @@ describe('classifier plumbing', () => {
     const { train } = loadSplit(undefined);
     const idx = [0, 1, 2, 3, 4, 5, 6, 7];
     const plain = shiftedBatch(train, idx, 0, new Random(0));
-    expect(Array.from(plain.subarray(0, PX))).toEqual(Array.from(toSigned(subset(train, [0])))); // no shift = the digit in [-1, 1]
+    expect(Array.from(plain.subarray(0, PX))).toEqual(Array.from(signedImages(subset(train, [0])))); // no shift = the digit in [-1, 1]
     const moved = shiftedBatch(train, idx, 2, new Random(0));
     let anyMoved = false;
     for (let k = 0; k < idx.length; k++) {
@@ -306,7 +306,7 @@ describe('classifier plumbing', () => {
           let ok = true;
           for (let y = 0; y < 32 && ok; y++) for (let x = 0; x < 32 && ok; x++) {
             const sy = y - dy, sx = x - dx;
-            const want = sy >= 0 && sy < 32 && sx >= 0 && sx < 32 ? a[sy * 32 + sx]! : -1;
+            const want = sy >= 0 && sy < 32 && sx >= 0 && sx < 32 ? a[sy * 32 + sx] : -1;
             if (b[y * 32 + x] !== want) ok = false;
           }
           if (ok) {
@@ -418,10 +418,10 @@ describe.runIf(nativeOk)('the digit classifier (native backend)', () => {
     const { train } = loadSplit(undefined);
     const entries: { file: string; prompt: string; digit: number }[] = [];
     for (const i of new Random('eval test samples').permutation(train.n).subarray(0, 300)) {
-      const d = train.labels[i]!;
+      const d = train.labels[i];
       const file = `${String(entries.length).padStart(4, '0')}.png`;
       const img = imageAt(train, i);
-      writePng(path.join(tmp, 'real_samples', file), 32, 32, (x, y) => Math.round(img[y * 32 + x]! * 255));
+      writePng(path.join(tmp, 'real_samples', file), 32, 32, (x, y) => Math.round(img[y * 32 + x] * 255));
       entries.push({ file, prompt: `a handwritten ${d}`, digit: d });
     }
     const ones: number[] = [];
@@ -452,7 +452,7 @@ describe.runIf(nativeOk)('the digit classifier (native backend)', () => {
     const bad = (await runEval({ run: runDir, samples: st, out: path.join(tmp, 'eval_collapsed'), log: (l) => logs.push(l) })).report;
     console.log(`eval.test: collapsed generator: accuracy ${(bad.accuracy.overall! * 100).toFixed(1)}%, FID ${bad.fid.generated.toFixed(3)}, entropy ${bad.histogram.entropy.toFixed(3)}`);
     expect(bad.accuracy.overall!).toBeLessThan(0.2);
-    expect(bad.histogram.predicted[1]!).toBeGreaterThan(240);
+    expect(bad.histogram.predicted[1]).toBeGreaterThan(240);
     expect(bad.histogram.entropy).toBeLessThan(0.4);
     expect(bad.fid.generated).toBeGreaterThan(5 * bad.fid.realBaseline);
     expect(bad.fid.realBaseline).toBe(r.fid.realBaseline);

@@ -143,7 +143,7 @@ describe('native backend: GEMM kernels', () => {
       let h = tf.relu(tf.conv2d(x as tf.Tensor4D, w1 as tf.Tensor4D, 1, 'same'));
       h = tf.relu(tf.conv2d(h, w2 as tf.Tensor4D, 2, 'same'));
       h = tf.relu(tf.conv2d(h, w3 as tf.Tensor4D, 1, 'same'));
-      h = tf.relu(tf.conv2dTranspose(h, w4 as tf.Tensor4D, [x.shape[0]!, 28, 28, 32], 2, 'same'));
+      h = tf.relu(tf.conv2dTranspose(h, w4 as tf.Tensor4D, [x.shape[0], 28, 28, 32], 2, 'same'));
       return tf.conv2d(h, w5 as tf.Tensor4D, 1, 'same');
     };
     // Weights scaled by sqrt(3 / fan-in) so activations stay O(1) through the five layers.
@@ -300,7 +300,7 @@ describe('native backend: fused AdamW', () => {
       const opt = new AdamW(vars.map((v, i): NamedVariable => [`p${i}`, v]), { weightDecay, beta1: 0.9, beta2: 0.999, eps: 1e-8 });
       grads.forEach((gs, s) => {
         const g = gs.map((d, i) => tf.tensor(d, shapes[i]));
-        opt.applyGradients(g, lrs[s]!);
+        opt.applyGradients(g, lrs[s]);
         tf.dispose(g);
       });
       const out = [...vars, ...opt.expAvg, ...opt.expAvgSq].map((t) => Array.from(t.dataSync()));

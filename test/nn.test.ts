@@ -26,7 +26,7 @@ import {
   timestepEmbedding,
   type StateDict,
 } from '../src/nn/index.ts';
-import { loadWeights, saveWeights } from '../src/io/checkpoint.ts';
+import { loadWeights, saveWeights } from '../src/nn/checkpoint.ts';
 import { gelu } from '../src/ops/index.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { UsageError } from '../src/util/errors.ts';
@@ -41,7 +41,7 @@ const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => r
 const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   expect(a.length).toBe(b.length);
   let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
   return m;
 };
 const values = (t: tf.Tensor) => Array.from(t.dataSync());
@@ -59,14 +59,14 @@ function convRef(x: Float32Array, [n, c, h, w]: number[], wt: Float32Array, bias
     for (let oc = 0; oc < o; oc++)
       for (let y = 0; y < oh; y++)
         for (let xx = 0; xx < ow; xx++) {
-          let s = bias[oc]!;
+          let s = bias[oc];
           for (let ic = 0; ic < c; ic++)
             for (let ky = 0; ky < k; ky++)
               for (let kx = 0; kx < k; kx++) {
                 const iy = y * stride + ky - pt;
                 const ix = xx * stride + kx - pl;
                 if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
-                s += wt[((oc * c + ic) * k + ky) * k + kx]! * x[((b * c + ic) * h + iy) * w + ix]!;
+                s += wt[((oc * c + ic) * k + ky) * k + kx] * x[((b * c + ic) * h + iy) * w + ix];
               }
           out[((b * o + oc) * oh + y) * ow + xx] = s;
         }
@@ -124,8 +124,8 @@ describe('layers vs naive references', () => {
     const bias = randn(o);
     const ref = new Float64Array(b * l * o);
     for (let r = 0; r < b * l; r++) for (let oc = 0; oc < o; oc++) {
-      let s = bias[oc]!;
-      for (let ic = 0; ic < i; ic++) s += wt[oc * i + ic]! * x[r * i + ic]!;
+      let s = bias[oc];
+      for (let ic = 0; ic < i; ic++) s += wt[oc * i + ic] * x[r * i + ic];
       ref[r * o + oc] = s;
     }
     for (const shape of [[o, i], [o, i, 1, 1]]) {
@@ -150,11 +150,11 @@ describe('layers vs naive references', () => {
     for (let b = 0; b < n; b++) for (let gi = 0; gi < g; gi++) {
       const idx: number[] = [];
       for (let ch = gi * (c / g); ch < (gi + 1) * (c / g); ch++) for (let p = 0; p < h * w; p++) idx.push((b * c + ch) * h * w + p);
-      const mean = idx.reduce((s, j) => s + x[j]!, 0) / per;
-      const v = idx.reduce((s, j) => s + (x[j]! - mean) ** 2, 0) / per;
+      const mean = idx.reduce((s, j) => s + x[j], 0) / per;
+      const v = idx.reduce((s, j) => s + (x[j] - mean) ** 2, 0) / per;
       for (const j of idx) {
         const ch = Math.floor(j / (h * w)) % c;
-        ref[j] = ((x[j]! - mean) / Math.sqrt(v + eps)) * gamma[ch]! + beta[ch]!;
+        ref[j] = ((x[j] - mean) / Math.sqrt(v + eps)) * gamma[ch] + beta[ch];
       }
     }
     const gn = new GroupNorm(g, c, { eps });
@@ -174,7 +174,7 @@ describe('layers vs naive references', () => {
       const row = Array.from(x.slice(i * d, (i + 1) * d));
       const mean = row.reduce((a, b) => a + b) / d;
       const v = row.reduce((a, b) => a + (b - mean) ** 2, 0) / d;
-      row.forEach((val, j) => (ref[i * d + j] = ((val - mean) / Math.sqrt(v + 1e-5)) * gamma[j]! + beta[j]!));
+      row.forEach((val, j) => (ref[i * d + j] = ((val - mean) / Math.sqrt(v + 1e-5)) * gamma[j] + beta[j]));
     }
     const ln = new LayerNorm(d);
     ln.loadStateDict(sd({ weight: { shape: [d], data: gamma }, bias: { shape: [d], data: beta } }));
@@ -200,8 +200,8 @@ describe('layers vs naive references', () => {
     const x = randn(i);
     const g = new GEGLU(i, o);
     g.loadStateDict(sd({ 'proj.weight': { shape: [2 * o, i], data: wt }, 'proj.bias': { shape: [2 * o], data: bias } }));
-    const h = Array.from({ length: 2 * o }, (_, r) => bias[r]! + wt.slice(r * i, (r + 1) * i).reduce((s, w, c) => s + w * x[c]!, 0));
-    const ref = Array.from({ length: o }, (_, j) => h[j]! * 0.5 * h[o + j]! * (1 + erf(h[o + j]! / Math.SQRT2)));
+    const h = Array.from({ length: 2 * o }, (_, r) => bias[r] + wt.slice(r * i, (r + 1) * i).reduce((s, w, c) => s + w * x[c], 0));
+    const ref = Array.from({ length: o }, (_, j) => h[j] * 0.5 * h[o + j] * (1 + erf(h[o + j] / Math.SQRT2)));
     expect(maxAbsDiff(values(g.forward(tf.tensor2d(x, [1, i]))), ref)).toBeLessThan(1e-5);
   });
 
@@ -221,7 +221,7 @@ describe('layers vs naive references', () => {
     shifted.delete('time_emb_proj.weight');
     shifted.delete('time_emb_proj.bias');
     const b1 = weights.get('conv1.bias')!.data;
-    const newBias = Float32Array.from(b1, (b, o) => b + tb[o]! + Array.from(temb).reduce((s, t, c) => s + tw[o * tc + c]! * silu(t), 0));
+    const newBias = Float32Array.from(b1, (b, o) => b + tb[o] + Array.from(temb).reduce((s, t, c) => s + tw[o * tc + c] * silu(t), 0));
     shifted.set('conv1.bias', { shape: [cout], data: newBias });
     plain.loadStateDict(shifted);
     const x = tf.tensor4d(randn(3 * 3 * cin), [1, 3, 3, cin]);
@@ -278,8 +278,8 @@ describe('attention', () => {
     const proj = (inp: Float32Array, rows: number, cin: number, wt: Float32Array, bias: Float32Array | undefined, cout: number) => {
       const out = new Float64Array(rows * cout);
       for (let r = 0; r < rows; r++) for (let o = 0; o < cout; o++) {
-        let s = bias ? bias[o]! : 0;
-        for (let i = 0; i < cin; i++) s += wt[o * cin + i]! * inp[r * cin + i]!;
+        let s = bias ? bias[o] : 0;
+        for (let i = 0; i < cin; i++) s += wt[o * cin + i] * inp[r * cin + i];
         out[r * cout + o] = s;
       }
       return out;
@@ -292,7 +292,7 @@ describe('attention', () => {
       const s: number[] = [];
       for (let j = 0; j < lk; j++) {
         let d = 0;
-        for (let e = 0; e < dh; e++) d += q[(bi * lq + i) * inner + h * dh + e]! * k[(bi * lk + j) * inner + h * dh + e]!;
+        for (let e = 0; e < dh; e++) d += q[(bi * lq + i) * inner + h * dh + e] * k[(bi * lk + j) * inner + h * dh + e];
         s.push(d / Math.sqrt(dh) + (mask ? mask(i, j) : 0));
       }
       const m = Math.max(...s);
@@ -300,7 +300,7 @@ describe('attention', () => {
       const z = p.reduce((a, bb) => a + bb);
       for (let e = 0; e < dh; e++) {
         let acc = 0;
-        for (let j = 0; j < lk; j++) acc += (p[j]! / z) * v[(bi * lk + j) * inner + h * dh + e]!;
+        for (let j = 0; j < lk; j++) acc += (p[j] / z) * v[(bi * lk + j) * inner + h * dh + e];
         o[(bi * lq + i) * inner + h * dh + e] = acc;
       }
     }
@@ -355,7 +355,7 @@ describe('attention', () => {
     const vae = new Attention(c, { heads, dimHead: dh, bias: true, normNumGroups: 2, normEps: 1e-6, residualConnection: true });
     vae.loadStateDict(weights, { allowMissing: true });
     const xn = new GroupNorm(2, c, { eps: 1e-6 }).forward(tf.tensor3d(x, [b, l, c])).dataSync() as Float32Array;
-    const ref = attentionRef(xn, xn, [b, l, l, c, c], heads, dh, w).map((v, i) => v + x[i]!);
+    const ref = attentionRef(xn, xn, [b, l, l, c, c], heads, dh, w).map((v, i) => v + x[i]);
     expect(maxAbsDiff(values(vae.forward(tf.tensor4d(x, [b, hh, ww, c]))), ref)).toBeLessThan(1e-5);
   });
 
@@ -391,10 +391,10 @@ describe('gradients (tf.grad vs central finite differences)', () => {
     for (const i of idx) {
       const plus = Float32Array.from(base);
       const minus = Float32Array.from(base);
-      plus[i]! += h;
-      minus[i]! -= h;
-      const fd = (f(tf.tensor(plus, x.shape)).dataSync()[0]! - f(tf.tensor(minus, x.shape)).dataSync()[0]!) / (2 * h);
-      worst = Math.max(worst, Math.abs(fd - g[i]!) / Math.max(1, Math.abs(fd)));
+      plus[i] += h;
+      minus[i] -= h;
+      const fd = (f(tf.tensor(plus, x.shape)).dataSync()[0] - f(tf.tensor(minus, x.shape)).dataSync()[0]) / (2 * h);
+      worst = Math.max(worst, Math.abs(fd - g[i]) / Math.max(1, Math.abs(fd)));
     }
     return worst;
   }
@@ -418,19 +418,19 @@ describe('gradients (tf.grad vs central finite differences)', () => {
     // Parameter gradient through the variables (what training uses).
     const { grads } = tf.variableGrads(() => f(x), attn.parameters());
     const wq = attn.to_q.weight;
-    const g = grads[wq.name]!.dataSync();
+    const g = grads[wq.name].dataSync();
     const w0 = wq.dataSync().slice();
     const h = 1e-2;
     const at = (delta: number) => {
       const w = Float32Array.from(w0);
-      w[5]! += delta;
+      w[5] += delta;
       wq.assign(tf.tensor(w, wq.shape));
-      return f(x).dataSync()[0]!;
+      return f(x).dataSync()[0];
     };
     const fd = (at(h) - at(-h)) / (2 * h);
     wq.assign(tf.tensor(w0, wq.shape));
-    expect(Math.abs(fd - g[5]!)).toBeLessThan(2e-3 * Math.max(1, Math.abs(fd)));
-    expect(Math.abs(g[5]!)).toBeGreaterThan(1e-4); // a real, non-trivial gradient
+    expect(Math.abs(fd - g[5])).toBeLessThan(2e-3 * Math.max(1, Math.abs(fd)));
+    expect(Math.abs(g[5])).toBeGreaterThan(1e-4); // a real, non-trivial gradient
   });
 });
 

@@ -71,12 +71,12 @@ describe('sdlab noise (in process)', () => {
 
   it('ᾱ_t of each schedule matches its closed form', () => {
     for (const s of BETA_SCHEDULES) {
-      const got = res.alphasCumprod[s]!;
+      const got = res.alphasCumprod[s];
       const ref = referenceAlphasCumprod(s);
       expect(got.length).toBe(1000);
       // The cosine betas are capped at 0.999 near t = T, where the formula's ᾱ -> 0 anyway.
       for (let t = 0; t < (s === 'squaredcos_cap_v2' ? 990 : 1000); t++) {
-        expect(Math.abs(got[t]! - ref[t]!), `${s} t=${t}`).toBeLessThan(2e-5 + 1e-4 * ref[t]!);
+        expect(Math.abs(got[t] - ref[t]), `${s} t=${t}`).toBeLessThan(2e-5 + 1e-4 * ref[t]);
       }
     }
   });
@@ -84,29 +84,29 @@ describe('sdlab noise (in process)', () => {
   it('the noise in x_t has std sqrt(1 - ᾱ_t), growing with t, the same ε at every t', () => {
     const px = N * 28 * 28;
     for (const s of BETA_SCHEDULES) {
-      const ab = res.alphasCumprod[s]!;
+      const ab = res.alphasCumprod[s];
       const stds: number[] = [];
       DEFAULT_TIMESTEPS.forEach((t, k) => {
-        const xt = res.xt[s]![k]!;
+        const xt = res.xt[s][k];
         expect(xt.length).toBe(px);
-        const r = Array.from(xt, (v, i) => v - Math.sqrt(ab[t]!) * res.x0[i]!);
+        const r = Array.from(xt, (v, i) => v - Math.sqrt(ab[t]) * res.x0[i]);
         const mean = r.reduce((a, v) => a + v, 0) / px;
         const std = Math.sqrt(r.reduce((a, v) => a + (v - mean) ** 2, 0) / px);
-        const expected = Math.sqrt(1 - ab[t]!);
+        const expected = Math.sqrt(1 - ab[t]);
         // 2352 Gaussian samples: the sample std is within ~3% of the truth.
         expect(std / expected, `${s} t=${t}`).toBeGreaterThan(0.95);
         expect(std / expected, `${s} t=${t}`).toBeLessThan(1.05);
         stds.push(std);
         // The residual is one fixed ε scaled: compare with t = 999's.
         if (expected > 0.1) {
-          const last = res.xt[s]!.at(-1)!;
-          const e999 = Math.sqrt(1 - ab[999]!);
+          const last = res.xt[s].at(-1)!;
+          const e999 = Math.sqrt(1 - ab[999]);
           for (let i = 0; i < px; i += 97) {
-            expect(r[i]! / expected).toBeCloseTo((last[i]! - Math.sqrt(ab[999]!) * res.x0[i]!) / e999, 3);
+            expect(r[i] / expected).toBeCloseTo((last[i] - Math.sqrt(ab[999]) * res.x0[i]) / e999, 3);
           }
         }
       });
-      for (let k = 1; k < stds.length; k++) expect(stds[k]!).toBeGreaterThan(stds[k - 1]!);
+      for (let k = 1; k < stds.length; k++) expect(stds[k]).toBeGreaterThan(stds[k - 1]);
     }
   });
 
@@ -120,7 +120,7 @@ describe('sdlab noise (in process)', () => {
     let hi = 0;
     const cell = (r: number, c: number) => {
       const { x, y } = L.cell(r, c);
-      return Array.from({ length: 784 }, (_, p) => png.data[((y + Math.floor(p / 28)) * png.width + x + (p % 28)) * 4]!);
+      return Array.from({ length: 784 }, (_, p) => png.data[((y + Math.floor(p / 28)) * png.width + x + (p % 28)) * 4]);
     };
     for (let d = 0; d < N; d++) {
       BETA_SCHEDULES.forEach((s, si) => {
@@ -128,14 +128,14 @@ describe('sdlab noise (in process)', () => {
         let prevDiff = -1;
         DEFAULT_TIMESTEPS.forEach((_, k) => {
           const got = cell(d * 3 + si, k);
-          const xt = res.xt[s]![k]!.subarray(d * 784, (d + 1) * 784);
+          const xt = res.xt[s][k].subarray(d * 784, (d + 1) * 784);
           for (let p = 0; p < 784; p++) {
-            expect(got[p]).toBe(to8(xt[p]!));
-            lo = Math.min(lo, got[p]!);
-            hi = Math.max(hi, got[p]!);
+            expect(got[p]).toBe(to8(xt[p]));
+            lo = Math.min(lo, got[p]);
+            hi = Math.max(hi, got[p]);
           }
           // Measured on the picture alone: the mean distance from the t=0 cell grows with t.
-          const diff = got.reduce((a, v, p) => a + Math.abs(v - clean[p]!), 0) / 784;
+          const diff = got.reduce((a, v, p) => a + Math.abs(v - clean[p]), 0) / 784;
           if (k > 0) expect(diff).toBeGreaterThan(prevDiff);
           prevDiff = diff;
         });
@@ -154,15 +154,15 @@ describe('sdlab noise (in process)', () => {
     let off = 0;
     for (let f = 0; f < FRAMES; f++) {
       gif.decodeAndBlitFrameRGBA(f, rgba);
-      const t = res.gifTimesteps[f]!;
+      const t = res.gifTimesteps[f];
       BETA_SCHEDULES.forEach((s, si) => {
-        const ab = res.alphasCumprod[s]![t]!;
+        const ab = res.alphasCumprod[s][t];
         for (let d = 0; d < N; d++) {
           const { x, y } = L.cell(si, d);
           for (let p = 0; p < 784; p++) {
             const i = d * 784 + p;
-            const want = to8(Math.sqrt(ab) * res.x0[i]! + Math.sqrt(1 - ab) * res.noise[i]!);
-            const got = rgba[((y + Math.floor(p / 28)) * gif.width + x + (p % 28)) * 4]!;
+            const want = to8(Math.sqrt(ab) * res.x0[i] + Math.sqrt(1 - ab) * res.noise[i]);
+            const got = rgba[((y + Math.floor(p / 28)) * gif.width + x + (p % 28)) * 4];
             const e = Math.abs(got - want);
             expect(e).toBeLessThanOrEqual(1); // float32 vs float64 rounding at .5
             off += e;

@@ -50,8 +50,8 @@ function refTensor(key: string): tf.Tensor {
   return tf.tensor(t.data, t.shape);
 }
 const toNchw = (x: tf.Tensor) => tf.transpose(x, [0, 3, 1, 2]);
-const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-const maxOf = (a: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(a)).dataSync()[0]!);
+const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
+const maxOf = (a: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(a)).dataSync()[0]);
 
 /**
  * Tolerances. The manifest's fp32-vs-fp64 floor (the same upstream code in float64) is 4.3e-5
@@ -193,8 +193,8 @@ describe('classifier-free guidance', () => {
     expect(r.batchSizes).toEqual([2, 2, 2]);
     const cond = pipe.encodeText(['a photograph of an astronaut riding a horse', 'a red cube']);
     r.ts.forEach((t, i) => {
-      const want = pipe.unet.forward(r.inputs[i]!, t, cond);
-      expect(maxAbs(r.preds[i]!, want)).toBe(0);
+      const want = pipe.unet.forward(r.inputs[i], t, cond);
+      expect(maxAbs(r.preds[i], want)).toBe(0);
       want.dispose();
     });
     tf.dispose([cond, ...r.inputs, ...r.preds]);
@@ -208,19 +208,19 @@ describe('classifier-free guidance', () => {
     const uncond = pipe.encodeText(['blurry', 'blurry']);
     r.ts.forEach((t, i) => {
       // Separate UNet calls, combined here in float64 on the CPU.
-      const c = pipe.unet.forward(r.inputs[i]!, t, cond).dataSync();
-      const u = pipe.unet.forward(r.inputs[i]!, t, uncond).dataSync();
-      const got = r.preds[i]!.dataSync();
+      const c = pipe.unet.forward(r.inputs[i], t, cond).dataSync();
+      const u = pipe.unet.forward(r.inputs[i], t, uncond).dataSync();
+      const got = r.preds[i].dataSync();
       let err = 0;
       let scale = 0;
       for (let k = 0; k < got.length; k++) {
-        const want = u[k]! + g * (c[k]! - u[k]!);
-        err = Math.max(err, Math.abs(got[k]! - want));
+        const want = u[k] + g * (c[k] - u[k]);
+        err = Math.max(err, Math.abs(got[k] - want));
         scale = Math.max(scale, Math.abs(want));
         // The guided prediction is not the conditional one (the test can tell them apart).
       }
       expect(err).toBeLessThanOrEqual(1e-5 * scale);
-      expect(Math.max(...Array.from(c, (v, k) => Math.abs(v - got[k]!)))).toBeGreaterThan(1e-2);
+      expect(Math.max(...Array.from(c, (v, k) => Math.abs(v - got[k])))).toBeGreaterThan(1e-2);
     });
     tf.dispose([cond, uncond, ...r.inputs, ...r.preds]);
   });
@@ -236,17 +236,17 @@ describe('seeds, batches and memory', () => {
         .generate({ prompts, batchSize, seed, numInferenceSteps: 3, guidanceScale: 5, height: 16, width: 16, onBatch: (b) => void images.push(...b.images) })
         .then(() => resolve(images), reject);
     });
-  const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+  const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
   it('the same seed gives identical images, another seed different ones', async () => {
     const a = await run(1, 3);
     const b = await run(1, 3);
     const c = await run(2, 3);
     expect(a).toHaveLength(3);
-    a.forEach((img, k) => expect(maxDiff(img, b[k]!)).toBe(0));
-    a.forEach((img, k) => expect(maxDiff(img, c[k]!)).toBeGreaterThan(1e-3));
+    a.forEach((img, k) => expect(maxDiff(img, b[k])).toBe(0));
+    a.forEach((img, k) => expect(maxDiff(img, c[k])).toBeGreaterThan(1e-3));
     // The three images of one run differ from each other (each has its own noise stream).
-    expect(maxDiff(a[0]!, a[1]!)).toBeGreaterThan(1e-3);
+    expect(maxDiff(a[0], a[1])).toBeGreaterThan(1e-3);
   });
 
   it('image k depends on (seed, k) only, not on the batch size (ddim and the stochastic euler_a)', async () => {
@@ -256,13 +256,13 @@ describe('seeds, batches and memory', () => {
       const pairs = await run(3, 2, s);
       // Batched and single matMuls round differently: equal to float32 noise.
       whole.forEach((img, k) => {
-        expect(maxDiff(img, single[k]!)).toBeLessThan(1e-4);
-        expect(maxDiff(img, pairs[k]!)).toBeLessThan(1e-4);
+        expect(maxDiff(img, single[k])).toBeLessThan(1e-4);
+        expect(maxDiff(img, pairs[k])).toBeLessThan(1e-4);
       });
     }
     // euler_a really draws fresh noise per step: another seed differs.
     const other = await run(4, 3, 'euler_a');
-    expect(maxDiff((await run(3, 3, 'euler_a'))[0]!, other[0]!)).toBeGreaterThan(1e-3);
+    expect(maxDiff((await run(3, 3, 'euler_a'))[0], other[0])).toBeGreaterThan(1e-3);
   });
 
   it('initial latents of image k come from its own stream, in NHWC order', () => {

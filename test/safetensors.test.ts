@@ -23,7 +23,7 @@ function rawFile(name: string, header: object | string, data: Uint8Array = new U
 /** The raw 16-bit words of the first tensor's data in a file we wrote. */
 function words16(file: string): number[] {
   const st = SafetensorsFile.open(file);
-  const e = [...st.entries.values()][0]!;
+  const e = [...st.entries.values()][0];
   const buf = fs.readFileSync(file).subarray(e.begin, e.end);
   return Array.from({ length: buf.length / 2 }, (_, i) => buf.readUInt16LE(2 * i));
 }

@@ -116,7 +116,7 @@ describe('prompts', () => {
     const data = new Float32Array(16).map((_, i) => i % 4);
     const t = latentTile(data, 2, 2, 4, 8, 8);
     expect([t.height, t.width]).toEqual([8, 8]);
-    const at = (y: number, x: number) => t.data[y * 8 + x]!;
+    const at = (y: number, x: number) => t.data[y * 8 + x];
     expect([at(0, 0), at(0, 7), at(7, 0), at(7, 7)].map((v) => +v.toFixed(4))).toEqual([0, 0.3333, 0.6667, 1]);
   });
 });
@@ -150,7 +150,7 @@ describe('sdlab sample (in process)', () => {
     const png = PNG.sync.read(fs.readFileSync(path.join(out, '0005.png')));
     expect([png.width, png.height]).toEqual([16, 16]);
     let worst = 0;
-    for (let p = 0; p < 256; p++) worst = Math.max(worst, Math.abs(png.data[p * 4]! - Math.round(want[p]! * 255)));
+    for (let p = 0; p < 256; p++) worst = Math.max(worst, Math.abs(png.data[p * 4] - Math.round(want[p] * 255)));
     expect(worst).toBeLessThanOrEqual(1); // batch-of-3 vs batch-of-1 rounding
     const other = PNG.sync.read(fs.readFileSync(path.join(out, '0004.png')));
     expect(Buffer.compare(other.data, png.data)).not.toBe(0);
@@ -178,7 +178,7 @@ describe('sdlab sample (in process)', () => {
       const { x, y } = L.cell(row, 1);
       let worst = 0;
       for (let py = 0; py < 16; py++) {
-        for (let px = 0; px < 16; px++) worst = Math.max(worst, Math.abs(rgba[((y + 2 * py) * gif.width + x + 2 * px) * 4]! - png.data[(py * 16 + px) * 4]!));
+        for (let px = 0; px < 16; px++) worst = Math.max(worst, Math.abs(rgba[((y + 2 * py) * gif.width + x + 2 * px) * 4] - png.data[(py * 16 + px) * 4]));
       }
       expect(worst, file).toBeLessThanOrEqual(2);
     }
@@ -189,10 +189,10 @@ describe('sdlab sample (in process)', () => {
     const b = await writeSampleSheet({ ...base(path.join(tmp, 'b1')), prompt: ['a handwritten 1'], n: 3, batch: 1 });
     const c = await writeSampleSheet({ ...base(path.join(tmp, 's2')), prompt: ['a handwritten 1'], n: 3, seed: 2 });
     for (let k = 0; k < 3; k++) {
-      const pa = PNG.sync.read(fs.readFileSync(a.files.images[k]!)).data;
-      const pb = PNG.sync.read(fs.readFileSync(b.files.images[k]!)).data;
-      const pc = PNG.sync.read(fs.readFileSync(c.files.images[k]!)).data;
-      expect(Math.max(...Array.from(pa, (v, i) => Math.abs(v - pb[i]!)))).toBeLessThanOrEqual(1);
+      const pa = PNG.sync.read(fs.readFileSync(a.files.images[k])).data;
+      const pb = PNG.sync.read(fs.readFileSync(b.files.images[k])).data;
+      const pc = PNG.sync.read(fs.readFileSync(c.files.images[k])).data;
+      expect(Math.max(...Array.from(pa, (v, i) => Math.abs(v - pb[i])))).toBeLessThanOrEqual(1);
       expect(Buffer.compare(pa, pc)).not.toBe(0);
     }
   });

@@ -38,7 +38,7 @@ const ATOL_SCALE = 1e-6;
 /** Asserts every entry of `ours` is within tolerance of the reference tensor/array. */
 function expectClose(ours: ArrayLike<number>, reference: ArrayLike<number>, what: string): void {
   let scale = 0;
-  for (let i = 0; i < reference.length; i++) scale = Math.max(scale, Math.abs(reference[i]!));
+  for (let i = 0; i < reference.length; i++) scale = Math.max(scale, Math.abs(reference[i]));
   const c = closeness(ours, reference, RTOL, ATOL_SCALE * scale);
   if (process.env.SCHEDULE_TEST_VERBOSE) console.log(`${what}: maxAbs ${c.maxAbs.toExponential(2)} maxRel ${c.maxRel.toExponential(2)} worst ${c.worst.toFixed(3)}`);
   expect(
@@ -138,9 +138,9 @@ describe('noise schedule: closed forms', () => {
     for (let t = 0; t < T; t++) {
       const beta = 1e-4 + ((0.02 - 1e-4) * t) / (T - 1);
       // betas are float32 (as torch's): equal to the float64 line to float32 precision.
-      expect(Math.abs(s.betas[t]! - beta) / beta).toBeLessThan(1e-6);
+      expect(Math.abs(s.betas[t] - beta) / beta).toBeLessThan(1e-6);
       prod *= 1 - beta;
-      expect(Math.abs(s.alphasCumprod[t]! - prod) / prod).toBeLessThan(1e-5);
+      expect(Math.abs(s.alphasCumprod[t] - prod) / prod).toBeLessThan(1e-5);
     }
     // A known value: ᾱ_999 of DDPM's linear schedule is ~4.04e-5.
     expect(s.alphasCumprod[999]).toBeCloseTo(4.0358e-5, 8);
@@ -152,7 +152,7 @@ describe('noise schedule: closed forms', () => {
     const hi = Math.sqrt(0.012);
     for (const t of [0, 1, 250, 500, 998, 999]) {
       const root = lo + ((hi - lo) * t) / 999;
-      expect(Math.abs(b[t]! - root * root) / (root * root)).toBeLessThan(1e-6);
+      expect(Math.abs(b[t] - root * root) / (root * root)).toBeLessThan(1e-6);
     }
   });
 
@@ -161,7 +161,7 @@ describe('noise schedule: closed forms', () => {
     const s = new NoiseSchedule({ num_train_timesteps: T, beta_start: 0, beta_end: 0, beta_schedule: 'squaredcos_cap_v2', trained_betas: null });
     const f = (u: number) => Math.cos(((u + 0.008) / 1.008) * (Math.PI / 2)) ** 2;
     for (const t of [0, 100, 500, 900, 990]) {
-      expect(Math.abs(s.alphasCumprod[t]! - f((t + 1) / T) / f(0))).toBeLessThan(1e-5);
+      expect(Math.abs(s.alphasCumprod[t] - f((t + 1) / T) / f(0))).toBeLessThan(1e-5);
     }
     expect(Math.max(...s.betas)).toBeCloseTo(0.999, 6); // the cap
   });
@@ -175,8 +175,8 @@ describe('noise schedule: closed forms', () => {
     const xt = s.addNoise(x0, noise, ts);
     const rows = xt.arraySync() as number[][];
     ts.forEach((t, i) => {
-      const a = s.alphasCumprod[t]!;
-      const row = rows[i]!;
+      const a = s.alphasCumprod[t];
+      const row = rows[i];
       const mean = row.reduce((p, v) => p + v, 0) / n;
       const std = Math.sqrt(row.reduce((p, v) => p + (v - mean) ** 2, 0) / n);
       expect(Math.abs(mean - 0.7 * Math.sqrt(a))).toBeLessThan(4 * Math.sqrt((1 - a) / n));
@@ -185,9 +185,9 @@ describe('noise schedule: closed forms', () => {
     // And exactly: x_t = sqrt(ᾱ)x0 + sqrt(1-ᾱ)ε for the given ε.
     const eps = noise.arraySync() as number[][];
     ts.forEach((t, i) => {
-      const a = s.alphasCumprod[t]!;
+      const a = s.alphasCumprod[t];
       for (const j of [0, 1, 12345]) {
-        expect(rows[i]![j]).toBeCloseTo(Math.sqrt(a) * 0.7 + Math.sqrt(1 - a) * eps[i]![j]!, 5);
+        expect(rows[i][j]).toBeCloseTo(Math.sqrt(a) * 0.7 + Math.sqrt(1 - a) * eps[i][j], 5);
       }
     });
     tf.dispose([x0, noise, xt]);
@@ -197,8 +197,8 @@ describe('noise schedule: closed forms', () => {
     const s = new DDPMScheduler();
     const x0 = tf.tensor4d([1, -2, 3, 0.5], [2, 2, 1, 1]);
     const eps = tf.tensor4d([0.3, 0.1, -1, 2], [2, 2, 1, 1]);
-    const a = s.alphasCumprod[400]!;
-    const b = s.alphasCumprod[10]!;
+    const a = s.alphasCumprod[400];
+    const b = s.alphasCumprod[10];
     const one = s.addNoise(x0, eps, 400).dataSync();
     const batch = s.addNoise(x0, eps, tf.tensor1d([400, 10], 'int32')).dataSync();
     const v = s.getVelocity(x0, eps, [400, 10]).dataSync();
@@ -206,15 +206,15 @@ describe('noise schedule: closed forms', () => {
     const es = [0.3, 0.1, -1, 2];
     for (let j = 0; j < 4; j++) {
       const ab = j < 2 ? a : b;
-      expect(one[j]).toBeCloseTo(Math.sqrt(a) * xs[j]! + Math.sqrt(1 - a) * es[j]!, 6);
-      expect(batch[j]).toBeCloseTo(Math.sqrt(ab) * xs[j]! + Math.sqrt(1 - ab) * es[j]!, 6);
-      expect(v[j]).toBeCloseTo(Math.sqrt(ab) * es[j]! - Math.sqrt(1 - ab) * xs[j]!, 6);
+      expect(one[j]).toBeCloseTo(Math.sqrt(a) * xs[j] + Math.sqrt(1 - a) * es[j], 6);
+      expect(batch[j]).toBeCloseTo(Math.sqrt(ab) * xs[j] + Math.sqrt(1 - ab) * es[j], 6);
+      expect(v[j]).toBeCloseTo(Math.sqrt(ab) * es[j] - Math.sqrt(1 - ab) * xs[j], 6);
     }
     // v-prediction round trip: x0 = sqrt(ᾱ)x_t - sqrt(1-ᾱ)v.
     const xt = s.addNoise(x0, eps, [400, 10]).dataSync();
     for (let j = 0; j < 4; j++) {
       const ab = j < 2 ? a : b;
-      expect(Math.sqrt(ab) * xt[j]! - Math.sqrt(1 - ab) * v[j]!).toBeCloseTo(xs[j]!, 5);
+      expect(Math.sqrt(ab) * xt[j] - Math.sqrt(1 - ab) * v[j]).toBeCloseTo(xs[j], 5);
     }
     tf.dispose([x0, eps]);
   });
@@ -230,11 +230,11 @@ describe('noisedSample: the forward process and the training target', () => {
     for (const prediction of ['epsilon', 'v_prediction', 'sample'] as const) {
       const { noisy, target } = s.noisedSample(x0, eps, t, prediction);
       for (let j = 0; j < 6; j++) {
-        const ab = s.alphasCumprod[t[Math.floor(j / 2)]!]!;
+        const ab = s.alphasCumprod[t[Math.floor(j / 2)]];
         const a = f32(Math.sqrt(ab));
         const b = f32(Math.sqrt(f32(1 - ab)));
-        expect(noisy[j]).toBe(f32(a * x0[j]! + b * eps[j]!));
-        const want = prediction === 'epsilon' ? eps[j]! : prediction === 'sample' ? x0[j]! : f32(a * eps[j]! - b * x0[j]!);
+        expect(noisy[j]).toBe(f32(a * x0[j] + b * eps[j]));
+        const want = prediction === 'epsilon' ? eps[j] : prediction === 'sample' ? x0[j] : f32(a * eps[j] - b * x0[j]);
         expect(target[j]).toBe(want);
       }
     }

@@ -25,7 +25,7 @@ let refs: Map<string, SafeTensor> | null = null;
 export function ref(key: string): SafeTensor {
   refs ??= readSafetensors(path.join(FIXTURE, 'reference.safetensors'), (n) => n.startsWith('scheduler.'));
   const m = /^(.*)\[(\d+)\]$/.exec(key);
-  const t = refs.get(m ? m[1]! : key);
+  const t = refs.get(m ? m[1] : key);
   if (!t) throw new Error(`reference.safetensors has no tensor "${key}"`);
   if (!m) return t;
   const i = Number(m[2]);
@@ -55,15 +55,15 @@ export function closeness(a: ArrayLike<number>, b: ArrayLike<number>, rtol: numb
   let maxAbs = 0;
   let maxRel = 0;
   for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
+    const d = Math.abs(a[i] - b[i]);
     if (!(d <= Number.MAX_VALUE)) return { worst: Infinity, worstIndex: i, maxAbs: Infinity, maxRel: Infinity }; // NaN
-    const r = d / (rtol * Math.abs(b[i]!) + atol);
+    const r = d / (rtol * Math.abs(b[i]) + atol);
     if (r > worst) {
       worst = r;
       worstIndex = i;
     }
     maxAbs = Math.max(maxAbs, d);
-    if (b[i] !== 0) maxRel = Math.max(maxRel, d / Math.abs(b[i]!));
+    if (b[i] !== 0) maxRel = Math.max(maxRel, d / Math.abs(b[i]));
   }
   return { worst, worstIndex, maxAbs, maxRel };
 }

@@ -98,7 +98,7 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 function referenceLoss(img: number[][], txt: number[][], logitScale: number, labels: number[], w: number): number {
   const s = Math.exp(Math.min(logitScale, Math.log(100)));
   const n = img.length;
-  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k]!, 0)));
+  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k], 0)));
   const lse = (xs: number[]) => {
     const m = Math.max(...xs);
     return m + Math.log(xs.reduce((acc, x) => acc + Math.exp(x - m), 0));
@@ -107,11 +107,11 @@ function referenceLoss(img: number[][], txt: number[][], logitScale: number, lab
   let i2t = 0;
   let t2i = 0;
   for (let i = 0; i < n; i++) {
-    const rowLse = lse(logits[i]!);
-    const colLse = lse(logits.map((r) => r[i]!));
+    const rowLse = lse(logits[i]);
+    const colLse = lse(logits.map((r) => r[i]));
     for (let j = 0; j < n; j++) {
-      i2t -= target(i, j) * (logits[i]![j]! - rowLse); // image i over captions j
-      t2i -= target(j, i) * (logits[j]![i]! - colLse); // caption i over images j
+      i2t -= target(i, j) * (logits[i][j] - rowLse); // image i over captions j
+      t2i -= target(j, i) * (logits[j][i] - colLse); // caption i over images j
     }
   }
   return (i2t / n + t2i / n) / 2;
@@ -131,7 +131,7 @@ describe('multi-positive contrastive loss', () => {
     const t = contrastiveTargets(labels, 0.4);
     for (let i = 0; i < 5; i++) {
       expect(Array.from(t.subarray(i * 5, i * 5 + 5)).reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
-      for (let j = 0; j < 5; j++) expect(t[i * 5 + j]).toBeCloseTo(t[j * 5 + i]!, 7);
+      for (let j = 0; j < 5; j++) expect(t[i * 5 + j]).toBeCloseTo(t[j * 5 + i], 7);
     }
     expect(t[0]).toBeCloseTo(0.6 + 0.4 / 3, 6); // own pair
     expect(t[2]).toBeCloseTo(0.4 / 3, 6); // another 3
@@ -147,18 +147,18 @@ describe('multi-positive contrastive loss', () => {
     const img = unitRows(rng, 7, 5);
     const txt = unitRows(rng, 7, 5);
     for (const [w, ls] of [[0, 1.2], [0.5, 2.0], [1, 3.1], [0.3, 5.5]] as const) {
-      const got = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), ls, labels, w).dataSync()[0]!);
+      const got = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), ls, labels, w).dataSync()[0]);
       expect(got).toBeCloseTo(referenceLoss(img, txt, ls, labels, w), 4);
     }
-    const plain = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0).dataSync()[0]!);
-    const ours = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0, labels, 0).dataSync()[0]!);
+    const plain = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0).dataSync()[0]);
+    const ours = tf.tidy(() => clipLoss(tf.tensor2d(img), tf.tensor2d(txt), 2.0, labels, 0).dataSync()[0]);
     expect(ours).toBeCloseTo(plain, 5);
   });
 
   it('collapsed embeddings give ln N whatever the target', () => {
     const same = Array.from({ length: 6 }, () => [0.6, 0.8]);
     for (const w of [0, 0.5, 1]) {
-      const l = tf.tidy(() => clipLoss(tf.tensor2d(same), tf.tensor2d(same), 2.6, [1, 1, 2, 3, 3, 3], w).dataSync()[0]!);
+      const l = tf.tidy(() => clipLoss(tf.tensor2d(same), tf.tensor2d(same), 2.6, [1, 1, 2, 3, 3, 3], w).dataSync()[0]);
       expect(l).toBeCloseTo(Math.log(6), 5);
     }
   });
@@ -189,9 +189,9 @@ describe('caption batches', () => {
     expect(again.captions).toEqual(e0.captions);
     expect(Array.from(again.ids.dataSync())).toEqual(Array.from(e0.ids.dataSync()));
     e0.captions.forEach((c, k) => {
-      const d = e0.labels[k]!;
+      const d = e0.labels[k];
       expect(c.split(/[ ,]+/).some((w) => w === String(d) || w === DIGIT_WORDS[d]), `${c} for ${d}`).toBe(true);
-      expect(d).toBe(train.labels[batcher.indices(0, 1)[k]!]);
+      expect(d).toBe(train.labels[batcher.indices(0, 1)[k]]);
     });
     // The same images in another epoch get other captions (over 30 digits, some must differ).
     const idx0 = Array.from(batcher.indices(0, 0));
@@ -234,8 +234,8 @@ describe('caption batches', () => {
             for (let x = 0; x < 8 && ok; x++) {
               const sy = y - dy;
               const sx = x - dx;
-              const want = sy >= 0 && sy < 8 && sx >= 0 && sx < 8 ? p[k]![sy]![sx]![0]! : -1;
-              ok = Math.abs(s[k]![y]![x]![0]! - want) < 1e-6;
+              const want = sy >= 0 && sy < 8 && sx >= 0 && sx < 8 ? p[k][sy][sx][0] : -1;
+              ok = Math.abs(s[k][y][x][0] - want) < 1e-6;
             }
           }
           if (ok) fits.push([dy, dx]);
@@ -269,7 +269,7 @@ describe('trainClip', () => {
     const { val } = vaeData({ data: dataDir, size: 8 });
     expect(val.n).toBe(12);
     const report = await evaluateClip(clip, val, { limit: val.n });
-    const last = straight.history.epochs[2]!;
+    const last = straight.history.epochs[2];
     expect(straight.zeroShotAccuracy).toBe(last.zeroShot);
     expect(report.zeroShot.accuracy).toBeCloseTo(last.zeroShot!, 6);
     expect(report.textToImageRecall[1]).toBeCloseTo(last.recall1!, 6);

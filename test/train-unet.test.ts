@@ -136,7 +136,7 @@ describe('batches and the loss', () => {
       const noise = rng.normalArray(idx.length * 32);
       expect(b.captions).toEqual(captions);
       expect(Array.from(b.t)).toEqual(t);
-      const x0 = tf.tensor4d(Float32Array.from({ length: idx.length * 32 }, (_, j) => latents.mean[idx[Math.floor(j / 32)]! * 32 + (j % 32)]! * 1.7), [idx.length, 4, 4, 2]);
+      const x0 = tf.tensor4d(Float32Array.from({ length: idx.length * 32 }, (_, j) => latents.mean[idx[Math.floor(j / 32)] * 32 + (j % 32)] * 1.7), [idx.length, 4, 4, 2]);
       const eps = tf.tensor4d(noise, [idx.length, 4, 4, 2]);
       const sched = new NoiseSchedule({ num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, trained_betas: null, rescale_betas_zero_snr: zeroTerminalSnr });
       if (zeroTerminalSnr) expect(sched.alphasCumprod[999]).toBe(0);
@@ -147,7 +147,7 @@ describe('batches and the loss', () => {
       // min-SNR-γ (Hang et al.): ε: min(snr, γ)/snr; v: min(snr, γ)/(snr + 1).
       const w = Array.from(b.weights.dataSync());
       t.forEach((ti, k) => {
-        const a = sched.alphasCumprod[ti]!;
+        const a = sched.alphasCumprod[ti];
         const snr = a / (1 - a);
         expect(w[k]).toBeCloseTo(prediction === 'epsilon' ? Math.min(snr, 5) / snr : Math.min(snr, 5) / (snr + 1), 6);
       });
@@ -179,8 +179,8 @@ describe('batches and the loss', () => {
       let expected = 0;
       for (let k = 0; k < idx.length; k++) {
         let s = 0;
-        for (let j = 0; j < 32; j++) s += (pred[k * 32 + j]! - tgt[k * 32 + j]!) ** 2;
-        expected += (w[k]! * s) / 32;
+        for (let j = 0; j < 32; j++) s += (pred[k * 32 + j] - tgt[k * 32 + j]) ** 2;
+        expected += (w[k] * s) / 32;
       }
       expect(diffusionLoss(unet, b).loss.dataSync()[0]).toBeCloseTo(expected / idx.length, 5);
       tf.dispose([x0, eps, xt, target, ref]);
@@ -198,7 +198,7 @@ describe('batches and the loss', () => {
       // Binomial(4000, p): within 4 standard deviations.
       expect(Math.abs(empty - 4000 * p)).toBeLessThanOrEqual(4 * Math.sqrt(4000 * p * (1 - p)) + 1e-9);
       caps.forEach((c, k) => {
-        if (c !== '') expect(digitFromPrompt(c)).toBe(train.labels[idx[k]!]);
+        if (c !== '') expect(digitFromPrompt(c)).toBe(train.labels[idx[k]]);
       });
     }
   });
@@ -252,7 +252,7 @@ describe('EMA and resume', () => {
       const d = Math.min(0.3, (1 + n) / (10 + n));
       for (const [name, e] of ema) {
         const r = raw.get(name)!;
-        for (let i = 0; i < e.length; i++) e[i] = d * e[i]! + (1 - d) * r[i]!;
+        for (let i = 0; i < e.length; i++) e[i] = d * e[i] + (1 - d) * r[i];
       }
     });
     const exported = UNet2DConditionModel.fromPretrained(path.join(straightDir, 'unet'));
@@ -261,10 +261,10 @@ describe('EMA and resume', () => {
     for (const [name, p] of exported.namedParameters()) {
       const got = p.variable.dataSync();
       const want = ema.get(name)!;
-      const last = rawAfter[5]!.get(name)!;
+      const last = rawAfter[5].get(name)!;
       for (let i = 0; i < got.length; i++) {
-        worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
-        moved = Math.max(moved, Math.abs(got[i]! - last[i]!));
+        worst = Math.max(worst, Math.abs(got[i] - want[i]));
+        moved = Math.max(moved, Math.abs(got[i] - last[i]));
       }
     }
     exported.dispose();
@@ -309,5 +309,5 @@ describe('missing parts', () => {
 });
 
 function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
-  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
 }

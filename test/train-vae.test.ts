@@ -91,7 +91,7 @@ describe('trainVae', () => {
     expect(straight.step).toBe(12);
     expect(straight.history.epochs).toHaveLength(3);
     const h = straight.history.steps;
-    expect(h[h.length - 1]!.loss).toBeLessThan(h[0]!.loss);
+    expect(h[h.length - 1].loss).toBeLessThan(h[0].loss);
     const raw = JSON.parse(fs.readFileSync(path.join(straightDir, 'vae/config.json'), 'utf8'));
     expect(raw._class_name).toBe('AutoencoderKL');
     for (const k of Object.keys(raw)) if (!k.startsWith('_')) expect(Object.keys(VAE_DEFAULTS)).toContain(k);
@@ -131,11 +131,11 @@ describe('trainVae', () => {
       const out = vae.decode(vae.encode(tf.sub(tf.mul(xs, 2), 1) as tf.Tensor4D).mean);
       return { x: Array.from(xs.dataSync()), y: Array.from(tf.clipByValue(tf.div(tf.add(out, 1), 2), 0, 1).dataSync()), raw: Array.from(out.dataSync()) };
     });
-    const mse = x.reduce((a, v, i) => a + (v - y[i]!) ** 2, 0) / x.length;
+    const mse = x.reduce((a, v, i) => a + (v - y[i]) ** 2, 0) / x.length;
     expect(straight.psnr).toBeCloseTo(10 * Math.log10(1 / mse), 3);
     // L1 reconstruction: the mean absolute error in [-1, 1] space (unclipped decoder output).
     const l1 = evaluateVae(vae, val, { loss: 'l1', beta: 0 });
-    expect(l1.rec).toBeCloseTo(x.reduce((a, v, i) => a + Math.abs(2 * v - 1 - raw[i]!), 0) / x.length, 5);
+    expect(l1.rec).toBeCloseTo(x.reduce((a, v, i) => a + Math.abs(2 * v - 1 - raw[i]), 0) / x.length, 5);
   });
 
   it('draws originals above reconstructions', () => {
@@ -150,15 +150,15 @@ describe('trainVae', () => {
     });
     const at = (r: number, c: number, y: number, x: number) => {
       const { x: cx, y: cy } = layout.cell(r, c);
-      return png.data[4 * ((cy + 2 * y) * png.width + cx + 2 * x)]!;
+      return png.data[4 * ((cy + 2 * y) * png.width + cx + 2 * x)];
     };
     let errIn = 0;
     let errOut = 0;
     for (let c = 0; c < 6; c++) {
       for (let y = 0; y < 8; y++) {
         for (let x = 0; x < 8; x++) {
-          errIn = Math.max(errIn, Math.abs(at(0, c, y, x) - Math.round(val.images[c * 64 + y * 8 + x]! * 255)));
-          errOut = Math.max(errOut, Math.abs(at(1, c, y, x) - Math.round(recon[c * 64 + y * 8 + x]! * 255)));
+          errIn = Math.max(errIn, Math.abs(at(0, c, y, x) - Math.round(val.images[c * 64 + y * 8 + x] * 255)));
+          errOut = Math.max(errOut, Math.abs(at(1, c, y, x) - Math.round(recon[c * 64 + y * 8 + x] * 255)));
         }
       }
     }

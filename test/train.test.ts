@@ -56,9 +56,9 @@ describe('AdamW', () => {
       tf.dispose([ga.value, gb.value, ...Object.values(ga.grads), ...Object.values(gb.grads)]);
     }
     for (let i = 0; i < a.length; i++) {
-      const x = a[i]!.dataSync();
-      const y = b[i]!.dataSync();
-      for (let k = 0; k < x.length; k++) expect(x[k]).toBeCloseTo(y[k]!, 5);
+      const x = a[i].dataSync();
+      const y = b[i].dataSync();
+      for (let k = 0; k < x.length; k++) expect(x[k]).toBeCloseTo(y[k], 5);
     }
     expect(ours.step).toBe(6);
   });
@@ -73,32 +73,32 @@ describe('AdamW', () => {
     const lrs = [0.01, 0.02, 0.05, 0.03, 0.01];
     lrs.forEach((lr, s) => {
       // Gradients at the reference's current point (computed by tf in float32 at the same values).
-      const refVars = p.map((x, i) => tf.variable(tf.tensor(x, vars[i]!.shape)));
+      const refVars = p.map((x, i) => tf.variable(tf.tensor(x, vars[i].shape)));
       const { value, grads } = tf.variableGrads(() => lossOf(refVars, s), refVars);
-      const g = refVars.map((rv) => Array.from(grads[rv.name]!.dataSync()));
+      const g = refVars.map((rv) => Array.from(grads[rv.name].dataSync()));
       tf.dispose([value, ...Object.values(grads), ...refVars]);
       const ours = tf.variableGrads(() => lossOf(vars, s), vars);
       opt.applyGradients(ours.grads, lr);
       tf.dispose([ours.value, ...Object.values(ours.grads)]);
       const t = s + 1;
       for (let i = 0; i < p.length; i++) {
-        for (let k = 0; k < p[i]!.length; k++) {
-          p[i]![k] = p[i]![k]! * (1 - lr * 0.1);
-          m[i]![k] = 0.9 * m[i]![k]! + 0.1 * g[i]![k]!;
-          vv[i]![k] = 0.999 * vv[i]![k]! + 0.001 * g[i]![k]! ** 2;
-          const denom = Math.sqrt(vv[i]![k]!) / Math.sqrt(1 - 0.999 ** t) + 1e-8;
-          p[i]![k] = p[i]![k]! - (lr / (1 - 0.9 ** t)) * (m[i]![k]! / denom);
+        for (let k = 0; k < p[i].length; k++) {
+          p[i][k] = p[i][k] * (1 - lr * 0.1);
+          m[i][k] = 0.9 * m[i][k] + 0.1 * g[i][k];
+          vv[i][k] = 0.999 * vv[i][k] + 0.001 * g[i][k] ** 2;
+          const denom = Math.sqrt(vv[i][k]) / Math.sqrt(1 - 0.999 ** t) + 1e-8;
+          p[i][k] = p[i][k] - (lr / (1 - 0.9 ** t)) * (m[i][k] / denom);
         }
       }
     });
     for (let i = 0; i < p.length; i++) {
-      const x = vars[i]!.dataSync();
-      for (let k = 0; k < x.length; k++) expect(Math.abs(x[k]! - p[i]![k]!)).toBeLessThan(2e-6);
+      const x = vars[i].dataSync();
+      for (let k = 0; k < x.length; k++) expect(Math.abs(x[k] - p[i][k])).toBeLessThan(2e-6);
     }
     // Moments are exposed under stable names for checkpoints.
     const st = opt.stateTensors();
     expect([...st.keys()].sort()).toEqual(['exp_avg.p0', 'exp_avg.p1', 'exp_avg_sq.p0', 'exp_avg_sq.p1']);
-    expect(st.get('exp_avg_sq.p1')!.data[0]).toBeCloseTo(vv[1]![0]!, 6);
+    expect(st.get('exp_avg_sq.p1')!.data[0]).toBeCloseTo(vv[1][0], 6);
   });
 
   it('skips parameters without a gradient (like grad=None in PyTorch)', () => {
@@ -136,7 +136,7 @@ describe('clipGradNorm', () => {
     expect(none.clipped).toBe(false);
     const c = clipGradNorm(g, 1);
     expect(c.clipped).toBe(true);
-    const n2 = tf.tidy(() => tf.sqrt(tf.add(tf.sum(tf.square(c.grads.a!)), tf.sum(tf.square(c.grads.b!)))).dataSync()[0]!);
+    const n2 = tf.tidy(() => tf.sqrt(tf.add(tf.sum(tf.square(c.grads.a!)), tf.sum(tf.square(c.grads.b!)))).dataSync()[0]);
     expect(n2).toBeCloseTo(1, 5);
   });
 });
@@ -147,7 +147,7 @@ describe('clipGradNorm', () => {
 const N = 40;
 const BATCH = 8; // 5 steps per epoch
 const X = new Random(1).normalArray(N * 3);
-const Y = Float32Array.from({ length: N }, (_, i) => 0.5 * X[3 * i]! - 1.5 * X[3 * i + 1]! + 2 * X[3 * i + 2]! + 0.3);
+const Y = Float32Array.from({ length: N }, (_, i) => 0.5 * X[3 * i] - 1.5 * X[3 * i + 1] + 2 * X[3 * i + 2] + 0.3);
 
 interface Toy {
   task: TrainTask<{ x: tf.Tensor2D; y: tf.Tensor2D }>;
@@ -172,7 +172,7 @@ function toy(seed: number, nanAt = -1): Toy {
       const ys = new Float32Array(BATCH);
       idx.forEach((j, k) => {
         xs.set(X.subarray(3 * j, 3 * j + 3), 3 * k);
-        ys[k] = Y[j]!;
+        ys[k] = Y[j];
       });
       return { x: tf.tensor2d(xs, [BATCH, 3]), y: tf.tensor2d(ys, [BATCH, 1]) };
     },
@@ -184,7 +184,7 @@ function toy(seed: number, nanAt = -1): Toy {
       const mse = tf.mean(tf.squaredDifference(pred, bt.y)) as tf.Scalar;
       return { loss: ctx.step === nanAt ? (tf.mul(mse, NaN) as tf.Scalar) : mse, metrics: { abs: tf.mean(tf.abs(tf.sub(pred, bt.y))) as tf.Scalar } };
     },
-    evaluate: () => ({ loss: tf.tidy(() => tf.mean(tf.squaredDifference(tf.add(tf.matMul(tf.tensor2d(X, [N, 3]), w), b), tf.tensor2d(Y, [N, 1]))).dataSync()[0]!) }),
+    evaluate: () => ({ loss: tf.tidy(() => tf.mean(tf.squaredDifference(tf.add(tf.matMul(tf.tensor2d(X, [N, 3]), w), b), tf.tensor2d(Y, [N, 1]))).dataSync()[0]) }),
     exportModel: (ctx) => fs.writeFileSync(path.join(ctx.runDir, 'model.json'), JSON.stringify({ w: Array.from(w.dataSync()), b: b.dataSync()[0] })),
     onTrainEnd: (ctx) => void ends.push(ctx.step),
   };
@@ -216,7 +216,7 @@ describe('train (harness)', () => {
     straight = path.join(tmp, 'straight');
     const t = toy(7);
     const res = await train(t.task, base(straight));
-    straightW = [...t.w.dataSync(), t.b.dataSync()[0]!];
+    straightW = [...t.w.dataSync(), t.b.dataSync()[0]];
     expect(res.stopped).toBe('finished');
     expect(res.step).toBe(20);
     expect(t.ends).toEqual([20]);
@@ -231,7 +231,7 @@ describe('train (harness)', () => {
     expect(h.steps[0].lr).toBe(0); // warm-up starts at 0
     expect(typeof h.steps[0].abs).toBe('number');
     expect(fs.existsSync(path.join(straight, 'train/toy/loss.png'))).toBe(true);
-    expect(JSON.parse(fs.readFileSync(path.join(straight, 'model.json'), 'utf8')).b).toBeCloseTo(straightW[3]!, 6);
+    expect(JSON.parse(fs.readFileSync(path.join(straight, 'model.json'), 'utf8')).b).toBeCloseTo(straightW[3], 6);
     const info = readStateInfo(statePath(straight, 'toy'));
     expect([info.step, info.epoch, info.batch, info.totalSteps]).toEqual([20, 4, 0, 20]);
   });
@@ -247,7 +247,7 @@ describe('train (harness)', () => {
     const second = toy(7);
     const r2 = await train(second.task, { ...base(dir), resume: true });
     expect(r2.stopped).toBe('finished');
-    expect([...second.w.dataSync(), second.b.dataSync()[0]!]).toEqual(straightW);
+    expect([...second.w.dataSync(), second.b.dataSync()[0]]).toEqual(straightW);
     expectSameState(straight, dir);
     const h = JSON.parse(fs.readFileSync(path.join(dir, 'train/toy/history.json'), 'utf8'));
     expect(h.steps.map((s: { step: number }) => s.step)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
@@ -274,7 +274,7 @@ describe('train (harness)', () => {
     expect(ta.ends).toEqual([13]);
     expect(ra.history.epochs.map((e) => [e.epoch, e.step])).toEqual([[1, 5], [2, 10], [2.6, 13]]);
     // The cosine reaches its floor (0.1·lr) at step 13, not at the 20 steps of 4 epochs.
-    expect(ra.history.steps[12]!.lr).toBeCloseTo(0.05 * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * 9) / 10))), 10);
+    expect(ra.history.steps[12].lr).toBeCloseTo(0.05 * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * 9) / 10))), 10);
     const b = path.join(tmp, 'max-b');
     await train(toy(7).task, { ...base(b), maxSteps: 13, stopAtStep: 6 });
     await train(toy(7).task, { ...base(b), maxSteps: 13, resume: true });
@@ -287,7 +287,7 @@ describe('train (harness)', () => {
     const dir = path.join(tmp, 'seed8');
     const t = toy(8);
     await train(t.task, { ...base(dir), seed: 8 });
-    expect([...t.w.dataSync(), t.b.dataSync()[0]!]).not.toEqual(straightW);
+    expect([...t.w.dataSync(), t.b.dataSync()[0]]).not.toEqual(straightW);
   });
 
   it('a NaN loss stops before the bad update, saves the last good state and names the step', async () => {

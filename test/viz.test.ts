@@ -33,7 +33,7 @@ function randomImages(n: number, h: number, w: number, seed: number, channels: 1
 describe('image grids (PNG)', () => {
   it('decode to the given pixels: upscaled blocks, clipped to [0, 1], at the documented positions', async () => {
     const imgs = randomImages(5, 6, 7, 1);
-    (imgs[0]!.data as Float32Array)[0] = NaN;
+    (imgs[0].data as Float32Array)[0] = NaN;
     const file = path.join(tmp, 'grid.png');
     await saveImageGrid(file, imgs, { cols: 3, pad: 2, scale: 2 });
     const png = readPng(file);
@@ -44,7 +44,7 @@ describe('image grids (PNG)', () => {
       const y0 = 2 + Math.floor(i / 3) * 14;
       for (let y = 0; y < 12; y++) {
         for (let x = 0; x < 14; x++) {
-          const v = to8(img.data[Math.floor(y / 2) * 7 + Math.floor(x / 2)]!);
+          const v = to8(img.data[Math.floor(y / 2) * 7 + Math.floor(x / 2)]);
           const o = ((y0 + y) * png.width + x0 + x) * 4;
           expect([png.data[o], png.data[o + 1], png.data[o + 2], png.data[o + 3]]).toEqual([v, v, v, 255]);
         }
@@ -74,10 +74,10 @@ describe('image grids (PNG)', () => {
     for (let y = 0; y < 3; y++) {
       for (let x = 0; x < 4; x++) {
         const o = (y * 4 + x) * 3;
-        expect(r.getPixel(x, y)).toEqual([to8(rgb[0]!.data[o]!), to8(rgb[0]!.data[o + 1]!), to8(rgb[0]!.data[o + 2]!)]);
+        expect(r.getPixel(x, y)).toEqual([to8(rgb[0].data[o]), to8(rgb[0].data[o + 1]), to8(rgb[0].data[o + 2])]);
       }
     }
-    expect(() => renderGrid([imgs[0]!, { data: new Float32Array(4), height: 2, width: 2 }])).toThrow(/image 1 is 2x2, expected 5x5/);
+    expect(() => renderGrid([imgs[0], { data: new Float32Array(4), height: 2, width: 2 }])).toThrow(/image 1 is 2x2, expected 5x5/);
   });
 
   it('row/column labels and a title widen the picture and put text pixels in the margins', () => {
@@ -122,14 +122,14 @@ describe('GIF', () => {
     expect(bytes.subarray(0, 6).toString('latin1')).toBe('GIF89a');
     const gif = new GifReader(bytes);
     expect(gif.numFrames()).toBe(3);
-    expect([gif.width, gif.height]).toEqual([frames[0]!.width, frames[0]!.height]);
+    expect([gif.width, gif.height]).toEqual([frames[0].width, frames[0].height]);
     expect(gif.loopCount()).toBe(0);
     expect(gif.frameInfo(0).delay).toBe(7);
     expect(gif.frameInfo(2).delay).toBe(57);
     for (let k = 0; k < 3; k++) {
       const rgba = new Uint8Array(gif.width * gif.height * 4);
       gif.decodeAndBlitFrameRGBA(k, rgba);
-      expect(Array.from(rgba)).toEqual(Array.from(frames[k]!.data));
+      expect(Array.from(rgba)).toEqual(Array.from(frames[k].data));
     }
   });
 
@@ -140,7 +140,7 @@ describe('GIF', () => {
     const rgba = new Uint8Array(8 * 4 * 4);
     gif.decodeAndBlitFrameRGBA(0, rgba);
     for (const [x, c] of [[1, [200, 30, 30]], [6, [20, 180, 60]]] as const) {
-      for (let ch = 0; ch < 3; ch++) expect(Math.abs(rgba[(2 * 8 + x) * 4 + ch]! - c[ch]!)).toBeLessThanOrEqual(8);
+      for (let ch = 0; ch < 3; ch++) expect(Math.abs(rgba[(2 * 8 + x) * 4 + ch] - c[ch])).toBeLessThanOrEqual(8);
     }
     expect(() => encodeGif([])).toThrow(/no frames/);
   });
@@ -172,8 +172,8 @@ describe('loss curves', () => {
     const png = readPng(file);
     expect([png.width, png.height]).toEqual([500, 300]);
     // Skip the legend corner (top right) when measuring.
-    expect(meanRow(png, PALETTE[0]!, 90, 200)).toBeLessThan(meanRow(png, PALETTE[0]!, 300, 380));
-    expect(meanRow(png, PALETTE[1]!, 90, 200)).toBeGreaterThan(meanRow(png, PALETTE[1]!, 300, 380));
+    expect(meanRow(png, PALETTE[0], 90, 200)).toBeLessThan(meanRow(png, PALETTE[0], 300, 380));
+    expect(meanRow(png, PALETTE[1], 90, 200)).toBeGreaterThan(meanRow(png, PALETTE[1], 300, 380));
   });
 
   it('copes with NaN, a single point, a constant series, and log vs linear axes differ', () => {

@@ -24,8 +24,8 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation } from '../nn/index.ts';
 import { writeConfig } from '../io/config.ts';
-import { saveWeights } from '../io/checkpoint.ts';
-import { loadPretrained } from '../io/pretrained.ts';
+import { saveWeights } from '../nn/checkpoint.ts';
+import { loadPretrained } from '../nn/pretrained.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
 import { type AutoencoderKLConfig, VAE_DEFAULTS, readVaeConfig, validateVaeConfig } from './config.ts';
 
@@ -126,13 +126,13 @@ export class Encoder extends Module {
     const ch = cfg.block_out_channels;
     const groups = cfg.norm_num_groups;
     this.act = getActivation(cfg.act_fn);
-    this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0]!, 3, { padding: 1 }));
+    this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0], 3, { padding: 1 }));
     this.module('down_blocks', this.down_blocks);
     ch.forEach((cout, i) => {
-      const cin = i === 0 ? ch[0]! : ch[i - 1]!;
+      const cin = i === 0 ? ch[0] : ch[i - 1];
       this.down_blocks.push(new DownEncoderBlock2D(cin, cout, cfg.layers_per_block, groups, i < ch.length - 1));
     });
-    const top = ch[ch.length - 1]!;
+    const top = ch[ch.length - 1];
     this.mid_block = this.module('mid_block', new VaeMidBlock(top, groups, cfg.mid_block_add_attention));
     this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(groups, top, { eps: VAE_EPS }));
     // double_z: mean and logvar channels.
@@ -162,15 +162,15 @@ export class Decoder extends Module {
     const rev = [...cfg.block_out_channels].reverse();
     const groups = cfg.norm_num_groups;
     this.act = getActivation(cfg.act_fn);
-    this.conv_in = this.module('conv_in', new Conv2d(cfg.latent_channels, rev[0]!, 3, { padding: 1 }));
-    this.mid_block = this.module('mid_block', new VaeMidBlock(rev[0]!, groups, cfg.mid_block_add_attention));
+    this.conv_in = this.module('conv_in', new Conv2d(cfg.latent_channels, rev[0], 3, { padding: 1 }));
+    this.mid_block = this.module('mid_block', new VaeMidBlock(rev[0], groups, cfg.mid_block_add_attention));
     this.module('up_blocks', this.up_blocks);
     rev.forEach((cout, i) => {
-      const cin = i === 0 ? rev[0]! : rev[i - 1]!;
+      const cin = i === 0 ? rev[0] : rev[i - 1];
       // The decoder has one more resnet per level than the encoder.
       this.up_blocks.push(new UpDecoderBlock2D(cin, cout, cfg.layers_per_block + 1, groups, i < rev.length - 1));
     });
-    const bottom = rev[rev.length - 1]!;
+    const bottom = rev[rev.length - 1];
     this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(groups, bottom, { eps: VAE_EPS }));
     this.conv_out = this.module('conv_out', new Conv2d(bottom, cfg.out_channels, 3, { padding: 1 }));
   }

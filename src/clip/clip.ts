@@ -36,7 +36,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { Module, init, skipInit } from '../nn/index.ts';
 import { parseConfig, readConfig, writeConfig } from '../io/config.ts';
-import { loadWeights, saveWeights } from '../io/checkpoint.ts';
+import { loadWeights, saveWeights } from '../nn/checkpoint.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -188,10 +188,10 @@ export function contrastiveTargets(labels: ArrayLike<number>, sameLabelWeight: n
   const n = labels.length;
   const w = sameLabelWeight;
   const count = new Map<number, number>();
-  for (let i = 0; i < n; i++) count.set(labels[i]!, (count.get(labels[i]!) ?? 0) + 1);
+  for (let i = 0; i < n; i++) count.set(labels[i], (count.get(labels[i]) ?? 0) + 1);
   const t = new Float32Array(n * n);
   for (let i = 0; i < n; i++) {
-    const c = count.get(labels[i]!)!;
+    const c = count.get(labels[i])!;
     for (let j = 0; j < n; j++) t[i * n + j] = (i === j ? 1 - w : 0) + (labels[i] === labels[j] ? w / c : 0);
   }
   return t;
@@ -254,7 +254,7 @@ export class CLIPModel extends Module {
 
   /** exp(min(logit_scale, ln 100)): the multiplier on cosine similarities. */
   get scale(): number {
-    return Math.exp(Math.min(this.logit_scale.dataSync()[0]!, LOGIT_SCALE_MAX));
+    return Math.exp(Math.min(this.logit_scale.dataSync()[0], LOGIT_SCALE_MAX));
   }
 
   /** Caps the learned logit_scale at ln 100 in place (call after each optimizer step, as CLIP does). */

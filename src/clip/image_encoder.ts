@@ -117,10 +117,10 @@ export class ImageEncoder extends Module {
     this.config = validateImageEncoderConfig({ ...IMAGE_ENCODER_DEFAULTS, ...config });
     const ch = this.config.block_out_channels;
     const act = getActivation(this.config.act_fn);
-    this.conv_in = this.module('conv_in', new Conv2d(this.config.in_channels, ch[0]!, 3, { padding: 1 }));
+    this.conv_in = this.module('conv_in', new Conv2d(this.config.in_channels, ch[0], 3, { padding: 1 }));
     this.module('down_blocks', this.down_blocks);
-    ch.forEach((cout, i) => this.down_blocks.push(new DownBlock(i === 0 ? ch[0]! : ch[i - 1]!, cout, this.config, act)));
-    this.proj = this.module('proj', new Linear(ch[ch.length - 1]!, this.config.projection_dim, { bias: false }));
+    ch.forEach((cout, i) => this.down_blocks.push(new DownBlock(i === 0 ? ch[0] : ch[i - 1], cout, this.config, act)));
+    this.proj = this.module('proj', new Linear(ch[ch.length - 1], this.config.projection_dim, { bias: false }));
   }
 
   /** x [B, H, W, in_channels] in [-1, 1] → [B, projection_dim] (not normalised). */

@@ -29,7 +29,7 @@ import fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { Embedding, LayerNorm, Linear, Module, ModuleList, getActivation, scaledDotProductAttention } from '../nn/index.ts';
 import { type ConfigSpec, parseConfig } from '../io/config.ts';
-import { loadPretrained } from '../io/pretrained.ts';
+import { loadPretrained } from '../nn/pretrained.ts';
 import { UsageError } from '../util/errors.ts';
 
 // ---------------------------------------------------------------------------------------------

@@ -77,15 +77,15 @@ export function describePrompt(model: CLIPModel, tok: Tokenizer, val: Dataset, i
   const txt = tf.tidy(() => model.encodeText(tf.tensor2d([enc.inputIds], undefined, 'int32')));
   const sim = cosineSimilarity(txt, imageEmbeds);
   txt.dispose();
-  const order = Array.from({ length: val.n }, (_, i) => i).sort((a, b) => sim.data[b]! - sim.data[a]!).slice(0, top);
+  const order = Array.from({ length: val.n }, (_, i) => i).sort((a, b) => sim.data[b] - sim.data[a]).slice(0, top);
   // The most frequent digit among the nearest; a tie goes to the one seen first (the nearer).
   const counts = new Map<number, number>();
-  for (const i of order) counts.set(val.labels[i]!, (counts.get(val.labels[i]!) ?? 0) + 1);
+  for (const i of order) counts.set(val.labels[i], (counts.get(val.labels[i]) ?? 0) + 1);
   const best = [...counts].reduce((a, b) => (b[1] > a[1] ? b : a))[0];
   return [
     `prompt "${text}"`,
     `  tokens: ${words || '(none)'}${enc.truncated ? '   (truncated)' : ''}`,
-    `  nearest ${order.length} held-out digits: ${order.map((i) => val.labels[i]).join(' ')}   (mostly ${best}; cosine ${sim.data[order[0]!]!.toFixed(3)} … ${sim.data[order[order.length - 1]!]!.toFixed(3)})`,
+    `  nearest ${order.length} held-out digits: ${order.map((i) => val.labels[i]).join(' ')}   (mostly ${best}; cosine ${sim.data[order[0]].toFixed(3)} … ${sim.data[order[order.length - 1]].toFixed(3)})`,
   ].join('\n');
 }
 

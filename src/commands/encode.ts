@@ -32,6 +32,7 @@ import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
 import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
 import { vaeData } from '../train/vae.ts';
+import { denormalize, toSigned } from '../data/pixels.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -63,10 +64,10 @@ export function readPngImage(file: string, channels: 1 | 3): FloatImage & { chan
   const { width, height, data } = png; // RGBA, 8 bits per channel
   const out = new Float32Array(width * height * channels);
   for (let i = 0; i < width * height; i++) {
-    const a = data[4 * i + 3]! / 255;
-    const r = (data[4 * i]! / 255) * a;
-    const g = (data[4 * i + 1]! / 255) * a;
-    const b = (data[4 * i + 2]! / 255) * a;
+    const a = data[4 * i + 3] / 255;
+    const r = (data[4 * i] / 255) * a;
+    const g = (data[4 * i + 1] / 255) * a;
+    const b = (data[4 * i + 2] / 255) * a;
     if (channels === 1) out[i] = 0.299 * r + 0.587 * g + 0.114 * b;
     else out.set([r, g, b], 3 * i);
   }
@@ -84,7 +85,7 @@ export function padImage(img: FloatImage & { channels: 1 | 3 }, size: number): F
   const out = new Float32Array(H * W * c);
   for (let y = 0; y < img.height; y++) {
     for (let x = 0; x < img.width; x++) {
-      for (let k = 0; k < c; k++) out[((y + top) * W + x + left) * c + k] = img.data[(y * img.width + x) * c + k]!;
+      for (let k = 0; k < c; k++) out[((y + top) * W + x + left) * c + k] = img.data[(y * img.width + x) * c + k];
     }
   }
   return { data: out, height: H, width: W, channels: c };
@@ -92,11 +93,11 @@ export function padImage(img: FloatImage & { channels: 1 | 3 }, size: number): F
 
 /** Images (same size) in [0, 1] → [N, H, W, C] in [-1, 1]. */
 function toSignedBatch(images: FloatImage[], channels: number): tf.Tensor4D {
-  const { height: H, width: W } = images[0]!;
+  const { height: H, width: W } = images[0];
   const buf = new Float32Array(images.length * H * W * channels);
   images.forEach((img, i) => {
     if (img.height !== H || img.width !== W) throw new UsageError(`images must all be ${H}×${W}; image ${i + 1} is ${img.height}×${img.width}.`);
-    for (let p = 0; p < H * W * channels; p++) buf[i * H * W * channels + p] = img.data[p]! * 2 - 1;
+    for (let p = 0; p < H * W * channels; p++) buf[i * H * W * channels + p] = toSigned(img.data[p]);
   });
   return tf.tensor4d(buf, [images.length, H, W, channels]);
 }
@@ -104,7 +105,7 @@ function toSignedBatch(images: FloatImage[], channels: number): tf.Tensor4D {
 /** [N, H, W, C] in [-1, 1] → FloatImages in [0, 1] (clipped). */
 function toUnitImages(x: tf.Tensor4D): Array<FloatImage & { channels: 1 | 3 }> {
   const [n, H, W, C] = x.shape;
-  const data = tf.tidy(() => tf.clipByValue(tf.div(tf.add(x, 1), 2), 0, 1).dataSync() as Float32Array);
+  const data = denormalize(x).dataSync() as Float32Array;
   const per = H * W * C;
   return Array.from({ length: n }, (_, i) => ({ data: data.slice(i * per, (i + 1) * per), height: H, width: W, channels: C as 1 | 3 }));
 }
@@ -125,7 +126,7 @@ async function saveSingleImage(file: string, img: FloatImage, scale = 1): Promis
 
 function psnr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
-  for (let i = 0; i < a.length; i++) s += (a[i]! - b[i]!) ** 2;
+  for (let i = 0; i < a.length; i++) s += (a[i] - b[i]) ** 2;
   return 10 * Math.log10(a.length / Math.max(s, 1e-30));
 }
 
@@ -165,7 +166,7 @@ export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
     });
     const [, h, w, c] = latentsNhwc.shape;
     const nchw = tf.tidy(() => tf.transpose(latentsNhwc, [0, 3, 1, 2]).dataSync() as Float32Array);
-    const back = toUnitImages(recon as tf.Tensor4D)[0]!;
+    const back = toUnitImages(recon as tf.Tensor4D)[0];
     tf.dispose([latentsNhwc, recon]);
     const base = path.join(o.out, stem(file));
     writeSafetensors(`${base}.safetensors`, { latents: { shape: [1, c!, h!, w!], data: nchw } }, {
@@ -227,9 +228,9 @@ export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; im
     decoded.dispose();
     for (let i = 0; i < n; i++) {
       const target = path.join(o.out, n === 1 ? `${stem(file)}.png` : `${stem(file)}_${i}.png`);
-      await saveSingleImage(target, pics[i]!, o.scale);
+      await saveSingleImage(target, pics[i], o.scale);
       files.push(target);
-      images.push(pics[i]!);
+      images.push(pics[i]);
     }
   }
   return { files, images };
@@ -259,14 +260,14 @@ export function interpolateLatents(a: Float32Array, b: Float32Array, steps: numb
   let dot = 0;
   let na = 0;
   let nb = 0;
-  for (let i = 0; i < a.length; i++) (dot += a[i]! * b[i]!), (na += a[i]! * a[i]!), (nb += b[i]! * b[i]!);
+  for (let i = 0; i < a.length; i++) (dot += a[i] * b[i]), (na += a[i] * a[i]), (nb += b[i] * b[i]);
   const omega = Math.acos(Math.min(1, Math.max(-1, dot / Math.sqrt(na * nb || 1))));
   const out: Float32Array[] = [];
   for (let s = 0; s < steps; s++) {
     const t = steps === 1 ? 0 : s / (steps - 1);
     // slerp degenerates to lerp for (nearly) parallel vectors.
     const [ca, cb] = mode === 'slerp' && Math.sin(omega) > 1e-6 ? [Math.sin((1 - t) * omega) / Math.sin(omega), Math.sin(t * omega) / Math.sin(omega)] : [1 - t, t];
-    out.push(Float32Array.from(a, (v, i) => ca * v + cb * b[i]!));
+    out.push(Float32Array.from(a, (v, i) => ca * v + cb * b[i]));
   }
   return out;
 }
@@ -285,7 +286,7 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
       return o.pad ? padImage(img, size) : img;
     }) as [FloatImage, FloatImage];
     ends = [[a, b]];
-    rows = [`${stem(o.images[0]!)}-${stem(o.images[1]!)}`.slice(0, 12)];
+    rows = [`${stem(o.images[0])}-${stem(o.images[1])}`.slice(0, 12)];
   } else {
     check(channels === 1, 'interpolate: held-out digits need a 1-channel VAE; pass two PNG files instead.');
     const { val } = vaeData({ data: o.data, size });
@@ -301,7 +302,7 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
     ends = o.pairs.map(([a, b]) => [pick(a), pick(b)]);
     rows = o.pairs.map(([a, b]) => `${a}-${b}`);
   }
-  const { height: H, width: W } = ends[0]![0];
+  const { height: H, width: W } = ends[0][0];
   checkSize(vae, H, W, 'interpolate');
   const grid: FloatImage[] = [];
   for (const [a, b] of ends) {
@@ -365,8 +366,8 @@ export function register(program: Command): void {
       await selectBackend(opts.backend);
       const res = await runEncode({ inputs: images, out: opts.out, run: opts.run, vae: opts.vae, pad: opts.pad });
       res.files.forEach((f, i) => {
-        const [, c, h, w] = res.latents[i]!.shape;
-        console.log(`${f}: latents ${c}×${h}×${w} (× scaling_factor ${res.scalingFactor.toPrecision(5)}), round-trip PSNR ${res.psnr[i]!.toFixed(1)} dB`);
+        const [, c, h, w] = res.latents[i].shape;
+        console.log(`${f}: latents ${c}×${h}×${w} (× scaling_factor ${res.scalingFactor.toPrecision(5)}), round-trip PSNR ${res.psnr[i].toFixed(1)} dB`);
       });
     });
 

@@ -24,6 +24,7 @@ import { Random } from '../util/random.ts';
 import { loadDataset, imageAt, type Dataset } from '../data/index.ts';
 import { BETA_SCHEDULES, NoiseSchedule, type BetaSchedule } from '../schedule/index.ts';
 import { renderGrid, savePng, saveGif, renderLossCurve, gridLayout, type FloatImage, type GridLayout } from '../viz/index.ts';
+import { toSigned, toUnit } from '../data/pixels.ts';
 
 export const NUM_TRAIN_TIMESTEPS = 1000;
 export const DEFAULT_TIMESTEPS = [0, 100, 250, 500, 750, 999];
@@ -75,8 +76,8 @@ export function pickDigits(ds: Dataset, n: number, rng: Random): number[] {
   const seen = new Set<number>();
   for (const i of order) {
     if (picked.length >= n) break;
-    if (!seen.has(ds.labels[i]!)) {
-      seen.add(ds.labels[i]!);
+    if (!seen.has(ds.labels[i])) {
+      seen.add(ds.labels[i]);
       picked.push(i);
     }
   }
@@ -87,7 +88,7 @@ export function pickDigits(ds: Dataset, n: number, rng: Random): number[] {
   return picked;
 }
 
-const toDisplay = (x: Float32Array): Float32Array => x.map((v) => (v + 1) / 2); // clipping happens when drawn
+const toDisplay = (x: Float32Array): Float32Array => x.map(toUnit); // clipping happens when drawn
 
 function images(flat: Float32Array, n: number, h: number, w: number): FloatImage[] {
   return Array.from({ length: n }, (_, i) => ({ data: flat.subarray(i * h * w, (i + 1) * h * w), height: h, width: w }));
@@ -113,7 +114,7 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
   const px = H * W;
 
   const x0 = new Float32Array(n * px);
-  indices.forEach((idx, k) => x0.set(imageAt(ds, idx).map((v) => v * 2 - 1), k * px));
+  indices.forEach((idx, k) => x0.set(imageAt(ds, idx).map(toSigned), k * px));
   const noise = rng.normalArray(n * px);
 
   const schedules = opts.schedules.map(
@@ -129,8 +130,8 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
   const rowLabels: string[] = [];
   for (let d = 0; d < n; d++) {
     for (const [name] of schedules) {
-      rowLabels.push(`${name} ${ds.labels[indices[d]!]}`);
-      for (const x of xt[name]!) cells.push({ data: toDisplay(x.subarray(d * px, (d + 1) * px)), height: H, width: W });
+      rowLabels.push(`${name} ${ds.labels[indices[d]]}`);
+      for (const x of xt[name]) cells.push({ data: toDisplay(x.subarray(d * px, (d + 1) * px)), height: H, width: W });
     }
   }
   const gridOpts = {
@@ -169,7 +170,7 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
     ),
   );
 
-  return { files: { strip, gif, alphas }, indices, labels: indices.map((i) => ds.labels[i]!), height: H, width: W, alphasCumprod, x0, noise, xt, stripLayout, gifLayout, gifTimesteps };
+  return { files: { strip, gif, alphas }, indices, labels: indices.map((i) => ds.labels[i]), height: H, width: W, alphasCumprod, x0, noise, xt, stripLayout, gifLayout, gifTimesteps };
 }
 
 function scheduleList(value: string): BetaSchedule[] {
@@ -204,7 +205,7 @@ export function register(program: Command): void {
       console.log(`images with labels ${res.labels.join(', ')} (dataset indices ${res.indices.join(', ')}), T = ${T}, betas ${o.betaStart}..${o.betaEnd}`);
       console.log(`ᾱ_t at t = ${o.timesteps.join(', ')}:`);
       for (const [name, a] of Object.entries(res.alphasCumprod)) {
-        console.log(`  ${name.padEnd(18)} ${o.timesteps.map((t) => a[t]!.toFixed(4)).join('  ')}`);
+        console.log(`  ${name.padEnd(18)} ${o.timesteps.map((t) => a[t].toFixed(4)).join('  ')}`);
       }
       console.log(`wrote ${res.files.strip}`);
       console.log(`wrote ${res.files.gif} (${res.gifTimesteps.length} frames, t = 0..${T - 1})`);

@@ -510,7 +510,7 @@ export function registerAll(trainCmd: Command): void {
         console.log(`  ${s.stage.padEnd(5)} ${s.status.padEnd(8)} ${time}${metric ? `  ${metric}` : ''}`);
       }
       if (res.stopped) {
-        const last = res.stages[res.stages.length - 1]!;
+        const last = res.stages[res.stages.length - 1];
         console.log(`stopped during ${last.stage}; continue with \`${trainCommand('all', opts.run)} --preset ${opts.preset} --resume\``);
         process.exitCode = 130;
         return;

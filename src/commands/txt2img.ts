@@ -107,7 +107,7 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
       callback: (s) => progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`),
       onBatch: async ({ first, images: batch, height: H, width: W, channels }) => {
         for (let k = 0; k < batch.length; k++) {
-          const img: FloatImage = { data: batch[k]!, height: H, width: W, channels: channels as 1 | 3 };
+          const img: FloatImage = { data: batch[k], height: H, width: W, channels: channels as 1 | 3 };
           images.push(img);
           const file = path.join(opts.out, `${String(first + k).padStart(4, '0')}.png`);
           await savePng(file, renderGrid([img], { pad: 0 }));

@@ -101,10 +101,10 @@ export function styleOf(image: GrayImage): Style {
   let y1 = -1;
   let x0 = W;
   let x1 = -1;
-  const on = (y: number, x: number) => y >= 0 && y < H && x >= 0 && x < W && data[y * W + x]! >= 0.5;
+  const on = (y: number, x: number) => y >= 0 && y < H && x >= 0 && x < W && data[y * W + x] >= 0.5;
   for (let y = 0; y < H; y++) {
     for (let x = 0; x < W; x++) {
-      const v = Math.max(0, data[y * W + x]!);
+      const v = Math.max(0, data[y * W + x]);
       mass += v;
       sx += v * x;
       sy += v * y;
@@ -127,7 +127,7 @@ export function styleOf(image: GrayImage): Style {
     const cy = sy / mass;
     for (let y = 0; y < H; y++) {
       for (let x = 0; x < W; x++) {
-        const v = Math.max(0, data[y * W + x]!);
+        const v = Math.max(0, data[y * W + x]);
         mu11 += v * (x - cx) * (y - cy);
         mu02 += v * (y - cy) * (y - cy);
       }
@@ -188,7 +188,7 @@ export function captionFor(image: GrayImage, label: number, rng: Random | number
   if (!Number.isInteger(label) || label < 0 || label > 9) throw new Error(`captionFor: label must be a digit 0-9, got ${label}.`);
   const r = typeof rng === 'number' ? new Random(rng) : rng;
   const num = String(label);
-  const word = DIGIT_WORDS[label]!;
+  const word = DIGIT_WORDS[label];
   const name = () => (r.next() < 0.5 ? num : word);
   const styles = styleWords(styleOf(image), r);
   if (styles.length > 0 && r.next() < 0.5) {

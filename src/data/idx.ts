@@ -51,9 +51,9 @@ export function readMaybeGzip(file: string): Buffer {
 export function parseIdx(buf: Uint8Array, file: string, expectDims?: number): IdxArray {
   const what = expectDims === undefined ? 'an IDX file' : `an IDX file with ${expectDims} dimension(s) (magic 0x0000080${expectDims})`;
   if (buf.length < 4) throw new UsageError(`${file}: too short to be ${what} (${buf.length} bytes).`);
-  const magic = ((buf[0]! << 24) | (buf[1]! << 16) | (buf[2]! << 8) | buf[3]!) >>> 0;
-  const type = buf[2]!;
-  const ndims = buf[3]!;
+  const magic = ((buf[0] << 24) | (buf[1] << 16) | (buf[2] << 8) | buf[3]) >>> 0;
+  const type = buf[2];
+  const ndims = buf[3];
   if (buf[0] !== 0 || buf[1] !== 0 || ndims === 0) {
     throw new UsageError(`${file}: bad magic number 0x${magic.toString(16).padStart(8, '0')}; expected ${what}.`);
   }
@@ -117,7 +117,7 @@ export function loadIdxDataset(dir: string, opts: IdxLoadOptions = {}): Dataset 
   if (height === 0 || width === 0 || nImages === 0) {
     throw new UsageError(`${imagesFile}: empty image array ${images.dims.join('x')}; expected N x height x width with N, height, width > 0.`);
   }
-  const nLabels = labels.dims[0]!;
+  const nLabels = labels.dims[0];
   if (nLabels !== nImages) {
     throw new UsageError(`${labelsFile}: ${nLabels} labels but ${imagesFile} holds ${nImages} images; expected the same count.`);
   }
@@ -125,6 +125,6 @@ export function loadIdxDataset(dir: string, opts: IdxLoadOptions = {}): Dataset 
   const px = height * width;
   const out = new Float32Array(n * px);
   const src = images.data;
-  for (let i = 0; i < n * px; i++) out[i] = src[i]! / 255;
+  for (let i = 0; i < n * px; i++) out[i] = src[i] / 255;
   return { images: out, labels: labels.data.slice(0, n), n, height, width, source: path.resolve(dir) + ` (${split})` };
 }

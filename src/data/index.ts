@@ -16,6 +16,7 @@ import { Random } from '../util/random.ts';
 import { loadEmbeddedMnist } from './mnist.ts';
 import { loadIdxDataset } from './idx.ts';
 import type { Dataset } from './types.ts';
+import { toSigned } from './pixels.ts';
 
 export type { Dataset } from './types.ts';
 export { loadEmbeddedMnist } from './mnist.ts';
@@ -48,10 +49,10 @@ export function subset(ds: Dataset, indices: ArrayLike<number>): Dataset {
   const images = new Float32Array(indices.length * px);
   const labels = new Uint8Array(indices.length);
   for (let k = 0; k < indices.length; k++) {
-    const i = indices[k]!;
+    const i = indices[k];
     check(Number.isInteger(i) && i >= 0 && i < ds.n, `subset: index ${i} out of range [0, ${ds.n}).`);
     images.set(ds.images.subarray(i * px, (i + 1) * px), k * px);
-    labels[k] = ds.labels[i]!;
+    labels[k] = ds.labels[i];
   }
   return { images, labels, n: indices.length, height: ds.height, width: ds.width, source: ds.source };
 }
@@ -136,11 +137,11 @@ export function* batches(ds: Dataset, opts: BatchOptions): Generator<Batch> {
     const buf = new Float32Array(idx.length * px);
     const lab = new Int32Array(idx.length);
     for (let k = 0; k < idx.length; k++) {
-      const i = idx[k]!;
+      const i = idx[k];
       const img = ds.images.subarray(i * px, (i + 1) * px);
-      if (signed) for (let p = 0; p < px; p++) buf[k * px + p] = img[p]! * 2 - 1;
+      if (signed) for (let p = 0; p < px; p++) buf[k * px + p] = toSigned(img[p]);
       else buf.set(img, k * px);
-      lab[k] = ds.labels[i]!;
+      lab[k] = ds.labels[i];
     }
     yield {
       images: tf.tensor4d(buf, [idx.length, ds.height, ds.width, 1]),

@@ -39,7 +39,7 @@ export function loadEmbeddedMnist(): Dataset {
   const labels = new Uint8Array(n);
   let k = 0;
   for (let d = 0; d < 10; d++) {
-    const data = perClass[d]!;
+    const data = perClass[d];
     images.set(data, k * SIZE * SIZE);
     const count = data.length / (SIZE * SIZE);
     labels.fill(d, k, k + count);

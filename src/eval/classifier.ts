@@ -29,11 +29,12 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { GroupNorm, Linear, Module, ModuleList, getActivation, init, manualSeed, skipInit } from '../nn/index.ts';
 import { type ConfigSpec, readConfig, writeConfig } from '../io/config.ts';
-import { loadWeights, saveWeights } from '../io/checkpoint.ts';
+import { loadWeights, saveWeights } from '../nn/checkpoint.ts';
 import { type Dataset, epochOrder, loadDataset, padDataset, splitDataset } from '../data/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { Progress } from '../util/progress.ts';
 import { Random } from '../util/random.ts';
+import { toSigned } from '../data/pixels.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -262,8 +263,8 @@ export function asImageClassifier(model: DigitClassifier): ImageClassifier {
 // Training
 
 /** Pixels of a [0, 1] dataset mapped to [-1, 1] (what the classifier and the generators see). */
-export function toSigned(ds: Dataset): Float32Array {
-  return ds.images.map((v) => v * 2 - 1);
+export function signedImages(ds: Dataset): Float32Array {
+  return ds.images.map(toSigned);
 }
 
 /**
@@ -275,7 +276,7 @@ export function shiftedBatch(ds: Dataset, idx: ArrayLike<number>, maxShift: numb
   const H = ds.height, W = ds.width, px = H * W;
   const out = new Float32Array(idx.length * px).fill(-1);
   for (let k = 0; k < idx.length; k++) {
-    const src = ds.images.subarray(idx[k]! * px, (idx[k]! + 1) * px);
+    const src = ds.images.subarray(idx[k] * px, (idx[k] + 1) * px);
     const dx = maxShift > 0 ? rng.int(2 * maxShift + 1) - maxShift : 0;
     const dy = maxShift > 0 ? rng.int(2 * maxShift + 1) - maxShift : 0;
     for (let y = 0; y < H; y++) {
@@ -284,7 +285,7 @@ export function shiftedBatch(ds: Dataset, idx: ArrayLike<number>, maxShift: numb
       for (let x = 0; x < W; x++) {
         const sx = x - dx;
         if (sx < 0 || sx >= W) continue;
-        out[k * px + y * W + x] = src[sy * W + sx]! * 2 - 1;
+        out[k * px + y * W + x] = toSigned(src[sy * W + sx]);
       }
     }
   }
@@ -333,9 +334,9 @@ export function trainClassifier(model: DigitClassifier, train: Dataset, opts: Tr
         setLr(lr0 * (0.05 + 0.95 * 0.5 * (1 + Math.cos((Math.PI * step) / total))));
         const idx = order.subarray(b * batchSize, (b + 1) * batchSize);
         const x = tf.tensor4d(shiftedBatch(train, idx, maxShift, rng), [idx.length, s, s, 1]);
-        const y = tf.oneHot(tf.tensor1d(Array.from(idx, (i) => train.labels[i]!), 'int32'), model.config.num_classes);
+        const y = tf.oneHot(tf.tensor1d(Array.from(idx, (i) => train.labels[i]), 'int32'), model.config.num_classes);
         const loss = optimizer.minimize(() => tf.losses.softmaxCrossEntropy(y, model.forward(x).logits) as tf.Scalar, true, vars)!;
-        const l = loss.dataSync()[0]!;
+        const l = loss.dataSync()[0];
         tf.dispose([x, y, loss]);
         recent.push(l);
         if (recent.length > 50) recent.shift();
@@ -351,7 +352,7 @@ export function trainClassifier(model: DigitClassifier, train: Dataset, opts: Tr
 
 /** Share of `ds` (a [0, 1] dataset at the model's size) that `model` classifies correctly. */
 export function accuracy(model: DigitClassifier, ds: Dataset): number {
-  const { preds } = classifyImages(model, toSigned(ds), ds.n);
+  const { preds } = classifyImages(model, signedImages(ds), ds.n);
   let ok = 0;
   for (let i = 0; i < ds.n; i++) if (preds[i] === ds.labels[i]) ok++;
   return ok / Math.max(1, ds.n);

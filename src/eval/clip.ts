@@ -30,6 +30,7 @@ import { Raster, textWidth, GLYPH_HEIGHT, type FloatImage, type RGB } from '../v
 import { savePng } from '../viz/png.ts';
 import { type CLIPModel, l2Normalize } from '../clip/clip.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
+import { toSigned } from '../data/pixels.ts';
 
 /** Embeddings [N, P]: a tensor or rows of numbers. */
 export type EmbeddingsInput = tf.Tensor2D | readonly (readonly number[])[];
@@ -60,7 +61,7 @@ export function zeroShotPredict(imageEmbeds: EmbeddingsInput, classEmbeds: Embed
   const out = new Int32Array(sim.rows);
   for (let i = 0; i < sim.rows; i++) {
     let best = 0;
-    for (let c = 1; c < sim.cols; c++) if (sim.data[i * sim.cols + c]! > sim.data[i * sim.cols + best]!) best = c;
+    for (let c = 1; c < sim.cols; c++) if (sim.data[i * sim.cols + c] > sim.data[i * sim.cols + best]) best = c;
     out[i] = best;
   }
   return out;
@@ -83,15 +84,15 @@ export function zeroShotScores(predictions: ArrayLike<number>, labels: ArrayLike
   const confusion = Array.from({ length: numClasses }, () => new Array<number>(numClasses).fill(0));
   let correct = 0;
   for (let i = 0; i < labels.length; i++) {
-    const t = labels[i]!;
-    const p = predictions[i]!;
+    const t = labels[i];
+    const p = predictions[i];
     if (!(t >= 0 && t < numClasses && p >= 0 && p < numClasses)) throw new UsageError(`zero-shot: label ${t} / prediction ${p} outside 0..${numClasses - 1}.`);
-    confusion[t]![p]!++;
+    confusion[t][p]++;
     if (t === p) correct++;
   }
   const perClass = confusion.map((row, c) => {
     const n = row.reduce((a, b) => a + b, 0);
-    return n === 0 ? NaN : row[c]! / n;
+    return n === 0 ? NaN : row[c] / n;
   });
   return { accuracy: labels.length ? correct / labels.length : NaN, perClass, confusion };
 }
@@ -114,12 +115,12 @@ function rankOfBestRelevant(row: Float32Array, q: number, opts: RecallOptions): 
   for (let j = 0; j < row.length; j++) {
     if (relevant(j)) {
       any = true;
-      if (row[j]! > best) best = row[j]!;
+      if (row[j] > best) best = row[j];
     }
   }
   if (!any) return Infinity;
   let above = 0;
-  for (let j = 0; j < row.length; j++) if (!relevant(j) && row[j]! >= best) above++;
+  for (let j = 0; j < row.length; j++) if (!relevant(j) && row[j] >= best) above++;
   return 1 + above;
 }
 
@@ -159,9 +160,9 @@ export function viridis(t: number): RGB {
   const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
   const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
   const f = x - i;
-  const a = VIRIDIS[i]!;
-  const b = VIRIDIS[i + 1]!;
-  return [0, 1, 2].map((c) => Math.round(a[c]! + (b[c]! - a[c]!) * f)) as unknown as RGB;
+  const a = VIRIDIS[i];
+  const b = VIRIDIS[i + 1];
+  return [0, 1, 2].map((c) => Math.round(a[c] + (b[c] - a[c]) * f)) as unknown as RGB;
 }
 
 export interface SimilarityPlotOptions {
@@ -177,7 +178,7 @@ export interface SimilarityPlotOptions {
 /** Draws `sim` as a heatmap (colour scaled from its min to its max, noted in the title). */
 export function renderSimilarityMatrix(sim: Matrix, opts: SimilarityPlotOptions = {}): Raster {
   const pad = 4;
-  const cs = opts.cellSize ?? (opts.images?.length ? Math.max(12, opts.images[0]!.width) : 12);
+  const cs = opts.cellSize ?? (opts.images?.length ? Math.max(12, opts.images[0].width) : 12);
   let lo = Infinity;
   let hi = -Infinity;
   for (const v of sim.data) {
@@ -202,7 +203,7 @@ export function renderSimilarityMatrix(sim: Matrix, opts: SimilarityPlotOptions 
     const label = opts.rowLabels?.[i];
     if (label) r.text(pad, top + i * cs + Math.floor((cs - GLYPH_HEIGHT) / 2), label, white);
     for (let j = 0; j < sim.cols; j++) {
-      const v = sim.data[i * sim.cols + j]!;
+      const v = sim.data[i * sim.cols + j];
       const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
       r.fillRect(labelW + j * cs, top + i * cs, cs, cs, viridis(t));
       if (showValues) {
@@ -267,7 +268,7 @@ function embedInBatches(n: number, batchSize: number, fn: (start: number, end: n
 /** Images [start, end) of `ds` as NHWC in [-1, 1]. */
 function signedImages(ds: Dataset, start: number, end: number): tf.Tensor4D {
   const px = ds.height * ds.width;
-  const buf = ds.images.slice(start * px, end * px).map((v) => v * 2 - 1);
+  const buf = ds.images.slice(start * px, end * px).map(toSigned);
   return tf.tensor4d(buf, [end - start, ds.height, ds.width, 1]);
 }
 
@@ -284,7 +285,7 @@ export async function evaluateClip(model: CLIPModel, dataset: Dataset, opts: Cli
   if (n < ds.n) ds = subset(ds, new Random(`${seed}/clip eval`).permutation(ds.n).subarray(0, n).sort());
   const bs = opts.batchSize ?? 256;
   const rng = new Random(seed);
-  const captions = Array.from({ length: n }, (_, i) => captionFor(imageAt(ds, i), ds.labels[i]!, rng));
+  const captions = Array.from({ length: n }, (_, i) => captionFor(imageAt(ds, i), ds.labels[i], rng));
   const prompts = opts.prompts ?? digitPrompts();
   const ids = (texts: readonly string[]) => tf.tensor2d(texts.map((t) => tok.encode(t).inputIds), [texts.length, tok.maxLength], 'int32');
   const encodeTexts = (texts: readonly string[]) =>
@@ -310,7 +311,7 @@ export async function evaluateClip(model: CLIPModel, dataset: Dataset, opts: Cli
         const row = data.subarray((q - s) * n, (q - s + 1) * n);
         ranksInstance.push(rankOfBestRelevant(row, q, {}));
         ranksClass.push(rankOfBestRelevant(row, q, { queryLabels: ds.labels, candidateLabels: ds.labels }));
-        matching += row[q]!;
+        matching += row[q];
         for (const v of row) total += v;
       }
     }
@@ -326,7 +327,7 @@ export async function evaluateClip(model: CLIPModel, dataset: Dataset, opts: Cli
       const sim = cosineSimilarity(ti, ii);
       tf.dispose([ti, ii]);
       await saveSimilarityMatrix(opts.similarityPng, sim, {
-        rowLabels: picks.map((i) => captions[i]!),
+        rowLabels: picks.map((i) => captions[i]),
         images: picks.map((i) => ({ data: imageAt(ds, i), height: ds.height, width: ds.width })),
         title: 'captions x images, cosine similarity',
       });
@@ -351,7 +352,7 @@ export function formatClipReport(r: ClipEvalReport): string {
   return [
     `clip eval on ${r.n} images (logit scale ${r.scale.toFixed(1)})`,
     `  zero-shot accuracy ${pct(r.zeroShot.accuracy)}   per digit: ${r.zeroShot.perClass.map((a, d) => `${d}:${pct(a).trim()}`).join(' ')}`,
-    `  text->image recall@1 ${pct(r.textToImageRecall[1]!)}  @5 ${pct(r.textToImageRecall[5]!)}   (same digit: @1 ${pct(r.textToImageClassRecall[1]!)}  @5 ${pct(r.textToImageClassRecall[5]!)})`,
+    `  text->image recall@1 ${pct(r.textToImageRecall[1])}  @5 ${pct(r.textToImageRecall[5])}   (same digit: @1 ${pct(r.textToImageClassRecall[1])}  @5 ${pct(r.textToImageClassRecall[5])})`,
     `  cosine similarity: matching pairs ${r.meanMatchingSimilarity.toFixed(3)}, all pairs ${r.meanSimilarity.toFixed(3)}`,
   ].join('\n');
 }

@@ -21,8 +21,9 @@ import { writeFileAtomic } from '../util/fs.ts';
 import { Random } from '../util/random.ts';
 import { Raster, renderGrid, gridLayout, savePng, textWidth, niceTicks, formatTick, PALETTE, type FloatImage, type RGB } from '../viz/index.ts';
 import { frechetDistance, featureStats } from './fid.ts';
-import { type ImageClassifier, type ClassifierTraining, ensureClassifier, asImageClassifier, loadSplit, toSigned } from './classifier.ts';
+import { type ImageClassifier, type ClassifierTraining, ensureClassifier, asImageClassifier, loadSplit, signedImages } from './classifier.ts';
 import { loadSamples, type Samples, SIZE } from './samples.ts';
+import { toUnit } from '../data/pixels.ts';
 
 export const NUM_DIGITS = 10;
 
@@ -55,12 +56,12 @@ export function conditionalAccuracy(preds: ArrayLike<number>, digits: ArrayLike<
   const n = new Array<number>(numClasses).fill(0);
   const ok = new Array<number>(numClasses).fill(0);
   for (let i = 0; i < digits.length; i++) {
-    const d = digits[i]!;
+    const d = digits[i];
     if (d < 0) continue;
-    n[d]!++;
-    if (preds[i] === d) ok[d]!++;
+    n[d]++;
+    if (preds[i] === d) ok[d]++;
   }
-  const perDigit = n.map((count, digit) => ({ digit, n: count, correct: ok[digit]!, accuracy: count > 0 ? ok[digit]! / count : null }));
+  const perDigit = n.map((count, digit) => ({ digit, n: count, correct: ok[digit], accuracy: count > 0 ? ok[digit] / count : null }));
   const total = n.reduce((a, b) => a + b, 0);
   const present = perDigit.filter((d) => d.accuracy !== null);
   return {
@@ -74,14 +75,14 @@ export function conditionalAccuracy(preds: ArrayLike<number>, digits: ArrayLike<
 /** How many samples were classified as each class. */
 export function classHistogram(preds: ArrayLike<number>, numClasses = NUM_DIGITS): number[] {
   const h = new Array<number>(numClasses).fill(0);
-  for (let i = 0; i < preds.length; i++) h[preds[i]!]!++;
+  for (let i = 0; i < preds.length; i++) h[preds[i]]++;
   return h;
 }
 
 /** confusion[prompted][predicted] counts (unconditional samples left out). */
 export function confusionMatrix(preds: ArrayLike<number>, digits: ArrayLike<number>, numClasses = NUM_DIGITS): number[][] {
   const m = Array.from({ length: numClasses }, () => new Array<number>(numClasses).fill(0));
-  for (let i = 0; i < digits.length; i++) if (digits[i]! >= 0) m[digits[i]!]![preds[i]!]!++;
+  for (let i = 0; i < digits.length; i++) if (digits[i] >= 0) m[digits[i]][preds[i]]++;
   return m;
 }
 
@@ -140,7 +141,7 @@ function meanMaxProb(probs: Float32Array, n: number, c: number): number {
   let s = 0;
   for (let i = 0; i < n; i++) {
     let m = 0;
-    for (let k = 0; k < c; k++) m = Math.max(m, probs[i * c + k]!);
+    for (let k = 0; k < c; k++) m = Math.max(m, probs[i * c + k]);
     s += m;
   }
   return n ? s / n : 0;
@@ -148,7 +149,7 @@ function meanMaxProb(probs: Float32Array, n: number, c: number): number {
 
 function gather(src: Float32Array, idx: ArrayLike<number>, dim: number): Float32Array {
   const out = new Float32Array(idx.length * dim);
-  for (let k = 0; k < idx.length; k++) out.set(src.subarray(idx[k]! * dim, (idx[k]! + 1) * dim), k * dim);
+  for (let k = 0; k < idx.length; k++) out.set(src.subarray(idx[k] * dim, (idx[k] + 1) * dim), k * dim);
   return out;
 }
 
@@ -171,7 +172,7 @@ export function evaluateSamples(classifier: ImageClassifier, samples: Samples, r
   const realImgs = gather(real.images, realOrder, px);
   const rc = classifier.classify(realImgs, nReal);
   let realOk = 0;
-  for (let k = 0; k < nReal; k++) if (rc.preds[k] === real.labels[realOrder[k]!]) realOk++;
+  for (let k = 0; k < nReal; k++) if (rc.preds[k] === real.labels[realOrder[k]]) realOk++;
 
   const F = classifier.featureDim;
   const m = Math.min(samples.n, Math.floor(nReal / 2));
@@ -185,9 +186,9 @@ export function evaluateSamples(classifier: ImageClassifier, samples: Samples, r
   const accuracy = conditionalAccuracy(gen.preds, samples.digits);
   const predicted = classHistogram(gen.preds);
   const prompted = new Array<number>(NUM_DIGITS).fill(0);
-  for (const d of samples.digits) if (d >= 0) prompted[d]!++;
+  for (const d of samples.digits) if (d >= 0) prompted[d]++;
   const misclassified: number[] = [];
-  for (let i = 0; i < samples.n; i++) if (samples.digits[i]! >= 0 && gen.preds[i] !== samples.digits[i]) misclassified.push(i);
+  for (let i = 0; i < samples.n; i++) if (samples.digits[i] >= 0 && gen.preds[i] !== samples.digits[i]) misclassified.push(i);
   const C = gen.probs.length / samples.n;
 
   return {
@@ -236,13 +237,13 @@ export function formatReport(r: EvalReport): string {
 export function renderHistogram(predicted: readonly number[], prompted?: readonly number[], opts: { title?: string; width?: number; height?: number } = {}): Raster {
   const W = opts.width ?? 640, H = opts.height ?? 360, fs = 2;
   const white: RGB = [255, 255, 255], ink: RGB = [30, 30, 30], grid: RGB = [225, 225, 225];
-  const barColor = PALETTE[0]!, markColor = PALETTE[1]!;
+  const barColor = PALETTE[0], markColor = PALETTE[1];
   const r = new Raster(W, H, white);
   const yMax = Math.max(1, ...predicted, ...(prompted ?? []));
   const ticks = niceTicks(0, yMax, 5);
   const top = 34, bottom = H - 30;
   const left = 16 + Math.max(...ticks.map((t) => textWidth(formatTick(t), fs))), right = W - 12;
-  const hi = Math.max(yMax, ticks[ticks.length - 1]!);
+  const hi = Math.max(yMax, ticks[ticks.length - 1]);
   const y = (v: number) => bottom - ((bottom - top) * v) / hi;
   if (opts.title) r.text(left, 6, opts.title, ink, fs);
   for (const t of ticks) {
@@ -255,12 +256,12 @@ export function renderHistogram(predicted: readonly number[], prompted?: readonl
   const bw = Math.max(2, Math.floor(slot * 0.6));
   for (let i = 0; i < n; i++) {
     const cx = left + slot * (i + 0.5);
-    const v = predicted[i]!;
+    const v = predicted[i];
     r.fillRect(cx - bw / 2, y(v), bw, bottom - y(v), barColor);
-    if (prompted) r.fillRect(cx - bw / 2 - 3, y(prompted[i]!) - 1, bw + 6, 3, markColor);
+    if (prompted) r.fillRect(cx - bw / 2 - 3, y(prompted[i]) - 1, bw + 6, 3, markColor);
     // The count goes above the bar and above its prompted mark, whichever is higher.
     const label = String(v);
-    r.text(cx - textWidth(label, 1) / 2, Math.min(y(v), prompted ? y(prompted[i]!) - 1 : Infinity) - 8, label, ink, 1);
+    r.text(cx - textWidth(label, 1) / 2, Math.min(y(v), prompted ? y(prompted[i]) - 1 : Infinity) - 8, label, ink, 1);
     const d = String(i);
     r.text(cx - textWidth(d, fs) / 2, bottom + 8, d, ink, fs);
   }
@@ -281,7 +282,7 @@ export function renderMisclassified(samples: Samples, report: EvalReport, max = 
   const idx = report.misclassified.slice(0, max);
   if (idx.length === 0) return null;
   const px = SIZE * SIZE;
-  const cells: FloatImage[] = idx.map((i) => ({ data: samples.images.subarray(i * px, (i + 1) * px).map((v) => (v + 1) / 2), height: SIZE, width: SIZE }));
+  const cells: FloatImage[] = idx.map((i) => ({ data: samples.images.subarray(i * px, (i + 1) * px).map(toUnit), height: SIZE, width: SIZE }));
   const gridOpts = { cols: Math.min(8, idx.length), scale: 3, pad: 14, title: `misclassified: prompted as seen (${idx.length} of ${report.misclassified.length})` };
   const raster = renderGrid(cells, gridOpts);
   const layout = gridLayout(cells.length, SIZE, SIZE, gridOpts);
@@ -327,7 +328,7 @@ export async function runEval(opts: RunEvalOptions): Promise<RunEvalResult> {
   });
   try {
     const { val } = loadSplit(opts.data);
-    const real: RealDigits = { images: toSigned(val), labels: val.labels, n: val.n };
+    const real: RealDigits = { images: signedImages(val), labels: val.labels, n: val.n };
     const report = evaluateSamples(asImageClassifier(ensured.model), samples, real, { seed: opts.seed, nReal: opts.nReal });
 
     const json = {

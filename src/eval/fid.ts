@@ -30,22 +30,22 @@ export function featureStats(features: ArrayLike<number>, n: number, dim: number
   check(n >= 2, `FID: need at least 2 feature vectors to estimate a covariance, got ${n}.`);
   check(features.length === n * dim, `FID: expected ${n}×${dim} = ${n * dim} feature values, got ${features.length}.`);
   const mean = new Float64Array(dim);
-  for (let i = 0; i < n; i++) for (let j = 0; j < dim; j++) mean[j]! += features[i * dim + j]!;
-  for (let j = 0; j < dim; j++) mean[j]! /= n;
+  for (let i = 0; i < n; i++) for (let j = 0; j < dim; j++) mean[j] += features[i * dim + j];
+  for (let j = 0; j < dim; j++) mean[j] /= n;
   const cov = new Float64Array(dim * dim);
   const row = new Float64Array(dim);
   for (let i = 0; i < n; i++) {
-    for (let j = 0; j < dim; j++) row[j] = features[i * dim + j]! - mean[j]!;
+    for (let j = 0; j < dim; j++) row[j] = features[i * dim + j] - mean[j];
     for (let a = 0; a < dim; a++) {
-      const ra = row[a]!;
+      const ra = row[a];
       if (ra === 0) continue;
       const off = a * dim;
-      for (let b = a; b < dim; b++) cov[off + b]! += ra * row[b]!;
+      for (let b = a; b < dim; b++) cov[off + b] += ra * row[b];
     }
   }
   for (let a = 0; a < dim; a++) {
     for (let b = a; b < dim; b++) {
-      const v = cov[a * dim + b]! / (n - 1);
+      const v = cov[a * dim + b] / (n - 1);
       cov[a * dim + b] = v;
       cov[b * dim + a] = v;
     }
@@ -66,39 +66,39 @@ export function symmetricEigen(a: ArrayLike<number>, dim: number): { values: Flo
   // Symmetrise: callers pass symmetric matrices, but round-off may differ across the diagonal.
   for (let p = 0; p < dim; p++) {
     for (let q = p + 1; q < dim; q++) {
-      const m = 0.5 * (A[p * dim + q]! + A[q * dim + p]!);
+      const m = 0.5 * (A[p * dim + q] + A[q * dim + p]);
       A[p * dim + q] = m;
       A[q * dim + p] = m;
     }
   }
   let total = 0;
-  for (let i = 0; i < dim * dim; i++) total += A[i]! * A[i]!;
+  for (let i = 0; i < dim * dim; i++) total += A[i] * A[i];
   for (let sweep = 0; sweep < 100; sweep++) {
     let off = 0;
-    for (let p = 0; p < dim; p++) for (let q = p + 1; q < dim; q++) off += A[p * dim + q]! ** 2;
+    for (let p = 0; p < dim; p++) for (let q = p + 1; q < dim; q++) off += A[p * dim + q] ** 2;
     if (off <= 1e-30 * total || off === 0) break;
     for (let p = 0; p < dim - 1; p++) {
       for (let q = p + 1; q < dim; q++) {
-        const apq = A[p * dim + q]!;
+        const apq = A[p * dim + q];
         if (apq === 0) continue;
         // Rotate by φ in the (p, q) plane with cot 2φ = θ, which zeroes A[p, q]; t = tan φ is the
         // smaller root of t² + 2tθ − 1 = 0 (the stable choice).
-        const theta = (A[q * dim + q]! - A[p * dim + p]!) / (2 * apq);
+        const theta = (A[q * dim + q] - A[p * dim + p]) / (2 * apq);
         const t = (theta >= 0 ? 1 : -1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
         const c = 1 / Math.sqrt(t * t + 1);
         const s = t * c;
         for (let k = 0; k < dim; k++) {
           // columns p, q of A and V
-          const akp = A[k * dim + p]!, akq = A[k * dim + q]!;
+          const akp = A[k * dim + p], akq = A[k * dim + q];
           A[k * dim + p] = c * akp - s * akq;
           A[k * dim + q] = s * akp + c * akq;
-          const vkp = V[k * dim + p]!, vkq = V[k * dim + q]!;
+          const vkp = V[k * dim + p], vkq = V[k * dim + q];
           V[k * dim + p] = c * vkp - s * vkq;
           V[k * dim + q] = s * vkp + c * vkq;
         }
         for (let k = 0; k < dim; k++) {
           // rows p, q of A
-          const apk = A[p * dim + k]!, aqk = A[q * dim + k]!;
+          const apk = A[p * dim + k], aqk = A[q * dim + k];
           A[p * dim + k] = c * apk - s * aqk;
           A[q * dim + k] = s * apk + c * aqk;
         }
@@ -108,7 +108,7 @@ export function symmetricEigen(a: ArrayLike<number>, dim: number): { values: Flo
     }
   }
   const values = new Float64Array(dim);
-  for (let i = 0; i < dim; i++) values[i] = A[i * dim + i]!;
+  for (let i = 0; i < dim; i++) values[i] = A[i * dim + i];
   return { values, vectors: V };
 }
 
@@ -117,12 +117,12 @@ export function sqrtPsd(a: ArrayLike<number>, dim: number): Float64Array {
   const { values, vectors: V } = symmetricEigen(a, dim);
   const out = new Float64Array(dim * dim);
   for (let k = 0; k < dim; k++) {
-    const r = Math.sqrt(Math.max(values[k]!, 0));
+    const r = Math.sqrt(Math.max(values[k], 0));
     if (r === 0) continue;
     for (let i = 0; i < dim; i++) {
-      const vi = V[i * dim + k]! * r;
+      const vi = V[i * dim + k] * r;
       if (vi === 0) continue;
-      for (let j = 0; j < dim; j++) out[i * dim + j]! += vi * V[j * dim + k]!;
+      for (let j = 0; j < dim; j++) out[i * dim + j] += vi * V[j * dim + k];
     }
   }
   return out;
@@ -133,9 +133,9 @@ function matmul(a: Float64Array, b: Float64Array, dim: number): Float64Array {
   const c = new Float64Array(dim * dim);
   for (let i = 0; i < dim; i++) {
     for (let k = 0; k < dim; k++) {
-      const aik = a[i * dim + k]!;
+      const aik = a[i * dim + k];
       if (aik === 0) continue;
-      for (let j = 0; j < dim; j++) c[i * dim + j]! += aik * b[k * dim + j]!;
+      for (let j = 0; j < dim; j++) c[i * dim + j] += aik * b[k * dim + j];
     }
   }
   return c;
@@ -165,11 +165,11 @@ export function frechetDistance(a: GaussianStats, b: GaussianStats): FrechetResu
   check(a.dim === b.dim, `FID: feature sizes differ (${a.dim} vs ${b.dim}).`);
   const d = a.dim;
   let meanTerm = 0;
-  for (let i = 0; i < d; i++) meanTerm += (a.mean[i]! - b.mean[i]!) ** 2;
+  for (let i = 0; i < d; i++) meanTerm += (a.mean[i] - b.mean[i]) ** 2;
   let trA = 0, trB = 0;
   for (let i = 0; i < d; i++) {
-    trA += a.cov[i * d + i]!;
-    trB += b.cov[i * d + i]!;
+    trA += a.cov[i * d + i];
+    trB += b.cov[i * d + i];
   }
   let covTerm = trA + trB - 2 * traceSqrtProduct(a.cov, b.cov, d);
   // ≥ 0 in exact arithmetic; round-off can make it a hair negative for (nearly) identical sets.

@@ -26,6 +26,7 @@ import path from 'node:path';
 import { PNG } from 'pngjs';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
+import { toSigned, toUnit } from '../data/pixels.ts';
 
 export const SAMPLES_MANIFEST = 'samples.json';
 export const SIZE = 32;
@@ -66,8 +67,8 @@ function placeUnit(src: ArrayLike<number>, h: number, w: number, out: Float32Arr
   out.fill(-1, offset, offset + SIZE * SIZE);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      const v = src[y * w + x]!;
-      out[offset + (y + top) * SIZE + x + left] = v >= 1 ? 1 : v > 0 ? v * 2 - 1 : -1; // NaN → background
+      const v = src[y * w + x];
+      out[offset + (y + top) * SIZE + x + left] = v >= 1 ? 1 : v > 0 ? toSigned(v) : -1; // NaN → background
     }
   }
 }
@@ -89,7 +90,7 @@ export function readDigitPng(file: string): Float32Array {
   const gray = new Float32Array(png.width * png.height);
   for (let i = 0; i < gray.length; i++) {
     const o = i * 4;
-    gray[i] = ((png.data[o]! + png.data[o + 1]! + png.data[o + 2]!) / (3 * 255)) * (png.data[o + 3]! / 255);
+    gray[i] = ((png.data[o] + png.data[o + 1] + png.data[o + 2]) / (3 * 255)) * (png.data[o + 3] / 255);
   }
   const out = new Float32Array(SIZE * SIZE);
   placeUnit(gray, png.height, png.width, out, 0);
@@ -180,14 +181,14 @@ export function loadSamplesSafetensors(file: string): Samples {
   const unit = new Float32Array(px);
   for (let i = 0; i < n; i++) {
     for (let p = 0; p < px; p++) {
-      const v = img.data[i * px + p]!;
-      unit[p] = range === 'signed' ? (v + 1) / 2 : v;
+      const v = img.data[i * px + p];
+      unit[p] = range === 'signed' ? toUnit(v) : v;
     }
     placeUnit(unit, h, w, images, i * SIZE * SIZE);
   }
   const digits = new Int32Array(n);
   for (let i = 0; i < n; i++) {
-    const d = dig.data[i]!;
+    const d = dig.data[i];
     check(d === -1 || (Number.isInteger(d) && d >= 0 && d <= 9), `${file}: digits[${i}] = ${d}; expected an integer 0..9, or -1 for an unconditional sample.`);
     digits[i] = d;
   }

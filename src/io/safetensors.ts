@@ -203,7 +203,7 @@ const u32 = new Uint32Array(f32.buffer);
 /** float32 value → float16 bits, rounding to nearest even (overflow → ±Inf). */
 export function floatToHalf(value: number): number {
   f32[0] = value;
-  const x = u32[0]!;
+  const x = u32[0];
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -230,7 +230,7 @@ export function floatToHalf(value: number): number {
 /** float32 value → bfloat16 bits, rounding to nearest even. */
 export function floatToBf16(value: number): number {
   f32[0] = value;
-  const x = u32[0]!;
+  const x = u32[0];
   if ((x & 0x7f800000) === 0x7f800000 && x & 0x7fffff) return (x >>> 16) | 0x40; // keep NaN a (quiet) NaN
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
@@ -248,13 +248,13 @@ function decode(dtype: Dtype, bytes: Uint8Array): Float32Array {
       }
       const src = new Uint16Array(buf, 0, n);
       const out = new Float32Array(n);
-      for (let i = 0; i < n; i++) out[i] = f16Table[src[i]!]!;
+      for (let i = 0; i < n; i++) out[i] = f16Table[src[i]];
       return out;
     }
     case 'BF16': {
       const src = new Uint16Array(buf, 0, n);
       const out = new Uint32Array(n);
-      for (let i = 0; i < n; i++) out[i] = src[i]! << 16;
+      for (let i = 0; i < n; i++) out[i] = src[i] << 16;
       return new Float32Array(out.buffer);
     }
     case 'F64':
@@ -283,7 +283,7 @@ function encode(dtype: WriteDtype, data: Float32Array): Uint8Array {
   if (dtype === 'F32') return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   const out = new Uint16Array(data.length);
   const conv = dtype === 'F16' ? floatToHalf : floatToBf16;
-  for (let i = 0; i < data.length; i++) out[i] = conv(data[i]!);
+  for (let i = 0; i < data.length; i++) out[i] = conv(data[i]);
   return new Uint8Array(out.buffer);
 }
 

@@ -146,7 +146,7 @@ export class Attention extends Module {
   forward<T extends tf.Tensor3D | tf.Tensor4D>(x: T, context?: tf.Tensor3D, mask?: tf.Tensor): T {
     return tf.tidy(() => {
       const b = x.shape[0];
-      const c = x.shape[x.rank - 1]!;
+      const c = x.shape[x.rank - 1];
       let h: tf.Tensor = x;
       if (this.group_norm) h = this.group_norm.forward(h);
       const seq = tf.reshape(h, [b, -1, c]) as tf.Tensor3D;

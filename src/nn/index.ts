@@ -19,7 +19,8 @@
  *   manualSeed(n)            seeds initialisation (PyTorch default inits: U(±1/√fan_in) for
  *                            conv/linear, ones/zeros for norms, N(0,1) for embeddings)
  *   skipInit(() => new M())  builds with zeros (when weights will be loaded anyway)
- *   Files: src/io loadWeights(model, file, {keyMap}) / saveWeights(model, file) (safetensors).
+ *   Files (checkpoint.ts): loadWeights(model, file, {keyMap}) / saveWeights(model, file) (safetensors);
+ *   pretrained.ts: loadPretrained(dir, spec), the one fromPretrained (config.json + weights).
  *   Custom loaders (e.g. an LDM single-file importer): planLoad(model, keys, shapeOf, opts)
  *   validates everything and returns [checkpointKey, paramName] pairs; assignFromTorch(param,
  *   data) writes one PyTorch-layout tensor.
@@ -69,3 +70,5 @@ export * from './layout.ts';
 export * from './layers.ts';
 export * from './attention.ts';
 export * from './blocks.ts';
+export * from './checkpoint.ts';
+export * from './pretrained.ts';

@@ -52,7 +52,7 @@ export function fromTorch(layout: Layout, internalShape: readonly number[], data
   for (let o = 0; o < cout; o++) {
     for (let i = 0; i < cin; i++) {
       const src = (o * cin + i) * hw;
-      for (let k = 0; k < hw; k++) out[(k * cin + i) * cout + o] = data[src + k]!;
+      for (let k = 0; k < hw; k++) out[(k * cin + i) * cout + o] = data[src + k];
     }
   }
   return out;
@@ -71,7 +71,7 @@ export function toTorch(layout: Layout, internalShape: readonly number[], data: 
   for (let o = 0; o < cout; o++) {
     for (let i = 0; i < cin; i++) {
       const dst = (o * cin + i) * hw;
-      for (let k = 0; k < hw; k++) out[dst + k] = data[(k * cin + i) * cout + o]!;
+      for (let k = 0; k < hw; k++) out[dst + k] = data[(k * cin + i) * cout + o];
     }
   }
   return out;
@@ -81,7 +81,7 @@ function transpose2d(data: Float32Array, rows: number, cols: number): Float32Arr
   const out = new Float32Array(data.length);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
-    for (let c = 0; c < cols; c++) out[c * rows + r] = data[base + c]!;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[base + c];
   }
   return out;
 }

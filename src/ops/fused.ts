@@ -44,7 +44,7 @@ function useKernel(name: string, ...ts: Array<tf.Tensor | null | undefined>): bo
 /** The fused norm kernel's y; it always takes gamma and beta (ones / zeros when absent). */
 function groupNormKernel<T extends tf.Tensor>(x: T, gamma: tf.Tensor | null, beta: tf.Tensor | null, attrs: GroupNormAttrs): T {
   return tf.tidy(() => {
-    const C = x.shape[x.rank - 1]!;
+    const C = x.shape[x.rank - 1];
     const inputs = { x, gamma: gamma ?? tf.ones([C]), beta: beta ?? tf.zeros([C]) };
     return (tf.engine().runKernel(GROUP_NORM, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor[])[0] as T;
   });
@@ -59,7 +59,7 @@ export function groupNorm<T extends tf.Tensor>(x: T, groups: number, gamma: tf.T
   eps: number, opts: { activation?: 'none' | 'silu'; batchDims?: number } = {}): T {
   const batchDims = opts.batchDims ?? 1;
   const silu = opts.activation === 'silu';
-  const C = x.shape[x.rank - 1]!;
+  const C = x.shape[x.rank - 1];
   if (C % groups !== 0) throw new Error(`groupNorm: ${C} channels are not divisible into ${groups} groups`);
   if (useKernel(GROUP_NORM, x, gamma, beta) && x.rank > batchDims) return groupNormKernel(x, gamma, beta, { groups, eps, act: silu ? 1 : 0, batchDims });
   return tf.tidy(() => {

@@ -49,6 +49,6 @@ export interface AdamWStep {
  */
 export function normDims(shape: number[], batchDims: number, groups: number): number[] {
   const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
-  const B = size(shape.slice(0, batchDims)), C = shape[shape.length - 1]!;
+  const B = size(shape.slice(0, batchDims)), C = shape[shape.length - 1];
   return [B, size(shape) / Math.max(1, B * C), C, groups];
 }

@@ -42,13 +42,13 @@ export function latentTile(data: Float32Array, h: number, w: number, c: number, 
   for (let ch = 0; ch < c; ch++) {
     const oy = Math.floor(ch / cols) * h;
     const ox = (ch % cols) * w;
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) tile[(oy + y) * tw + ox + x] = (data[(y * w + x) * c + ch]! - lo) / range;
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) tile[(oy + y) * tw + ox + x] = (data[(y * w + x) * c + ch] - lo) / range;
   }
   // Nearest-neighbour resize to the image's size, so the two pictures of a row line up.
   const out = new Float32Array(outH * outW);
   for (let y = 0; y < outH; y++) {
     const sy = Math.min(th - 1, Math.floor((y * th) / outH));
-    for (let x = 0; x < outW; x++) out[y * outW + x] = tile[sy * tw + Math.min(tw - 1, Math.floor((x * tw) / outW))]!;
+    for (let x = 0; x < outW; x++) out[y * outW + x] = tile[sy * tw + Math.min(tw - 1, Math.floor((x * tw) / outW))];
   }
   return { data: out, height: outH, width: outW, channels: 1 };
 }

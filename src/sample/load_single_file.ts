@@ -272,7 +272,7 @@ export function ldmUnetKey(key: string, layersPerBlock: number): string | null {
   if (s) return s;
   let m = /^middle_block\.([02])\.(.+)$/.exec(key);
   if (m) {
-    const r = renameStart(m[2]!, RESNET_NAMES);
+    const r = renameStart(m[2], RESNET_NAMES);
     return r && `mid_block.resnets.${m[1] === '0' ? 0 : 1}.${r}`;
   }
   const per = layersPerBlock + 1;
@@ -280,7 +280,7 @@ export function ldmUnetKey(key: string, layersPerBlock: number): string | null {
   if (m) {
     const i = Number(m[1]) - 1;
     if (i < 0) return null;
-    const [block, layer, rest] = [Math.floor(i / per), i % per, m[3]!];
+    const [block, layer, rest] = [Math.floor(i / per), i % per, m[3]];
     if (layer === layersPerBlock) {
       // The level's last input block is its downsampler (a stride-2 conv named op).
       return m[2] === '0' && rest.startsWith('op.') ? `down_blocks.${block}.downsamplers.0.conv.${rest.slice(3)}` : null;
@@ -292,7 +292,7 @@ export function ldmUnetKey(key: string, layersPerBlock: number): string | null {
   m = /^output_blocks\.(\d+)\.([012])\.(.+)$/.exec(key);
   if (m) {
     const i = Number(m[1]);
-    const [block, layer, sub, rest] = [Math.floor(i / per), i % per, m[2]!, m[3]!];
+    const [block, layer, sub, rest] = [Math.floor(i / per), i % per, m[2], m[3]];
     // An upsampler (nearest ×2 + conv) follows the resnet, or the resnet and its transformer.
     if (sub !== '0' && rest.startsWith('conv.')) return layer === layersPerBlock ? `up_blocks.${block}.upsamplers.0.conv.${rest.slice(5)}` : null;
     if (sub === '1') return `up_blocks.${block}.attentions.${layer}.${rest}`;
@@ -319,24 +319,24 @@ export function ldmVaeKey(key: string, numLevels: number): string | null {
   let m = /^(encoder|decoder)\.norm_out\.(weight|bias)$/.exec(key);
   if (m) return `${m[1]}.conv_norm_out.${m[2]}`;
   m = /^(encoder|decoder)\.mid\.block_([12])\.(.+)$/.exec(key);
-  if (m) return `${m[1]}.mid_block.resnets.${Number(m[2]) - 1}.${m[3]!.replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
+  if (m) return `${m[1]}.mid_block.resnets.${Number(m[2]) - 1}.${m[3].replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
   m = /^(encoder|decoder)\.mid\.attn_1\.(.+)$/.exec(key);
   if (m) {
-    const r = renameStart(m[2]!, VAE_ATTENTION_NAMES);
+    const r = renameStart(m[2], VAE_ATTENTION_NAMES);
     return r && `${m[1]}.mid_block.attentions.0.${r}`;
   }
   m = /^encoder\.down\.(\d+)\.(block\.(\d+)|downsample)\.(.+)$/.exec(key);
   if (m) {
-    if (m[3] !== undefined) return `encoder.down_blocks.${m[1]}.resnets.${m[3]}.${m[4]!.replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
-    return m[4]!.startsWith('conv.') ? `encoder.down_blocks.${m[1]}.downsamplers.0.${m[4]}` : null;
+    if (m[3] !== undefined) return `encoder.down_blocks.${m[1]}.resnets.${m[3]}.${m[4].replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
+    return m[4].startsWith('conv.') ? `encoder.down_blocks.${m[1]}.downsamplers.0.${m[4]}` : null;
   }
   // LDM numbers decoder levels from the bottom (up.0 = full resolution); diffusers from the top.
   m = /^decoder\.up\.(\d+)\.(block\.(\d+)|upsample)\.(.+)$/.exec(key);
   if (m) {
     const level = numLevels - 1 - Number(m[1]);
     if (level < 0) return null;
-    if (m[3] !== undefined) return `decoder.up_blocks.${level}.resnets.${m[3]}.${m[4]!.replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
-    return m[4]!.startsWith('conv.') ? `decoder.up_blocks.${level}.upsamplers.0.${m[4]}` : null;
+    if (m[3] !== undefined) return `decoder.up_blocks.${level}.resnets.${m[3]}.${m[4].replace(/^nin_shortcut\./, 'conv_shortcut.')}`;
+    return m[4].startsWith('conv.') ? `decoder.up_blocks.${level}.upsamplers.0.${m[4]}` : null;
   }
   return null;
 }
@@ -515,10 +515,10 @@ export class LdmCheckpoint {
     const tok = shape('text_model.embeddings.token_embedding.weight');
     const layers = new Set(this.names('textEncoder').map((n) => /^text_model\.encoder\.layers\.(\d+)\./.exec(n)?.[1]).filter((x) => x !== undefined));
     return {
-      vocab_size: tok[0]!,
-      hidden_size: tok[1]!,
-      max_position_embeddings: shape('text_model.embeddings.position_embedding.weight')[0]!,
-      intermediate_size: shape('text_model.encoder.layers.0.mlp.fc1.weight')[0]!,
+      vocab_size: tok[0],
+      hidden_size: tok[1],
+      max_position_embeddings: shape('text_model.embeddings.position_embedding.weight')[0],
+      intermediate_size: shape('text_model.encoder.layers.0.mlp.fc1.weight')[0],
       num_hidden_layers: layers.size,
     };
   }

@@ -38,6 +38,7 @@ import type { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import type { NoiseGenerator, Scheduler } from '../schedule/base.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
+import { denormalize } from '../data/pixels.ts';
 
 export interface PipelineComponents {
   tokenizer: Tokenizer;
@@ -131,10 +132,6 @@ export class BatchNoiseGenerator implements NoiseGenerator {
   }
 }
 
-/** Diffusers' image post-processing: [-1, 1] → [0, 1], clamped. */
-export function denormalize(x: tf.Tensor4D): tf.Tensor4D {
-  return tf.tidy(() => tf.clipByValue(tf.add(tf.div(x, 2), 0.5), 0, 1) as tf.Tensor4D);
-}
 
 export class StableDiffusionPipeline {
   readonly tokenizer: Tokenizer;
@@ -170,7 +167,7 @@ export class StableDiffusionPipeline {
     const unique = [...new Set(texts)];
     const ids = unique.map((t) => this.tokenizer.encode(t).inputIds);
     return tf.tidy(() => {
-      const states = this.textEncoder.forward(tf.tensor2d(ids, [unique.length, ids[0]!.length], 'int32')).lastHiddenState;
+      const states = this.textEncoder.forward(tf.tensor2d(ids, [unique.length, ids[0].length], 'int32')).lastHiddenState;
       if (unique.length === texts.length && unique.every((u, i) => u === texts[i])) return states;
       const index = tf.tensor1d(texts.map((t) => unique.indexOf(t)), 'int32');
       return tf.gather(states, index) as tf.Tensor3D;
@@ -244,7 +241,7 @@ export class StableDiffusionPipeline {
       // 3. the denoising loop
       const timesteps = scheduler.timesteps;
       for (let i = 0; i < timesteps.length; i++) {
-        const t = timesteps[i]!;
+        const t = timesteps[i];
         const x = latents;
         const noisePred = tf.tidy(() => {
           const modelInput = scheduler.scaleModelInput(doGuidance ? tf.concat([x, x]) : x, t) as tf.Tensor4D;
@@ -317,7 +314,7 @@ export class StableDiffusionPipeline {
 /** One value for all B images, or exactly B values. */
 function perImage(v: string | readonly string[], b: number, what: string): string[] {
   if (typeof v === 'string') return new Array<string>(b).fill(v);
-  if (v.length === 1) return new Array<string>(b).fill(v[0]!);
+  if (v.length === 1) return new Array<string>(b).fill(v[0]);
   if (v.length !== b) throw new UsageError(`pipeline: got ${v.length} values for the ${what}, expected 1 or ${b} (one per image).`);
   return [...v];
 }

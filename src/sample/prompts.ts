@@ -26,7 +26,7 @@ export function digitFromPrompt(prompt: string): number | null {
       if (d >= 0) found.add(d);
     }
   }
-  return found.size === 1 ? [...found][0]! : null;
+  return found.size === 1 ? [...found][0] : null;
 }
 
 /** "0-9", "3", "1,4-6" → the listed digits in order (commander argParser: bad input exits 2). */

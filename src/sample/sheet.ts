@@ -102,7 +102,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
     // among the first batch.
     let shown = prompts.map((_, p) => p * opts.n).filter((i) => i < opts.batch).slice(0, 4);
     if (shown.length < 2) shown = Array.from({ length: Math.min(4, total, opts.batch) }, (_, i) => i);
-    const anim = opts.animate ? new ReverseProcessAnimation(pipeline, { indices: shown, labels: shown.map((i) => rowLabel(records[i]!)) }) : null;
+    const anim = opts.animate ? new ReverseProcessAnimation(pipeline, { indices: shown, labels: shown.map((i) => rowLabel(records[i])) }) : null;
     const images: FloatImage[] = new Array(total);
     const files: string[] = [];
     await pipeline.generate({
@@ -118,9 +118,9 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
       },
       onBatch: async ({ first, images: batch, height, width, channels }) => {
         for (let k = 0; k < batch.length; k++) {
-          const img: FloatImage = { data: batch[k]!, height, width, channels: channels as 1 | 3 };
+          const img: FloatImage = { data: batch[k], height, width, channels: channels as 1 | 3 };
           images[first + k] = img;
-          const file = path.join(opts.out, records[first + k]!.file);
+          const file = path.join(opts.out, records[first + k].file);
           await savePng(file, renderGrid([img], { pad: 0 }));
           files.push(file);
         }
@@ -128,7 +128,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
     });
     progress?.finish();
 
-    const { height, width } = images[0]!;
+    const { height, width } = images[0];
     const grid = path.join(opts.out, 'grid.png');
     const several = prompts.length > 1;
     await savePng(
@@ -138,7 +138,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
         rows: several ? prompts.length : undefined,
         scale: height <= 64 ? 2 : 1,
         rowLabels: several ? prompts.map((p) => rowLabel({ prompt: p, digit: digitFromPrompt(p) })) : undefined,
-        title: several ? undefined : shorten(prompts[0]! || '(unconditional)', 40),
+        title: several ? undefined : shorten(prompts[0] || '(unconditional)', 40),
       }),
     );
     const json = path.join(opts.out, 'samples.json');

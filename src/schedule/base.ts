@@ -58,12 +58,12 @@ export function npArange(start: number, stop: number, step: number): number[] {
 /** np.interp(x, [0, 1, ..., n-1], table): linear interpolation in a table indexed by timestep. */
 export function interpTable(x: number, table: ArrayLike<number>): number {
   const n = table.length;
-  if (x <= 0) return table[0]!;
-  if (x >= n - 1) return table[n - 1]!;
+  if (x <= 0) return table[0];
+  if (x >= n - 1) return table[n - 1];
   const j = Math.floor(x);
-  if (j === x) return table[j]!;
-  const slope = table[j + 1]! - table[j]!; // over xp[j+1] - xp[j] = 1
-  return slope * (x - j) + table[j]!;
+  if (j === x) return table[j];
+  const slope = table[j + 1] - table[j]; // over xp[j+1] - xp[j] = 1
+  return slope * (x - j) + table[j];
 }
 
 /** σ_t = sqrt((1 - ᾱ_t) / ᾱ_t) per train timestep (the sigma-space samplers' noise level), each op rounded to float32 like the torch expression. */
@@ -109,7 +109,7 @@ export function resolveConfig<C extends object>(
   for (const src of [json, overrides as Record<string, unknown>]) {
     for (const [key, value] of Object.entries(src)) {
       if (!(key in out) || value === undefined) continue;
-      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key]!, choices[key], nullable[key]);
+      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], choices[key], nullable[key]);
     }
   }
   return out as C;
@@ -266,7 +266,7 @@ export abstract class Scheduler<C extends BaseSchedulerConfig = BaseSchedulerCon
    */
   predictOriginalSample(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor): tf.Tensor {
     this.checkTimestep(timestep, `${this.constructor.name}.predictOriginalSample`);
-    return tf.tidy(() => this.predictX0(modelOutput, sample, this.alphasCumprod[timestep]!));
+    return tf.tidy(() => this.predictX0(modelOutput, sample, this.alphasCumprod[timestep]));
   }
 
   /**
@@ -302,7 +302,7 @@ export function thresholdSample(x: tf.Tensor, ratio: number, maxValue: number): 
       const pos = ratio * (sorted.length - 1);
       const lo = Math.floor(pos);
       const hi = Math.min(lo + 1, sorted.length - 1);
-      const q = sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+      const q = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
       return Math.min(Math.max(q, 1), maxValue);
     });
     const sT = tf.tensor(s, [b, 1], 'float32');

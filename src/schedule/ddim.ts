@@ -66,7 +66,7 @@ export class DDIMScheduler extends Scheduler<DDIMConfig> {
 
   constructor(config: DDIMConfig = DDIM_DEFAULTS) {
     super(config);
-    this.finalAlphaCumprod = config.set_alpha_to_one ? 1 : this.alphasCumprod[0]!;
+    this.finalAlphaCumprod = config.set_alpha_to_one ? 1 : this.alphasCumprod[0];
     this.timesteps = Array.from({ length: this.numTrainTimesteps }, (_, i) => this.numTrainTimesteps - 1 - i);
   }
 
@@ -78,8 +78,8 @@ export class DDIMScheduler extends Scheduler<DDIMConfig> {
 
   /** Variance σ²/η² of the jump t -> t' (formula (16) without η). */
   getVariance(t: number, prevT: number): number {
-    const alphaProdT = this.alphasCumprod[t]!;
-    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : this.finalAlphaCumprod;
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : this.finalAlphaCumprod;
     return f32(f32(f32(1 - alphaProdTPrev) / f32(1 - alphaProdT)) * f32(1 - f32(alphaProdT / alphaProdTPrev)));
   }
 
@@ -95,8 +95,8 @@ export class DDIMScheduler extends Scheduler<DDIMConfig> {
 
     // 1. previous timestep, 2. ᾱ there
     const prevT = t - Math.floor(this.numTrainTimesteps / this.numInferenceSteps);
-    const alphaProdT = this.alphasCumprod[t]!;
-    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : this.finalAlphaCumprod;
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : this.finalAlphaCumprod;
     const betaProdT = f32(1 - alphaProdT);
 
     return tf.tidy(() => {

@@ -84,8 +84,8 @@ export class DDPMScheduler extends Scheduler<DDPMConfig> {
   /** Posterior variance of the jump t -> previousTimestep(t), per variance_type. */
   getVariance(t: number): number {
     const prevT = this.previousTimestep(t);
-    const alphaProdT = this.alphasCumprod[t]!;
-    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : 1;
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : 1;
     const currentBetaT = f32(1 - f32(alphaProdT / alphaProdTPrev));
     if (this.config.variance_type === 'fixed_large') return currentBetaT;
     // fixed_small; clamped so its log (used by fixed_small_log in diffusers) stays finite.
@@ -99,8 +99,8 @@ export class DDPMScheduler extends Scheduler<DDPMConfig> {
     const c = this.config;
 
     // 1. ᾱ and β over the jump t -> prevT
-    const alphaProdT = this.alphasCumprod[t]!;
-    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : 1;
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : 1;
     const betaProdT = f32(1 - alphaProdT);
     const betaProdTPrev = f32(1 - alphaProdTPrev);
     const currentAlphaT = f32(alphaProdT / alphaProdTPrev);

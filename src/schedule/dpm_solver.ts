@@ -125,7 +125,7 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
     // Clip the smallest λ (lambda_min_clipped) for stability: the last usable timestep.
     const lambdas = this.alphasCumprod.map((a) => f32(Math.log(f32(Math.sqrt(a))) - Math.log(f32(Math.sqrt(f32(1 - a))))));
     let clippedIdx = 0; // searchsorted(flip(λ), lambda_min_clipped)
-    while (clippedIdx < T && lambdas[T - 1 - clippedIdx]! < this.config.lambda_min_clipped) clippedIdx++;
+    while (clippedIdx < T && lambdas[T - 1 - clippedIdx] < this.config.lambda_min_clipped) clippedIdx++;
     const lastTimestep = T - clippedIdx;
 
     let ts: number[];
@@ -143,7 +143,7 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
         break;
     }
     const table = sigmaTable(this.alphasCumprod);
-    this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), table[0]!];
+    this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), table[0]];
     this.timesteps = ts;
     this.numInferenceSteps = ts.length;
     this.resetState();
@@ -151,7 +151,7 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
 
   /** x0 prediction at the current σ (dpmsolver++ works on x0, whatever the model predicts). */
   convertModelOutput(modelOutput: tf.Tensor, sample: tf.Tensor): tf.Tensor {
-    const { alpha, sigmaT } = alphaSigma(this.sigmas[this.stepIndex!]!);
+    const { alpha, sigmaT } = alphaSigma(this.sigmas[this.stepIndex!]);
     return tf.tidy(() => {
       let x0: tf.Tensor;
       switch (this.config.prediction_type) {
@@ -173,8 +173,8 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
   /** First order (DDIM in λ time): x_t = (σ_t/σ_s)·x_s - α_t(e^{-h} - 1)·x0. */
   private firstOrderUpdate(x0: tf.Tensor, sample: tf.Tensor): tf.Tensor {
     const i = this.stepIndex!;
-    const t = alphaSigma(this.sigmas[i + 1]!);
-    const s = alphaSigma(this.sigmas[i]!);
+    const t = alphaSigma(this.sigmas[i + 1]);
+    const s = alphaSigma(this.sigmas[i]);
     const h = f32(t.lambda - s.lambda);
     const coef = f32(t.alpha * f32(f32(Math.exp(-h)) - 1));
     return tf.tidy(() => tf.sub(tf.mul(sample, f32(t.sigmaT / s.sigmaT)), tf.mul(x0, coef)));
@@ -183,9 +183,9 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
   /** Second order multistep from the last two x0 predictions (m0 newest, m1 previous). */
   private secondOrderUpdate(m0: tf.Tensor, m1: tf.Tensor, sample: tf.Tensor): tf.Tensor {
     const i = this.stepIndex!;
-    const t = alphaSigma(this.sigmas[i + 1]!);
-    const s0 = alphaSigma(this.sigmas[i]!);
-    const s1 = alphaSigma(this.sigmas[i - 1]!);
+    const t = alphaSigma(this.sigmas[i + 1]);
+    const s0 = alphaSigma(this.sigmas[i]);
+    const s1 = alphaSigma(this.sigmas[i - 1]);
     const h = f32(t.lambda - s0.lambda);
     const h0 = f32(s0.lambda - s1.lambda);
     const r0 = f32(h0 / h);
@@ -207,7 +207,7 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
       if (matches.length === 0) {
         throw new UsageError(`${where}: timestep ${timestep} is not in this scheduler's timesteps (call setTimesteps and use scheduler.timesteps).`);
       }
-      this.stepIndex = matches.length > 1 ? matches[1]! : matches[0]!;
+      this.stepIndex = matches.length > 1 ? matches[1] : matches[0];
     }
     const n = this.timesteps.length;
     if (this.stepIndex >= n) throw new UsageError(`${where}: all ${n} steps are done; call setTimesteps again for a new run.`);

@@ -78,7 +78,7 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
     if (matches.length === 0) {
       throw new UsageError(`${where}: timestep ${timestep} is not in this scheduler's timesteps (call setTimesteps and use scheduler.timesteps).`);
     }
-    this.stepIndex = matches.length > 1 ? matches[1]! : matches[0]!;
+    this.stepIndex = matches.length > 1 ? matches[1] : matches[0];
   }
 
   /** The current step's σ, initialising the step index from `timestep` on first use. */
@@ -87,7 +87,7 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
     if (this.stepIndex! >= this.timesteps.length) {
       throw new UsageError(`${where}: all ${this.timesteps.length} steps are done; call setTimesteps again for a new run.`);
     }
-    return this.sigmas[this.stepIndex!]!;
+    return this.sigmas[this.stepIndex!];
   }
 
   /** x / sqrt(σ² + 1): the model was trained on unit-variance inputs. */
@@ -119,7 +119,7 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
   private sigmaAt(t: number, where: string): number {
     const i = this.timesteps.indexOf(t);
     if (i < 0) throw new UsageError(`${where}: timestep ${t} is not in this scheduler's timesteps.`);
-    return this.sigmas[i]!;
+    return this.sigmas[i];
   }
 
   /** x0 from the model output at σ (the Karras "denoiser" D(x; σ)). */
@@ -185,7 +185,7 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
   step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, _opts: StepOptions = {}): SchedulerOutput {
     const where = 'EulerDiscreteScheduler.step';
     const sigma = this.currentSigma(timestep, where);
-    const dt = f32(this.sigmas[this.stepIndex! + 1]! - sigma);
+    const dt = f32(this.sigmas[this.stepIndex! + 1] - sigma);
     const out = tf.tidy(() => {
       // 1. x0 from the model output, 2. the ODE derivative d = (x - x0)/σ, 3. an Euler step
       const x0 = this.predictX0Sigma(modelOutput, sample, sigma);

@@ -54,7 +54,7 @@ export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestr
 
   step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, opts: StepOptions = {}): SchedulerOutput {
     const sigma = this.currentSigma(timestep, 'EulerAncestralDiscreteScheduler.step');
-    const { sigmaUp, sigmaDown } = EulerAncestralDiscreteScheduler.ancestralSigmas(sigma, this.sigmas[this.stepIndex! + 1]!);
+    const { sigmaUp, sigmaDown } = EulerAncestralDiscreteScheduler.ancestralSigmas(sigma, this.sigmas[this.stepIndex! + 1]);
     const out = tf.tidy(() => {
       const x0 = this.predictX0Sigma(modelOutput, sample, sigma);
       const derivative = tf.div(tf.sub(sample, x0), sigma);

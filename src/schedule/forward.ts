@@ -114,12 +114,12 @@ export class NoiseSchedule {
     const noisy = new Float32Array(x0.length);
     const target = new Float32Array(x0.length);
     for (let k = 0; k < b; k++) {
-      this.checkTimestep(t[k]!, 'noisedSample');
-      const a = this.sqrtAlphasCumprod[t[k]!]!;
-      const s = this.sqrtOneMinusAlphasCumprod[t[k]!]!;
+      this.checkTimestep(t[k], 'noisedSample');
+      const a = this.sqrtAlphasCumprod[t[k]];
+      const s = this.sqrtOneMinusAlphasCumprod[t[k]];
       for (let j = k * per; j < (k + 1) * per; j++) {
-        const x = x0[j]!;
-        const n = noise[j]!;
+        const x = x0[j];
+        const n = noise[j];
         noisy[j] = a * x + s * n;
         target[j] = prediction === 'v_prediction' ? a * n - s * x : prediction === 'sample' ? x : n;
       }
@@ -200,7 +200,7 @@ export function alphasCumprodFromBetas(betas: Float64Array): Float64Array {
   const out = new Float64Array(betas.length);
   let acc = 1;
   for (let i = 0; i < betas.length; i++) {
-    acc *= f32(1 - betas[i]!);
+    acc *= f32(1 - betas[i]);
     out[i] = f32(acc);
   }
   return out;
@@ -215,12 +215,12 @@ export function rescaleZeroTerminalSnr(betas: Float64Array): Float64Array {
   const n = betas.length;
   const ac = alphasCumprodFromBetas(betas);
   const sq = ac.map(Math.sqrt);
-  const s0 = sq[0]!;
-  const sT = sq[n - 1]!;
+  const s0 = sq[0];
+  const sT = sq[n - 1];
   const scaled = sq.map((v) => ((v - sT) * s0) / (s0 - sT));
   const bar = scaled.map((v) => v * v);
   const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = f32(1 - (i === 0 ? bar[0]! : bar[i]! / bar[i - 1]!));
+  for (let i = 0; i < n; i++) out[i] = f32(1 - (i === 0 ? bar[0] : bar[i] / bar[i - 1]));
   return out;
 }
 

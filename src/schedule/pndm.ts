@@ -67,7 +67,7 @@ export class PNDMScheduler extends Scheduler<PNDMConfig> {
     if (config.prediction_type === 'sample') {
       throw new UsageError('PNDMScheduler config key "prediction_type": expected "epsilon" or "v_prediction", got "sample".');
     }
-    this.finalAlphaCumprod = config.set_alpha_to_one ? 1 : this.alphasCumprod[0]!;
+    this.finalAlphaCumprod = config.set_alpha_to_one ? 1 : this.alphasCumprod[0];
   }
 
   setTimesteps(numInferenceSteps: number): void {
@@ -114,7 +114,7 @@ export class PNDMScheduler extends Scheduler<PNDMConfig> {
     const ratio = Math.floor(this.numTrainTimesteps / this.numInferenceSteps!);
     const diffToPrev = this.counter % 2 ? 0 : Math.floor(ratio / 2);
     const prevTimestep = timestep - diffToPrev;
-    const t = this.prkTimesteps[Math.floor(this.counter / 4) * 4]!;
+    const t = this.prkTimesteps[Math.floor(this.counter / 4) * 4];
     const phase = this.counter % 4;
 
     let eps: tf.Tensor;
@@ -160,10 +160,10 @@ export class PNDMScheduler extends Scheduler<PNDMConfig> {
     const n = e.length;
     const eps = tf.tidy(() => {
       if (n === 1 && this.counter === 0) return modelOutput.clone();
-      if (n === 1 && this.counter === 1) return tf.div(tf.add(modelOutput, e[0]!), 2);
-      if (n === 2) return tf.div(tf.sub(tf.mul(e[1]!, 3), e[0]!), 2);
-      if (n === 3) return tf.div(tf.add(tf.sub(tf.mul(e[2]!, 23), tf.mul(e[1]!, 16)), tf.mul(e[0]!, 5)), 12);
-      return tf.mul(tf.sub(tf.add(tf.sub(tf.mul(e[3]!, 55), tf.mul(e[2]!, 59)), tf.mul(e[1]!, 37)), tf.mul(e[0]!, 9)), 1 / 24);
+      if (n === 1 && this.counter === 1) return tf.div(tf.add(modelOutput, e[0]), 2);
+      if (n === 2) return tf.div(tf.sub(tf.mul(e[1], 3), e[0]), 2);
+      if (n === 3) return tf.div(tf.add(tf.sub(tf.mul(e[2], 23), tf.mul(e[1], 16)), tf.mul(e[0], 5)), 12);
+      return tf.mul(tf.sub(tf.add(tf.sub(tf.mul(e[3], 55), tf.mul(e[2], 59)), tf.mul(e[1], 37)), tf.mul(e[0], 9)), 1 / 24);
     });
     let dropCur = false;
     if (n === 1 && this.counter === 0) {
@@ -184,8 +184,8 @@ export class PNDMScheduler extends Scheduler<PNDMConfig> {
    *   x_t' = sqrt(ᾱ_t'/ᾱ_t)·x_t - (ᾱ_t' - ᾱ_t) / (ᾱ_t·sqrt(1-ᾱ_t') + sqrt(ᾱ_t(1-ᾱ_t)ᾱ_t'))·ε
    */
   private prevSample(sample: tf.Tensor, t: number, prevT: number, modelOutput: tf.Tensor): tf.Tensor {
-    const alphaProdT = this.alphasCumprod[t]!;
-    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT]! : this.finalAlphaCumprod;
+    const alphaProdT = this.alphasCumprod[t];
+    const alphaProdTPrev = prevT >= 0 ? this.alphasCumprod[prevT] : this.finalAlphaCumprod;
     const betaProdT = f32(1 - alphaProdT);
     const betaProdTPrev = f32(1 - alphaProdTPrev);
     return tf.tidy(() => {

@@ -54,6 +54,7 @@ import { Random } from '../util/random.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
 import { dataSettings, vaeData } from './vae.ts';
+import { toSigned } from '../data/pixels.ts';
 
 export const CLIP_PRESETS = ['mnist'] as const;
 export type ClipPreset = (typeof CLIP_PRESETS)[number];
@@ -131,7 +132,7 @@ export interface CaptionBatch {
 
 /** Captions for the examples at `indices` of `ds`, drawn with `rng`. */
 export function captionsFor(ds: Dataset, indices: ArrayLike<number>, rng: Random): string[] {
-  return Array.from(indices, (i) => captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i]!, rng));
+  return Array.from(indices, (i) => captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i], rng));
 }
 
 /**
@@ -154,11 +155,11 @@ export function shiftedImages(ds: Dataset, indices: ArrayLike<number>, maxShift:
   const { height: H, width: W } = ds;
   const buf = new Float32Array(indices.length * H * W).fill(-1);
   for (let k = 0; k < indices.length; k++) {
-    const src = imageAt(ds, indices[k]!);
+    const src = imageAt(ds, indices[k]);
     const dy = rng.int(2 * maxShift + 1) - maxShift;
     const dx = rng.int(2 * maxShift + 1) - maxShift;
     for (let y = Math.max(0, dy); y < Math.min(H, H + dy); y++) {
-      for (let x = Math.max(0, dx); x < Math.min(W, W + dx); x++) buf[(k * H + y) * W + x] = src[(y - dy) * W + x - dx]! * 2 - 1;
+      for (let x = Math.max(0, dx); x < Math.min(W, W + dx); x++) buf[(k * H + y) * W + x] = toSigned(src[(y - dy) * W + x - dx]);
     }
   }
   return tf.tensor4d(buf, [indices.length, H, W, 1]);
@@ -176,7 +177,7 @@ export function captionBatch(batcher: EpochBatcher, tok: WordTokenizer, epoch: n
   return {
     images: shiftedImages(batcher.ds, idx, maxShift, rng),
     ids: tokenIds(tok, captions),
-    labels: Int32Array.from(idx, (i) => batcher.ds.labels[i]!),
+    labels: Int32Array.from(idx, (i) => batcher.ds.labels[i]),
     captions,
   };
 }
@@ -210,9 +211,9 @@ export async function validateClip(
     if (idx.length < Math.min(o.batchSize, val.n)) break; // in-batch loss depends on batch size
     const captions = captionsFor(val, idx, rng);
     const l = tf.tidy(() =>
-      clipLoss(clip.encodeImage(imagesAt(val, idx)), clip.encodeText(tokenIds(tok, captions)), clip.logit_scale as tf.Scalar, Array.from(idx, (i) => val.labels[i]!), o.sameLabelWeight),
+      clipLoss(clip.encodeImage(imagesAt(val, idx)), clip.encodeText(tokenIds(tok, captions)), clip.logit_scale as tf.Scalar, Array.from(idx, (i) => val.labels[i]), o.sameLabelWeight),
     );
-    total += l.dataSync()[0]!;
+    total += l.dataSync()[0];
     l.dispose();
     batches++;
   }
@@ -222,9 +223,9 @@ export async function validateClip(
     numbers: {
       loss: total / Math.max(1, batches),
       zeroShot: report.zeroShot.accuracy,
-      recall1: report.textToImageRecall[1]!,
-      recall5: report.textToImageRecall[5]!,
-      classRecall1: report.textToImageClassRecall[1]!,
+      recall1: report.textToImageRecall[1],
+      recall5: report.textToImageRecall[5],
+      classRecall1: report.textToImageClassRecall[1],
       scale: report.scale,
     },
   };

@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type Dataset, epochOrder } from '../data/index.ts';
 import { check } from '../util/errors.ts';
+import { toSigned } from '../data/pixels.ts';
 
 export class EpochBatcher {
   readonly stepsPerEpoch: number;
@@ -45,9 +46,9 @@ export function imagesAt(ds: Dataset, indices: ArrayLike<number>, range: 'unit' 
   const px = ds.height * ds.width;
   const buf = new Float32Array(indices.length * px);
   for (let k = 0; k < indices.length; k++) {
-    const i = indices[k]!;
+    const i = indices[k];
     const img = ds.images.subarray(i * px, (i + 1) * px);
-    if (range === 'signed') for (let p = 0; p < px; p++) buf[k * px + p] = img[p]! * 2 - 1;
+    if (range === 'signed') for (let p = 0; p < px; p++) buf[k * px + p] = toSigned(img[p]);
     else buf.set(img, k * px);
   }
   return tf.tensor4d(buf, [indices.length, ds.height, ds.width, 1]);

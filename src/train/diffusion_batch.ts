@@ -49,7 +49,7 @@ export interface BatchMaker {
  */
 export function drawCaptions(ds: Dataset, indices: ArrayLike<number>, rng: Random, dropout: number): string[] {
   return Array.from(indices, (i) =>
-    rng.next() < dropout ? '' : captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i]!, rng),
+    rng.next() < dropout ? '' : captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i], rng),
   );
 }
 
@@ -87,7 +87,7 @@ export function makeBatchMaker(
         timesteps: tf.tensor1d(Float32Array.from(t), 'float32'),
         context: text.batch(captions),
         target: tf.tensor4d(target, [b, h, w, c]),
-        weights: tf.tensor1d(Float32Array.from(t, (ti) => weightOf[ti]!), 'float32'),
+        weights: tf.tensor1d(Float32Array.from(t, (ti) => weightOf[ti]), 'float32'),
         captions,
         t,
       };
@@ -104,9 +104,9 @@ function scaledLatents(latents: LatentSet, indices: ArrayLike<number>, eps: Floa
   const per = h * w * c;
   const x0 = new Float32Array(indices.length * per);
   for (let k = 0; k < indices.length; k++) {
-    const src = indices[k]! * per;
+    const src = indices[k] * per;
     for (let j = 0; j < per; j++) {
-      const z = eps ? latents.mean[src + j]! + latents.std[src + j]! * eps[k * per + j]! : latents.mean[src + j]!;
+      const z = eps ? latents.mean[src + j] + latents.std[src + j] * eps[k * per + j] : latents.mean[src + j];
       x0[k * per + j] = z * scalingFactor;
     }
   }

@@ -21,7 +21,7 @@ export class Ema {
     readonly ema: NamedVariable[],
     readonly maxDecay: number,
   ) {
-    if (raw.length !== ema.length || raw.some(([n], i) => n !== ema[i]![0])) throw new Error('Ema: the two models do not have the same parameters');
+    if (raw.length !== ema.length || raw.some(([n], i) => n !== ema[i][0])) throw new Error('Ema: the two models do not have the same parameters');
   }
 
   /** diffusers' EMAModel.get_decay (no ema warm-up power): min(maxDecay, (1+n)/(10+n)), n = updates before this one. */
@@ -31,13 +31,13 @@ export class Ema {
   }
 
   copyFromRaw(): void {
-    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(this.raw[i]![1])));
+    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(this.raw[i][1])));
   }
 
   /** ema ← d·ema + (1−d)·raw, after update number `updatesDone`. */
   update(updatesDone: number): void {
     const d = this.decayAt(updatesDone);
-    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(tf.add(tf.mul(e, d), tf.mul(this.raw[i]![1], 1 - d)))));
+    tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(tf.add(tf.mul(e, d), tf.mul(this.raw[i][1], 1 - d)))));
   }
 
   save(file: string, step: number): void {

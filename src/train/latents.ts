@@ -14,6 +14,7 @@ import { AutoencoderKL, VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
 import { type Dataset, imageAt } from '../data/index.ts';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
 import { chunks } from './data.ts';
+import { toSigned } from '../data/pixels.ts';
 
 export interface LatentSet {
   /** Posterior means [n, h, w, c] (unscaled), flat. */
@@ -37,14 +38,14 @@ export function encodeLatents(vae: AutoencoderKL, ds: Dataset): LatentSet {
     const [m, s] = tf.tidy(() => {
       const buf = new Float32Array(idx.length * px);
       for (let k = 0; k < idx.length; k++) {
-        const img = imageAt(ds, idx[k]!);
-        for (let p = 0; p < px; p++) buf[k * px + p] = img[p]! * 2 - 1;
+        const img = imageAt(ds, idx[k]);
+        for (let p = 0; p < px; p++) buf[k * px + p] = toSigned(img[p]);
       }
       const dist = vae.encode(tf.tensor4d(buf, [idx.length, ds.height, ds.width, 1]));
       return [dist.mean.dataSync() as Float32Array, tf.exp(tf.mul(dist.logvar, 0.5)).dataSync() as Float32Array];
     });
-    mean.set(m!, idx[0]! * per);
-    std.set(s!, idx[0]! * per);
+    mean.set(m!, idx[0] * per);
+    std.set(s!, idx[0] * per);
   }
   return { mean, std, n: ds.n, shape };
 }

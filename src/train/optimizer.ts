@@ -70,8 +70,8 @@ export class AdamW {
       this.variables.forEach((p, i) => {
         const g = Array.isArray(grads) ? grads[i] : grads[p.name];
         if (!g) return;
-        const m = this.expAvg[i]!;
-        const v = this.expAvgSq[i]!;
+        const m = this.expAvg[i];
+        const v = this.expAvgSq[i];
         // On the native backend the lines below run as one kernel (same float32 bits).
         const fused = fusedAdamW(p, g, m, v, { beta1: b1, beta2: b2, eps, decay: wd !== 0 ? 1 - lr * wd : null, bc2Sqrt, stepSize });
         if (fused) {
@@ -95,8 +95,8 @@ export class AdamW {
   stateTensors(): Map<string, { shape: number[]; data: Float32Array }> {
     const out = new Map<string, { shape: number[]; data: Float32Array }>();
     this.names.forEach((n, i) => {
-      out.set(`exp_avg.${n}`, { shape: [...this.expAvg[i]!.shape], data: (this.expAvg[i]!.dataSync() as Float32Array).slice() });
-      out.set(`exp_avg_sq.${n}`, { shape: [...this.expAvgSq[i]!.shape], data: (this.expAvgSq[i]!.dataSync() as Float32Array).slice() });
+      out.set(`exp_avg.${n}`, { shape: [...this.expAvg[i].shape], data: (this.expAvg[i].dataSync() as Float32Array).slice() });
+      out.set(`exp_avg_sq.${n}`, { shape: [...this.expAvgSq[i].shape], data: (this.expAvgSq[i].dataSync() as Float32Array).slice() });
     });
     return out;
   }
@@ -106,7 +106,7 @@ export class AdamW {
     const problems: string[] = [];
     const plan: Array<[tf.Variable, Float32Array]> = [];
     this.names.forEach((n, i) => {
-      for (const [key, buf] of [[`exp_avg.${n}`, this.expAvg[i]!], [`exp_avg_sq.${n}`, this.expAvgSq[i]!]] as const) {
+      for (const [key, buf] of [[`exp_avg.${n}`, this.expAvg[i]], [`exp_avg_sq.${n}`, this.expAvgSq[i]]] as const) {
         const t = tensors.get(key);
         if (!t) problems.push(`missing ${key}`);
         else if (t.shape.join(',') !== buf.shape.join(',')) problems.push(`${key} is [${t.shape}] but the model needs [${buf.shape}]`);
@@ -167,7 +167,7 @@ export function learningRate(step: number, s: LrSchedule): number {
  */
 export function clipGradNorm(grads: tf.NamedTensorMap, maxNorm?: number): { grads: tf.NamedTensorMap; norm: number; clipped: boolean } {
   const list = Object.values(grads).filter((g): g is tf.Tensor => g != null);
-  const norm = list.length === 0 ? 0 : tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.sum(tf.square(g))))).dataSync()[0]!);
+  const norm = list.length === 0 ? 0 : tf.tidy(() => tf.sqrt(tf.addN(list.map((g) => tf.sum(tf.square(g))))).dataSync()[0]);
   if (maxNorm === undefined || !(norm > maxNorm) || !Number.isFinite(norm)) return { grads, norm, clipped: false };
   const scale = maxNorm / (norm + 1e-6);
   const out: tf.NamedTensorMap = {};

@@ -394,9 +394,9 @@ function trainStep<B>(task: TrainTask<B>, optimizer: AdamW, ctx: StepContext, ma
   } finally {
     task.disposeBatch?.(batch);
   }
-  const loss = value.dataSync()[0]!;
+  const loss = value.dataSync()[0];
   const metricValues: Record<string, number> = {};
-  for (const [k, m] of Object.entries(metrics)) metricValues[k] = m.dataSync()[0]!;
+  for (const [k, m] of Object.entries(metrics)) metricValues[k] = m.dataSync()[0];
   tf.dispose([value, ...Object.values(metrics)]);
 
   const clipped = clipGradNorm(grads, maxNorm);

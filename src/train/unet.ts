@@ -361,7 +361,7 @@ export function validationLoss(model: UNet2DConditionModel, maker: BatchMaker, v
   for (const idx of chunks(latents.n, batchSize)) {
     const b = maker.make(val, latents, idx, rng, 0);
     try {
-      const l = tf.tidy(() => diffusionLoss(model, b).loss.dataSync()[0]!);
+      const l = tf.tidy(() => diffusionLoss(model, b).loss.dataSync()[0]);
       total += l * idx.length;
     } finally {
       disposeBatch(b);
@@ -374,7 +374,7 @@ function stdOf(data: Float32Array, scale: number): number {
   let s = 0;
   let s2 = 0;
   for (let i = 0; i < data.length; i++) {
-    const v = data[i]! * scale;
+    const v = data[i] * scale;
     s += v;
     s2 += v * v;
   }

@@ -31,6 +31,7 @@ import { Random } from '../util/random.ts';
 import { saveImageGrid } from '../viz/index.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
+import { denormalize } from '../data/pixels.ts';
 
 /** Held-out split shared by all sdlab trainers (independent of --seed, so it never moves). */
 export const DATA_SPLIT = { valFraction: 0.1, seed: 0 } as const;
@@ -130,13 +131,13 @@ export function evaluateVae(vae: AutoencoderKL, val: Dataset, o: { loss: 'mse' |
       const x = imagesAt(val, idx);
       const dist = vae.encode(x);
       const y = vae.decode(dist.mean);
-      const y01 = tf.clipByValue(tf.div(tf.add(y, 1), 2), 0, 1);
-      const x01 = tf.div(tf.add(x, 1), 2);
+      const y01 = denormalize(y);
+      const x01 = denormalize(x); // data: already in range, the clamp changes nothing
       return [
         tf.mul(reconstructionLoss(o.loss, y, x), idx.length),
         tf.sum(klDivergence(dist)),
         tf.sum(tf.squaredDifference(y01, x01)),
-      ].map((t) => t.dataSync()[0]!);
+      ].map((t) => t.dataSync()[0]);
     });
     rec += r!;
     kl += k!;
@@ -164,8 +165,8 @@ export function latentStd(vae: AutoencoderKL, ds: Dataset, seed: number, batchSi
     const data = z.dataSync();
     z.dispose();
     for (let i = 0; i < data.length; i++) {
-      sum += data[i]!;
-      sumSq += data[i]! * data[i]!;
+      sum += data[i];
+      sumSq += data[i] * data[i];
     }
     count += data.length;
   }
@@ -186,13 +187,12 @@ export async function saveReconstructionGrid(
   const cells = tf.tidy(() => {
     const x = imagesAt(images, Int32Array.from({ length: n }, (_, i) => i));
     const y = vae.decode(vae.encode(x).mean);
-    const to01 = (t: tf.Tensor) => tf.clipByValue(tf.div(tf.add(t, 1), 2), 0, 1);
     const parts: tf.Tensor[] = [];
     for (let r = 0; r < rowsOfPairs; r++) {
       const size = Math.min(cols, n - r * cols);
       const pad = (t: tf.Tensor) =>
         size < cols ? tf.concat([t, tf.zeros([cols - size, ...t.shape.slice(1)])]) : t;
-      parts.push(pad(to01(tf.slice(x, r * cols, size))), pad(to01(tf.slice(y, r * cols, size))));
+      parts.push(pad(denormalize(tf.slice(x, r * cols, size))), pad(denormalize(tf.slice(y, r * cols, size))));
     }
     return tf.concat(parts);
   });

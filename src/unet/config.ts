@@ -249,7 +249,7 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
   // Heads must divide the width of every transformer (down i, up i = reversed level, mid = last).
   const hasAttn = (i: number) => cfg.down_block_types[i] === 'CrossAttnDownBlock2D' || cfg.up_block_types[n - 1 - i] === 'CrossAttnUpBlock2D' || (i === n - 1 && cfg.mid_block_type !== null);
   channels.forEach((c, i) => {
-    if (hasAttn(i) && c % heads[i]! !== 0) fail(`block_out_channels ${c} is not divisible by ${headsKey} ${heads[i]} (heads per block)`);
+    if (hasAttn(i) && c % heads[i] !== 0) fail(`block_out_channels ${c} is not divisible by ${headsKey} ${heads[i]} (heads per block)`);
   });
   for (const key of ['conv_in_kernel', 'conv_out_kernel'] as const) {
     if (posInt(key, cfg[key]) % 2 !== 1) fail(`${key} must be odd, got ${cfg[key]}`);
@@ -257,13 +257,13 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
   if (!Number.isInteger(cfg.downsample_padding) || cfg.downsample_padding < 0) fail(`downsample_padding must be an integer ≥ 0, got ${cfg.downsample_padding}`);
   if (!(cfg.norm_eps > 0)) fail(`norm_eps must be > 0, got ${cfg.norm_eps}`);
   if (cfg.sample_size !== null) posInt('sample_size', cfg.sample_size);
-  const timeEmbedDim = cfg.time_embedding_dim === null ? 4 * channels[0]! : posInt('time_embedding_dim', cfg.time_embedding_dim);
+  const timeEmbedDim = cfg.time_embedding_dim === null ? 4 * channels[0] : posInt('time_embedding_dim', cfg.time_embedding_dim);
   getActivation(cfg.act_fn, `${source}: act_fn`);
   if (cfg.time_embedding_act_fn !== null) {
     if (typeof cfg.time_embedding_act_fn !== 'string') fail(`time_embedding_act_fn must be an activation name or null`);
     getActivation(cfg.time_embedding_act_fn, `${source}: time_embedding_act_fn`);
   }
-  return { channels, layers, heads, crossAttentionDim: cross[0]!, transformerLayers, onlyCrossAttention, timeEmbedDim };
+  return { channels, layers, heads, crossAttentionDim: cross[0], transformerLayers, onlyCrossAttention, timeEmbedDim };
 }
 
 /** Checks a complete config object (throws a UsageError naming `source` and the key). */

@@ -52,8 +52,8 @@ import {
   timestepEmbedding,
 } from '../nn/index.ts';
 import { writeConfig } from '../io/config.ts';
-import { saveWeights } from '../io/checkpoint.ts';
-import { loadPretrained } from '../io/pretrained.ts';
+import { saveWeights } from '../nn/checkpoint.ts';
+import { loadPretrained } from '../nn/pretrained.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, type UNetPlan, planUnet, readUnetConfig } from './config.ts';
@@ -155,7 +155,7 @@ class UpBlock extends Module {
   forward(x: tf.Tensor4D, skips: tf.Tensor4D[], temb: tf.Tensor2D, context?: tf.Tensor3D, upsampleSize?: [number, number]): tf.Tensor4D {
     let h = x;
     this.resnets.items.forEach((resnet, i) => {
-      h = resnet.forward(tf.concat([h, skips[skips.length - 1 - i]!], 3), temb);
+      h = resnet.forward(tf.concat([h, skips[skips.length - 1 - i]], 3), temb);
       // CrossAttnUpBlock2D: the text enters here (cross-attention to `context` in the transformer).
       if (this.attentions) h = this.attentions.at(i).forward(h, context);
     });
@@ -222,44 +222,44 @@ export class UNet2DConditionModel extends Module {
       act: cfg.act_fn,
       attention: crossAttn
         ? {
-            heads: p.heads[i]!,
+            heads: p.heads[i],
             crossAttentionDim: p.crossAttentionDim,
-            transformerLayers: p.transformerLayers[i]!,
+            transformerLayers: p.transformerLayers[i],
             useLinearProjection: cfg.use_linear_projection,
-            onlyCrossAttention: p.onlyCrossAttention[i]!,
+            onlyCrossAttention: p.onlyCrossAttention[i],
           }
         : null,
     });
 
     const kIn = cfg.conv_in_kernel;
-    this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0]!, kIn, { padding: (kIn - 1) / 2 }));
-    this.time_embedding = this.module('time_embedding', new TimestepEmbedding(ch[0]!, p.timeEmbedDim, { act: cfg.act_fn }));
+    this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0], kIn, { padding: (kIn - 1) / 2 }));
+    this.time_embedding = this.module('time_embedding', new TimestepEmbedding(ch[0], p.timeEmbedDim, { act: cfg.act_fn }));
 
     this.module('down_blocks', this.down_blocks);
     for (let i = 0; i < n; i++) {
-      const cin = i === 0 ? ch[0]! : ch[i - 1]!;
+      const cin = i === 0 ? ch[0] : ch[i - 1];
       const crossAttn = cfg.down_block_types[i] === 'CrossAttnDownBlock2D';
-      this.down_blocks.push(new DownBlock(cin, ch[i]!, p.layers[i]!, i < n - 1, cfg.downsample_padding, opts(i, crossAttn)));
+      this.down_blocks.push(new DownBlock(cin, ch[i], p.layers[i], i < n - 1, cfg.downsample_padding, opts(i, crossAttn)));
     }
 
     // diffusers gives the mid block no only_cross_attention: it always self-attends.
     const midOpts = opts(n - 1, true);
     midOpts.attention!.onlyCrossAttention = false;
-    this.mid_block = cfg.mid_block_type === null ? null : this.module('mid_block', new MidBlock(ch[n - 1]!, cfg.mid_block_scale_factor, midOpts));
+    this.mid_block = cfg.mid_block_type === null ? null : this.module('mid_block', new MidBlock(ch[n - 1], cfg.mid_block_scale_factor, midOpts));
 
     // Up block i mirrors down level j = n-1-i: same width, heads and depth, one more resnet.
     this.module('up_blocks', this.up_blocks);
     for (let i = 0; i < n; i++) {
       const j = n - 1 - i;
-      const prev = ch[Math.min(j + 1, n - 1)]!;
-      const skipIn = ch[Math.max(j - 1, 0)]!;
+      const prev = ch[Math.min(j + 1, n - 1)];
+      const skipIn = ch[Math.max(j - 1, 0)];
       const crossAttn = cfg.up_block_types[i] === 'CrossAttnUpBlock2D';
-      this.up_blocks.push(new UpBlock(prev, ch[j]!, skipIn, p.layers[j]! + 1, i < n - 1, opts(j, crossAttn)));
+      this.up_blocks.push(new UpBlock(prev, ch[j], skipIn, p.layers[j] + 1, i < n - 1, opts(j, crossAttn)));
     }
 
-    this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(cfg.norm_num_groups, ch[0]!, { eps: cfg.norm_eps }));
+    this.conv_norm_out = this.module('conv_norm_out', new GroupNorm(cfg.norm_num_groups, ch[0], { eps: cfg.norm_eps }));
     const kOut = cfg.conv_out_kernel;
-    this.conv_out = this.module('conv_out', new Conv2d(ch[0]!, cfg.out_channels, kOut, { padding: (kOut - 1) / 2 }));
+    this.conv_out = this.module('conv_out', new Conv2d(ch[0], cfg.out_channels, kOut, { padding: (kOut - 1) / 2 }));
   }
 
   /** Whether any block attends to text (then forward needs encoderHiddenStates). */
@@ -293,7 +293,7 @@ export class UNet2DConditionModel extends Module {
       // Time: sinusoidal features of width C0 → MLP → temb [B, timeEmbedDim].
       const t = batchTimesteps(timesteps, b);
       let temb = this.time_embedding.forward(
-        timestepEmbedding(t, this.plan.channels[0]!, { flipSinToCos: cfg.flip_sin_to_cos, freqShift: cfg.freq_shift }),
+        timestepEmbedding(t, this.plan.channels[0], { flipSinToCos: cfg.flip_sin_to_cos, freqShift: cfg.freq_shift }),
       );
       if (this.timeEmbedAct) temb = this.timeEmbedAct(temb);
 
@@ -344,7 +344,7 @@ export class UNet2DConditionModel extends Module {
 /** Timesteps as a float32 [B] tensor (one value is repeated over the batch). */
 function batchTimesteps(timesteps: tf.Tensor | number | number[], batch: number): tf.Tensor1D {
   const t = typeof timesteps === 'number' || Array.isArray(timesteps) ? tf.tensor1d(typeof timesteps === 'number' ? [timesteps] : timesteps, 'float32') : tf.cast(tf.reshape(timesteps, [-1]), 'float32');
-  const n = t.shape[0]!;
+  const n = t.shape[0];
   if (n === batch) return t as tf.Tensor1D;
   if (n === 1) return tf.tile(t, [batch]) as tf.Tensor1D;
   throw new UsageError(`UNet: got ${n} timesteps for a batch of ${batch} (give one per sample, or one for all).`);

@@ -92,15 +92,15 @@ export class Random {
 
   /** One element of `items`, uniformly. */
   pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)]!;
+    return items[this.int(items.length)];
   }
 
   /** Shuffles `items` in place (Fisher-Yates) and returns it. */
   shuffle<T, A extends { length: number; [i: number]: T }>(items: A): A {
     for (let i = items.length - 1; i > 0; i--) {
       const j = this.int(i + 1);
-      const tmp = items[i]!;
-      items[i] = items[j]!;
+      const tmp = items[i];
+      items[i] = items[j];
       items[j] = tmp;
     }
     return items;

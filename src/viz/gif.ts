@@ -35,17 +35,17 @@ function isGray(rgba: Uint8Array): boolean {
 /** Encodes frames (all the same size) as GIF bytes. */
 export function encodeGif(frames: readonly Raster[], opts: GifOptions = {}): Uint8Array {
   if (frames.length === 0) throw new Error('encodeGif: no frames.');
-  const { width, height } = frames[0]!;
+  const { width, height } = frames[0];
   const gif = GIFEncoder();
   const delay = opts.delayMs ?? 100;
   // The first frame's palette becomes the global one; later gray frames reuse it when it is gray.
-  const firstGray = isGray(frames[0]!.data);
+  const firstGray = isGray(frames[0].data);
   frames.forEach((f, i) => {
     if (f.width !== width || f.height !== height) throw new Error(`encodeGif: frame ${i} is ${f.width}x${f.height}, expected ${width}x${height}.`);
     const frameDelay = delay + (i === frames.length - 1 ? (opts.lastFrameDelayMs ?? 0) : 0);
     if (isGray(f.data)) {
       const index = new Uint8Array(width * height);
-      for (let p = 0; p < index.length; p++) index[p] = f.data[p * 4]!;
+      for (let p = 0; p < index.length; p++) index[p] = f.data[p * 4];
       gif.writeFrame(index, width, height, { palette: i === 0 || !firstGray ? GRAY_PALETTE : undefined, delay: frameDelay, repeat: opts.repeat ?? 0 });
     } else {
       const palette = quantize(f.data, 256);

@@ -96,7 +96,7 @@ export function renderLossCurve(input: readonly Series[] | readonly number[], op
   // Finite points only (a NaN loss must not break the picture).
   const pts = series.map((s) => {
     const xs = s.steps ?? s.values.map((_, i) => i);
-    return s.values.map((v, i) => [xs[i]!, v] as [number, number]).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+    return s.values.map((v, i) => [xs[i], v] as [number, number]).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   });
   const all = pts.flat();
   const ys = all.map((p) => p[1]);
@@ -167,18 +167,18 @@ export function renderLossCurve(input: readonly Series[] | readonly number[], op
   // Lines.
   series.forEach((s, si) => {
     const smooth = s.smooth ?? opts.smooth ?? 0;
-    const color = s.color ?? PALETTE[si % PALETTE.length]!;
-    const p = pts[si]!;
+    const color = s.color ?? PALETTE[si % PALETTE.length];
+    const p = pts[si];
     const draw = (points: [number, number][], c: RGB, thick: number) => {
       for (let i = 1; i < points.length; i++) {
-        r.line(px(points[i - 1]![0]), py(points[i - 1]![1]), px(points[i]![0]), py(points[i]![1]), c, thick);
+        r.line(px(points[i - 1][0]), py(points[i - 1][1]), px(points[i][0]), py(points[i][1]), c, thick);
       }
-      if (points.length === 1) r.fillRect(px(points[0]![0]) - 1, py(points[0]![1]) - 1, 3, 3, c);
+      if (points.length === 1) r.fillRect(px(points[0][0]) - 1, py(points[0][1]) - 1, 3, 3, c);
     };
     if (smooth > 0 && p.length >= 20) {
       draw(p, fade(color, 0.65), 1);
       const sm = ema(p.map((q) => q[1]), smooth);
-      draw(p.map((q, i) => [q[0], sm[i]!] as [number, number]).filter((q) => !logY || q[1] > 0), color, 2);
+      draw(p.map((q, i) => [q[0], sm[i]] as [number, number]).filter((q) => !logY || q[1] > 0), color, 2);
     } else {
       draw(p, color, 2);
     }
@@ -190,7 +190,7 @@ export function renderLossCurve(input: readonly Series[] | readonly number[], op
     const lw = Math.max(...names.map((n) => textWidth(n, fs))) + 26;
     let y = top + 6;
     series.forEach((s, si) => {
-      const color = s.color ?? PALETTE[si % PALETTE.length]!;
+      const color = s.color ?? PALETTE[si % PALETTE.length];
       const x = left + pw - lw - 4;
       r.fillRect(x, y + Math.floor(lineH / 2) - 1, 14, 3, color);
       r.text(x + 20, y, s.name, ink, fs);

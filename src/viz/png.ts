@@ -43,7 +43,7 @@ export function toFloatImages(images: ImagesInput): FloatImage[] {
   const shape = t.shape;
   if (shape.length !== 3 && shape.length !== 4) throw new Error(`images: expected a tensor [N, H, W] or [N, H, W, C], got [${shape.join(', ')}].`);
   const [n, h, w] = shape as [number, number, number];
-  const c = shape.length === 4 ? shape[3]! : 1;
+  const c = shape.length === 4 ? shape[3] : 1;
   if (c !== 1 && c !== 3) throw new Error(`images: expected 1 or 3 channels, got ${c}.`);
   const data = t.dataSync() as Float32Array;
   const per = h * w * c;
@@ -97,7 +97,7 @@ export function gridLayout(n: number, h: number, w: number, opts: GridOptions = 
 export function renderGrid(images: ImagesInput, opts: GridOptions = {}): Raster {
   const list = toFloatImages(images);
   if (list.length === 0) throw new Error('renderGrid: no images to draw.');
-  const { height: h, width: w } = list[0]!;
+  const { height: h, width: w } = list[0];
   const layout = gridLayout(list.length, h, w, opts);
   const fontScale = opts.fontScale ?? ((opts.scale ?? 1) >= 2 ? 2 : 1);
   const pad = opts.pad ?? 2;
@@ -144,5 +144,5 @@ export async function savePng(file: string, raster: Raster): Promise<void> {
 export async function saveImageGrid(file: string, images: ImagesInput, opts: GridOptions = {}): Promise<GridLayout> {
   const list = toFloatImages(images);
   await savePng(file, renderGrid(list, opts));
-  return gridLayout(list.length, list[0]!.height, list[0]!.width, opts);
+  return gridLayout(list.length, list[0].height, list[0].width, opts);
 }

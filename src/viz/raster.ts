@@ -63,7 +63,7 @@ export class Raster {
 
   getPixel(x: number, y: number): [number, number, number] {
     const o = (y * this.width + x) * 4;
-    return [this.data[o]!, this.data[o + 1]!, this.data[o + 2]!];
+    return [this.data[o], this.data[o + 1], this.data[o + 2]];
   }
 
   fillRect(x: number, y: number, w: number, h: number, c: RGB): void {
@@ -114,11 +114,11 @@ export class Raster {
   text(x: number, y: number, text: string, c: RGB, scale = 1): void {
     let cx = Math.round(x);
     for (const ch of text) {
-      const glyph = GLYPHS[ch] ?? GLYPHS[ch.toUpperCase()] ?? GLYPHS['?']!;
+      const glyph = GLYPHS[ch] ?? GLYPHS[ch.toUpperCase()] ?? GLYPHS['?'];
       const rows = glyph.split('|');
       for (let gy = 0; gy < GLYPH_HEIGHT; gy++) {
         for (let gx = 0; gx < GLYPH_WIDTH; gx++) {
-          if (rows[gy]![gx] === '#') this.fillRect(cx + gx * scale, y + gy * scale, scale, scale, c);
+          if (rows[gy][gx] === '#') this.fillRect(cx + gx * scale, y + gy * scale, scale, scale, c);
         }
       }
       cx += (GLYPH_WIDTH + 1) * scale;
@@ -135,8 +135,8 @@ export class Raster {
     for (let iy = 0; iy < img.height; iy++) {
       for (let ix = 0; ix < img.width; ix++) {
         const o = (iy * img.width + ix) * ch;
-        const r = to8(img.data[o]!);
-        const c: RGB = ch === 1 ? [r, r, r] : [r, to8(img.data[o + 1]!), to8(img.data[o + 2]!)];
+        const r = to8(img.data[o]);
+        const c: RGB = ch === 1 ? [r, r, r] : [r, to8(img.data[o + 1]), to8(img.data[o + 2])];
         this.fillRect(x + ix * scale, y + iy * scale, scale, scale, c);
       }
     }

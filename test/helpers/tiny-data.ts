@@ -24,11 +24,11 @@ export function writeTinyIdx(dir: string, n: number): void {
   const px = new Uint8Array(n * S * S);
   const labels = new Uint8Array(n);
   pick.forEach((i, k) => {
-    labels[k] = ds.labels[i]!;
+    labels[k] = ds.labels[i];
     for (let y = 0; y < S; y++) {
       for (let x = 0; x < S; x++) {
         let s = 0;
-        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx]!;
+        for (let dy = 0; dy < 4; dy++) for (let dx = 0; dx < 4; dx++) s += ds.images[i * 1024 + (4 * y + dy) * 32 + 4 * x + dx];
         px[k * S * S + y * S + x] = Math.round(Math.min(1, (s / 16) * 1.5) * 255);
       }
     }

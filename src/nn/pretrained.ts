@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { type LoadOptions, type Module, skipInit } from '../nn/module.ts';
+import { type LoadOptions, type Module, skipInit } from './module.ts';
 import { UsageError } from '../util/errors.ts';
 import { loadWeights } from './checkpoint.ts';
 

@@ -9,8 +9,8 @@
  * all missing/unexpected/mis-shaped keys in one error, then reads the tensors one at a time
  * (peak memory: the model plus one tensor).
  */
-import { type LoadOptions, type Module, assignFromTorch, planLoad } from '../nn/module.ts';
-import { SafetensorsFile, type WriteDtype, writeSafetensors } from './safetensors.ts';
+import { type LoadOptions, type Module, assignFromTorch, planLoad } from './module.ts';
+import { SafetensorsFile, type WriteDtype, writeSafetensors } from '../io/safetensors.ts';
 
 /** Loads a safetensors file into `model` (see LoadOptions for renaming/skipping keys). */
 export function loadWeights(model: Module, file: string, opts: LoadOptions = {}): void {
