@@ -35,7 +35,7 @@ import type { UNet2DConditionConfig } from '../unet/index.ts';
 import { BETA_SCHEDULES, TIMESTEP_SPACINGS } from '../schedule/index.ts';
 import { UNET_TRAIN_DEFAULTS, trainUnet, trainCommand, type LatentMode } from '../train/unet.ts';
 import { DATA_SPLIT } from '../train/vae.ts';
-import { clipConfigOverrides, unetBlockLayout, vaeConfigOverrides, zeroTerminalSnrFor } from '../train/recipe.ts';
+import { type ClipArchitecture, type VaeArchitecture, clipConfigOverrides, unetBlockLayout, vaeConfigOverrides, zeroTerminalSnrFor } from '../train/recipe.ts';
 import { loadDataset, splitDataset } from '../data/index.ts';
 import { TINY_PRESET, TRAIN_ALL_PRESETS, type TrainAllPresetName } from '../train/presets.ts';
 import { describeRun, trainAll } from '../train/all.ts';
@@ -214,16 +214,11 @@ function report(task: string, res: TrainResult, where: string, finished: (rate: 
 // ---------------------------------------------------------------------------------------------
 // vae
 
-interface VaeCliOptions extends CommonCliOptions {
+interface VaeCliOptions extends CommonCliOptions, VaeArchitecture {
   valLimit?: number;
   preset: VaePreset;
   loss: 'mse' | 'l1';
   klWeight: number;
-  channels?: number[];
-  layersPerBlock?: number;
-  latentChannels?: number;
-  normGroups?: number;
-  sampleSize?: number;
   midAttention: boolean;
 }
 
@@ -282,18 +277,11 @@ async function runTrainVae(cmd: Command, opts: VaeCliOptions): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // clip
 
-interface ClipCliOptions extends CommonCliOptions {
+interface ClipCliOptions extends CommonCliOptions, ClipArchitecture {
   valLimit?: number;
   preset: ClipPreset;
   sameLabelWeight: number;
   shiftPixels: number;
-  projectionDim?: number;
-  textWidth?: number;
-  textLayers?: number;
-  textHeads?: number;
-  imageChannels?: number[];
-  normGroups?: number;
-  sampleSize?: number;
 }
 
 export function registerClip(trainCmd: Command): void {

@@ -22,7 +22,7 @@ import { writeSampleSheet } from '../sample/sheet.ts';
 import { trainClip } from './clip.ts';
 import { type TrainAllPreset } from './presets.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
-import { trainLog } from './trainer.ts';
+import { type TrainResult, trainLog } from './trainer.ts';
 import { trainUnet } from './unet.ts';
 import { trainVae } from './vae.ts';
 
@@ -143,52 +143,48 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   };
   const skipped = (stage: StageName): StageReport => ({ stage, status: 'skipped', seconds: 0, steps: 0, examplesPerSecond: 0, metric: {} });
 
-  // ---- VAE
-  let stopped = false;
-  const vaePlan = plan('vae', p.vae);
-  if (vaePlan) {
-    log(`== vae: training the autoencoder (${p.vae.epochs} epochs)`);
+  /** One stage: skipped when already trained, else trained (or resumed) and reported. */
+  const runStage = async <R extends TrainResult>(
+    stage: StageName,
+    what: string,
+    want: { epochs: number; batchSize: number; limit?: number | undefined; data?: string | undefined },
+    trainIt: (flags: { resume: boolean; overwrite: boolean }) => Promise<R>,
+    finish: (r: R) => Record<string, number>,
+  ): Promise<boolean> => {
+    const flags = plan(stage, want);
+    if (!flags) {
+      stageDone(skipped(stage));
+      return false;
+    }
+    log(`== ${stage}: training ${what} (${want.epochs} epochs)`);
     const t0 = Date.now();
-    const r = await trainVae({ ...p.vae, ...common, ...vaePlan });
-    r.vae.dispose();
-    stopped = r.stopped !== 'finished';
+    const r = await trainIt(flags);
+    const metric = finish(r); // reads the metrics, then frees the models
+    const stopped = r.stopped !== 'finished';
     stageDone({
-      stage: 'vae', status: stopped ? 'stopped' : vaePlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
-      examplesPerSecond: r.examplesPerSecond, metric: { psnr: r.psnr, scaling_factor: r.scalingFactor },
+      stage, status: stopped ? 'stopped' : flags.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
+      examplesPerSecond: r.examplesPerSecond, metric,
     });
-  } else stageDone(skipped('vae'));
+    return stopped;
+  };
 
-  // ---- CLIP
+  // ---- VAE → CLIP → UNet, each on the ones before it
+  let stopped = await runStage('vae', 'the autoencoder', p.vae, (f) => trainVae({ ...p.vae, ...common, ...f }), (r) => {
+    r.vae.dispose();
+    return { psnr: r.psnr, scaling_factor: r.scalingFactor };
+  });
   if (!stopped) {
-    const clipPlan = plan('clip', p.clip);
-    if (clipPlan) {
-      log(`== clip: training the text encoder (${p.clip.epochs} epochs)`);
-      const t0 = Date.now();
-      const r = await trainClip({ ...p.clip, ...common, ...clipPlan });
+    stopped = await runStage('clip', 'the text encoder', p.clip, (f) => trainClip({ ...p.clip, ...common, ...f }), (r) => {
       r.clip.dispose();
-      stopped = r.stopped !== 'finished';
-      stageDone({
-        stage: 'clip', status: stopped ? 'stopped' : clipPlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
-        examplesPerSecond: r.examplesPerSecond, metric: { zero_shot: r.zeroShotAccuracy },
-      });
-    } else stageDone(skipped('clip'));
+      return { zero_shot: r.zeroShotAccuracy };
+    });
   }
-
-  // ---- UNet
   if (!stopped) {
-    const unetPlan = plan('unet', p.unet);
-    if (unetPlan) {
-      log(`== unet: training the diffusion model (${p.unet.epochs} epochs)`);
-      const t0 = Date.now();
-      const r = await trainUnet({ ...p.unet, ...common, ...unetPlan });
+    stopped = await runStage('unet', 'the diffusion model', p.unet, (f) => trainUnet({ ...p.unet, ...common, ...f }), (r) => {
       r.unet.dispose();
       if (r.emaUnet !== r.unet) r.emaUnet.dispose();
-      stopped = r.stopped !== 'finished';
-      stageDone({
-        stage: 'unet', status: stopped ? 'stopped' : unetPlan.resume ? 'resumed' : 'trained', seconds: (Date.now() - t0) / 1000, steps: r.step,
-        examplesPerSecond: r.examplesPerSecond, metric: { val_loss: r.valLoss },
-      });
-    } else stageDone(skipped('unet'));
+      return { val_loss: r.valLoss };
+    });
   }
 
   if (stopped) {
