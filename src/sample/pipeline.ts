@@ -9,12 +9,12 @@
  *   3. for each timestep t (noisiest first):
  *        x    = scheduler.scaleModelInput([latents, latents], t)   (identity except Euler-type)
  *        eps  = unet(x, t, [negativeEmbeds, promptEmbeds])          ONE UNet call on 2B rows
- *        eps  = eps_uncond + g · (eps_cond − eps_uncond)           classifier-free guidance
+ *        eps  = eps_uncond + g · (eps_cond − eps_uncond)           classifierFreeGuidance
  *        latents = scheduler.step(eps, t, latents).prevSample
  *      With g = 1 the formula is just eps_cond, so the unconditional half is skipped (half the
  *      work). (diffusers skips it for every g ≤ 1; here g < 1 still guides — g = 0 gives the
  *      unconditional model — which is what the formula says.)
- *   4. images = clamp(vae.decode(latents / scaling_factor) / 2 + 0.5, 0, 1)   NHWC in [0, 1]
+ *   4. images = clamp(vae.decode(latents / scaling_factor) / 2 + 0.5, 0, 1)   denormalize (data/pixels.ts)
  *
  * Usage:
  *   const pipe = loadDiffusersPipeline('../shared/fixtures/sd1_tiny/model');       // ./load.ts
@@ -133,6 +133,15 @@ export class BatchNoiseGenerator implements NoiseGenerator {
 }
 
 
+/**
+ * Classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598): push the prediction away from
+ * the unconditional one, ε = ε_uncond + g · (ε_cond − ε_uncond). g = 1 is the conditional model
+ * alone; larger g follows the text more closely and trades away variety.
+ */
+export function classifierFreeGuidance<T extends tf.Tensor>(uncond: T, cond: T, g: number): T {
+  return tf.tidy(() => tf.add(uncond, tf.mul(tf.sub(cond, uncond), g)) as T);
+}
+
 export class StableDiffusionPipeline {
   readonly tokenizer: Tokenizer;
   readonly textEncoder: TextEncoder;
@@ -248,7 +257,7 @@ export class StableDiffusionPipeline {
           const out = this.unet.forward(modelInput, t, embeds);
           if (!doGuidance) return out;
           const [uncond, cond] = tf.split(out, 2, 0) as [tf.Tensor4D, tf.Tensor4D];
-          return tf.add(uncond, tf.mul(tf.sub(cond, uncond), g)) as tf.Tensor4D;
+          return classifierFreeGuidance(uncond, cond, g);
         });
         const stepped = scheduler.step(noisePred, t, x, { eta: opts.eta, generator });
         const next = stepped.prevSample as tf.Tensor4D;

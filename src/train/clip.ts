@@ -78,9 +78,9 @@ export interface ClipTrainOptions extends ModelTrainOptions {
 }
 
 /**
- * Defaults for the MNIST preset: ≥ 97% held-out zero-shot accuracy within 5 minutes on 2 CPU cores
- * with the native backend. Measured on 2 otherwise idle Xeon cores (~165 img/s, 4 epochs in
- * ~217 s): 98.1% (seed 0), 97.8% (seed 1); lr 3e-3 98.3%; shiftPixels 2: 98.2% / 97.9% (no clear
+ * Defaults for the MNIST preset, sized for ≥ 97% held-out zero-shot accuracy within 5 minutes on 2
+ * CPU cores (the target; measured times: README, "Results"). The sweep that chose them (zero-shot,
+ * 4 epochs): 98.1% (seed 0), 97.8% (seed 1); lr 3e-3 98.3%; shiftPixels 2: 98.2% / 97.9% (no clear
  * gain, so off); batch 128 / lr 3e-3: 95.7% after 5 epochs; batch 256 / lr 4e-3 collapsed (loss
  * stuck at ln 256: every embedding equal).
  */

@@ -56,7 +56,7 @@ export interface VaeTrainOptions extends ModelTrainOptions {
 
 /**
  * Defaults for the MNIST preset, sized to pass 22 dB held-out PSNR within 5 minutes on a 2-core
- * CPU with the native backend. The budget is images (roughly 15–20 per second), so small batches
+ * CPU with the native backend. The budget is images, so small batches
  * and a high peak lr buy more updates per image: 200 steps × 16 = 3,200 digits, a third of the
  * epoch. Measured with seed 0: PSNR on 256 held-out digits 18.3 dB after 800 digits, 20.7 after
  * 1,600, 22.2 after 2,400 (a 400-step schedule, lr still high); these defaults end at 23.4 dB
