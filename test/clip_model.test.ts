@@ -29,6 +29,7 @@ import type { Dataset } from '../src/data/types.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { UsageError } from '../src/util/errors.ts';
 import { Random } from '../src/util/random.ts';
+import { logSumExp, scaledLogits } from './helpers/infonce-reference.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-clip-'));
 beforeAll(async () => {
@@ -41,13 +42,9 @@ const softplus = (x: number) => Math.log1p(Math.exp(x));
 
 /** The loss in float64, written out directly from the definition. */
 function referenceLoss(img: number[][], txt: number[][], logitScale: number): number {
-  const s = Math.exp(Math.min(logitScale, Math.log(100)));
   const n = img.length;
-  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k], 0)));
-  const lse = (xs: number[]) => {
-    const m = Math.max(...xs);
-    return m + Math.log(xs.reduce((acc, x) => acc + Math.exp(x - m), 0));
-  };
+  const logits = scaledLogits(img, txt, logitScale);
+  const lse = logSumExp;
   let i2t = 0;
   let t2i = 0;
   for (let i = 0; i < n; i++) {

@@ -37,6 +37,7 @@ import {
 } from '../src/train/clip.ts';
 import { vaeData } from '../src/train/vae.ts';
 import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
+import { logSumExp, scaledLogits } from './helpers/infonce-reference.ts';
 
 let tmp: string;
 let dataDir: string;
@@ -96,13 +97,9 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 /** The loss in float64 from its definition: soft-target cross-entropy, rows and columns. */
 function referenceLoss(img: number[][], txt: number[][], logitScale: number, labels: number[], w: number): number {
-  const s = Math.exp(Math.min(logitScale, Math.log(100)));
   const n = img.length;
-  const logits = img.map((a) => txt.map((b) => s * a.reduce((acc, v, k) => acc + v * b[k], 0)));
-  const lse = (xs: number[]) => {
-    const m = Math.max(...xs);
-    return m + Math.log(xs.reduce((acc, x) => acc + Math.exp(x - m), 0));
-  };
+  const logits = scaledLogits(img, txt, logitScale);
+  const lse = logSumExp;
   const target = (i: number, j: number) => (i === j ? 1 - w : 0) + (labels[i] === labels[j] ? w / labels.filter((l) => l === labels[i]).length : 0);
   let i2t = 0;
   let t2i = 0;

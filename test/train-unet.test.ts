@@ -32,6 +32,7 @@ import { encodeLatents } from '../src/train/latents.ts';
 import { diffusionLoss, minSnrWeight } from '../src/train/losses.ts';
 import { TextCache } from '../src/train/text_cache.ts';
 import { tinyDigitsDir } from './helpers/tiny-data.ts';
+import { TINY_VAE } from '../src/train/presets.ts';
 
 let tmp: string;
 let dataDir: string;
@@ -42,13 +43,7 @@ function writeFrozenParts(run: string): void {
   manualSeed(11);
   const vae = new AutoencoderKL({
     ...VAE_PRESETS.mnist,
-    sample_size: 8,
-    block_out_channels: [4, 4],
-    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
-    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
-    norm_num_groups: 2,
-    latent_channels: 2,
-    mid_block_add_attention: false,
+    ...TINY_VAE,
     scaling_factor: 1.7,
   });
   vae.save(path.join(run, 'vae'));

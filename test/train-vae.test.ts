@@ -22,18 +22,13 @@ import { gridLayout } from '../src/viz/index.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
 import { trainVae, vaeData, evaluateVae, type VaeTrainOptions, type VaeTrainResult } from '../src/train/vae.ts';
 import { ROOT, sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
+import { TINY_VAE } from '../src/train/presets.ts';
 
 let tmp: string;
 let dataDir: string;
 
-const TINY = {
-  sample_size: 8,
-  block_out_channels: [4, 4],
-  down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
-  up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
-  norm_num_groups: 2,
-  latent_channels: 2,
-};
+// The tests' tiny autoencoder, with the mid-block attention on (its save/load is tested here).
+const TINY = { ...TINY_VAE, mid_block_add_attention: true };
 
 const opts = (runDir: string): VaeTrainOptions => ({
   runDir,

@@ -25,6 +25,7 @@ import {
   resolveConfig,
   thresholdSample,
 } from './base.ts';
+import { DDPM_BETA_DEFAULTS } from './forward.ts';
 
 const f32 = Math.fround; // scalars rounded as torch rounds them on float32 tensors (see base.ts)
 
@@ -39,11 +40,7 @@ export interface DDIMConfig extends BaseSchedulerConfig {
 }
 
 export const DDIM_DEFAULTS: DDIMConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   clip_sample: true,
   set_alpha_to_one: true,
   steps_offset: 0,

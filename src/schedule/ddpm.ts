@@ -25,6 +25,7 @@ import {
   resolveConfig,
   thresholdSample,
 } from './base.ts';
+import { DDPM_BETA_DEFAULTS } from './forward.ts';
 
 const f32 = Math.fround; // scalars rounded as torch rounds them on float32 tensors (see base.ts)
 
@@ -40,11 +41,7 @@ export interface DDPMConfig extends BaseSchedulerConfig {
 }
 
 export const DDPM_DEFAULTS: DDPMConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   variance_type: 'fixed_small',
   clip_sample: true,
   prediction_type: 'epsilon',

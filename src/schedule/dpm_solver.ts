@@ -34,6 +34,7 @@ import {
   sigmaTable,
   thresholdSample,
 } from './base.ts';
+import { DDPM_BETA_DEFAULTS } from './forward.ts';
 
 const f32 = Math.fround;
 
@@ -53,11 +54,7 @@ export interface DPMSolverMultistepConfig extends BaseSchedulerConfig {
 }
 
 export const DPM_SOLVER_DEFAULTS: DPMSolverMultistepConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   solver_order: 2,
   prediction_type: 'epsilon',
   thresholding: false,

@@ -31,7 +31,7 @@ import {
   resolveConfig,
   sigmaTable,
 } from './base.ts';
-import type { TimestepsLike } from './forward.ts';
+import { DDPM_BETA_DEFAULTS, type TimestepsLike } from './forward.ts';
 
 const f32 = Math.fround;
 
@@ -147,11 +147,7 @@ export interface EulerDiscreteConfig extends BaseSchedulerConfig {
 }
 
 export const EULER_DEFAULTS: EulerDiscreteConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   prediction_type: 'epsilon',
   interpolation_type: 'linear',
   use_karras_sigmas: false,

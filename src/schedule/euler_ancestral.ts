@@ -15,16 +15,13 @@
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { BASE_CHOICES, type BaseSchedulerConfig, type SchedulerOutput, type StepOptions, drawNoise, resolveConfig } from './base.ts';
+import { DDPM_BETA_DEFAULTS } from './forward.ts';
 import { SigmaScheduler } from './euler.ts';
 
 export type EulerAncestralConfig = BaseSchedulerConfig;
 
 export const EULER_ANCESTRAL_DEFAULTS: EulerAncestralConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   prediction_type: 'epsilon',
   timestep_spacing: 'linspace',
   steps_offset: 0,

@@ -48,6 +48,15 @@ export interface NoiseScheduleConfig {
   rescale_betas_zero_snr?: boolean;
 }
 
+/** The beta schedule of the DDPM paper (T = 1000, β linear from 1e-4 to 0.02): every diffusers scheduler's default. */
+export const DDPM_BETA_DEFAULTS = {
+  num_train_timesteps: 1000,
+  beta_start: 0.0001,
+  beta_end: 0.02,
+  beta_schedule: 'linear',
+  trained_betas: null,
+} as const satisfies NoiseScheduleConfig;
+
 /** Timesteps for addNoise: a number, a list (one per batch item) or an int tensor. */
 export type TimestepsLike = number | readonly number[] | Int32Array | Float32Array | tf.Tensor;
 

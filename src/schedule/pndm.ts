@@ -25,6 +25,7 @@ import {
   type SchedulerOutput,
   resolveConfig,
 } from './base.ts';
+import { DDPM_BETA_DEFAULTS } from './forward.ts';
 
 const f32 = Math.fround; // scalars rounded as torch rounds them on float32 tensors (see base.ts)
 
@@ -34,11 +35,7 @@ export interface PNDMConfig extends BaseSchedulerConfig {
 }
 
 export const PNDM_DEFAULTS: PNDMConfig = {
-  num_train_timesteps: 1000,
-  beta_start: 0.0001,
-  beta_end: 0.02,
-  beta_schedule: 'linear',
-  trained_betas: null,
+  ...DDPM_BETA_DEFAULTS,
   skip_prk_steps: false,
   set_alpha_to_one: false,
   prediction_type: 'epsilon',

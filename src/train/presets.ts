@@ -65,7 +65,8 @@ const QUICK: TrainAllPreset = {
   sheet: { n: 8, steps: 50, guidance: 3 },
 };
 
-const TINY_VAE: Partial<AutoencoderKLConfig> = {
+/** The tests' tiny autoencoder: 8×8 digits → 2×4×4 latents, four channels, no mid attention. */
+export const TINY_VAE: Partial<AutoencoderKLConfig> = {
   sample_size: 8,
   block_out_channels: [4, 4],
   down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
