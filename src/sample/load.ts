@@ -43,12 +43,12 @@ export function schedulerFromConfig(config: Record<string, unknown>, name?: stri
 // ---------------------------------------------------------------------------------------------
 // diffusers directory
 
-export interface LoadOptions {
+export interface PipelineLoadOptions {
   /** sdlab scheduler name (ddim, euler, ...); default: the class in the model's scheduler config. */
   scheduler?: string;
 }
 
-export interface DiffusersLoadOptions extends LoadOptions {
+export interface DiffusersLoadOptions extends PipelineLoadOptions {
   /** A tokenizer folder to use instead of the model's tokenizer/. */
   tokenizer?: string;
 }
@@ -78,7 +78,7 @@ export function loadDiffusersPipeline(dir: string, opts: DiffusersLoadOptions = 
 // ---------------------------------------------------------------------------------------------
 // LDM single file
 
-export interface LdmLoadOptions extends LoadOptions {
+export interface LdmLoadOptions extends PipelineLoadOptions {
   /** The checkpoint's LDM yaml (default: SD 1.x's v1-inference.yaml values). */
   yaml?: string;
   /** A directory holding the CLIP tokenizer (vocab.json + merges.txt), e.g. a diffusers model dir. Required. */
@@ -187,7 +187,7 @@ function requireTrained(run: string, component: 'vae' | 'clip' | 'unet', weights
  * A run trained by sdlab: vae/ (AutoencoderKL), clip/ (CLIP: its text tower + tokenizer.json),
  * unet/ (UNet2DConditionModel) and scheduler/scheduler_config.json (the training schedule).
  */
-export function loadRunPipeline(run: string, opts: LoadOptions = {}): RunPipeline {
+export function loadRunPipeline(run: string, opts: PipelineLoadOptions = {}): RunPipeline {
   if (!fs.existsSync(run) || !fs.statSync(run).isDirectory()) {
     throw new UsageError(`--run ${run}: no such run directory; train one with \`npx sdlab train vae\`, \`npx sdlab train clip\` and \`npx sdlab train unet\` (add --run ${run}).`);
   }
