@@ -5,12 +5,12 @@
  * it toward the text), and an Autoencoder decodes the latents into pixels — and each part is
  * also trainable here on digits.
  *
- *   import { useBackend, loadRun, savePng } from 'sdlab';
+ *   import { useBackend, loadRun, saveImageGrid } from 'sdlab';
  *   await useBackend();                                         // native SIMD backend, else cpu
  *   const { pipeline } = loadRun('runs/default');               // after `npx sdlab train all`
  *   const { images } = pipeline.call({ prompt: 'a handwritten 7', numInferenceSteps: 25,
  *                                      guidanceScale: 1.75, seed: 0 });
- *   await saveImageGrid('seven.png', images);
+ *   await saveImageGrid('seven.png', images, { scale: 4 });     // README "Library" has it as a file to run
  *
  * Everything here is also reachable by folder (src/<folder>/index.ts); this file names the
  * public surface, concept by concept.
@@ -52,7 +52,7 @@ export { trainClip, CLIP_TRAIN_DEFAULTS, mnistCaptionTokenizer, type ClipTrainOp
 export { trainUnet, UNET_TRAIN_DEFAULTS, type UnetTrainOptions, type UnetTrainResult } from './train/unet.ts';
 export { trainAll, type TrainAllOptions, type TrainAllResult } from './train/all.ts';
 export { TRAIN_ALL_PRESETS, type TrainAllPresetName } from './train/presets.ts';
-export { diffusionLoss, minSnrWeight } from './train/losses.ts';
+export { diffusionLoss, minSnrWeight, perExampleMse } from './train/losses.ts';
 export { makeBatchMaker, type DiffusionBatch } from './train/diffusion_batch.ts';
 
 // ---- data: digits, captions, pixel ranges
@@ -62,6 +62,9 @@ export { toSigned, toUnit, normalize, denormalize } from './data/pixels.ts';
 
 // ---- evaluation
 export { evaluateClip, cosineSimilarity, zeroShotPredict, saveSimilarityMatrix } from './eval/clip.ts';
+
+// ---- graded course exercises (notebooks/exercises/): grade a learner's function against sdlab's own
+export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type Exercise, type CheckExerciseOptions } from './exercises/index.ts';
 
 // ---- pictures and files
 export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, encodePng, encodeGif, type FloatImage } from './viz/index.ts';

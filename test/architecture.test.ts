@@ -37,10 +37,12 @@ const ALLOWED: Record<string, readonly string[]> = {
   sample: ['clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'io', 'data', 'viz', 'util'],
   // Trainers.
   train: ['sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'backend', 'io', 'data', 'viz', 'util'],
+  // Graded course exercises: the reference implementations they grade against come from anywhere below.
+  exercises: ['train', 'sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'io', 'data', 'viz', 'util'],
   // The CLI: everything below it.
-  commands: ['train', 'sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'backend', 'io', 'data', 'viz', 'util'],
+  commands: ['exercises', 'train', 'sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'backend', 'io', 'data', 'viz', 'util'],
   // Files directly in src/: the CLI entry (cli.ts) and the public library API (index.ts).
-  '.': ['commands', 'train', 'sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'backend', 'io', 'data', 'viz', 'util'],
+  '.': ['commands', 'exercises', 'train', 'sample', 'eval', 'clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'backend', 'io', 'data', 'viz', 'util'],
 };
 
 export interface Edge {

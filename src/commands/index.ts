@@ -8,5 +8,6 @@ import { register as evalCmd } from './eval.ts';
 import { register as sample } from './sample.ts';
 import { register as txt2img } from './txt2img.ts';
 import { register as clipEval } from './clip_eval.ts';
+import { register as checkExercise } from './check_exercise.ts';
 
-export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, clipEval];
+export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, clipEval, checkExercise];

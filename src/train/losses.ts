@@ -28,9 +28,15 @@ export function minSnrWeight(alphaCumprod: number, gamma: number, prediction: Pr
   return clipped; // 'sample' (x0): weight SNR, clipped
 }
 
+/** mean((pred − target)²) over each example's values (every axis but the batch axis 0): [B]. */
+export function perExampleMse(pred: tf.Tensor, target: tf.Tensor): tf.Tensor1D {
+  const axes = Array.from({ length: pred.rank - 1 }, (_, i) => i + 1); // [1, 2, 3] for NHWC
+  return tf.mean(tf.squaredDifference(pred, target), axes) as tf.Tensor1D;
+}
+
 /** Σ_b w_b · mean((pred − target)²) / B, and the unweighted MSE. */
 export function diffusionLoss(unet: UNet2DConditionModel, b: DiffusionBatch): { loss: tf.Scalar; mse: tf.Scalar } {
   const pred = unet.forward(b.noisy, b.timesteps, b.context);
-  const perExample = tf.mean(tf.squaredDifference(pred, b.target), [1, 2, 3]);
+  const perExample = perExampleMse(pred, b.target);
   return { loss: tf.mean(tf.mul(perExample, b.weights)) as tf.Scalar, mse: tf.mean(perExample) as tf.Scalar };
 }
