@@ -61,12 +61,12 @@ export { captionFor, promptForDigit, DIGIT_WORDS } from './data/captions.ts';
 export { toSigned, toUnit, normalize, denormalize } from './data/pixels.ts';
 
 // ---- evaluation
-export { evaluateClip, cosineSimilarity, zeroShotPredict, saveSimilarityMatrix } from './eval/clip.ts';
+export { evaluateClip, cosineSimilarity, zeroShotPredict, zeroShotScores, saveSimilarityMatrix, renderSimilarityMatrix, type Matrix } from './eval/clip.ts';
 
 // ---- graded course exercises (notebooks/exercises/): grade a learner's function against sdlab's own
 export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type Exercise, type CheckExerciseOptions } from './exercises/index.ts';
 
 // ---- pictures and files
-export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, encodePng, encodeGif, type FloatImage } from './viz/index.ts';
+export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossCurve, encodePng, encodeGif, type FloatImage, type GridOptions, type Series, type PlotOptions } from './viz/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
 export { Random } from './util/random.ts';
