@@ -22,7 +22,7 @@ import { evaluateClip } from '../src/eval/clip.ts';
 import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, DIGIT_WORDS } from '../src/data/captions.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { Random } from '../src/util/random.ts';
-import { readStateInfo, statePath } from '../src/train/state.ts';
+import { readHistory, readStateInfo, statePath, trainDir } from '../src/train/state.ts';
 import { EpochBatcher } from '../src/train/data.ts';
 import {
   type ClipTrainOptions,
@@ -321,5 +321,25 @@ describe('trainClip', () => {
     const b = snapshot(dir);
     const differing = [...a].filter(([k, v]) => JSON.stringify(v) !== JSON.stringify(b.get(k))).map(([k]) => k);
     expect(differing).toEqual([]);
+  });
+
+  it('--resume restores --val-limit: the held-out numbers after the resume are those of an uninterrupted run', async () => {
+    const dir = path.join(tmp, 'cli-val-limit');
+    const args = [
+      'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
+      '--seed', '5', '--epochs', '3', '--batch-size', '8', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
+      '--min-lr-ratio', '0.1', '--same-label-weight', '0.5', '--shift-pixels', '1', '--projection-dim', '8', '--text-width', '16',
+      '--text-layers', '1', '--text-heads', '2', '--image-channels', '4,8', '--norm-groups', '2', '--sample-size', '8',
+      '--val-limit', '7', '--stop-at-step', '5',
+    ];
+    await sdlab(args);
+    expect(readStateInfo(statePath(dir, 'clip')).settings.valLimit).toBe(7);
+    await sdlab(['train', 'clip', '--backend', 'cpu', '--run', dir, '--resume']);
+    const ref = path.join(tmp, 'val-limit-straight');
+    await trainClip({ ...opts(ref), valLimit: 7 });
+    const strip = (run: string) => readHistory(trainDir(run, 'clip'), 'clip').epochs.map(({ seconds: _s, ...rest }) => rest);
+    expect(strip(dir)).toHaveLength(3);
+    expect(strip(dir)).toEqual(strip(ref));
+    expect(strip(dir)).not.toEqual(strip(straightDir)); // all held-out digits give other numbers
   });
 });

@@ -17,7 +17,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import { AutoencoderKL, VAE_PRESETS } from '../src/autoencoder/index.ts';
 import { CLIPModel } from '../src/clip/index.ts';
 import { clipTrainConfig, mnistCaptionTokenizer } from '../src/train/clip.ts';
-import { readSafetensors } from '../src/io/safetensors.ts';
+import { SafetensorsFile, readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { NoiseSchedule, readSchedulerConfig } from '../src/schedule/index.ts';
 import { digitFromPrompt } from '../src/sample/prompts.ts';
@@ -31,7 +31,7 @@ import { drawCaptions, makeBatchMaker } from '../src/train/diffusion_batch.ts';
 import { encodeLatents } from '../src/train/latents.ts';
 import { diffusionLoss, minSnrWeight } from '../src/train/losses.ts';
 import { TextCache } from '../src/train/text_cache.ts';
-import { tinyDigitsDir } from './helpers/tiny-data.ts';
+import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 import { TINY_VAE } from '../src/train/presets.ts';
 
 let tmp: string;
@@ -83,13 +83,37 @@ const opts = (runDir: string): UnetTrainOptions => ({
   handleSigint: false,
 });
 
-/** Every tensor of a run's unet weights, training state and EMA. */
+/** Every tensor of a run's unet weights and training state (which holds the EMA as ema.*). */
 function snapshot(runDir: string): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
   for (const [k, t] of readSafetensors(path.join(runDir, 'unet/diffusion_pytorch_model.safetensors'))) out.set(`unet/${k}`, t.data);
   for (const [k, t] of readSafetensors(statePath(runDir, 'unet'))) out.set(`state/${k}`, t.data);
-  for (const [k, t] of readSafetensors(path.join(runDir, 'train/unet/ema.safetensors'))) out.set(`ema/${k}`, t.data);
   return out;
+}
+
+/** Byte-for-byte comparison of two runs' snapshots: the names of differing tensors (and of missing ones). */
+function differingTensors(aDir: string, bDir: string): string[] {
+  const a = snapshot(aDir);
+  const b = snapshot(bDir);
+  const names = new Set([...a.keys(), ...b.keys()]);
+  const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+  return [...names].filter((k) => !a.has(k) || !b.has(k) || Buffer.compare(bytes(a.get(k)!), bytes(b.get(k)!)) !== 0);
+}
+
+/** Rewrites a run's state in the layout of an older sdlab: no ema.* tensors in it, the EMA in ema.safetensors at `emaStep`. */
+function toOldLayout(runDir: string, emaStep: number, ema: Map<string, { shape: number[]; data: Float32Array }>): void {
+  const file = statePath(runDir, 'unet');
+  const st = SafetensorsFile.open(file);
+  const kept = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const k of st.names()) if (!k.startsWith('ema.')) kept.set(k, st.read(k));
+  writeSafetensors(file, kept, { metadata: st.metadata });
+  writeSafetensors(path.join(runDir, 'train/unet/ema.safetensors'), ema, { metadata: { format: 'sdlab-ema', step: String(emaStep), decay: '0.3' } });
+}
+
+/** The ema.* tensors of a run's state file. */
+function emaOf(runDir: string): Map<string, { shape: number[]; data: Float32Array }> {
+  const st = SafetensorsFile.open(statePath(runDir, 'unet'));
+  return new Map(st.names().filter((k) => k.startsWith('ema.')).map((k) => [k, st.read(k)]));
 }
 
 let straightDir: string;
@@ -204,9 +228,12 @@ describe('trainUnet', () => {
     expect(straight.stopped).toBe('finished');
     expect(straight.step).toBe(6);
     expect(straight.history.epochs).toHaveLength(2);
-    for (const f of ['history.json', 'loss.png', 'state.safetensors', 'ema.safetensors', 'latents.safetensors']) {
+    for (const f of ['history.json', 'loss.png', 'state.safetensors', 'latents.safetensors']) {
       expect(fs.existsSync(path.join(straightDir, 'train/unet', f)), f).toBe(true);
     }
+    // The EMA is in the one state file (one atomic write per checkpoint), not in a second file.
+    expect(fs.existsSync(path.join(straightDir, 'train/unet/ema.safetensors'))).toBe(false);
+    expect(emaOf(straightDir).size).toBe(rawAfter[0].size);
     const cfg = readSchedulerConfig(path.join(straightDir, 'scheduler/scheduler_config.json'));
     expect(cfg).toMatchObject({
       _class_name: 'DDIMScheduler', beta_schedule: 'scaled_linear', prediction_type: 'v_prediction', num_train_timesteps: 1000,
@@ -275,20 +302,79 @@ describe('EMA and resume', () => {
     expect(readStateInfo(statePath(dir, 'unet'))).toMatchObject({ step: 4, epoch: 1, batch: 1 });
     const second = await trainUnet({ ...opts(dir), resume: true });
     expect(second.step).toBe(6);
-    const a = snapshot(straightDir);
-    const b = snapshot(dir);
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-    const differing = [...a].filter(([k, v]) => Buffer.compare(Buffer.from(v.buffer, v.byteOffset, v.byteLength), Buffer.from(b.get(k)!.buffer, b.get(k)!.byteOffset, b.get(k)!.byteLength)) !== 0);
-    expect(differing.map(([k]) => k)).toEqual([]);
+    expect(differingTensors(straightDir, dir)).toEqual([]);
     expect(second.valLoss).toBe(straight.valLoss);
   });
 
-  it('refuses to resume without the EMA file of the same step', async () => {
-    const dir = path.join(tmp, 'noema');
+  it("issue 15's scenario: a stale EMA file beside the state (EMA at step 2, state at 4) cannot break the resume", async () => {
+    const dir = path.join(tmp, 'stale-ema');
     copyRun(baseRun, dir);
-    await trainUnet({ ...opts(dir), stopAtStep: 1 });
-    fs.rmSync(path.join(dir, 'train/unet/ema.safetensors'));
-    await expect(trainUnet({ ...opts(dir), resume: true })).rejects.toThrow(/ema\.safetensors is missing/);
+    await trainUnet({ ...opts(dir), stopAtStep: 2 });
+    const emaAt2 = emaOf(dir);
+    await trainUnet({ ...opts(dir), resume: true, stopAtStep: 4 });
+    // What a kill between the two writes of the old layout left: the EMA file of the step before.
+    writeSafetensors(path.join(dir, 'train/unet/ema.safetensors'), emaAt2, { metadata: { format: 'sdlab-ema', step: '2', decay: '0.3' } });
+    const last = await trainUnet({ ...opts(dir), resume: true });
+    expect(last.step).toBe(6);
+    expect(differingTensors(straightDir, dir)).toEqual([]);
+  });
+
+  it('a failure between the state write and the model export (mid-checkpoint) leaves a state that resumes exactly', async () => {
+    const dir = path.join(tmp, 'crash');
+    copyRun(baseRun, dir);
+    // <run>/unet as a file: the export after the first checkpoint's state write throws.
+    fs.writeFileSync(path.join(dir, 'unet'), 'in the way');
+    await expect(trainUnet({ ...opts(dir), checkpointEvery: 2 })).rejects.toThrow();
+    expect(readStateInfo(statePath(dir, 'unet')).step).toBe(2);
+    fs.rmSync(path.join(dir, 'unet'));
+    const done = await trainUnet({ ...opts(dir), resume: true });
+    expect(done.step).toBe(6);
+    expect(differingTensors(straightDir, dir)).toEqual([]);
+  });
+
+  it('periodic checkpoints (every step) change nothing about the run', async () => {
+    const dir = path.join(tmp, 'every1');
+    copyRun(baseRun, dir);
+    let seen = 0;
+    await trainUnet({ ...opts(dir), checkpointEvery: 1, onStep: ({ step }) => {
+      // Before update `step` is recorded, the state holds step - 1: a checkpoint after every update.
+      if (step > 1) expect(readStateInfo(statePath(dir, 'unet')).step).toBe(step - 1);
+      seen++;
+    } });
+    expect(seen).toBe(6);
+    expect(differingTensors(straightDir, dir)).toEqual([]);
+  });
+
+  it('resumes a run saved in the older layout (EMA in ema.safetensors) bit for bit, and refuses a mismatched or missing one', async () => {
+    const dir = path.join(tmp, 'old-layout');
+    copyRun(baseRun, dir);
+    await trainUnet({ ...opts(dir), stopAtStep: 4 });
+    const ema4 = emaOf(dir);
+    const mismatched = path.join(tmp, 'old-layout-mismatch');
+    copyRun(dir, mismatched);
+    toOldLayout(dir, 4, ema4);
+    expect(emaOf(dir).size).toBe(0);
+    const done = await trainUnet({ ...opts(dir), resume: true });
+    expect(done.step).toBe(6);
+    expect(fs.existsSync(path.join(dir, 'train/unet/ema.safetensors'))).toBe(false); // now in the state
+    expect(differingTensors(straightDir, dir)).toEqual([]);
+
+    toOldLayout(mismatched, 2, ema4);
+    await expect(trainUnet({ ...opts(mismatched), resume: true })).rejects.toThrow(/ema\.safetensors is at step 2 but the training state at step 4/);
+    fs.rmSync(path.join(mismatched, 'train/unet/ema.safetensors'));
+    await expect(trainUnet({ ...opts(mismatched), resume: true })).rejects.toThrow(/ema\.safetensors is missing/);
+  });
+
+  it('`train unet --resume` (CLI, only --run) restores --val-limit and the data settings: same weights and held-out loss', async () => {
+    const dir = path.join(tmp, 'cli-resume');
+    copyRun(baseRun, dir);
+    await trainUnet({ ...opts(dir), stopAtStep: 4 }); // --val-limit 6, --data, --limit 24 stored
+    expect(readStateInfo(statePath(dir, 'unet')).settings).toMatchObject({ valLimit: 6, limit: 24, data: dataDir });
+    // Without the stored --val-limit the CLI's default (256) would apply and the resume be refused.
+    const res = await sdlab(['train', 'unet', '--backend', 'cpu', '--run', dir, '--resume', '--grid-every', '0']);
+    expect(res.stdout).toMatch(/unet: trained 6 steps/);
+    expect(res.stdout).toContain(`held-out loss ${straight.valLoss.toPrecision(4)}`);
+    expect(differingTensors(straightDir, dir)).toEqual([]);
   });
 });
 

@@ -27,7 +27,7 @@ import { float, int, intList, oneOf } from '../util/options.ts';
 import { formatDuration } from '../util/progress.ts';
 import { VAE_PRESETS } from '../autoencoder/index.ts';
 import { readStateInfo, statePath, trainDir } from '../train/state.ts';
-import type { TrainResult } from '../train/trainer.ts';
+import { CHECKPOINT_EVERY, type TrainResult } from '../train/trainer.ts';
 import { VAE_TRAIN_DEFAULTS, type VaePreset, trainVae, vaeData } from '../train/vae.ts';
 import { CLIP_PRESETS, CLIP_TRAIN_DEFAULTS, type ClipConfigOverrides, type ClipPreset, trainClip } from '../train/clip.ts';
 import type { CLIPConfig } from '../clip/index.ts';
@@ -82,7 +82,8 @@ function trainerCommand(
     .option('--resume', 'continue the run in --run exactly where it stopped')
     .option('--overwrite', 'start over even if --run already holds a training state')
     .option('--stop-at-step <n>', 'stop (and save) once N steps are done; continue later with --resume', int(0))
-    .option('--max-minutes <x>', 'stop (and save) after this many minutes', float(0));
+    .option('--max-minutes <x>', 'stop (and save) after this many minutes', float(0))
+    .option('--checkpoint-every <steps>', 'also save the training state every N steps (0 = only at epoch ends and stops)', int(0), CHECKPOINT_EVERY);
 }
 
 /** The flags trainerCommand registers, as commander hands them over. */
@@ -105,6 +106,7 @@ interface CommonCliOptions {
   overwrite?: boolean;
   stopAtStep?: number;
   maxMinutes?: number;
+  checkpointEvery: number;
 }
 
 /** Whether any of the options `keys` was given on the command line (not a default, not stored). */
@@ -129,7 +131,7 @@ async function startTraining(cmd: Command, opts: CommonCliOptions): Promise<Back
  */
 type StoredFlags = Record<string, string>;
 
-/** The shared flags, as the harness (trainer.ts harnessSettings) and dataSettings store them. */
+/** The shared flags (and --val-limit, which every trainer has), as the harness (trainer.ts harnessSettings) and dataSettings store them. */
 const COMMON_STORED: StoredFlags = {
   seed: 'seed',
   epochs: 'epochs',
@@ -143,6 +145,7 @@ const COMMON_STORED: StoredFlags = {
   clipGradNorm: 'clipGradNorm',
   data: 'data',
   limit: 'limit',
+  valLimit: 'valLimit',
 };
 
 /** What --resume reads back for one trainer. */
@@ -197,6 +200,7 @@ function commonTrainOptions(cmd: Command, opts: CommonCliOptions, d: TrainerDefa
     overwrite: opts.overwrite,
     stopAtStep: opts.stopAtStep,
     timeLimitSeconds: opts.maxMinutes !== undefined ? opts.maxMinutes * 60 : undefined,
+    checkpointEvery: opts.checkpointEvery,
   };
 }
 

@@ -6,11 +6,12 @@
  *   const ema = new Ema(rawParams, emaParams, 0.999);
  *   ema.copyFromRaw();                 // at the start
  *   ema.update(step);                  // after every optimizer step
- *   ema.save(file, step); ema.load(file, step);   // beside the training state, for exact resume
+ *   // The trainer stores ema.ema in the training state (exact resume); ema.load(file, step)
+ *   // reads the separate ema.safetensors an older sdlab wrote beside the state.
  */
 import fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import type { NamedVariable } from './optimizer.ts';
 
@@ -38,12 +39,6 @@ export class Ema {
   update(updatesDone: number): void {
     const d = this.decayAt(updatesDone);
     tf.tidy(() => this.ema.forEach(([, e], i) => e.assign(tf.add(tf.mul(e, d), tf.mul(this.raw[i][1], 1 - d)))));
-  }
-
-  save(file: string, step: number): void {
-    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [n, v] of this.ema) tensors.set(`ema.${n}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
-    writeSafetensors(file, tensors, { metadata: { format: 'sdlab-ema', step: String(step), decay: String(this.maxDecay) } });
   }
 
   /** Loads ema.safetensors, which must be at `step` (the training state's). */

@@ -8,11 +8,14 @@
  *     __metadata__         format, task, step, epoch, batch (next position in the epoch's
  *                          order), total_steps (the run is finished when step = total_steps), settings (JSON: every hyper-parameter that shapes the run),
  *                          elapsed seconds, saved_at
+ *     <prefix>.<name>      a task's extra state (the UNet's EMA weights: ema.<param>)
  *   <run>/train/<task>/history.json   per-step losses and per-epoch validation numbers
  *
- * The state file holds its own copy of the parameters, so it is always self-consistent (one
- * atomic write) even if a crash lands between it and the exported model directory (<run>/vae/
- * ...), which is for using the model, not for resuming. The data order and all training noise
+ * A checkpoint is this one file, written atomically (temporary file + rename): everything a
+ * resume needs is in it, all at the same step, so no kill can leave parts of a checkpoint at
+ * different steps. (Earlier sdlab wrote the UNet's EMA to a second file, ema.safetensors,
+ * beside it; a state without the extra tensors is resumed from that file, see ExtraState.) The
+ * exported model directory (<run>/vae/ ...) is for using the model, not for resuming. The data order and all training noise
  * are pure functions of (seed, epoch) and (seed, step), so no generator state is stored.
  */
 import fs from 'node:fs';
@@ -59,15 +62,28 @@ export interface History {
   epochs: Array<{ epoch: number; step: number; seconds: number; [metric: string]: number }>;
 }
 
-/** Writes the state file atomically. */
+/**
+ * Variables besides the trained parameters that a resume needs (the UNet's EMA), stored in the
+ * state file as `<prefix>.<name>` so that a checkpoint stays one atomic write.
+ */
+export interface ExtraState {
+  prefix: string;
+  variables: Array<[string, tf.Variable]>;
+  /** Loads them from elsewhere when the state file has none (a run saved by an older sdlab). */
+  legacy?(step: number): void;
+}
+
+/** Writes the state file atomically (with the task's extra state, if any). */
 export function saveState(
   file: string,
   info: StateInfo,
   params: Array<[string, tf.Variable]>,
   optimizer: AdamW,
+  extra?: ExtraState,
 ): void {
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const [name, v] of params) tensors.set(`model.${name}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
+  for (const [name, v] of extra?.variables ?? []) tensors.set(`${extra!.prefix}.${name}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
   for (const [k, t] of optimizer.stateTensors()) tensors.set(k, t);
   writeSafetensors(file, tensors, {
     metadata: {
@@ -106,8 +122,8 @@ export function readStateInfo(file: string): StateInfo {
   return { task: m.task ?? '', step: num('step'), epoch: num('epoch'), batch: num('batch'), totalSteps: m.total_steps === undefined ? NaN : num('total_steps'), settings, elapsed: num('elapsed') };
 }
 
-/** Loads parameters and optimizer state from a state file (checks every name and shape first). */
-export function loadState(file: string, params: Array<[string, tf.Variable]>, optimizer: AdamW): StateInfo {
+/** Loads parameters, optimizer state and the task's extra state from a state file (checks every name and shape first). */
+export function loadState(file: string, params: Array<[string, tf.Variable]>, optimizer: AdamW, extra?: ExtraState): StateInfo {
   const info = readStateInfo(file);
   const st = SafetensorsFile.open(file);
   const problems: string[] = [];
@@ -117,8 +133,17 @@ export function loadState(file: string, params: Array<[string, tf.Variable]>, op
     else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`model.${name} is [${e.shape}] but the model needs [${v.shape}]`);
   }
   const known = new Set(params.map(([n]) => `model.${n}`));
-  const extra = st.names().filter((k) => k.startsWith('model.') && !known.has(k));
-  if (extra.length) problems.push(`${extra.length} unexpected parameter(s), e.g. ${extra[0]}`);
+  const unknownModel = st.names().filter((k) => k.startsWith('model.') && !known.has(k));
+  if (unknownModel.length) problems.push(`${unknownModel.length} unexpected parameter(s), e.g. ${unknownModel[0]}`);
+  const stored = extra ? extra.variables.filter(([n]) => st.entries.has(`${extra.prefix}.${n}`)).length : 0;
+  if (extra && stored > 0) {
+    for (const [name, v] of extra.variables) {
+      const e = st.entries.get(`${extra.prefix}.${name}`);
+      if (!e) problems.push(`missing ${extra.prefix}.${name}`);
+      else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`${extra.prefix}.${name} is [${e.shape}] but the model needs [${v.shape}]`);
+    }
+  }
+  if (extra && stored === 0 && !extra.legacy) problems.push(`no ${extra.prefix}.* tensors`);
   if (problems.length) {
     throw new UsageError(`${file}: the saved parameters do not fit the model (${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}).`);
   }
@@ -126,6 +151,11 @@ export function loadState(file: string, params: Array<[string, tf.Variable]>, op
   optimizer.loadState(Number(st.metadata.optimizer_step ?? info.step), opt, file);
   for (const [name, v] of params) {
     const t = st.read(`model.${name}`);
+    tf.tidy(() => v.assign(tf.tensor(t.data, v.shape, 'float32')));
+  }
+  if (extra && stored === 0) extra.legacy!(info.step);
+  for (const [name, v] of stored > 0 ? extra!.variables : []) {
+    const t = st.read(`${extra!.prefix}.${name}`);
     tf.tidy(() => v.assign(tf.tensor(t.data, v.shape, 'float32')));
   }
   return info;

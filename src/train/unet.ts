@@ -25,9 +25,8 @@
  * stay frozen.
  *
  * EMA: an exponential moving average of the weights (decay min(emaDecay, (1+n)/(10+n)) after n
- * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights and AdamW moments stay
- * in the training state, and the EMA in <run>/train/unet/ema.safetensors, so --resume continues
- * bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
+ * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights, AdamW moments and
+ * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
  *
  * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
  * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit, same noise each epoch,
@@ -61,7 +60,7 @@ import { Ema } from './ema.ts';
 import { type LatentSet, cachedLatents, vaeFingerprint } from './latents.ts';
 import { diffusionLoss } from './losses.ts';
 import type { NamedVariable } from './optimizer.ts';
-import { readStateInfo, statePath, trainDir } from './state.ts';
+import { trainDir } from './state.ts';
 import { TextCache } from './text_cache.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
 import { DATA_SPLIT, dataSettings, vaeData } from './vae.ts';
@@ -283,9 +282,8 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const ema = new Ema(params, emaUnet.namedParameters().map(([n, p]) => [n, p.variable]), opts.emaDecay);
   const exported = opts.emaDecay > 0 ? emaUnet : unet;
   const emaFile = path.join(dir, EMA_FILE);
-  const stateFile = statePath(opts.runDir, 'unet');
-  if (opts.resume && fs.existsSync(stateFile) && opts.emaDecay > 0) ema.load(emaFile, readStateInfo(stateFile).step);
-  else ema.copyFromRaw();
+  // At the start the average is the initial weights; a resume then loads it from the state file.
+  ema.copyFromRaw();
 
   const text = new TextCache(textEncoder, tokenizer);
   const maker = makeBatchMaker(opts, sf, text);
@@ -321,6 +319,9 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         return maker.make(trainSet, latents.train, batcher.indices(epoch, i), rng, opts.captionDropout);
       },
       disposeBatch,
+      // The EMA is part of the training state (one file, one step); a run saved by an older sdlab
+      // has it in ema.safetensors beside the state.
+      extraState: opts.emaDecay > 0 ? { prefix: 'ema', variables: ema.ema, legacy: (step) => ema.load(emaFile, step) } : undefined,
       loss: (b) => {
         const { loss, mse } = diffusionLoss(unet, b);
         return { loss, metrics: { mse } };
@@ -335,8 +336,8 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
         fs.copyFileSync(file, path.join(ctx.dir, 'samples.png'));
       },
-      exportModel: (ctx) => {
-        if (opts.emaDecay > 0) ema.save(emaFile, ctx.step);
+      exportModel: () => {
+        fs.rmSync(emaFile, { force: true }); // an older sdlab's EMA file: the state file now holds the EMA
         exported.save(unetDir);
         writeScheduler();
       },

@@ -101,9 +101,9 @@ export function vaeData(opts: { data?: string; limit?: number; valLimit?: number
   return { train: padDataset(train, opts.size), val: padDataset(val, opts.size) };
 }
 
-/** The stored settings that pin a run's digits (every trainer stores them; a resume must see the same ones). */
-export function dataSettings(opts: { data?: string; limit?: number }, train: Dataset): Record<string, unknown> {
-  return { data: opts.data ?? null, limit: opts.limit ?? null, trainExamples: train.n, split: DATA_SPLIT };
+/** The stored settings that pin a run's digits, held-out ones included (every trainer stores them; a resume must see the same ones). */
+export function dataSettings(opts: { data?: string; limit?: number; valLimit?: number }, train: Dataset): Record<string, unknown> {
+  return { data: opts.data ?? null, limit: opts.limit ?? null, valLimit: opts.valLimit ?? null, trainExamples: train.n, split: DATA_SPLIT };
 }
 
 /** Reconstruction error of one batch (mean over all elements). */
