@@ -122,6 +122,17 @@ function unitRows(rng: Random, n: number, p: number): number[][] {
   });
 }
 
+
+/** `train clip` flags of the tests' small run (the same run as `opts`). */
+function clipCliArgs(dir: string): string[] {
+  return [
+    'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
+    '--seed', '5', '--epochs', '3', '--batch-size', '8', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
+    '--min-lr-ratio', '0.1', '--same-label-weight', '0.5', '--shift-pixels', '1', '--projection-dim', '8', '--text-width', '16',
+    '--text-layers', '1', '--text-heads', '2', '--image-channels', '4,8', '--norm-groups', '2', '--sample-size', '8',
+  ];
+}
+
 describe('multi-positive contrastive loss', () => {
   it('targets: rows sum to 1, symmetric, identity at w = 0, uniform over the digit at w = 1', () => {
     const labels = [3, 1, 3, 3, 7];
@@ -306,13 +317,7 @@ describe('trainClip', () => {
 
   it('the CLI stops at a step, and --resume with only --run finishes with the same weights', async () => {
     const dir = path.join(tmp, 'cli');
-    const args = [
-      'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
-      '--seed', '5', '--epochs', '3', '--batch-size', '8', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
-      '--min-lr-ratio', '0.1', '--same-label-weight', '0.5', '--shift-pixels', '1', '--projection-dim', '8', '--text-width', '16',
-      '--text-layers', '1', '--text-heads', '2', '--image-channels', '4,8', '--norm-groups', '2', '--sample-size', '8',
-      '--stop-at-step', '5',
-    ];
+    const args = [...clipCliArgs(dir), '--stop-at-step', '5'];
     const first = await sdlab(args);
     expect(first.stdout).toMatch(/clip: stopped \(stop-at-step\) at step 5\/12/);
     const resumed = await sdlab(['train', 'clip', '--backend', 'cpu', '--run', dir, '--resume']);
@@ -325,13 +330,7 @@ describe('trainClip', () => {
 
   it('--resume restores --val-limit: the held-out numbers after the resume are those of an uninterrupted run', async () => {
     const dir = path.join(tmp, 'cli-val-limit');
-    const args = [
-      'train', 'clip', '--backend', 'cpu', '--run', dir, '--data', dataDir, '--limit', '32',
-      '--seed', '5', '--epochs', '3', '--batch-size', '8', '--lr', '3e-3', '--weight-decay', '0.01', '--warmup', '2',
-      '--min-lr-ratio', '0.1', '--same-label-weight', '0.5', '--shift-pixels', '1', '--projection-dim', '8', '--text-width', '16',
-      '--text-layers', '1', '--text-heads', '2', '--image-channels', '4,8', '--norm-groups', '2', '--sample-size', '8',
-      '--val-limit', '7', '--stop-at-step', '5',
-    ];
+    const args = [...clipCliArgs(dir), '--val-limit', '7', '--stop-at-step', '5'];
     await sdlab(args);
     expect(readStateInfo(statePath(dir, 'clip')).settings.valLimit).toBe(7);
     await sdlab(['train', 'clip', '--backend', 'cpu', '--run', dir, '--resume']);

@@ -24,31 +24,13 @@ import { trainVae, type VaeTrainOptions } from '../src/train/vae.ts';
 import { Random } from '../src/util/random.ts';
 import { ROOT, sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 import { TINY_VAE } from '../src/train/presets.ts';
+import { tinyVaeRun } from './helpers/tiny-vae-run.ts';
 
 let tmp: string;
 let dataDir: string;
 
 /** One epoch of 12 steps (48 digits, batch 4): an epoch end comes only at the very end. */
-const opts = (runDir: string): VaeTrainOptions => ({
-  runDir,
-  seed: 5,
-  epochs: 1,
-  batchSize: 4,
-  lr: 3e-3,
-  weightDecay: 0.01,
-  warmupSteps: 2,
-  decay: 'cosine',
-  minLrRatio: 0.1,
-  loss: 'mse',
-  beta: 1e-4,
-  preset: 'mnist',
-  config: TINY_VAE,
-  data: dataDir,
-  limit: 48,
-  gridSize: 16,
-  quiet: true,
-  handleSigint: false,
-});
+const opts = (runDir: string): VaeTrainOptions => tinyVaeRun(runDir, dataDir, { epochs: 1, limit: 48 });
 
 /** The same run as `opts`, as CLI flags. */
 const cliArgs = (runDir: string) => [

@@ -23,6 +23,7 @@ import { readStateInfo, statePath } from '../src/train/state.ts';
 import { trainVae, vaeData, evaluateVae, type VaeTrainOptions, type VaeTrainResult } from '../src/train/vae.ts';
 import { ROOT, sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 import { TINY_VAE } from '../src/train/presets.ts';
+import { tinyVaeRun } from './helpers/tiny-vae-run.ts';
 
 let tmp: string;
 let dataDir: string;
@@ -30,26 +31,8 @@ let dataDir: string;
 // The tests' tiny autoencoder, with the mid-block attention on (its save/load is tested here).
 const TINY = { ...TINY_VAE, mid_block_add_attention: true };
 
-const opts = (runDir: string): VaeTrainOptions => ({
-  runDir,
-  seed: 5,
-  epochs: 3,
-  batchSize: 4,
-  lr: 3e-3,
-  weightDecay: 0.01,
-  warmupSteps: 2,
-  decay: 'cosine',
-  minLrRatio: 0.1,
-  loss: 'mse',
-  beta: 1e-4,
-  preset: 'mnist',
-  config: TINY,
-  data: dataDir,
-  limit: 16, // 4 steps per epoch, 12 in all
-  gridSize: 16,
-  quiet: true,
-  handleSigint: false,
-});
+// 4 steps per epoch, 12 in all.
+const opts = (runDir: string): VaeTrainOptions => tinyVaeRun(runDir, dataDir, { epochs: 3, limit: 16, config: TINY });
 
 /** Every tensor of a run's vae weights and training state. */
 function snapshot(runDir: string): Map<string, number[]> {
