@@ -2,7 +2,7 @@
  * The fused kernels' contract between the ops (src/ops/fused.ts) and the backends that implement
  * them (src/backend/native.ts): names, attributes and input layouts, as tfjs-core's
  * kernel_names.ts is for its own kernels. A backend registers a kernel function under a name
- * here; an op runs that kernel when the active backend has one (see hasKernel in fused.ts).
+ * here; an op runs that kernel when the active backend has one (see useKernel in fused.ts).
  *
  *   SdlabGroupNorm       x [B, ..., C], gamma [C], beta [C]   → [y, mean [B, groups], rstd [B, groups]]
  *   SdlabGroupNormGrad   dy, x, gamma, beta, mean, rstd      → [dx, dgamma [C], dbeta [C]]

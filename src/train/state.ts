@@ -82,8 +82,9 @@ export function saveState(
   extra?: ExtraState,
 ): void {
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, v] of params) tensors.set(`model.${name}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
-  for (const [name, v] of extra?.variables ?? []) tensors.set(`${extra!.prefix}.${name}`, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
+  for (const [key, v] of [...keyed('model', params), ...keyed(extra?.prefix, extra?.variables)]) {
+    tensors.set(key, { shape: [...v.shape], data: (v.dataSync() as Float32Array).slice() });
+  }
   for (const [k, t] of optimizer.stateTensors()) tensors.set(k, t);
   writeSafetensors(file, tensors, {
     metadata: {
@@ -126,39 +127,48 @@ export function readStateInfo(file: string): StateInfo {
 export function loadState(file: string, params: Array<[string, tf.Variable]>, optimizer: AdamW, extra?: ExtraState): StateInfo {
   const info = readStateInfo(file);
   const st = SafetensorsFile.open(file);
-  const problems: string[] = [];
-  for (const [name, v] of params) {
-    const e = st.entries.get(`model.${name}`);
-    if (!e) problems.push(`missing model.${name}`);
-    else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`model.${name} is [${e.shape}] but the model needs [${v.shape}]`);
-  }
-  const known = new Set(params.map(([n]) => `model.${n}`));
+  const model = keyed('model', params);
+  const extras = keyed(extra?.prefix, extra?.variables);
+  const stored = extras.filter(([key]) => st.entries.has(key)).length;
+  const problems = shapeProblems(st, model);
+  const known = new Set(model.map(([key]) => key));
   const unknownModel = st.names().filter((k) => k.startsWith('model.') && !known.has(k));
   if (unknownModel.length) problems.push(`${unknownModel.length} unexpected parameter(s), e.g. ${unknownModel[0]}`);
-  const stored = extra ? extra.variables.filter(([n]) => st.entries.has(`${extra.prefix}.${n}`)).length : 0;
-  if (extra && stored > 0) {
-    for (const [name, v] of extra.variables) {
-      const e = st.entries.get(`${extra.prefix}.${name}`);
-      if (!e) problems.push(`missing ${extra.prefix}.${name}`);
-      else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`${extra.prefix}.${name} is [${e.shape}] but the model needs [${v.shape}]`);
-    }
-  }
+  if (stored > 0) problems.push(...shapeProblems(st, extras));
   if (extra && stored === 0 && !extra.legacy) problems.push(`no ${extra.prefix}.* tensors`);
   if (problems.length) {
     throw new UsageError(`${file}: the saved parameters do not fit the model (${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; … ${problems.length - 5} more` : ''}).`);
   }
   const opt = st.readAll((k) => k.startsWith('exp_avg'));
   optimizer.loadState(Number(st.metadata.optimizer_step ?? info.step), opt, file);
-  for (const [name, v] of params) {
-    const t = st.read(`model.${name}`);
-    tf.tidy(() => v.assign(tf.tensor(t.data, v.shape, 'float32')));
-  }
+  assignFrom(st, model);
   if (extra && stored === 0) extra.legacy!(info.step);
-  for (const [name, v] of stored > 0 ? extra!.variables : []) {
-    const t = st.read(`${extra!.prefix}.${name}`);
+  else assignFrom(st, extras);
+  return info;
+}
+
+/** Variables under their keys in the state file: `<prefix>.<name>` (model.<param>, ema.<param>). */
+function keyed(prefix: string | undefined, vars: Array<[string, tf.Variable]> | undefined): Array<[string, tf.Variable]> {
+  return (vars ?? []).map(([name, v]) => [`${prefix}.${name}`, v]);
+}
+
+/** What keeps `vars` from loading from `st`: missing keys and shapes that differ. */
+function shapeProblems(st: SafetensorsFile, vars: Array<[string, tf.Variable]>): string[] {
+  const problems: string[] = [];
+  for (const [key, v] of vars) {
+    const e = st.entries.get(key);
+    if (!e) problems.push(`missing ${key}`);
+    else if (e.shape.join(',') !== v.shape.join(',')) problems.push(`${key} is [${e.shape}] but the model needs [${v.shape}]`);
+  }
+  return problems;
+}
+
+/** Reads each variable's tensor from `st` (one at a time) into the variable. */
+function assignFrom(st: SafetensorsFile, vars: Array<[string, tf.Variable]>): void {
+  for (const [key, v] of vars) {
+    const t = st.read(key);
     tf.tidy(() => v.assign(tf.tensor(t.data, v.shape, 'float32')));
   }
-  return info;
 }
 
 export function readHistory(dir: string, task: string): History {

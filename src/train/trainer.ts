@@ -268,13 +268,16 @@ export const CHECKPOINT_EVERY = 200;
  */
 export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<TrainResult> {
   const lock = lockTask(trainDir(o.runDir, task.name), task.name, trainLog(o));
-  let run: Session<B>;
   try {
-    run = openOrResume(task, o);
-  } catch (err) {
+    return await trainLocked(task, o);
+  } finally {
     lock.release();
-    throw err;
   }
+}
+
+/** train() while this process holds the run's lock. */
+async function trainLocked<B>(task: TrainTask<B>, o: TrainOptions): Promise<TrainResult> {
+  const run = openOrResume(task, o);
   const stop = new StopSignals(task.name, o);
   const every = o.checkpointEvery ?? CHECKPOINT_EVERY;
   try {
@@ -299,7 +302,6 @@ export async function train<B>(task: TrainTask<B>, o: TrainOptions): Promise<Tra
   } finally {
     stop.dispose();
     run.optimizer.dispose();
-    lock.release();
   }
 }
 
