@@ -251,8 +251,8 @@ const LATER_SETTINGS = new Set(['valLimit']);
 /**
  * Updates between periodic checkpoints. Steps, not minutes, so that where checkpoints fall does
  * not depend on the machine. 200 updates are well under a minute for the full preset's UNet on
- * the native backend (3,200 in about 10 minutes; the VAE and CLIP steps are cheaper), so a kill
- * loses at most that, and a checkpoint (a few MB written) every 200 steps costs little. Slower
+ * the native backend (its measured time: README, "Results"; VAE and CLIP steps are cheaper), so a
+ * kill loses at most that, and a checkpoint (a few MB written) every 200 steps costs little. Slower
  * backends lose more per kill: lower it with --checkpoint-every.
  */
 export const CHECKPOINT_EVERY = 200;
