@@ -1,12 +1,13 @@
 /**
  * The `sdlab` command line (commander). Each subcommand lives in src/commands/<name>.ts and
- * exports `register(program)`; this file wires them up and turns bad input into one clear
- * line on stderr with exit code 2.
+ * exports `register(program)`; this file wires them up and turns bad input — and failures of the
+ * machine, such as a full disk (util/errors.ts errorLine) — into one clear line on stderr with
+ * exit code 2.
  *
  *   npx sdlab --help
  */
 import { Command, CommanderError } from 'commander';
-import { UsageError } from './util/errors.ts';
+import { errorLine } from './util/errors.ts';
 import { commands } from './commands/index.ts';
 
 export function buildProgram(): Command {
@@ -32,8 +33,11 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = err.exitCode === 0 ? 0 : 2;
       return;
     }
-    if (err instanceof UsageError) {
-      process.stderr.write(`sdlab: error: ${err.message}\n`);
+    // Bad input, a full disk, a read-only directory, an allocation too large: one line, exit 2.
+    // Anything else is a bug and keeps its stack trace.
+    const line = errorLine(err);
+    if (line !== null) {
+      process.stderr.write(`sdlab: error: ${line}\n`);
       process.exitCode = 2;
       return;
     }

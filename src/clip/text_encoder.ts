@@ -29,6 +29,7 @@ import fs from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { Embedding, LayerNorm, Linear, Module, ModuleList, getActivation, scaledDotProductAttention } from '../nn/index.ts';
 import { type ConfigSpec, parseConfig } from '../io/config.ts';
+import { checkRegularFile } from '../util/fs.ts';
 import { loadPretrained } from '../nn/pretrained.ts';
 import { UsageError } from '../util/errors.ts';
 
@@ -177,6 +178,7 @@ export function validateTextEncoderConfig(cfg: TextEncoderConfig, source = 'text
  * "text_config" object is used (transformers CLIPConfig, sdlab's clip/ run folder).
  */
 export function readTextEncoderConfig(file: string): TextEncoderConfig {
+  checkRegularFile(file, 'a text encoder config.json');
   let raw: unknown;
   try {
     raw = JSON.parse(fs.readFileSync(file, 'utf8'));

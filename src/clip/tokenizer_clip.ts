@@ -20,6 +20,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
+import { checkRegularFile } from '../util/fs.ts';
 import { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 
 export interface ClipTokenizerOptions {
@@ -262,6 +263,7 @@ export class ClipTokenizer implements Tokenizer {
 
 function readText(file: string, what: string): string {
   if (!fs.existsSync(file)) throw new UsageError(`${file} not found: expected ${what}`);
+  checkRegularFile(file, what);
   return fs.readFileSync(file, 'utf8');
 }
 
@@ -304,6 +306,7 @@ function readMerges(file: string): Array<[string, string]> {
 
 function readOptionalJson(file: string): Record<string, unknown> | undefined {
   if (!fs.existsSync(file)) return undefined;
+  checkRegularFile(file, 'a transformers tokenizer config');
   try {
     const v = JSON.parse(fs.readFileSync(file, 'utf8'));
     if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;

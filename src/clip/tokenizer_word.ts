@@ -15,6 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
+import { checkRegularFile, writeFileAtomicSync } from '../util/fs.ts';
 import { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 
 export const WORD_TOKENIZER_FILE = 'tokenizer.json';
@@ -129,9 +130,8 @@ export class WordTokenizer implements Tokenizer {
 
   /** Writes `<dir>/tokenizer.json` (dir is created) and returns its path. */
   save(dir: string): string {
-    fs.mkdirSync(dir, { recursive: true });
     const file = path.join(dir, WORD_TOKENIZER_FILE);
-    fs.writeFileSync(file, JSON.stringify(this.toJSON(), null, 1) + '\n');
+    writeFileAtomicSync(file, JSON.stringify(this.toJSON(), null, 1) + '\n');
     return file;
   }
 
@@ -141,6 +141,7 @@ export class WordTokenizer implements Tokenizer {
     if (!fs.existsSync(file)) {
       throw new UsageError(`${file} not found: expected the word tokenizer saved with the text encoder`);
     }
+    checkRegularFile(file, 'an sdlab word tokenizer (tokenizer.json)');
     let json: unknown;
     try {
       json = JSON.parse(fs.readFileSync(file, 'utf8'));

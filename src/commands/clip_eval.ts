@@ -26,7 +26,7 @@ import type { Dataset } from '../data/index.ts';
 import { chunks, imagesAt } from '../train/data.ts';
 import { clipValidationSet } from '../train/clip.ts';
 import { UsageError, check } from '../util/errors.ts';
-import { writeFileAtomicSync } from '../util/fs.ts';
+import { checkOutputDir, writeFileAtomicSync } from '../util/fs.ts';
 import { int } from '../util/options.ts';
 
 interface ClipEvalCliOptions {
@@ -104,11 +104,11 @@ export function register(program: Command): void {
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: ClipEvalCliOptions) => {
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a CLIP first: npx sdlab train clip --run ${o.run}).`);
+      checkOutputDir('--out', o.out);
       const prompts = zeroShotPrompts(o.template);
       await selectBackend(o.backend);
       const model = loadRunClip(o.run);
       const val = clipValidationSet({ data: o.data, limit: o.limit, size: model.config.image_config.sample_size });
-      fs.mkdirSync(o.out, { recursive: true });
       const png = path.join(o.out, 'similarity.png');
       const report = await evaluateClip(model, val, { limit: o.limit, seed: o.seed, prompts, similarityPng: png });
       console.log(formatClipReport(report));

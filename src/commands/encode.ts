@@ -28,6 +28,7 @@ import { AutoencoderKL } from '../autoencoder/index.ts';
 import { selectBackend } from '../backend/index.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
+import { checkOutputDir, checkRegularFile } from '../util/fs.ts';
 import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
 import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
@@ -54,6 +55,7 @@ export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } 
 
 /** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black). */
 export function readPngImage(file: string, channels: 1 | 3): FloatImage & { channels: 1 | 3 } {
+  checkRegularFile(file, 'a PNG image');
   let png: PNG;
   try {
     png = PNG.sync.read(fs.readFileSync(file));
@@ -151,6 +153,9 @@ export interface EncodeResult {
 
 export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
   check(o.inputs.length > 0, 'encode: give at least one PNG file.');
+  // Inputs and --out before the VAE loads: a bad path is one line at once.
+  for (const file of o.inputs) checkRegularFile(file, 'a PNG image');
+  checkOutputDir('--out', o.out);
   const { vae } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const sf = vae.scalingFactor;
@@ -206,16 +211,19 @@ export function readLatents(file: string): { shape: number[]; data: Float32Array
   const t = tensors.get('latents') ?? (tensors.size === 1 ? [...tensors.values()][0] : undefined);
   if (!t) throw new UsageError(`${file}: no tensor named "latents" (found ${[...tensors.keys()].slice(0, 5).join(', ') || 'none'}).`);
   if (t.shape.length !== 4 && t.shape.length !== 3) throw new UsageError(`${file}: latents must be [N, C, h, w] or [C, h, w], got [${t.shape.join(', ')}].`);
+  if (t.shape.some((d) => d < 1)) throw new UsageError(`${file}: latents [${t.shape.join(', ')}] are empty; every dimension of [N, C, h, w] must be at least 1.`);
   return { shape: t.shape.length === 3 ? [1, ...t.shape] : t.shape, data: t.data };
 }
 
 export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; images: FloatImage[] }> {
   check(o.inputs.length > 0, 'decode: give at least one .safetensors latents file.');
+  checkOutputDir('--out', o.out);
+  // Every latents file is read and checked before the VAE loads: a bad one is one line at once.
+  const inputs = o.inputs.map((file) => ({ file, lat: readLatents(file) }));
   const { vae } = loadRunVae(o);
   const files: string[] = [];
   const images: FloatImage[] = [];
-  for (const file of o.inputs) {
-    const lat = readLatents(file);
+  for (const { file, lat } of inputs) {
     const [n, c, h, w] = lat.shape as [number, number, number, number];
     if (c !== vae.config.latent_channels) {
       throw new UsageError(`${file}: latents have ${c} channels but the VAE expects ${vae.config.latent_channels} (shape [N, C, h, w]).`);
@@ -274,6 +282,9 @@ export function interpolateLatents(a: Float32Array, b: Float32Array, steps: numb
 
 export async function runInterpolate(o: InterpolateOptions): Promise<{ file: string; rows: string[]; grid: FloatImage[] }> {
   check(o.steps >= 2, `--steps: expected at least 2, got ${o.steps}.`);
+  // Inputs and --out before the VAE loads: a bad path is one line at once.
+  for (const file of o.images ?? []) checkRegularFile(file, 'a PNG image');
+  checkOutputDir('--out', o.out);
   const { vae } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const size = vae.config.sample_size;

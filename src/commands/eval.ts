@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { selectBackend } from '../backend/index.ts';
 import { check } from '../util/errors.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { int } from '../util/options.ts';
 import { runEval, formatReport } from '../eval/evaluate.ts';
 
@@ -50,6 +51,7 @@ export function register(program: Command): void {
     .action(async (o: EvalCliOptions) => {
       check(o.samples, '--samples: required (a directory of PNGs with samples.json, or a .safetensors file with images and digits).');
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a model first, or pass --run DIR).`);
+      checkOutputDir('--out', o.out);
       const sel = await selectBackend(o.backend);
       const res = await runEval({
         run: o.run, samples: o.samples, out: o.out, nReal: o.nReal, seed: o.seed, data: o.data,

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { selectBackend } from '../backend/index.ts';
 import { check } from '../util/errors.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { int, intList, float } from '../util/options.ts';
 import { Random } from '../util/random.ts';
 import { loadDataset, imageAt, type Dataset } from '../data/index.ts';
@@ -104,6 +105,7 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
   check(opts.schedules.length > 0, `--schedules: expected one or more of ${BETA_SCHEDULES.join(', ')}.`);
   check(opts.betaStart > 0 && opts.betaEnd > opts.betaStart && opts.betaEnd < 1, `--beta-start/--beta-end: expected 0 < start < end < 1, got ${opts.betaStart} and ${opts.betaEnd}.`);
   check(Number.isInteger(opts.frames) && opts.frames >= 2, `--frames: expected an integer >= 2, got ${opts.frames}.`);
+  checkOutputDir('--out', opts.out);
 
   const ds = loadDataset({ data: opts.data, limit: 10_000 });
   const rng = new Random(opts.seed);

@@ -13,6 +13,7 @@
  */
 import type { Command } from 'commander';
 import { selectBackend } from '../backend/index.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { float, int, oneOf } from '../util/options.ts';
 import { SCHEDULER_NAMES } from '../schedule/index.ts';
 import { parseDigitList } from '../sample/prompts.ts';
@@ -36,6 +37,7 @@ export function register(program: Command): void {
     .option('--out <dir>', 'output directory', 'out/sample')
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: SampleOptions & { backend: string }) => {
+      checkOutputDir('--out', o.out); // before loading the models and sampling
       const backend = await selectBackend(o.backend);
       const started = Date.now();
       const res = await writeSampleSheet(o);

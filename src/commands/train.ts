@@ -23,6 +23,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { type BackendSelection, selectBackend } from '../backend/index.ts';
 import { UsageError } from '../util/errors.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { float, int, intList, oneOf } from '../util/options.ts';
 import { formatDuration } from '../util/progress.ts';
 import { VAE_PRESETS } from '../autoencoder/index.ts';
@@ -114,8 +115,12 @@ function givenOnCli(cmd: Command, ...keys: string[]): boolean {
   return keys.some((k) => cmd.getOptionValueSource(k) === 'cli');
 }
 
-/** Picks the backend; --epochs alone means all of those epochs, not the default step budget. */
+/**
+ * Checks that --run can be written (before any data or model is loaded), picks the backend;
+ * --epochs alone means all of those epochs, not the default step budget.
+ */
 async function startTraining(cmd: Command, opts: CommonCliOptions): Promise<BackendSelection> {
+  checkOutputDir('--run', opts.run);
   const sel = await selectBackend(opts.backend);
   if (givenOnCli(cmd, 'epochs') && !givenOnCli(cmd, 'steps')) opts.steps = undefined;
   return sel;
@@ -480,6 +485,7 @@ export function registerAll(trainCmd: Command): void {
     .option('--overwrite', 'start every stage over')
     .option('--no-sheet', 'skip the closing sample sheet')
     .action(async (opts: AllCliOptions) => {
+      checkOutputDir('--run', opts.run);
       const sel = await selectBackend(opts.backend);
       if (opts.resume && opts.overwrite) throw new UsageError('--resume and --overwrite: choose one (continue the run, or start it over).');
       // 'tiny' exists for tests (a few steps on tiny models); it is not listed in --help.

@@ -23,7 +23,8 @@ import { selectBackend } from '../backend/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
 import { Progress } from '../util/progress.ts';
-import { writeFileAtomic } from '../util/fs.ts';
+import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
+import { MAX_IMAGE_SIDE } from '../util/limits.ts';
 import { SCHEDULER_NAMES, schedulerNameForClass } from '../schedule/index.ts';
 import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
@@ -75,15 +76,26 @@ export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokeniz
   });
 }
 
+/** --height/--width within [8, MAX_IMAGE_SIDE] (either may be undefined: the model's default). */
+function checkImageSide(height: number | undefined, width: number | undefined): void {
+  for (const [flag, v] of [['--height', height], ['--width', width]] as const) {
+    if (v === undefined) continue;
+    check(Number.isInteger(v) && v >= 8 && v <= MAX_IMAGE_SIDE, `${flag}: expected an integer in [8, ${MAX_IMAGE_SIDE}] pixels, got ${v} (Stable Diffusion 1.x is trained at 512; larger images do not fit in memory).`);
+  }
+}
+
 export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
   check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
   check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  checkImageSide(opts.height, opts.width);
+  checkOutputDir('--out', opts.out);
   const pipe = loadModel(opts);
   try {
     const height = opts.height ?? pipe.defaultSize;
     const width = opts.width ?? pipe.defaultSize;
+    checkImageSide(height, width); // the model's own default size too
     const f = pipe.vaeScaleFactor;
     check(height % f === 0 && width % f === 0, `--height/--width: expected multiples of ${f} (the VAE's downsampling factor), got ${height}x${width}.`);
     pipe.scheduler.setTimesteps(opts.steps); // one clear line for a bad step count, before any work
@@ -160,8 +172,8 @@ export function register(program: Command): void {
     .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
     .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
     .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)
-    .option('--height <px>', "image height (default: the model's sample size, 512 for SD 1.5)", int(8, 4096))
-    .option('--width <px>', "image width (default: the model's sample size)", int(8, 4096))
+    .option('--height <px>', `image height, at most ${MAX_IMAGE_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
+    .option('--width <px>', `image width, at most ${MAX_IMAGE_SIDE} (default: the model's sample size)`, int(8))
     .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
     .option('--out <dir>', 'output directory', 'out/txt2img')
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')

@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { UsageError } from '../util/errors.ts';
+import { checkRegularFile } from '../util/fs.ts';
 import type { Dataset } from './types.ts';
 
 export interface IdxArray {
@@ -27,6 +28,7 @@ const TYPE_NAMES: Record<number, string> = { 0x08: 'ubyte', 0x09: 'byte', 0x0b: 
 
 /** Reads a whole file and un-gzips it if it starts with the gzip magic bytes 1f 8b. */
 export function readMaybeGzip(file: string): Buffer {
+  checkRegularFile(file, 'an IDX file');
   let raw: Buffer;
   try {
     raw = fs.readFileSync(file);

@@ -32,6 +32,7 @@ import { type ConfigSpec, readConfig, writeConfig } from '../io/config.ts';
 import { loadWeights, saveWeights } from '../nn/checkpoint.ts';
 import { type Dataset, epochOrder, loadDataset, padDataset, splitDataset } from '../data/index.ts';
 import { UsageError, check } from '../util/errors.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { Progress } from '../util/progress.ts';
 import { Random } from '../util/random.ts';
 import { toSigned } from '../data/pixels.ts';
@@ -197,7 +198,6 @@ export class DigitClassifier extends Module {
 
   /** Writes config.json + model.safetensors into `dir`. */
   save(dir: string): void {
-    fs.mkdirSync(dir, { recursive: true });
     saveWeights(this, path.join(dir, CLASSIFIER_WEIGHTS));
     writeConfig(path.join(dir, 'config.json'), 'DigitClassifier', this.config);
   }
@@ -414,6 +414,7 @@ export function ensureClassifier(runDir: string, opts: EnsureClassifierOptions =
     return { model, dir, training: t as ClassifierTraining, trainedNow: false };
   }
 
+  checkOutputDir('--run', runDir); // before the training, not after it
   const { train, val } = loadSplit(opts.data);
   const seed = opts.seed ?? 0;
   const epochs = opts.epochs ?? 8;

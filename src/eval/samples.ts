@@ -26,6 +26,7 @@ import path from 'node:path';
 import { PNG } from 'pngjs';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
+import { checkRegularFile } from '../util/fs.ts';
 import { toSigned, toUnit } from '../data/pixels.ts';
 
 export const SAMPLES_MANIFEST = 'samples.json';
@@ -79,6 +80,7 @@ function checkSize(h: number, w: number, where: string): void {
 
 /** Decodes one PNG into 32×32 values in [-1, 1] (gray = mean of RGB, times alpha). */
 export function readDigitPng(file: string): Float32Array {
+  checkRegularFile(file, 'a PNG image');
   let png: PNG;
   try {
     png = PNG.sync.read(fs.readFileSync(file));
@@ -108,6 +110,7 @@ export function readManifest(dir: string): { file: string; entries: SampleEntry[
   for (const name of [SAMPLES_MANIFEST, 'manifest.json']) {
     const file = path.join(dir, name);
     if (!fs.existsSync(file)) continue;
+    checkRegularFile(file, 'a JSON list of samples');
     let raw: unknown;
     try {
       raw = JSON.parse(fs.readFileSync(file, 'utf8'));

@@ -2,12 +2,20 @@
  * diffusers-style config.json files: a flat JSON object of model hyper-parameters, plus
  * diffusers' bookkeeping keys (`_class_name`, `_diffusers_version`, ...).
  *
- * A model describes its config by its defaults (one object; the value types are the schema)
- * and an explicit list of keys it knowingly ignores. Reading then
- *   - fills missing keys from the defaults,
- *   - rejects unknown keys with an error naming the file and the key (a typo such as
- *     "latent_chanels" must not silently fall back to a default),
- *   - rejects values of the wrong type (number vs string vs array ...).
+ * One rule for the keys of every config sdlab reads — model configs (parseConfig below) and
+ * scheduler configs (src/schedule/base.ts resolveConfig) alike; checkConfigKey applies it:
+ *   1. a key sdlab implements is validated (its type, and its range where the model checks it);
+ *      a missing one takes its default;
+ *   2. a key on the config's inert list is accepted and ignored: diffusers/transformers
+ *      bookkeeping (DIFFUSERS_META_KEYS), keys that change nothing in sdlab (e.g. a VAE's
+ *      force_upcast: sdlab always computes in float32), and for a scheduler the keys other
+ *      diffusers schedulers define (diffusers shares one scheduler_config.json among them);
+ *   3. a key of a feature sdlab does not implement is accepted only at the value that changes
+ *      nothing (a UNet's class_embed_type null, a scheduler's thresholding false): any other
+ *      value is refused with a line naming the key and the value that is accepted;
+ *   4. any other key is refused with a line naming the file and the key. A typo such as
+ *      "latent_chanels" must not silently fall back to a default, and a key newer than sdlab
+ *      that would change what the model computes must never be silently ignored.
  *
  *   const cfg = readConfig('runs/default/vae/config.json', {
  *     className: 'AutoencoderKL', defaults: VAE_DEFAULTS, ignored: ['force_upcast'] });
@@ -15,7 +23,7 @@
  */
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
-import { writeFileAtomicSync } from '../util/fs.ts';
+import { checkRegularFile, writeFileAtomicSync } from '../util/fs.ts';
 
 /** Bookkeeping keys diffusers/transformers write; always accepted and never part of a config. */
 export const DIFFUSERS_META_KEYS: readonly string[] = [
@@ -32,10 +40,54 @@ export const DIFFUSERS_VERSION = '0.24.0';
 export interface ConfigSpec<T> {
   /** Expected `_class_name` (checked when the file has one). */
   className?: string;
-  /** Every accepted key with its default value; the default's type is the expected type. */
+  /** Who reads the config, for messages ("UNet" → "sdlab's UNet"); default: className. */
+  reader?: string;
+  /** Every implemented key with its default value; the default's type is the expected type (rule 1). */
   defaults: T;
-  /** Keys accepted but ignored (document why next to the list). */
+  /** Inert keys: accepted and ignored (rule 2; document why next to the list). */
   ignored?: readonly string[];
+  /** Keys of unimplemented features → the only value accepted, the one that changes nothing (rule 3). */
+  unimplemented?: Readonly<Record<string, unknown>>;
+}
+
+/** How one config's keys are classified (the rule in this file's header). */
+export interface KeyRule {
+  /** Who reads the config, for messages: "sdlab's UNet", "sdlab's EulerDiscreteScheduler". */
+  reader: string;
+  /** Rule 1: keys sdlab implements. */
+  known: readonly string[];
+  /** Rule 2: keys accepted and ignored (besides DIFFUSERS_META_KEYS). */
+  inert?: readonly string[];
+  /** Rule 3: key → the only value accepted. */
+  unimplemented?: Readonly<Record<string, unknown>>;
+  /** Ends the message for an unimplemented value (what to do); default: sdlab cannot run it. */
+  unimplementedHint?: string;
+  /** Added to the unknown-key message (what the config should be). */
+  unknownHint?: string;
+}
+
+const sameJson = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+/**
+ * Classifies `key` (with `value`) of the config `source` by the rule in this file's header:
+ * 'known' (the caller validates the value) or 'ignore' (inert, or unimplemented at its no-op
+ * value); throws a UsageError naming the file and key for anything else.
+ */
+export function checkConfigKey(key: string, value: unknown, rule: KeyRule, source: string): 'known' | 'ignore' {
+  if (rule.known.includes(key)) return 'known';
+  // Before the inert list: a scheduler's inert list holds every scheduler's keys, these included.
+  if (rule.unimplemented && Object.hasOwn(rule.unimplemented, key)) {
+    const ok = rule.unimplemented[key];
+    if (sameJson(value, ok)) return 'ignore';
+    const hint = rule.unimplementedHint ?? 'sdlab cannot run a model that needs it';
+    throw new UsageError(
+      `${source}: config key "${key}" = ${JSON.stringify(value)} is not supported by ${rule.reader} (it accepts only ${JSON.stringify(ok)}, which changes nothing); ${hint}.`,
+    );
+  }
+  if (DIFFUSERS_META_KEYS.includes(key) || rule.inert?.includes(key)) return 'ignore';
+  throw new UsageError(
+    `${source}: unknown config key "${key}" for ${rule.reader} (known keys: ${rule.known.join(', ')})${rule.unknownHint ? `; ${rule.unknownHint}` : ''}; fix its spelling, or remove it if it is not needed.`,
+  );
 }
 
 /** Validates a parsed config object against `spec`; `source` names the file in errors. */
@@ -48,12 +100,15 @@ export function parseConfig<T extends object>(raw: unknown, spec: ConfigSpec<T>,
   if (spec.className && typeof obj._class_name === 'string' && obj._class_name !== spec.className) {
     throw new UsageError(`${source}: _class_name is "${obj._class_name}", expected "${spec.className}".`);
   }
+  const rule: KeyRule = {
+    reader: `sdlab's ${spec.reader ?? spec.className ?? 'model'}`,
+    known: Object.keys(defaults),
+    inert: spec.ignored,
+    unimplemented: spec.unimplemented,
+  };
   const out: Record<string, unknown> = structuredClone(defaults);
   for (const [key, value] of Object.entries(obj)) {
-    if (DIFFUSERS_META_KEYS.includes(key) || spec.ignored?.includes(key)) continue;
-    if (!Object.hasOwn(defaults, key)) {
-      throw new UsageError(`${source}: unknown config key "${key}" (known keys: ${Object.keys(defaults).join(', ')}).`);
-    }
+    if (checkConfigKey(key, value, rule, source) === 'ignore') continue;
     const problem = typeProblem(defaults[key], value);
     if (problem) throw new UsageError(`${source}: config key "${key}" ${problem}, got ${JSON.stringify(value)}.`);
     out[key] = value;
@@ -63,6 +118,7 @@ export function parseConfig<T extends object>(raw: unknown, spec: ConfigSpec<T>,
 
 /** Reads and validates a config.json. */
 export function readConfig<T extends object>(file: string, spec: ConfigSpec<T>): T {
+  checkRegularFile(file, 'a config.json');
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');

@@ -12,7 +12,8 @@
  *
  * All float dtypes (F16, BF16, F32, F64) and integer dtypes (e.g. I64 position_ids) come back
  * as Float32Array values; `dtype` says what was on disk. Writing produces F32 (or F16/BF16,
- * rounded to nearest even) and is atomic (temp file in the same directory, then rename).
+ * rounded to nearest even) and is atomic (util/fs.ts writeStreamAtomicSync: a temporary file in
+ * the same directory, then a rename).
  *
  *   const tensors = readSafetensors('vae/diffusion_pytorch_model.safetensors');
  *   tensors.get('decoder.conv_in.weight')  // {dtype: 'F16', shape: [64,4,3,3], data: Float32Array}
@@ -20,8 +21,8 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
+import { checkRegularFile, writeStreamAtomicSync } from '../util/fs.ts';
 
 export type Dtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
 export type WriteDtype = 'F32' | 'F16' | 'BF16';
@@ -62,6 +63,7 @@ export class SafetensorsFile {
 
   /** Opens `file` and validates its header (no tensor data is read yet). */
   static open(file: string): SafetensorsFile {
+    checkRegularFile(file, 'a safetensors file'); // a FIFO would block the open below forever
     let fd: number;
     try {
       fd = fs.openSync(file, 'r');
@@ -329,34 +331,9 @@ export function writeSafetensors(
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(headerBytes.length));
 
-  writeAtomicStream(file, (write) => {
+  writeStreamAtomicSync(file, (write) => {
     write(len);
     write(headerBytes);
     for (const [, t] of items) write(encode(dtype, t.data));
   });
-}
-
-/**
- * Streams chunks into a temporary file next to `file`, fsyncs, then renames it over `file`
- * (like util/fs.ts writeFileAtomic, but without holding the whole file in memory).
- */
-function writeAtomicStream(file: string, produce: (write: (chunk: Uint8Array) => void) => void): void {
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  const rand = Math.floor(Math.random() * 0x7fffffff).toString(36);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${rand}.tmp`);
-  let fd: number | undefined = fs.openSync(tmp, 'w');
-  try {
-    produce((chunk) => {
-      let done = 0;
-      while (done < chunk.length) done += fs.writeSync(fd!, chunk, done, chunk.length - done);
-    });
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = undefined;
-    fs.renameSync(tmp, file);
-  } catch (err) {
-    if (fd !== undefined) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
 }

@@ -32,6 +32,7 @@ import { SafetensorsFile } from '../io/safetensors.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
 import { UsageError } from '../util/errors.ts';
+import { checkRegularFile } from '../util/fs.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Architecture (the yaml's fields that decide names and shapes)
@@ -108,6 +109,7 @@ export const LDM_SD1_ARCHITECTURE: LdmArchitecture = {
 
 /** Reads the architecture from an LDM yaml (v1-inference.yaml and its relatives). */
 export function readLdmYaml(file: string): LdmArchitecture {
+  checkRegularFile(file, 'an LDM yaml config');
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');

@@ -18,6 +18,7 @@
  * ~1 ulp per step (torch's float32 exp/log are not always correctly rounded; ours are).
  */
 import * as tf from '@tensorflow/tfjs';
+import { type KeyRule, checkConfigKey } from '../io/config.ts';
 import { UsageError } from '../util/errors.ts';
 import { BETA_SCHEDULES, type BetaSchedule, NoiseSchedule, PREDICTION_TYPES, type PredictionType } from './forward.ts';
 
@@ -90,9 +91,64 @@ export interface BaseSchedulerConfig {
 type ConfigValue = number | string | boolean | null | number[];
 
 /**
- * defaults <- json <- overrides, keeping only keys the scheduler knows (diffusers ignores the
- * others too, e.g. PNDM's skip_prk_steps in a DDIM config). Each value must have the default's
- * type; `choices` lists the allowed strings of enum keys. `where` names the scheduler in errors.
+ * The config-key rule of src/io/config.ts, for schedulers. diffusers shares one
+ * scheduler_config.json among its schedulers (`OtherScheduler.from_config(pipe.scheduler.config)`),
+ * so a scheduler reads keys written for another one:
+ *   - its own keys (its defaults) are validated;
+ *   - the keys any diffusers diffusion scheduler defines (SCHEDULER_INERT_KEYS, from diffusers
+ *     0.2 to 0.40) are inert for a scheduler that does not define them, as in diffusers: PNDM's
+ *     skip_prk_steps means nothing to Euler;
+ *   - except the keys that describe the model and its predictions rather than one sampler
+ *     (MODEL_KEYS): every scheduler honours them or accepts only the value that changes nothing
+ *     (ᾱ rescaled to zero terminal SNR, thresholded or clipped x0, the old predict_epsilon);
+ *     and the keys the scheduler's own diffusers class has that sdlab does not implement
+ *     (UNIMPLEMENTED), likewise;
+ *   - any other key is refused, naming the file and the key.
+ */
+export const SCHEDULER_INERT_KEYS: readonly string[] = [
+  // the beta-schedule samplers of diffusers (DDPM, DDIM, PNDM, LMS, Euler, Euler a, Heun, KDPM2,
+  // DPM-Solver multistep/singlestep/SDE, DEIS, UniPC, SA-Solver, LCM, TCD, DDIM inverse)
+  'num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'trained_betas', 'prediction_type',
+  'timestep_spacing', 'steps_offset', 'variance_type', 'clip_sample', 'clip_sample_range', 'set_alpha_to_one',
+  'skip_prk_steps', 'thresholding', 'dynamic_thresholding_ratio', 'sample_max_value', 'rescale_betas_zero_snr',
+  'interpolation_type', 'use_karras_sigmas', 'use_exponential_sigmas', 'use_beta_sigmas', 'use_flow_sigmas',
+  'use_lu_lambdas', 'sigma_min', 'sigma_max', 'timestep_type', 'final_sigmas_type', 'solver_order', 'solver_type',
+  'algorithm_type', 'lower_order_final', 'euler_at_final', 'lambda_min_clipped', 'flow_shift',
+  'use_dynamic_shifting', 'time_shift_type', 'noise_sampler_seed', 'predict_x0', 'disable_corrector', 'solver_p',
+  'shift_terminal', 'predictor_order', 'corrector_order', 'tau_func', 'original_inference_steps',
+  'timestep_scaling', 'set_alpha_to_zero',
+  // removed from diffusers long ago, still in old configs
+  'tensor_format', 'timestep_values', 'predict_epsilon',
+];
+
+/** Keys that describe the model, not one sampler → the value at which they change nothing. */
+const MODEL_KEYS: Readonly<Record<string, unknown>> = {
+  rescale_betas_zero_snr: false,
+  thresholding: false,
+  clip_sample: false,
+  predict_epsilon: true, // diffusers 0.8; false meant prediction_type "sample"
+};
+
+/** Keys each scheduler's diffusers class (up to 0.40) has that sdlab does not implement → their no-op value. */
+const UNIMPLEMENTED: Readonly<Record<string, Readonly<Record<string, unknown>>>> = {
+  EulerDiscreteScheduler: { use_exponential_sigmas: false, use_beta_sigmas: false, final_sigmas_type: 'zero' },
+  // sdlab follows diffusers 0.24, whose last sigma is sigma_min (later releases default to "zero").
+  DPMSolverMultistepScheduler: { use_exponential_sigmas: false, use_beta_sigmas: false, use_flow_sigmas: false, use_dynamic_shifting: false, final_sigmas_type: 'sigma_min' },
+};
+
+/** The file each config object returned by readSchedulerConfig came from, for error messages. */
+const configSources = new WeakMap<object, string>();
+
+/** Remembers that `json` was read from `file` (readSchedulerConfig), so errors can name the file. */
+export function rememberConfigSource(json: object, file: string): void {
+  configSources.set(json, file);
+}
+
+/**
+ * defaults <- json <- overrides. Keys are classified by the rule above (SCHEDULER_INERT_KEYS);
+ * each value of a known key must have the default's type; `choices` lists the allowed strings
+ * of enum keys. `where` names the scheduler class in errors (and the file, when readSchedulerConfig
+ * read `json`).
  */
 export function resolveConfig<C extends object>(
   where: string,
@@ -105,10 +161,21 @@ export function resolveConfig<C extends object>(
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new UsageError(`${where} config: expected a JSON object (a diffusers scheduler_config.json), got ${JSON.stringify(json)}.`);
   }
+  const known = Object.keys(defaults);
+  const unimplemented = { ...MODEL_KEYS, ...UNIMPLEMENTED[where] };
+  for (const k of known) delete unimplemented[k];
+  const rule: KeyRule = {
+    reader: `sdlab's ${where}`,
+    known,
+    inert: SCHEDULER_INERT_KEYS,
+    unimplemented,
+    unimplementedHint: 'pick another --scheduler, or set the key to that value to sample without it',
+    unknownHint: 'it is not a key of any diffusers diffusion scheduler',
+  };
   const out: Record<string, ConfigValue> = { ...(defaults as Record<string, ConfigValue>) };
-  for (const src of [json, overrides as Record<string, unknown>]) {
+  for (const [src, source] of [[json, configSources.get(json) ?? `${where} config`], [overrides as Record<string, unknown>, `${where} settings`]] as const) {
     for (const [key, value] of Object.entries(src)) {
-      if (!(key in out) || value === undefined) continue;
+      if (value === undefined || checkConfigKey(key, value, rule, source) === 'ignore') continue;
       out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], choices[key], nullable[key]);
     }
   }

@@ -55,9 +55,11 @@ export const DDPM_DEFAULTS: DDPMConfig = {
 
 export class DDPMScheduler extends Scheduler<DDPMConfig> {
   static fromConfig(json: Record<string, unknown> = {}, overrides: Partial<DDPMConfig> | Record<string, unknown> = {}): DDPMScheduler {
-    return new DDPMScheduler(
-      resolveConfig('DDPMScheduler', DDPM_DEFAULTS, json, overrides, { ...BASE_CHOICES, variance_type: DDPM_VARIANCE_TYPES }, { trained_betas: 'number[]' }),
-    );
+    const cfg = resolveConfig('DDPMScheduler', DDPM_DEFAULTS, json, overrides, { ...BASE_CHOICES, variance_type: [...DDPM_VARIANCE_TYPES, null] }, { trained_betas: 'number[]' });
+    // null (a DPM-Solver config's value) matches none of diffusers' variance branches, which
+    // leaves the fixed_small variance.
+    cfg.variance_type ??= 'fixed_small';
+    return new DDPMScheduler(cfg);
   }
 
   constructor(config: DDPMConfig = DDPM_DEFAULTS) {

@@ -50,8 +50,12 @@ export interface DPMSolverMultistepConfig extends BaseSchedulerConfig {
   use_karras_sigmas: boolean;
   use_lu_lambdas: boolean;
   lambda_min_clipped: number;
-  variance_type: null;
+  /** Only "learned" variances change DPM-Solver (sdlab has none); DDPM's fixed ones, from a shared config, do not. */
+  variance_type: (typeof DPM_FIXED_VARIANCE_TYPES)[number];
 }
+
+/** variance_type values that leave DPM-Solver as it is (diffusers acts only on "learned"/"learned_range"). */
+const DPM_FIXED_VARIANCE_TYPES = [null, 'fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large_log'] as const;
 
 export const DPM_SOLVER_DEFAULTS: DPMSolverMultistepConfig = {
   ...DDPM_BETA_DEFAULTS,
@@ -96,7 +100,7 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
       DPM_SOLVER_DEFAULTS,
       json,
       overrides,
-      { ...BASE_CHOICES, algorithm_type: ['dpmsolver++'], solver_type: ['midpoint', 'heun'], variance_type: [null] },
+      { ...BASE_CHOICES, algorithm_type: ['dpmsolver++'], solver_type: ['midpoint', 'heun'], variance_type: DPM_FIXED_VARIANCE_TYPES },
       { trained_betas: 'number[]' },
     );
     return new DPMSolverMultistepScheduler(cfg);

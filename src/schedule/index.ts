@@ -16,7 +16,8 @@
  */
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
-import type { Scheduler } from './base.ts';
+import { checkRegularFile } from '../util/fs.ts';
+import { type Scheduler, rememberConfigSource } from './base.ts';
 import { DDIMScheduler } from './ddim.ts';
 import { DDPMScheduler } from './ddpm.ts';
 import { DPMSolverMultistepScheduler } from './dpm_solver.ts';
@@ -53,8 +54,9 @@ export function schedulerNameForClass(className: string): SchedulerName | null {
 }
 
 /**
- * Builds the scheduler `name` from a diffusers scheduler config (keys it does not know are
- * ignored) with `overrides` applied on top, e.g. `{ timestep_spacing: 'trailing' }`.
+ * Builds the scheduler `name` from a diffusers scheduler config (other schedulers' keys are
+ * ignored, keys that would change the result and are not implemented refused: base.ts
+ * resolveConfig) with `overrides` applied on top, e.g. `{ timestep_spacing: 'trailing' }`.
  */
 export function createScheduler(
   name: string,
@@ -86,6 +88,7 @@ export function createScheduler(
  * which the config reader understands.
  */
 export function readSchedulerConfig(file: string): Record<string, unknown> {
+  checkRegularFile(file, 'a diffusers scheduler_config.json');
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
@@ -101,5 +104,6 @@ export function readSchedulerConfig(file: string): Record<string, unknown> {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new UsageError(`${file}: expected a JSON object of scheduler settings.`);
   }
+  rememberConfigSource(json, file); // a refused key names this file
   return json as Record<string, unknown>;
 }

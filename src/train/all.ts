@@ -112,7 +112,6 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   const stages: StageReport[] = [];
   const summaryFile = path.join(opts.runDir, 'train', 'all.json');
   const writeSummary = (extra: Record<string, unknown> = {}) => {
-    fs.mkdirSync(path.dirname(summaryFile), { recursive: true });
     writeFileAtomicSync(
       summaryFile,
       JSON.stringify({ preset: opts.presetName, seed, backend: opts.backend ?? null, stages, totalSeconds: (Date.now() - started) / 1000, ...extra }, null, 2) + '\n',

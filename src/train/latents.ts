@@ -91,7 +91,6 @@ export function cachedLatents(
     tensors.set(`${p}.mean`, { shape: [s.n, ...s.shape], data: s.mean });
     tensors.set(`${p}.std`, { shape: [s.n, ...s.shape], data: s.std });
   }
-  fs.mkdirSync(path.dirname(file), { recursive: true });
   writeSafetensors(file, tensors, { metadata: { key: fingerprint } });
   log(`unet: encoded ${train.n + val.n} digits with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
   return { train, val };

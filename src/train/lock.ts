@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
+import { makeDirs } from '../util/fs.ts';
 
 export const LOCK_FILE = 'train.lock';
 
@@ -31,7 +32,7 @@ export interface TaskLock {
 
 /** Takes <dir>/train.lock for this process, or throws a UsageError naming the live holder. */
 export function lockTask(dir: string, task: string, log: (line: string) => void): TaskLock {
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
   const file = path.join(dir, LOCK_FILE);
   const mine: LockInfo = { pid: process.pid, host: os.hostname(), started: new Date().toISOString() };
   // Two tries: the second after removing a stale lock (another process may win that race).

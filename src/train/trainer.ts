@@ -42,6 +42,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { makeDirs } from '../util/fs.ts';
 import { Progress, formatDuration } from '../util/progress.ts';
 import { Random } from '../util/random.ts';
 import { saveLossCurve } from '../viz/index.ts';
@@ -380,7 +381,7 @@ function openOrResume<B>(task: TrainTask<B>, o: TrainOptions): Session<B> {
   } else if (exists) {
     fs.rmSync(path.join(dir, 'history.json'), { force: true });
   }
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirs(dir);
 
   const started = Date.now();
   const todo = totalSteps - step;

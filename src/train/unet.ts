@@ -291,7 +291,6 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const totalSteps = Math.min(opts.epochs * batcher.stepsPerEpoch, opts.maxSteps ?? Infinity);
   const frozen = { vae, textEncoder, tokenizer };
   const writeScheduler = () => {
-    fs.mkdirSync(path.dirname(schedulerFile), { recursive: true });
     writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
   };
   log(`unet: ${trainSet.n} training digits → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);

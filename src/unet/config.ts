@@ -85,7 +85,8 @@ export const UNET_DEFAULTS: UNet2DConditionConfig = {
 
 /**
  * diffusers config keys for features sdlab's UNet does not implement, with their defaults.
- * A config may carry them (diffusers writes every key) only with exactly these values.
+ * A config may carry them (diffusers writes every key) only with exactly these values (rule 3
+ * of src/io/config.ts).
  */
 export const UNET_UNSUPPORTED_DEFAULTS = {
   dropout: 0,
@@ -129,12 +130,13 @@ const UNION_KEYS = [
 const SCHEMA = {
   ...UNET_DEFAULTS,
   ...Object.fromEntries(UNION_KEYS.map((k) => [k, undefined])),
-  ...UNET_UNSUPPORTED_DEFAULTS,
 } as unknown as UNet2DConditionConfig & Record<string, unknown>;
 
 export const UNET_CONFIG_SPEC: ConfigSpec<UNet2DConditionConfig & Record<string, unknown>> = {
   className: 'UNet2DConditionModel',
+  reader: 'UNet',
   defaults: SCHEMA,
+  unimplemented: UNET_UNSUPPORTED_DEFAULTS,
 };
 
 /**
@@ -278,15 +280,6 @@ export function validateUnetConfig(cfg: UNet2DConditionConfig, source = 'unet co
  */
 export function parseUnetConfig(raw: unknown, source = 'unet config'): UNet2DConditionConfig {
   const all = parseConfig(raw, UNET_CONFIG_SPEC, source);
-  for (const [key, def] of Object.entries(UNET_UNSUPPORTED_DEFAULTS)) {
-    const v = all[key];
-    if (v !== def) {
-      throw new UsageError(
-        `${source}: config key "${key}" = ${JSON.stringify(v)} is not supported by sdlab's UNet (only the default ${JSON.stringify(def)}).`,
-      );
-    }
-    delete all[key];
-  }
   for (const key of UNION_KEYS) if (all[key] === undefined) (all as Record<string, unknown>)[key] = UNET_DEFAULTS[key];
   return validateUnetConfig(all, source);
 }
