@@ -20,7 +20,7 @@ import { readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { writeConfig } from '../src/io/config.ts';
 import { VAE_PRESETS } from '../src/autoencoder/config.ts';
 import { WordTokenizer } from '../src/clip/tokenizer_word.ts';
-import { MAX_IMAGE_SIDE } from '../src/util/limits.ts';
+import { MAX_GENERATED_SIDE } from '../src/util/limits.ts';
 import { main } from '../src/cli.ts';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -160,7 +160,7 @@ describe('outputs are checked before any work: one line, exit 2, nothing written
   const childCases: Array<[string, string[], RegExp]> = [
     ['sample, --out is a file', ['sample', '--out', aFile, '--n', '2', '--digits', '1', '--steps', '2'], /--out .*a-file\.txt: is a file, not a directory/],
     ['train vae, --run is a file', ['train', 'vae', '--run', aFile, '--steps', '2'], /--run .*a-file\.txt: is a file, not a directory/],
-    ['txt2img 4096×4096', ['txt2img', '--model', path.join(tmp, 'no-model'), '--prompt', 'a cat', '--height', '4096', '--width', '4096', '--out', out('t2i')], new RegExp(`--height: expected an integer in \\[8, ${MAX_IMAGE_SIDE}\\] pixels, got 4096`)],
+    ['txt2img 4096×4096', ['txt2img', '--model', path.join(tmp, 'no-model'), '--prompt', 'a cat', '--height', '4096', '--width', '4096', '--out', out('t2i')], new RegExp(`--height: expected an integer in \\[8, ${MAX_GENERATED_SIDE}\\] pixels, got 4096`)],
   ];
   it.each(childCases)('%s', async (label, args, pattern) => {
     const before = snapshot(tmp);

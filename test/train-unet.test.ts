@@ -319,17 +319,29 @@ describe('EMA and resume', () => {
     expect(differingTensors(straightDir, dir)).toEqual([]);
   });
 
-  it('a failure between the state write and the model export (mid-checkpoint) leaves a state that resumes exactly', async () => {
+  it('a failure between the state write and the model export leaves a state that resumes exactly', async () => {
     const dir = path.join(tmp, 'crash');
     copyRun(baseRun, dir);
-    // <run>/unet as a file: the export after the first checkpoint's state write throws.
+    // <run>/unet as a file: the export (once, after the last checkpoint's state write) throws.
     fs.writeFileSync(path.join(dir, 'unet'), 'in the way');
     await expect(trainUnet({ ...opts(dir), checkpointEvery: 2 })).rejects.toThrow();
-    expect(readStateInfo(statePath(dir, 'unet')).step).toBe(2);
+    expect(readStateInfo(statePath(dir, 'unet')).step).toBe(6);
     fs.rmSync(path.join(dir, 'unet'));
-    const done = await trainUnet({ ...opts(dir), resume: true });
+    const done = await trainUnet({ ...opts(dir), resume: true }); // nothing left to train: exports
     expect(done.step).toBe(6);
     expect(differingTensors(straightDir, dir)).toEqual([]);
+  });
+
+  it('a run that diverges never replaces the exported unet/ and scheduler/ (even with --overwrite)', async () => {
+    const dir = path.join(tmp, 'diverge');
+    copyRun(straightDir, dir); // a finished run: good unet/ and scheduler/
+    const files = ['unet/diffusion_pytorch_model.safetensors', 'unet/config.json', 'scheduler/scheduler_config.json'];
+    const before = files.map((f) => fs.readFileSync(path.join(dir, f)));
+    // Start over with a step size that blows the weights up after the first update (and another
+    // schedule, so an exported scheduler config would differ too).
+    const bad = trainUnet({ ...opts(dir), overwrite: true, lr: 1e30, warmupSteps: 0, clipGradNorm: undefined, betaEnd: 0.02, checkpointEvery: 1 });
+    await expect(bad).rejects.toThrow(/unet: (loss|gradient norm) is \S+ at step [2-6] .*try a lower --lr/);
+    files.forEach((f, i) => expect(fs.readFileSync(path.join(dir, f)).equals(before[i]), f).toBe(true));
   });
 
   it('periodic checkpoints (every step) change nothing about the run', async () => {

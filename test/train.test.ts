@@ -303,6 +303,35 @@ describe('train (harness)', () => {
     await expect(train(toy(7, 2).task, base(path.join(tmp, 'nan2')))).rejects.toThrow(/loss is NaN at step 3 \(epoch 1, batch 3.*saved the last good state \(step 2\)/);
   });
 
+  it('the divergence message names the likely cause: the inputs before any update, the step size after', async () => {
+    // At the first update no learning rate has touched the weights: blaming --lr would mislead.
+    const first = train(toy(7, 0).task, base(path.join(tmp, 'nan0')));
+    await expect(first).rejects.toThrow(/loss is NaN at step 1 .*No update had been applied yet, so the learning rate is not the cause: check the training data\.$/);
+    const inputs = { ...toy(7, 0).task, inputs: 'the latents and the noise schedule' };
+    await expect(train(inputs, base(path.join(tmp, 'nan0b')))).rejects.toThrow(/learning rate is not the cause: check the latents and the noise schedule\.$/);
+    await expect(train(toy(7, 4).task, base(path.join(tmp, 'nan4')))).rejects.toThrow(/loss is NaN at step 5 .*Likely cause: updates too large for the weights — try a lower --lr or --clip-grad-norm 1\.$/);
+    await expect(train(toy(7, 4).task, { ...base(path.join(tmp, 'nan4c')), clipGradNorm: 1 })).rejects.toThrow(/try a lower --lr\.$/);
+  });
+
+  it('exports once, when a session ends well; a diverged session (even with --overwrite) leaves the old export alone', async () => {
+    const dir = path.join(tmp, 'export');
+    const exports: number[] = [];
+    const counted = (t: Toy) => ({ ...t.task, exportModel: (ctx: Parameters<Toy['task']['exportModel']>[0]) => (exports.push(ctx.step), t.task.exportModel(ctx)) });
+    // Checkpoints every 2 steps and at every epoch end: the export still comes once, at the end.
+    await train(counted(toy(7)), { ...base(dir), checkpointEvery: 2, stopAtStep: 7 });
+    expect(exports).toEqual([7]); // a stop on request is a good end: its state is exported
+    await train(counted(toy(7)), { ...base(dir), checkpointEvery: 2, resume: true });
+    expect(exports).toEqual([7, 20]);
+    const good = fs.readFileSync(path.join(dir, 'model.json'), 'utf8');
+    expect(JSON.parse(good).w).toEqual(straightW.slice(0, 3));
+
+    // Start over, and diverge at step 9 after four periodic checkpoints: nothing is exported.
+    await expect(train(counted(toy(7, 8)), { ...base(dir), checkpointEvery: 2, overwrite: true })).rejects.toThrow(TrainingError);
+    expect(exports).toEqual([7, 20]);
+    expect(fs.readFileSync(path.join(dir, 'model.json'), 'utf8')).toBe(good);
+    expect(readStateInfo(statePath(dir, 'toy')).step).toBe(8); // the state is saved for a resume
+  });
+
   it('refuses to clobber a run, to resume nothing, and to resume with changed settings', async () => {
     await expect(train(toy(7).task, base(straight))).rejects.toThrow(/exists: pass --resume.*--overwrite/);
     await expect(train(toy(7).task, { ...base(path.join(tmp, 'none')), resume: true })).rejects.toThrow(/no training state/);

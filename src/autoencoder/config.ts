@@ -8,6 +8,7 @@
 import { type ConfigSpec, readConfig } from '../io/config.ts';
 import { getActivation } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
+import { MAX_BLOCKS, MAX_IMAGE_SIDE, MAX_LAYERS_PER_BLOCK } from '../util/limits.ts';
 
 /** diffusers AutoencoderKL config (same keys as its config.json). */
 export interface AutoencoderKLConfig {
@@ -100,6 +101,7 @@ export function validateVaeConfig(cfg: AutoencoderKLConfig, source = 'vae config
     throw new UsageError(`${source}: ${msg}.`);
   };
   if (n < 1) fail('block_out_channels must list at least one width');
+  if (n > MAX_BLOCKS) fail(`block_out_channels lists ${n} levels, over sdlab's limit of ${MAX_BLOCKS}`);
   if (cfg.down_block_types.length !== n || cfg.up_block_types.length !== n) {
     fail(`down_block_types (${cfg.down_block_types.length}) and up_block_types (${cfg.up_block_types.length}) must have one entry per block_out_channels (${n})`);
   }
@@ -114,6 +116,9 @@ export function validateVaeConfig(cfg: AutoencoderKLConfig, source = 'vae config
     ...cfg.block_out_channels.map((c, i): [string, number] => [`block_out_channels[${i}]`, c]),
   ];
   for (const [k, v] of ints) if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
+  // Layers are built eagerly, and sample_size sizes buffers (widths: the parameter count, nn buildChecked).
+  if (cfg.layers_per_block > MAX_LAYERS_PER_BLOCK) fail(`layers_per_block ${cfg.layers_per_block} is over sdlab's limit of ${MAX_LAYERS_PER_BLOCK}`);
+  if (!Number.isInteger(cfg.sample_size) || cfg.sample_size < 1 || cfg.sample_size > MAX_IMAGE_SIDE) fail(`sample_size must be an integer in [1, ${MAX_IMAGE_SIDE}] (sdlab's limit), got ${cfg.sample_size}`);
   for (const c of cfg.block_out_channels) {
     if (c % cfg.norm_num_groups !== 0) fail(`block_out_channels ${c} is not divisible by norm_num_groups ${cfg.norm_num_groups}`);
   }

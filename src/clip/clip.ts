@@ -34,9 +34,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { Module, init, skipInit } from '../nn/index.ts';
+import { Module, init } from '../nn/index.ts';
 import { parseConfig, readConfig, writeConfig } from '../io/config.ts';
-import { loadWeights, saveWeights } from '../nn/checkpoint.ts';
+import { buildAndLoad, saveWeights } from '../nn/checkpoint.ts';
 import type { WriteDtype } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -297,8 +297,8 @@ export class CLIPModel extends Module {
     const weights = path.join(dir, CLIP_WEIGHTS_FILE);
     if (!fs.existsSync(cfgFile)) throw new UsageError(`${dir}: no ${CLIP_CONFIG_FILE} (expected a clip/ folder from sdlab's CLIP training).`);
     if (!fs.existsSync(weights)) throw new UsageError(`${dir}: no ${CLIP_WEIGHTS_FILE} (expected the CLIP weights next to ${CLIP_CONFIG_FILE}).`);
-    const model = skipInit(() => new CLIPModel(readClipConfig(cfgFile)));
-    loadWeights(model, weights, { keyMap: (k) => (k.endsWith('embeddings.position_ids') ? null : k) });
+    const config = readClipConfig(cfgFile);
+    const model = buildAndLoad(() => new CLIPModel(config), weights, cfgFile, { keyMap: (k) => (k.endsWith('embeddings.position_ids') ? null : k) });
     if (fs.existsSync(path.join(dir, WORD_TOKENIZER_FILE))) model.tokenizer = checkTokenizerFits(loadTokenizer(dir), model.config.text_config, dir);
     return model;
   }

@@ -23,6 +23,7 @@ import * as tf from '@tensorflow/tfjs';
 import { Conv2d, GroupNorm, Linear, Module, ModuleList, getActivation } from '../nn/index.ts';
 import type { ConfigSpec } from '../io/config.ts';
 import { UsageError } from '../util/errors.ts';
+import { MAX_BLOCKS, MAX_IMAGE_SIDE } from '../util/limits.ts';
 
 export interface ImageEncoderConfig {
   in_channels: number;
@@ -59,6 +60,7 @@ export function validateImageEncoderConfig(cfg: ImageEncoderConfig, source = 'im
     throw new UsageError(`${source}: ${msg}.`);
   };
   if (cfg.block_out_channels.length < 1) fail('block_out_channels must list at least one width');
+  if (cfg.block_out_channels.length > MAX_BLOCKS) fail(`block_out_channels lists ${cfg.block_out_channels.length} levels, over sdlab's limit of ${MAX_BLOCKS}`);
   const ints: Array<[string, number]> = [
     ['in_channels', cfg.in_channels],
     ['sample_size', cfg.sample_size],
@@ -67,6 +69,7 @@ export function validateImageEncoderConfig(cfg: ImageEncoderConfig, source = 'im
     ...cfg.block_out_channels.map((c, i): [string, number] => [`block_out_channels[${i}]`, c]),
   ];
   for (const [k, v] of ints) if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
+  if (cfg.sample_size > MAX_IMAGE_SIDE) fail(`sample_size ${cfg.sample_size} is over sdlab's limit of ${MAX_IMAGE_SIDE}`);
   for (const c of cfg.block_out_channels) {
     if (c % cfg.norm_num_groups !== 0) fail(`block_out_channels ${c} is not divisible by norm_num_groups ${cfg.norm_num_groups}`);
   }

@@ -32,6 +32,7 @@ import { type ConfigSpec, parseConfig } from '../io/config.ts';
 import { checkRegularFile } from '../util/fs.ts';
 import { loadPretrained } from '../nn/pretrained.ts';
 import { UsageError } from '../util/errors.ts';
+import { MAX_ENCODER_LAYERS, MAX_TEXT_POSITIONS } from '../util/limits.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -161,6 +162,9 @@ export function validateTextEncoderConfig(cfg: TextEncoderConfig, source = 'text
     ['max_position_embeddings', cfg.max_position_embeddings],
   ];
   for (const [k, v] of ints) if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
+  // Layers are built eagerly and attention is quadratic in the positions (widths: the parameter count, nn buildChecked).
+  if (cfg.num_hidden_layers > MAX_ENCODER_LAYERS) fail(`num_hidden_layers ${cfg.num_hidden_layers} is over sdlab's limit of ${MAX_ENCODER_LAYERS}`);
+  if (cfg.max_position_embeddings > MAX_TEXT_POSITIONS) fail(`max_position_embeddings ${cfg.max_position_embeddings} is over sdlab's limit of ${MAX_TEXT_POSITIONS}`);
   if (cfg.hidden_size % cfg.num_attention_heads !== 0) {
     fail(`hidden_size ${cfg.hidden_size} is not divisible by num_attention_heads ${cfg.num_attention_heads}`);
   }

@@ -23,15 +23,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { PNG } from 'pngjs';
 import { AutoencoderKL } from '../autoencoder/index.ts';
 import { selectBackend } from '../backend/index.ts';
-import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
+import { requireFinite } from '../sample/pipeline.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { checkOutputDir, checkRegularFile } from '../util/fs.ts';
+import { firstNonFinite } from '../util/finite.ts';
+import { MAX_IMAGE_PIXELS, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
-import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
+import { type FloatImage, readPng, readPngSize, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
 import { vaeData } from '../train/vae.ts';
 import { denormalize, toSigned } from '../data/pixels.ts';
 
@@ -53,17 +55,9 @@ export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } 
   return { vae: AutoencoderKL.fromPretrained(dir), dir };
 }
 
-/** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black). */
+/** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black), within util/limits.ts. */
 export function readPngImage(file: string, channels: 1 | 3): FloatImage & { channels: 1 | 3 } {
-  checkRegularFile(file, 'a PNG image');
-  let png: PNG;
-  try {
-    png = PNG.sync.read(fs.readFileSync(file));
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`${file}: ${code ? `cannot read (${code})` : `not a valid PNG (${(err as Error).message})`}.`);
-  }
-  const { width, height, data } = png; // RGBA, 8 bits per channel
+  const { width, height, data } = readPng(file); // RGBA, 8 bits per channel
   const out = new Float32Array(width * height * channels);
   for (let i = 0; i < width * height; i++) {
     const a = data[4 * i + 3] / 255;
@@ -115,6 +109,44 @@ function toUnitImages(x: tf.Tensor4D): Array<FloatImage & { channels: 1 | 3 }> {
 function checkSize(vae: AutoencoderKL, h: number, w: number, what: string): void {
   const f = vae.downsampleFactor;
   check(h % f === 0 && w % f === 0, `${what}: ${h}×${w} is not divisible by the VAE's downsampling factor ${f}.`);
+  checkLatentSize(vae, h, w, what);
+}
+
+/**
+ * Refuses an h×w image whose latents would exceed MAX_LATENT_PIXELS (util/limits.ts): the VAE's
+ * attention makes its time grow with their square. Checked before decoding or encoding anything.
+ */
+function checkLatentSize(vae: AutoencoderKL, h: number, w: number, what: string): void {
+  const f = vae.downsampleFactor;
+  const lh = Math.ceil(h / f);
+  const lw = Math.ceil(w / f);
+  check(
+    lh * lw <= MAX_LATENT_PIXELS,
+    `${what}: ${h}×${w} pixels make ${lh}×${lw} latents, over sdlab's limit of ${MAX_LATENT_PIXELS} latent pixels (${Math.sqrt(MAX_LATENT_PIXELS)}×${Math.sqrt(MAX_LATENT_PIXELS)}; ${Math.sqrt(MAX_LATENT_PIXELS) * f} px a side for this VAE).`,
+  );
+}
+
+/**
+ * vae.decode in batches of at most MAX_LATENT_PIXELS latent pixels (a whole batch at once would
+ * hold every image's activations together), checked for NaN/Inf (requireFinite) before anything
+ * is drawn from it.
+ */
+function decodeBatched(vae: AutoencoderKL, z: tf.Tensor4D, what: string): tf.Tensor4D {
+  const [n, h, w] = z.shape;
+  const per = Math.max(1, Math.floor(MAX_LATENT_PIXELS / (h * w)));
+  const out = tf.tidy(() => {
+    if (n <= per) return vae.decode(z);
+    const parts: tf.Tensor4D[] = [];
+    for (let i = 0; i < n; i += per) parts.push(vae.decode(tf.slice(z, [i, 0, 0, 0], [Math.min(per, n - i), -1, -1, -1]) as tf.Tensor4D));
+    return tf.concat(parts) as tf.Tensor4D;
+  });
+  try {
+    requireFinite(out, `${what}: the decoded images`, [['VAE', vae]], 'the latents are finite, so the VAE decoder overflowed (were they made by this VAE?)');
+  } catch (err) {
+    out.dispose();
+    throw err;
+  }
+  return out;
 }
 
 function stem(file: string): string {
@@ -153,12 +185,14 @@ export interface EncodeResult {
 
 export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
   check(o.inputs.length > 0, 'encode: give at least one PNG file.');
-  // Inputs and --out before the VAE loads: a bad path is one line at once.
-  for (const file of o.inputs) checkRegularFile(file, 'a PNG image');
   checkOutputDir('--out', o.out);
+  // Every input's size, from its header, before the VAE loads or anything is decoded.
+  const sizes = o.inputs.map(readPngSize);
   const { vae } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const sf = vae.scalingFactor;
+  const pad = o.pad ? vae.config.sample_size : 0;
+  o.inputs.forEach((file, i) => checkLatentSize(vae, Math.max(sizes[i].height, pad), Math.max(sizes[i].width, pad), file));
   const res: EncodeResult = { files: [], latents: [], scalingFactor: sf, psnr: [] };
   for (const file of o.inputs) {
     let img = readPngImage(file, channels);
@@ -169,6 +203,13 @@ export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
       const mean = vae.encode(x).mean;
       return { latentsNhwc: tf.keep(tf.mul(mean, sf)), recon: tf.keep(vae.decode(mean)) };
     });
+    try {
+      requireFinite(latentsNhwc, `${file}: the encoded latents`, [['VAE', vae]], 'the image is finite, so the VAE encoder overflowed');
+      requireFinite(recon, `${file}: the round trip's decoded image`, [['VAE', vae]], 'the latents are finite, so the VAE decoder overflowed');
+    } catch (err) {
+      tf.dispose([latentsNhwc, recon]);
+      throw err;
+    }
     const [, h, w, c] = latentsNhwc.shape;
     const nchw = tf.tidy(() => tf.transpose(latentsNhwc, [0, 3, 1, 2]).dataSync() as Float32Array);
     const back = toUnitImages(recon as tf.Tensor4D)[0];
@@ -205,33 +246,54 @@ export interface DecodeOptions extends VaeSource {
   scale: number;
 }
 
-/** Reads the latents tensor of a file: "latents", or its only tensor. NCHW. */
-export function readLatents(file: string): { shape: number[]; data: Float32Array } {
-  const tensors = readSafetensors(file);
-  const t = tensors.get('latents') ?? (tensors.size === 1 ? [...tensors.values()][0] : undefined);
-  if (!t) throw new UsageError(`${file}: no tensor named "latents" (found ${[...tensors.keys()].slice(0, 5).join(', ') || 'none'}).`);
-  if (t.shape.length !== 4 && t.shape.length !== 3) throw new UsageError(`${file}: latents must be [N, C, h, w] or [C, h, w], got [${t.shape.join(', ')}].`);
-  if (t.shape.some((d) => d < 1)) throw new UsageError(`${file}: latents [${t.shape.join(', ')}] are empty; every dimension of [N, C, h, w] must be at least 1.`);
-  return { shape: t.shape.length === 3 ? [1, ...t.shape] : t.shape, data: t.data };
+/**
+ * The latents tensor of a file — "latents", or its only tensor — as [N, C, h, w], checked from
+ * the header alone (rank, h × w within MAX_LATENT_PIXELS) before `read()` loads its values
+ * (which must be finite).
+ */
+export function openLatents(file: string): { shape: [number, number, number, number]; read: () => Float32Array } {
+  const st = SafetensorsFile.open(file);
+  const name = st.entries.has('latents') ? 'latents' : st.entries.size === 1 ? st.names()[0] : undefined;
+  if (name === undefined) throw new UsageError(`${file}: no tensor named "latents" (found ${st.names().slice(0, 5).join(', ') || 'none'}).`);
+  const s = st.entries.get(name)!.shape;
+  if (s.length !== 4 && s.length !== 3) throw new UsageError(`${file}: latents must be [N, C, h, w] or [C, h, w], got [${s.join(', ')}].`);
+  const shape = (s.length === 3 ? [1, ...s] : [...s]) as [number, number, number, number];
+  const [, , h, w] = shape;
+  if (h * w > MAX_LATENT_PIXELS) {
+    throw new UsageError(`${file}: latents of ${h}×${w}, over sdlab's limit of ${MAX_LATENT_PIXELS} latent pixels (${Math.sqrt(MAX_LATENT_PIXELS)}×${Math.sqrt(MAX_LATENT_PIXELS)}) per image.`);
+  }
+  return {
+    shape,
+    read: () => {
+      const data = st.read(name).data;
+      const bad = firstNonFinite(data);
+      if (bad >= 0) throw new UsageError(`${file}: the latents hold NaN/Inf values (${data[bad]} at index ${bad}).`);
+      return data;
+    },
+  };
 }
 
 export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; images: FloatImage[] }> {
   check(o.inputs.length > 0, 'decode: give at least one .safetensors latents file.');
   checkOutputDir('--out', o.out);
-  // Every latents file is read and checked before the VAE loads: a bad one is one line at once.
-  const inputs = o.inputs.map((file) => ({ file, lat: readLatents(file) }));
+  // Every input's shape, from its header, before the VAE loads or any values are read.
+  const inputs = o.inputs.map((file) => ({ file, lat: openLatents(file) }));
   const { vae } = loadRunVae(o);
   const files: string[] = [];
   const images: FloatImage[] = [];
   for (const { file, lat } of inputs) {
-    const [n, c, h, w] = lat.shape as [number, number, number, number];
+    const [n, c, h, w] = lat.shape;
     if (c !== vae.config.latent_channels) {
       throw new UsageError(`${file}: latents have ${c} channels but the VAE expects ${vae.config.latent_channels} (shape [N, C, h, w]).`);
     }
-    const decoded = tf.tidy(() => {
-      const z = tf.div(tf.transpose(tf.tensor4d(lat.data, [n, c, h, w]), [0, 2, 3, 1]), vae.scalingFactor) as tf.Tensor4D;
-      return vae.decode(z);
-    });
+    const data = lat.read();
+    const z = tf.tidy(() => tf.div(tf.transpose(tf.tensor4d(data, [n, c, h, w]), [0, 2, 3, 1]), vae.scalingFactor) as tf.Tensor4D);
+    let decoded: tf.Tensor4D;
+    try {
+      decoded = decodeBatched(vae, z, file);
+    } finally {
+      z.dispose();
+    }
     const pics = toUnitImages(decoded);
     decoded.dispose();
     for (let i = 0; i < n; i++) {
@@ -282,9 +344,8 @@ export function interpolateLatents(a: Float32Array, b: Float32Array, steps: numb
 
 export async function runInterpolate(o: InterpolateOptions): Promise<{ file: string; rows: string[]; grid: FloatImage[] }> {
   check(o.steps >= 2, `--steps: expected at least 2, got ${o.steps}.`);
-  // Inputs and --out before the VAE loads: a bad path is one line at once.
-  for (const file of o.images ?? []) checkRegularFile(file, 'a PNG image');
   checkOutputDir('--out', o.out);
+  const sizes = o.images?.map(readPngSize); // from the headers, before the VAE loads
   const { vae } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const size = vae.config.sample_size;
@@ -292,6 +353,8 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
   let rows: string[];
   if (o.images && o.images.length > 0) {
     check(o.images.length === 2, `interpolate: give exactly two PNG files (got ${o.images.length}).`);
+    const pad = o.pad ? size : 0;
+    o.images.forEach((f, i) => checkLatentSize(vae, Math.max(sizes![i].height, pad), Math.max(sizes![i].width, pad), f));
     const [a, b] = o.images.map((f) => {
       const img = readPngImage(f, channels);
       return o.pad ? padImage(img, size) : img;
@@ -315,6 +378,11 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
   }
   const { height: H, width: W } = ends[0][0];
   checkSize(vae, H, W, 'interpolate');
+  // The decoded row (and the grid holding every row) grows with --steps × the image.
+  check(
+    o.steps * H * W <= MAX_IMAGE_PIXELS,
+    `interpolate: ${o.steps} steps of ${H}×${W} images make a ${((o.steps * H * W) / 2 ** 20).toFixed(1)} Mpx row, over sdlab's limit of ${MAX_IMAGE_PIXELS / 2 ** 20} Mpx; use fewer --steps.`,
+  );
   const grid: FloatImage[] = [];
   for (const [a, b] of ends) {
     const means = tf.tidy(() => vae.encode(toSignedBatch([a, b], channels)).mean);
@@ -323,10 +391,13 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
     means.dispose();
     const per = h * w * c;
     const points = interpolateLatents(flat.slice(0, per), flat.slice(per), o.steps, o.mode);
-    const decoded = tf.tidy(() => {
-      const z = tf.tensor4d(concat(points), [o.steps, h, w, c]);
-      return vae.decode(z);
-    });
+    const z = tf.tensor4d(concat(points), [o.steps, h, w, c]);
+    let decoded: tf.Tensor4D;
+    try {
+      decoded = decodeBatched(vae, z, 'interpolate');
+    } finally {
+      z.dispose();
+    }
     grid.push(...toUnitImages(decoded));
     decoded.dispose();
   }

@@ -103,9 +103,12 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
     check(Number.isInteger(t) && t >= 0 && t < NUM_TRAIN_TIMESTEPS, `--timesteps: expected integers in [0, ${NUM_TRAIN_TIMESTEPS - 1}], got ${t}.`);
   }
   check(opts.schedules.length > 0, `--schedules: expected one or more of ${BETA_SCHEDULES.join(', ')}.`);
-  check(opts.betaStart > 0 && opts.betaEnd > opts.betaStart && opts.betaEnd < 1, `--beta-start/--beta-end: expected 0 < start < end < 1, got ${opts.betaStart} and ${opts.betaEnd}.`);
   check(Number.isInteger(opts.frames) && opts.frames >= 2, `--frames: expected an integer >= 2, got ${opts.frames}.`);
   checkOutputDir('--out', opts.out);
+  // Building the schedules checks the betas (the one check every schedule goes through).
+  const schedules = opts.schedules.map(
+    (name) => [name, new NoiseSchedule({ num_train_timesteps: NUM_TRAIN_TIMESTEPS, beta_start: opts.betaStart, beta_end: opts.betaEnd, beta_schedule: name, trained_betas: null }, '--beta-start/--beta-end')] as const,
+  );
 
   const ds = loadDataset({ data: opts.data, limit: 10_000 });
   const rng = new Random(opts.seed);
@@ -119,9 +122,6 @@ export async function runNoise(opts: NoiseOptions): Promise<NoiseResult> {
   indices.forEach((idx, k) => x0.set(imageAt(ds, idx).map(toSigned), k * px));
   const noise = rng.normalArray(n * px);
 
-  const schedules = opts.schedules.map(
-    (name) => [name, new NoiseSchedule({ num_train_timesteps: NUM_TRAIN_TIMESTEPS, beta_start: opts.betaStart, beta_end: opts.betaEnd, beta_schedule: name, trained_betas: null })] as const,
-  );
   // x_t of every digit at one timestep (the schedule's forward process; the target is not drawn).
   const noisy = (s: NoiseSchedule, t: number): Float32Array => s.noisedSample(x0, noise, [t], 'epsilon').noisy;
 

@@ -34,7 +34,7 @@ import { CLIP_PRESETS, CLIP_TRAIN_DEFAULTS, type ClipConfigOverrides, type ClipP
 import type { CLIPConfig } from '../clip/index.ts';
 import type { UNet2DConditionConfig } from '../unet/index.ts';
 import { BETA_SCHEDULES, TIMESTEP_SPACINGS } from '../schedule/index.ts';
-import { UNET_TRAIN_DEFAULTS, trainUnet, trainCommand, type LatentMode } from '../train/unet.ts';
+import { UNET_TRAIN_DEFAULTS, checkUnetSchedule, trainUnet, trainCommand, type LatentMode } from '../train/unet.ts';
 import { DATA_SPLIT } from '../train/vae.ts';
 import { type ClipArchitecture, type VaeArchitecture, clipConfigOverrides, unetBlockLayout, vaeConfigOverrides, zeroTerminalSnrFor } from '../train/recipe.ts';
 import { loadDataset, splitDataset } from '../data/index.ts';
@@ -422,8 +422,10 @@ const UNET_RESUME: ResumeTable = {
 };
 
 async function runTrainUnet(cmd: Command, opts: UnetCliOptions): Promise<void> {
-  const sel = await startTraining(cmd, opts);
   const d = UNET_TRAIN_DEFAULTS;
+  // Impossible betas fail here, before any work (trainUnet checks the resumed values again).
+  checkUnetSchedule({ ...opts, numTrainTimesteps: d.numTrainTimesteps, zeroTerminalSnr: zeroTerminalSnrFor(opts.prediction, opts.zeroTerminalSnr, d.zeroTerminalSnr) });
+  const sel = await startTraining(cmd, opts);
   let config: Partial<UNet2DConditionConfig> = { ...d.config, ...(opts.channels ? unetBlockLayout(opts.channels) : {}) };
   if (opts.layersPerBlock !== undefined) config.layers_per_block = opts.layersPerBlock;
   if (opts.resume) config = (resumeFlags(cmd, opts, UNET_RESUME) as typeof config | undefined) ?? config;

@@ -24,7 +24,7 @@ import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
 import { Progress } from '../util/progress.ts';
 import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
-import { MAX_IMAGE_SIDE } from '../util/limits.ts';
+import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { SCHEDULER_NAMES, schedulerNameForClass } from '../schedule/index.ts';
 import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
@@ -76,11 +76,11 @@ export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokeniz
   });
 }
 
-/** --height/--width within [8, MAX_IMAGE_SIDE] (either may be undefined: the model's default). */
+/** --height/--width within [8, MAX_GENERATED_SIDE] (either may be undefined: the model's default). */
 function checkImageSide(height: number | undefined, width: number | undefined): void {
   for (const [flag, v] of [['--height', height], ['--width', width]] as const) {
     if (v === undefined) continue;
-    check(Number.isInteger(v) && v >= 8 && v <= MAX_IMAGE_SIDE, `${flag}: expected an integer in [8, ${MAX_IMAGE_SIDE}] pixels, got ${v} (Stable Diffusion 1.x is trained at 512; larger images do not fit in memory).`);
+    check(Number.isInteger(v) && v >= 8 && v <= MAX_GENERATED_SIDE, `${flag}: expected an integer in [8, ${MAX_GENERATED_SIDE}] pixels, got ${v} (Stable Diffusion 1.x is trained at 512; larger images do not fit in memory).`);
   }
 }
 
@@ -98,6 +98,8 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
     checkImageSide(height, width); // the model's own default size too
     const f = pipe.vaeScaleFactor;
     check(height % f === 0 && width % f === 0, `--height/--width: expected multiples of ${f} (the VAE's downsampling factor), got ${height}x${width}.`);
+    // The VAE's mid-block attention is quadratic in the latent pixels: bounded like `decode`'s.
+    check((height / f) * (width / f) <= MAX_LATENT_PIXELS, `--height/--width: ${height}x${width} is ${(height / f) * (width / f)} latent pixels, over sdlab's limit of ${MAX_LATENT_PIXELS} (${Math.sqrt(MAX_LATENT_PIXELS) * f}x${Math.sqrt(MAX_LATENT_PIXELS) * f} at this VAE's 1/${f} scale).`);
     pipe.scheduler.setTimesteps(opts.steps); // one clear line for a bad step count, before any work
     const stepsPerBatch = pipe.scheduler.timesteps.length; // PNDM runs one more than asked
     const schedulerName = opts.scheduler ?? schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
@@ -172,8 +174,8 @@ export function register(program: Command): void {
     .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
     .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
     .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)
-    .option('--height <px>', `image height, at most ${MAX_IMAGE_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
-    .option('--width <px>', `image width, at most ${MAX_IMAGE_SIDE} (default: the model's sample size)`, int(8))
+    .option('--height <px>', `image height, at most ${MAX_GENERATED_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
+    .option('--width <px>', `image width, at most ${MAX_GENERATED_SIDE} (default: the model's sample size)`, int(8))
     .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
     .option('--out <dir>', 'output directory', 'out/txt2img')
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')

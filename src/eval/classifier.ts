@@ -27,12 +27,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { GroupNorm, Linear, Module, ModuleList, getActivation, init, manualSeed, skipInit } from '../nn/index.ts';
+import { GroupNorm, Linear, Module, ModuleList, buildChecked, getActivation, init, manualSeed } from '../nn/index.ts';
 import { type ConfigSpec, readConfig, writeConfig } from '../io/config.ts';
-import { loadWeights, saveWeights } from '../nn/checkpoint.ts';
+import { buildAndLoad, saveWeights } from '../nn/checkpoint.ts';
 import { type Dataset, epochOrder, loadDataset, padDataset, splitDataset } from '../data/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { checkOutputDir } from '../util/fs.ts';
+import { MAX_BLOCKS, MAX_LAYERS_PER_BLOCK } from '../util/limits.ts';
 import { Progress } from '../util/progress.ts';
 import { Random } from '../util/random.ts';
 import { toSigned } from '../data/pixels.ts';
@@ -107,6 +108,9 @@ function validate(cfg: DigitClassifierConfig, source: string): DigitClassifierCo
     check(c % cfg.norm_num_groups === 0, `${source}: block_out_channels ${c} is not divisible by norm_num_groups ${cfg.norm_num_groups}.`);
   }
   check(posInt(cfg.layers_per_block) && posInt(cfg.feature_dim) && posInt(cfg.num_classes) && posInt(cfg.in_channels), `${source}: layers_per_block, feature_dim, num_classes and in_channels must be positive integers.`);
+  // Blocks and layers are built eagerly (widths: the parameter count, nn buildChecked).
+  check(cfg.block_out_channels.length <= MAX_BLOCKS, `${source}: block_out_channels lists ${cfg.block_out_channels.length} levels, over sdlab's limit of ${MAX_BLOCKS}.`);
+  check(cfg.layers_per_block <= MAX_LAYERS_PER_BLOCK, `${source}: layers_per_block ${cfg.layers_per_block} is over sdlab's limit of ${MAX_LAYERS_PER_BLOCK}.`);
   getActivation(cfg.act_fn, `${source}: act_fn`);
   check(cfg.pool === 'flatten' || cfg.pool === 'mean', `${source}: pool must be "flatten" or "mean", got "${cfg.pool}".`);
   return cfg;
@@ -205,9 +209,7 @@ export class DigitClassifier extends Module {
   static load(dir: string): DigitClassifier {
     const cfgFile = path.join(dir, 'config.json');
     const cfg = validate(readConfig(cfgFile, CLASSIFIER_CONFIG_SPEC), cfgFile);
-    const model = skipInit(() => new DigitClassifier(cfg));
-    loadWeights(model, path.join(dir, CLASSIFIER_WEIGHTS));
-    return model;
+    return buildAndLoad(() => new DigitClassifier(cfg), path.join(dir, CLASSIFIER_WEIGHTS), cfgFile);
   }
 }
 
@@ -422,7 +424,7 @@ export function ensureClassifier(runDir: string, opts: EnsureClassifierOptions =
   const learningRate = opts.learningRate ?? 2e-3;
   const maxShift = 2;
   manualSeed(seed);
-  const model = new DigitClassifier({ ...opts.config, training: {} });
+  const model = buildChecked(() => new DigitClassifier({ ...opts.config, training: {} }), 'classifier config');
   log(`training the digit classifier on ${train.n} digits (${epochs} epochs, ${model.numParameters().toLocaleString('en-US')} parameters); it is cached in ${dir}`);
   const start = Date.now();
   const res = trainClassifier(model, train, { epochs, batchSize, learningRate, maxShift, seed, maxSteps: opts.maxSteps, progress: opts.progress });

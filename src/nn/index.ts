@@ -19,11 +19,14 @@
  *   manualSeed(n)            seeds initialisation (PyTorch default inits: U(±1/√fan_in) for
  *                            conv/linear, ones/zeros for norms, N(0,1) for embeddings)
  *   skipInit(() => new M())  builds with zeros (when weights will be loaded anyway)
+ *   shapeOnly(() => new M()) builds with shape-only parameters (nothing allocated: for checks)
+ *   buildChecked(() => new M(cfg), source, {check, skip}) refuses models over MAX_MODEL_PARAMS
+ *                            (util/limits.ts) and runs `check` on the shape-only build first
  *   Files (checkpoint.ts): loadWeights(model, file, {keyMap}) / saveWeights(model, file) (safetensors);
  *   pretrained.ts: loadPretrained(dir, spec), the one fromPretrained (config.json + weights).
  *   Custom loaders (e.g. an LDM single-file importer): planLoad(model, keys, shapeOf, opts)
- *   validates everything and returns [checkpointKey, paramName] pairs; assignFromTorch(param,
- *   data) writes one PyTorch-layout tensor.
+ *   validates everything and returns [checkpointKey, paramName] pairs; assignPlanned(model,
+ *   plan, read, source) writes them one tensor at a time, refusing NaN/Inf values.
  *
  * LAYOUTS (layout.ts) — activations are channels-last: images NHWC [B, H, W, C], sequences
  *   [B, L, C]. Weights are stored the tfjs way (conv HWIO, linear [in, out]) and converted

@@ -18,6 +18,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { firstNonFinite } from '../util/finite.ts';
+import { MAX_MODEL_PARAMS } from '../util/limits.ts';
 import { Random } from '../util/random.ts';
 import { type Layout, fromTorch, shapeMatches, shapeStr, toTorch, torchShape } from './layout.ts';
 
@@ -42,6 +44,7 @@ export type StateDict = Map<string, TensorData>;
 
 let initRng = new Random(0);
 let initDisabled = false;
+let shapesOnly = false;
 
 /** Reseeds the stream that parameter initialisers draw from. */
 export function manualSeed(seed: number): void {
@@ -57,6 +60,38 @@ export function skipInit<T>(build: () => T): T {
   } finally {
     initDisabled = before;
   }
+}
+
+/**
+ * Builds `build`'s model with shape-only parameters: nothing is allocated and nothing drawn from
+ * the init stream. The result answers namedParameters() / numParameters() / planLoad (names,
+ * shapes, layouts) and nothing else — never run it. It is how a model's size and a checkpoint's
+ * shapes are checked before the real build allocates anything (buildChecked).
+ */
+export function shapeOnly<T>(build: () => T): T {
+  const before = shapesOnly;
+  shapesOnly = true;
+  try {
+    return build();
+  } finally {
+    shapesOnly = before;
+  }
+}
+
+/**
+ * Builds a model after checking, on a shape-only build, that it has at most MAX_MODEL_PARAMS
+ * parameters and (with `check`) whatever else must hold before memory is spent — e.g. that a
+ * checkpoint's names and shapes fit it. `source` names the config in errors. `skip` builds
+ * without initialisation (for models about to be loaded).
+ */
+export function buildChecked<M extends Module>(build: () => M, source: string, opts: { check?: (dry: M) => void; skip?: boolean } = {}): M {
+  const dry = shapeOnly(build);
+  const n = dry.numParameters();
+  if (n > MAX_MODEL_PARAMS) {
+    throw new UsageError(`${source}: the model would have ${n.toExponential(2)} parameters, over sdlab's limit of ${MAX_MODEL_PARAMS.toExponential(0)} (${(MAX_MODEL_PARAMS * 4) / 1e9} GB in float32).`);
+  }
+  opts.check?.(dry);
+  return opts.skip ? skipInit(build) : build();
 }
 
 /** An initialiser fills a fresh Float32Array of `size` values. */
@@ -90,6 +125,12 @@ export abstract class Module {
   protected param(name: string, shape: number[], initializer: Initializer, layout: Layout = 'plain'): tf.Variable {
     if (this._params.has(name) || this._children.has(name)) throw new Error(`duplicate parameter name "${name}"`);
     const size = shape.reduce((a, b) => a * b, 1);
+    if (shapesOnly) {
+      // A stand-in with the variable's shape and nothing behind it (see shapeOnly).
+      const stub = { shape: [...shape], size, dtype: 'float32', dispose: () => {} } as unknown as tf.Variable;
+      this._params.set(name, { variable: stub, layout });
+      return stub;
+    }
     const values = initDisabled ? new Float32Array(size) : initializer(size);
     const initial = tf.tensor(values, shape, 'float32');
     const variable = tf.variable(initial, true); // shares the data (ref-counted)
@@ -154,8 +195,15 @@ export abstract class Module {
    */
   loadStateDict(sd: StateDict, opts: LoadOptions = {}): void {
     const plan = planLoad(this, sd.keys(), (k) => sd.get(k)!.shape, opts);
-    const params = new Map(this.namedParameters());
-    for (const [fileKey, name] of plan) assignFromTorch(params.get(name)!, sd.get(fileKey)!.data);
+    assignPlanned(this, plan, (k) => sd.get(k)!.data, opts.source ?? 'state dict');
+  }
+
+  /** The name of the first parameter holding NaN or ±Infinity, or null (reads them on the backend). */
+  firstNonFiniteParameter(): string | null {
+    for (const [name, p] of this.namedParameters()) {
+      if (!tf.tidy(() => tf.all(tf.isFinite(p.variable)).dataSync()[0])) return name;
+    }
+    return null;
   }
 
   /** Frees every parameter. */
@@ -247,6 +295,20 @@ export function planLoad(
     throw new UsageError(`${opts.source ?? 'state dict'}: weights do not fit the model — ${problems.join('; ')}.`);
   }
   return plan;
+}
+
+/**
+ * Assigns what planLoad planned, one tensor at a time (`read` gives a checkpoint key's values),
+ * refusing NaN/Inf values: weights that are not finite would only come out as black images.
+ */
+export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>, read: (key: string) => Float32Array, source: string): void {
+  const params = new Map(model.namedParameters());
+  for (const [key, name] of plan) {
+    const data = read(key);
+    const bad = firstNonFinite(data);
+    if (bad >= 0) throw new UsageError(`${source}: tensor "${key}" holds non-finite values (${data[bad]} at index ${bad}): the weights are broken.`);
+    assignFromTorch(params.get(name)!, data);
+  }
 }
 
 /** Writes PyTorch-layout values into a parameter (converting the layout). */

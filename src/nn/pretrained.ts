@@ -12,9 +12,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { type LoadOptions, type Module, skipInit } from './module.ts';
+import type { LoadOptions, Module } from './module.ts';
 import { UsageError } from '../util/errors.ts';
-import { loadWeights } from './checkpoint.ts';
+import { buildAndLoad } from './checkpoint.ts';
 
 export interface PretrainedSpec<C, M extends Module> {
   /** What the directory should be, for errors: 'a diffusers UNet directory'. */
@@ -40,7 +40,7 @@ export function loadPretrained<C, M extends Module>(dir: string, spec: Pretraine
     const bin = fs.existsSync(path.join(dir, spec.pickleFile));
     throw new UsageError(`${dir}: no ${spec.weightsFile}${bin ? ` (only a pickle ${spec.pickleFile}, which sdlab does not read: convert it to safetensors)` : ''}.`);
   }
-  const model = skipInit(() => spec.build(spec.readConfig(cfgFile)));
-  loadWeights(model, weights, { keyMap: spec.keyMap });
-  return model;
+  const config = spec.readConfig(cfgFile);
+  // A config or header that asks for more than the file holds fails before any allocation.
+  return buildAndLoad(() => spec.build(config), weights, cfgFile, { keyMap: spec.keyMap });
 }

@@ -22,7 +22,6 @@ import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEnco
 import { UNet2DConditionModel } from '../unet/unet.ts';
 import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import { LdmCheckpoint } from './load_single_file.ts';
-import { skipInit } from '../nn/module.ts';
 import { type Scheduler, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { StableDiffusionPipeline } from './pipeline.ts';
@@ -37,7 +36,13 @@ export function schedulerFromConfig(config: Record<string, unknown>, name?: stri
       throw new UsageError(`${source}: _class_name "${cls}" is not a scheduler sdlab has; pick one with --scheduler ${SCHEDULER_NAMES.join('|')}.`);
     }
   }
-  return createScheduler(chosen, config);
+  try {
+    return createScheduler(chosen, config); // checks the config, and the betas (scheduleBetas)
+  } catch (err) {
+    // Name the file the bad value came from.
+    if (err instanceof UsageError && source !== 'scheduler config') throw new UsageError(`${source}: ${err.message}`);
+    throw err;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,8 +149,7 @@ export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): Stable
     }
     teConfig = { ...TEXT_ENCODER_PRESETS.sd1, ...shape, num_attention_heads: shape.hidden_size / 64 };
   }
-  const textEncoder = skipInit(() => new TextEncoder(teConfig));
-  ckpt.loadInto(textEncoder, 'textEncoder');
+  const textEncoder = ckpt.loadModel('textEncoder', () => new TextEncoder(teConfig), opts.textEncoderConfig ?? `${file} (text encoder)`);
   const scheduler = schedulerFromConfig(ldmSchedulerConfig(opts.yaml), opts.scheduler, opts.yaml ?? file);
   return new StableDiffusionPipeline({ tokenizer, textEncoder, unet: ckpt.loadUnet(), vae: ckpt.loadVae(), scheduler });
 }

@@ -27,7 +27,7 @@
  */
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { type Module, type StateDict, type TensorData, assignFromTorch, planLoad, skipInit } from '../nn/module.ts';
+import { type Module, type StateDict, type TensorData, assignPlanned, buildChecked, planLoad } from '../nn/module.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
@@ -435,6 +435,8 @@ export class LdmCheckpoint {
     readonly unetConfig: UNet2DConditionConfig,
     readonly vaeConfig: AutoencoderKLConfig,
     readonly conversion: LdmConversion,
+    /** Where the architecture came from (the yaml, or the SD 1.x default), for errors. */
+    readonly architectureSource: string,
   ) {}
 
   static open(file: string, opts: LdmOpenOptions = {}): LdmCheckpoint {
@@ -455,7 +457,7 @@ export class LdmCheckpoint {
       vaeLevels: arch.vae.ddconfig.ch_mult.length,
       source: file,
     });
-    return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion);
+    return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion, source);
   }
 
   /** diffusers names of a component, in file order. */
@@ -487,25 +489,34 @@ export class LdmCheckpoint {
     return sd;
   }
 
-  /** Loads a component into `model` (names and shapes checked first, then one tensor at a time). */
+  /** Names and shapes of a component checked against `model` (real or shape-only); the load plan. */
+  private plan(model: Module, component: LdmComponent): Array<[string, string]> {
+    return planLoad(model, this.names(component), (n) => this.shapeOf(component, n), { source: `${this.file} (${component})` });
+  }
+
+  /** Loads a component into `model` (names and shapes checked first, then one tensor at a time; NaN/Inf refused). */
   loadInto(model: Module, component: LdmComponent): void {
-    const plan = planLoad(model, this.names(component), (n) => this.shapeOf(component, n), { source: `${this.file} (${component})` });
-    const params = new Map(model.namedParameters());
-    for (const [name, param] of plan) assignFromTorch(params.get(param)!, this.read(component, name).data);
+    assignPlanned(model, this.plan(model, component), (name) => this.read(component, name).data, `${this.file} (${component})`);
+  }
+
+  /**
+   * Builds a component's model and loads it. Size and shapes are checked on a shape-only build
+   * first (buildChecked), so weights that do not fit the yaml fail before anything is allocated.
+   */
+  loadModel<M extends Module>(component: LdmComponent, build: () => M, source: string): M {
+    const model = buildChecked(build, source, { skip: true, check: (dry) => void this.plan(dry, component) });
+    this.loadInto(model, component);
+    return model;
   }
 
   /** The UNet, configured from the yaml. */
   loadUnet(): UNet2DConditionModel {
-    const unet = skipInit(() => new UNet2DConditionModel(this.unetConfig));
-    this.loadInto(unet, 'unet');
-    return unet;
+    return this.loadModel('unet', () => new UNet2DConditionModel(this.unetConfig), this.architectureSource);
   }
 
   /** The VAE, configured from the yaml. */
   loadVae(): AutoencoderKL {
-    const vae = skipInit(() => new AutoencoderKL(this.vaeConfig));
-    this.loadInto(vae, 'vae');
-    return vae;
+    return this.loadModel('vae', () => new AutoencoderKL(this.vaeConfig), this.architectureSource);
   }
 
   /**

@@ -36,6 +36,7 @@ import type { TextEncoder } from '../clip/text_encoder.ts';
 import type { UNet2DConditionModel } from '../unet/unet.ts';
 import type { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import type { NoiseGenerator, Scheduler } from '../schedule/base.ts';
+import type { Module } from '../nn/module.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { denormalize } from '../data/pixels.ts';
@@ -107,6 +108,30 @@ export interface GenerateOptions extends Omit<PipelineCallOptions, 'prompt' | 'n
   callback?: (step: StepInfo & { first: number }) => void;
   /** Receives each batch's images [b, H, W, C] in [0, 1] as plain arrays (one per image, HWC). */
   onBatch?: (batch: { first: number; images: Float32Array[]; height: number; width: number; channels: number }) => void | Promise<void>;
+}
+
+/** Latents or images that hold NaN/Inf (requireFinite): bad input from the user's files, one line. */
+export class NonFiniteError extends UsageError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'NonFiniteError';
+  }
+}
+
+/**
+ * Throws one line (a NonFiniteError) when `t` holds NaN or ±Infinity — the check every picture sdlab writes from a
+ * model passes first (sample, txt2img, the sample sheets and training grids through the
+ * pipeline; decode, encode and interpolate in commands/encode.ts): non-finite numbers would
+ * otherwise be drawn as black pixels and the command would succeed. The message names the
+ * likely cause: the first of `suspects` whose weights are not finite, else `otherwise`.
+ */
+export function requireFinite(t: tf.Tensor, what: string, suspects: ReadonlyArray<[string, Module]>, otherwise: string): void {
+  if (tf.tidy(() => tf.all(tf.isFinite(t)).dataSync()[0])) return;
+  for (const [label, model] of suspects) {
+    const bad = model.firstNonFiniteParameter();
+    if (bad !== null) throw new NonFiniteError(`${what} hold NaN/Inf values: the ${label}'s weights are not finite (${bad}).`);
+  }
+  throw new NonFiniteError(`${what} hold NaN/Inf values: ${otherwise}.`);
 }
 
 /** The per-image noise stream of image `index` of a run seeded with `seed`. */
@@ -200,9 +225,18 @@ export class StableDiffusionPipeline {
     return tf.tensor4d(new BatchNoiseGenerator(streams).normalArray(batch * h * w * c), [batch, h, w, c]);
   }
 
-  /** Diffusion-space latents → images in [0, 1]: vae.decode(latents / scaling_factor), denormalised. */
+  /**
+   * Diffusion-space latents → images in [0, 1]: vae.decode(latents / scaling_factor), denormalised.
+   * Decoded values that are not finite fail here (requireFinite), not as black pixels.
+   */
   decodeLatents(latents: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => denormalize(this.vae.decode(tf.div(latents, this.vae.scalingFactor) as tf.Tensor4D)));
+    const decoded = tf.tidy(() => this.vae.decode(tf.div(latents, this.vae.scalingFactor) as tf.Tensor4D));
+    try {
+      requireFinite(decoded, 'pipeline: the decoded images', [['VAE', this.vae]], 'the latents were finite, so the VAE decoder overflowed');
+      return denormalize(decoded);
+    } finally {
+      decoded.dispose();
+    }
   }
 
   /** Generates one batch of images (all in one UNet batch). */
@@ -274,7 +308,8 @@ export class StableDiffusionPipeline {
         }
       }
 
-      // 4. decode
+      // 4. decode (latents that are not finite would decode to black images: say why instead)
+      requireFinite(latents, 'pipeline: the sampled latents', [['UNet', this.unet], ['text encoder', this.textEncoder]], `the weights are finite, so sampling diverged (scheduler ${scheduler.constructor.name}, guidance ${g}): try another scheduler or a lower guidance`);
       const images = this.decodeLatents(latents);
       return { images, latents, promptEmbeds: embeds };
     } catch (err) {

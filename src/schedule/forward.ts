@@ -29,6 +29,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { MAX_TRAIN_TIMESTEPS } from '../util/limits.ts';
 
 export const BETA_SCHEDULES = ['linear', 'scaled_linear', 'squaredcos_cap_v2'] as const;
 export type BetaSchedule = (typeof BETA_SCHEDULES)[number];
@@ -80,17 +81,10 @@ export class NoiseSchedule {
   readonly sqrtAlphasCumprod: Float64Array;
   readonly sqrtOneMinusAlphasCumprod: Float64Array;
 
-  constructor(cfg: NoiseScheduleConfig) {
-    const T = cfg.num_train_timesteps;
-    if (!Number.isInteger(T) || T < 2) {
-      throw new UsageError(`scheduler config num_train_timesteps: expected an integer >= 2, got ${T}.`);
-    }
-    if (cfg.trained_betas && cfg.trained_betas.length !== T) {
-      throw new UsageError(`scheduler config trained_betas: expected ${T} values (num_train_timesteps), got ${cfg.trained_betas.length}.`);
-    }
-    let betas = makeBetas(cfg.beta_schedule, T, cfg.beta_start, cfg.beta_end, cfg.trained_betas);
-    if (cfg.rescale_betas_zero_snr) betas = rescaleZeroTerminalSnr(betas);
-    this.numTrainTimesteps = T;
+  /** `source` names the config in errors (a file, or the flags it came from). */
+  constructor(cfg: NoiseScheduleConfig, source = 'scheduler config') {
+    const betas = scheduleBetas(cfg, source);
+    this.numTrainTimesteps = betas.length;
     this.betas = betas;
     this.alphas = betas.map((b) => f32(1 - b));
     this.alphasCumprod = alphasCumprodFromBetas(betas);
@@ -162,6 +156,46 @@ export class NoiseSchedule {
     const floats = (x: tf.Tensor) => (x.dtype === 'float32' ? (x.dataSync() as Float32Array) : Float32Array.from(x.dataSync()));
     return [floats(x0), floats(noise), values];
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the one check of a schedule
+
+/**
+ * The betas of a schedule config, checked: the one validation of a noise schedule, which
+ * NoiseSchedule (and so every scheduler), training and `sdlab noise` all go through. Throws one
+ * UsageError line naming `source` unless
+ *   - num_train_timesteps is an integer in [2, MAX_TRAIN_TIMESTEPS] (the tables are built eagerly),
+ *   - trained_betas (when given) has one value per timestep, each in (0, 1),
+ *   - beta_start and beta_end (for linear / scaled_linear) satisfy 0 < beta_start <= beta_end < 1,
+ *   - ᾱ_t stays > 0 up to the last timestep (at ᾱ_t = 0 the epsilon- and sigma-space formulas
+ *     divide by zero, so sampling gives NaN) — except ᾱ_T = 0, which rescale_betas_zero_snr asks for.
+ * Out-of-range betas otherwise make NaN latents and all-black images far from their cause.
+ */
+export function scheduleBetas(cfg: NoiseScheduleConfig, source = 'scheduler config'): Float64Array {
+  const fail = (msg: string): never => {
+    throw new UsageError(`${source}: ${msg}.`);
+  };
+  const T = cfg.num_train_timesteps;
+  if (!Number.isInteger(T) || T < 2 || T > MAX_TRAIN_TIMESTEPS) {
+    fail(`num_train_timesteps: expected an integer in [2, ${MAX_TRAIN_TIMESTEPS}] (sdlab's limit), got ${T}`);
+  }
+  if (cfg.trained_betas) {
+    if (cfg.trained_betas.length !== T) fail(`trained_betas: expected ${T} values (num_train_timesteps), got ${cfg.trained_betas.length}`);
+    const bad = cfg.trained_betas.findIndex((b) => !(b > 0 && b < 1));
+    if (bad >= 0) fail(`trained_betas[${bad}]: expected 0 < beta < 1, got ${cfg.trained_betas[bad]}`);
+  } else if (cfg.beta_schedule === 'linear' || cfg.beta_schedule === 'scaled_linear') {
+    const [b0, b1] = [cfg.beta_start, cfg.beta_end];
+    if (!(b0 > 0 && b0 <= b1 && b1 < 1)) fail(`beta_start ${b0} and beta_end ${b1}: expected 0 < beta_start <= beta_end < 1`);
+  }
+  let betas = makeBetas(cfg.beta_schedule, T, cfg.beta_start, cfg.beta_end, cfg.trained_betas);
+  if (cfg.rescale_betas_zero_snr) betas = rescaleZeroTerminalSnr(betas);
+  const ac = alphasCumprodFromBetas(betas);
+  const last = cfg.rescale_betas_zero_snr ? T - 1 : T; // rescaling sets ᾱ_T = 0 on purpose
+  for (let t = 0; t < last; t++) {
+    if (!(ac[t] > 0)) fail(`ᾱ_t (the signal left) reaches ${ac[t]} at timestep ${t} of ${T}: the betas destroy all signal before the last timestep; use smaller betas or fewer num_train_timesteps`);
+  }
+  return betas;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import {
 import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, captionFor } from '../data/captions.ts';
 import { type Dataset, imageAt, subset } from '../data/index.ts';
 import { type ClipEvalReport, evaluateClip } from '../eval/clip.ts';
-import { manualSeed } from '../nn/index.ts';
+import { buildChecked, manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
@@ -250,7 +250,7 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
   const tokenizer = mnistCaptionTokenizer(opts.config?.text?.max_position_embeddings);
   const config = clipTrainConfig(opts.preset, tokenizer.vocabSize, opts.config);
   manualSeed(opts.seed);
-  const clip = new CLIPModel(config); // validates the config
+  const clip = buildChecked(() => new CLIPModel(config), 'clip config'); // validates the config
   clip.tokenizer = tokenizer;
   const size = clip.config.image_config.sample_size;
   const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size });
@@ -300,6 +300,9 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
         }
         return { ...numbers };
       },
+      // The cap is applied where the export used to run, at every checkpoint, so that training
+      // stays what it was; the export applies it too (a no-op after the last checkpoint).
+      afterCheckpoint: () => clip.clampLogitScale(),
       exportModel: () => {
         clip.clampLogitScale();
         clip.save(clipDir, tokenizer);

@@ -12,7 +12,7 @@
  *     loss: (batch, ctx) => ({ loss, metrics }),       // runs inside tf.variableGrads
  *     evaluate: (ctx) => ({ loss, psnr }),             // validation, end of every epoch
  *     onEpochEnd: (ctx) => savePictures(...),
- *     exportModel: (ctx) => vae.save(...),             // at every checkpoint
+ *     exportModel: (ctx) => vae.save(...),             // when the session ends well
  *     onTrainEnd: (ctx) => ...,                        // once, after the last update
  *   }, { runDir, seed, epochs, maxSteps, lr, warmupSteps, decay: 'cosine', resume });
  *
@@ -30,11 +30,17 @@
  * task's extra state too (the UNet's EMA), so a kill at any moment leaves the last complete
  * checkpoint. Saving changes nothing about training, so a run is the same with or without them.
  *
+ * Export. The usable model (task.exportModel, e.g. <run>/vae/) is written once, when a session
+ * ends well: finished, or stopped on request (the state is then a good one). A session that
+ * diverges, fails or is killed exports nothing, so the model a previous run exported stays
+ * until a run that replaces it has ended well — `--overwrite` never swaps a good model for a
+ * broken one.
+ *
  * Stopping. Ctrl-C (SIGINT), SIGTERM (`kill`, `timeout`, `docker stop`), opts.signal,
  * opts.stopAtStep or opts.timeLimitSeconds finish the current update, write a checkpoint and
  * return (stopped: 'interrupted' | 'stop-at-step' | 'time-limit'); a second signal quits at once
  * without saving. A non-finite loss or gradient stops before the bad update is applied: the last
- * good state is saved and a TrainingError names the step.
+ * good state is saved (nothing is exported) and a TrainingError names the step and the likely cause.
  *
  * One process per task and run: <run>/train/<task>/train.lock (lock.ts) refuses a second one.
  */
@@ -107,8 +113,16 @@ export interface TrainTask<B> {
   onEpochEnd?(ctx: EpochContext, evaluation: Record<string, number>): Promise<void> | void;
   /** Variables besides params that a resume needs (the UNet's EMA): saved in the same state file. */
   extraState?: ExtraState;
-  /** Writes the usable model (e.g. <run>/vae/); called at every checkpoint. */
+  /** Writes the usable model (e.g. <run>/vae/); called once, when a session ends well (see Export above). */
   exportModel(ctx: EpochContext): Promise<void> | void;
+  /** Called after each checkpoint is written (CLIP caps its logit scale there; see train/clip.ts). */
+  afterCheckpoint?(ctx: EpochContext): void;
+  /**
+   * What besides the weights feeds the loss, named when the loss is not finite before any
+   * update (so the learning rate cannot be the cause), e.g. 'the VAE latents or the noise
+   * schedule (--beta-start/--beta-end)'. Default: 'the training data'.
+   */
+  inputs?: string;
   /** Once, after the last update (also when resuming a finished run). */
   onTrainEnd?(ctx: EpochContext): Promise<void> | void;
 }
@@ -297,6 +311,9 @@ async function trainLocked<B>(task: TrainTask<B>, o: TrainOptions): Promise<Trai
 
     run.progress?.finish();
     if (run.savedAt !== run.step) await checkpoint(run, run.step);
+    // Every applied update was finite and the session ended well: now the model may replace
+    // what <run>/<model>/ held (never from a diverged session, which threw above).
+    await task.exportModel(epochContext(run, run.step));
     if (stop.reason !== null) run.log(`${task.name}: stopped (${stop.reason}) at step ${run.step}/${run.totalSteps}; saved ${run.stateFile} — continue with --resume`);
     else await task.onTrainEnd?.(epochContext(run, run.step));
     return result(run, stop.reason ?? 'finished');
@@ -450,14 +467,24 @@ function trainStep<B>(task: TrainTask<B>, optimizer: AdamW, ctx: StepContext, ma
 
 /**
  * A non-finite loss or gradient: the parameters are still those after `run.step` good updates,
- * so save them and return the error (one line naming the step) for the caller to throw.
+ * so save them (the state only: nothing is exported) and return the error (one line naming the
+ * step and the likely cause) for the caller to throw.
  */
 async function diverged(run: Session<unknown>, ctx: StepContext, out: StepOutcome): Promise<TrainingError> {
   await checkpoint(run, run.step);
   const what = Number.isFinite(out.loss) ? `gradient norm is ${out.norm}` : `loss is ${out.loss}`;
-  return new TrainingError(
-    `${run.task.name}: ${what} at step ${ctx.step + 1} (epoch ${ctx.epoch + 1}, batch ${ctx.batchIndex + 1}, lr ${ctx.lr.toPrecision(3)}); saved the last good state (step ${run.step}) to ${run.stateFile}. Try a lower --lr${run.o.clipGradNorm === undefined ? ' or --clip-grad-norm 1' : ''}.`,
-  );
+  return new TrainingError(`${run.task.name}: ${what} at step ${ctx.step + 1} (epoch ${ctx.epoch + 1}, batch ${ctx.batchIndex + 1}, lr ${ctx.lr.toPrecision(3)}); saved the last good state (step ${run.step}) to ${run.stateFile}. ${divergenceCause(run, ctx)}`);
+}
+
+/**
+ * The likely cause of a non-finite loss or gradient, as one sentence. At the run's first update
+ * no learning rate has touched the weights yet, so the inputs are to blame; later, the step size.
+ */
+export function divergenceCause(run: Pick<Session<unknown>, 'task' | 'o'>, ctx: Pick<StepContext, 'step'>): string {
+  if (ctx.step === 0) {
+    return `No update had been applied yet, so the learning rate is not the cause: check ${run.task.inputs ?? 'the training data'}.`;
+  }
+  return `Likely cause: updates too large for the weights — try a lower --lr${run.o.clipGradNorm === undefined ? ' or --clip-grad-norm 1' : ''}.`;
 }
 
 /** After an update: count it, add it to the history, tell opts.onStep and the progress bar. */
@@ -491,10 +518,9 @@ async function endOfEpoch(run: Session<unknown>): Promise<void> {
   run.log(`${task.name}: epoch ${ctx.epoch}/${Number((run.totalSteps / task.stepsPerEpoch).toFixed(3))}  train loss ${fmt(trainLoss)}  ${evalText}  (${formatDuration(seconds)})`);
 }
 
-/** Writes history.json, the state file (parameters + moments + position), the usable model and loss.png. */
+/** Writes history.json, the state file (parameters + moments + position) and loss.png (the usable model: at the end, see Export). */
 async function checkpoint(run: Session<unknown>, step: number): Promise<void> {
   const { task, dir, history } = run;
-  const ctx = epochContext(run, step);
   writeHistory(dir, history);
   const info: StateInfo = {
     task: task.name,
@@ -506,7 +532,7 @@ async function checkpoint(run: Session<unknown>, step: number): Promise<void> {
     elapsed: run.elapsedBefore + sessionSeconds(run),
   };
   saveState(run.stateFile, info, task.params, run.optimizer, task.extraState);
-  await task.exportModel(ctx);
+  task.afterCheckpoint?.(epochContext(run, step));
   await plotHistory(dir, history, task.name).catch((err) => run.log(`${task.name}: could not draw the loss curve: ${(err as Error).message}`));
   run.savedAt = step;
 }

@@ -46,9 +46,9 @@ import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
 import { DIGIT_WORDS } from '../data/captions.ts';
 import type { Dataset } from '../data/index.ts';
-import { manualSeed, skipInit } from '../nn/index.ts';
-import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler } from '../schedule/index.ts';
-import { StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { buildChecked, manualSeed, skipInit } from '../nn/index.ts';
+import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler, scheduleBetas } from '../schedule/index.ts';
+import { NonFiniteError, StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { UNet2DConditionModel, type UNet2DConditionConfig, mnistUnetConfig } from '../unet/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -206,6 +206,17 @@ export function unetSchedulerConfig(o: Pick<UnetTrainOptions, 'numTrainTimesteps
   };
 }
 
+/**
+ * Checks the run's noise schedule (scheduleBetas, the one check every schedule goes through), so
+ * impossible betas fail in one line before any work rather than as a NaN loss later.
+ */
+export function checkUnetSchedule(o: Pick<UnetTrainOptions, 'numTrainTimesteps' | 'betaSchedule' | 'betaStart' | 'betaEnd' | 'zeroTerminalSnr'>): void {
+  scheduleBetas(
+    { num_train_timesteps: o.numTrainTimesteps, beta_schedule: o.betaSchedule, beta_start: o.betaStart, beta_end: o.betaEnd, trained_betas: null, rescale_betas_zero_snr: o.zeroTerminalSnr },
+    '--beta-start/--beta-end',
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pictures
 
@@ -255,6 +266,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   if (opts.zeroTerminalSnr && opts.prediction === 'epsilon') {
     throw new UsageError('--zero-terminal-snr needs --prediction v_prediction (at ᾱ_T = 0 the noise prediction cannot give x0).');
   }
+  checkUnetSchedule(opts);
   const parts = loadFrozenParts(opts.runDir);
   const { vae, textEncoder, tokenizer } = parts;
   const sf = vae.scalingFactor;
@@ -276,7 +288,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
     cross_attention_dim: textEncoder.hiddenSize,
   };
   manualSeed(opts.seed);
-  const unet = new UNet2DConditionModel(config);
+  const unet = buildChecked(() => new UNet2DConditionModel(config), 'unet config');
   const emaUnet = skipInit(() => new UNet2DConditionModel(config));
   const params: NamedVariable[] = unet.namedParameters().map(([n, p]) => [n, p.variable]);
   const ema = new Ema(params, emaUnet.namedParameters().map(([n, p]) => [n, p.variable]), opts.emaDecay);
@@ -332,9 +344,17 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         const epochName = Number.isInteger(ctx.epoch) ? String(ctx.epoch) : ctx.epoch.toFixed(2);
         const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
         const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
-        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+        try {
+          await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+        } catch (err) {
+          // A picture of progress is no reason to stop training (nor to draw black squares).
+          if (!(err instanceof NonFiniteError)) throw err;
+          log(`unet: no sample grid at epoch ${epochName}: ${err.message}`);
+          return;
+        }
         fs.copyFileSync(file, path.join(ctx.dir, 'samples.png'));
       },
+      inputs: `the frozen VAE's latents (${parts.vaeDir}) and the noise schedule (--beta-schedule/--beta-start/--beta-end)`,
       exportModel: () => {
         fs.rmSync(emaFile, { force: true }); // an older sdlab's EMA file: the state file now holds the EMA
         exported.save(unetDir);

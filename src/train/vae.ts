@@ -25,7 +25,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL, type AutoencoderKLConfig, VAE_PRESETS, klDivergence } from '../autoencoder/index.ts';
 import { type Dataset, loadDataset, padDataset, splitDataset, subset } from '../data/index.ts';
-import { manualSeed } from '../nn/index.ts';
+import { buildChecked, manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { saveImageGrid } from '../viz/index.ts';
@@ -215,7 +215,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
   }
   const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: config.sample_size });
   manualSeed(opts.seed);
-  const vae = new AutoencoderKL(config);
+  const vae = buildChecked(() => new AutoencoderKL(config), 'vae config');
   const vaeDir = path.join(opts.runDir, 'vae');
   const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
   const gridSet = subset(val, Int32Array.from({ length: Math.min(opts.gridSize, val.n) }, (_, i) => i));

@@ -10,6 +10,7 @@
 import { type ConfigSpec, parseConfig, readConfig } from '../io/config.ts';
 import { getActivation } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
+import { MAX_BLOCKS, MAX_IMAGE_SIDE, MAX_LAYERS_PER_BLOCK } from '../util/limits.ts';
 
 /** The diffusers UNet2DConditionModel config keys sdlab implements (same names as config.json). */
 export interface UNet2DConditionConfig {
@@ -212,6 +213,7 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
   };
   const n = cfg.block_out_channels?.length ?? 0;
   if (!Array.isArray(cfg.block_out_channels) || n < 1) fail('block_out_channels must list at least one width');
+  if (n > MAX_BLOCKS) fail(`block_out_channels lists ${n} levels, over sdlab's limit of ${MAX_BLOCKS}`);
   const posInt = (key: string, v: unknown): number => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) fail(`${key} must be a positive integer, got ${JSON.stringify(v)}`);
     return v as number;
@@ -241,6 +243,12 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
 
   const layers = perBlock<number>('layers_per_block', cfg.layers_per_block, isPosInt, 'positive integer');
   const transformerLayers = perBlock<number>('transformer_layers_per_block', cfg.transformer_layers_per_block, isPosInt, 'positive integer');
+  // Each layer is a module built eagerly: bound their number before building (widths are
+  // bounded by the parameter count, checked on a shape-only build: nn buildChecked).
+  for (const [key, list] of [['layers_per_block', layers], ['transformer_layers_per_block', transformerLayers]] as const) {
+    const most = Math.max(...list);
+    if (most > MAX_LAYERS_PER_BLOCK) fail(`${key} ${most} is over sdlab's limit of ${MAX_LAYERS_PER_BLOCK}`);
+  }
   const onlyCrossAttention = perBlock<boolean>('only_cross_attention', cfg.only_cross_attention, isBool, 'boolean');
   // num_attention_heads is the proper name; SD configs set attention_head_dim to the head count.
   const headsKey = cfg.num_attention_heads !== null && cfg.num_attention_heads !== undefined ? 'num_attention_heads' : 'attention_head_dim';
@@ -258,7 +266,7 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
   }
   if (!Number.isInteger(cfg.downsample_padding) || cfg.downsample_padding < 0) fail(`downsample_padding must be an integer ≥ 0, got ${cfg.downsample_padding}`);
   if (!(cfg.norm_eps > 0)) fail(`norm_eps must be > 0, got ${cfg.norm_eps}`);
-  if (cfg.sample_size !== null) posInt('sample_size', cfg.sample_size);
+  if (cfg.sample_size !== null && posInt('sample_size', cfg.sample_size) > MAX_IMAGE_SIDE) fail(`sample_size ${cfg.sample_size} is over sdlab's limit of ${MAX_IMAGE_SIDE}`);
   const timeEmbedDim = cfg.time_embedding_dim === null ? 4 * channels[0] : posInt('time_embedding_dim', cfg.time_embedding_dim);
   getActivation(cfg.act_fn, `${source}: act_fn`);
   if (cfg.time_embedding_act_fn !== null) {

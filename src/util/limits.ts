@@ -1,12 +1,50 @@
 /**
- * Size limits: the one home of the bounds sdlab puts on what an input may ask for, so that a
- * small file or flag cannot make it allocate without end. Each limit is far above what a real
- * model needs and says why it is where it is.
+ * The size limits sdlab enforces on what it reads, in one place. Each bounds memory or time that
+ * a small input could otherwise make unbounded (a 3 MB PNG that decodes to 3.6 GB, a config line
+ * that builds a billion layers); each is far above what any real model or image needs. Errors
+ * state the limit they hit, and the README's reliability paragraph lists them.
+ *
+ *   if (layers > MAX_LAYERS_PER_BLOCK) fail(`layers_per_block ${layers} is over sdlab's limit of ${MAX_LAYERS_PER_BLOCK}`);
  */
 
+/** Parameters of one model: 2 G (8 GB in float32). SD 1.x's UNet has 0.86 G, its VAE 0.08 G. */
+export const MAX_MODEL_PARAMS = 2_000_000_000;
+
+/** Resolution levels of a UNet / VAE / image encoder (entries of block_out_channels). SD: 4. */
+export const MAX_BLOCKS = 8;
+
+/** Resnets per level (layers_per_block) and transformer layers per block. SD: 2 and 1; SDXL's deepest: 10. */
+export const MAX_LAYERS_PER_BLOCK = 16;
+
+/** Transformer layers of a text encoder (num_hidden_layers). CLIP ViT-L: 12, OpenCLIP ViT-bigG: 32. */
+export const MAX_ENCODER_LAYERS = 64;
+
+/** Token positions of a text encoder (max_position_embeddings; attention is quadratic in it). CLIP: 77. */
+export const MAX_TEXT_POSITIONS = 1024;
+
+/** Timesteps of a noise schedule (num_train_timesteps; the tables are built eagerly). Everyone: 1000. */
+export const MAX_TRAIN_TIMESTEPS = 100_000;
+
+/** Side of an image read from a PNG, in pixels. */
+export const MAX_IMAGE_SIDE = 4096;
+
+/** Pixels of an image read from a PNG (16 Mpx = 4096 × 4096). */
+export const MAX_IMAGE_PIXELS = 4096 * 4096;
+
+/** Bytes of a PNG file (a 16 Mpx RGBA image at 16 bits per channel is 128 MB before compression). */
+export const MAX_PNG_BYTES = 256 * 1024 * 1024;
+
 /**
- * The largest image side (pixels) sdlab generates: 2048. Stable Diffusion 1.x is trained at 512
- * (768 for SD 2); at 2048×2048 the VAE decoder's full-resolution activations alone are
- * 2048·2048·128 floats (2 GiB) per image, and at 4096 they no longer fit in one typed array.
+ * Latent pixels (h × w) of one image the VAE encodes or decodes: 128 × 128, SD's latents at
+ * 1024 × 1024 px. The VAE's mid-block attention costs time quadratic in them: the small MNIST
+ * VAE decoded a 128 × 128 latent in 7 s and a 256 × 256 one in 94 s (2 CPU cores, native backend).
  */
-export const MAX_IMAGE_SIDE = 2048;
+export const MAX_LATENT_PIXELS = 128 * 128;
+
+/**
+ * The largest image side (pixels) txt2img generates: 2048, within MAX_LATENT_PIXELS as well
+ * (Stable Diffusion's VAE works at 1/8 scale, so at most 1024 × 1024 pixels in all). SD 1.x is
+ * trained at 512 (SD 2 at 768); past 4096 a side the decoder's activations no longer fit in one
+ * typed array.
+ */
+export const MAX_GENERATED_SIDE = 2048;
