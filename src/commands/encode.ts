@@ -257,6 +257,7 @@ export function openLatents(file: string): { shape: [number, number, number, num
   if (name === undefined) throw new UsageError(`${file}: no tensor named "latents" (found ${st.names().slice(0, 5).join(', ') || 'none'}).`);
   const s = st.entries.get(name)!.shape;
   if (s.length !== 4 && s.length !== 3) throw new UsageError(`${file}: latents must be [N, C, h, w] or [C, h, w], got [${s.join(', ')}].`);
+  if (s.some((d) => d < 1)) throw new UsageError(`${file}: latents [${s.join(', ')}] are empty; every dimension of [N, C, h, w] must be at least 1.`);
   const shape = (s.length === 3 ? [1, ...s] : [...s]) as [number, number, number, number];
   const [, , h, w] = shape;
   if (h * w > MAX_LATENT_PIXELS) {
