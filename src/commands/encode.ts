@@ -23,7 +23,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { PNG } from 'pngjs';
 import { AutoencoderKL } from '../autoencoder/index.ts';
 import { selectBackend } from '../backend/index.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
@@ -33,6 +32,7 @@ import { Random } from '../util/random.ts';
 import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
 import { vaeData } from '../train/vae.ts';
 import { denormalize, toSigned } from '../data/pixels.ts';
+import { readPngImage } from '../data/png.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -52,27 +52,7 @@ export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } 
   return { vae: AutoencoderKL.fromPretrained(dir), dir };
 }
 
-/** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black). */
-export function readPngImage(file: string, channels: 1 | 3): FloatImage & { channels: 1 | 3 } {
-  let png: PNG;
-  try {
-    png = PNG.sync.read(fs.readFileSync(file));
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`${file}: ${code ? `cannot read (${code})` : `not a valid PNG (${(err as Error).message})`}.`);
-  }
-  const { width, height, data } = png; // RGBA, 8 bits per channel
-  const out = new Float32Array(width * height * channels);
-  for (let i = 0; i < width * height; i++) {
-    const a = data[4 * i + 3] / 255;
-    const r = (data[4 * i] / 255) * a;
-    const g = (data[4 * i + 1] / 255) * a;
-    const b = (data[4 * i + 2] / 255) * a;
-    if (channels === 1) out[i] = 0.299 * r + 0.587 * g + 0.114 * b;
-    else out.set([r, g, b], 3 * i);
-  }
-  return { data: out, height, width, channels };
-}
+export { readPngImage } from '../data/png.ts';
 
 /** Pads an HWC image with zeros (centred) to size × size; images already that large pass through. */
 export function padImage(img: FloatImage & { channels: 1 | 3 }, size: number): FloatImage & { channels: 1 | 3 } {

@@ -44,8 +44,8 @@ import { AutoencoderKL, VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
 import { TextEncoder } from '../clip/text_encoder.ts';
 import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
-import { DIGIT_WORDS } from '../data/captions.ts';
-import type { Dataset } from '../data/index.ts';
+import { WordTokenizer, splitWords } from '../clip/tokenizer_word.ts';
+import { type Dataset, captionVocabulary, checkCaptionable, classLabels, classPrompts, writeRunClasses } from '../data/index.ts';
 import { manualSeed, skipInit } from '../nn/index.ts';
 import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler } from '../schedule/index.ts';
 import { StableDiffusionPipeline } from '../sample/pipeline.ts';
@@ -63,7 +63,7 @@ import type { NamedVariable } from './optimizer.ts';
 import { trainDir } from './state.ts';
 import { TextCache } from './text_cache.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
-import { DATA_SPLIT, dataSettings, vaeData } from './vae.ts';
+import { DATA_SPLIT, dataSettings, resolveDataset, vaeData } from './vae.ts';
 
 export type LatentMode = 'mean' | 'sample';
 
@@ -183,6 +183,21 @@ export function loadFrozenParts(runDir: string): FrozenParts {
   };
 }
 
+/**
+ * Refuses a text encoder whose word tokenizer lacks words of this data's captions: it was trained
+ * on other data (say MNIST's CLIP for a Fashion-MNIST UNet), and its prompts would be <unk>.
+ */
+export function checkVocabulary(tokenizer: Tokenizer, ds: Pick<Dataset, 'classNames' | 'captions'>, clipDir: string, runDir: string): void {
+  if (!(tokenizer instanceof WordTokenizer)) return;
+  const known = new Set(tokenizer.vocab);
+  const missing = [...new Set(captionVocabulary(ds).flatMap(splitWords))].filter((w) => !known.has(w));
+  if (missing.length === 0) return;
+  const shown = missing.slice(0, 4).map((w) => `"${w}"`).join(', ');
+  throw new UsageError(
+    `${path.join(clipDir, 'tokenizer.json')}: the run's text encoder does not know ${missing.length} word(s) of this data's captions (${shown}${missing.length > 4 ? ', ...' : ''}); it was trained on other data: train it on the same data first with \`${trainCommand('clip', runDir)}\` and the same --data/--classes.`,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Noise schedule
 
@@ -209,19 +224,27 @@ export function unetSchedulerConfig(o: Pick<UnetTrainOptions, 'numTrainTimesteps
 // ---------------------------------------------------------------------------------------------
 // Pictures
 
-/** One row per digit ("a handwritten <word>"), `cols` images each, same seed every time. */
+/** Rows of the sample grid: at most this many classes (the first ones). */
+export const GRID_MAX_ROWS = 10;
+
+/**
+ * One row per class, `cols` images each, same seed every time: for digits "a handwritten <word>"
+ * rows 0-9, otherwise the dataset's class prompts (src/data/captioning.ts classPrompts), the
+ * first GRID_MAX_ROWS of them.
+ */
 export async function saveSampleGrid(
   file: string,
   parts: { vae: AutoencoderKL; textEncoder: TextEncoder; tokenizer: Tokenizer; unet: UNet2DConditionModel },
   schedulerConfig: Record<string, unknown>,
-  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string },
+  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string; classes?: Pick<Dataset, 'classNames' | 'captions'> },
 ): Promise<void> {
   const scheduler = createScheduler('ddim', schedulerConfig);
   const pipe = new StableDiffusionPipeline({ ...parts, scheduler });
-  const prompts = DIGIT_WORDS.flatMap((w) => new Array<string>(o.cols).fill(`a handwritten ${w}`));
+  const rows = classPrompts(o.classes ?? {}).slice(0, GRID_MAX_ROWS);
+  const prompts = rows.flatMap((p) => new Array<string>(o.cols).fill(p));
   const out = pipe.call({ prompt: prompts, numInferenceSteps: o.steps, guidanceScale: o.guidance, seed: o.seed ?? 0 });
   try {
-    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: DIGIT_WORDS.map((_, d) => String(d)), title: o.title });
+    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: classLabels(o.classes ?? {}).slice(0, GRID_MAX_ROWS), title: o.title });
   } finally {
     tf.dispose([out.images, out.latents, out.promptEmbeds]);
     scheduler.dispose();
@@ -263,8 +286,13 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const schedulerFile = path.join(opts.runDir, 'scheduler', 'scheduler_config.json');
   const schedulerConfig = unetSchedulerConfig(opts);
 
-  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: vae.config.sample_size });
-  const latents = cachedLatents(path.join(dir, LATENTS_FILE), vae, parts.vaeDir, { train: trainSet, val }, { data: opts.data ?? null, limit: opts.limit ?? null, split: DATA_SPLIT }, log);
+  const data = vaeData({ ...opts, dataset: await resolveDataset(opts.dataset), size: vae.config.sample_size });
+  const { train: trainSet, val } = data;
+  checkCaptionable(trainSet);
+  checkVocabulary(tokenizer, trainSet, parts.clipDir, opts.runDir);
+  // A non-digit source adds its fingerprint to the cache key (two in-memory datasets share data: null).
+  const latentsKey = { data: opts.data ?? null, limit: opts.limit ?? null, split: DATA_SPLIT, ...(data.source.fingerprint ? { fingerprint: data.source.fingerprint } : {}) };
+  const latents = cachedLatents(path.join(dir, LATENTS_FILE), vae, parts.vaeDir, { train: trainSet, val }, latentsKey, log);
   const latentStd = stdOf(latents.train.mean, sf);
 
   const config: UNet2DConditionConfig = {
@@ -308,7 +336,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         captionDropout: opts.captionDropout,
         emaDecay: opts.emaDecay,
         latents: opts.latents,
-        ...dataSettings(opts, trainSet),
+        ...dataSettings(opts, data),
         vae: vaeFingerprint(parts.vaeDir).slice(0, 16),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
@@ -333,13 +361,14 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         const epochName = Number.isInteger(ctx.epoch) ? String(ctx.epoch) : ctx.epoch.toFixed(2);
         const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
         const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
-        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title, classes: trainSet });
         fs.copyFileSync(file, path.join(ctx.dir, 'samples.png'));
       },
       exportModel: () => {
         fs.rmSync(emaFile, { force: true }); // an older sdlab's EMA file: the state file now holds the EMA
         exported.save(unetDir);
         writeScheduler();
+        writeRunClasses(opts.runDir, trainSet); // what `sample` prompts by default (none for digits)
       },
     },
     {
