@@ -102,6 +102,9 @@ function loadLabelFolders(dir: string): Dataset {
     const files: string[] = [];
     for (const e of entries) {
       const p = path.join(sub, e.name);
+      if (e.name === METADATA_FILE) {
+        throw new UsageError(`${p}: a ${METADATA_FILE} inside a subfolder of ${dir}; pass --data ${sub} (the folder that holds it and its images).`);
+      }
       if (e.isDirectory()) {
         throw new UsageError(
           `${p}: a folder inside the label folder ${label}/; expected ${dir}/<label>/*.png (for a dataset split into train/ and test/ folders, pass --data ${path.join(dir, 'train')}).`,

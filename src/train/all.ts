@@ -1,6 +1,8 @@
 /**
  * `npx sdlab train all`: the whole digit generator in one go — VAE → CLIP → UNet on the embedded
- * digits — then a sample sheet (one row per digit, "a handwritten <digit>").
+ * digits — then a sample sheet (one row per digit, "a handwritten <digit>"). With --data (IDX files
+ * or an image folder; --classes) or the API's `dataset`, the same on your own images: the sheet
+ * then has one row per class (the run's classes.json, the first SHEET_MAX_ROWS).
  *
  *   npx sdlab train all --preset quick          # a few minutes (demos, CI smoke)
  *   npx sdlab train all --preset full           # the quality target (measured times: README, "Results")

@@ -21,13 +21,17 @@
  * Captions are drawn fresh for every batch from the caption generator (src/data/captions.ts), seeded
  * by (seed, epoch, batch) so a resumed run sees the same ones: over the epochs the same image is
  * called "7", "seven", "the number 7", "a thick, slanted seven", ... and all of them land near it.
+ * On other data (src/data/captioning.ts) the captions are templates around the class name ("a
+ * sneaker", "a photo of a sneaker", ...) or a metadata.jsonl's texts, and the word tokenizer's
+ * vocabulary is built from them (captionTokenizer).
  *
- * Data: the embedded MNIST digits (or --data IDX dir) with the held-out split every sdlab trainer
- * shares (DATA_SPLIT in vae.ts: 10%, split seed 0), padded to 32×32. At the end of every epoch:
- * validation loss (fixed captions), zero-shot digit accuracy (one prompt per digit, "a handwritten
- * seven", nearest prompt wins), text→image recall@1/@5, and <run>/train/clip/similarity.png
- * (captions × images, one per digit). The model goes to <run>/clip/ (config.json,
- * model.safetensors, tokenizer.json — the word tokenizer the UNet trainer and sampler read back).
+ * Data: the embedded MNIST digits (or --data: IDX files or an image folder; or the API's
+ * `dataset`) with the held-out split every sdlab trainer shares (DATA_SPLIT in vae.ts: 10%, split
+ * seed 0), padded to 32×32. At the end of every epoch: validation loss (fixed captions), zero-shot
+ * accuracy (one prompt per class, "a handwritten seven" / "a sneaker", nearest prompt wins),
+ * text→image recall@1/@5, and <run>/train/clip/similarity.png (captions × images, one per class).
+ * The model goes to <run>/clip/ (config.json, model.safetensors, tokenizer.json — the word
+ * tokenizer the UNet trainer and sampler read back).
  *
  *   const res = await trainClip({ ...CLIP_TRAIN_DEFAULTS, runDir: 'runs/default' });
  *   res.zeroShotAccuracy;   // held-out, after the last epoch

@@ -93,6 +93,6 @@ export function cachedLatents(
   }
   fs.mkdirSync(path.dirname(file), { recursive: true });
   writeSafetensors(file, tensors, { metadata: { key: fingerprint } });
-  log(`unet: encoded ${train.n + val.n} digits with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
+  log(`unet: encoded ${train.n + val.n} images with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
   return { train, val };
 }

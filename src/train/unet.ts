@@ -1,5 +1,6 @@
 /**
- * Training the latent-diffusion UNet on captioned digits — `npx sdlab train unet`.
+ * Training the latent-diffusion UNet on captioned digits (or your own captioned images:
+ * src/data/captioning.ts) — `npx sdlab train unet`.
  *
  *   x0  = scaling_factor · z,   z = VAE posterior mean (or a sample μ + σ·ε) of a training digit
  *   t   ~ U{0, …, T−1},  ε ~ N(0, I),  x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε
@@ -29,8 +30,9 @@
  * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
  *
  * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
- * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit, same noise each epoch,
- * so you watch the digits form.
+ * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit (or class), same noise
+ * each epoch, so you watch the digits form. On data that is not the digits it also writes
+ * <run>/classes.json (src/data/run_classes.ts): the class prompts `sample` and `train all` use.
  *
  *   const res = await trainUnet({ ...UNET_TRAIN_DEFAULTS, runDir: 'runs/default' });
  *
@@ -322,7 +324,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
     fs.mkdirSync(path.dirname(schedulerFile), { recursive: true });
     writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
   };
-  log(`unet: ${trainSet.n} training digits → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);
+  log(`unet: ${trainSet.n} training images → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);
 
   const result = await train<DiffusionBatch>(
     {

@@ -9,9 +9,10 @@
  * the latents bounded, so the autoencoder stays almost deterministic and sharp. (No
  * perceptual/GAN losses: on 32-px digits plain MSE is enough.)
  *
- * Data: the embedded MNIST digits (or --data IDX dir), a fixed held-out split (10%, split seed 0,
- * shared by every sdlab trainer so the validation digits are never trained on), padded to
- * 32×32. Each epoch reports held-out reconstruction loss and PSNR (decoding the posterior mean;
+ * Data: the embedded MNIST digits (or --data: IDX files or an image folder, src/data/source.ts;
+ * or the API's `dataset`, an in-memory or tf.data.Dataset), a fixed held-out split (10%, split
+ * seed 0, shared by every sdlab trainer so the validation digits are never trained on), padded to
+ * 32×32 (vaeData; dataSettings stores what pins the data, so a resume on other data is refused). Each epoch reports held-out reconstruction loss and PSNR (decoding the posterior mean;
  * PSNR = 10·log10(1/MSE) over all validation pixels in [0, 1]) and draws
  * <run>/train/vae/reconstructions.png (originals above, reconstructions below).
  *
@@ -313,7 +314,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         vae.config.scaling_factor = scalingFactor;
         vae.save(vaeDir);
         trainLog(opts)(
-          `vae: latent std over ${nScale} training digits = ${std.toFixed(4)} → scaling_factor ${scalingFactor.toFixed(5)} written to ${path.join(vaeDir, 'config.json')}`,
+          `vae: latent std over ${nScale} training images = ${std.toFixed(4)} → scaling_factor ${scalingFactor.toFixed(5)} written to ${path.join(vaeDir, 'config.json')}`,
         );
       },
     },
