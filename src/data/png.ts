@@ -12,6 +12,7 @@
 import fs from 'node:fs';
 import { PNG } from 'pngjs';
 import { UsageError } from '../util/errors.ts';
+import { luma } from './pixels.ts';
 
 /** HWC float pixels in [0, 1] (structurally a viz FloatImage). */
 export interface PngPixels {
@@ -47,7 +48,7 @@ export function decodePng(bytes: Uint8Array, file: string, channels: 1 | 3): Png
     const r = (data[4 * i] / 255) * a;
     const g = (data[4 * i + 1] / 255) * a;
     const b = (data[4 * i + 2] / 255) * a;
-    if (channels === 1) out[i] = 0.299 * r + 0.587 * g + 0.114 * b;
+    if (channels === 1) out[i] = luma(r, g, b);
     else out.set([r, g, b], 3 * i);
   }
   return { data: out, height, width, channels };

@@ -15,6 +15,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Dataset as TfDataset } from '@tensorflow/tfjs-data';
 import { UsageError } from '../util/errors.ts';
+import { luma } from './pixels.ts';
 import type { Dataset } from './types.ts';
 
 export type { TfDataset };
@@ -59,7 +60,7 @@ function elementImage(v: unknown, where: string): { data: Float32Array; height: 
       }
     }
     const px = (c: number) => t.data[p * channels + c] / (bytes ? 255 : 1);
-    out[p] = channels === 1 ? px(0) : 0.299 * px(0) + 0.587 * px(1) + 0.114 * px(2);
+    out[p] = channels === 1 ? px(0) : luma(px(0), px(1), px(2));
   }
   return { data: out, height, width };
 }
