@@ -18,7 +18,7 @@ import { readSafetensors } from '../src/io/safetensors.ts';
 import { selectBackend } from '../src/backend/index.ts';
 import { WordTokenizer } from '../src/clip/tokenizer_word.ts';
 import { DIGIT_WORDS } from '../src/data/captions.ts';
-import { FASHION_MNIST_CLASSES, loadDataset, readRunClasses } from '../src/data/index.ts';
+import { FASHION_MNIST_CLASSES, datasetFingerprint, datasetFromTf, loadDataset, readRunClasses } from '../src/data/index.ts';
 import { readStateInfo, statePath } from '../src/train/state.ts';
 import { TINY_PRESET, TINY_VAE, type TrainAllPreset } from '../src/train/presets.ts';
 import { stageState, trainAll } from '../src/train/all.ts';
@@ -127,6 +127,9 @@ describe('an image folder through the CLI', () => {
     expect(sheet.map((r) => r.prompt)).toEqual(prompts);
     expect(stdout).toContain(`npx sdlab sample --run ${run} --prompt "${prompts[0]}"`);
     expect(WordTokenizer.load(path.join(run, 'clip')).vocab).toContain('digit');
+    // clip-eval on the run's data: zero-shot over the class prompts.
+    const ev = await sdlab(['clip-eval', '--backend', 'cpu', '--run', run, '--data', labelsDir, '--out', path.join(tmp, 'labels-clip-eval')]);
+    expect(ev.stdout).toContain(`zero-shot prompts: ${prompts.map((p) => `"${p}"`).join(', ')}`);
   });
 
   it('metadata.jsonl: the texts are the captions and the classes', async () => {
@@ -202,6 +205,27 @@ describe('exact resume on your own data', () => {
     expect(differing(straight, split)).toEqual([]);
     expect(readStateInfo(statePath(split, 'clip')).settings).toMatchObject({ data: null, captions: 'texts' });
     await expect(trainClip({ ...opts(split, tf.data.array(elements(7))), resume: true })).rejects.toThrow(/different settings \(fingerprint /);
+  });
+});
+
+describe('trainAll with a tf.data.Dataset and class names (the library API)', () => {
+  it('every stage trains on it; the run records the names and the examples', async () => {
+    const { pixels, labels } = tinyDigitBytes(tmp, 40);
+    const ds = tf.data.array(pixels.map((p, i) => ({ xs: tf.tensor3d(Float32Array.from(p, (v) => v / 255), [8, 8, 1]), ys: labels[i] })));
+    const names = DIGIT_WORDS.map((w) => `${w} sign`);
+    const run = path.join(tmp, 'tfdata-all');
+    const res = await trainAll({ runDir: run, preset: TINY_PRESET, presetName: 'tiny', dataset: ds, classes: names, quiet: true, noSheet: true, handleSigint: false });
+    expect(res.stages.map((s) => s.status)).toEqual(['trained', 'trained', 'trained']);
+    expect(readRunClasses(run)?.prompts[1]).toBe('a one sign');
+    const settings = readStateInfo(statePath(run, 'unet')).settings;
+    expect(settings).toMatchObject({ data: null, captions: 'classes', classes: names, classNames: names, trainExamples: 16 });
+    // The examples trained on are the dataset's (its fingerprint, with the names), in every stage.
+    const fp = datasetFingerprint(loadDataset({ dataset: await datasetFromTf(ds), classes: names }));
+    for (const stage of ['vae', 'clip', 'unet'] as const) expect(readStateInfo(statePath(run, stage)).settings.fingerprint, stage).toBe(fp);
+    // The same call again: every stage is already done with this dataset and these names.
+    const again = await trainAll({ runDir: run, preset: TINY_PRESET, presetName: 'tiny', dataset: ds, classes: names, quiet: true, noSheet: true, handleSigint: false });
+    expect(again.stages.map((s) => s.status)).toEqual(['skipped', 'skipped', 'skipped']);
+    expect(stageState(run, 'clip', { ...TINY_PRESET.clip, source: {} })).toHaveProperty('mismatch');
   });
 });
 
