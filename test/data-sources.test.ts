@@ -287,7 +287,7 @@ describe('bad folder and metadata.jsonl entries: one line naming the file (and l
     const none = path.join(tmp, 'nothing');
     fs.mkdirSync(none);
     fs.writeFileSync(path.join(none, 'notes.txt'), 'x');
-    expect(usageError(() => loadDataset({ data: none }))).toMatch(/^--data .*nothing: holds none of the data sdlab reads \(expected IDX files .*metadata\.jsonl.*DIR\/<label>\/\*\.png/);
+    expect(usageError(() => loadDataset({ data: none }))).toMatch(/^--data .*nothing: holds none of the data sdlab reads: missing train-images-idx3-ubyte\[\.gz\] .*metadata\.jsonl.*DIR\/<label>\/\*\.png/);
   });
 
   it('metadata.jsonl lines', () => {

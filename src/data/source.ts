@@ -34,7 +34,9 @@ export function directoryKind(dir: string): DirectoryKind {
   if (fs.readdirSync(dir).some((f) => IDX_NAME.test(f))) return 'idx';
   const layout = imageFolderLayout(dir);
   if (layout) return layout;
-  throw new UsageError(`--data ${dir}: holds none of the data sdlab reads (${expected}).`);
+  throw new UsageError(
+    `--data ${dir}: holds none of the data sdlab reads: missing train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (IDX files), a ${METADATA_FILE} beside PNG images, or one folder of PNGs per class (DIR/<label>/*.png).`,
+  );
 }
 
 /** Checks a list of class names (non-empty, distinct, one line each); `origin` names where it came from. */
