@@ -48,15 +48,17 @@ export { loadRunPipeline as loadRun } from './sample/load.ts';
 export { train, TrainingError, type TrainTask, type TrainOptions, type TrainResult, type StepContext, type EpochContext } from './train/trainer.ts';
 export { AdamW, learningRate, clipGradNorm } from './train/optimizer.ts';
 export { trainVae, VAE_TRAIN_DEFAULTS, type VaeTrainOptions, type VaeTrainResult } from './train/vae.ts';
-export { trainClip, CLIP_TRAIN_DEFAULTS, mnistCaptionTokenizer, type ClipTrainOptions, type ClipTrainResult } from './train/clip.ts';
+export { trainClip, CLIP_TRAIN_DEFAULTS, mnistCaptionTokenizer, captionTokenizer, type ClipTrainOptions, type ClipTrainResult } from './train/clip.ts';
 export { trainUnet, UNET_TRAIN_DEFAULTS, type UnetTrainOptions, type UnetTrainResult } from './train/unet.ts';
 export { trainAll, type TrainAllOptions, type TrainAllResult } from './train/all.ts';
 export { TRAIN_ALL_PRESETS, type TrainAllPresetName } from './train/presets.ts';
 export { diffusionLoss, minSnrWeight, perExampleMse } from './train/losses.ts';
 export { makeBatchMaker, type DiffusionBatch } from './train/diffusion_batch.ts';
 
-// ---- data: digits, captions, pixel ranges
-export { loadDataset, splitDataset, padDataset, subset, imageAt, batches, type Dataset } from './data/index.ts';
+// ---- data: digits or your own images (IDX files, image folders, a tf.data.Dataset), captions, pixel ranges
+export { loadDataset, splitDataset, padDataset, subset, imageAt, batches, type Dataset, type LoadOptions } from './data/index.ts';
+export { loadImageFolder, datasetFromTf, type TfDataset, FASHION_MNIST_CLASSES, readRunClasses, type RunClasses } from './data/index.ts';
+export { captionOf, classPrompts, captionVocabulary, CLASS_TEMPLATES, type CaptionKind } from './data/index.ts';
 export { captionFor, promptForDigit, DIGIT_WORDS } from './data/captions.ts';
 export { toSigned, toUnit, normalize, denormalize } from './data/pixels.ts';
 
@@ -68,7 +70,7 @@ export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type E
 
 // ---- pictures and files
 export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossCurve, encodePng, encodeGif, type FloatImage, type GridOptions, type Series, type PlotOptions } from './viz/index.ts';
-export { readPng, readPngSize } from './viz/index.ts';
+export { readPng, readPngSize } from './io/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
 export { Random } from './util/random.ts';
 

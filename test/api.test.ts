@@ -51,6 +51,13 @@ describe("import … from 'sdlab'", () => {
     expect(sdlab.EXERCISES.map((e) => e.name)).toContain('add_noise');
   });
 
+  it('names the own-data pieces (README "Data", datasets/README.md)', () => {
+    for (const name of ['trainAll', 'loadDataset', 'loadImageFolder', 'datasetFromTf', 'readRunClasses', 'classPrompts', 'captionOf', 'captionTokenizer'] as const) {
+      expect(typeof sdlab[name], name).toBe('function');
+    }
+    expect(sdlab.classPrompts({ classNames: [...sdlab.FASHION_MNIST_CLASSES] })[9]).toBe('an ankle boot');
+  });
+
   it('a tiny random-weight pipeline built from the package API runs one call end to end', () => {
     const { TextEncoder, TEXT_ENCODER_PRESETS, mnistCaptionTokenizer, UNet2DConditionModel, mnistUnetConfig, AutoencoderKL, VAE_PRESETS, DDIMScheduler, StableDiffusionPipeline } = sdlab;
     const tokenizer = mnistCaptionTokenizer();

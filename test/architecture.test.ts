@@ -18,10 +18,11 @@ const ALLOWED: Record<string, readonly string[]> = {
   util: [],
   // Fused tensor ops (tfjs-core style: kernel names + compositions), file formats, datasets and
   // captions, pictures, noise schedules: each stands on util alone (schedules also on io, whose
-  // config.ts holds the one rule for config keys that scheduler configs follow too).
+  // config.ts holds the one rule for config keys that scheduler configs follow too; datasets on
+  // io's size-checked PNG reader).
   ops: ['util'],
   io: ['util'],
-  data: ['util'],
+  data: ['io', 'util'],
   viz: ['util'],
   schedule: ['io', 'util'],
   // tfjs backends register kernels under the ops' kernel names.

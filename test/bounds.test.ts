@@ -30,7 +30,7 @@ import { DigitClassifier } from '../src/eval/classifier.ts';
 import { Linear, buildChecked, manualSeed, shapeOnly } from '../src/nn/index.ts';
 import { LdmCheckpoint } from '../src/sample/load_single_file.ts';
 import { loadDiffusersPipeline } from '../src/sample/load.ts';
-import { readPng, readPngSize } from '../src/viz/png.ts';
+import { readPng, readPngSize } from '../src/io/png.ts';
 import { MAX_LAYERS_PER_BLOCK, MAX_LATENT_PIXELS, MAX_MODEL_PARAMS, MAX_TRAIN_TIMESTEPS } from '../src/util/limits.ts';
 
 const FIXTURE = path.resolve(import.meta.dirname, '../../shared/fixtures/sd1_tiny');

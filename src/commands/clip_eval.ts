@@ -22,7 +22,7 @@ import { selectBackend } from '../backend/index.ts';
 import { CLIPModel, WORD_TOKENIZER_FILE, type Tokenizer } from '../clip/index.ts';
 import { cosineSimilarity, digitPrompts, evaluateClip, formatClipReport } from '../eval/clip.ts';
 import { DIGIT_WORDS } from '../data/captions.ts';
-import type { Dataset } from '../data/index.ts';
+import { type Dataset, classPrompts } from '../data/index.ts';
 import { chunks, imagesAt } from '../train/data.ts';
 import { clipValidationSet } from '../train/clip.ts';
 import { UsageError, check } from '../util/errors.ts';
@@ -96,7 +96,7 @@ export function register(program: Command): void {
     .option('--run <dir>', 'run directory holding clip/', 'runs/default')
     .option('--out <dir>', 'where similarity.png and clip_eval.json go', 'out/clip-eval')
     .option('--limit <n>', 'held-out digits to evaluate on (default: all 1000)', int(1), 1000)
-    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
+    .option('--data <dir>', "the run's --data: IDX files or an image folder (default: the embedded MNIST digits)")
     .option('--seed <n>', 'seed for the generated captions', int(0), 0)
     .option('--template <text>', 'zero-shot prompt with {word} (seven) or {digit} (7); default "a handwritten {word}"')
     .option('--prompt <text>', 'also show the nearest held-out digits to this text (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
@@ -105,10 +105,12 @@ export function register(program: Command): void {
     .action(async (o: ClipEvalCliOptions) => {
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a CLIP first: npx sdlab train clip --run ${o.run}).`);
       checkOutputDir('--out', o.out);
-      const prompts = zeroShotPrompts(o.template);
+      const templated = o.template === undefined ? undefined : zeroShotPrompts(o.template);
       await selectBackend(o.backend);
       const model = loadRunClip(o.run);
       const val = clipValidationSet({ data: o.data, limit: o.limit, size: model.config.image_config.sample_size });
+      // Without --template: the data's own prompts ("a handwritten seven", or "a sneaker" per class).
+      const prompts = templated ?? classPrompts(val);
       const png = path.join(o.out, 'similarity.png');
       const report = await evaluateClip(model, val, { limit: o.limit, seed: o.seed, prompts, similarityPng: png });
       console.log(formatClipReport(report));

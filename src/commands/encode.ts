@@ -33,9 +33,11 @@ import { firstNonFinite } from '../util/finite.ts';
 import { MAX_IMAGE_PIXELS, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
-import { type FloatImage, readPng, readPngSize, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
+import { readPngSize } from '../io/png.ts';
+import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
 import { vaeData } from '../train/vae.ts';
 import { denormalize, toSigned } from '../data/pixels.ts';
+import { readPngImage } from '../data/png.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -53,21 +55,6 @@ export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } 
     throw new UsageError(`no trained VAE in ${dir}: run \`npx sdlab train vae --run ${src.run ?? 'runs/default'}\` first, or pass --vae DIR.`);
   }
   return { vae: AutoencoderKL.fromPretrained(dir), dir };
-}
-
-/** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black), within util/limits.ts. */
-export function readPngImage(file: string, channels: 1 | 3): FloatImage & { channels: 1 | 3 } {
-  const { width, height, data } = readPng(file); // RGBA, 8 bits per channel
-  const out = new Float32Array(width * height * channels);
-  for (let i = 0; i < width * height; i++) {
-    const a = data[4 * i + 3] / 255;
-    const r = (data[4 * i] / 255) * a;
-    const g = (data[4 * i + 1] / 255) * a;
-    const b = (data[4 * i + 2] / 255) * a;
-    if (channels === 1) out[i] = 0.299 * r + 0.587 * g + 0.114 * b;
-    else out.set([r, g, b], 3 * i);
-  }
-  return { data: out, height, width, channels };
 }
 
 /** Pads an HWC image with zeros (centred) to size × size; images already that large pass through. */

@@ -198,7 +198,7 @@ export function register(program: Command): void {
     .option('--beta-end <x>', 'last beta (Stable Diffusion: 0.012)', float(0, 1), 0.012)
     .option('--frames <count>', 'frames in the GIF', int(2, 1000), 50)
     .option('--scale <k>', 'pixel scale of the pictures', int(1, 8), 2)
-    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
+    .option('--data <dir>', 'a directory: IDX files or an image folder (default: the embedded MNIST digits)')
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: NoiseOptions & { backend: string }) => {
       await selectBackend(o.backend);

@@ -42,6 +42,11 @@ import { TINY_PRESET, TRAIN_ALL_PRESETS, type TrainAllPresetName } from '../trai
 import { describeRun, trainAll } from '../train/all.ts';
 
 const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
+const DATA_HELP = 'a directory: IDX files (MNIST, Fashion-MNIST), DIR/<label>/*.png folders, or a metadata.jsonl beside PNGs (default: the embedded MNIST digits)';
+const CLASSES_HELP = 'class names for labelled data without them, label 0 first, e.g. "t-shirt,trouser,..." (else DIR/classes.txt; Fashion-MNIST is recognised); captions are made from them';
+
+/** --classes "a,b,c" → ['a', 'b', 'c'] (checked against the data by src/data/source.ts). */
+const classList = (value: string): string[] => value.split(',');
 
 /** The trainer defaults the shared flags fall back on (VAE_TRAIN_DEFAULTS, …). */
 interface TrainerDefaults {
@@ -69,7 +74,7 @@ function trainerCommand(
     .option('--run <dir>', 'run directory', 'runs/default')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .option('--seed <n>', 'seed for initialisation, data order and noise', int(0), 0)
-    .option('--epochs <n>', 'passes over the training digits (given alone: train them all)', int(1), d.epochs)
+    .option('--epochs <n>', 'passes over the training examples (given alone: train them all)', int(1), d.epochs)
     .option('--steps <n>', 'total training steps; the lr schedule ends there', int(1), d.maxSteps)
     .option('--batch-size <n>', 'examples per step', int(1), d.batchSize)
     .option('--lr <x>', 'peak learning rate (AdamW)', float(0), d.lr)
@@ -78,8 +83,9 @@ function trainerCommand(
     .option('--schedule <kind>', 'after warm-up: cosine | constant', oneOf(['cosine', 'constant'] as const), 'cosine')
     .option('--min-lr-ratio <x>', 'cosine floor as a fraction of --lr', float(0, 1), d.minLrRatio)
     .option('--clip-grad-norm <x>', 'clip the global gradient norm (0 = off)', float(0))
-    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
-    .option('--limit <n>', 'train on only the first N training digits', int(1))
+    .option('--data <dir>', DATA_HELP)
+    .option('--classes <names>', CLASSES_HELP, classList)
+    .option('--limit <n>', 'train on only the first N training examples', int(1))
     .option('--resume', 'continue the run in --run exactly where it stopped')
     .option('--overwrite', 'start over even if --run already holds a training state')
     .option('--stop-at-step <n>', 'stop (and save) once N steps are done; continue later with --resume', int(0))
@@ -102,6 +108,7 @@ interface CommonCliOptions {
   minLrRatio: number;
   clipGradNorm?: number;
   data?: string;
+  classes?: string[];
   limit?: number;
   resume?: boolean;
   overwrite?: boolean;
@@ -149,6 +156,7 @@ const COMMON_STORED: StoredFlags = {
   minLrRatio: 'minLrRatio',
   clipGradNorm: 'clipGradNorm',
   data: 'data',
+  classes: 'classes',
   limit: 'limit',
   valLimit: 'valLimit',
 };
@@ -200,6 +208,7 @@ function commonTrainOptions(cmd: Command, opts: CommonCliOptions, d: TrainerDefa
     // --clip-grad-norm 0 means off (the harness would otherwise scale every gradient to 0).
     clipGradNorm: clip || undefined,
     data: opts.data,
+    classes: opts.classes,
     limit: opts.limit,
     resume: opts.resume,
     overwrite: opts.overwrite,
@@ -468,6 +477,7 @@ interface AllCliOptions {
   preset: TrainAllPresetName | 'tiny';
   seed: number;
   data?: string;
+  classes?: string[];
   resume?: boolean;
   overwrite?: boolean;
   sheet: boolean;
@@ -482,7 +492,8 @@ export function registerAll(trainCmd: Command): void {
     .option('--run <dir>', 'run directory', 'runs/default')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .option('--seed <n>', 'seed for every stage', int(0), 0)
-    .option('--data <dir>', 'directory of MNIST-style IDX files (default: the embedded MNIST digits)')
+    .option('--data <dir>', DATA_HELP)
+    .option('--classes <names>', CLASSES_HELP, classList)
     .option('--resume', 'continue an interrupted run (finished stages are kept)')
     .option('--overwrite', 'start every stage over')
     .option('--no-sheet', 'skip the closing sample sheet')
@@ -499,6 +510,7 @@ export function registerAll(trainCmd: Command): void {
         presetName: opts.preset,
         seed: opts.seed,
         data: opts.data,
+        classes: opts.classes,
         resume: opts.resume,
         overwrite: opts.overwrite,
         noSheet: !opts.sheet,

@@ -9,6 +9,7 @@
  * magic number, bad dimensions, truncated or corrupt data) is a UsageError naming the file and
  * what was expected.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -101,6 +102,19 @@ export function findIdxFile(dir: string, split: IdxSplit, kind: 'images' | 'labe
   throw new UsageError(`--data ${dir}: missing ${bases[0]}[.gz] (expected ${split}-images-idx3-ubyte[.gz] and ${split}-labels-idx1-ubyte[.gz]).`);
 }
 
+/** Fashion-MNIST's classes (Zalando's "T-shirt/top, Trouser, ...", in caption words), label 0 first. */
+export const FASHION_MNIST_CLASSES: readonly string[] = ['t-shirt', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot'];
+
+/**
+ * Known IDX datasets, by the sha256 of their un-gzipped labels file, and their class names: the
+ * files carry none, so a recognised labels file gets them (a convenience: --classes and
+ * classes.txt are the rule, and win). Fashion-MNIST's train and test labels.
+ */
+export const KNOWN_IDX_LABELS: Readonly<Record<string, { name: string; classNames: readonly string[] }>> = {
+  bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9: { name: 'Fashion-MNIST (train)', classNames: FASHION_MNIST_CLASSES },
+  '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34': { name: 'Fashion-MNIST (test)', classNames: FASHION_MNIST_CLASSES },
+};
+
 export interface IdxLoadOptions {
   /** 'train' (train-*) or 'test' (t10k-*). Default 'train'. */
   split?: 'train' | 'test';
@@ -108,13 +122,18 @@ export interface IdxLoadOptions {
   limit?: number;
 }
 
-/** Loads an MNIST-style image/label pair from a directory into a Dataset (pixels scaled to 0..1). */
+/**
+ * Loads an MNIST-style image/label pair from a directory into a Dataset (pixels scaled to 0..1);
+ * a known labels file (KNOWN_IDX_LABELS) brings its class names.
+ */
 export function loadIdxDataset(dir: string, opts: IdxLoadOptions = {}): Dataset {
   const split: IdxSplit = (opts.split ?? 'train') === 'test' ? 't10k' : 'train';
   const imagesFile = findIdxFile(dir, split, 'images');
   const labelsFile = findIdxFile(dir, split, 'labels');
   const images = readIdxFile(imagesFile, 3);
-  const labels = readIdxFile(labelsFile, 1);
+  const labelsBytes = readMaybeGzip(labelsFile);
+  const labels = parseIdx(labelsBytes, labelsFile, 1);
+  const known = KNOWN_IDX_LABELS[crypto.createHash('sha256').update(labelsBytes).digest('hex')];
   const [nImages, height, width] = images.dims as [number, number, number];
   if (height === 0 || width === 0 || nImages === 0) {
     throw new UsageError(`${imagesFile}: empty image array ${images.dims.join('x')}; expected N x height x width with N, height, width > 0.`);
@@ -128,5 +147,6 @@ export function loadIdxDataset(dir: string, opts: IdxLoadOptions = {}): Dataset 
   const out = new Float32Array(n * px);
   const src = images.data;
   for (let i = 0; i < n * px; i++) out[i] = src[i] / 255;
-  return { images: out, labels: labels.data.slice(0, n), n, height, width, source: path.resolve(dir) + ` (${split})` };
+  const ds: Dataset = { images: out, labels: labels.data.slice(0, n), n, height, width, source: path.resolve(dir) + ` (${split})` };
+  return known ? { ...ds, source: `${ds.source}, ${known.name}`, classNames: known.classNames } : ds;
 }

@@ -1,7 +1,7 @@
 /**
- * Datasets for sdlab: load digits, split them, pad them, batch them.
+ * Datasets for sdlab: load images, split them, pad them, batch them.
  *
- *   const ds = loadDataset({ data: opts.data });              // embedded MNIST, or IDX files in a dir
+ *   const ds = loadDataset({ data: opts.data });              // embedded MNIST, IDX files or an image folder
  *   const { train, val } = splitDataset(ds, { valFraction: 0.1, seed: 0 });
  *   for (const b of batches(padDataset(train, 32), { batchSize: 64, seed: 0, epoch })) {
  *     // b.images: tf.Tensor4D [B, 32, 32, 1], b.labels: tf.Tensor1D int32 [B]
@@ -9,32 +9,75 @@
  *   }
  *
  * Everything random takes a seed, so the same --seed gives the same split and batch order.
+ * What a caption of an example is: ./captioning.ts; the `--data` conventions: ./source.ts.
  */
 import * as tf from '@tensorflow/tfjs';
-import { check } from '../util/errors.ts';
+import { UsageError, check } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { loadEmbeddedMnist } from './mnist.ts';
 import { loadIdxDataset } from './idx.ts';
+import { loadImageFolder } from './folder.ts';
+import { checkDataset, directoryKind, readClassesFile, withClassNames, CLASSES_FILE } from './source.ts';
 import type { Dataset } from './types.ts';
 import { toSigned } from './pixels.ts';
 
 export type { Dataset } from './types.ts';
 export { loadEmbeddedMnist } from './mnist.ts';
-export { loadIdxDataset, readIdxFile, parseIdx, findIdxFile } from './idx.ts';
+export { loadIdxDataset, readIdxFile, parseIdx, findIdxFile, FASHION_MNIST_CLASSES, KNOWN_IDX_LABELS } from './idx.ts';
+export { loadImageFolder, METADATA_FILE } from './folder.ts';
+export { datasetFromTf, isTfDataset, type TfDataset } from './tfdata.ts';
+export { datasetFingerprint, directoryKind, readClassesFile, withClassNames, checkClassNames, CLASSES_FILE, type DirectoryKind } from './source.ts';
+export { readRunClasses, writeRunClasses, runClassesOf, RUN_CLASSES_FILE, type RunClasses } from './run_classes.ts';
+export { captionKind, captionOf, classPrompts, classLabels, classPrompt, captionVocabulary, checkCaptionable, CLASS_TEMPLATES, type CaptionKind } from './captioning.ts';
 
 export interface LoadOptions {
-  /** A directory of IDX files (`--data DIR`); undefined, '' or 'mnist' means the embedded MNIST digits. */
+  /**
+   * A directory (`--data DIR`): IDX files, DIR/<label>/*.png folders, or a metadata.jsonl beside
+   * PNGs; undefined, '' or 'mnist' means the embedded MNIST digits.
+   */
   data?: string;
-  /** For IDX directories: 'train' (train-*) or 'test' (t10k-*). Ignored for the embedded set. */
+  /** For IDX directories: 'train' (train-*) or 'test' (t10k-*). Ignored for the embedded set and for image folders (one split; splitDataset holds out the validation part). */
   split?: 'train' | 'test';
-  /** Keep only the first `limit` examples (IDX only; the embedded set is small already). */
+  /** Keep only the first `limit` examples (directories only; the embedded set is small already). */
   limit?: number;
+  /** Class names for labelled data without them (IDX files, the embedded digits, an in-memory dataset): label 0 first. */
+  classes?: readonly string[];
+  /** An in-memory dataset instead of `data` (the library API; a tf.data.Dataset goes through datasetFromTf first). */
+  dataset?: Dataset;
 }
 
-/** The `--data` convention: no value means the embedded MNIST digits, otherwise a directory of IDX files. */
+/**
+ * The `--data` convention: no value means the embedded MNIST digits, otherwise a directory of
+ * IDX files or of images (./folder.ts); then the class names (./source.ts says which win).
+ */
 export function loadDataset(opts: LoadOptions = {}): Dataset {
-  if (opts.data === undefined || opts.data === '' || opts.data === 'mnist') return loadEmbeddedMnist();
-  return loadIdxDataset(opts.data, { split: opts.split, limit: opts.limit });
+  const dir = opts.data === undefined || opts.data === '' || opts.data === 'mnist' ? undefined : opts.data;
+  if (opts.dataset && dir !== undefined) throw new UsageError('data and dataset: pass one of them (a directory, or an in-memory dataset).');
+  let ds: Dataset;
+  let fromFolder = false;
+  if (opts.dataset) {
+    checkDataset(opts.dataset);
+    ds = opts.dataset;
+  } else if (dir === undefined) {
+    ds = loadEmbeddedMnist();
+  } else if (directoryKind(dir) === 'idx') {
+    ds = loadIdxDataset(dir, { split: opts.split, limit: opts.limit });
+  } else {
+    ds = loadImageFolder(dir)!;
+    fromFolder = true;
+    if (opts.limit !== undefined && opts.limit < ds.n) ds = subset(ds, Int32Array.from({ length: opts.limit }, (_, i) => i));
+  }
+  if (opts.classes !== undefined) {
+    if (fromFolder || ds.captions) {
+      throw new UsageError(`--classes: ${dir ?? 'this dataset'} names its classes itself (${fromFolder ? 'the label folder names or the metadata.jsonl texts' : 'its texts'}); drop --classes.`);
+    }
+    return withClassNames(ds, opts.classes, '--classes');
+  }
+  if (dir !== undefined && !fromFolder) {
+    const names = readClassesFile(dir);
+    if (names) return withClassNames(ds, names, `${dir}/${CLASSES_FILE}`);
+  }
+  return ds;
 }
 
 /** The pixels of image `i` (a view, not a copy). */
@@ -47,14 +90,22 @@ export function imageAt(ds: Dataset, i: number): Float32Array {
 export function subset(ds: Dataset, indices: ArrayLike<number>): Dataset {
   const px = ds.height * ds.width;
   const images = new Float32Array(indices.length * px);
-  const labels = new Uint8Array(indices.length);
+  const labels = ds.labels instanceof Int32Array ? new Int32Array(indices.length) : new Uint8Array(indices.length);
   for (let k = 0; k < indices.length; k++) {
     const i = indices[k];
     check(Number.isInteger(i) && i >= 0 && i < ds.n, `subset: index ${i} out of range [0, ${ds.n}).`);
     images.set(ds.images.subarray(i * px, (i + 1) * px), k * px);
     labels[k] = ds.labels[i];
   }
-  return { images, labels, n: indices.length, height: ds.height, width: ds.width, source: ds.source };
+  return { images, labels, n: indices.length, height: ds.height, width: ds.width, ...captionFields(ds, indices) };
+}
+
+/** The source, class names and (picked by `indices`) captions a derived dataset keeps; absent fields stay absent. */
+function captionFields(ds: Dataset, indices?: ArrayLike<number>): Pick<Dataset, 'source' | 'classNames' | 'captions'> {
+  const out: Pick<Dataset, 'source' | 'classNames' | 'captions'> = { source: ds.source };
+  if (ds.classNames) out.classNames = ds.classNames;
+  if (ds.captions) out.captions = indices ? Array.from(indices, (i) => ds.captions![i]) : ds.captions;
+  return out;
 }
 
 export interface SplitOptions {
@@ -85,7 +136,7 @@ export function padDataset(ds: Dataset, size = 32, value = 0): Dataset {
       out.set(ds.images.subarray(src, src + ds.width), (i * size + y + top) * size + left);
     }
   }
-  return { images: out, labels: ds.labels, n: ds.n, height: size, width: size, source: ds.source };
+  return { images: out, labels: ds.labels, n: ds.n, height: size, width: size, ...captionFields(ds) };
 }
 
 /** How many examples of each label (index = label). */

@@ -21,8 +21,8 @@
  * above it, so a collapsed model (all embeddings equal) scores recall 0, not 1.
  */
 import * as tf from '@tensorflow/tfjs';
-import { captionFor, promptForDigit } from '../data/captions.ts';
-import { imageAt, padDataset, subset } from '../data/index.ts';
+import { promptForDigit } from '../data/captions.ts';
+import { captionOf, classPrompts, imageAt, padDataset, subset } from '../data/index.ts';
 import type { Dataset } from '../data/types.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
@@ -234,7 +234,7 @@ export interface ClipEvalOptions {
   batchSize?: number;
   /** Seeds the sample and the generated captions. */
   seed?: number;
-  /** One prompt per class for zero-shot (default digitPrompts()). */
+  /** One prompt per class for zero-shot (default: the dataset's, classPrompts — digitPrompts() for digits). */
   prompts?: readonly string[];
   /** Default: model.tokenizer. */
   tokenizer?: Tokenizer;
@@ -285,8 +285,8 @@ export async function evaluateClip(model: CLIPModel, dataset: Dataset, opts: Cli
   if (n < ds.n) ds = subset(ds, new Random(`${seed}/clip eval`).permutation(ds.n).subarray(0, n).sort());
   const bs = opts.batchSize ?? 256;
   const rng = new Random(seed);
-  const captions = Array.from({ length: n }, (_, i) => captionFor(imageAt(ds, i), ds.labels[i], rng));
-  const prompts = opts.prompts ?? digitPrompts();
+  const captions = Array.from({ length: n }, (_, i) => captionOf(ds, i, rng));
+  const prompts = opts.prompts ?? classPrompts(ds);
   const ids = (texts: readonly string[]) => tf.tensor2d(texts.map((t) => tok.encode(t).inputIds), [texts.length, tok.maxLength], 'int32');
   const encodeTexts = (texts: readonly string[]) =>
     tf.tidy(() => embedInBatches(texts.length, bs, (s, e) => tf.tidy(() => model.encodeText(ids(texts.slice(s, e))))));

@@ -23,7 +23,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { readPng } from '../viz/png.ts';
+import { readPng } from '../io/png.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';

@@ -1,6 +1,6 @@
 /**
- * File formats: safetensors files (validated reads, atomic writes) and diffusers-style
- * config.json files. io knows no layer and no model: putting a Module's weights into files
+ * File formats: safetensors files (validated reads, atomic writes), diffusers-style
+ * config.json files, and reading PNG files within sdlab's size limits. io knows no layer and no model: putting a Module's weights into files
  * (loadWeights/saveWeights) and the one fromPretrained loader are src/nn's (checkpoint.ts,
  * pretrained.ts), and the single-file LDM checkpoint importer, which builds models, lives with
  * the pipeline loaders (src/sample/load_single_file.ts).
@@ -9,6 +9,8 @@
  *   SafetensorsFile.open(file)             → validated header; .read(name) one tensor at a time
  *   writeSafetensors(file, tensors, {dtype: 'F32'|'F16'|'BF16', metadata})
  *   readConfig(file, {className, defaults, ignored}) / writeConfig(file, className, config)
+ *   readPngSize(file) / readPng(file)      → a PNG's header / RGBA pixels, within sdlab's size limits
  */
 export * from './safetensors.ts';
 export * from './config.ts';
+export * from './png.ts';

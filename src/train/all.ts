@@ -1,6 +1,8 @@
 /**
  * `npx sdlab train all`: the whole digit generator in one go — VAE → CLIP → UNet on the embedded
- * digits — then a sample sheet (one row per digit, "a handwritten <digit>").
+ * digits — then a sample sheet (one row per digit, "a handwritten <digit>"). With --data (IDX files
+ * or an image folder; --classes) or the API's `dataset`, the same on your own images: the sheet
+ * then has one row per class (the run's classes.json, the first SHEET_MAX_ROWS).
  *
  *   npx sdlab train all --preset quick          # a few minutes (demos, CI smoke)
  *   npx sdlab train all --preset full           # the quality target (measured times: README, "Results")
@@ -15,6 +17,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import type * as tf from '@tensorflow/tfjs';
+import { type Dataset, type TfDataset, loadDataset, readRunClasses } from '../data/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { formatDuration } from '../util/progress.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -24,7 +28,10 @@ import { type TrainAllPreset } from './presets.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
 import { type TrainResult, trainLog } from './trainer.ts';
 import { trainUnet } from './unet.ts';
-import { trainVae } from './vae.ts';
+import { resolveDataset, sourceSettings, trainVae } from './vae.ts';
+
+/** Rows of the closing sample sheet for a non-digit run: its first classes. */
+export const SHEET_MAX_ROWS = 10;
 
 export interface TrainAllOptions {
   runDir: string;
@@ -32,8 +39,12 @@ export interface TrainAllOptions {
   /** Name of the preset (recorded in all.json). */
   presetName: string;
   seed?: number;
-  /** IDX directory for every stage (default: the embedded MNIST digits). */
+  /** IDX directory or image folder for every stage (default: the embedded MNIST digits). */
   data?: string;
+  /** Class names for labelled data without them (`--classes`), for every stage. */
+  classes?: readonly string[];
+  /** Library API: an in-memory Dataset or a tf.data.Dataset for every stage, instead of `data` (read into memory once). */
+  dataset?: Dataset | TfDataset<tf.TensorContainer>;
   resume?: boolean;
   overwrite?: boolean;
   /** Where the sample sheet goes (default <run>/samples). */
@@ -68,16 +79,23 @@ export interface TrainAllResult {
   totalSeconds: number;
 }
 
+/** What a stage's stored settings must match for `train all` to count it as this run's. */
+export interface StageWant {
+  epochs: number;
+  maxSteps?: number | undefined;
+  batchSize: number;
+  limit?: number | undefined;
+  data?: string | undefined;
+  /** sourceSettings of the data (src/train/vae.ts): {} for digits, else captions, class names, fingerprint. */
+  source?: Record<string, unknown>;
+}
+
 /**
  * Whether a stage's training state is complete for the preset's (epochs, maxSteps, batch size,
- * limit, data): 'done', 'partial' (a state to resume), 'none', or a one-line reason it belongs
- * to other settings.
+ * limit, data and the data's source settings): 'done', 'partial' (a state to resume), 'none', or
+ * a one-line reason it belongs to other settings.
  */
-export function stageState(
-  runDir: string,
-  stage: StageName,
-  want: { epochs: number; maxSteps?: number | undefined; batchSize: number; limit?: number | undefined; data?: string | undefined },
-): 'done' | 'partial' | 'none' | { mismatch: string } {
+export function stageState(runDir: string, stage: StageName, want: StageWant): 'done' | 'partial' | 'none' | { mismatch: string } {
   const file = statePath(runDir, stage);
   if (!fs.existsSync(file)) return 'none';
   const info = readStateInfo(file);
@@ -91,6 +109,11 @@ export function stageState(
   differs('batch size', s.batchSize, want.batchSize, 'none');
   differs('limit', s.limit, want.limit, 'none');
   differs('data', s.data, want.data, 'embedded');
+  const source = want.source ?? {};
+  const short = (v: unknown) => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? v.slice(0, 12) : Array.isArray(v) ? v.join(',') : v);
+  for (const key of ['captions', 'classes', 'classNames', 'texts', 'fingerprint']) {
+    if (JSON.stringify(s[key] ?? null) !== JSON.stringify(source[key] ?? null)) differs(key, short(s[key]), short(source[key]), 'none');
+  }
   if (diffs.length) return { mismatch: diffs.join(', ') };
   return info.step >= info.totalSteps ? 'done' : 'partial';
 }
@@ -98,7 +121,12 @@ export function stageState(
 /** Trains every stage of `opts.preset` into `opts.runDir`, then writes the sample sheet. */
 export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   const log = trainLog(opts);
-  const p = opts.data === undefined ? opts.preset : { ...opts.preset, vae: { ...opts.preset.vae, data: opts.data }, clip: { ...opts.preset.clip, data: opts.data }, unet: { ...opts.preset.unet, data: opts.data } };
+  // The data of every stage: --data / --classes on top of the preset; an in-memory or tf.data
+  // dataset is read once and handed to each stage.
+  const dataset = await resolveDataset(opts.dataset);
+  const src = { ...(opts.data !== undefined ? { data: opts.data } : {}), ...(opts.classes !== undefined ? { classes: opts.classes } : {}), ...(dataset ? { dataset } : {}) };
+  const p = Object.keys(src).length === 0 ? opts.preset : { ...opts.preset, vae: { ...opts.preset.vae, ...src }, clip: { ...opts.preset.clip, ...src }, unet: { ...opts.preset.unet, ...src } };
+  const source = sourceSettings(loadDataset({ data: p.vae.data, classes: p.vae.classes, dataset }), { classes: p.vae.classes, dataset });
   const seed = opts.seed ?? 0;
   const common = {
     runDir: opts.runDir,
@@ -119,9 +147,9 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   };
 
   /** resume/overwrite flags for a stage, or null to skip it. */
-  const plan = (stage: StageName, want: { epochs: number; batchSize: number; limit?: number | undefined; data?: string | undefined }): { resume: boolean; overwrite: boolean } | null => {
+  const plan = (stage: StageName, want: StageWant): { resume: boolean; overwrite: boolean } | null => {
     if (opts.overwrite) return { resume: false, overwrite: true };
-    const st = stageState(opts.runDir, stage, want);
+    const st = stageState(opts.runDir, stage, { ...want, source });
     if (st === 'done') return null;
     if (st === 'none') return { resume: false, overwrite: false };
     if (st === 'partial') {
@@ -146,7 +174,7 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   const runStage = async <R extends TrainResult>(
     stage: StageName,
     what: string,
-    want: { epochs: number; batchSize: number; limit?: number | undefined; data?: string | undefined },
+    want: StageWant,
     trainIt: (flags: { resume: boolean; overwrite: boolean }) => Promise<R>,
     finish: (r: R) => Record<string, number>,
   ): Promise<boolean> => {
@@ -195,18 +223,21 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
   let sheet: TrainAllResult['sheet'] = null;
   if (!opts.noSheet) {
     const dir = opts.sheetDir ?? path.join(opts.runDir, 'samples');
-    log(`== samples: ${p.sheet.n} per digit, DDIM ${p.sheet.steps} steps, guidance ${p.sheet.guidance} → ${dir}`);
+    // One row per class: the digits, or the first SHEET_MAX_ROWS prompts the run recorded.
+    const classes = readRunClasses(opts.runDir);
+    const prompts = classes?.prompts.slice(0, SHEET_MAX_ROWS);
+    log(`== samples: ${p.sheet.n} per ${classes ? 'class' : 'digit'}, DDIM ${p.sheet.steps} steps, guidance ${p.sheet.guidance} → ${dir}`);
     const t0 = Date.now();
     const res = await writeSampleSheet({
       run: opts.runDir,
-      digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+      ...(prompts ? { prompt: prompts } : { digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] }),
       n: p.sheet.n,
       steps: p.sheet.steps,
       scheduler: 'ddim',
       guidance: p.sheet.guidance,
       seed,
       out: dir,
-      batch: 10 * p.sheet.n,
+      batch: (prompts?.length ?? 10) * p.sheet.n,
       progress: opts.quiet ? null : undefined,
     });
     sheet = { dir, grid: res.files.grid, json: res.files.json, seconds: (Date.now() - t0) / 1000 };
@@ -225,6 +256,11 @@ export function describeRun(runDir: string, res: TrainAllResult, guidance: numbe
     `summary:     ${res.summaryFile}`,
   ];
   if (res.sheet) lines.push(`sample sheet: ${res.sheet.grid}`);
+  const classes = readRunClasses(runDir);
+  if (classes) {
+    lines.push(`next:        npx sdlab sample${run} --prompt ${JSON.stringify(classes.prompts[0])} --n 16 --guidance ${guidance}`);
+    return lines;
+  }
   lines.push(
     `next:        npx sdlab sample${run} --prompt "a thick 7" --n 16`,
     // The eval command uses the preset's guidance: the one its quality figures were measured at.

@@ -21,13 +21,17 @@
  * Captions are drawn fresh for every batch from the caption generator (src/data/captions.ts), seeded
  * by (seed, epoch, batch) so a resumed run sees the same ones: over the epochs the same image is
  * called "7", "seven", "the number 7", "a thick, slanted seven", ... and all of them land near it.
+ * On other data (src/data/captioning.ts) the captions are templates around the class name ("a
+ * sneaker", "a photo of a sneaker", ...) or a metadata.jsonl's texts, and the word tokenizer's
+ * vocabulary is built from them (captionTokenizer).
  *
- * Data: the embedded MNIST digits (or --data IDX dir) with the held-out split every sdlab trainer
- * shares (DATA_SPLIT in vae.ts: 10%, split seed 0), padded to 32×32. At the end of every epoch:
- * validation loss (fixed captions), zero-shot digit accuracy (one prompt per digit, "a handwritten
- * seven", nearest prompt wins), text→image recall@1/@5, and <run>/train/clip/similarity.png
- * (captions × images, one per digit). The model goes to <run>/clip/ (config.json,
- * model.safetensors, tokenizer.json — the word tokenizer the UNet trainer and sampler read back).
+ * Data: the embedded MNIST digits (or --data: IDX files or an image folder; or the API's
+ * `dataset`) with the held-out split every sdlab trainer shares (DATA_SPLIT in vae.ts: 10%, split
+ * seed 0), padded to 32×32. At the end of every epoch: validation loss (fixed captions), zero-shot
+ * accuracy (one prompt per class, "a handwritten seven" / "a sneaker", nearest prompt wins),
+ * text→image recall@1/@5, and <run>/train/clip/similarity.png (captions × images, one per class).
+ * The model goes to <run>/clip/ (config.json, model.safetensors, tokenizer.json — the word
+ * tokenizer the UNet trainer and sampler read back).
  *
  *   const res = await trainClip({ ...CLIP_TRAIN_DEFAULTS, runDir: 'runs/default' });
  *   res.zeroShotAccuracy;   // held-out, after the last epoch
@@ -45,15 +49,14 @@ import {
   mnistClipConfig,
   WordTokenizer,
 } from '../clip/index.ts';
-import { CAPTION_PUNCTUATION, CAPTION_VOCABULARY, captionFor } from '../data/captions.ts';
-import { type Dataset, imageAt, subset } from '../data/index.ts';
+import { type Dataset, captionOf, captionVocabulary, checkCaptionable, imageAt, subset } from '../data/index.ts';
 import { type ClipEvalReport, evaluateClip } from '../eval/clip.ts';
 import { buildChecked, manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
 import { EpochBatcher, chunks, imagesAt } from './data.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
-import { dataSettings, vaeData } from './vae.ts';
+import { dataSettings, resolveDataset, vaeData } from './vae.ts';
 import { toSigned } from '../data/pixels.ts';
 
 export const CLIP_PRESETS = ['mnist'] as const;
@@ -98,9 +101,18 @@ export const CLIP_TRAIN_DEFAULTS: Omit<ClipTrainOptions, 'runDir'> = {
   preset: 'mnist',
 };
 
-/** The word tokenizer for generated captions (src/data/captions.ts): every caption word and ','. */
+/** The word tokenizer for generated digit captions (src/data/captions.ts): every caption word and ','. */
 export function mnistCaptionTokenizer(maxLength = TEXT_ENCODER_PRESETS.mnist.max_position_embeddings): WordTokenizer {
-  return new WordTokenizer([...CAPTION_VOCABULARY, ...CAPTION_PUNCTUATION], { maxLength });
+  return captionTokenizer({}, maxLength);
+}
+
+/**
+ * The word tokenizer for a dataset's captions (src/data/captioning.ts captionVocabulary): the
+ * digit caption words for digits, the templates' words and the class names for named classes,
+ * the texts' words for a metadata.jsonl. Saved with the run's CLIP (tokenizer.json).
+ */
+export function captionTokenizer(ds: Pick<Dataset, 'classNames' | 'captions'>, maxLength = TEXT_ENCODER_PRESETS.mnist.max_position_embeddings): WordTokenizer {
+  return new WordTokenizer(captionVocabulary(ds), { maxLength });
 }
 
 /** The CLIP config a preset plus overrides give, for a tokenizer of `vocabSize` words. */
@@ -130,9 +142,9 @@ export interface CaptionBatch {
   captions: string[];
 }
 
-/** Captions for the examples at `indices` of `ds`, drawn with `rng`. */
+/** Captions for the examples at `indices` of `ds`, drawn with `rng` (src/data/captioning.ts captionOf). */
 export function captionsFor(ds: Dataset, indices: ArrayLike<number>, rng: Random): string[] {
-  return Array.from(indices, (i) => captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i], rng));
+  return Array.from(indices, (i) => captionOf(ds, i, rng));
 }
 
 /**
@@ -247,13 +259,16 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
   if (!(opts.sameLabelWeight >= 0 && opts.sameLabelWeight <= 1)) {
     throw new UsageError(`--same-label-weight: expected a number in [0, 1], got ${opts.sameLabelWeight}.`);
   }
-  const tokenizer = mnistCaptionTokenizer(opts.config?.text?.max_position_embeddings);
+  // The data first: the tokenizer's vocabulary (so the model's vocab_size) comes from its captions.
+  const size = clipTrainConfig(opts.preset, 1, opts.config).image_config.sample_size;
+  const data = vaeData({ ...opts, dataset: await resolveDataset(opts.dataset), size });
+  const { train: trainSet, val } = data;
+  checkCaptionable(trainSet);
+  const tokenizer = captionTokenizer(trainSet, opts.config?.text?.max_position_embeddings);
   const config = clipTrainConfig(opts.preset, tokenizer.vocabSize, opts.config);
   manualSeed(opts.seed);
   const clip = buildChecked(() => new CLIPModel(config), 'clip config'); // validates the config
   clip.tokenizer = tokenizer;
-  const size = clip.config.image_config.sample_size;
-  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size });
   const clipDir = path.join(opts.runDir, 'clip');
   const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
   const log = trainLog(opts);
@@ -268,7 +283,7 @@ export async function trainClip(opts: ClipTrainOptions): Promise<ClipTrainResult
         batchSize: opts.batchSize,
         sameLabelWeight: opts.sameLabelWeight,
         shiftPixels: opts.shiftPixels,
-        ...dataSettings(opts, trainSet),
+        ...dataSettings(opts, data),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
       examplesPerStep: opts.batchSize,

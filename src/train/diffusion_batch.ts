@@ -2,7 +2,7 @@
  * The UNet trainer's batches: for the examples at `indices`, everything the loss needs, all
  * randomness drawn from one seeded generator in a fixed order (exact resume depends on it):
  *
- *   c    = a fresh caption of each digit, or "" with probability captionDropout
+ *   c    = a fresh caption of each example, or "" with probability captionDropout
  *          (classifier-free guidance), as the frozen text encoder's states (TextCache)
  *   t    ~ U{0, …, T−1} per example,   ε ~ N(0, I)
  *   x0   = scaling_factor · z,   z = VAE posterior mean (or a sample μ + σ·ε')
@@ -13,8 +13,7 @@
  *   const batch = maker.make(trainSet, latents.train, indices, new Random(`...`), 0.1);
  */
 import * as tf from '@tensorflow/tfjs';
-import { captionFor } from '../data/captions.ts';
-import { type Dataset, imageAt } from '../data/index.ts';
+import { type Dataset, captionOf } from '../data/index.ts';
 import { NoiseSchedule } from '../schedule/index.ts';
 import type { Random } from '../util/random.ts';
 import type { LatentSet } from './latents.ts';
@@ -45,12 +44,11 @@ export interface BatchMaker {
 
 /**
  * One caption per example: "" (unconditional) with probability `dropout`, else a fresh caption
- * from the caption generator. Draws, per example in order: one uniform, then the caption's own.
+ * from the dataset's caption generator (src/data/captioning.ts captionOf). Draws, per example in
+ * order: one uniform, then the caption's own.
  */
 export function drawCaptions(ds: Dataset, indices: ArrayLike<number>, rng: Random, dropout: number): string[] {
-  return Array.from(indices, (i) =>
-    rng.next() < dropout ? '' : captionFor({ data: imageAt(ds, i), height: ds.height, width: ds.width }, ds.labels[i], rng),
-  );
+  return Array.from(indices, (i) => (rng.next() < dropout ? '' : captionOf(ds, i, rng)));
 }
 
 /** The run's noise schedule and its batch maker. */

@@ -92,6 +92,6 @@ export function cachedLatents(
     tensors.set(`${p}.std`, { shape: [s.n, ...s.shape], data: s.std });
   }
   writeSafetensors(file, tensors, { metadata: { key: fingerprint } });
-  log(`unet: encoded ${train.n + val.n} digits with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
+  log(`unet: encoded ${train.n + val.n} images with the VAE in ${((Date.now() - started) / 1000).toFixed(1)} s; cached in ${file}`);
   return { train, val };
 }

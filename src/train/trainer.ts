@@ -47,6 +47,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import type { Dataset, TfDataset } from '../data/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { makeDirs } from '../util/fs.ts';
 import { Progress, formatDuration } from '../util/progress.ts';
@@ -193,8 +194,12 @@ export interface ModelTrainOptions
   warmupSteps: number;
   decay: LrSchedule['decay'];
   minLrRatio: number;
-  /** IDX directory; undefined = embedded MNIST. */
+  /** IDX directory or image folder (src/data/source.ts); undefined = embedded MNIST. */
   data?: string;
+  /** Class names for labelled data without them (IDX files, the embedded digits, `dataset`), label 0 first. */
+  classes?: readonly string[];
+  /** Library API: an in-memory Dataset or a tf.data.Dataset of {image, label} / {image, text} (src/data/tfdata.ts), instead of `data`. */
+  dataset?: Dataset | TfDataset<tf.TensorContainer>;
   /** Train on only the first N training digits (quick runs). */
   limit?: number;
 }

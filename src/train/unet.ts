@@ -1,5 +1,6 @@
 /**
- * Training the latent-diffusion UNet on captioned digits — `npx sdlab train unet`.
+ * Training the latent-diffusion UNet on captioned digits (or your own captioned images:
+ * src/data/captioning.ts) — `npx sdlab train unet`.
  *
  *   x0  = scaling_factor · z,   z = VAE posterior mean (or a sample μ + σ·ε) of a training digit
  *   t   ~ U{0, …, T−1},  ε ~ N(0, I),  x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε
@@ -29,8 +30,9 @@
  * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
  *
  * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
- * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit, same noise each epoch,
- * so you watch the digits form.
+ * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit (or class), same noise
+ * each epoch, so you watch the digits form. On data that is not the digits it also writes
+ * <run>/classes.json (src/data/run_classes.ts): the class prompts `sample` and `train all` use.
  *
  *   const res = await trainUnet({ ...UNET_TRAIN_DEFAULTS, runDir: 'runs/default' });
  *
@@ -44,8 +46,8 @@ import { AutoencoderKL, VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
 import { TextEncoder } from '../clip/text_encoder.ts';
 import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
-import { DIGIT_WORDS } from '../data/captions.ts';
-import type { Dataset } from '../data/index.ts';
+import { WordTokenizer, splitWords } from '../clip/tokenizer_word.ts';
+import { type Dataset, captionVocabulary, checkCaptionable, classLabels, classPrompts, writeRunClasses } from '../data/index.ts';
 import { buildChecked, manualSeed, skipInit } from '../nn/index.ts';
 import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler, scheduleBetas } from '../schedule/index.ts';
 import { NonFiniteError, StableDiffusionPipeline } from '../sample/pipeline.ts';
@@ -63,7 +65,7 @@ import type { NamedVariable } from './optimizer.ts';
 import { trainDir } from './state.ts';
 import { TextCache } from './text_cache.ts';
 import { type EpochContext, type ModelTrainOptions, type TrainResult, harnessOptions, lastEpochValue, train, trainLog } from './trainer.ts';
-import { DATA_SPLIT, dataSettings, vaeData } from './vae.ts';
+import { DATA_SPLIT, dataSettings, resolveDataset, vaeData } from './vae.ts';
 
 export type LatentMode = 'mean' | 'sample';
 
@@ -183,6 +185,21 @@ export function loadFrozenParts(runDir: string): FrozenParts {
   };
 }
 
+/**
+ * Refuses a text encoder whose word tokenizer lacks words of this data's captions: it was trained
+ * on other data (say MNIST's CLIP for a Fashion-MNIST UNet), and its prompts would be <unk>.
+ */
+export function checkVocabulary(tokenizer: Tokenizer, ds: Pick<Dataset, 'classNames' | 'captions'>, clipDir: string, runDir: string): void {
+  if (!(tokenizer instanceof WordTokenizer)) return;
+  const known = new Set(tokenizer.vocab);
+  const missing = [...new Set(captionVocabulary(ds).flatMap(splitWords))].filter((w) => !known.has(w));
+  if (missing.length === 0) return;
+  const shown = missing.slice(0, 4).map((w) => `"${w}"`).join(', ');
+  throw new UsageError(
+    `${path.join(clipDir, 'tokenizer.json')}: the run's text encoder does not know ${missing.length} word(s) of this data's captions (${shown}${missing.length > 4 ? ', ...' : ''}); it was trained on other data: train it on the same data first with \`${trainCommand('clip', runDir)}\` and the same --data/--classes.`,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Noise schedule
 
@@ -220,19 +237,27 @@ export function checkUnetSchedule(o: Pick<UnetTrainOptions, 'numTrainTimesteps' 
 // ---------------------------------------------------------------------------------------------
 // Pictures
 
-/** One row per digit ("a handwritten <word>"), `cols` images each, same seed every time. */
+/** Rows of the sample grid: at most this many classes (the first ones). */
+export const GRID_MAX_ROWS = 10;
+
+/**
+ * One row per class, `cols` images each, same seed every time: for digits "a handwritten <word>"
+ * rows 0-9, otherwise the dataset's class prompts (src/data/captioning.ts classPrompts), the
+ * first GRID_MAX_ROWS of them.
+ */
 export async function saveSampleGrid(
   file: string,
   parts: { vae: AutoencoderKL; textEncoder: TextEncoder; tokenizer: Tokenizer; unet: UNet2DConditionModel },
   schedulerConfig: Record<string, unknown>,
-  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string },
+  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string; classes?: Pick<Dataset, 'classNames' | 'captions'> },
 ): Promise<void> {
   const scheduler = createScheduler('ddim', schedulerConfig);
   const pipe = new StableDiffusionPipeline({ ...parts, scheduler });
-  const prompts = DIGIT_WORDS.flatMap((w) => new Array<string>(o.cols).fill(`a handwritten ${w}`));
+  const rows = classPrompts(o.classes ?? {}).slice(0, GRID_MAX_ROWS);
+  const prompts = rows.flatMap((p) => new Array<string>(o.cols).fill(p));
   const out = pipe.call({ prompt: prompts, numInferenceSteps: o.steps, guidanceScale: o.guidance, seed: o.seed ?? 0 });
   try {
-    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: DIGIT_WORDS.map((_, d) => String(d)), title: o.title });
+    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: classLabels(o.classes ?? {}).slice(0, GRID_MAX_ROWS), title: o.title });
   } finally {
     tf.dispose([out.images, out.latents, out.promptEmbeds]);
     scheduler.dispose();
@@ -275,8 +300,13 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const schedulerFile = path.join(opts.runDir, 'scheduler', 'scheduler_config.json');
   const schedulerConfig = unetSchedulerConfig(opts);
 
-  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: vae.config.sample_size });
-  const latents = cachedLatents(path.join(dir, LATENTS_FILE), vae, parts.vaeDir, { train: trainSet, val }, { data: opts.data ?? null, limit: opts.limit ?? null, split: DATA_SPLIT }, log);
+  const data = vaeData({ ...opts, dataset: await resolveDataset(opts.dataset), size: vae.config.sample_size });
+  const { train: trainSet, val } = data;
+  checkCaptionable(trainSet);
+  checkVocabulary(tokenizer, trainSet, parts.clipDir, opts.runDir);
+  // A non-digit source adds its fingerprint to the cache key (two in-memory datasets share data: null).
+  const latentsKey = { data: opts.data ?? null, limit: opts.limit ?? null, split: DATA_SPLIT, ...(data.source.fingerprint ? { fingerprint: data.source.fingerprint } : {}) };
+  const latents = cachedLatents(path.join(dir, LATENTS_FILE), vae, parts.vaeDir, { train: trainSet, val }, latentsKey, log);
   const latentStd = stdOf(latents.train.mean, sf);
 
   const config: UNet2DConditionConfig = {
@@ -305,7 +335,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const writeScheduler = () => {
     writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
   };
-  log(`unet: ${trainSet.n} training digits → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);
+  log(`unet: ${trainSet.n} training images → ${latents.train.shape.join('×')} latents (mode ${opts.latents}), std of the scaled posterior means ${latentStd.toFixed(3)} (scaling_factor ${sf.toPrecision(5)}); text ${text.length}×${text.width}`);
 
   const result = await train<DiffusionBatch>(
     {
@@ -319,7 +349,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         captionDropout: opts.captionDropout,
         emaDecay: opts.emaDecay,
         latents: opts.latents,
-        ...dataSettings(opts, trainSet),
+        ...dataSettings(opts, data),
         vae: vaeFingerprint(parts.vaeDir).slice(0, 16),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
@@ -345,7 +375,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
         const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
         try {
-          await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+          await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title, classes: trainSet });
         } catch (err) {
           // A picture of progress is no reason to stop training (nor to draw black squares).
           if (!(err instanceof NonFiniteError)) throw err;
@@ -359,6 +389,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         fs.rmSync(emaFile, { force: true }); // an older sdlab's EMA file: the state file now holds the EMA
         exported.save(unetDir);
         writeScheduler();
+        writeRunClasses(opts.runDir, trainSet); // what `sample` prompts by default (none for digits)
       },
     },
     {

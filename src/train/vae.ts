@@ -9,9 +9,10 @@
  * the latents bounded, so the autoencoder stays almost deterministic and sharp. (No
  * perceptual/GAN losses: on 32-px digits plain MSE is enough.)
  *
- * Data: the embedded MNIST digits (or --data IDX dir), a fixed held-out split (10%, split seed 0,
- * shared by every sdlab trainer so the validation digits are never trained on), padded to
- * 32×32. Each epoch reports held-out reconstruction loss and PSNR (decoding the posterior mean;
+ * Data: the embedded MNIST digits (or --data: IDX files or an image folder, src/data/source.ts;
+ * or the API's `dataset`, an in-memory or tf.data.Dataset), a fixed held-out split (10%, split
+ * seed 0, shared by every sdlab trainer so the validation digits are never trained on), padded to
+ * 32×32 (vaeData; dataSettings stores what pins the data, so a resume on other data is refused). Each epoch reports held-out reconstruction loss and PSNR (decoding the posterior mean;
  * PSNR = 10·log10(1/MSE) over all validation pixels in [0, 1]) and draws
  * <run>/train/vae/reconstructions.png (originals above, reconstructions below).
  *
@@ -24,7 +25,7 @@
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL, type AutoencoderKLConfig, VAE_PRESETS, klDivergence } from '../autoencoder/index.ts';
-import { type Dataset, loadDataset, padDataset, splitDataset, subset } from '../data/index.ts';
+import { type Dataset, type TfDataset, captionKind, datasetFingerprint, datasetFromTf, isTfDataset, loadDataset, padDataset, splitDataset, subset } from '../data/index.ts';
 import { buildChecked, manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
@@ -87,23 +88,70 @@ export interface VaeTrainResult extends TrainResult {
   vaeDir: string;
 }
 
-/** The train/validation digits the VAE (and later trainers) use, padded to `size`. */
-export function vaeData(opts: { data?: string; limit?: number; valLimit?: number; size: number }): { train: Dataset; val: Dataset } {
-  const ds = loadDataset({ data: opts.data });
+/** Where a trainer's examples come from: the options every trainer shares (ModelTrainOptions). */
+export interface DataOptions {
+  /** A directory (`--data`): IDX files or an image folder; undefined = the embedded MNIST digits. */
+  data?: string;
+  /** Class names for labelled data without them (`--classes`). */
+  classes?: readonly string[];
+  /** An in-memory dataset instead of `data` (the library API; a tf.data.Dataset is read by resolveDataset first). */
+  dataset?: Dataset;
+  /** Train on only the first N training examples. */
+  limit?: number;
+  /** Validate on only the first N held-out examples. */
+  valLimit?: number;
+}
+
+/** The examples a trainer uses, and the stored settings that pin where they came from. */
+export interface TrainData {
+  train: Dataset;
+  val: Dataset;
+  /** sourceSettings of the loaded data ({} for digits from the embedded set or IDX files). */
+  source: Record<string, unknown>;
+}
+
+/** The train/validation examples the VAE (and later trainers) use, padded to `size`. */
+export function vaeData(opts: DataOptions & { size: number }): TrainData {
+  const ds = loadDataset({ data: opts.data, classes: opts.classes, dataset: opts.dataset });
   const split = splitDataset(ds, DATA_SPLIT);
   let train = split.train;
   let val = split.val;
   if (opts.limit !== undefined && opts.limit < train.n) train = subset(train, Int32Array.from({ length: opts.limit }, (_, i) => i));
   if (opts.valLimit !== undefined && opts.valLimit < val.n) val = subset(val, Int32Array.from({ length: opts.valLimit }, (_, i) => i));
   if (train.height > opts.size || train.width > opts.size) {
-    throw new UsageError(`data: images are ${train.height}×${train.width}, larger than the VAE's sample_size ${opts.size}.`);
+    throw new UsageError(
+      `${ds.source ?? 'data'}: images are ${train.height}×${train.width}, larger than the model's sample_size ${opts.size}; smaller images are padded, larger ones are not resized (resize them, or train with a larger --sample-size).`,
+    );
   }
-  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size) };
+  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size), source: sourceSettings(ds, opts) };
 }
 
-/** The stored settings that pin a run's digits, held-out ones included (every trainer stores them; a resume must see the same ones). */
-export function dataSettings(opts: { data?: string; limit?: number; valLimit?: number }, train: Dataset): Record<string, unknown> {
-  return { data: opts.data ?? null, limit: opts.limit ?? null, valLimit: opts.valLimit ?? null, trainExamples: train.n, split: DATA_SPLIT };
+/**
+ * What a run stores about its data besides --data/--limit: nothing for digits from the embedded
+ * set or IDX files (their runs stay as they were); otherwise the --classes given, how captions are
+ * made, the class names (or how many texts) and the dataset's fingerprint — so a resume on other
+ * data, other names or another in-memory dataset is refused.
+ */
+export function sourceSettings(ds: Dataset, opts: Pick<DataOptions, 'classes' | 'dataset'>): Record<string, unknown> {
+  const kind = captionKind(ds);
+  if (kind === 'digits' && !opts.dataset) return {};
+  return {
+    classes: opts.classes ? [...opts.classes] : null,
+    captions: kind,
+    ...(kind === 'classes' ? { classNames: [...ds.classNames!] } : kind === 'texts' ? { texts: ds.classNames!.length } : {}),
+    fingerprint: datasetFingerprint(ds),
+  };
+}
+
+/** The in-memory dataset of `opts.dataset`: a tf.data.Dataset is read into memory (once per call). */
+export async function resolveDataset(dataset: Dataset | TfDataset<tf.TensorContainer> | undefined): Promise<Dataset | undefined> {
+  if (dataset === undefined) return undefined;
+  return isTfDataset(dataset) ? datasetFromTf(dataset) : dataset;
+}
+
+/** The stored settings that pin a run's examples, held-out ones included (every trainer stores them; a resume must see the same ones). */
+export function dataSettings(opts: { data?: string; limit?: number; valLimit?: number }, data: TrainData): Record<string, unknown> {
+  return { data: opts.data ?? null, limit: opts.limit ?? null, valLimit: opts.valLimit ?? null, trainExamples: data.train.n, split: DATA_SPLIT, ...data.source };
 }
 
 /** Reconstruction error of one batch (mean over all elements). */
@@ -213,7 +261,8 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
   if (config.in_channels !== 1 || config.out_channels !== 1) {
     throw new UsageError(`vae config: in_channels/out_channels must be 1 for grayscale digits, got ${config.in_channels}/${config.out_channels}.`);
   }
-  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: config.sample_size });
+  const data = vaeData({ ...opts, dataset: await resolveDataset(opts.dataset), size: config.sample_size });
+  const { train: trainSet, val } = data;
   manualSeed(opts.seed);
   const vae = buildChecked(() => new AutoencoderKL(config), 'vae config');
   const vaeDir = path.join(opts.runDir, 'vae');
@@ -233,7 +282,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         batchSize: opts.batchSize,
         loss: opts.loss,
         beta: opts.beta,
-        ...dataSettings(opts, trainSet),
+        ...dataSettings(opts, data),
       },
       stepsPerEpoch: batcher.stepsPerEpoch,
       examplesPerStep: opts.batchSize,
@@ -265,7 +314,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         vae.config.scaling_factor = scalingFactor;
         vae.save(vaeDir);
         trainLog(opts)(
-          `vae: latent std over ${nScale} training digits = ${std.toFixed(4)} → scaling_factor ${scalingFactor.toFixed(5)} written to ${path.join(vaeDir, 'config.json')}`,
+          `vae: latent std over ${nScale} training images = ${std.toFixed(4)} → scaling_factor ${scalingFactor.toFixed(5)} written to ${path.join(vaeDir, 'config.json')}`,
         );
       },
     },
