@@ -418,7 +418,7 @@ describe('reading PNGs within the limits', () => {
     expect(() => readPngSize(write('side.png', blackPng(4097, 1)))).toThrow(/side\.png: 4097×1 pixels, over sdlab's limit of 4096 px a side and 16 Mpx\.$/);
     expect(() => readPngSize(write('edge.png', blackPng(4096, 1)))).not.toThrow();
     expect(() => readPng(write('text.png', Buffer.from('not a png at all, just text that is long enough')))).toThrow(/text\.png: cannot read PNG \(no PNG signature and IHDR header: not a PNG image\)\.$/);
-    expect(() => readPng(tmp)).toThrow(/: cannot read PNG \(not a regular file\)\.$/);
+    expect(() => readPng(tmp)).toThrow(/: is a directory; expected a PNG image\.$/);
     expect(() => readPng(path.join(tmp, 'missing.png'))).toThrow(/missing\.png: cannot read PNG \(ENOENT\)\.$/);
     expect(() => readPng(write('cut.png', blackPng(8, 8).subarray(0, 40)))).toThrow(/cut\.png: cannot read PNG \(invalid: /);
   });

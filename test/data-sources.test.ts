@@ -281,7 +281,7 @@ describe('bad folder and metadata.jsonl entries: one line naming the file (and l
       `${path.join(dir, 'dog', 'c.png')}: 10×10 pixels, but ${path.join(dir, 'cat', 'a.png')} is 8×8; every image must have the same size (sdlab does not resize: resize them first).`,
     );
     dir = labelsWith('broken', (d) => fs.writeFileSync(path.join(d, 'dog', 'c.png'), 'not a png at all'));
-    expect(usageError(() => loadDataset({ data: dir }))).toMatch(new RegExp(`^${path.join(dir, 'dog', 'c.png')}: not a valid PNG`));
+    expect(usageError(() => loadDataset({ data: dir }))).toMatch(new RegExp(`^${path.join(dir, 'dog', 'c.png')}: cannot read PNG \\(`));
     dir = labelsWith('empty', (d) => fs.mkdirSync(path.join(d, 'emu')));
     expect(usageError(() => loadDataset({ data: dir }))).toMatch(new RegExp(`^${path.join(dir, 'emu')}: no PNG images in this label folder`));
     const none = path.join(tmp, 'nothing');
