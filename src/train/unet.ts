@@ -26,7 +26,10 @@
  *
  * EMA: an exponential moving average of the weights (decay min(emaDecay, (1+n)/(10+n)) after n
  * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights, AdamW moments and
- * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
+ * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit.
+ * <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`, and
+ * <run>/sampling_config.json how to sample (opts.sampling: sampler, steps, guidance, eta), so
+ * `sdlab sample` and `sdlab eval` use the recipe's settings without flags.
  *
  * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
  * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit, same noise each epoch,
@@ -46,9 +49,11 @@ import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
 import { DIGIT_WORDS } from '../data/captions.ts';
 import type { Dataset } from '../data/index.ts';
+import { type Canvas, vaeCanvas } from '../data/canvas.ts';
 import { manualSeed, skipInit } from '../nn/index.ts';
 import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler } from '../schedule/index.ts';
 import { StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { type SamplingSettings, writeSamplingConfig } from '../sample/settings.ts';
 import { UNet2DConditionModel, type UNet2DConditionConfig, mnistUnetConfig } from '../unet/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -96,6 +101,10 @@ export interface UnetTrainOptions extends ModelTrainOptions {
   gridCols: number;
   gridSteps: number;
   gridGuidance: number;
+  /** How the trained model is sampled: written to <run>/sampling_config.json, the defaults of `sdlab sample` and `sdlab eval`. */
+  sampling: SamplingSettings;
+  /** Who chose `sampling` (recorded in the file; default "sdlab train unet"). */
+  samplingSource?: string;
   /** Called after every update (and after the EMA update); `unet` holds the raw weights. */
   onStep?: (info: { step: number; loss: number; lr: number; epoch: number; batchIndex: number; unet: UNet2DConditionModel }) => void;
 }
@@ -109,6 +118,12 @@ export const RECIPE_UNET_CONFIG: Partial<UNet2DConditionConfig> = {
   down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'],
   up_block_types: ['CrossAttnUpBlock2D', 'UpBlock2D'],
 };
+
+/**
+ * How the recipe's UNet is sampled: DDIM, 50 steps, guidance 1.75 — the full preset's measured
+ * balance of faithfulness (accuracy) and diversity (FID) (the table in presets.ts).
+ */
+export const RECIPE_SAMPLING: SamplingSettings = { scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0 };
 
 /** The full-preset recipe (see presets.ts for what it was chosen against and what helped). */
 export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
@@ -139,6 +154,7 @@ export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
   gridCols: 4,
   gridSteps: 20,
   gridGuidance: 3,
+  sampling: RECIPE_SAMPLING,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -214,16 +230,19 @@ export async function saveSampleGrid(
   file: string,
   parts: { vae: AutoencoderKL; textEncoder: TextEncoder; tokenizer: Tokenizer; unet: UNet2DConditionModel },
   schedulerConfig: Record<string, unknown>,
-  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string },
+  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string; canvas?: Canvas },
 ): Promise<void> {
   const scheduler = createScheduler('ddim', schedulerConfig);
   const pipe = new StableDiffusionPipeline({ ...parts, scheduler });
   const prompts = DIGIT_WORDS.flatMap((w) => new Array<string>(o.cols).fill(`a handwritten ${w}`));
   const out = pipe.call({ prompt: prompts, numInferenceSteps: o.steps, guidanceScale: o.guidance, seed: o.seed ?? 0 });
+  // The digits at the data's own size, as `sdlab sample` writes them (src/data/canvas.ts).
+  const c = o.canvas;
+  const images = c && out.images.shape[1] === c.size && out.images.shape[2] === c.size ? tf.slice(out.images, [0, c.top, c.left, 0], [-1, c.nativeHeight, c.nativeWidth, -1]) : out.images;
   try {
-    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: DIGIT_WORDS.map((_, d) => String(d)), title: o.title });
+    await saveImageGrid(file, images, { cols: o.cols, scale: 2, rowLabels: DIGIT_WORDS.map((_, d) => String(d)), title: o.title });
   } finally {
-    tf.dispose([out.images, out.latents, out.promptEmbeds]);
+    tf.dispose([images, out.images, out.latents, out.promptEmbeds]);
     scheduler.dispose();
   }
 }
@@ -290,6 +309,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
   const totalSteps = Math.min(opts.epochs * batcher.stepsPerEpoch, opts.maxSteps ?? Infinity);
   const frozen = { vae, textEncoder, tokenizer };
+  const { canvas } = vaeCanvas(parts.vaeDir, { sampleSize: vae.config.sample_size, inChannels: vae.config.in_channels });
   const writeScheduler = () => {
     fs.mkdirSync(path.dirname(schedulerFile), { recursive: true });
     writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
@@ -333,13 +353,14 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         const epochName = Number.isInteger(ctx.epoch) ? String(ctx.epoch) : ctx.epoch.toFixed(2);
         const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
         const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
-        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title });
+        await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title, canvas });
         fs.copyFileSync(file, path.join(ctx.dir, 'samples.png'));
       },
       exportModel: () => {
         fs.rmSync(emaFile, { force: true }); // an older sdlab's EMA file: the state file now holds the EMA
         exported.save(unetDir);
         writeScheduler();
+        writeSamplingConfig(opts.runDir, opts.sampling, opts.samplingSource ?? 'sdlab train unet');
       },
     },
     {

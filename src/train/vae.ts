@@ -15,6 +15,9 @@
  * PSNR = 10·log10(1/MSE) over all validation pixels in [0, 1]) and draws
  * <run>/train/vae/reconstructions.png (originals above, reconstructions below).
  *
+ * Beside the model it records the data's own size and padding (<run>/vae/canvas.json, see
+ * src/data/canvas.ts), so what the run draws can be written at the data's size.
+ *
  * After the last step it measures the standard deviation of the sampled latents over the
  * training set (its first 2048 digits, a random sample: plenty for one number) and writes scaling_factor = 1/std into <run>/vae/config.json — the way SD's
  * 0.18215 was found — so the diffusion model sees unit-variance latents.
@@ -24,7 +27,7 @@
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL, type AutoencoderKLConfig, VAE_PRESETS, klDivergence } from '../autoencoder/index.ts';
-import { type Dataset, loadDataset, padDataset, splitDataset, subset } from '../data/index.ts';
+import { type Canvas, type Dataset, centredCanvas, loadDataset, padDataset, splitDataset, subset, writeCanvasRecord } from '../data/index.ts';
 import { manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
@@ -87,8 +90,8 @@ export interface VaeTrainResult extends TrainResult {
   vaeDir: string;
 }
 
-/** The train/validation digits the VAE (and later trainers) use, padded to `size`. */
-export function vaeData(opts: { data?: string; limit?: number; valLimit?: number; size: number }): { train: Dataset; val: Dataset } {
+/** The train/validation digits the VAE (and later trainers) use, padded to `size`, and where they sit on that canvas. */
+export function vaeData(opts: { data?: string; limit?: number; valLimit?: number; size: number }): { train: Dataset; val: Dataset; canvas: Canvas; source?: string } {
   const ds = loadDataset({ data: opts.data });
   const split = splitDataset(ds, DATA_SPLIT);
   let train = split.train;
@@ -98,7 +101,7 @@ export function vaeData(opts: { data?: string; limit?: number; valLimit?: number
   if (train.height > opts.size || train.width > opts.size) {
     throw new UsageError(`data: images are ${train.height}×${train.width}, larger than the VAE's sample_size ${opts.size}.`);
   }
-  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size) };
+  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size), canvas: centredCanvas(train.height, train.width, opts.size), source: ds.source };
 }
 
 /** The stored settings that pin a run's digits, held-out ones included (every trainer stores them; a resume must see the same ones). */
@@ -213,7 +216,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
   if (config.in_channels !== 1 || config.out_channels !== 1) {
     throw new UsageError(`vae config: in_channels/out_channels must be 1 for grayscale digits, got ${config.in_channels}/${config.out_channels}.`);
   }
-  const { train: trainSet, val } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: config.sample_size });
+  const { train: trainSet, val, canvas, source } = vaeData({ data: opts.data, limit: opts.limit, valLimit: opts.valLimit, size: config.sample_size });
   manualSeed(opts.seed);
   const vae = new AutoencoderKL(config);
   const vaeDir = path.join(opts.runDir, 'vae');
@@ -255,7 +258,11 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         await saveReconstructionGrid(path.join(ctx.dir, 'reconstructions.png'), vae, gridSet, { title });
         await saveReconstructionGrid(path.join(ctx.dir, `reconstructions_epoch${ctx.epoch}.png`), vae, gridSet, { title });
       },
-      exportModel: () => vae.save(vaeDir),
+      exportModel: () => {
+        vae.save(vaeDir);
+        // The data's own size and where it sits on the canvas, so outputs can be cropped back to it.
+        writeCanvasRecord(vaeDir, canvas, source);
+      },
       onTrainEnd: (ctx) => {
         const nScale = Math.min(trainSet.n, opts.scaleExamples ?? 2048);
         if (nScale <= 0) return;
