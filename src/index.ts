@@ -7,9 +7,9 @@
  *
  *   import { useBackend, loadRun, saveImageGrid } from 'sdlab';
  *   await useBackend();                                         // native SIMD backend, else cpu
- *   const { pipeline } = loadRun('runs/default');               // after `npx sdlab train all`
- *   const { images } = pipeline.call({ prompt: 'a handwritten 7', numInferenceSteps: 25,
- *                                      guidanceScale: 1.75, seed: 0 });
+ *   const { pipeline, sampling } = loadRun('runs/default');     // after `npx sdlab train all`
+ *   const { images } = pipeline.call({ prompt: 'a handwritten 7', numInferenceSteps: sampling.settings.steps,
+ *                                      guidanceScale: sampling.settings.guidance, seed: 0 });
  *   await saveImageGrid('seven.png', images, { scale: 4 });     // README "Library" has it as a file to run
  *
  * Everything here is also reachable by folder (src/<folder>/index.ts); this file names the
@@ -59,6 +59,7 @@ export { makeBatchMaker, type DiffusionBatch } from './train/diffusion_batch.ts'
 export { loadDataset, splitDataset, padDataset, subset, imageAt, batches, type Dataset, type LoadOptions } from './data/index.ts';
 export { loadImageFolder, datasetFromTf, type TfDataset, FASHION_MNIST_CLASSES, readRunClasses, type RunClasses } from './data/index.ts';
 export { captionOf, classPrompts, captionVocabulary, CLASS_TEMPLATES, type CaptionKind } from './data/index.ts';
+export { toCanvasMode, cropPixels, padPixels, centredCanvas, vaeCanvas, type Canvas, type CanvasMode } from './data/canvas.ts';
 export { captionFor, promptForDigit, DIGIT_WORDS } from './data/captions.ts';
 export { toSigned, toUnit, normalize, denormalize } from './data/pixels.ts';
 

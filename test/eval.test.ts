@@ -5,7 +5,10 @@
  * (the tfjs cpu backend's conv2DBackpropFilter makes training far too slow there), also: the
  * real classifier learns (a few dozen steps on 500 digits → clearly above chance), is trained
  * once and cached, and `runEval` on real digits posing as samples scores high conditional
- * accuracy with FID near its real-vs-real baseline, while a mode-collapsed "generator" does not.
+ * accuracy with FID near its real-vs-real baseline, while a mode-collapsed "generator" does not;
+ * and --sanity orders the sets as a trustworthy metric must (blurred, noisy, repeated, one-class
+ * digits far above real ones; the feature layer alone fails this). `eval` without --samples draws
+ * them at the run's sampling_config.json settings (flags win) and says so.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fs from 'node:fs';
@@ -21,6 +24,7 @@ import {
   type RealDigits,
 } from '../src/eval/evaluate.ts';
 import { loadSamples, readDigitPng, type Samples } from '../src/eval/samples.ts';
+import { formatSanityTable } from '../src/eval/sanity.ts';
 import {
   DigitClassifier, DEFAULT_SPLIT, type ImageClassifier, accuracy, ensureClassifier, loadSplit, shiftedBatch, trainClassifier, signedImages,
 } from '../src/eval/classifier.ts';
@@ -30,6 +34,7 @@ import { writeSafetensors } from '../src/io/safetensors.ts';
 import { manualSeed } from '../src/nn/index.ts';
 import { registerNativeBackend, nativeLoadError } from '../src/backend/native.ts';
 import { Random } from '../src/util/random.ts';
+import { makeRandomRun } from './helpers/random-run.ts';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(__dirname, '..');
@@ -365,6 +370,72 @@ describe('sdlab eval: bad input exits 2 with one line', () => {
   });
 });
 
+describe('sdlab eval without --samples: draws them at the run\'s own sampling settings', () => {
+  // The native backend when it is built: the cpu backend's convolutions make sampling slow.
+  const cli = async (args: string[]) => {
+    try {
+      const { stdout, stderr } = await run('node', [path.join(ROOT, 'bin/sdlab.mjs'), 'eval', ...args], { cwd: tmp, env: { ...process.env, SDLAB_BACKEND: 'auto' } });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+  /** A random-weight run on the 32×32 canvas (28×28 digits) with a cached, untrained tiny classifier (so nothing trains here). */
+  const evalRun = (name: string, sampling: Record<string, unknown> | null) => {
+    const dir = path.join(tmp, name);
+    makeRandomRun(dir, { sampleSize: 32, native: 28, sampling });
+    manualSeed(1);
+    const clf = new DigitClassifier({ ...TINY, training: { data: '', split_seed: DEFAULT_SPLIT.seed, val_fraction: DEFAULT_SPLIT.valFraction, val_accuracy: 0.1, seconds: 0 } as never });
+    clf.save(path.join(dir, 'classifier'));
+    clf.dispose();
+    return dir;
+  };
+
+  it('samples --n per digit with the settings of sampling_config.json (flags win), says so, and scores them', async () => {
+    const dir = evalRun('runs/own', { scheduler: 'ddim', num_inference_steps: 2, guidance_scale: 2.5, eta: 0 });
+    const out = path.join(tmp, 'eval_own');
+    const r = await cli(['--run', dir, '--n', '2', '--out', out, '--n-real', '40']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`sampled 20 digits (2 per digit, 28×28) into ${path.join(out, 'samples')}: ddim, 2 steps, guidance 2.5, eta 0 (all from ${path.join(dir, 'sampling_config.json')})`);
+    const records = JSON.parse(fs.readFileSync(path.join(out, 'samples/samples.json'), 'utf8'));
+    expect(records).toHaveLength(20);
+    expect(records[19]).toMatchObject({ digit: 9, scheduler: 'ddim', steps: 2, guidance: 2.5, eta: 0 });
+    expect(PNG.sync.read(fs.readFileSync(path.join(out, 'samples/0000.png'))).width).toBe(28);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'eval.json'), 'utf8'));
+    expect(json.sampling).toEqual({ scheduler: 'ddim', steps: 2, guidance: 2.5, eta: 0 });
+    expect(json.samples.n).toBe(20);
+    expect(r.stdout).toMatch(/FID \(classifier, feature layer 32-d \+ blocks\.1 channel means 16-d \+ blocks\.2 channel means 16-d; 20 vs 20 images/);
+
+    // A flag overrides the file; eval of those samples, given back with --samples, reports how they were drawn.
+    const out2 = path.join(tmp, 'eval_own2');
+    const r2 = await cli(['--run', dir, '--n', '1', '--guidance', '4', '--out', out2, '--n-real', '40']);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(r2.stdout).toMatch(/ddim, 2 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta from .*sampling_config\.json\)/);
+    const r3 = await cli(['--run', dir, '--samples', path.join(out2, 'samples'), '--out', path.join(tmp, 'eval_own3'), '--n-real', '40']);
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(r3.stdout).toMatch(/samples drawn with ddim, 2 steps, guidance 4, eta 0 .*\nnote: the run samples itself with ddim, 2 steps, guidance 2\.5, eta 0 \(.*\); these samples differ in guidance\./);
+  }, 300_000);
+
+  it('bad sampling input exits 2 with one line and writes nothing', async () => {
+    const bad = evalRun('runs/badcfg', { scheduler: 'ddim', num_inference_steps: 2, guidance_scale: 2, eta: 0, steps: 3 });
+    const good = path.join(tmp, 'runs/own');
+    const cases: Array<[string[], RegExp]> = [
+      [['--run', bad, '--out', path.join(tmp, 'x1')], /sampling_config\.json: unknown key "steps"/],
+      [['--run', good, '--samples', path.join(tmp, 'eval_own/samples'), '--guidance', '3', '--out', path.join(tmp, 'x2')], /--guidance: only for drawing samples/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await cli(args);
+      expect(r.code).toBe(2);
+      const lines = r.stderr.trim().split('\n').filter((l) => !/cpu' backend|warning: using the slow/.test(l));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(re);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+    expect(fs.existsSync(path.join(tmp, 'x1')) || fs.existsSync(path.join(tmp, 'x2'))).toBe(false);
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // The real classifier (native backend only)
 
@@ -456,5 +527,40 @@ describe.runIf(nativeOk)('the digit classifier (native backend)', () => {
     expect(bad.histogram.entropy).toBeLessThan(0.4);
     expect(bad.fid.generated).toBeGreaterThan(5 * bad.fid.realBaseline);
     expect(bad.fid.realBaseline).toBe(r.fid.realBaseline);
+  });
+
+  it('--sanity: blurred, noisy, repeated and one-class digits score far worse than real ones', async () => {
+    // The classifier trained above (150 steps of the tiny one); the real-digit "samples" set m = 300.
+    const res = await runEval({ run: path.join(tmp, 'runs/real'), samples: path.join(tmp, 'real_samples'), out: path.join(tmp, 'eval_sanity'), sanity: true, log: () => {} });
+    const t = res.sanity!;
+    console.log(`eval.test: sanity table\n${formatSanityTable(t)}`);
+    expect(t.setSize).toBe(300);
+    const row = (re: RegExp) => {
+      const r = t.rows.find((x) => re.test(x.name));
+      expect(r, String(re)).toBeDefined();
+      return r!;
+    };
+    const real = row(/real held-out \(5 halvings/);
+    expect(real.ratio).toBeCloseTo(1, 12); // the reference is their mean
+    const realWorst = real.range![1];
+    // Real digits, however split, stay near the reference; every degradation is well above the worst of them.
+    expect(real.range![0]).toBeGreaterThan(0.4);
+    expect(realWorst).toBeLessThan(2);
+    expect(row(/blurred, σ 0\.75/).ratio).toBeGreaterThan(1.5 * realWorst);
+    expect(row(/blurred, σ 1\.5/).ratio).toBeGreaterThan(3 * realWorst);
+    expect(row(/blurred, σ 1\.5/).ratio).toBeGreaterThan(row(/blurred, σ 0\.75/).ratio);
+    expect(row(/pixel noise/).ratio).toBeGreaterThan(1.5 * realWorst);
+    expect(row(/each 10×/).ratio).toBeGreaterThan(2 * realWorst);
+    expect(row(/one class/).ratio).toBeGreaterThan(10 * realWorst);
+    // Near-duplicates: every repeated image has its twins; real digits rarely do.
+    expect(row(/each 10×/).nearDuplicates).toBe(1);
+    expect(real.nearDuplicates).toBeLessThan(0.2);
+    // The samples here are real training digits: they score like real digits.
+    expect(row(/the samples/).ratio).toBeLessThan(2 * realWorst);
+    // The feature layer alone is the blinder metric the lower layers were added for.
+    expect(row(/blurred, σ 0\.75/).featureLayerRatio).toBeLessThan(row(/blurred, σ 0\.75/).ratio);
+    const json = JSON.parse(fs.readFileSync(res.files.json, 'utf8'));
+    expect(json.sanity.rows.map((r: { set: string }) => r.set)).toEqual(t.rows.map((r) => r.name));
+    expect(json.near_duplicates.samples).toBe(res.report.nearDuplicates.generated);
   });
 });

@@ -1,11 +1,14 @@
 /**
- * `sdlab sample` on a tiny run directory made here from random-weight models saved through the
- * real save functions (AutoencoderKL.save, CLIPModel.save with its word tokenizer, UNet.save),
- * and `sdlab txt2img` on the sd1_tiny fixture: files written, samples.json's exact format and
- * digits, PNG pixels equal to the pipeline's images for (seed, index), the --animate GIF, and
- * bad input (missing run components, --steps 0, unknown scheduler, a single file without a
- * tokenizer) exiting with code 2 and one line (through main() in this process; one successful
- * `sample` goes through the real launcher in a child process).
+ * `sdlab sample` on a tiny run directory of random-weight models (helpers/random-run.ts), and
+ * `sdlab txt2img` on the sd1_tiny fixture: files written, samples.json's exact format and
+ * digits, PNG pixels equal to the pipeline's images for (seed, index), the --animate GIF; the
+ * run's own sampling settings (sampling_config.json: used where no flag is given, flags win,
+ * reported with where each came from, recorded in samples.json); digits written at the data's own
+ * size from vae/canvas.json (or the padded canvas); old runs without either file (defaults and
+ * notes); and bad input (missing run components, --steps 0, unknown scheduler, a bad
+ * sampling_config.json, a single file without a tokenizer) exiting with code 2 and one line
+ * (through main() in this process; one successful `sample` goes through the real launcher in a
+ * child process).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,16 +20,12 @@ import { GifReader } from 'omggif';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { AutoencoderKL } from '../src/autoencoder/index.ts';
-import { CLIPModel, mnistClipConfig } from '../src/clip/index.ts';
-import { mnistCaptionTokenizer } from '../src/train/clip.ts';
-import { UNet2DConditionModel, mnistUnetConfig } from '../src/unet/index.ts';
-import { manualSeed } from '../src/nn/index.ts';
 import { registerNativeBackend } from '../src/backend/native.ts';
 import { writeSampleSheet, samplePrompts, type SampleOptions } from '../src/sample/sheet.ts';
-import { digitFromPrompt, parseDigitList, loadRunPipeline, latentTile } from '../src/sample/index.ts';
+import { digitFromPrompt, parseDigitList, loadRunPipeline, latentTile, describeSampling } from '../src/sample/index.ts';
 import { gridLayout } from '../src/viz/index.ts';
 import { main } from '../src/cli.ts';
+import { makeRandomRun } from './helpers/random-run.ts';
 
 const execFileP = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -34,57 +33,13 @@ const FIXTURE = path.resolve(ROOT, '../shared/fixtures/sd1_tiny');
 let tmp: string;
 let runDir: string;
 
-/** A run directory with tiny random models: 16×16 gray images, 4×8×8 latents, 16-wide text. */
-function makeRun(dir: string, { scheduler = true } = {}): void {
-  manualSeed(7);
-  const tok = mnistCaptionTokenizer(8);
-  const clipCfg = mnistClipConfig(tok.vocabSize, 8);
-  const clip = new CLIPModel({
-    ...clipCfg,
-    projection_dim: 8,
-    text_config: { ...clipCfg.text_config, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1, num_attention_heads: 2, projection_dim: 8 },
-    image_config: { ...clipCfg.image_config, block_out_channels: [8], norm_num_groups: 4, projection_dim: 8 },
-  });
-  clip.save(path.join(dir, 'clip'), tok);
-  const vae = new AutoencoderKL({
-    in_channels: 1,
-    out_channels: 1,
-    down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
-    up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
-    block_out_channels: [8, 8],
-    layers_per_block: 1,
-    latent_channels: 4,
-    norm_num_groups: 4,
-    sample_size: 16,
-    scaling_factor: 0.5,
-  });
-  vae.save(path.join(dir, 'vae'));
-  const unet = new UNet2DConditionModel({
-    ...mnistUnetConfig({ crossAttentionDim: 16 }),
-    block_out_channels: [8, 16],
-    attention_head_dim: [2, 2],
-    norm_num_groups: 4,
-  });
-  unet.save(path.join(dir, 'unet'));
-  if (scheduler) {
-    fs.mkdirSync(path.join(dir, 'scheduler'), { recursive: true });
-    fs.writeFileSync(
-      path.join(dir, 'scheduler', 'scheduler_config.json'),
-      JSON.stringify({ _class_name: 'DDPMScheduler', num_train_timesteps: 1000, beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012, clip_sample: false }),
-    );
-  }
-  clip.dispose();
-  vae.dispose();
-  unet.dispose();
-}
-
 const base = (out: string): SampleOptions => ({ run: runDir, n: 2, steps: 3, scheduler: 'ddim', guidance: 3, seed: 1, out, batch: 64, progress: null });
 
 beforeAll(async () => {
   await tf.setBackend(registerNativeBackend() ? 'native' : 'cpu');
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-sample-'));
   runDir = path.join(tmp, 'run');
-  makeRun(runDir);
+  makeRandomRun(runDir);
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -129,17 +84,18 @@ describe('sdlab sample (in process)', () => {
     expect(res.notes).toEqual([]);
     expect(fs.readdirSync(out).sort()).toEqual([...Array.from({ length: n }, (_, i) => `000${i}.png`), 'grid.png', 'samples.json']);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'samples.json'), 'utf8'));
+    const how = { scheduler: 'ddim', steps: 3, guidance: 3, eta: 0 };
     expect(json).toEqual([
-      { file: '0000.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 0 },
-      { file: '0001.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 1 },
-      { file: '0002.png', prompt: '', digit: null, seed: 1, index: 2 },
-      { file: '0003.png', prompt: '', digit: null, seed: 1, index: 3 },
-      { file: '0004.png', prompt: 'a 3 or a five', digit: null, seed: 1, index: 4 },
-      { file: '0005.png', prompt: 'a 3 or a five', digit: null, seed: 1, index: 5 },
-      { file: '0006.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 6 },
-      { file: '0007.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 7 },
+      { file: '0000.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 0, ...how },
+      { file: '0001.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 1, ...how },
+      { file: '0002.png', prompt: '', digit: null, seed: 1, index: 2, ...how },
+      { file: '0003.png', prompt: '', digit: null, seed: 1, index: 3, ...how },
+      { file: '0004.png', prompt: 'a 3 or a five', digit: null, seed: 1, index: 4, ...how },
+      { file: '0005.png', prompt: 'a 3 or a five', digit: null, seed: 1, index: 5, ...how },
+      { file: '0006.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 6, ...how },
+      { file: '0007.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 7, ...how },
     ]);
-    expect(Object.keys(json[0])).toEqual(['file', 'prompt', 'digit', 'seed', 'index']);
+    expect(Object.keys(json[0])).toEqual(['file', 'prompt', 'digit', 'seed', 'index', 'scheduler', 'steps', 'guidance', 'eta']);
 
     // Each PNG holds the pipeline's image for (seed, index): recompute image 5 on its own.
     const { pipeline } = loadRunPipeline(runDir, { scheduler: 'ddim' });
@@ -197,12 +153,66 @@ describe('sdlab sample (in process)', () => {
     }
   });
 
-  it('without scheduler/scheduler_config.json it assumes the default schedule and says so', async () => {
+  it('a run from before sdlab recorded schedule, sampling settings and canvas: defaults, each said in a note', async () => {
     const bare = path.join(tmp, 'bare-run');
     for (const sub of ['vae', 'clip', 'unet']) fs.cpSync(path.join(runDir, sub), path.join(bare, sub), { recursive: true });
-    const res = await writeSampleSheet({ ...base(path.join(tmp, 'bare-out')), run: bare, prompt: ['7'], n: 1, steps: 2 });
-    expect(res.notes.join(' ')).toMatch(/scheduler_config\.json not found: assuming .*scaled_linear betas 0\.00085\.\.0\.012, 1000 steps/);
+    fs.rmSync(path.join(bare, 'vae', 'canvas.json'));
+    const res = await writeSampleSheet({ run: bare, prompt: ['7'], n: 1, seed: 1, out: path.join(tmp, 'bare-out'), batch: 64, progress: null, steps: 2 });
+    const notes = res.notes.join(' ');
+    expect(notes).toMatch(/scheduler_config\.json not found: assuming .*scaled_linear betas 0\.00085\.\.0\.012, 1000 steps/);
+    expect(notes).toMatch(/sampling_config\.json not found .*using the defaults \(ddim, 50 steps, guidance 3, eta 0\)/);
+    expect(notes).toMatch(/canvas\.json not found: assuming the data fills the VAE's 16×16 canvas/);
+    expect(res.sampling.settings).toEqual({ scheduler: 'ddim', steps: 2, guidance: 3, eta: 0 });
+    expect(res.sampling.from).toEqual({ scheduler: 'default', steps: 'flag', guidance: 'default', eta: 'default' });
     expect(fs.existsSync(path.join(tmp, 'bare-out', '0000.png'))).toBe(true);
+  });
+
+  it("samples with the run's sampling_config.json where no setting is given, and records what it used", async () => {
+    const own = path.join(tmp, 'own-run');
+    fs.cpSync(runDir, own, { recursive: true });
+    // The diffusers class name is accepted for the scheduler.
+    fs.writeFileSync(path.join(own, 'sampling_config.json'), JSON.stringify({ scheduler: 'EulerDiscreteScheduler', num_inference_steps: 3, guidance_scale: 2, eta: 0, source: 'a test' }));
+    const out = path.join(tmp, 'own-out');
+    const res = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 2, seed: 1, out, batch: 64, progress: null });
+    expect(res.notes).toEqual([]);
+    expect(res.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0 });
+    expect(res.sampling.from).toEqual({ scheduler: 'run', steps: 'run', guidance: 'run', eta: 'run' });
+    expect(describeSampling(res.sampling)).toBe(`euler, 3 steps, guidance 2, eta 0 (all from ${path.join(own, 'sampling_config.json')})`);
+    expect(res.records[1]).toMatchObject({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0 });
+    // Independent: the pipeline called with those settings by hand draws the same image 1.
+    const { pipeline } = loadRunPipeline(runDir, { scheduler: 'euler' });
+    const one = pipeline.call({ prompt: 'a handwritten 5', numInferenceSteps: 3, guidanceScale: 2, seed: 1, firstIndex: 1 });
+    const want = one.images.dataSync();
+    tf.dispose([one.images, one.latents, one.promptEmbeds]);
+    pipeline.dispose();
+    const png = PNG.sync.read(fs.readFileSync(path.join(out, '0001.png')));
+    let worst = 0;
+    for (let p = 0; p < 256; p++) worst = Math.max(worst, Math.abs(png.data[p * 4] - Math.round(want[p] * 255)));
+    expect(worst).toBeLessThanOrEqual(1);
+
+    // A flag wins over the file, for that setting only.
+    const res2 = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 1, seed: 1, out: path.join(tmp, 'own-out2'), batch: 64, progress: null, guidance: 4 });
+    expect(res2.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 4, eta: 0 });
+    expect(describeSampling(res2.sampling)).toMatch(/^euler, 3 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta from .*sampling_config\.json\)$/);
+  });
+
+  it("writes digits at the data's own size from vae/canvas.json; canvas 'padded' gives the VAE's canvas", async () => {
+    const framed = path.join(tmp, 'framed-run');
+    fs.cpSync(runDir, framed, { recursive: true });
+    // 12×12 data on the 16×16 canvas, off centre, so a centred crop would be caught.
+    fs.writeFileSync(path.join(framed, 'vae', 'canvas.json'), JSON.stringify({ native_height: 12, native_width: 12, sample_size: 16, pad_top: 1, pad_left: 3 }));
+    const nat = await writeSampleSheet({ ...base(path.join(tmp, 'framed-native')), run: framed, prompt: ['a handwritten 2'], n: 2 });
+    const pad = await writeSampleSheet({ ...base(path.join(tmp, 'framed-padded')), run: framed, prompt: ['a handwritten 2'], n: 2, canvas: 'padded' });
+    expect([nat.width, nat.height, pad.width, pad.height]).toEqual([12, 12, 16, 16]);
+    for (let k = 0; k < 2; k++) {
+      const a = PNG.sync.read(fs.readFileSync(nat.files.images[k]));
+      const b = PNG.sync.read(fs.readFileSync(pad.files.images[k]));
+      expect([a.width, a.height, b.width, b.height]).toEqual([12, 12, 16, 16]);
+      for (let y = 0; y < 12; y++) for (let x = 0; x < 12; x++) expect(a.data[4 * (y * 12 + x)]).toBe(b.data[4 * ((y + 1) * 16 + x + 3)]);
+    }
+    const grid = PNG.sync.read(fs.readFileSync(nat.files.grid));
+    const L = gridLayout(2, 12, 12, { scale: 2, title: 'a handwritten 2' });
+    expect([grid.width, grid.height]).toEqual([L.width, L.height]);
   });
 });
 
@@ -247,6 +257,7 @@ describe('sdlab sample / txt2img (CLI)', () => {
       inProcess('txt2img', '--model', path.join(FIXTURE, 'model'), '--prompt', 'a red cube', '--negative-prompt', 'blurry', '--n', '2', '--batch', '2', '--steps', '2', '--scheduler', 'euler', '--height', '16', '--width', '16', '--out', t2i),
     ]);
     expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toContain(`sampling: ddim, 2 steps, guidance 3, eta 0 (steps from --steps; scheduler, guidance, eta from ${path.join(runDir, 'sampling_config.json')})`);
     expect(fs.readdirSync(out).sort()).toEqual(['0000.png', '0001.png', '0002.png', '0003.png', 'grid.png', 'samples.json']); // no temp files left
     expect(JSON.parse(fs.readFileSync(path.join(out, 'samples.json'), 'utf8')).map((r: { digit: number }) => r.digit)).toEqual([0, 0, 1, 1]);
     expect(ok.stdout).toContain(path.join(out, 'samples.json'));
@@ -263,7 +274,19 @@ describe('sdlab sample / txt2img (CLI)', () => {
     const noUnet = path.join(tmp, 'no-unet');
     for (const sub of ['vae', 'clip']) fs.cpSync(path.join(runDir, sub), path.join(noUnet, sub), { recursive: true });
     const x = path.join(tmp, 'x');
+    const badFile = (name: string, content: string) => {
+      const dir = path.join(tmp, name);
+      fs.cpSync(runDir, dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'sampling_config.json'), content);
+      return dir;
+    };
     const cases = [
+      [['sample', '--run', badFile('bad-key', '{"scheduler": "ddim", "num_inference_steps": 5, "guidance_scale": 2, "eta": 0, "cfg": 2}'), '--out', x], /sampling_config\.json: unknown key "cfg"/],
+      [['sample', '--run', badFile('bad-guidance', '{"scheduler": "ddim", "num_inference_steps": 5, "guidance_scale": -1, "eta": 0}'), '--out', x], /sampling_config\.json: "guidance_scale" must be a number in \[0, 100\], got -1/],
+      [['sample', '--run', badFile('bad-scheduler', '{"scheduler": "heun", "num_inference_steps": 5, "guidance_scale": 2, "eta": 0}'), '--out', x], /sampling_config\.json: "scheduler" must be one of ddpm, ddim.*got "heun"/],
+      [['sample', '--run', badFile('bad-json', '{"scheduler": "ddim",'), '--out', x], /sampling_config\.json: not valid JSON/],
+      [['sample', '--run', badFile('bad-missing', '{"scheduler": "ddim", "guidance_scale": 2, "eta": 0}'), '--out', x], /sampling_config\.json: missing "num_inference_steps"/],
+      [['sample', '--run', runDir, '--canvas', 'square', '--out', x], /--canvas .*expected one of native, padded, got "square"/],
       [['sample', '--run', noUnet, '--out', x], /unet.*not found.*npx sdlab train unet --run /],
       [['sample', '--run', path.join(tmp, 'nothing'), '--out', x], /no such run directory.*npx sdlab train vae/],
       [['sample', '--run', runDir, '--steps', '0', '--out', x], /--steps .*expected an integer in \[1, 10000\], got 0/],

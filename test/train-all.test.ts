@@ -50,12 +50,26 @@ describe('train all', () => {
     expect(sheet[7].prompt).toBe('a handwritten seven');
     expect(stdout).toMatch(/sample sheet: .*samples[/\\]grid\.png/);
     expect(stdout).toMatch(/npx sdlab sample --run /);
+    // The run knows how to sample itself (the preset's settings) and the size of its data.
+    expect(JSON.parse(fs.readFileSync(path.join(runDir, 'sampling_config.json'), 'utf8'))).toEqual({
+      scheduler: 'ddim', num_inference_steps: 2, guidance_scale: 3, eta: 0, source: 'train all --preset tiny',
+    });
+    expect(sheet[0]).toMatchObject({ scheduler: 'ddim', steps: 2, guidance: 3, eta: 0 });
+    expect(JSON.parse(fs.readFileSync(path.join(runDir, 'vae/canvas.json'), 'utf8'))).toMatchObject({ native_height: 8, native_width: 8, sample_size: 8, pad_top: 0, pad_left: 0 });
+    // The suggested eval commands need no sampling flags.
+    expect(stdout).not.toMatch(/--guidance/);
+  });
+
+  it("the full and quick presets carry their measured sampling settings (full: guidance 1.75, README's Results)", () => {
+    expect(TRAIN_ALL_PRESETS.full.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0 });
+    expect(TRAIN_ALL_PRESETS.quick.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 3, eta: 0 });
   });
 
   it('leaves a run `sdlab sample` reads (paraphrases, "" and unknown words included)', async () => {
     const out = path.join(tmp, 'sampled');
-    const res = await sdlab(['sample', '--backend', 'cpu', '--run', runDir, '--prompt', 'the number 7', '--prompt', '', '--prompt', 'a zebra 7', '--n', '2', '--steps', '2', '--out', out]);
+    const res = await sdlab(['sample', '--backend', 'cpu', '--run', runDir, '--prompt', 'the number 7', '--prompt', '', '--prompt', 'a zebra 7', '--n', '2', '--out', out]);
     expect(res.stdout).toMatch(/6 images \(3 prompts × 2\)/);
+    expect(res.stdout).toContain(`sampling: ddim, 2 steps, guidance 3, eta 0 (all from ${path.join(runDir, 'sampling_config.json')})`);
     const png = PNG.sync.read(fs.readFileSync(path.join(out, '0000.png')));
     expect([png.width, png.height]).toEqual([8, 8]);
     const records = JSON.parse(fs.readFileSync(path.join(out, 'samples.json'), 'utf8'));

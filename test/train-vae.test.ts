@@ -80,6 +80,23 @@ describe('trainVae', () => {
     for (const f of ['history.json', 'loss.png', 'reconstructions.png', 'reconstructions_epoch3.png', 'state.safetensors']) {
       expect(fs.existsSync(path.join(straightDir, 'train/vae', f)), f).toBe(true);
     }
+    // The data's own size and where it sits on the VAE's canvas: 8×8 digits on an 8×8 canvas.
+    expect(JSON.parse(fs.readFileSync(path.join(straightDir, 'vae/canvas.json'), 'utf8'))).toMatchObject({
+      native_height: 8, native_width: 8, sample_size: 8, pad_top: 0, pad_left: 0,
+    });
+  });
+
+  it('records the padding the data gets: 8×8 digits on a 14×14 canvas sit at (3, 3); MNIST 28×28 on 32×32 at (2, 2)', () => {
+    const small = vaeData({ data: dataDir, limit: 4, size: 14 });
+    expect(small.canvas).toEqual({ nativeHeight: 8, nativeWidth: 8, size: 14, top: 3, left: 3 });
+    // The canvas record says where the ink is: every pixel outside it is background.
+    for (let i = 0; i < small.train.n; i++) {
+      for (let y = 0; y < 14; y++) for (let x = 0; x < 14; x++) {
+        if (y >= 3 && y < 11 && x >= 3 && x < 11) continue;
+        expect(small.train.images[i * 196 + y * 14 + x]).toBe(0);
+      }
+    }
+    expect(vaeData({ limit: 4, valLimit: 4, size: 32 }).canvas).toEqual({ nativeHeight: 28, nativeWidth: 28, size: 32, top: 2, left: 2 });
   });
 
   it('writes scaling_factor = 1/std of the latents (closed form Var(μ) + E[σ²] from the saved model)', () => {

@@ -9,7 +9,12 @@
  * The VAE is <run>/vae (default runs/default/vae, written by `sdlab train vae`) or --vae DIR
  * (any diffusers AutoencoderKL directory). Images are read as grayscale (or RGB for a 3-channel
  * VAE) in [0, 1], transparent pixels onto black, mapped to [-1, 1]; images smaller than the VAE's
- * sample_size are padded (centred, black) to it unless --no-pad, so 28×28 MNIST PNGs give 32×32.
+ * sample_size are padded (black) onto its canvas unless --no-pad — a 28×28 MNIST PNG where the
+ * run's vae/canvas.json says (src/data/canvas.ts) — so 28×28 digits and 32×32 padded ones are
+ * both accepted; the round trip is reported at the input's own size.
+ *
+ * decode and interpolate write digits at the data's own size (the VAE's 32×32 output cropped to
+ * 28×28), or the VAE's canvas with --canvas padded.
  *
  * Latent files are safetensors with one tensor "latents" [N, C, h, w] (PyTorch's NCHW, like a
  * diffusers pipeline's latents), in diffusion space: the posterior mean times the VAE's
@@ -38,6 +43,7 @@ import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/inde
 import { vaeData } from '../train/vae.ts';
 import { denormalize, toSigned } from '../data/pixels.ts';
 import { readPngImage } from '../data/png.ts';
+import { CANVAS_MODES, type Canvas, type CanvasMode, cropPixels, padPixels, placement, toCanvasMode, vaeCanvas } from '../data/canvas.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
@@ -48,30 +54,31 @@ export interface VaeSource {
   vae?: string;
 }
 
-/** Loads the VAE named by --vae, or <run>/vae. */
-export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } {
+/** Loads the VAE named by --vae, or <run>/vae, with its canvas (the data's own size; `note` when inferred). */
+export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string; canvas: Canvas; note?: string } {
   const dir = src.vae ?? path.join(src.run ?? 'runs/default', 'vae');
   if (!src.vae && !fs.existsSync(path.join(dir, 'config.json'))) {
     throw new UsageError(`no trained VAE in ${dir}: run \`npx sdlab train vae --run ${src.run ?? 'runs/default'}\` first, or pass --vae DIR.`);
   }
-  return { vae: AutoencoderKL.fromPretrained(dir), dir };
+  const vae = AutoencoderKL.fromPretrained(dir);
+  try {
+    const { canvas, note } = vaeCanvas(dir, { sampleSize: vae.config.sample_size, inChannels: vae.config.in_channels });
+    return { vae, dir, canvas, note };
+  } catch (err) {
+    vae.dispose();
+    throw err;
+  }
 }
 
-/** Pads an HWC image with zeros (centred) to size × size; images already that large pass through. */
-export function padImage(img: FloatImage & { channels: 1 | 3 }, size: number): FloatImage & { channels: 1 | 3 } {
-  if (img.height >= size && img.width >= size) return img;
-  const H = Math.max(size, img.height);
-  const W = Math.max(size, img.width);
-  const c = img.channels;
-  const top = Math.floor((H - img.height) / 2);
-  const left = Math.floor((W - img.width) / 2);
-  const out = new Float32Array(H * W * c);
-  for (let y = 0; y < img.height; y++) {
-    for (let x = 0; x < img.width; x++) {
-      for (let k = 0; k < c; k++) out[((y + top) * W + x + left) * c + k] = img.data[(y * img.width + x) * c + k];
-    }
-  }
-  return { data: out, height: H, width: W, channels: c };
+/**
+ * Puts an HWC image on the VAE's canvas with zeros around it: an image of the data's own size
+ * (28×28) where the run's record says, any other smaller one centred (src/data/canvas.ts);
+ * images as large as the canvas, or larger in either direction, pass through.
+ */
+export function padImage(img: FloatImage & { channels: 1 | 3 }, canvas: Canvas): FloatImage & { channels: 1 | 3 } {
+  const size = canvas.size;
+  if (img.height > size || img.width > size || (img.height === size && img.width === size)) return img;
+  return { data: padPixels(img.data, img.height, img.width, canvas, { channels: img.channels }), height: size, width: size, channels: img.channels };
 }
 
 /** Images (same size) in [0, 1] → [N, H, W, C] in [-1, 1]. */
@@ -166,8 +173,10 @@ export interface EncodeResult {
   /** Diffusion-space latents per input, [1, C, h, w] NCHW. */
   latents: Array<{ shape: number[]; data: Float32Array }>;
   scalingFactor: number;
-  /** Round-trip PSNR (dB) of each input: decode(encode(x)) vs x, in [0, 1]. */
+  /** Round-trip PSNR (dB) of each input: decode(encode(x)) vs x, in [0, 1], at the input's own size. */
   psnr: number[];
+  /** E.g. that the VAE's canvas was inferred. */
+  notes: string[];
 }
 
 export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
@@ -175,15 +184,15 @@ export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
   checkOutputDir('--out', o.out);
   // Every input's size, from its header, before the VAE loads or anything is decoded.
   const sizes = o.inputs.map(readPngSize);
-  const { vae } = loadRunVae(o);
+  const { vae, canvas, note } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const sf = vae.scalingFactor;
   const pad = o.pad ? vae.config.sample_size : 0;
   o.inputs.forEach((file, i) => checkLatentSize(vae, Math.max(sizes[i].height, pad), Math.max(sizes[i].width, pad), file));
-  const res: EncodeResult = { files: [], latents: [], scalingFactor: sf, psnr: [] };
+  const res: EncodeResult = { files: [], latents: [], scalingFactor: sf, psnr: [], notes: note ? [note] : [] };
   for (const file of o.inputs) {
-    let img = readPngImage(file, channels);
-    if (o.pad) img = padImage(img, vae.config.sample_size);
+    const input = readPngImage(file, channels);
+    const img = o.pad ? padImage(input, canvas) : input;
     checkSize(vae, img.height, img.width, file);
     const { latentsNhwc, recon } = tf.tidy(() => {
       const x = toSignedBatch([img], channels);
@@ -199,7 +208,9 @@ export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
     }
     const [, h, w, c] = latentsNhwc.shape;
     const nchw = tf.tidy(() => tf.transpose(latentsNhwc, [0, 3, 1, 2]).dataSync() as Float32Array);
-    const back = toUnitImages(recon as tf.Tensor4D)[0];
+    // The round trip at the input's own size: a padded input is cropped back (its border is not the digit).
+    const decoded = toUnitImages(recon as tf.Tensor4D)[0];
+    const back: FloatImage = img === input ? decoded : { ...decoded, data: cropPixels(decoded.data, placement(canvas, input.height, input.width), channels), height: input.height, width: input.width };
     tf.dispose([latentsNhwc, recon]);
     const base = path.join(o.out, stem(file));
     writeSafetensors(`${base}.safetensors`, { latents: { shape: [1, c!, h!, w!], data: nchw } }, {
@@ -215,10 +226,10 @@ export async function runEncode(o: EncodeOptions): Promise<EncodeResult> {
       channelsPics.push({ data: Float32Array.from(plane, (v) => (hi > lo ? (v - lo) / (hi - lo) : 0.5)), height: h!, width: w! });
     }
     await saveImageGrid(`${base}.latents.png`, channelsPics, { cols: c!, scale: Math.max(1, Math.round(64 / w!)), colLabels: channelsPics.map((_, k) => `c${k}`) });
-    await saveImageGrid(`${base}.roundtrip.png`, [img, back], { cols: 2, scale: 4, colLabels: ['in', 'out'] });
+    await saveImageGrid(`${base}.roundtrip.png`, [input, back], { cols: 2, scale: 4, colLabels: ['in', 'out'] });
     res.files.push(`${base}.safetensors`);
     res.latents.push({ shape: [1, c!, h!, w!], data: nchw });
-    res.psnr.push(psnr(img.data, back.data));
+    res.psnr.push(psnr(input.data, back.data));
   }
   return res;
 }
@@ -231,6 +242,8 @@ export interface DecodeOptions extends VaeSource {
   out: string;
   /** Pixel scale of the written PNGs. */
   scale: number;
+  /** 'native' (default): the data's own size (28×28 digits); 'padded': the VAE's canvas. */
+  canvas?: CanvasMode;
 }
 
 /**
@@ -261,12 +274,12 @@ export function openLatents(file: string): { shape: [number, number, number, num
   };
 }
 
-export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; images: FloatImage[] }> {
+export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; images: FloatImage[]; notes: string[] }> {
   check(o.inputs.length > 0, 'decode: give at least one .safetensors latents file.');
   checkOutputDir('--out', o.out);
   // Every input's shape, from its header, before the VAE loads or any values are read.
   const inputs = o.inputs.map((file) => ({ file, lat: openLatents(file) }));
-  const { vae } = loadRunVae(o);
+  const { vae, canvas, note } = loadRunVae(o);
   const files: string[] = [];
   const images: FloatImage[] = [];
   for (const { file, lat } of inputs) {
@@ -282,7 +295,7 @@ export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; im
     } finally {
       z.dispose();
     }
-    const pics = toUnitImages(decoded);
+    const pics = toUnitImages(decoded).map((p) => toCanvasMode(p, canvas, o.canvas ?? 'native'));
     decoded.dispose();
     for (let i = 0; i < n; i++) {
       const target = path.join(o.out, n === 1 ? `${stem(file)}.png` : `${stem(file)}_${i}.png`);
@@ -291,7 +304,7 @@ export async function runDecode(o: DecodeOptions): Promise<{ files: string[]; im
       images.push(pics[i]);
     }
   }
-  return { files, images };
+  return { files, images, notes: note ? [note] : [] };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +324,8 @@ export interface InterpolateOptions extends VaeSource {
   pad: boolean;
   /** IDX directory for the held-out digits; undefined = embedded MNIST. */
   data?: string;
+  /** 'native' (default): cells at the data's own size (28×28 digits); 'padded': the VAE's canvas. */
+  canvas?: CanvasMode;
 }
 
 /** Points between a and b: t = i/(steps-1); lerp, or slerp on the flattened vectors. */
@@ -330,11 +345,11 @@ export function interpolateLatents(a: Float32Array, b: Float32Array, steps: numb
   return out;
 }
 
-export async function runInterpolate(o: InterpolateOptions): Promise<{ file: string; rows: string[]; grid: FloatImage[] }> {
+export async function runInterpolate(o: InterpolateOptions): Promise<{ file: string; rows: string[]; grid: FloatImage[]; notes: string[] }> {
   check(o.steps >= 2, `--steps: expected at least 2, got ${o.steps}.`);
   checkOutputDir('--out', o.out);
   const sizes = o.images?.map(readPngSize); // from the headers, before the VAE loads
-  const { vae } = loadRunVae(o);
+  const { vae, canvas, note } = loadRunVae(o);
   const channels = vae.config.in_channels === 3 ? 3 : 1;
   const size = vae.config.sample_size;
   let ends: Array<[FloatImage, FloatImage]>;
@@ -345,7 +360,7 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
     o.images.forEach((f, i) => checkLatentSize(vae, Math.max(sizes![i].height, pad), Math.max(sizes![i].width, pad), f));
     const [a, b] = o.images.map((f) => {
       const img = readPngImage(f, channels);
-      return o.pad ? padImage(img, size) : img;
+      return o.pad ? padImage(img, canvas) : img;
     }) as [FloatImage, FloatImage];
     ends = [[a, b]];
     rows = [`${stem(o.images[0])}-${stem(o.images[1])}`.slice(0, 12)];
@@ -386,7 +401,7 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
     } finally {
       z.dispose();
     }
-    grid.push(...toUnitImages(decoded));
+    grid.push(...toUnitImages(decoded).map((p) => toCanvasMode(p, canvas, o.canvas ?? 'native')));
     decoded.dispose();
   }
   const file = path.join(o.out, 'interpolation.png');
@@ -396,7 +411,7 @@ export async function runInterpolate(o: InterpolateOptions): Promise<{ file: str
     rowLabels: rows,
     title: `${o.mode} between latents`,
   });
-  return { file, rows, grid };
+  return { file, rows, grid, notes: note ? [note] : [] };
 }
 
 function concat(arrays: Float32Array[]): Float32Array {
@@ -421,6 +436,7 @@ function digitPairs(value: string): Array<[number, number]> {
 }
 
 const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
+const CANVAS_HELP = "native: the data's own size (28×28 digits) | padded: the VAE's canvas (32×32)";
 
 export function register(program: Command): void {
   program
@@ -435,6 +451,7 @@ export function register(program: Command): void {
     .action(async (images: string[], opts: { run: string; vae?: string; out: string; pad: boolean; backend: string }) => {
       await selectBackend(opts.backend);
       const res = await runEncode({ inputs: images, out: opts.out, run: opts.run, vae: opts.vae, pad: opts.pad });
+      for (const n of res.notes) console.log(`note: ${n}`);
       res.files.forEach((f, i) => {
         const [, c, h, w] = res.latents[i].shape;
         console.log(`${f}: latents ${c}×${h}×${w} (× scaling_factor ${res.scalingFactor.toPrecision(5)}), round-trip PSNR ${res.psnr[i].toFixed(1)} dB`);
@@ -449,10 +466,12 @@ export function register(program: Command): void {
     .option('--vae <dir>', 'a diffusers AutoencoderKL directory (instead of <run>/vae)')
     .option('--out <dir>', 'output directory', 'out/decode')
     .option('--scale <n>', 'pixel scale of the PNGs', int(1, 32), 1)
+    .option('--canvas <size>', CANVAS_HELP, oneOf(CANVAS_MODES), 'native')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
-    .action(async (inputs: string[], opts: { run: string; vae?: string; out: string; scale: number; backend: string }) => {
+    .action(async (inputs: string[], opts: { run: string; vae?: string; out: string; scale: number; canvas: CanvasMode; backend: string }) => {
       await selectBackend(opts.backend);
-      const res = await runDecode({ inputs, out: opts.out, run: opts.run, vae: opts.vae, scale: opts.scale });
+      const res = await runDecode({ inputs, out: opts.out, run: opts.run, vae: opts.vae, scale: opts.scale, canvas: opts.canvas });
+      for (const n of res.notes) console.log(`note: ${n}`);
       for (const f of res.files) console.log(f);
     });
 
@@ -470,10 +489,12 @@ export function register(program: Command): void {
     .option('--scale <n>', 'pixel scale of the picture', int(1, 16), 2)
     .option('--data <dir>', 'IDX directory for the held-out digits (default: embedded MNIST)')
     .option('--no-pad', 'do not pad PNGs smaller than the VAE sample_size')
+    .option('--canvas <size>', CANVAS_HELP, oneOf(CANVAS_MODES), 'native')
     .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (images: string[], opts: Omit<InterpolateOptions, 'images'> & { backend: string }) => {
       await selectBackend(opts.backend);
       const res = await runInterpolate({ ...opts, images });
+      for (const n of res.notes) console.log(`note: ${n}`);
       console.log(`${res.file}: ${res.rows.length} row(s) × ${opts.steps} steps (${opts.mode})`);
     });
 }

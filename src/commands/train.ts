@@ -529,7 +529,7 @@ export function registerAll(trainCmd: Command): void {
       }
       const train = res.stages.reduce((a, s) => a + s.seconds, 0);
       console.log(`trained in ${formatDuration(train)}${res.sheet ? ` (+ ${formatDuration(res.sheet.seconds)} for the sample sheet)` : ''}`);
-      for (const line of describeRun(opts.run, res, preset.sheet.guidance)) console.log(line);
+      for (const line of describeRun(opts.run, res)) console.log(line);
     });
 }
 

@@ -20,6 +20,7 @@ import { loadImageFolder } from './folder.ts';
 import { checkDataset, directoryKind, readClassesFile, withClassNames, CLASSES_FILE } from './source.ts';
 import type { Dataset } from './types.ts';
 import { toSigned } from './pixels.ts';
+import { centredCanvas, padPixels } from './canvas.ts';
 
 export type { Dataset } from './types.ts';
 export { loadEmbeddedMnist } from './mnist.ts';
@@ -29,6 +30,7 @@ export { datasetFromTf, isTfDataset, type TfDataset } from './tfdata.ts';
 export { datasetFingerprint, directoryKind, readClassesFile, withClassNames, checkClassNames, CLASSES_FILE, type DirectoryKind } from './source.ts';
 export { readRunClasses, writeRunClasses, runClassesOf, RUN_CLASSES_FILE, type RunClasses } from './run_classes.ts';
 export { captionKind, captionOf, classPrompts, classLabels, classPrompt, captionVocabulary, checkCaptionable, CLASS_TEMPLATES, type CaptionKind } from './captioning.ts';
+export * from './canvas.ts';
 
 export interface LoadOptions {
   /**
@@ -123,19 +125,14 @@ export function splitDataset(ds: Dataset, opts: SplitOptions = {}): { train: Dat
   return { val: subset(ds, perm.subarray(0, nVal)), train: subset(ds, perm.subarray(nVal)) };
 }
 
-/** Pads every image with `value` to size x size, centred (28x28 -> 32x32 gives 2 pixels each side). */
+/** Pads every image with `value` to size x size, centred (28x28 -> 32x32 gives 2 pixels each side): canvas.ts's padPixels. */
 export function padDataset(ds: Dataset, size = 32, value = 0): Dataset {
   check(size >= ds.height && size >= ds.width, `pad: cannot pad ${ds.height}x${ds.width} images to ${size}x${size}.`);
   if (size === ds.height && size === ds.width) return ds;
-  const top = Math.floor((size - ds.height) / 2);
-  const left = Math.floor((size - ds.width) / 2);
-  const out = new Float32Array(ds.n * size * size).fill(value);
-  for (let i = 0; i < ds.n; i++) {
-    for (let y = 0; y < ds.height; y++) {
-      const src = (i * ds.height + y) * ds.width;
-      out.set(ds.images.subarray(src, src + ds.width), (i * size + y + top) * size + left);
-    }
-  }
+  const c = centredCanvas(ds.height, ds.width, size);
+  const px = ds.height * ds.width;
+  const out = new Float32Array(ds.n * size * size);
+  for (let i = 0; i < ds.n; i++) out.set(padPixels(ds.images.subarray(i * px, (i + 1) * px), ds.height, ds.width, c, { fill: value }), i * size * size);
   return { images: out, labels: ds.labels, n: ds.n, height: size, width: size, ...captionFields(ds) };
 }
 

@@ -9,6 +9,8 @@
  *       (32→16→8→4), each followed by layers_per_block − 1 more 3×3 convs at that size
  *       (all of these are blocks.N.{conv,norm}; default channels 32, 64, 128, 128)
  *     → flatten (4×4×C) → fc (Linear → SiLU) = features [B, feature_dim]
+ *       (plus "taps": the channel means of the 8×8 and 4×4 block outputs, the lower layers
+ *       eval's FID adds to the feature layer so it sees texture and sharpness: ./features.ts)
  *       (flatten, not a global average pool: with GroupNorm before it, a mean pool throws away
  *       where the strokes are and trains far slower)
  *     → classifier (Linear) = logits [B, 10]
@@ -158,10 +160,16 @@ class ConvBlock extends Module {
 }
 
 export interface ClassifierOutput {
-  /** [B, feature_dim]: the space FID is measured in. */
+  /** [B, feature_dim]: the classifier's feature layer (the first layer of eval's FID). */
   features: tf.Tensor2D;
   /** [B, num_classes] */
   logits: tf.Tensor2D;
+  /**
+   * Per-channel spatial means of the last conv output at each of the two lowest resolutions
+   * ([B, C] each; 8×8 and 4×4 by default): lower layers that still see stroke texture and
+   * sharpness, which the feature layer, trained to read digits, learns to ignore.
+   */
+  taps: tf.Tensor2D[];
 }
 
 export class DigitClassifier extends Module {
@@ -190,13 +198,30 @@ export class DigitClassifier extends Module {
     this.classifier = this.module('classifier', new Linear(c.feature_dim, c.num_classes));
   }
 
+  /** Indices into `blocks` whose outputs are the taps: the last conv of each of the two lowest resolutions. */
+  get tapBlocks(): number[] {
+    const { block_out_channels: ch, layers_per_block: lpb } = this.config;
+    return ch.map((_, i) => (i + 1) * lpb - 1).slice(-2);
+  }
+
+  /** Channels of each tap (ClassifierOutput.taps). */
+  get tapDims(): number[] {
+    return this.tapBlocks.map((b) => this.config.block_out_channels[Math.floor(b / this.config.layers_per_block)]);
+  }
+
   forward(x: tf.Tensor4D): ClassifierOutput {
     return tf.tidy(() => {
+      const tapAt = this.tapBlocks;
+      const taps: tf.Tensor2D[] = [];
       let h = x;
-      for (const b of this.blocks) h = b.forward(h);
+      let i = 0;
+      for (const b of this.blocks) {
+        h = b.forward(h);
+        if (tapAt.includes(i++)) taps.push(tf.mean(h, [1, 2]) as tf.Tensor2D);
+      }
       const pooled = (this.config.pool === 'flatten' ? tf.reshape(h, [h.shape[0], -1]) : tf.mean(h, [1, 2])) as tf.Tensor2D;
       const features = this.act(this.fc.forward(pooled));
-      return { features, logits: this.classifier.forward(features) };
+      return { features, logits: this.classifier.forward(features), taps };
     });
   }
 
@@ -223,6 +248,8 @@ export interface Classified {
   features: Float32Array;
   /** Row-major [n, num_classes] softmax probabilities. */
   probs: Float32Array;
+  /** Lower-layer features (ClassifierOutput.taps), row-major [n, dim] each; none for a classifier without them. */
+  taps?: Array<{ name: string; dim: number; data: Float32Array }>;
 }
 
 /** Anything that classifies images and gives features (the real classifier, or a fake in tests). */
@@ -241,19 +268,21 @@ export function classifyImages(model: DigitClassifier, images: Float32Array, n: 
   const features = new Float32Array(n * F);
   const probs = new Float32Array(n * C);
   const preds = new Int32Array(n);
+  const taps = model.tapBlocks.map((b, k) => ({ name: `blocks.${b} channel means`, dim: model.tapDims[k], data: new Float32Array(n * model.tapDims[k]) }));
   for (let start = 0; start < n; start += batchSize) {
     const b = Math.min(batchSize, n - start);
-    const [f, p, a] = tf.tidy(() => {
+    const [f, p, a, ...t] = tf.tidy(() => {
       const x = tf.tensor4d(images.subarray(start * px, (start + b) * px), [b, s, s, model.config.in_channels]);
       const out = model.forward(x);
-      return [out.features, tf.softmax(out.logits), tf.argMax(out.logits, 1)];
+      return [out.features, tf.softmax(out.logits), tf.argMax(out.logits, 1), ...out.taps];
     });
     features.set(f.dataSync() as Float32Array, start * F);
     probs.set(p.dataSync() as Float32Array, start * C);
     preds.set(a.dataSync() as Int32Array, start);
-    tf.dispose([f, p, a]);
+    t.forEach((tap, k) => taps[k].data.set(tap.dataSync() as Float32Array, start * taps[k].dim));
+    tf.dispose([f, p, a, ...t]);
   }
-  return { preds, features, probs };
+  return { preds, features, probs, taps };
 }
 
 /** Wraps a DigitClassifier as an ImageClassifier. */

@@ -1,7 +1,7 @@
 /**
  * Fréchet distance between Gaussian fits of two feature sets (FID when the features come from
- * an image classifier: Heusel et al. 2017 used Inception-v3's pool features; sdlab uses its own
- * digit classifier's feature layer, see classifier.ts).
+ * an image classifier: Heusel et al. 2017 used Inception-v3's pool features; sdlab uses three
+ * layers of its own digit classifier, see features.ts and classifier.ts).
  *
  *   d² = |μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2})
  *
@@ -23,6 +23,8 @@ export interface GaussianStats {
   cov: Float64Array;
   dim: number;
   n: number;
+  /** cov^{1/2}, filled in by the first frechetDistance that has these stats first (a reference compared many times pays once). */
+  sqrtCov?: Float64Array;
 }
 
 /** Mean and unbiased covariance of n feature vectors (row-major [n, dim]). */
@@ -141,9 +143,9 @@ function matmul(a: Float64Array, b: Float64Array, dim: number): Float64Array {
   return c;
 }
 
-/** tr (Σ1 Σ2)^{1/2} for symmetric PSD Σ1, Σ2 (see the file comment). */
-export function traceSqrtProduct(cov1: Float64Array, cov2: Float64Array, dim: number): number {
-  const s = sqrtPsd(cov1, dim);
+/** tr (Σ1 Σ2)^{1/2} for symmetric PSD Σ1, Σ2 (see the file comment); `sqrt1` = Σ1^{1/2} when known. */
+export function traceSqrtProduct(cov1: Float64Array, cov2: Float64Array, dim: number, sqrt1?: Float64Array): number {
+  const s = sqrt1 ?? sqrtPsd(cov1, dim);
   const m = matmul(matmul(s, cov2, dim), s, dim);
   const { values } = symmetricEigen(m, dim);
   let tr = 0;
@@ -160,7 +162,7 @@ export interface FrechetResult {
   covTerm: number;
 }
 
-/** Fréchet distance between two Gaussians given by their statistics. */
+/** Fréchet distance between two Gaussians given by their statistics (pass a reference set used many times as `a`). */
 export function frechetDistance(a: GaussianStats, b: GaussianStats): FrechetResult {
   check(a.dim === b.dim, `FID: feature sizes differ (${a.dim} vs ${b.dim}).`);
   const d = a.dim;
@@ -171,7 +173,8 @@ export function frechetDistance(a: GaussianStats, b: GaussianStats): FrechetResu
     trA += a.cov[i * d + i];
     trB += b.cov[i * d + i];
   }
-  let covTerm = trA + trB - 2 * traceSqrtProduct(a.cov, b.cov, d);
+  a.sqrtCov ??= sqrtPsd(a.cov, d);
+  let covTerm = trA + trB - 2 * traceSqrtProduct(a.cov, b.cov, d, a.sqrtCov);
   // ≥ 0 in exact arithmetic; round-off can make it a hair negative for (nearly) identical sets.
   // Only that hair is clamped, so a real error would still show.
   if (covTerm < 0 && -covTerm <= 1e-9 * (trA + trB)) covTerm = 0;

@@ -12,6 +12,8 @@
  *    - digit:  the digit the prompt asked for, an integer 0..9, or null for an unconditional
  *              sample (counts for FID and the histogram, not for conditional accuracy)
  *    - prompt: the prompt text (optional; informational)
+ *    - scheduler, steps, guidance, eta: how it was sampled (optional; `sdlab sample` writes them,
+ *              and eval reports them when every entry agrees)
  *    `manifest.json` in the same format is accepted too. With neither, each PNG's name must
  *    start with its digit and a separator: `7_0003.png`, `7-a.png`.
  *
@@ -36,6 +38,16 @@ export interface SampleEntry {
   file: string;
   prompt?: string | null;
   digit: number | null;
+  /** How it was sampled, when samples.json says (what `sdlab sample` writes). */
+  sampling?: SampledWith;
+}
+
+/** The sampling settings samples.json records (keys scheduler, steps, guidance, eta of each entry). */
+export interface SampledWith {
+  scheduler: string;
+  steps: number;
+  guidance: number;
+  eta: number;
 }
 
 export interface Samples {
@@ -49,6 +61,8 @@ export interface Samples {
   n: number;
   /** Describes the input for logs and eval.json. */
   source: string;
+  /** The settings every entry of samples.json was sampled with; 'mixed' when they differ; null (or absent) when not recorded. */
+  sampling?: SampledWith | 'mixed' | null;
 }
 
 /** Loads samples from a directory (PNGs) or a .safetensors file. */
@@ -118,7 +132,12 @@ export function readManifest(dir: string): { file: string; entries: SampleEntry[
       check(typeof o.file === 'string' && o.file !== '', `${where}: "file" must be a PNG file name relative to ${dir}.`);
       check(o.prompt === undefined || o.prompt === null || typeof o.prompt === 'string', `${where}: "prompt" must be a string.`);
       const digit = parseDigit(o.digit, where);
-      return { file: o.file, prompt: (o.prompt as string | undefined) ?? null, digit: digit < 0 ? null : digit };
+      const num = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+      // Older sdlab sample sheets (and other tools) do not record these; they are informational.
+      const sampling = typeof o.scheduler === 'string' && num(o.steps) && num(o.guidance) && num(o.eta)
+        ? { scheduler: o.scheduler, steps: o.steps as number, guidance: o.guidance as number, eta: o.eta as number }
+        : undefined;
+      return { file: o.file, prompt: (o.prompt as string | undefined) ?? null, digit: digit < 0 ? null : digit, sampling };
     });
     return { file, entries };
   }
@@ -151,7 +170,15 @@ export function loadSamplesDir(dir: string): Samples {
     images.set(readDigitPng(path.resolve(dir, e.file)), i * SIZE * SIZE);
     digits[i] = e.digit ?? -1;
   });
-  return { images, digits, names: entries.map((e) => e.file), prompts: entries.map((e) => e.prompt ?? null), n, source };
+  return { images, digits, names: entries.map((e) => e.file), prompts: entries.map((e) => e.prompt ?? null), n, source, sampling: commonSampling(entries) };
+}
+
+/** The sampling settings all entries share; 'mixed' if they differ; null if any entry lacks them. */
+function commonSampling(entries: SampleEntry[]): SampledWith | 'mixed' | null {
+  const first = entries[0]?.sampling;
+  if (!first || entries.some((e) => !e.sampling)) return null;
+  const same = (a: SampledWith, b: SampledWith) => a.scheduler === b.scheduler && a.steps === b.steps && a.guidance === b.guidance && a.eta === b.eta;
+  return entries.every((e) => same(e.sampling!, first)) ? first : 'mixed';
 }
 
 /** Loads samples from a safetensors file with `images` and `digits`. */
@@ -189,7 +216,7 @@ export function loadSamplesSafetensors(file: string): Samples {
     digits[i] = d;
   }
   return {
-    images, digits, n, source: `${file} (range ${range})`,
+    images, digits, n, source: `${file} (range ${range})`, sampling: null,
     names: Array.from({ length: n }, (_, i) => `images[${i}]`), prompts: new Array<string | null>(n).fill(null),
   };
 }

@@ -15,6 +15,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { StableDiffusionPipeline, StepInfo } from './pipeline.ts';
 import { type FloatImage, type Raster, renderGrid, saveGif } from '../viz/index.ts';
+import { type Canvas, toCanvasMode } from '../data/canvas.ts';
 
 export interface AnimationOptions {
   /** Which images of the batch to show (default: the first 4). */
@@ -23,6 +24,8 @@ export interface AnimationOptions {
   scale?: number;
   /** Row labels (one per shown image). */
   labels?: readonly string[];
+  /** Crop the decoded x0 to the data's own size on this canvas (src/data/canvas.ts); default: the VAE's canvas. */
+  canvas?: Canvas;
 }
 
 /** Tiles the C channels of one latent [h, w, C] into a grayscale picture, normalised to [0, 1]. */
@@ -82,8 +85,10 @@ export class ReverseProcessAnimation {
     images.dispose();
     const cells: FloatImage[] = [];
     for (let j = 0; j < k; j++) {
-      cells.push(latentTile(lat.subarray(j * h * w * c, (j + 1) * h * w * c), h, w, c, H, W));
-      cells.push({ data: img.slice(j * H * W * C, (j + 1) * H * W * C), height: H, width: W, channels: C as 1 | 3 });
+      let x0: FloatImage = { data: img.slice(j * H * W * C, (j + 1) * H * W * C), height: H, width: W, channels: C as 1 | 3 };
+      if (this.opts.canvas) x0 = toCanvasMode(x0, this.opts.canvas, 'native');
+      cells.push(latentTile(lat.subarray(j * h * w * c, (j + 1) * h * w * c), h, w, c, x0.height, x0.width));
+      cells.push(x0);
     }
     const t = Number.isInteger(step.t) ? String(step.t) : step.t.toFixed(1);
     this.frames.push(

@@ -6,8 +6,9 @@
  *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })
  *                                                   an original CompVis/LDM single file (+ its yaml);
  *                                                   the tokenizer comes from a separate directory
- *   loadRunPipeline('runs/default')                 a run trained by sdlab: vae/ clip/ unet/ and
- *                                                   scheduler/scheduler_config.json
+ *   loadRunPipeline('runs/default')                 a run trained by sdlab: vae/ clip/ unet/,
+ *                                                   scheduler/scheduler_config.json and
+ *                                                   sampling_config.json
  *
  * The scheduler is picked by name (`--scheduler`), configured from the model's
  * scheduler_config.json as diffusers' `Scheduler.from_config(pipe.scheduler.config)` does;
@@ -22,7 +23,10 @@ import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEnco
 import { UNet2DConditionModel } from '../unet/unet.ts';
 import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import { LdmCheckpoint } from './load_single_file.ts';
-import { type Scheduler, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
+import { skipInit } from '../nn/module.ts';
+import { type Scheduler, type SchedulerName, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
+import { type Canvas, vaeCanvas } from '../data/canvas.ts';
+import { type ResolvedSampling, resolveSampling } from './settings.ts';
 import { UsageError } from '../util/errors.ts';
 import { StableDiffusionPipeline } from './pipeline.ts';
 
@@ -174,6 +178,10 @@ export interface RunPipeline {
   pipeline: StableDiffusionPipeline;
   /** Things the user should know (e.g. a default that was assumed). */
   notes: string[];
+  /** The data's own size on the VAE's canvas (<run>/vae/canvas.json): crop outputs with toCanvasMode. */
+  canvas: Canvas;
+  /** How the run samples itself (<run>/sampling_config.json, else the defaults; its notes say which). */
+  sampling: ResolvedSampling;
 }
 
 /** Throws the "train it first" message unless `dir` holds config.json and `weights`. */
@@ -188,8 +196,10 @@ function requireTrained(run: string, component: 'vae' | 'clip' | 'unet', weights
 }
 
 /**
- * A run trained by sdlab: vae/ (AutoencoderKL), clip/ (CLIP: its text tower + tokenizer.json),
- * unet/ (UNet2DConditionModel) and scheduler/scheduler_config.json (the training schedule).
+ * A run trained by sdlab: vae/ (AutoencoderKL, and canvas.json: the data's own size), clip/
+ * (CLIP: its text tower + tokenizer.json), unet/ (UNet2DConditionModel),
+ * scheduler/scheduler_config.json (the training schedule) and sampling_config.json (how to
+ * sample it: src/sample/settings.ts).
  */
 export function loadRunPipeline(run: string, opts: PipelineLoadOptions = {}): RunPipeline {
   if (!fs.existsSync(run) || !fs.statSync(run).isDirectory()) {
@@ -207,13 +217,18 @@ export function loadRunPipeline(run: string, opts: PipelineLoadOptions = {}): Ru
     config = DEFAULT_RUN_SCHEDULER_CONFIG;
     notes.push(`${schedulerFile} not found: assuming the default training schedule (DDPM, scaled_linear betas 0.00085..0.012, 1000 steps).`);
   }
-  const scheduler = schedulerFromConfig(config, opts.scheduler ?? 'ddim', schedulerFile);
+  // The scheduler asked for, else the run's own (sampling_config.json), else DDIM.
+  const sampling = resolveSampling(run, { scheduler: opts.scheduler as SchedulerName | undefined });
+  const scheduler = schedulerFromConfig(config, sampling.settings.scheduler, schedulerFile);
+  const vae = AutoencoderKL.fromPretrained(vaeDir);
+  const { canvas, note } = vaeCanvas(vaeDir, { sampleSize: vae.config.sample_size, inChannels: vae.config.in_channels });
+  if (note) notes.push(note);
   const pipeline = new StableDiffusionPipeline({
     tokenizer: loadTokenizer(clipDir),
     textEncoder: TextEncoder.fromPretrained(clipDir),
     unet: UNet2DConditionModel.fromPretrained(unetDir),
-    vae: AutoencoderKL.fromPretrained(vaeDir),
+    vae,
     scheduler,
   });
-  return { pipeline, notes };
+  return { pipeline, notes, canvas, sampling };
 }

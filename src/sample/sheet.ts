@@ -3,13 +3,19 @@
  * prompt, written one PNG each, as one grid and as samples.json — what `sdlab sample` writes and
  * what `sdlab train all` closes with.
  *
- *   const res = await writeSampleSheet({ run: 'runs/default', digits: [0, 1, 2], n: 8, steps: 50,
- *     scheduler: 'ddim', guidance: 3, seed: 0, out: 'out/sample', batch: 64 });
+ *   const res = await writeSampleSheet({ run: 'runs/default', digits: [0, 1, 2], n: 8, seed: 0,
+ *     out: 'out/sample', batch: 64 });        // steps, scheduler, guidance, eta: the run's own
+ *
+ * Sampling settings not given come from the run (<run>/sampling_config.json, src/sample/settings.ts),
+ * else sdlab's defaults; res.sampling says which came from where.
  *
  * Files in `out`, each written atomically:
- *   0000.png, 0001.png, ...    one picture per image (the VAE's output size, e.g. 32×32)
+ *   0000.png, 0001.png, ...    one picture per image, at the data's own size (28×28 for MNIST: the
+ *                              VAE's padded canvas cropped, src/data/canvas.ts), or the canvas
+ *                              (32×32) with canvas: 'padded'
  *   grid.png                   all of them; one row per prompt when there are several
- *   samples.json               [{"file": "0000.png", "prompt": "...", "digit": 7, "seed": 1, "index": 0}, ...]
+ *   samples.json               [{"file": "0000.png", "prompt": "...", "digit": 7, "seed": 1, "index": 0,
+ *                                "scheduler": "ddim", "steps": 50, "guidance": 1.75, "eta": 0}, ...]
  *                              (digit: the one digit the prompt names, else null — what `sdlab eval` reads)
  *   animation.gif              with animate: x_t beside the decoded x0 prediction at every step,
  *                              for the first image of each of the first 4 prompts (one prompt: its
@@ -22,12 +28,14 @@ import path from 'node:path';
 import { check } from '../util/errors.ts';
 import { Progress } from '../util/progress.ts';
 import { writeFileAtomic } from '../util/fs.ts';
-import { SCHEDULER_NAMES } from '../schedule/index.ts';
+import { SCHEDULER_NAMES, type SchedulerName } from '../schedule/index.ts';
 import { promptForDigit } from '../data/captions.ts';
+import { CANVAS_MODES, type CanvasMode, toCanvasMode } from '../data/canvas.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 import { ReverseProcessAnimation } from './animate.ts';
 import { loadRunPipeline } from './load.ts';
 import { digitFromPrompt, parseDigitList } from './prompts.ts';
+import { type ResolvedSampling, resolveSampling } from './settings.ts';
 
 export interface SampleOptions {
   run: string;
@@ -37,15 +45,18 @@ export interface SampleOptions {
   digits?: number[];
   /** Images per prompt. */
   n: number;
-  steps: number;
-  scheduler: string;
-  guidance: number;
+  /** Sampling settings; each one not given comes from the run's sampling_config.json, else SAMPLING_DEFAULTS (settings.ts). */
+  steps?: number;
+  scheduler?: string;
+  guidance?: number;
+  /** DDIM η (0 = deterministic). */
+  eta?: number;
   seed: number;
   out: string;
   animate?: boolean;
   batch: number;
-  /** DDIM η (0 = deterministic). */
-  eta?: number;
+  /** 'native' (default): images at the data's own size (28×28 for MNIST); 'padded': the VAE's canvas (32×32). */
+  canvas?: CanvasMode;
   /** Progress output (default: stderr); null for none. */
   progress?: NodeJS.WriteStream | null;
 }
@@ -57,6 +68,11 @@ export interface SampleRecord {
   digit: number | null;
   seed: number;
   index: number;
+  /** How it was sampled (so `sdlab eval` can say what it scores). */
+  scheduler: string;
+  steps: number;
+  guidance: number;
+  eta: number;
 }
 
 export interface SampleResult {
@@ -65,6 +81,8 @@ export interface SampleResult {
   notes: string[];
   height: number;
   width: number;
+  /** The settings used and where each came from (flag, the run's sampling_config.json, defaults). */
+  sampling: ResolvedSampling;
 }
 
 /** The prompts of a sheet: `prompt` first, then one per entry of `digits` (neither: the digits 0-9). */
@@ -76,9 +94,13 @@ export function samplePrompts(opts: Pick<SampleOptions, 'prompt' | 'digits'>): s
 /** Samples images from a trained run and writes PNGs, the grid, samples.json (and the GIF). */
 export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResult> {
   check(Number.isInteger(opts.n) && opts.n >= 1, `--n: expected an integer >= 1, got ${opts.n}.`);
-  check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
+  check(opts.steps === undefined || (Number.isInteger(opts.steps) && opts.steps >= 1), `--steps: expected an integer >= 1, got ${opts.steps}.`);
   check(Number.isInteger(opts.batch) && opts.batch >= 1, `--batch: expected an integer >= 1, got ${opts.batch}.`);
-  check((SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  const canvasMode = opts.canvas ?? 'native';
+  check(CANVAS_MODES.includes(canvasMode), `--canvas: expected one of ${CANVAS_MODES.join(', ')}, got "${canvasMode}".`);
+  const sampling = resolveSampling(opts.run, { scheduler: opts.scheduler as SchedulerName | undefined, steps: opts.steps, guidance: opts.guidance, eta: opts.eta });
+  const { scheduler, steps, guidance, eta } = sampling.settings;
   const prompts = samplePrompts(opts);
   const perImage = prompts.flatMap((p) => new Array<string>(opts.n).fill(p));
   const total = perImage.length;
@@ -89,12 +111,17 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
     digit: digitFromPrompt(prompt),
     seed: opts.seed,
     index,
+    scheduler,
+    steps,
+    guidance,
+    eta,
   }));
 
-  const { pipeline, notes } = loadRunPipeline(opts.run, { scheduler: opts.scheduler });
+  const { pipeline, notes: loadNotes, canvas } = loadRunPipeline(opts.run, { scheduler });
+  const notes = [...sampling.notes, ...loadNotes];
   try {
     // Check the step count against the schedule before any work (one clear line).
-    pipeline.scheduler.setTimesteps(opts.steps);
+    pipeline.scheduler.setTimesteps(steps);
     const stepsPerBatch = pipeline.scheduler.timesteps.length; // PNDM runs one more than asked
     const batches = Math.ceil(total / opts.batch);
     const progress = opts.progress === null ? null : new Progress({ total: batches * stepsPerBatch, label: 'sample', unit: 'step', stream: opts.progress });
@@ -102,23 +129,24 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
     // among the first batch.
     let shown = prompts.map((_, p) => p * opts.n).filter((i) => i < opts.batch).slice(0, 4);
     if (shown.length < 2) shown = Array.from({ length: Math.min(4, total, opts.batch) }, (_, i) => i);
-    const anim = opts.animate ? new ReverseProcessAnimation(pipeline, { indices: shown, labels: shown.map((i) => rowLabel(records[i])) }) : null;
+    const anim = opts.animate ? new ReverseProcessAnimation(pipeline, { indices: shown, labels: shown.map((i) => rowLabel(records[i])), canvas: canvasMode === 'native' ? canvas : undefined }) : null;
     const images: FloatImage[] = new Array(total);
     const files: string[] = [];
     await pipeline.generate({
       prompts: perImage,
       batchSize: opts.batch,
-      numInferenceSteps: opts.steps,
-      guidanceScale: opts.guidance,
+      numInferenceSteps: steps,
+      guidanceScale: guidance,
       seed: opts.seed,
-      eta: opts.eta,
+      eta,
       callback: (s) => {
         progress?.tick(1, `batch ${s.first / opts.batch + 1}/${batches}`);
         if (anim && s.first === 0) anim.record(s);
       },
       onBatch: async ({ first, images: batch, height, width, channels }) => {
         for (let k = 0; k < batch.length; k++) {
-          const img: FloatImage = { data: batch[k], height, width, channels: channels as 1 | 3 };
+          // The data's own size unless the padded canvas was asked for (src/data/canvas.ts).
+          const img: FloatImage = toCanvasMode({ data: batch[k], height, width, channels: channels as 1 | 3 }, canvas, canvasMode);
           images[first + k] = img;
           const file = path.join(opts.out, records[first + k].file);
           await savePng(file, renderGrid([img], { pad: 0 }));
@@ -148,7 +176,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
       gif = path.join(opts.out, 'animation.gif');
       await anim.save(gif);
     }
-    return { records, files: { images: files, grid, json, gif }, notes, height, width };
+    return { records, files: { images: files, grid, json, gif }, notes, height, width, sampling };
   } finally {
     pipeline.dispose();
   }

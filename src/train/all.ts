@@ -12,8 +12,9 @@
  * Each stage is the same trainer as `npx sdlab train vae|clip|unet` with the preset's settings
  * (presets.ts), writing into the same run directory. A stage whose training state is already
  * complete with the preset's epochs and batch size is skipped, so re-running after an
- * interruption redoes nothing. Timings per stage go to <run>/train/all.json. The closing sheet is
- * src/sample/sheet.ts, the same writer as `npx sdlab sample --digits 0-9`.
+ * interruption redoes nothing. Timings per stage go to <run>/train/all.json. The preset's sampling
+ * settings go to <run>/sampling_config.json (the UNet stage writes them). The closing sheet is
+ * src/sample/sheet.ts, the same writer as `npx sdlab sample --digits 0-9`, at those settings.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,6 +24,7 @@ import { UsageError } from '../util/errors.ts';
 import { formatDuration } from '../util/progress.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
 import { writeSampleSheet } from '../sample/sheet.ts';
+import { formatSampling, samplingConfigPath, writeSamplingConfig } from '../sample/settings.ts';
 import { trainClip } from './clip.ts';
 import { type TrainAllPreset } from './presets.ts';
 import { readStateInfo, statePath, trainDir } from './state.ts';
@@ -206,8 +208,9 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
       return { zero_shot: r.zeroShotAccuracy };
     });
   }
+  const samplingSource = `train all --preset ${opts.presetName}`;
   if (!stopped) {
-    stopped = await runStage('unet', 'the diffusion model', p.unet, (f) => trainUnet({ ...p.unet, ...common, ...f }), (r) => {
+    stopped = await runStage('unet', 'the diffusion model', p.unet, (f) => trainUnet({ ...p.unet, ...common, ...f, samplingSource }), (r) => {
       r.unet.dispose();
       if (r.emaUnet !== r.unet) r.emaUnet.dispose();
       return { val_loss: r.valLoss };
@@ -219,6 +222,9 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
     return { stages, stopped: true, sheet: null, summaryFile, totalSeconds: (Date.now() - started) / 1000 };
   }
 
+  // A UNet trained by an sdlab that did not record how to sample it gets the preset's settings.
+  if (!fs.existsSync(samplingConfigPath(opts.runDir))) writeSamplingConfig(opts.runDir, p.unet.sampling, samplingSource);
+
   // ---- sample sheet
   let sheet: TrainAllResult['sheet'] = null;
   if (!opts.noSheet) {
@@ -226,15 +232,14 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
     // One row per class: the digits, or the first SHEET_MAX_ROWS prompts the run recorded.
     const classes = readRunClasses(opts.runDir);
     const prompts = classes?.prompts.slice(0, SHEET_MAX_ROWS);
-    log(`== samples: ${p.sheet.n} per ${classes ? 'class' : 'digit'}, DDIM ${p.sheet.steps} steps, guidance ${p.sheet.guidance} → ${dir}`);
+    const s = p.unet.sampling;
+    log(`== samples: ${p.sheet.n} per ${classes ? 'class' : 'digit'}, ${formatSampling(s)} → ${dir}`);
     const t0 = Date.now();
     const res = await writeSampleSheet({
       run: opts.runDir,
       ...(prompts ? { prompt: prompts } : { digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] }),
       n: p.sheet.n,
-      steps: p.sheet.steps,
-      scheduler: 'ddim',
-      guidance: p.sheet.guidance,
+      ...s,
       seed,
       out: dir,
       batch: (prompts?.length ?? 10) * p.sheet.n,
@@ -248,7 +253,7 @@ export async function trainAll(opts: TrainAllOptions): Promise<TrainAllResult> {
 }
 
 /** Where everything of a finished run is, as lines for the terminal. */
-export function describeRun(runDir: string, res: TrainAllResult, guidance: number): string[] {
+export function describeRun(runDir: string, res: TrainAllResult): string[] {
   const run = path.normalize(runDir) === path.normalize('runs/default') ? '' : ` --run ${runDir}`;
   const lines = [
     `models:      ${path.join(runDir, 'vae')}/  ${path.join(runDir, 'clip')}/  ${path.join(runDir, 'unet')}/  ${path.join(runDir, 'scheduler')}/`,
@@ -256,15 +261,16 @@ export function describeRun(runDir: string, res: TrainAllResult, guidance: numbe
     `summary:     ${res.summaryFile}`,
   ];
   if (res.sheet) lines.push(`sample sheet: ${res.sheet.grid}`);
+  lines.push(`sampling:    ${samplingConfigPath(runDir)} (what \`sdlab sample\` and \`sdlab eval\` use unless told otherwise)`);
   const classes = readRunClasses(runDir);
   if (classes) {
-    lines.push(`next:        npx sdlab sample${run} --prompt ${JSON.stringify(classes.prompts[0])} --n 16 --guidance ${guidance}`);
+    lines.push(`next:        npx sdlab sample${run} --prompt ${JSON.stringify(classes.prompts[0])} --n 16`);
     return lines;
   }
   lines.push(
     `next:        npx sdlab sample${run} --prompt "a thick 7" --n 16`,
-    // The eval command uses the preset's guidance: the one its quality figures were measured at.
-    `             npx sdlab sample${run} --digits 0-9 --n 100 --guidance ${guidance} --out out/eval-samples && npx sdlab eval${run} --samples out/eval-samples`,
+    // No sampling flags: the run's sampling_config.json holds the settings its quality figures were measured at.
+    `             npx sdlab sample${run} --digits 0-9 --n 100 --out out/eval-samples && npx sdlab eval${run} --samples out/eval-samples`,
   );
   return lines;
 }

@@ -27,7 +27,10 @@
  *
  * EMA: an exponential moving average of the weights (decay min(emaDecay, (1+n)/(10+n)) after n
  * updates, diffusers' EMAModel) is what <run>/unet/ receives; the raw weights, AdamW moments and
- * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit. <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`.
+ * the EMA stay in the one training state file (ema.* tensors), so --resume continues bit for bit.
+ * <run>/scheduler/scheduler_config.json records the noise schedule for `sdlab sample`, and
+ * <run>/sampling_config.json how to sample (opts.sampling: sampler, steps, guidance, eta), so
+ * `sdlab sample` and `sdlab eval` use the recipe's settings without flags.
  *
  * Every epoch: held-out loss (EMA weights, fixed captions/t/noise) and a sample grid
  * <run>/train/unet/samples.png (+ samples_epoch<N>.png): one row per digit (or class), same noise
@@ -51,6 +54,8 @@ import { type Dataset, captionVocabulary, checkCaptionable, classLabels, classPr
 import { buildChecked, manualSeed, skipInit } from '../nn/index.ts';
 import { type BetaSchedule, type PredictionType, type TimestepSpacing, createScheduler, scheduleBetas } from '../schedule/index.ts';
 import { NonFiniteError, StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { type Canvas, vaeCanvas } from '../data/canvas.ts';
+import { type SamplingSettings, writeSamplingConfig } from '../sample/settings.ts';
 import { UNet2DConditionModel, type UNet2DConditionConfig, mnistUnetConfig } from '../unet/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
@@ -98,6 +103,10 @@ export interface UnetTrainOptions extends ModelTrainOptions {
   gridCols: number;
   gridSteps: number;
   gridGuidance: number;
+  /** How the trained model is sampled: written to <run>/sampling_config.json, the defaults of `sdlab sample` and `sdlab eval`. */
+  sampling: SamplingSettings;
+  /** Who chose `sampling` (recorded in the file; default "sdlab train unet"). */
+  samplingSource?: string;
   /** Called after every update (and after the EMA update); `unet` holds the raw weights. */
   onStep?: (info: { step: number; loss: number; lr: number; epoch: number; batchIndex: number; unet: UNet2DConditionModel }) => void;
 }
@@ -111,6 +120,12 @@ export const RECIPE_UNET_CONFIG: Partial<UNet2DConditionConfig> = {
   down_block_types: ['DownBlock2D', 'CrossAttnDownBlock2D'],
   up_block_types: ['CrossAttnUpBlock2D', 'UpBlock2D'],
 };
+
+/**
+ * How the recipe's UNet is sampled: DDIM, 50 steps, guidance 1.75 — the full preset's measured
+ * balance of faithfulness (accuracy) and diversity (FID) (the table in presets.ts).
+ */
+export const RECIPE_SAMPLING: SamplingSettings = { scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0 };
 
 /** The full-preset recipe (see presets.ts for what it was chosen against and what helped). */
 export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
@@ -141,6 +156,7 @@ export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
   gridCols: 4,
   gridSteps: 20,
   gridGuidance: 3,
+  sampling: RECIPE_SAMPLING,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -249,17 +265,20 @@ export async function saveSampleGrid(
   file: string,
   parts: { vae: AutoencoderKL; textEncoder: TextEncoder; tokenizer: Tokenizer; unet: UNet2DConditionModel },
   schedulerConfig: Record<string, unknown>,
-  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string; classes?: Pick<Dataset, 'classNames' | 'captions'> },
+  o: { cols: number; steps: number; guidance: number; seed?: number; title?: string; classes?: Pick<Dataset, 'classNames' | 'captions'>; canvas?: Canvas },
 ): Promise<void> {
   const scheduler = createScheduler('ddim', schedulerConfig);
   const pipe = new StableDiffusionPipeline({ ...parts, scheduler });
   const rows = classPrompts(o.classes ?? {}).slice(0, GRID_MAX_ROWS);
   const prompts = rows.flatMap((p) => new Array<string>(o.cols).fill(p));
   const out = pipe.call({ prompt: prompts, numInferenceSteps: o.steps, guidanceScale: o.guidance, seed: o.seed ?? 0 });
+  // The digits at the data's own size, as `sdlab sample` writes them (src/data/canvas.ts).
+  const c = o.canvas;
+  const images = c && out.images.shape[1] === c.size && out.images.shape[2] === c.size ? tf.slice(out.images, [0, c.top, c.left, 0], [-1, c.nativeHeight, c.nativeWidth, -1]) : out.images;
   try {
-    await saveImageGrid(file, out.images, { cols: o.cols, scale: 2, rowLabels: classLabels(o.classes ?? {}).slice(0, GRID_MAX_ROWS), title: o.title });
+    await saveImageGrid(file, images, { cols: o.cols, scale: 2, rowLabels: classLabels(o.classes ?? {}).slice(0, GRID_MAX_ROWS), title: o.title });
   } finally {
-    tf.dispose([out.images, out.latents, out.promptEmbeds]);
+    tf.dispose([images, out.images, out.latents, out.promptEmbeds]);
     scheduler.dispose();
   }
 }
@@ -332,6 +351,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
   const batcher = new EpochBatcher(trainSet, opts.batchSize, opts.seed);
   const totalSteps = Math.min(opts.epochs * batcher.stepsPerEpoch, opts.maxSteps ?? Infinity);
   const frozen = { vae, textEncoder, tokenizer };
+  const { canvas } = vaeCanvas(parts.vaeDir, { sampleSize: vae.config.sample_size, inChannels: vae.config.in_channels });
   const writeScheduler = () => {
     writeFileAtomicSync(schedulerFile, JSON.stringify(schedulerConfig, null, 2) + '\n');
   };
@@ -375,7 +395,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         const title = `epoch ${epochName}  val loss ${ev.loss!.toPrecision(4)}`;
         const file = path.join(ctx.dir, `samples_epoch${epochName}.png`);
         try {
-          await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title, classes: trainSet });
+          await saveSampleGrid(file, { ...frozen, unet: exported }, schedulerConfig, { cols: opts.gridCols, steps: opts.gridSteps, guidance: opts.gridGuidance, title, classes: trainSet, canvas });
         } catch (err) {
           // A picture of progress is no reason to stop training (nor to draw black squares).
           if (!(err instanceof NonFiniteError)) throw err;
@@ -390,6 +410,7 @@ export async function trainUnet(opts: UnetTrainOptions): Promise<UnetTrainResult
         exported.save(unetDir);
         writeScheduler();
         writeRunClasses(opts.runDir, trainSet); // what `sample` prompts by default (none for digits)
+        writeSamplingConfig(opts.runDir, opts.sampling, opts.samplingSource ?? 'sdlab train unet');
       },
     },
     {

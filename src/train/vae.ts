@@ -16,6 +16,9 @@
  * PSNR = 10·log10(1/MSE) over all validation pixels in [0, 1]) and draws
  * <run>/train/vae/reconstructions.png (originals above, reconstructions below).
  *
+ * Beside the model it records the data's own size and padding (<run>/vae/canvas.json, see
+ * src/data/canvas.ts), so what the run draws can be written at the data's size.
+ *
  * After the last step it measures the standard deviation of the sampled latents over the
  * training set (its first 2048 digits, a random sample: plenty for one number) and writes scaling_factor = 1/std into <run>/vae/config.json — the way SD's
  * 0.18215 was found — so the diffusion model sees unit-variance latents.
@@ -25,7 +28,7 @@
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL, type AutoencoderKLConfig, VAE_PRESETS, klDivergence } from '../autoencoder/index.ts';
-import { type Dataset, type TfDataset, captionKind, datasetFingerprint, datasetFromTf, isTfDataset, loadDataset, padDataset, splitDataset, subset } from '../data/index.ts';
+import { type Canvas, type Dataset, type TfDataset, captionKind, centredCanvas, datasetFingerprint, datasetFromTf, isTfDataset, loadDataset, padDataset, splitDataset, subset, writeCanvasRecord } from '../data/index.ts';
 import { buildChecked, manualSeed } from '../nn/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { Random } from '../util/random.ts';
@@ -108,9 +111,13 @@ export interface TrainData {
   val: Dataset;
   /** sourceSettings of the loaded data ({} for digits from the embedded set or IDX files). */
   source: Record<string, unknown>;
+  /** Where the examples sit on the padded canvas (their own size and offsets). */
+  canvas: Canvas;
+  /** Where the data came from, in words (for canvas.json). */
+  origin?: string;
 }
 
-/** The train/validation examples the VAE (and later trainers) use, padded to `size`. */
+/** The train/validation examples the VAE (and later trainers) use, padded to `size`, and where they sit on that canvas. */
 export function vaeData(opts: DataOptions & { size: number }): TrainData {
   const ds = loadDataset({ data: opts.data, classes: opts.classes, dataset: opts.dataset });
   const split = splitDataset(ds, DATA_SPLIT);
@@ -123,7 +130,7 @@ export function vaeData(opts: DataOptions & { size: number }): TrainData {
       `${ds.source ?? 'data'}: images are ${train.height}×${train.width}, larger than the model's sample_size ${opts.size}; smaller images are padded, larger ones are not resized (resize them, or train with a larger --sample-size).`,
     );
   }
-  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size), source: sourceSettings(ds, opts) };
+  return { train: padDataset(train, opts.size), val: padDataset(val, opts.size), source: sourceSettings(ds, opts), canvas: centredCanvas(train.height, train.width, opts.size), origin: ds.source };
 }
 
 /**
@@ -262,7 +269,7 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
     throw new UsageError(`vae config: in_channels/out_channels must be 1 for grayscale digits, got ${config.in_channels}/${config.out_channels}.`);
   }
   const data = vaeData({ ...opts, dataset: await resolveDataset(opts.dataset), size: config.sample_size });
-  const { train: trainSet, val } = data;
+  const { train: trainSet, val, canvas } = data;
   manualSeed(opts.seed);
   const vae = buildChecked(() => new AutoencoderKL(config), 'vae config');
   const vaeDir = path.join(opts.runDir, 'vae');
@@ -304,7 +311,11 @@ export async function trainVae(opts: VaeTrainOptions): Promise<VaeTrainResult> {
         await saveReconstructionGrid(path.join(ctx.dir, 'reconstructions.png'), vae, gridSet, { title });
         await saveReconstructionGrid(path.join(ctx.dir, `reconstructions_epoch${ctx.epoch}.png`), vae, gridSet, { title });
       },
-      exportModel: () => vae.save(vaeDir),
+      exportModel: () => {
+        vae.save(vaeDir);
+        // The data's own size and where it sits on the canvas, so outputs can be cropped back to it.
+        writeCanvasRecord(vaeDir, canvas, data.origin);
+      },
       onTrainEnd: (ctx) => {
         const nScale = Math.min(trainSet.n, opts.scaleExamples ?? 2048);
         if (nScale <= 0) return;
