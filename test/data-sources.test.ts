@@ -34,6 +34,7 @@ import {
 import { DIGIT_WORDS, captionFor } from '../src/data/captions.ts';
 import { writeTinyIdx } from './helpers/tiny-data.ts';
 import { folderName, jsonlText, tinyDigitBytes, writeGrayPng, writeTinyFolder } from './helpers/tiny-folder.ts';
+import { samplePrompts } from '../src/sample/sheet.ts';
 
 const FASHION = '/usr/share/datasets/fashion-mnist';
 const haveFashion = fs.existsSync(path.join(FASHION, 'train-labels-idx1-ubyte.gz'));
@@ -363,6 +364,10 @@ describe('<run>/classes.json', () => {
     expect(readRunClasses(run)).toBeNull();
     writeRunClasses(run, { classNames: ['cat', 'owl'] });
     expect(readRunClasses(run)).toEqual({ captions: 'classes', classes: ['cat', 'owl'], prompts: ['a cat', 'an owl'] });
+    // `sdlab sample` without prompts draws one row per class of such a run (digits only for a digit run).
+    expect(samplePrompts({ run })).toEqual(['a cat', 'an owl']);
+    expect(samplePrompts({ run, prompt: ['x'] })).toEqual(['x']);
+    expect(samplePrompts({ run: path.join(tmp, 'no-such-run') })).toHaveLength(10);
     writeRunClasses(run, { classNames: ['a red ball', 'a cube'], captions: ['a cube', 'a red ball'] });
     expect(readRunClasses(run)).toEqual({ captions: 'texts', classes: ['a red ball', 'a cube'], prompts: ['a red ball', 'a cube'] });
     writeRunClasses(run, {});

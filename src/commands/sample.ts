@@ -30,7 +30,7 @@ export function register(program: Command): void {
     .description('generate digits from a trained run (PNGs + grid + samples.json; --animate for a GIF of the reverse process)')
     .option('--run <dir>', 'run directory holding vae/, clip/, unet/', 'runs/default')
     .option('--prompt <text>', 'a prompt (repeat for several; "" = unconditional)', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--digits <list>', 'add one prompt "a handwritten <word>" per digit, e.g. 0-9 (the sample sheet; default when no --prompt)', parseDigitList)
+    .option('--digits <list>', 'add one prompt "a handwritten <word>" per digit, e.g. 0-9 (default when no --prompt: one row per class the run was trained on, or the digits 0-9)', parseDigitList)
     .option('--n <count>', 'images per prompt', int(1, 100_000), 8)
     .option('--steps <n>', `denoising steps (default: the run's ${SAMPLING_CONFIG_FILE}, else ${SAMPLING_DEFAULTS.steps})`, int(1, 10_000))
     .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the run's, else ${SAMPLING_DEFAULTS.scheduler})`, oneOf(SCHEDULER_NAMES))

@@ -31,6 +31,7 @@ import { writeFileAtomic } from '../util/fs.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../schedule/index.ts';
 import { promptForDigit } from '../data/captions.ts';
 import { CANVAS_MODES, type CanvasMode, toCanvasMode } from '../data/canvas.ts';
+import { readRunClasses } from '../data/run_classes.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 import { ReverseProcessAnimation } from './animate.ts';
 import { loadRunPipeline } from './load.ts';
@@ -85,10 +86,14 @@ export interface SampleResult {
   sampling: ResolvedSampling;
 }
 
-/** The prompts of a sheet: `prompt` first, then one per entry of `digits` (neither: the digits 0-9). */
-export function samplePrompts(opts: Pick<SampleOptions, 'prompt' | 'digits'>): string[] {
+/**
+ * The prompts of a sheet: `prompt` first, then one per entry of `digits`; neither: one per class
+ * the run was trained on (<run>/classes.json, e.g. "a sneaker"), or for a digit run the digits 0-9.
+ */
+export function samplePrompts(opts: Pick<SampleOptions, 'prompt' | 'digits'> & { run?: string }): string[] {
   const prompts = [...(opts.prompt ?? []), ...(opts.digits ?? []).map(promptForDigit)];
-  return prompts.length ? prompts : parseDigitList('0-9').map(promptForDigit);
+  if (prompts.length) return prompts;
+  return (opts.run ? readRunClasses(opts.run)?.prompts : undefined) ?? parseDigitList('0-9').map(promptForDigit);
 }
 
 /** Samples images from a trained run and writes PNGs, the grid, samples.json (and the GIF). */
@@ -102,13 +107,15 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
   const sampling = resolveSampling(opts.run, { scheduler: opts.scheduler as SchedulerName | undefined, steps: opts.steps, guidance: opts.guidance, eta: opts.eta });
   const { scheduler, steps, guidance, eta } = sampling.settings;
   const prompts = samplePrompts(opts);
+  // A run of other classes (a sneaker, a coat) has no digits, even where a class name holds a digit word.
+  const digitOf = (prompt: string) => (readRunClasses(opts.run) ? null : digitFromPrompt(prompt));
   const perImage = prompts.flatMap((p) => new Array<string>(opts.n).fill(p));
   const total = perImage.length;
   const pad = Math.max(4, String(total - 1).length);
   const records: SampleRecord[] = perImage.map((prompt, index) => ({
     file: `${String(index).padStart(pad, '0')}.png`,
     prompt,
-    digit: digitFromPrompt(prompt),
+    digit: digitOf(prompt),
     seed: opts.seed,
     index,
     scheduler,
@@ -165,7 +172,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
         cols: several ? opts.n : undefined,
         rows: several ? prompts.length : undefined,
         scale: height <= 64 ? 2 : 1,
-        rowLabels: several ? prompts.map((p) => rowLabel({ prompt: p, digit: digitFromPrompt(p) })) : undefined,
+        rowLabels: several ? prompts.map((p) => rowLabel({ prompt: p, digit: digitOf(p) })) : undefined,
         title: several ? undefined : shorten(prompts[0] || '(unconditional)', 40),
       }),
     );
