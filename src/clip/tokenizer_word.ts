@@ -15,6 +15,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
+import { parseJson } from '../util/json.ts';
 import { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 
 export const WORD_TOKENIZER_FILE = 'tokenizer.json';
@@ -141,12 +142,6 @@ export class WordTokenizer implements Tokenizer {
     if (!fs.existsSync(file)) {
       throw new UsageError(`${file} not found: expected the word tokenizer saved with the text encoder`);
     }
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (e) {
-      throw new UsageError(`${file} is not valid JSON (${(e as Error).message}); expected an sdlab word tokenizer`);
-    }
-    return WordTokenizer.fromJSON(json, file, opts);
+    return WordTokenizer.fromJSON(parseJson(fs.readFileSync(file, 'utf8'), file, 'an sdlab word tokenizer'), file, opts);
   }
 }

@@ -23,14 +23,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import * as tf from '@tensorflow/tfjs';
-import { PNG } from 'pngjs';
 import { AutoencoderKL } from '../autoencoder/index.ts';
 import { selectBackend } from '../backend/index.ts';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
-import { type FloatImage, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
+import { type FloatImage, readPng, renderGrid, savePng, saveImageGrid } from '../viz/index.ts';
 import { vaeData } from '../train/vae.ts';
 import { denormalize, toSigned } from '../data/pixels.ts';
 
@@ -54,14 +53,7 @@ export function loadRunVae(src: VaeSource): { vae: AutoencoderKL; dir: string } 
 
 /** A PNG as HWC float pixels in [0, 1] with `channels` channels (alpha composited onto black). */
 export function readPngImage(file: string, channels: 1 | 3): FloatImage & { channels: 1 | 3 } {
-  let png: PNG;
-  try {
-    png = PNG.sync.read(fs.readFileSync(file));
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`${file}: ${code ? `cannot read (${code})` : `not a valid PNG (${(err as Error).message})`}.`);
-  }
-  const { width, height, data } = png; // RGBA, 8 bits per channel
+  const { width, height, data } = readPng(file); // RGBA, 8 bits per channel
   const out = new Float32Array(width * height * channels);
   for (let i = 0; i < width * height; i++) {
     const a = data[4 * i + 3] / 255;

@@ -23,7 +23,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { PNG } from 'pngjs';
+import { readPng } from '../viz/index.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { toSigned, toUnit } from '../data/pixels.ts';
@@ -79,13 +79,7 @@ function checkSize(h: number, w: number, where: string): void {
 
 /** Decodes one PNG into 32×32 values in [-1, 1] (gray = mean of RGB, times alpha). */
 export function readDigitPng(file: string): Float32Array {
-  let png: PNG;
-  try {
-    png = PNG.sync.read(fs.readFileSync(file));
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw new UsageError(`${file}: cannot read PNG (${e.code ?? e.message.split('\n')[0]}).`);
-  }
+  const png = readPng(file);
   checkSize(png.height, png.width, file);
   const gray = new Float32Array(png.width * png.height);
   for (let i = 0; i < gray.length; i++) {

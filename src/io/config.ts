@@ -16,6 +16,7 @@
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
+import { parseJson, showJson } from '../util/json.ts';
 
 /** Bookkeeping keys diffusers/transformers write; always accepted and never part of a config. */
 export const DIFFUSERS_META_KEYS: readonly string[] = [
@@ -46,16 +47,16 @@ export function parseConfig<T extends object>(raw: unknown, spec: ConfigSpec<T>,
   const obj = raw as Record<string, unknown>;
   const defaults = spec.defaults as Record<string, unknown>;
   if (spec.className && typeof obj._class_name === 'string' && obj._class_name !== spec.className) {
-    throw new UsageError(`${source}: _class_name is "${obj._class_name}", expected "${spec.className}".`);
+    throw new UsageError(`${source}: _class_name is ${showJson(obj._class_name)}, expected "${spec.className}".`);
   }
   const out: Record<string, unknown> = structuredClone(defaults);
   for (const [key, value] of Object.entries(obj)) {
     if (DIFFUSERS_META_KEYS.includes(key) || spec.ignored?.includes(key)) continue;
     if (!Object.hasOwn(defaults, key)) {
-      throw new UsageError(`${source}: unknown config key "${key}" (known keys: ${Object.keys(defaults).join(', ')}).`);
+      throw new UsageError(`${source}: unknown config key ${showJson(key)} (known keys: ${Object.keys(defaults).join(', ')}).`);
     }
     const problem = typeProblem(defaults[key], value);
-    if (problem) throw new UsageError(`${source}: config key "${key}" ${problem}, got ${JSON.stringify(value)}.`);
+    if (problem) throw new UsageError(`${source}: config key "${key}" ${problem}, got ${showJson(value)}.`);
     out[key] = value;
   }
   return out as T;
@@ -69,13 +70,7 @@ export function readConfig<T extends object>(file: string, spec: ConfigSpec<T>):
   } catch (err) {
     throw new UsageError(`${file}: cannot read config (${(err as NodeJS.ErrnoException).code ?? String(err)}).`);
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON (${(err as Error).message.split('\n')[0]}).`);
-  }
-  return parseConfig(raw, spec, file);
+  return parseConfig(parseJson(text, file), spec, file);
 }
 
 /** Writes `config` as a diffusers-style config.json (atomically), with _class_name first. */

@@ -19,6 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
+import { showJson } from '../util/json.ts';
 import { BETA_SCHEDULES, type BetaSchedule, NoiseSchedule, PREDICTION_TYPES, type PredictionType } from './forward.ts';
 
 export const TIMESTEP_SPACINGS = ['leading', 'linspace', 'trailing'] as const;
@@ -103,13 +104,14 @@ export function resolveConfig<C extends object>(
   nullable: Record<string, 'number' | 'number[]'> = {},
 ): C {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
-    throw new UsageError(`${where} config: expected a JSON object (a diffusers scheduler_config.json), got ${JSON.stringify(json)}.`);
+    throw new UsageError(`${where} config: expected a JSON object (a diffusers scheduler_config.json), got ${showJson(json)}.`);
   }
   const out: Record<string, ConfigValue> = { ...(defaults as Record<string, ConfigValue>) };
   for (const src of [json, overrides as Record<string, unknown>]) {
     for (const [key, value] of Object.entries(src)) {
-      if (!(key in out) || value === undefined) continue;
-      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], choices[key], nullable[key]);
+      // Own keys only: "toString" or "__proto__" in a file must not reach Object.prototype.
+      if (!Object.hasOwn(out, key) || value === undefined) continue;
+      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], Object.hasOwn(choices, key) ? choices[key] : undefined, Object.hasOwn(nullable, key) ? nullable[key] : undefined);
     }
   }
   return out as C;
@@ -124,7 +126,7 @@ function checkValue(
   nullable: 'number' | 'number[]' | undefined,
 ): ConfigValue {
   const bad = (expected: string) =>
-    new UsageError(`${where} config key "${key}": expected ${expected}, got ${JSON.stringify(value)}.`);
+    new UsageError(`${where} config key "${key}": expected ${expected}, got ${showJson(value)}.`);
   if (choices) {
     if (!choices.includes(value as string | null)) throw bad(`one of ${choices.map((c) => JSON.stringify(c)).join(', ')}`);
     return value as string | null;

@@ -1,14 +1,18 @@
 /**
- * Image grids as PNG files (pngjs).
+ * Image grids as PNG files (pngjs), and reading a PNG file.
  *
  *   await saveImageGrid('out/samples.png', images, { cols: 8, scale: 2, rowLabels: ['0', '1'] });
+ *   const { width, height, data } = readPng('digit.png');  // RGBA, 8 bits per channel
  *
  * `images` is a tf tensor [N, H, W, C] / [N, H, W] or an array of FloatImage (HWC, 1 or 3 channels),
  * values in [0, 1]; anything outside is clipped for display. Cells are laid out row by row.
  */
+import fs from 'node:fs';
 import { PNG } from 'pngjs';
 import type * as tf from '@tensorflow/tfjs';
+import { UsageError } from '../util/errors.ts';
 import { writeFileAtomic } from '../util/fs.ts';
+import { oneLine } from '../util/json.ts';
 import { Raster, textWidth, GLYPH_HEIGHT, type FloatImage, type RGB } from './raster.ts';
 
 export type ImagesInput = readonly FloatImage[] | tf.Tensor;
@@ -133,6 +137,27 @@ export function encodePng(raster: Raster): Buffer {
   const png = new PNG({ width: raster.width, height: raster.height });
   png.data = Buffer.from(raster.data.buffer, raster.data.byteOffset, raster.data.byteLength);
   return PNG.sync.write(png);
+}
+
+/**
+ * Decodes a PNG file to RGBA (8 bits per channel, whatever the file's depth and colour type).
+ * One UsageError line naming the file when it cannot be read or is not a valid PNG. The file is
+ * read first and decoded second, so a decoder error is never reported as a file-system one
+ * (pngjs's internal asserts carry an error code too).
+ */
+export function readPng(file: string): { width: number; height: number; data: Buffer } {
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`${file}: cannot read PNG (${(err as NodeJS.ErrnoException).code ?? String(err)}).`);
+  }
+  try {
+    const png = PNG.sync.read(bytes);
+    return { width: png.width, height: png.height, data: png.data };
+  } catch (err) {
+    throw new UsageError(`${file}: not a valid PNG (${oneLine((err as Error).message || String(err))}).`);
+  }
 }
 
 /** Writes a Raster to a PNG file (atomically). */
