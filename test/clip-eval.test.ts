@@ -130,7 +130,7 @@ describe('sdlab clip-eval', () => {
     const badJson = copyRun('bad-json');
     fs.writeFileSync(path.join(badJson, 'clip/tokenizer.json'), '{"type": "sdlab-word-tokenizer", "vocab": [');
     expect(() => loadRunClip(badJson)).toThrow(UsageError);
-    expect(() => loadRunClip(badJson)).toThrow(/tokenizer\.json is not valid JSON/);
+    expect(() => loadRunClip(badJson)).toThrow(/tokenizer\.json: not valid JSON/);
 
     const badVocab = copyRun('bad-vocab');
     fs.writeFileSync(path.join(badVocab, 'clip/tokenizer.json'), JSON.stringify({ type: 'sdlab-word-tokenizer', version: 1, maxLength: 16, vocab: ['a', 'b'] }));

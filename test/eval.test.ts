@@ -255,7 +255,7 @@ describe('reading samples', () => {
     const garbage = path.join(tmp, 'garbage');
     fs.mkdirSync(garbage);
     fs.writeFileSync(path.join(garbage, '3_x.png'), 'not a png');
-    bad(() => loadSamples(garbage), /3_x\.png: cannot read PNG/);
+    bad(() => loadSamples(garbage), /3_x\.png: cannot read PNG \(/);
     const grid = path.join(tmp, 'grid');
     writePng(path.join(grid, '1_g.png'), 64, 64, () => 0);
     bad(() => loadSamples(grid), /expected a 32×32 \(or 28×28\) digit, got 64×64/);
@@ -364,7 +364,7 @@ describe('sdlab eval: bad input exits 2 with one line', () => {
     expect(r2.stderr.trim()).toMatch(/^sdlab: error: --samples missing_dir: no such file or directory/);
     const r3 = await cli(['--run', 'runs/r', '--samples', 'garbage']); // from the samples test above
     expect(r3.code).toBe(2);
-    expect(r3.stderr.trim()).toMatch(/3_x\.png: cannot read PNG/);
+    expect(r3.stderr.trim()).toMatch(/3_x\.png: cannot read PNG \(/);
     expect(r3.stderr.trim().split('\n').filter((l) => !/cpu' backend/.test(l))).toHaveLength(1);
     expect(fs.existsSync(path.join(tmp, 'runs/r/classifier'))).toBe(false); // bad samples cost no training
   });

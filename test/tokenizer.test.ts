@@ -143,7 +143,7 @@ describe('ClipTokenizer rejects broken files with one line naming the file', () 
     expect(errorOf(dirWith('novocab', { 'merges.txt': goodMerges })).message).toMatch(/vocab\.json not found: expected .*token -> integer id/);
   });
   it('vocab.json that is not JSON', () => {
-    expect(errorOf(dirWith('badjson', { 'vocab.json': '{"a": 0,', 'merges.txt': goodMerges })).message).toMatch(/vocab\.json is not valid JSON/);
+    expect(errorOf(dirWith('badjson', { 'vocab.json': '{"a": 0,', 'merges.txt': goodMerges })).message).toMatch(/vocab\.json: not valid JSON/);
   });
   it('vocab.json with a non-integer id', () => {
     const msg = errorOf(dirWith('badid', { 'vocab.json': '{"a": "zero"}', 'merges.txt': goodMerges })).message;
@@ -168,7 +168,7 @@ describe('ClipTokenizer rejects broken files with one line naming the file', () 
   });
   it('a corrupt tokenizer_config.json', () => {
     const dir = dirWith('badcfg', { 'vocab.json': goodVocab, 'merges.txt': goodMerges, 'tokenizer_config.json': 'nope' });
-    expect(errorOf(dir).message).toMatch(/tokenizer_config\.json is not a JSON object/);
+    expect(errorOf(dir).message).toMatch(/tokenizer_config\.json: not valid JSON/);
   });
   it('a pad token from the config that the vocabulary lacks', () => {
     const dir = dirWith('badpad', { 'vocab.json': goodVocab, 'merges.txt': goodMerges, 'special_tokens_map.json': '{"pad_token": "<pad>"}' });

@@ -73,7 +73,7 @@ describe('WordTokenizer', () => {
 describe('WordTokenizer.load rejects bad files with one line naming the file', () => {
   const cases: Array<[string, string | null, RegExp]> = [
     ['missing', null, /tokenizer\.json not found: expected the word tokenizer/],
-    ['notjson', '{"type":', /tokenizer\.json is not valid JSON/],
+    ['notjson', '{"type":', /tokenizer\.json: not valid JSON/],
     ['hf', '{"version": "1.0", "model": {}}', /not an sdlab word tokenizer; expected/],
     ['version', '{"type": "sdlab-word-tokenizer", "version": 2, "maxLength": 8, "vocab": []}', /unsupported version 2/],
     ['nospecials', '{"type": "sdlab-word-tokenizer", "version": 1, "maxLength": 8, "vocab": ["a", "b"]}', /must start with <pad>, <start>, <end>, <unk>/],

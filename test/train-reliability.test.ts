@@ -4,8 +4,9 @@
  *   - SIGTERM saves a checkpoint and exits like Ctrl-C (130); --resume ends byte-identical to an
  *     uninterrupted run;
  *   - periodic checkpoints (--checkpoint-every): a SIGKILL loses only the steps since the last
- *     one, and SIGKILLs at random moments (mid-update or mid-checkpoint) followed by --resume still
- *     end byte-identical;
+ *     one; 22 SIGKILLs at random moments (mid-update, mid-checkpoint, a few while starting up),
+ *     each followed by --resume, end byte-identical to an uninterrupted run (weights, optimizer
+ *     state, history); the same for `train unet` (its EMA lives in the state) with 5 kills;
  *   - --resume restores --val-limit;
  *   - a second trainer on the same run and task is refused with one line naming the holder's pid,
  *     and a stale lock (its process gone) is taken over.
@@ -25,6 +26,7 @@ import { Random } from '../src/util/random.ts';
 import { ROOT, sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
 import { TINY_VAE } from '../src/train/presets.ts';
 import { tinyVaeRun } from './helpers/tiny-vae-run.ts';
+import { writeFrozenParts } from './helpers/tiny-frozen-parts.ts';
 
 let tmp: string;
 let dataDir: string;
@@ -40,20 +42,26 @@ const cliArgs = (runDir: string) => [
   '--sample-size', '8', '--no-mid-attention',
 ];
 
-/** Every tensor of a run's exported vae and training state, as raw bytes. */
-function snapshot(runDir: string): Map<string, Buffer> {
+/** Every tensor of a run's exported model (<run>/<task>/) and training state, as raw bytes. */
+function snapshot(runDir: string, task: 'vae' | 'unet'): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
-  for (const [k, t] of readSafetensors(path.join(runDir, 'vae/diffusion_pytorch_model.safetensors'))) out.set(`vae/${k}`, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-  for (const [k, t] of readSafetensors(statePath(runDir, 'vae'))) out.set(`state/${k}`, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  for (const [k, t] of readSafetensors(path.join(runDir, task, 'diffusion_pytorch_model.safetensors'))) out.set(`${task}/${k}`, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  for (const [k, t] of readSafetensors(statePath(runDir, task))) out.set(`state/${k}`, Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength));
   return out;
 }
 
 /** Names of the tensors that differ (byte for byte) between two runs, or that only one has. */
-function differing(a: string, b: string): string[] {
-  const sa = snapshot(a);
-  const sb = snapshot(b);
+function differing(a: string, b: string, task: 'vae' | 'unet' = 'vae'): string[] {
+  const sa = snapshot(a, task);
+  const sb = snapshot(b, task);
   const names = new Set([...sa.keys(), ...sb.keys()]);
   return [...names].filter((k) => !sa.has(k) || !sb.has(k) || Buffer.compare(sa.get(k)!, sb.get(k)!) !== 0);
+}
+
+/** A run's history without the wall-clock seconds (everything else is a function of the updates). */
+function historyOf(runDir: string, task: 'vae' | 'unet') {
+  const h = readHistory(trainDir(runDir, task), task);
+  return { steps: h.steps, epochs: h.epochs.map(({ seconds: _s, ...rest }) => rest) };
 }
 
 function start(args: string[]): ChildProcess & { stderrText: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } {
@@ -65,10 +73,10 @@ function start(args: string[]): ChildProcess & { stderrText: () => string; exite
   return Object.assign(child, { stderrText: () => err, exited });
 }
 
-/** The state file's step, or -1 when there is none (or it is being replaced right now). */
-function stateStep(runDir: string): number {
+/** The state file's step, or -1 when there is none. */
+function stateStep(runDir: string, task: 'vae' | 'unet' = 'vae'): number {
   try {
-    return readStateInfo(statePath(runDir, 'vae')).step;
+    return readStateInfo(statePath(runDir, task)).step;
   } catch {
     return -1;
   }
@@ -78,9 +86,44 @@ function stateStep(runDir: string): number {
 async function until(cond: () => boolean, child: { exitCode: number | null; signalCode: string | null }): Promise<boolean> {
   while (!cond()) {
     if (child.exitCode !== null || child.signalCode !== null) return cond();
-    await new Promise((r) => setTimeout(r, 3));
+    await sleep(5);
   }
   return true;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * SIGKILLs a trainer again and again until `kills` kills have landed mid-training. Each session
+ * (`first` while there is no state yet, then `resume`) checkpoints every step and is killed a
+ * random 0–maxDelayMs after its first new checkpoint: in an update, or in one of a checkpoint's
+ * writes (history, state, exported model, loss curve). About one session in seven is killed
+ * instead a random 0–1.5 s after it starts (loading the state, taking over the dead one's lock):
+ * those count as `startupKills`. After every kill the state must still read, at a step no lower
+ * than before. The run must be long enough never to finish inside the loop.
+ */
+async function killLoop(o: { dir: string; task: 'vae' | 'unet'; first: string[]; resume: string[]; kills: number; maxDelayMs: number; rng: Random }): Promise<{ kills: number; startupKills: number; step: number }> {
+  let kills = 0;
+  let startupKills = 0;
+  while (kills < o.kills) {
+    const before = stateStep(o.dir, o.task);
+    const child = start(before < 0 ? o.first : o.resume);
+    if (before >= 0 && o.rng.next() < 1 / 7) {
+      await sleep(o.rng.next() * 1500);
+      child.kill('SIGKILL');
+    } else if (await until(() => stateStep(o.dir, o.task) > before, child)) {
+      await sleep(o.rng.next() * o.maxDelayMs);
+      child.kill('SIGKILL');
+    }
+    const { code, signal } = await child.exited;
+    const after = stateStep(o.dir, o.task);
+    // A session that was not killed either failed or finished the run: both defeat the loop.
+    expect(signal, `session after ${kills} kills ended by itself (exit ${code}):\n${child.stderrText()}`).toBe('SIGKILL');
+    expect(after, 'the saved state went back').toBeGreaterThanOrEqual(before);
+    if (after > before) kills++;
+    else startupKills++;
+  }
+  return { kills, startupKills, step: stateStep(o.dir, o.task) };
 }
 
 /** stderr lines that are sdlab's own (not tfjs's banner). */
@@ -147,30 +190,62 @@ describe('kills', () => {
     expect(differing(straightDir, dir)).toEqual([]);
   });
 
-  it('SIGKILLs at random moments (mid-update, mid-checkpoint), each followed by --resume: byte-identical at the end', async () => {
+  it('22 SIGKILLs at random moments, each followed by --resume: byte-identical to an uninterrupted run', async () => {
     const dir = path.join(tmp, 'random-kills');
-    const rng = new Random('reliability kills');
-    let kills = 0;
-    for (let round = 0; round < 8; round++) {
-      const before = stateStep(dir);
-      const child = start(before < 0 ? [...cliArgs(dir), '--checkpoint-every', '1'] : ['train', 'vae', '--backend', 'cpu', '--run', dir, '--resume', '--checkpoint-every', '1']);
-      // Once this session has saved a step, wait a random 0–40 ms (a checkpoint every step: the
-      // kill lands in an update or in a checkpoint's writes) and kill.
-      const progressed = await until(() => stateStep(dir) > before, child);
-      if (progressed && stateStep(dir) < 12) {
-        await new Promise((r) => setTimeout(r, Math.floor(rng.next() * 40)));
-        child.kill('SIGKILL');
-        kills++;
-      }
-      const { code, signal } = await child.exited;
-      if (signal !== 'SIGKILL') expect(code, child.stderrText()).toBe(0);
-      if (stateStep(dir) === 12 && signal !== 'SIGKILL') break;
-    }
-    expect(kills).toBeGreaterThanOrEqual(3);
-    // Finish (or, if the last session finished, resume the finished run: it writes the final model again).
-    await sdlab(['train', 'vae', '--backend', 'cpu', '--run', dir, '--resume']);
-    expect(differing(straightDir, dir)).toEqual([]);
-  });
+    // 10 epochs (120 steps): more than 22 short sessions can get through, so the loop never
+    // reaches the end; the last resume stops 3 steps later and that is compared.
+    const { kills, startupKills, step } = await killLoop({
+      dir,
+      task: 'vae',
+      first: [...cliArgs(dir), '--epochs', '10', '--checkpoint-every', '1'],
+      resume: ['train', 'vae', '--backend', 'cpu', '--run', dir, '--resume', '--checkpoint-every', '1'],
+      kills: 22,
+      maxDelayMs: 300,
+      rng: new Random('reliability kills'),
+    });
+    expect(kills).toBeGreaterThanOrEqual(22);
+    expect(startupKills).toBeGreaterThanOrEqual(1);
+    const end = step + 3;
+    expect(end).toBeLessThan(120);
+    const last = await sdlab(['train', 'vae', '--backend', 'cpu', '--run', dir, '--resume', '--stop-at-step', String(end)]);
+    expect(last.stdout).toMatch(new RegExp(`stopped \\(stop-at-step\\) at step ${end}/120`));
+    const ref = path.join(tmp, 'random-kills-straight');
+    await trainVae({ ...opts(ref), epochs: 10, stopAtStep: end, checkpointEvery: 0 });
+    expect(differing(ref, dir)).toEqual([]);
+    expect(historyOf(dir, 'vae')).toEqual(historyOf(ref, 'vae'));
+  }, 480_000); // 22+ process starts: about a minute on two idle cores, several on a loaded machine
+
+  it('train unet: 5 SIGKILLs at random moments, each followed by --resume: byte-identical weights, state and EMA', async () => {
+    const dir = path.join(tmp, 'unet-kills');
+    const ref = path.join(tmp, 'unet-kills-straight');
+    writeFrozenParts(dir);
+    fs.cpSync(dir, ref, { recursive: true });
+    // 12 steps an epoch, 10 epochs; an EMA decay that has not reached its cap, so every step's EMA differs.
+    const args = (run: string) => [
+      'train', 'unet', '--backend', 'cpu', '--run', run, '--data', dataDir, '--limit', '48', '--val-limit', '8', '--seed', '3',
+      '--epochs', '10', '--batch-size', '4', '--lr', '1e-2', '--warmup', '2', '--min-lr-ratio', '0.1', '--channels', '8,8',
+      '--ema-decay', '0.99', '--grid-every', '0',
+    ];
+    const { kills, step } = await killLoop({
+      dir,
+      task: 'unet',
+      first: [...args(dir), '--checkpoint-every', '1'],
+      resume: ['train', 'unet', '--backend', 'cpu', '--run', dir, '--resume', '--checkpoint-every', '1'],
+      kills: 5,
+      maxDelayMs: 500,
+      rng: new Random('reliability unet kills'),
+    });
+    expect(kills).toBeGreaterThanOrEqual(5);
+    const end = step + 2;
+    expect(end).toBeLessThan(120);
+    await sdlab(['train', 'unet', '--backend', 'cpu', '--run', dir, '--resume', '--stop-at-step', String(end)]);
+    // The uninterrupted run: the same CLI, in one session.
+    await sdlab([...args(ref), '--stop-at-step', String(end)]);
+    const diff = differing(ref, dir, 'unet');
+    expect(diff).toEqual([]);
+    expect([...snapshot(dir, 'unet').keys()].filter((k) => k.startsWith('state/ema.')).length).toBeGreaterThan(0);
+    expect(historyOf(dir, 'unet')).toEqual(historyOf(ref, 'unet'));
+  }, 300_000);
 });
 
 describe('--resume restores --val-limit', () => {

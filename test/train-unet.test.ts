@@ -32,33 +32,12 @@ import { encodeLatents } from '../src/train/latents.ts';
 import { diffusionLoss, minSnrWeight } from '../src/train/losses.ts';
 import { TextCache } from '../src/train/text_cache.ts';
 import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
+import { writeFrozenParts } from './helpers/tiny-frozen-parts.ts';
 import { TINY_VAE } from '../src/train/presets.ts';
 
 let tmp: string;
 let dataDir: string;
 let baseRun: string;
-
-/** A run directory with an (untrained) tiny vae/ and clip/, as `train vae` / `train clip` leave them. */
-function writeFrozenParts(run: string): void {
-  manualSeed(11);
-  const vae = new AutoencoderKL({
-    ...VAE_PRESETS.mnist,
-    ...TINY_VAE,
-    scaling_factor: 1.7,
-  });
-  vae.save(path.join(run, 'vae'));
-  const tok = mnistCaptionTokenizer();
-  const clip = new CLIPModel(
-    clipTrainConfig('mnist', tok.vocabSize, {
-      projection_dim: 8,
-      text: { hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2 },
-      image: { block_out_channels: [4], norm_num_groups: 2 },
-    }),
-  );
-  clip.save(path.join(run, 'clip'), tok);
-  vae.dispose();
-  clip.dispose();
-}
 
 function copyRun(from: string, to: string): void {
   fs.cpSync(from, to, { recursive: true });

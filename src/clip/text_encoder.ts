@@ -33,6 +33,7 @@ import { checkRegularFile } from '../util/fs.ts';
 import { loadPretrained } from '../nn/pretrained.ts';
 import { UsageError } from '../util/errors.ts';
 import { MAX_ENCODER_LAYERS, MAX_TEXT_POSITIONS } from '../util/limits.ts';
+import { parseJson } from '../util/json.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -183,13 +184,13 @@ export function validateTextEncoderConfig(cfg: TextEncoderConfig, source = 'text
  */
 export function readTextEncoderConfig(file: string): TextEncoderConfig {
   checkRegularFile(file, 'a text encoder config.json');
-  let raw: unknown;
+  let text: string;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw new UsageError(`${file}: cannot read config (${e.code ?? e.message.split('\n')[0]}).`);
+    throw new UsageError(`${file}: cannot read config (${(err as NodeJS.ErrnoException).code ?? String(err)}).`);
   }
+  let raw = parseJson(text, file);
   const obj = raw as Record<string, unknown> | null;
   if (obj && typeof obj === 'object' && typeof obj.text_config === 'object' && obj.text_config !== null) {
     // A whole CLIP model always has text_projection (of the top-level projection_dim).

@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
+import { parseJson, showJson } from '../util/json.ts';
 import { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 
 export interface ClipTokenizerOptions {
@@ -139,7 +140,7 @@ export class ClipTokenizer implements Tokenizer {
     for (const [content, id] of Object.entries(specials.added ?? {})) this.added.set(content, id);
     const idOf = (role: string, token: string): number => {
       const id = this.added.get(token) ?? this.encoder.get(token);
-      if (id === undefined) throw new UsageError(`CLIP tokenizer: ${role} token "${token}" is not in vocab.json`);
+      if (id === undefined) throw new UsageError(`CLIP tokenizer: ${role} token ${showJson(token)} is not in vocab.json`);
       this.added.set(token, id);
       return id;
     };
@@ -150,7 +151,13 @@ export class ClipTokenizer implements Tokenizer {
     for (const [content, id] of this.added) this.decoder.set(id, content);
     // Longest first, so a token that is a prefix of another does not win.
     const contents = [...this.added.keys()].sort((a, b) => b.length - a.length);
-    this.addedPattern = contents.length ? new RegExp(`(${contents.map(escapeRegExp).join('|')})`) : null;
+    try {
+      this.addedPattern = contents.length ? new RegExp(`(${contents.map(escapeRegExp).join('|')})`) : null;
+      this.addedPattern?.test(''); // V8 compiles on first use: fail here, not in encode()
+    } catch {
+      // V8 caps a pattern's size; real tokenizers add a few short tokens.
+      throw new UsageError(`CLIP tokenizer: ${contents.length} added tokens, the longest ${contents[0].length} characters: too many or too long to match`);
+    }
     // The special strings themselves map to their ids when they come out of the regex
     // (e.g. "<|ENDOFTEXT|>", lower-cased), as the slow tokenizer's seeded BPE cache does.
     for (const t of [DEFAULT_SPECIALS.bos, DEFAULT_SPECIALS.eos]) this.cache.set(t, [t]);
@@ -270,16 +277,11 @@ function readText(file: string, what: string): string {
 function readVocab(file: string): Record<string, number> {
   const what = 'the CLIP vocab.json, a JSON object mapping token -> integer id';
   const text = readText(file, what);
-  let vocab: unknown;
-  try {
-    vocab = JSON.parse(text);
-  } catch (e) {
-    throw new UsageError(`${file} is not valid JSON (${(e as Error).message}): expected ${what}`);
-  }
+  const vocab = parseJson(text, file, what);
   const entries = vocab && typeof vocab === 'object' && !Array.isArray(vocab) ? Object.entries(vocab) : [];
   const bad = entries.find(([, id]) => !Number.isInteger(id) || (id as number) < 0);
   if (entries.length === 0 || bad) {
-    const detail = bad ? `token ${JSON.stringify(bad[0])} has id ${JSON.stringify(bad[1])}` : 'it is empty or not an object';
+    const detail = bad ? `token ${showJson(bad[0])} has id ${showJson(bad[1])}` : 'it is empty or not an object';
     throw new UsageError(`${file}: ${detail}; expected ${what}`);
   }
   return vocab as Record<string, number>;
@@ -307,11 +309,7 @@ function readMerges(file: string): Array<[string, string]> {
 function readOptionalJson(file: string): Record<string, unknown> | undefined {
   if (!fs.existsSync(file)) return undefined;
   checkRegularFile(file, 'a transformers tokenizer config');
-  try {
-    const v = JSON.parse(fs.readFileSync(file, 'utf8'));
-    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // fall through to the error below
-  }
+  const v = parseJson(fs.readFileSync(file, 'utf8'), file, 'a transformers tokenizer config (or remove the file)');
+  if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
   throw new UsageError(`${file} is not a JSON object; expected a transformers tokenizer config (or remove the file)`);
 }

@@ -16,6 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile, writeFileAtomicSync } from '../util/fs.ts';
+import { parseJson } from '../util/json.ts';
 import { frameIds, TruncationWarning, type Encoding, type Tokenizer, type WarnFn } from './tokenizer.ts';
 
 export const WORD_TOKENIZER_FILE = 'tokenizer.json';
@@ -142,12 +143,6 @@ export class WordTokenizer implements Tokenizer {
       throw new UsageError(`${file} not found: expected the word tokenizer saved with the text encoder`);
     }
     checkRegularFile(file, 'an sdlab word tokenizer (tokenizer.json)');
-    let json: unknown;
-    try {
-      json = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (e) {
-      throw new UsageError(`${file} is not valid JSON (${(e as Error).message}); expected an sdlab word tokenizer`);
-    }
-    return WordTokenizer.fromJSON(json, file, opts);
+    return WordTokenizer.fromJSON(parseJson(fs.readFileSync(file, 'utf8'), file, 'an sdlab word tokenizer'), file, opts);
   }
 }

@@ -35,7 +35,7 @@ import { requireFinite } from '../sample/pipeline.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { checkOutputDir, checkRegularFile } from '../util/fs.ts';
 import { firstNonFinite } from '../util/finite.ts';
-import { MAX_IMAGE_PIXELS, MAX_LATENT_PIXELS } from '../util/limits.ts';
+import { MAX_DECODE_IMAGES, MAX_IMAGE_PIXELS, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { int, oneOf } from '../util/options.ts';
 import { Random } from '../util/random.ts';
 import { readPngSize } from '../io/png.ts';
@@ -259,7 +259,10 @@ export function openLatents(file: string): { shape: [number, number, number, num
   if (s.length !== 4 && s.length !== 3) throw new UsageError(`${file}: latents must be [N, C, h, w] or [C, h, w], got [${s.join(', ')}].`);
   if (s.some((d) => d < 1)) throw new UsageError(`${file}: latents [${s.join(', ')}] are empty; every dimension of [N, C, h, w] must be at least 1.`);
   const shape = (s.length === 3 ? [1, ...s] : [...s]) as [number, number, number, number];
-  const [, , h, w] = shape;
+  const [n, , h, w] = shape;
+  if (n > MAX_DECODE_IMAGES) {
+    throw new UsageError(`${file}: latents of ${n} images, over sdlab's limit of ${MAX_DECODE_IMAGES} images per latents file for \`decode\` (one PNG each); split the file.`);
+  }
   if (h * w > MAX_LATENT_PIXELS) {
     throw new UsageError(`${file}: latents of ${h}×${w}, over sdlab's limit of ${MAX_LATENT_PIXELS} latent pixels (${Math.sqrt(MAX_LATENT_PIXELS)}×${Math.sqrt(MAX_LATENT_PIXELS)}) per image.`);
   }

@@ -24,6 +24,7 @@
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile, writeFileAtomicSync } from '../util/fs.ts';
+import { parseJson, showJson } from '../util/json.ts';
 
 /** Bookkeeping keys diffusers/transformers write; always accepted and never part of a config. */
 export const DIFFUSERS_META_KEYS: readonly string[] = [
@@ -81,12 +82,12 @@ export function checkConfigKey(key: string, value: unknown, rule: KeyRule, sourc
     if (sameJson(value, ok)) return 'ignore';
     const hint = rule.unimplementedHint ?? 'sdlab cannot run a model that needs it';
     throw new UsageError(
-      `${source}: config key "${key}" = ${JSON.stringify(value)} is not supported by ${rule.reader} (it accepts only ${JSON.stringify(ok)}, which changes nothing); ${hint}.`,
+      `${source}: config key ${showJson(key)} = ${showJson(value)} is not supported by ${rule.reader} (it accepts only ${JSON.stringify(ok)}, which changes nothing); ${hint}.`,
     );
   }
   if (DIFFUSERS_META_KEYS.includes(key) || rule.inert?.includes(key)) return 'ignore';
   throw new UsageError(
-    `${source}: unknown config key "${key}" for ${rule.reader} (known keys: ${rule.known.join(', ')})${rule.unknownHint ? `; ${rule.unknownHint}` : ''}; fix its spelling, or remove it if it is not needed.`,
+    `${source}: unknown config key ${showJson(key)} for ${rule.reader} (known keys: ${rule.known.join(', ')})${rule.unknownHint ? `; ${rule.unknownHint}` : ''}; fix its spelling, or remove it if it is not needed.`,
   );
 }
 
@@ -98,7 +99,7 @@ export function parseConfig<T extends object>(raw: unknown, spec: ConfigSpec<T>,
   const obj = raw as Record<string, unknown>;
   const defaults = spec.defaults as Record<string, unknown>;
   if (spec.className && typeof obj._class_name === 'string' && obj._class_name !== spec.className) {
-    throw new UsageError(`${source}: _class_name is "${obj._class_name}", expected "${spec.className}".`);
+    throw new UsageError(`${source}: _class_name is ${showJson(obj._class_name)}, expected "${spec.className}".`);
   }
   const rule: KeyRule = {
     reader: `sdlab's ${spec.reader ?? spec.className ?? 'model'}`,
@@ -110,7 +111,7 @@ export function parseConfig<T extends object>(raw: unknown, spec: ConfigSpec<T>,
   for (const [key, value] of Object.entries(obj)) {
     if (checkConfigKey(key, value, rule, source) === 'ignore') continue;
     const problem = typeProblem(defaults[key], value);
-    if (problem) throw new UsageError(`${source}: config key "${key}" ${problem}, got ${JSON.stringify(value)}.`);
+    if (problem) throw new UsageError(`${source}: config key "${key}" ${problem}, got ${showJson(value)}.`);
     out[key] = value;
   }
   return out as T;
@@ -125,13 +126,7 @@ export function readConfig<T extends object>(file: string, spec: ConfigSpec<T>):
   } catch (err) {
     throw new UsageError(`${file}: cannot read config (${(err as NodeJS.ErrnoException).code ?? String(err)}).`);
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON (${(err as Error).message.split('\n')[0]}).`);
-  }
-  return parseConfig(raw, spec, file);
+  return parseConfig(parseJson(text, file), spec, file);
 }
 
 /** Writes `config` as a diffusers-style config.json (atomically), with _class_name first. */

@@ -23,6 +23,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile, writeStreamAtomicSync } from '../util/fs.ts';
+import { MAX_JSON_DEPTH, jsonDepth, oneLine, showJson } from '../util/json.ts';
 
 export type Dtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
 export type WriteDtype = 'F32' | 'F16' | 'BF16';
@@ -131,9 +132,11 @@ function parseHeader(file: string, fd: number, size: number): { entries: Map<str
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
   } catch (err) {
-    throw bad(`header is not valid UTF-8 JSON (${(err as Error).message.split('\n')[0]})`);
+    throw bad(`header is not valid UTF-8 JSON (${oneLine((err as Error).message)})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw bad('header is not a JSON object');
+  // Entries are two levels deep: anything deeper would only overflow JSON.stringify in a message.
+  if (jsonDepth(header) > MAX_JSON_DEPTH) throw bad(`header JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
 
   const dataStart = 8 + n;
   const dataLen = size - dataStart;
@@ -141,21 +144,23 @@ function parseHeader(file: string, fd: number, size: number): { entries: Map<str
   let metadata: Record<string, string> = {};
   const ranges: Array<[number, number, string]> = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
+    // Names end up in messages and model keys; no real tensor name has a control character.
+    if (/[\u0000-\u001f\u007f]/.test(name)) throw bad(`tensor name ${showJson(name)} contains a control character`);
     if (name === '__metadata__') {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('"__metadata__" is not an object');
       metadata = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, typeof v === 'string' ? v : JSON.stringify(v)]));
       continue;
     }
-    if (typeof raw !== 'object' || raw === null) throw bad(`entry "${name}" is not an object`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad(`entry "${name}" is not an object`);
     const { dtype, shape, data_offsets: offs } = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof dtype !== 'string' || !(dtype in DTYPE_SIZE)) {
-      throw bad(`tensor "${name}" has unsupported dtype ${JSON.stringify(dtype)} (expected one of ${Object.keys(DTYPE_SIZE).join(', ')})`);
+    if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_SIZE, dtype)) {
+      throw bad(`tensor "${name}" has unsupported dtype ${showJson(dtype)} (expected one of ${Object.keys(DTYPE_SIZE).join(', ')})`);
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw bad(`tensor "${name}" has an invalid shape ${JSON.stringify(shape)}`);
+      throw bad(`tensor "${name}" has an invalid shape ${showJson(shape)}`);
     }
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isSafeInteger(o) && o >= 0) || offs[0] > offs[1]) {
-      throw bad(`tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`);
+      throw bad(`tensor "${name}" has invalid data_offsets ${showJson(offs)}`);
     }
     const [b, e] = offs as [number, number];
     if (e > dataLen) throw bad(`tensor "${name}" data_offsets [${b}, ${e}] run past the end of the data (${dataLen} bytes; truncated?)`);
@@ -167,7 +172,7 @@ function parseHeader(file: string, fd: number, size: number): { entries: Map<str
       count *= d;
     }
     if (count * DTYPE_SIZE[dtype as Dtype] !== bytes) {
-      throw bad(`tensor "${name}" is ${dtype} ${JSON.stringify(shape)} but its data_offsets span ${bytes} bytes`);
+      throw bad(`tensor "${name}" is ${dtype} ${showJson(shape)} but its data_offsets span ${bytes} bytes`);
     }
     entries.set(name, { dtype: dtype as Dtype, shape: shape as number[], begin: dataStart + b, end: dataStart + e });
     ranges.push([b, e, name]);

@@ -20,6 +20,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type KeyRule, checkConfigKey } from '../io/config.ts';
 import { UsageError } from '../util/errors.ts';
+import { showJson } from '../util/json.ts';
 import { BETA_SCHEDULES, type BetaSchedule, NoiseSchedule, PREDICTION_TYPES, type PredictionType } from './forward.ts';
 
 export const TIMESTEP_SPACINGS = ['leading', 'linspace', 'trailing'] as const;
@@ -159,7 +160,7 @@ export function resolveConfig<C extends object>(
   nullable: Record<string, 'number' | 'number[]'> = {},
 ): C {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
-    throw new UsageError(`${where} config: expected a JSON object (a diffusers scheduler_config.json), got ${JSON.stringify(json)}.`);
+    throw new UsageError(`${where} config: expected a JSON object (a diffusers scheduler_config.json), got ${showJson(json)}.`);
   }
   const known = Object.keys(defaults);
   const unimplemented = { ...MODEL_KEYS, ...UNIMPLEMENTED[where] };
@@ -176,7 +177,7 @@ export function resolveConfig<C extends object>(
   for (const [src, source] of [[json, configSources.get(json) ?? `${where} config`], [overrides as Record<string, unknown>, `${where} settings`]] as const) {
     for (const [key, value] of Object.entries(src)) {
       if (value === undefined || checkConfigKey(key, value, rule, source) === 'ignore') continue;
-      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], choices[key], nullable[key]);
+      out[key] = checkValue(where, key, value, (defaults as Record<string, ConfigValue>)[key], Object.hasOwn(choices, key) ? choices[key] : undefined, Object.hasOwn(nullable, key) ? nullable[key] : undefined);
     }
   }
   return out as C;
@@ -191,7 +192,7 @@ function checkValue(
   nullable: 'number' | 'number[]' | undefined,
 ): ConfigValue {
   const bad = (expected: string) =>
-    new UsageError(`${where} config key "${key}": expected ${expected}, got ${JSON.stringify(value)}.`);
+    new UsageError(`${where} config key "${key}": expected ${expected}, got ${showJson(value)}.`);
   if (choices) {
     if (!choices.includes(value as string | null)) throw bad(`one of ${choices.map((c) => JSON.stringify(c)).join(', ')}`);
     return value as string | null;

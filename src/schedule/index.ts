@@ -17,6 +17,7 @@
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
+import { parseJson } from '../util/json.ts';
 import { type Scheduler, rememberConfigSource } from './base.ts';
 import { DDIMScheduler } from './ddim.ts';
 import { DDPMScheduler } from './ddpm.ts';
@@ -95,12 +96,7 @@ export function readSchedulerConfig(file: string): Record<string, unknown> {
   } catch {
     throw new UsageError(`${file}: cannot read the scheduler config (expected a diffusers scheduler_config.json).`);
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text.replace(/([:[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])/g, '$1"$2"'));
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON (${(err as Error).message}).`);
-  }
+  const json = parseJson(text.replace(/([:[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])/g, '$1"$2"'), file);
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new UsageError(`${file}: expected a JSON object of scheduler settings.`);
   }

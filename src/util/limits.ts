@@ -41,6 +41,9 @@ export const MAX_PNG_BYTES = 256 * 1024 * 1024;
  */
 export const MAX_LATENT_PIXELS = 128 * 128;
 
+/** Images in one latents file given to `decode` (it writes one PNG per image): 4096. */
+export const MAX_DECODE_IMAGES = 4096;
+
 /**
  * The largest image side (pixels) txt2img generates: 2048, within MAX_LATENT_PIXELS as well
  * (Stable Diffusion's VAE works at 1/8 scale, so at most 1024 × 1024 pixels in all). SD 1.x is
