@@ -21,6 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError, check } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
+import { readJsonFile } from '../util/json.ts';
 
 export interface Canvas {
   /** The data's own size. */
@@ -130,12 +131,7 @@ const RECORD_KEYS = ['native_height', 'native_width', 'sample_size', 'pad_top', 
 export function readCanvasRecord(vaeDir: string, sampleSize: number): Canvas | null {
   const file = path.join(vaeDir, CANVAS_FILE);
   if (!fs.existsSync(file)) return null;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON (${(err as Error).message.split('\n')[0]}).`);
-  }
+  const raw = readJsonFile(file);
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new UsageError(`${file}: expected a JSON object {${RECORD_KEYS.join(', ')}}.`);
   const o = raw as Record<string, unknown>;
   const unknown = Object.keys(o).filter((k) => !RECORD_KEYS.includes(k));

@@ -26,6 +26,7 @@ import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import { readPngImage } from './png.ts';
 import type { Dataset } from './types.ts';
+import { parseJson } from '../util/json.ts';
 
 export const METADATA_FILE = 'metadata.jsonl';
 
@@ -129,7 +130,7 @@ function loadLabelFolders(dir: string): Dataset {
 function loadMetadataJsonl(dir: string): Dataset {
   const meta = path.join(dir, METADATA_FILE);
   const lines = fs.readFileSync(meta, 'utf8').split('\n');
-  const expected = `expected one JSON object per line, {"file_name": "<image>.png", "text": "<caption>"}`;
+  const expected = `one JSON object per line, {"file_name": "<image>.png", "text": "<caption>"}`;
   const images = new ImageCollector();
   const texts: string[] = [];
   const seen = new Map<string, number>();
@@ -138,16 +139,11 @@ function loadMetadataJsonl(dir: string): Dataset {
     const where = `${meta}:${i + 1}: `;
     const line = raw.trim();
     if (line === '') return;
-    let entry: unknown;
-    try {
-      entry = JSON.parse(line);
-    } catch (err) {
-      throw new UsageError(`${where}not valid JSON (${(err as Error).message}); ${expected}.`);
-    }
-    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new UsageError(`${where}not a JSON object; ${expected}.`);
+    const entry = parseJson(line, where.slice(0, -2), expected);
+    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new UsageError(`${where}not a JSON object; expected ${expected}.`);
     const { file_name: name, text } = entry as Record<string, unknown>;
-    if (typeof name !== 'string' || name.trim() === '') throw new UsageError(`${where}"file_name" is missing or not a non-empty string; ${expected}.`);
-    if (typeof text !== 'string' || text.trim() === '') throw new UsageError(`${where}"text" is missing or not a non-empty string; ${expected}.`);
+    if (typeof name !== 'string' || name.trim() === '') throw new UsageError(`${where}"file_name" is missing or not a non-empty string; expected ${expected}.`);
+    if (typeof text !== 'string' || text.trim() === '') throw new UsageError(`${where}"text" is missing or not a non-empty string; expected ${expected}.`);
     const file = path.resolve(root, name);
     const rel = path.relative(root, file);
     if (path.isAbsolute(name) || rel.startsWith('..') || path.isAbsolute(rel)) {
@@ -160,7 +156,7 @@ function loadMetadataJsonl(dir: string): Dataset {
     images.add(file, where);
     texts.push(text.trim());
   });
-  if (images.count === 0) throw new UsageError(`${meta}: no entries; ${expected}.`);
+  if (images.count === 0) throw new UsageError(`${meta}: no entries; expected ${expected}.`);
   const distinct = new Map<string, number>();
   for (const t of texts) if (!distinct.has(t)) distinct.set(t, distinct.size);
   return images.dataset(Int32Array.from(texts, (t) => distinct.get(t)!), {

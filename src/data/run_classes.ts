@@ -16,6 +16,7 @@ import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
 import { captionKind, classPrompts } from './captioning.ts';
 import type { Dataset } from './types.ts';
+import { readJsonFile } from '../util/json.ts';
 
 export const RUN_CLASSES_FILE = 'classes.json';
 
@@ -57,12 +58,7 @@ export function readRunClasses(runDir: string): RunClasses | null {
   const bad = (why: string): never => {
     throw new UsageError(`${file}: ${why}; expected {"captions": "classes"|"texts", "classes": [...], "prompts": [...]} (written by sdlab train unet).`);
   };
-  let j: Partial<RunClasses>;
-  try {
-    j = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    return bad(`not valid JSON (${(err as Error).message})`);
-  }
+  const j = readJsonFile(file, 'the classes of a run (written by sdlab train unet)') as Partial<RunClasses>;
   if (typeof j !== 'object' || j === null) bad('not a JSON object');
   if (j.captions !== 'classes' && j.captions !== 'texts') bad(`"captions" is ${JSON.stringify(j.captions)}`);
   const strings = (v: unknown) => Array.isArray(v) && v.length > 0 && v.every((s) => typeof s === 'string');

@@ -28,8 +28,8 @@ import path from 'node:path';
 import { readPng } from '../io/png.ts';
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UsageError, check } from '../util/errors.ts';
-import { checkRegularFile } from '../util/fs.ts';
 import { toSigned, toUnit } from '../data/pixels.ts';
+import { readJsonFile } from '../util/json.ts';
 
 export const SAMPLES_MANIFEST = 'samples.json';
 export const SIZE = 32;
@@ -117,13 +117,7 @@ export function readManifest(dir: string): { file: string; entries: SampleEntry[
   for (const name of [SAMPLES_MANIFEST, 'manifest.json']) {
     const file = path.join(dir, name);
     if (!fs.existsSync(file)) continue;
-    checkRegularFile(file, 'a JSON list of samples');
-    let raw: unknown;
-    try {
-      raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new UsageError(`${file}: not valid JSON (${(err as Error).message.split('\n')[0]}).`);
-    }
+    const raw = readJsonFile(file, 'a JSON list of samples');
     check(Array.isArray(raw), `${file}: expected a JSON array of {"file", "prompt", "digit"} objects.`);
     const entries = raw.map((e, i): SampleEntry => {
       const where = `${file} entry ${i}`;

@@ -18,6 +18,7 @@ import path from 'node:path';
 import { UsageError } from '../util/errors.ts';
 import { writeFileAtomicSync } from '../util/fs.ts';
 import { SCHEDULER_NAMES, type SchedulerName, schedulerNameForClass } from '../schedule/index.ts';
+import { readJsonFile } from '../util/json.ts';
 
 export interface SamplingSettings {
   /** sdlab scheduler name (SCHEDULER_NAMES). */
@@ -77,12 +78,7 @@ export function writeSamplingConfig(runDir: string, s: SamplingSettings, source?
 export function readSamplingConfig(runDir: string): SamplingSettings | null {
   const file = samplingConfigPath(runDir);
   if (!fs.existsSync(file)) return null;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new UsageError(`${file}: not valid JSON (${(err as Error).message.split('\n')[0]}).`);
-  }
+  const raw = readJsonFile(file);
   const known = [...Object.values(FILE_KEYS), 'source'];
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new UsageError(`${file}: expected a JSON object with ${known.join(', ')}.`);
   const o = raw as Record<string, unknown>;

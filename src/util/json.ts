@@ -3,13 +3,16 @@
  * one-line errors, and shown in error messages without breaking the one-line rule.
  *
  *   const raw = parseJson(text, 'unet/config.json');  // UsageError: "unet/config.json: not valid JSON (...)."
+ *   const raw = readJsonFile('runs/r/sampling_config.json');  // the same, from a file
  *   throw new UsageError(`key "x" must be a number, got ${showJson(value)}.`);
  *
  * Nesting is bounded (MAX_JSON_DEPTH): no config needs more than a few levels, and a deeper
  * value overflows the stack of anything recursive that later touches it (JSON.stringify in an
  * error message, structuredClone), which would end in a stack trace instead of one line.
  */
+import fs from 'node:fs';
 import { UsageError } from './errors.ts';
+import { checkRegularFile } from './fs.ts';
 
 /** Deepest nesting of arrays/objects accepted in a JSON file. */
 export const MAX_JSON_DEPTH = 64;
@@ -60,4 +63,16 @@ export function parseJson(text: string, source: string, expected?: string): unkn
   }
   if (jsonDepth(value) > MAX_JSON_DEPTH) throw new UsageError(`${source}: JSON nested deeper than ${MAX_JSON_DEPTH} levels (no config needs that)${tail}`);
   return value;
+}
+
+/** Reads and parses a JSON file: parseJson's rules, plus one line when it cannot be read (or is no regular file). */
+export function readJsonFile(file: string, expected?: string): unknown {
+  checkRegularFile(file, expected ?? 'a JSON file');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? oneLine(String(err))}).`);
+  }
+  return parseJson(text, file, expected);
 }
