@@ -8,6 +8,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-cpu';
+import { Random } from '../src/util/random.ts';
 import { UsageError } from '../src/util/errors.ts';
 import { checkConfigKey, parseConfig } from '../src/io/config.ts';
 import { SCHEDULER_NAMES, createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
@@ -101,10 +104,18 @@ describe('scheduler configs follow the rule', () => {
     for (const name of SCHEDULER_NAMES) expect(() => createScheduler(name, { ...sd, thresholding: false })).not.toThrow();
   });
 
-  it('zero terminal SNR is honoured by DDIM and refused where it is not implemented (never silently dropped)', () => {
+  it('zero terminal SNR is honoured by DDIM and DDPM and refused where it is not implemented (never silently dropped)', () => {
     const zero = { ...sd, rescale_betas_zero_snr: true };
     expect(createScheduler('ddim', zero).alphasCumprod[999]).toBe(0);
-    for (const name of ['ddpm', 'pndm', 'euler', 'euler_a', 'dpm++2m']) {
+    // DDPM: the same rescaled table, and a v-prediction step from pure noise (t = T - 1) stays finite.
+    const ddpm = createScheduler('ddpm', { ...zero, prediction_type: 'v_prediction', timestep_spacing: 'trailing' });
+    expect(Array.from(ddpm.alphasCumprod)).toEqual(Array.from(createScheduler('ddim', zero).alphasCumprod));
+    ddpm.setTimesteps(10);
+    const x = tf.randomNormal([1, 2, 2, 2], 0, 1, 'float32', 1);
+    const out = ddpm.step(tf.zerosLike(x), ddpm.timesteps[0], x, { generator: new Random(0) }).prevSample;
+    expect(ddpm.timesteps[0]).toBe(999); // trailing spacing starts at ᾱ_999 = 0
+    expect(out.dataSync().every(Number.isFinite)).toBe(true);
+    for (const name of ['pndm', 'euler', 'euler_a', 'dpm++2m']) {
       expect(() => createScheduler(name, zero), name).toThrow(/config key "rescale_betas_zero_snr" = true is not supported by sdlab's \w+Scheduler/);
     }
   });

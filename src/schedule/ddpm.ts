@@ -38,6 +38,8 @@ export interface DDPMConfig extends BaseSchedulerConfig {
   thresholding: boolean;
   dynamic_thresholding_ratio: number;
   sample_max_value: number;
+  /** ᾱ rescaled to zero terminal SNR (Lin et al. 2023), as the model was trained: NoiseSchedule does it. */
+  rescale_betas_zero_snr: boolean;
 }
 
 export const DDPM_DEFAULTS: DDPMConfig = {
@@ -51,6 +53,7 @@ export const DDPM_DEFAULTS: DDPMConfig = {
   sample_max_value: 1.0,
   timestep_spacing: 'leading',
   steps_offset: 0,
+  rescale_betas_zero_snr: false,
 };
 
 export class DDPMScheduler extends Scheduler<DDPMConfig> {
