@@ -33,7 +33,7 @@ import { selectBackend } from '../backend/index.ts';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
 import { requireFinite } from '../sample/pipeline.ts';
 import { UsageError, check } from '../util/errors.ts';
-import { checkOutputDir, checkRegularFile } from '../util/fs.ts';
+import { checkOutputDir } from '../util/fs.ts';
 import { firstNonFinite } from '../util/finite.ts';
 import { MAX_DECODE_IMAGES, MAX_IMAGE_PIXELS, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { int, oneOf } from '../util/options.ts';

@@ -28,7 +28,7 @@ import { check } from '../util/errors.ts';
 import { writeFileAtomic } from '../util/fs.ts';
 import { Random } from '../util/random.ts';
 import { Raster, renderGrid, gridLayout, savePng, textWidth, niceTicks, formatTick, PALETTE, type FloatImage, type RGB } from '../viz/index.ts';
-import { NEAR_DUPLICATE_COSINE, featureGroups, fidReference, multiLayerFid, nearDuplicateRate, pickRows, rowRange } from './features.ts';
+import { NEAR_DUPLICATE_COSINE, featureGroups, fidReference, multiLayerFid, nearDuplicateRate, pickRows } from './features.ts';
 import { type ImageClassifier, type ClassifierTraining, ensureClassifier, asImageClassifier, loadSplit, signedImages } from './classifier.ts';
 import { loadSamples, type Samples, SIZE } from './samples.ts';
 import { denormalize, toSigned, toUnit } from '../data/pixels.ts';

@@ -23,7 +23,6 @@ import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEnco
 import { UNet2DConditionModel } from '../unet/unet.ts';
 import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import { LdmCheckpoint } from './load_single_file.ts';
-import { skipInit } from '../nn/module.ts';
 import { type Scheduler, type SchedulerName, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
 import { type Canvas, vaeCanvas } from '../data/canvas.ts';
 import { type ResolvedSampling, resolveSampling } from './settings.ts';

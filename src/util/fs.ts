@@ -163,22 +163,6 @@ export function checkOutputDir(flag: string, dir: string): void {
   fs.rmSync(probe, { force: true });
 }
 
-/**
- * Checks that the output file `file` (given by `flag`) can be written: its directory as
- * checkOutputDir, and the file itself, if it exists, a regular file (not a directory).
- */
-export function checkOutputFile(flag: string, file: string): void {
-  if (file.trim() === '') throw new UsageError(`${flag}: empty path; give a file to write to.`);
-  checkOutputDir(flag, path.dirname(path.resolve(file)));
-  let st: fs.Stats | undefined;
-  try {
-    st = fs.statSync(file);
-  } catch {
-    return; // not there yet (or a parent problem checkOutputDir has reported)
-  }
-  if (!st.isFile()) throw new UsageError(`${flag} ${file}: ${st.isDirectory() ? 'is a directory' : 'is not a regular file'}; expected a file to write.`);
-}
-
 function isDanglingLink(p: string): boolean {
   try {
     return fs.lstatSync(p).isSymbolicLink();
