@@ -74,6 +74,7 @@ export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossC
 export { readPng, readPngSize } from './io/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
 export { Random } from './util/random.ts';
+export { TorchGenerator } from './util/torch_random.ts';
 
 // ---- the size limits every input is checked against (MAX_MODEL_PARAMS, MAX_IMAGE_SIDE, ...)
 export * from './util/limits.ts';

@@ -33,16 +33,16 @@
  *     vectorised path neither uses nor clears that cache.
  *   - torch.rand: one float uniform per value.
  *
- * Checked against: the random tensors upstream diffusers drew in ../shared/fixtures/
- * sd1_pipelines (torch 1.13 as Debian ships it), and test/fixtures/torch_random.json made with
- * Debian's python3-torch 1.13.1 (scripts/torch_rng_reference.py: sizes 1–15, 16, 17, 31, 33,
- * 1000 and 4·64·64, streams mixing both paths, seeds 0, 2^32 − 1, 2^32 + 5, 2^64 − 1, and
- * torch.rand); 524 288 draws over 8 seeds matched bit for bit while this was written. The code
- * paths are unchanged in torch's later releases, so the same values are expected there on x86
- * with AVX2. Not matched: CPUs without AVX2 (ARM, e.g. Apple silicon; or
- * ATEN_CPU_CAPABILITY=default), where torch's n ≥ 16 path calls the C library's float
- * log/sin/cos instead — those values can differ in the last bit; and builds compiled without
- * fused multiply-adds (about 1% of values 1 ulp apart).
+ * Checked against (test/torch-random.test.ts), bit for bit: every random tensor upstream
+ * diffusers drew for ../shared/fixtures/sd1_pipelines and the seeded inputs of sd1_tiny (torch
+ * 1.13 as Debian ships it), and test/fixtures/torch_random.json from Debian's python3-torch
+ * 1.13.1 (scripts/torch_rng_reference.py: sizes 1–17 and tails of every length, streams mixing
+ * both paths and torch.rand, seeds up to 2^64 − 1, SD-sized latents, 4 × 262 144 values by hash).
+ * The kernels are unchanged in later torch releases' sources (2.x), so the same values are
+ * expected there on x86 with AVX2. Not matched: torch on CPUs without AVX2 (ARM, e.g. Apple
+ * silicon, or ATEN_CPU_CAPABILITY=default), whose n ≥ 16 path calls the C library's float
+ * log/sin/cos — torch 1.13.1 itself differs there from its AVX2 values in 39% of values, by up
+ * to 2e-6; and builds compiled without fused multiply-adds (about 1% of values 1 ulp apart).
  */
 import { UsageError } from './errors.ts';
 
@@ -147,10 +147,9 @@ function sincos256(x: number, out: [number, number]): void {
   s = fmaf(s, z, SIN_P[2]);
   s = f32(s * z);
   s = fmaf(s, x, x);
-  const sinPoly = (j & 2) === 0;
-  // The kernel selects by masking and adds +0 (so a −0 becomes +0), then flips the sign bits.
-  const sin = (sinPoly ? s : c) + 0;
-  const cos = (sinPoly ? c : s) + 0;
+  const sinPoly = (j & 2) === 0; // which polynomial is the sine; the other is the cosine
+  const sin = sinPoly ? s : c;
+  const cos = sinPoly ? c : s;
   out[0] = j & 4 ? -sin : sin;
   out[1] = ~(j - 2) & 4 ? -cos : cos;
 }
