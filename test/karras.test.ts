@@ -216,6 +216,36 @@ describe('DPM++ 2M Karras (DPMSolverMultistepScheduler, use_karras_sigmas)', () 
   });
 });
 
+describe('point-mass data (the exact model for a single x0): the Karras samplers stay on the trajectory', () => {
+  const X0 = [0.8, -0.3, 0.1, -1.2];
+  const E = [0.4, 1.3, -0.9, 0.2];
+  const T = (v: number[]) => tf.tensor4d(v, [1, 2, 2, 1]);
+
+  it('Euler: x0 + σ_i·ε after every step, x0 at the end', () => {
+    const s = createScheduler('euler', sd, { use_karras_sigmas: true }) as EulerDiscreteScheduler;
+    s.setTimesteps(8);
+    let x: tf.Tensor = T(X0.map((v, j) => v + s.sigmas[0] * E[j]));
+    s.timesteps.forEach((t, i) => {
+      const next = s.step(T(E), t, x).prevSample; // the exact ε of x0 + σε is ε
+      expectClose(Array.from(next.dataSync()), X0.map((v, j) => v + s.sigmas[i + 1] * E[j]), 2e-6, 2e-6, `step ${i}`);
+      x = next;
+    });
+    expectClose(Array.from(x.dataSync()), X0, 2e-6, 2e-6);
+  });
+
+  it('DPM++ 2M (second order included): α_k·x0 + σ_k·ε at each Karras σ_k', () => {
+    const s = createScheduler('dpm++2m', sd, { use_karras_sigmas: true, prediction_type: 'sample' }) as DPMSolverMultistepScheduler;
+    s.setTimesteps(8);
+    const at = (k: number) => X0.map((v, j) => (v + k * E[j]) / Math.sqrt(k * k + 1)); // α = 1/sqrt(σ²+1), σ_t = σα
+    let x: tf.Tensor = T(at(s.sigmas[0]));
+    s.timesteps.forEach((t, i) => {
+      const next = s.step(T(X0), t, x).prevSample;
+      expectClose(Array.from(next.dataSync()), at(s.sigmas[i + 1]), 1e-5, 1e-5, `step ${i}`);
+      x = next;
+    });
+  });
+});
+
 describe('schedulers without Karras sigmas', () => {
   it('are unchanged by the key (it belongs to other diffusers schedulers)', () => {
     for (const name of ['ddim', 'ddpm', 'pndm', 'lcm']) {

@@ -216,6 +216,29 @@ describe('LCMScheduler alone', () => {
     }
   });
 
+  it('point-mass data (the exact ε for a single x0): each step re-noises x0 with the drawn z, the last returns x0', () => {
+    const X0 = [0.8, -0.3, 0.1, -1.2];
+    const E = [0.4, 1.3, -0.9, 0.2];
+    const s = lcm();
+    s.setTimesteps(4);
+    const acp = s.alphasCumprod;
+    const z: number[][] = [];
+    const gen = { normalArray: (n: number) => { const a = Float32Array.from({ length: n }, (_, k) => Math.sin(7 * z.length + k)); z.push(Array.from(a)); return a; } };
+    let e = E;
+    let x: tf.Tensor = tf.tensor4d(X0.map((v, j) => Math.sqrt(acp[999]) * v + Math.sqrt(1 - acp[999]) * E[j]), [1, 2, 2, 1]);
+    s.timesteps.forEach((t, i) => {
+      const out = s.step(tf.tensor4d(e, [1, 2, 2, 1]), t, x, { generator: gen });
+      const den = Array.from(out.predOriginalSample!.dataSync());
+      den.forEach((v, j) => expect(v, `denoised ${i}`).toBeCloseTo(X0[j], 4)); // c_skip ≤ 4e-8: x0 itself
+      const next = s.timesteps[i + 1];
+      const want = next === undefined ? X0 : X0.map((v, j) => Math.sqrt(acp[next]) * v + Math.sqrt(1 - acp[next]) * z[i][j]);
+      Array.from(out.prevSample.dataSync()).forEach((v, j) => expect(v, `step ${i}`).toBeCloseTo(want[j], 4));
+      if (next !== undefined) e = z[i];
+      x = out.prevSample;
+    });
+    expect(z).toHaveLength(3);
+  });
+
   it('a one-step run (t = 999) is the denoised estimate alone', () => {
     const s = lcm();
     s.setTimesteps(1);

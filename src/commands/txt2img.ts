@@ -11,7 +11,12 @@
  * with --yaml, else SD 1.x's v1-inference settings). A single file has no tokenizer: --tokenizer
  * names a folder with CLIP's vocab.json + merges.txt (any SD 1.x diffusers directory has one).
  * The scheduler defaults to the model's own (PNDM for SD 1.5); --scheduler picks another,
- * configured from the model's scheduler_config.json.
+ * configured from the model's scheduler_config.json; --karras (euler, euler_a, dpm++2m) and
+ * --timestep-spacing (e.g. trailing for SD-Turbo) override that config:
+ *
+ *   npx sdlab txt2img --model DIR --scheduler lcm --steps 4 --guidance 1 --prompt "..."
+ *   npx sdlab txt2img --model DIR --scheduler dpm++2m --karras --steps 25 --prompt "..."
+ *   npx sdlab txt2img --model sd-turbo --scheduler euler_a --timestep-spacing trailing --steps 1 --guidance 1 --prompt "..."
  *
  * Writes to --out: 0000.png, ... (one per image), grid.png (when more than one) and
  * txt2img.json (the settings, to reproduce the images).

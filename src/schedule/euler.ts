@@ -11,7 +11,9 @@
  *   x0 = x - σ_i·ε;   x_{i+1} = x + (x - x0)/σ_i · (σ_{i+1} - σ_i)
  *
  * Timesteps are floats ("linspace" by default: 999, 888, ..., 0 for 10 steps); sigmas are the
- * σ table interpolated at them, plus a final 0. The scheduler keeps a step index: call
+ * σ table interpolated at them, plus a final 0 — or, with use_karras_sigmas, Karras sigmas between
+ * the same ends (or sigma_min/sigma_max) and the timesteps they map to (./karras.ts). The
+ * scheduler keeps a step index: call
  * setTimesteps before each run and step through `timesteps` in order.
  *
  *   const s = EulerDiscreteScheduler.fromConfig(json); s.setTimesteps(20);
