@@ -33,7 +33,7 @@ export * from './unet/index.ts';
 // ---- the autoencoder (VAE): pixels ↔ latents
 export * from './autoencoder/index.ts';
 
-// ---- noise schedules and schedulers (forward noising; DDPM, DDIM, PNDM, Euler, Euler a, DPM++ 2M)
+// ---- noise schedules and schedulers (forward noising; DDPM, DDIM, PNDM, Euler, Euler a, DPM++ 2M, LCM; Karras sigmas)
 export * from './schedule/index.ts';
 
 // ---- layers (attention, ResNet blocks, timestep embedding, modules) and fused ops

@@ -256,8 +256,8 @@ describe('noisedSample: the forward process and the training target', () => {
 describe('bad input', () => {
   it('an unknown scheduler name lists the valid ones', () => {
     expect(() => createScheduler('lms', sdSchedulerConfig)).toThrow(UsageError);
-    expect(() => createScheduler('lms', sdSchedulerConfig)).toThrow(/unknown scheduler "lms".*ddpm, ddim, pndm, euler, euler_a, dpm\+\+2m/);
-    expect(SCHEDULER_NAMES).toEqual(['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m']);
+    expect(() => createScheduler('lms', sdSchedulerConfig)).toThrow(/unknown scheduler "lms".*ddpm, ddim, pndm, euler, euler_a, dpm\+\+2m, lcm/);
+    expect(SCHEDULER_NAMES).toEqual(['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m', 'lcm']);
     for (const n of SCHEDULER_NAMES) expect(createScheduler(n, sdSchedulerConfig).constructor.name).toBe(SCHEDULER_CLASS_NAMES[n]);
   });
 
@@ -296,7 +296,7 @@ describe('bad input', () => {
     expect(() => createScheduler('ddpm', { prediction_type: 'v' })).toThrow(/prediction_type/);
     expect(() => createScheduler('ddpm', { num_train_timesteps: '1000' })).toThrow(/"num_train_timesteps": expected a number/);
     expect(() => createScheduler('dpm++2m', {}, { solver_order: 3 })).toThrow(/solver_order/);
-    expect(() => createScheduler('euler', { use_karras_sigmas: true })).toThrow(/use_karras_sigmas/);
+    expect(() => createScheduler('euler', { use_karras_sigmas: 'yes' })).toThrow(/"use_karras_sigmas": expected a boolean/);
     expect(() => createScheduler('ddpm', { variance_type: 'learned_range' })).toThrow(/variance_type/);
     expect(() => createScheduler('ddim', [] as unknown as Record<string, unknown>)).toThrow(/expected a JSON object/);
   });

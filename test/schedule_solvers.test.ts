@@ -419,7 +419,7 @@ describe('timesteps, sigmas and options', () => {
   });
 
   it('a full loop leaves no tensors behind (multistep state is released)', () => {
-    for (const name of ['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m']) {
+    for (const name of ['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m', 'lcm']) {
       const before = tf.memory().numTensors;
       const s = createScheduler(name, sdSchedulerConfig);
       const final = runExact(s, 6, 'epsilon', undefined, { generator: new Random(0) });

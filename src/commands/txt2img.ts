@@ -11,7 +11,12 @@
  * with --yaml, else SD 1.x's v1-inference settings). A single file has no tokenizer: --tokenizer
  * names a folder with CLIP's vocab.json + merges.txt (any SD 1.x diffusers directory has one).
  * The scheduler defaults to the model's own (PNDM for SD 1.5); --scheduler picks another,
- * configured from the model's scheduler_config.json.
+ * configured from the model's scheduler_config.json; --karras (euler, euler_a, dpm++2m) and
+ * --timestep-spacing (e.g. trailing for SD-Turbo) override that config:
+ *
+ *   npx sdlab txt2img --model DIR --scheduler lcm --steps 4 --guidance 1 --prompt "..."
+ *   npx sdlab txt2img --model DIR --scheduler dpm++2m --karras --steps 25 --prompt "..."
+ *   npx sdlab txt2img --model sd-turbo --scheduler euler_a --timestep-spacing trailing --steps 1 --guidance 1 --prompt "..."
  *
  * Writes to --out: 0000.png, ... (one per image), grid.png (when more than one) and
  * txt2img.json (the settings, to reproduce the images).
@@ -25,7 +30,7 @@ import { float, int, oneOf } from '../util/options.ts';
 import { Progress } from '../util/progress.ts';
 import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
 import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
-import { SCHEDULER_NAMES, schedulerNameForClass } from '../schedule/index.ts';
+import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
@@ -42,6 +47,10 @@ export interface Txt2ImgOptions {
   steps: number;
   /** Default: the model's scheduler. */
   scheduler?: string;
+  /** Karras sigmas (euler, euler_a, dpm++2m). */
+  karras?: boolean;
+  /** Overrides the scheduler config's timestep_spacing (e.g. "trailing" for SD-Turbo). */
+  timestepSpacing?: TimestepSpacing;
   guidance: number;
   seed: number;
   height?: number;
@@ -84,15 +93,33 @@ function checkImageSide(height: number | undefined, width: number | undefined): 
   }
 }
 
+/** --karras and --timestep-spacing: the scheduler rebuilt from its own config with those settings. */
+function applySchedulerFlags(pipe: StableDiffusionPipeline, opts: Pick<Txt2ImgOptions, 'karras' | 'timestepSpacing'>): void {
+  if (!opts.karras && opts.timestepSpacing === undefined) return;
+  const name = schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
+  check(!opts.karras || (KARRAS_SCHEDULERS as readonly string[]).includes(name), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, and the scheduler is ${name} (pick one with --scheduler).`);
+  check(opts.timestepSpacing === undefined || name !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
+  const overrides: Record<string, unknown> = {};
+  if (opts.karras) overrides.use_karras_sigmas = true;
+  if (opts.timestepSpacing !== undefined) overrides.timestep_spacing = opts.timestepSpacing;
+  const before = pipe.scheduler;
+  pipe.scheduler = reconfigureScheduler(before, overrides);
+  before.dispose();
+}
+
 export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
   check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
   check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  check(!opts.karras || opts.scheduler === undefined || (KARRAS_SCHEDULERS as readonly string[]).includes(opts.scheduler), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, got --scheduler ${opts.scheduler}.`);
+  check(opts.timestepSpacing === undefined || (TIMESTEP_SPACINGS as readonly string[]).includes(opts.timestepSpacing), `--timestep-spacing: expected one of ${TIMESTEP_SPACINGS.join(', ')}, got "${opts.timestepSpacing}".`);
+  check(opts.timestepSpacing === undefined || opts.scheduler !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
   checkImageSide(opts.height, opts.width);
   checkOutputDir('--out', opts.out);
   const pipe = loadModel(opts);
   try {
+    applySchedulerFlags(pipe, opts);
     const height = opts.height ?? pipe.defaultSize;
     const width = opts.width ?? pipe.defaultSize;
     checkImageSide(height, width); // the model's own default size too
@@ -144,6 +171,8 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
       n: opts.n,
       steps: opts.steps,
       scheduler: schedulerName,
+      karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true,
+      timestep_spacing: schedulerName === 'lcm' ? null : pipe.scheduler.config.timestep_spacing,
       guidance: opts.guidance,
       eta: opts.eta ?? 0,
       seed: opts.seed,
@@ -171,6 +200,8 @@ export function register(program: Command): void {
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
     .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
     .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the model's own)`, oneOf(SCHEDULER_NAMES))
+    .option('--karras', `Karras sigmas (${KARRAS_SCHEDULERS.join('|')}; e.g. --scheduler dpm++2m --karras = "DPM++ 2M Karras")`)
+    .option('--timestep-spacing <s>', `${TIMESTEP_SPACINGS.join('|')}: overrides the scheduler config's (SD-Turbo: trailing)`, oneOf(TIMESTEP_SPACINGS))
     .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
     .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
     .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)

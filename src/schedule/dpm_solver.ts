@@ -15,6 +15,7 @@
  * The first step (no history yet) and, with lower_order_final and < 15 steps, the last one are
  * first order. Timesteps are integers, "linspace" by default over n+1 points minus the last
  * (999, 899, ..., 100 for 10 steps); sigmas end with σ at t=0. The model input is not scaled.
+ * use_karras_sigmas picks Karras sigmas instead ("DPM++ 2M Karras", ./karras.ts).
  *
  *   const s = DPMSolverMultistepScheduler.fromConfig(json); s.setTimesteps(20);
  *   for (const t of s.timesteps) x = s.step(unet(x, t), t, x).prevSample;
@@ -35,6 +36,7 @@ import {
   thresholdSample,
 } from './base.ts';
 import { DDPM_BETA_DEFAULTS } from './forward.ts';
+import { karrasSigmas, logSigmaTable, sigmaToT } from './karras.ts';
 
 const f32 = Math.fround;
 
@@ -110,8 +112,8 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
     if (config.solver_order !== 1 && config.solver_order !== 2) {
       throw new UsageError(`DPMSolverMultistepScheduler config key "solver_order": sdlab supports 1 or 2, got ${config.solver_order}.`);
     }
-    if (config.use_karras_sigmas || config.use_lu_lambdas) {
-      throw new UsageError('DPMSolverMultistepScheduler config keys "use_karras_sigmas"/"use_lu_lambdas": true is not supported by sdlab yet; set them to false.');
+    if (config.use_lu_lambdas) {
+      throw new UsageError('DPMSolverMultistepScheduler config key "use_lu_lambdas": true is not supported by sdlab; set it to false.');
     }
     super(config);
     this.modelOutputs = new Array<tf.Tensor | null>(config.solver_order).fill(null);
@@ -144,7 +146,17 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
         break;
     }
     const table = sigmaTable(this.alphasCumprod);
-    this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), table[0]];
+    if (this.config.use_karras_sigmas) {
+      // Karras σs over the whole train range (σ_0 .. σ_{T−1}), each mapped to the nearest train
+      // timestep (./karras.ts). As in diffusers 0.24 the list ends with the last σ repeated, so
+      // the final step goes from σ_min to σ_min: it changes nothing (later diffusers end at 0).
+      const karras = karrasSigmas(table[0], table[T - 1], n);
+      const logSigmas = logSigmaTable(table);
+      ts = karras.map((sg) => roundHalfEven(sigmaToT(sg, logSigmas)));
+      this.sigmas = [...karras, karras[n - 1]].map(f32);
+    } else {
+      this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), table[0]];
+    }
     this.timesteps = ts;
     this.numInferenceSteps = ts.length;
     this.resetState();

@@ -11,7 +11,9 @@
  *   x0 = x - σ_i·ε;   x_{i+1} = x + (x - x0)/σ_i · (σ_{i+1} - σ_i)
  *
  * Timesteps are floats ("linspace" by default: 999, 888, ..., 0 for 10 steps); sigmas are the
- * σ table interpolated at them, plus a final 0. The scheduler keeps a step index: call
+ * σ table interpolated at them, plus a final 0 — or, with use_karras_sigmas, Karras sigmas between
+ * the same ends (or sigma_min/sigma_max) and the timesteps they map to (./karras.ts). The
+ * scheduler keeps a step index: call
  * setTimesteps before each run and step through `timesteps` in order.
  *
  *   const s = EulerDiscreteScheduler.fromConfig(json); s.setTimesteps(20);
@@ -32,6 +34,7 @@ import {
   sigmaTable,
 } from './base.ts';
 import { DDPM_BETA_DEFAULTS, type TimestepsLike } from './forward.ts';
+import { karrasSigmas, logSigmaTable, sigmaToT } from './karras.ts';
 
 const f32 = Math.fround;
 
@@ -65,11 +68,25 @@ export abstract class SigmaScheduler<C extends BaseSchedulerConfig> extends Sche
     const n = numInferenceSteps;
     this.numInferenceSteps = n;
     // Euler's "linspace" is not rounded (999, 832.5, ... for 7 steps); the other spacings are DDIM's.
-    const ts = this.config.timestep_spacing === 'linspace' ? npLinspace(0, T - 1, n).map(f32).reverse() : this.spacedTimesteps(n);
+    let ts = this.config.timestep_spacing === 'linspace' ? npLinspace(0, T - 1, n).map(f32).reverse() : this.spacedTimesteps(n);
     const table = sigmaTable(this.alphasCumprod);
+    let sigmas = ts.map((t) => interpTable(t, table)); // float64, as np.interp returns them
+    const karras = this.karras();
+    if (karras) {
+      // Karras σs between the ends of that schedule (or the config's sigma_min/sigma_max), each
+      // mapped back to a fractional train timestep for the model (./karras.ts).
+      sigmas = karrasSigmas(karras.sigmaMin ?? sigmas[sigmas.length - 1], karras.sigmaMax ?? sigmas[0], n);
+      const logSigmas = logSigmaTable(table);
+      ts = sigmas.map((s) => f32(sigmaToT(s, logSigmas)));
+    }
     this.timesteps = ts;
-    this.sigmas = [...ts.map((t) => f32(interpTable(t, table))), 0];
+    this.sigmas = [...sigmas.map(f32), 0];
     this.stepIndex = null;
+  }
+
+  /** Karras sigmas (use_karras_sigmas) and their optional ends, or null for the plain σ table. */
+  protected karras(): { sigmaMin: number | null; sigmaMax: number | null } | null {
+    return null;
   }
 
   /** Finds the step index of `timestep` (the second match if it repeats, as diffusers does). */
@@ -172,10 +189,15 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
   }
 
   constructor(config: EulerDiscreteConfig = EULER_DEFAULTS) {
-    if (config.use_karras_sigmas) {
-      throw new UsageError('EulerDiscreteScheduler config key "use_karras_sigmas": true is not supported by sdlab yet; set it to false.');
+    for (const k of ['sigma_min', 'sigma_max'] as const) {
+      const v = config[k];
+      if (v !== null && !(v > 0)) throw new UsageError(`EulerDiscreteScheduler config key "${k}": expected a number > 0 or null, got ${v}.`);
     }
     super(config);
+  }
+
+  protected override karras(): { sigmaMin: number | null; sigmaMax: number | null } | null {
+    return this.config.use_karras_sigmas ? { sigmaMin: this.config.sigma_min, sigmaMax: this.config.sigma_max } : null;
   }
 
   step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, _opts: StepOptions = {}): SchedulerOutput {

@@ -6,7 +6,8 @@
  *   σ_up   = sqrt(σ_{i+1}² (σ_i² - σ_{i+1}²) / σ_i²),   σ_down = sqrt(σ_{i+1}² - σ_up²)
  *   x0     = x - σ_i·ε;   x_{i+1} = x + (x - x0)/σ_i · (σ_down - σ_i) + σ_up·z
  *
- * Timesteps, sigmas, initNoiseSigma and scaleModelInput are Euler's (./euler.ts). Every step
+ * Timesteps, sigmas, initNoiseSigma and scaleModelInput are Euler's (./euler.ts), Karras sigmas
+ * too (k-diffusion's euler_ancestral on Karras sigmas: only as an override, see the config). Every step
  * draws z: pass `noise` or a seeded `generator` to step() for reproducible samples.
  *
  *   const s = EulerAncestralDiscreteScheduler.fromConfig(json); s.setTimesteps(20);
@@ -18,7 +19,14 @@ import { BASE_CHOICES, type BaseSchedulerConfig, type SchedulerOutput, type Step
 import { DDPM_BETA_DEFAULTS } from './forward.ts';
 import { SigmaScheduler } from './euler.ts';
 
-export type EulerAncestralConfig = BaseSchedulerConfig;
+export interface EulerAncestralConfig extends BaseSchedulerConfig {
+  /**
+   * Karras sigmas, as Euler's (./karras.ts). An sdlab setting, not a config key: diffusers'
+   * EulerAncestralDiscreteScheduler has no use_karras_sigmas and ignores it in a shared
+   * scheduler_config.json, so sdlab does too; only an override (txt2img --karras) sets it.
+   */
+  use_karras_sigmas?: boolean;
+}
 
 export const EULER_ANCESTRAL_DEFAULTS: EulerAncestralConfig = {
   ...DDPM_BETA_DEFAULTS,
@@ -29,10 +37,14 @@ export const EULER_ANCESTRAL_DEFAULTS: EulerAncestralConfig = {
 
 export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestralConfig> {
   static fromConfig(json: Record<string, unknown> = {}, overrides: Partial<EulerAncestralConfig> | Record<string, unknown> = {}): EulerAncestralDiscreteScheduler {
-    const cfg = resolveConfig('EulerAncestralDiscreteScheduler', EULER_ANCESTRAL_DEFAULTS, json, overrides, BASE_CHOICES, {
+    const { use_karras_sigmas: karras, ...rest } = overrides as Record<string, unknown>;
+    if (karras !== undefined && typeof karras !== 'boolean') {
+      throw new UsageError(`EulerAncestralDiscreteScheduler settings key "use_karras_sigmas": expected a boolean, got ${JSON.stringify(karras)}.`);
+    }
+    const cfg = resolveConfig('EulerAncestralDiscreteScheduler', EULER_ANCESTRAL_DEFAULTS, json, rest, BASE_CHOICES, {
       trained_betas: 'number[]',
     });
-    return new EulerAncestralDiscreteScheduler(cfg);
+    return new EulerAncestralDiscreteScheduler(karras ? { ...cfg, use_karras_sigmas: true } : cfg);
   }
 
   constructor(config: EulerAncestralConfig = EULER_ANCESTRAL_DEFAULTS) {
@@ -40,6 +52,10 @@ export class EulerAncestralDiscreteScheduler extends SigmaScheduler<EulerAncestr
       throw new UsageError('EulerAncestralDiscreteScheduler config key "prediction_type": "sample" is not supported (as in diffusers); use "epsilon" or "v_prediction".');
     }
     super(config);
+  }
+
+  protected override karras(): { sigmaMin: number | null; sigmaMax: number | null } | null {
+    return this.config.use_karras_sigmas ? { sigmaMin: null, sigmaMax: null } : null;
   }
 
   /** σ_up (fresh noise) and σ_down (where the deterministic part lands) for the step σ_from -> σ_to. */

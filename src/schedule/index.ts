@@ -13,6 +13,10 @@
  *   euler     EulerDiscreteScheduler           sigma-space ODE, scales the input (./euler.ts)
  *   euler_a   EulerAncestralDiscreteScheduler  Euler + fresh noise (./euler_ancestral.ts)
  *   dpm++2m   DPMSolverMultistepScheduler      2nd-order multistep (./dpm_solver.ts)
+ *   lcm       LCMScheduler                     few-step, for LCM-distilled models (./lcm.ts)
+ *
+ * Karras sigmas (use_karras_sigmas, ./karras.ts) work with euler, euler_a and dpm++2m
+ * (KARRAS_SCHEDULERS).
  */
 import fs from 'node:fs';
 import { UsageError } from '../util/errors.ts';
@@ -24,6 +28,7 @@ import { DDPMScheduler } from './ddpm.ts';
 import { DPMSolverMultistepScheduler } from './dpm_solver.ts';
 import { EulerDiscreteScheduler } from './euler.ts';
 import { EulerAncestralDiscreteScheduler } from './euler_ancestral.ts';
+import { LCMScheduler } from './lcm.ts';
 import { PNDMScheduler } from './pndm.ts';
 
 export * from './forward.ts';
@@ -34,8 +39,10 @@ export { DPMSolverMultistepScheduler } from './dpm_solver.ts';
 export { EulerDiscreteScheduler, SigmaScheduler } from './euler.ts';
 export { EulerAncestralDiscreteScheduler } from './euler_ancestral.ts';
 export { PNDMScheduler } from './pndm.ts';
+export { LCMScheduler } from './lcm.ts';
+export { KARRAS_RHO, karrasSigmas, sigmaToT } from './karras.ts';
 
-export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m'] as const;
+export const SCHEDULER_NAMES = ['ddpm', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++2m', 'lcm'] as const;
 export type SchedulerName = (typeof SCHEDULER_NAMES)[number];
 
 /** The diffusers class name behind each sdlab name (`_class_name` in scheduler_config.json). */
@@ -46,7 +53,11 @@ export const SCHEDULER_CLASS_NAMES: Record<SchedulerName, string> = {
   euler: 'EulerDiscreteScheduler',
   euler_a: 'EulerAncestralDiscreteScheduler',
   'dpm++2m': 'DPMSolverMultistepScheduler',
+  lcm: 'LCMScheduler',
 };
+
+/** The schedulers that take Karras sigmas (`use_karras_sigmas`; txt2img --karras). */
+export const KARRAS_SCHEDULERS: readonly SchedulerName[] = ['euler', 'euler_a', 'dpm++2m'];
 
 /** The sdlab name for a diffusers class name, or null if sdlab has no such scheduler. */
 export function schedulerNameForClass(className: string): SchedulerName | null {
@@ -78,9 +89,24 @@ export function createScheduler(
     case 'dpm++2m':
       // The name fixes the algorithm: DPM-Solver++ of order 2.
       return DPMSolverMultistepScheduler.fromConfig(config, { algorithm_type: 'dpmsolver++', solver_order: 2, ...overrides });
+    case 'lcm':
+      return LCMScheduler.fromConfig(config, overrides);
     default:
       throw new UsageError(`unknown scheduler "${name}": expected one of ${SCHEDULER_NAMES.join(', ')}.`);
   }
+}
+
+/**
+ * The same scheduler (its class and resolved config) rebuilt with `overrides` on top, e.g.
+ * `{ use_karras_sigmas: true }` or `{ timestep_spacing: 'trailing' }` from the command line.
+ */
+export function reconfigureScheduler(s: Scheduler, overrides: Record<string, unknown>): Scheduler {
+  const name = schedulerNameForClass(s.constructor.name);
+  if (!name) throw new Error(`reconfigureScheduler: ${s.constructor.name} is not one of sdlab's schedulers.`);
+  const config = s.config as unknown as Record<string, unknown>;
+  // Euler a takes Karras sigmas only as an override (its config key is inert): carry it over.
+  const keep = config.use_karras_sigmas === true ? { use_karras_sigmas: true } : {};
+  return createScheduler(name, { ...config }, { ...keep, ...overrides });
 }
 
 /**
