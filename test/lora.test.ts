@@ -438,7 +438,7 @@ describe('refusals leave the model as it was', () => {
 
 describe('unknown keys: one warning line, the rest merged', () => {
   it('lists the count and the first few keys, and skips a module with a part sdlab cannot apply', () => {
-    const extra = new Map(kohya);
+    const extra = new Map<string, { shape: readonly number[]; data: Float32Array }>(kohya);
     const z = { shape: [4, 4], data: new Float32Array(16) };
     extra.set('lora_unet_nonexistent_block.lora_down.weight', z);
     extra.set('lora_unet_nonexistent_block.lora_up.weight', z);
@@ -531,7 +531,7 @@ describe('txt2img --lora', () => {
   }, 120_000);
 
   it('merges, says what it merged, records it in txt2img.json, warns once about unused keys', async () => {
-    const extra = new Map(kohya);
+    const extra = new Map<string, { shape: readonly number[]; data: Float32Array }>(kohya);
     extra.set('zz_unused', { shape: [1], data: new Float32Array(1) });
     const file = writeLora('cli_extra.safetensors', extra);
     const out = path.join(tmp, 'cli-ok');
