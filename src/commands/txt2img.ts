@@ -168,8 +168,8 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   }
 }
 
-/** --lora's argParser: one spec per flag, collected in order. */
-function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
+/** --lora's argParser: one spec per flag, collected in order (img2img/inpaint take the same flag). */
+export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
   try {
     return [...prev, parseLoraSpec(value)];
   } catch (err) {
