@@ -274,6 +274,38 @@ describe('key layouts and dtypes: the same tensors merge to the same weights', (
     }
   });
 
+  it('a diffusers/PEFT file without .alpha tensors takes alpha from its lora_adapter_metadata (lora_alpha, alpha_pattern, use_rslora)', () => {
+    // Per-module alphas from the manifest (no alpha: factor 1, i.e. alpha = r = 4), written as PEFT writes them:
+    // one lora_alpha per model and alpha_pattern entries matched against the end of module names.
+    const patterns: Record<string, Record<string, number>> = { unet: {}, text_encoder: {} };
+    for (const m of manifest.files.lora.modules as Array<{ component: string; module: string; alpha: number | null; rank: number }>) {
+      const comp = m.component === 'unet' ? 'unet' : 'text_encoder';
+      const alpha = m.alpha ?? m.rank;
+      if (alpha === 4) continue; // the lora_alpha below
+      const tail = m.module.slice(m.module.search(/(attn[12]|mlp)\./));
+      expect(patterns[comp][tail] ?? alpha).toBe(alpha); // one alpha per tail
+      patterns[comp][tail] = alpha;
+    }
+    expect(Object.keys(patterns.unet).length).toBeGreaterThan(4);
+    const noAlpha = renamed((k) => (k.endsWith('.alpha') ? null : peftKey(k)));
+    for (const [name, rslora, div] of [['peft_meta.safetensors', false, 1], ['peft_meta_rslora.safetensors', true, 2]] as const) {
+      // rsLoRA scales by alpha/√r = alpha/2 here: halved alphas give the same factors.
+      const half = (o: Record<string, number>) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v / div]));
+      const meta = {
+        'unet.lora_alpha': 4 / div, 'unet.alpha_pattern': half(patterns.unet), 'unet.r': 4, 'unet.use_rslora': rslora,
+        'text_encoder.lora_alpha': 4 / div, 'text_encoder.alpha_pattern': half(patterns.text_encoder), 'text_encoder.r': 4, 'text_encoder.use_rslora': rslora,
+      };
+      const file = path.join(tmp, name);
+      writeSafetensors(file, noAlpha, { dtype: 'F16', metadata: { format: 'pt', lora_adapter_metadata: JSON.stringify(meta) } });
+      const p = pipeWith([{ file, scale: 0.8 }]);
+      try {
+        expect(differing(merged, weights(p)), name).toEqual([]);
+      } finally {
+        p.dispose();
+      }
+    }
+  });
+
   it('F32 and BF16 files: F32 copies of the F16 values merge identically; BF16 equals F32 of the same bf16 values', () => {
     const f32 = writeLora('f32.safetensors', kohya, 'F32');
     const p = pipeWith([{ file: f32, scale: 0.8 }]);
@@ -469,6 +501,8 @@ describe('--lora FILE[:scale]', () => {
     expect(() => parseLoraSpec('f:abc')).toThrow(/^--lora f:abc: scale "abc" is not a number \(expected FILE or FILE:SCALE/);
     expect(() => parseLoraSpec('f:1e9')).toThrow(/scale 1000000000 is outside \[-100, 100\]/);
     expect(() => parseLoraSpec('f:')).toThrow(/scale "" is not a number/);
+    expect(() => parseLoraSpec('f:0x10')).toThrow(/scale "0x10" is not a number/);
+    expect(parseLoraSpec('f:.5e1')).toEqual({ file: 'f', scale: 5 });
     const odd = path.join(tmp, 'odd:name.safetensors');
     fs.writeFileSync(odd, 'x');
     expect(parseLoraSpec(odd)).toEqual({ file: odd, scale: 1 });

@@ -17,6 +17,9 @@
  *   diffusers, older  unet.<…>.attn1.processor.to_q_lora.down.weight / .up.weight (to_out_lora = to_out.0),
  *                   <module>.lora.down.weight, text_encoder.<…>.self_attn.to_q_lora.down.weight (= q_proj),
  *                   <…>.mlp.fc1.lora_linear_layer.down.weight
+ * A diffusers/PEFT file without .alpha tensors takes alpha from its `lora_adapter_metadata`
+ * (newer diffusers write PEFT's LoraConfig there: lora_alpha, alpha_pattern, use_rslora — rsLoRA
+ * scales by alpha/√r), else alpha = r.
  * The underscore names are matched against a table built from the model's own parameter names,
  * so `to_out_0` finds `to_out.0` and `proj_in` stays `proj_in` without guessing which "_" was a
  * "." (a name two module paths would share is never matched). No .alpha means a factor of 1.
@@ -34,6 +37,7 @@ import { shapeStr, torchShape } from '../nn/layout.ts';
 import { SafetensorsFile, type TensorEntry } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { firstNonFinite } from '../util/finite.ts';
+import { parseJson } from '../util/json.ts';
 
 /** One `--lora FILE[:scale]`. */
 export interface LoraSpec {
@@ -55,7 +59,8 @@ export function parseLoraSpec(value: string): LoraSpec {
     const file = value.slice(0, colon);
     const s = value.slice(colon + 1);
     const scale = Number(s);
-    if (s.trim() !== '' && Number.isFinite(scale)) {
+    // Decimal only: "0x10" or "Infinity" after a colon is more likely part of a file name than a scale.
+    if (/^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(s) && Number.isFinite(scale)) {
       if (Math.abs(scale) > MAX_LORA_SCALE) throw new UsageError(`--lora ${value}: scale ${scale} is outside [-${MAX_LORA_SCALE}, ${MAX_LORA_SCALE}].`);
       return { file, scale };
     }
@@ -95,6 +100,16 @@ export interface LoraFile {
   groups: KeyGroup[];
   /** Keys that name no LoRA weight sdlab knows. */
   unknown: string[];
+  /** PEFT LoraConfig values from the file's lora_adapter_metadata, per model. */
+  peft: Partial<Record<LoraComponent, PeftScaling>>;
+}
+
+/** How PEFT scales a module: lora_alpha (or an alpha_pattern entry) / r, or / √r with rsLoRA. */
+interface PeftScaling {
+  alpha?: number;
+  /** [module path or its dotted tail, alpha]. */
+  patterns: Array<[string, number]>;
+  rslora: boolean;
 }
 
 const FLOAT_DTYPES = new Set(['F16', 'BF16', 'F32', 'F64']);
@@ -104,9 +119,10 @@ const OLD_ATTN: Record<string, string> = { to_q: 'to_q', to_k: 'to_k', to_v: 'to
 const OLD_TE_ATTN: Record<string, string> = { to_q: 'q_proj', to_k: 'k_proj', to_v: 'v_proj', to_out: 'out_proj' };
 
 type Part = 'down' | 'up' | 'alpha';
+type DottedPart = Part | 'unsupported';
 
 /** A dotted (diffusers / PEFT) key → module path and part, or null when it is not one. */
-function parseDottedKey(key: string): { path: string; part: Part } | null {
+function parseDottedKey(key: string): { path: string; part: DottedPart } | null {
   let m = /^(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(key);
   if (m) return { path: m[1], part: m[2] === 'A' ? 'down' : 'up' };
   m = /^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/.exec(key);
@@ -115,6 +131,8 @@ function parseDottedKey(key: string): { path: string; part: Part } | null {
   if (m) return { path: `${m[1]}.${OLD_TE_ATTN[m[2]]}`, part: m[3] as Part };
   m = /^(.+)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/.exec(key);
   if (m) return { path: m[1], part: m[2] as Part };
+  m = /^(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$/.exec(key);
+  if (m) return { path: m[1], part: 'unsupported' }; // DoRA
   m = /^(.+)\.alpha$/.exec(key);
   if (m) {
     // An alpha is named after its module, in whichever of the spellings above the file uses.
@@ -175,13 +193,42 @@ function openLora(spec: LoraSpec): LoraFile {
     }
     const g = group(`${component ?? '?'}:${d.path}`, () => ({ style: 'dotted', component, name: d.path, keys: [] }));
     g.keys.push(key);
-    setPart(file, g, d.part, key);
+    if (d.part === 'unsupported') g.unsupported ??= key;
+    else setPart(file, g, d.part, key);
   }
   const list = [...groups.values()];
   if (!list.some((g) => g.down || g.up)) {
     throw new UsageError(`--lora ${file}: no LoRA weights in it (expected kohya lora_unet_…/lora_te_… .lora_down/.lora_up keys or diffusers/PEFT …lora_A/lora_B keys; found e.g. "${st.names()[0] ?? 'nothing'}").`);
   }
-  return { spec, st, groups: list, unknown };
+  return { spec, st, groups: list, unknown, peft: peftScaling(file, st.metadata) };
+}
+
+/** The unet./text_encoder. LoraConfig values of newer diffusers files (metadata "lora_adapter_metadata"). */
+function peftScaling(file: string, metadata: Record<string, string>): Partial<Record<LoraComponent, PeftScaling>> {
+  const text = metadata.lora_adapter_metadata;
+  if (text === undefined) return {};
+  const where = `--lora ${file}: metadata lora_adapter_metadata`;
+  const meta = parseJson(text, where, 'a JSON object');
+  if (typeof meta !== 'object' || meta === null || Array.isArray(meta)) throw new UsageError(`${where}: expected a JSON object.`);
+  const m = meta as Record<string, unknown>;
+  const out: Partial<Record<LoraComponent, PeftScaling>> = {};
+  for (const [prefix, component] of [['unet', 'unet'], ['text_encoder', 'textEncoder']] as const) {
+    const num = (k: string, v: unknown): number => {
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new UsageError(`${where}: ${k} is ${JSON.stringify(v)}; expected a number.`);
+      return v;
+    };
+    const alpha = m[`${prefix}.lora_alpha`];
+    const pattern = m[`${prefix}.alpha_pattern`] ?? {};
+    if (typeof pattern !== 'object' || pattern === null || Array.isArray(pattern)) throw new UsageError(`${where}: ${prefix}.alpha_pattern is not an object.`);
+    if (m[`${prefix}.use_dora`] === true) throw new UsageError(`${where}: ${prefix}.use_dora is true: DoRA LoRAs are not supported.`);
+    const entry: PeftScaling = {
+      alpha: alpha === undefined || alpha === null ? undefined : num(`${prefix}.lora_alpha`, alpha),
+      patterns: Object.entries(pattern).map(([k, v]) => [k, num(`${prefix}.alpha_pattern["${k}"]`, v)]),
+      rslora: m[`${prefix}.use_rslora`] === true,
+    };
+    if (entry.alpha !== undefined || entry.patterns.length || entry.rslora) out[component] = entry;
+  }
+  return out;
 }
 
 function setPart(file: string, g: KeyGroup, part: Part, key: string): void {
@@ -293,6 +340,14 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
     }
     const rank = checkShapes(file, what, param, down, up);
     let alpha = rank; // no .alpha: factor 1
+    let divisor = rank;
+    const peft = g.style === 'dotted' && !g.alpha ? f.peft[component] : undefined;
+    if (peft) {
+      // PEFT matches alpha_pattern keys against the end of the module's name, at a "." boundary.
+      const hit = peft.patterns.find(([p]) => path === p || path.endsWith(`.${p}`) || g.name === p || g.name.endsWith(`.${p}`));
+      alpha = hit ? hit[1] : (peft.alpha ?? rank);
+      if (peft.rslora) divisor = Math.sqrt(rank);
+    }
     if (g.alpha) {
       const a = f.st.entries.get(g.alpha)!;
       if (!FLOAT_DTYPES.has(a.dtype) && !/^[IU]\d+$/.test(a.dtype)) throw new UsageError(`--lora ${file}: "${g.alpha}" is ${a.dtype}; expected a number.`);
@@ -302,7 +357,7 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
     }
     const upData = readFinite(f, g.up);
     const downData = readFinite(f, g.down);
-    const factor = (f.spec.scale * alpha) / rank;
+    const factor = (f.spec.scale * alpha) / divisor;
     // |Δ| ≤ |factor| · r · max|up| · max|down|: bounded well inside float32, the merged weights stay finite.
     const bound = Math.abs(factor) * rank * maxAbs(upData) * maxAbs(downData);
     if (!(bound < 1e30)) throw new UsageError(`--lora ${file}: ${what}: its values are too large to merge (up to ${bound.toExponential(1)}).`);
