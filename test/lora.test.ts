@@ -484,7 +484,7 @@ describe('unknown keys: one warning line, the rest merged', () => {
       const [rep] = applyLoras(pipe, [{ file, scale: 1 }], { warn: (l) => lines.push(l) });
       expect(lines).toHaveLength(1);
       expect(lines[0]).not.toContain('\n');
-      expect(lines[0]).toMatch(/^sdlab: warning: --lora .*extra\.safetensors: 6 keys not applied .*"zz_some_metadata_tensor", "lora_unet_nonexistent_block\.lora_down\.weight", "lora_unet_nonexistent_block\.lora_up\.weight", .*\(2 more\)\.$/);
+      expect(lines[0]).toMatch(/^sdlab: warning: --lora .*extra\.safetensors: 6 keys not applied .*"zz_some_metadata_tensor", "lora_unet_nonexistent_block\.lora_down\.weight", "lora_unet_nonexistent_block\.lora_up\.weight", "lora_unet_up_blocks_0_attentions_2_transformer_blocks_0_ff_net_2\.dora_scale", … \(2 more\)\.$/);
       expect(rep.unetModules).toBe(71);
       expect(rep.textEncoderModules).toBe(30);
     } finally {

@@ -37,7 +37,10 @@ import { shapeStr, torchShape } from '../nn/layout.ts';
 import { SafetensorsFile, type TensorEntry } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { firstNonFinite } from '../util/finite.ts';
-import { parseJson } from '../util/json.ts';
+import { parseJson, showJson } from '../util/json.ts';
+
+/** A key (or any text from a file) quoted for a message: one line, control characters escaped. */
+const q = (text: string): string => showJson(text, 120);
 
 /** One `--lora FILE[:scale]`. */
 export interface LoraSpec {
@@ -65,7 +68,7 @@ export function parseLoraSpec(value: string): LoraSpec {
       return { file, scale };
     }
     if (!fs.existsSync(value)) {
-      throw new UsageError(`--lora ${value}: scale "${s}" is not a number (expected FILE or FILE:SCALE, e.g. style.safetensors:0.8).`);
+      throw new UsageError(`--lora ${value}: scale ${q(s)} is not a number (expected FILE or FILE:SCALE, e.g. style.safetensors:0.8).`);
     }
   }
   if (value.trim() === '') throw new UsageError('--lora: empty file name (expected FILE or FILE:SCALE).');
@@ -113,6 +116,7 @@ interface PeftScaling {
 }
 
 const FLOAT_DTYPES = new Set(['F16', 'BF16', 'F32', 'F64']);
+
 
 /** Names the older diffusers formats use for a module's LoRA, → the module's own name. */
 const OLD_ATTN: Record<string, string> = { to_q: 'to_q', to_k: 'to_k', to_v: 'to_v', to_out: 'to_out.0' };
@@ -170,7 +174,7 @@ function openLora(spec: LoraSpec): LoraFile {
   };
   for (const key of st.names()) {
     if (/^lora_te[12]_/.test(key) || key.startsWith('text_encoder_2.')) {
-      throw new UsageError(`--lora ${file}: an SDXL LoRA (key "${key}"): sdlab runs SD 1.x/2.x models, whose one text encoder has lora_te_ / text_encoder. keys.`);
+      throw new UsageError(`--lora ${file}: an SDXL LoRA (key ${q(key)}): sdlab runs SD 1.x/2.x models, whose one text encoder has lora_te_ / text_encoder. keys.`);
     }
     const k = /^(lora_unet|lora_te)_([^.]+)\.(.+)$/.exec(key);
     if (k) {
@@ -198,7 +202,7 @@ function openLora(spec: LoraSpec): LoraFile {
   }
   const list = [...groups.values()];
   if (!list.some((g) => g.down || g.up)) {
-    throw new UsageError(`--lora ${file}: no LoRA weights in it (expected kohya lora_unet_…/lora_te_… .lora_down/.lora_up keys or diffusers/PEFT …lora_A/lora_B keys; found e.g. "${st.names()[0] ?? 'nothing'}").`);
+    throw new UsageError(`--lora ${file}: no LoRA weights in it (expected kohya lora_unet_…/lora_te_… .lora_down/.lora_up keys or diffusers/PEFT …lora_A/lora_B keys; found e.g. ${q(st.names()[0] ?? 'nothing')}).`);
   }
   return { spec, st, groups: list, unknown, peft: peftScaling(file, st.metadata) };
 }
@@ -223,7 +227,7 @@ function peftScaling(file: string, metadata: Record<string, string>): Partial<Re
     if (m[`${prefix}.use_dora`] === true) throw new UsageError(`${where}: ${prefix}.use_dora is true: DoRA LoRAs are not supported.`);
     const entry: PeftScaling = {
       alpha: alpha === undefined || alpha === null ? undefined : num(`${prefix}.lora_alpha`, alpha),
-      patterns: Object.entries(pattern).map(([k, v]) => [k, num(`${prefix}.alpha_pattern["${k}"]`, v)]),
+      patterns: Object.entries(pattern).map(([k, v]) => [k, num(`${prefix}.alpha_pattern[${q(k)}]`, v)]),
       rslora: m[`${prefix}.use_rslora`] === true,
     };
     if (entry.alpha !== undefined || entry.patterns.length || entry.rslora) out[component] = entry;
@@ -232,7 +236,7 @@ function peftScaling(file: string, metadata: Record<string, string>): Partial<Re
 }
 
 function setPart(file: string, g: KeyGroup, part: Part, key: string): void {
-  if (g[part] !== undefined) throw new UsageError(`--lora ${file}: two keys for one tensor: "${g[part]}" and "${key}".`);
+  if (g[part] !== undefined) throw new UsageError(`--lora ${file}: two keys for one tensor: ${q(g[part]!)} and ${q(key)}.`);
   g[part] = key;
 }
 
@@ -305,7 +309,7 @@ export function mergeLoras(targets: LoraTargets, files: readonly LoraFile[], opt
   for (const { report } of plans) {
     const n = report.unusedKeys.length;
     if (n) {
-      const shown = report.unusedKeys.slice(0, 4).map((k) => `"${k}"`).join(', ');
+      const shown = report.unusedKeys.slice(0, 4).map(q).join(', ');
       warn(`sdlab: warning: --lora ${report.file}: ${n} key${n > 1 ? 's' : ''} not applied (not a LoRA weight sdlab knows, or for a module this model lacks): ${shown}${n > 4 ? `, … (${n - 4} more)` : ''}.`);
     }
   }
@@ -332,11 +336,11 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
     }
     const { component, path, param } = target;
     const what = `${component === 'unet' ? 'UNet' : 'text encoder'} module ${path}`;
-    if (!g.down || !g.up) throw new UsageError(`--lora ${file}: ${what} has a ${g.down ? 'down' : 'up'} weight but no ${g.down ? 'up' : 'down'} weight ("${g.down ?? g.up}").`);
+    if (!g.down || !g.up) throw new UsageError(`--lora ${file}: ${what} has a ${g.down ? 'down' : 'up'} weight but no ${g.down ? 'up' : 'down'} weight (${q((g.down ?? g.up)!)}).`);
     const down = f.st.entries.get(g.down)!;
     const up = f.st.entries.get(g.up)!;
     for (const [key, e] of [[g.down, down], [g.up, up]] as const) {
-      if (!FLOAT_DTYPES.has(e.dtype)) throw new UsageError(`--lora ${file}: "${key}" is ${e.dtype}; expected a float tensor (F16, BF16, F32 or F64).`);
+      if (!FLOAT_DTYPES.has(e.dtype)) throw new UsageError(`--lora ${file}: ${q(key)} is ${e.dtype}; expected a float tensor (F16, BF16, F32 or F64).`);
     }
     const rank = checkShapes(file, what, param, down, up);
     let alpha = rank; // no .alpha: factor 1
@@ -350,10 +354,10 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
     }
     if (g.alpha) {
       const a = f.st.entries.get(g.alpha)!;
-      if (!FLOAT_DTYPES.has(a.dtype) && !/^[IU]\d+$/.test(a.dtype)) throw new UsageError(`--lora ${file}: "${g.alpha}" is ${a.dtype}; expected a number.`);
-      if (a.shape.reduce((x, y) => x * y, 1) !== 1) throw new UsageError(`--lora ${file}: "${g.alpha}" has shape ${shapeStr(a.shape)}; expected one number.`);
+      if (!FLOAT_DTYPES.has(a.dtype) && !/^[IU]\d+$/.test(a.dtype)) throw new UsageError(`--lora ${file}: ${q(g.alpha)} is ${a.dtype}; expected a number.`);
+      if (a.shape.reduce((x, y) => x * y, 1) !== 1) throw new UsageError(`--lora ${file}: ${q(g.alpha)} has shape ${shapeStr(a.shape)}; expected one number.`);
       alpha = f.st.read(g.alpha).data[0];
-      if (!Number.isFinite(alpha)) throw new UsageError(`--lora ${file}: "${g.alpha}" is ${alpha}; expected a finite number.`);
+      if (!Number.isFinite(alpha)) throw new UsageError(`--lora ${file}: ${q(g.alpha)} is ${alpha}; expected a finite number.`);
     }
     const upData = readFinite(f, g.up);
     const downData = readFinite(f, g.down);
@@ -364,7 +368,7 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
     steps.push({ component, path, param, up: upData, down: downData, rank, factor });
   }
   if (!steps.length) {
-    throw new UsageError(`--lora ${file}: none of its ${f.st.names().length} keys fits this model's UNet or text encoder (e.g. "${unused[0]}"): a LoRA for another kind of model?`);
+    throw new UsageError(`--lora ${file}: none of its ${f.st.names().length} keys fits this model's UNet or text encoder (e.g. ${q(unused[0])}): a LoRA for another kind of model?`);
   }
   return {
     steps,
@@ -417,7 +421,7 @@ function checkShapes(file: string, what: string, p: Parameter, down: TensorEntry
 function readFinite(f: LoraFile, key: string): Float32Array {
   const data = f.st.read(key).data;
   const bad = firstNonFinite(data);
-  if (bad >= 0) throw new UsageError(`--lora ${f.spec.file}: tensor "${key}" holds non-finite values (${data[bad]} at index ${bad}).`);
+  if (bad >= 0) throw new UsageError(`--lora ${f.spec.file}: tensor ${q(key)} holds non-finite values (${data[bad]} at index ${bad}).`);
   return data;
 }
 
