@@ -274,6 +274,70 @@ describe('key layouts and dtypes: the same tensors merge to the same weights', (
     }
   });
 
+  it('kohya names in the original LDM UNet layout (lora_unet_input_blocks_4_1_…) give bit-identical weights', () => {
+    // Each module's LDM name, found independently of sdlab's converter: the LDM single file holds
+    // the same (random) values as the diffusers folder, so equal tensors mean the same weight.
+    const ldm = readSafetensors(path.join(TINY, 'ldm/sd1_tiny.safetensors'), (k) => k.startsWith('model.diffusion_model.') && k.endsWith('.weight'));
+    const diffusers = readSafetensors(path.join(MODEL, 'unet/diffusion_pytorch_model.safetensors'));
+    const byValues = new Map<string, string>();
+    for (const [k, v] of ldm) byValues.set(Array.from(v.data.subarray(0, 64)).join(','), k.slice('model.diffusion_model.'.length, -'.weight'.length));
+    const ldmName = new Map<string, string>();
+    for (const [prefix, m] of modulePath) {
+      if (m.component !== 'unet') continue;
+      const name = byValues.get(Array.from(diffusers.get(`${m.module}.weight`)!.data.subarray(0, 64)).join(','));
+      expect(name, m.module).toBeDefined();
+      ldmName.set(prefix, `lora_unet_${name!.replace(/\./g, '_')}`);
+    }
+    expect([...ldmName.values()].filter((n) => /^lora_unet_(input_blocks|middle_block|output_blocks)_/.test(n))).toHaveLength(72);
+    const file = writeLora('kohya_ldm.safetensors', renamed((k) => {
+      const [prefix, ...rest] = k.split('.');
+      return ldmName.has(prefix) ? [ldmName.get(prefix), ...rest].join('.') : k;
+    }));
+    const p = pipeWith([{ file, scale: 0.8 }]);
+    try {
+      expect(differing(merged, weights(p))).toEqual([]);
+    } finally {
+      p.dispose();
+    }
+  });
+
+  it('LDM-layout names of resnet convs, samplers, time embedding, conv_in/out resolve to the diffusers modules', () => {
+    // The LDM (openaimodel) layout of this UNet (2 levels, 2 resnets each, attention on level 1), written out by hand.
+    const expected: Record<string, string> = {
+      input_blocks_0_0: 'conv_in',
+      time_embed_0: 'time_embedding.linear_1',
+      time_embed_2: 'time_embedding.linear_2',
+      input_blocks_1_0_in_layers_2: 'down_blocks.0.resnets.0.conv1',
+      input_blocks_3_0_op: 'down_blocks.0.downsamplers.0.conv',
+      input_blocks_4_0_skip_connection: 'down_blocks.1.resnets.0.conv_shortcut',
+      input_blocks_5_0_out_layers_3: 'down_blocks.1.resnets.1.conv2',
+      middle_block_0_emb_layers_1: 'mid_block.resnets.0.time_emb_proj',
+      middle_block_2_in_layers_2: 'mid_block.resnets.1.conv1',
+      output_blocks_2_2_conv: 'up_blocks.0.upsamplers.0.conv',
+      output_blocks_3_0_skip_connection: 'up_blocks.1.resnets.0.conv_shortcut',
+      out_2: 'conv_out',
+    };
+    const pipe = loadDiffusersPipeline(MODEL);
+    try {
+      const params = new Map(pipe.unet.namedParameters());
+      const tensors = new Map<string, { shape: readonly number[]; data: Float32Array }>();
+      for (const [ldm, mod] of Object.entries(expected)) {
+        const p = params.get(`${mod}.weight`);
+        expect(p, mod).toBeDefined();
+        const sh = p!.variable.shape as number[];
+        const [out, inn, kh, kw] = p!.layout === 'conv' ? [sh[3], sh[2], sh[0], sh[1]] : [sh[1], sh[0], 1, 1];
+        tensors.set(`lora_unet_${ldm}.lora_down.weight`, { shape: p!.layout === 'conv' ? [2, inn, kh, kw] : [2, inn], data: new Float32Array(2 * inn * kh * kw).fill(0.01) });
+        tensors.set(`lora_unet_${ldm}.lora_up.weight`, { shape: p!.layout === 'conv' ? [out, 2, 1, 1] : [out, 2], data: new Float32Array(out * 2).fill(0.01) });
+      }
+      const before = weights(pipe);
+      const [rep] = applyLoras(pipe, [{ file: writeLora('ldm_names.safetensors', tensors, 'F32'), scale: 1 }], silent);
+      expect(rep.unusedKeys).toEqual([]);
+      expect(differing(before, weights(pipe)).sort()).toEqual(Object.values(expected).map((m) => `unet.${m}.weight`).sort());
+    } finally {
+      pipe.dispose();
+    }
+  });
+
   it('a diffusers/PEFT file without .alpha tensors takes alpha from its lora_adapter_metadata (lora_alpha, alpha_pattern, use_rslora)', () => {
     // Per-module alphas from the manifest (no alpha: factor 1, i.e. alpha = r = 4), written as PEFT writes them:
     // one lora_alpha per model and alpha_pattern entries matched against the end of module names.

@@ -11,6 +11,7 @@
  *
  * Key layouts read (one file may mix them):
  *   kohya / A1111   lora_unet_<module path with "." written "_">.lora_down.weight [r, in] (conv: [r, in, kh, kw])
+ *                   (the UNet's diffusers path, or its original LDM one: lora_unet_input_blocks_4_1_…)
  *                   lora_te_<…>.lora_up.weight [out, r] (conv: [out, r, 1, 1]), optional 0-d .alpha
  *   diffusers/PEFT  unet.<module path>.lora_A.weight / .lora_B.weight, text_encoder.<…> likewise
  *                   (an optional base_model.model. in front, .lora_A.default.weight, and <module>.alpha)
@@ -38,6 +39,7 @@ import { SafetensorsFile, type TensorEntry } from '../io/safetensors.ts';
 import { UsageError } from '../util/errors.ts';
 import { firstNonFinite } from '../util/finite.ts';
 import { parseJson, showJson } from '../util/json.ts';
+import { ldmUnetKey } from './load_single_file.ts';
 
 /** A key (or any text from a file) quoted for a message: one line, control characters escaped. */
 const q = (text: string): string => showJson(text, 120);
@@ -248,9 +250,13 @@ interface TargetTable {
   byPath: Map<string, Parameter>;
   /** kohya name (prefix + path with "_") → path; null where two paths would share a name. */
   byKohya: Map<string, string | null>;
+  /** The UNet's layers_per_block, for kohya names in the LDM layout (input_blocks_…); else undefined. */
+  layersPerBlock?: number;
+  /** LDM names tried so far: capped, so a hostile file of made-up names cannot cost minutes. */
+  ldmTries: number;
 }
 
-function targetTable(model: Module, kohyaPrefix: string): TargetTable {
+function targetTable(model: Module, kohyaPrefix: string, layersPerBlock?: number): TargetTable {
   const byPath = new Map<string, Parameter>();
   const byKohya = new Map<string, string | null>();
   for (const [name, p] of model.namedParameters()) {
@@ -260,7 +266,34 @@ function targetTable(model: Module, kohyaPrefix: string): TargetTable {
     const k = `${kohyaPrefix}_${path.replace(/\./g, '_')}`;
     byKohya.set(k, byKohya.has(k) ? null : path);
   }
-  return { byPath, byKohya };
+  return { byPath, byKohya, layersPerBlock, ldmTries: 0 };
+}
+
+/**
+ * A kohya UNet name in the original LDM layout (lora_unet_input_blocks_4_1_proj_in, as tools
+ * working on single-file checkpoints write them; diffusers maps them too) → the module path, or
+ * null. Every way of reading its "_" as "." is put through the single-file converter
+ * (load_single_file.ts ldmUnetKey); the name resolves only if exactly one reading lands on a
+ * module of this UNet.
+ */
+function ldmKohyaPath(name: string, table: TargetTable): string | null {
+  // A real file names each module once: more names than modules (×4) are not worth trying.
+  if (table.layersPerBlock === undefined || table.ldmTries++ > 4 * table.byPath.size) return null;
+  // The block indices are fixed; only the rest of the name is ambiguous.
+  const m =
+    /^lora_unet_(input_blocks|output_blocks)_(\d+)_(\d+)(?:_(.+))?$/.exec(name) ?? /^lora_unet_(middle_block|time_embed|out)_(\d+)()(?:_(.+))?$/.exec(name);
+  if (!m) return null;
+  const head = [m[1], m[2], m[3]].filter((x) => x !== '').join('.');
+  const tokens = m[4] ? m[4].split('_') : [];
+  if (tokens.length > 10) return null; // 512 readings at most (SD's longest rest, transformer_blocks_0_attn2_to_out_0, has 7 tokens)
+  const found = new Set<string>();
+  for (let mask = 0; mask < 1 << Math.max(0, tokens.length - 1); mask++) {
+    let rest = tokens[0] ?? '';
+    for (let i = 1; i < tokens.length; i++) rest += (mask & (1 << (i - 1)) ? '.' : '_') + tokens[i];
+    const key = ldmUnetKey(`${head}${rest ? `.${rest}` : ''}.weight`, table.layersPerBlock);
+    if (key && key.endsWith('.weight') && table.byPath.has(key.slice(0, -7))) found.add(key.slice(0, -7));
+  }
+  return found.size === 1 ? [...found][0] : null;
 }
 
 /** One module's merge, fully checked: W += factor · up · down. */
@@ -276,7 +309,8 @@ interface MergeStep {
 }
 
 export interface LoraTargets {
-  unet: Module;
+  /** Its config's layers_per_block (a UNet2DConditionModel has it) lets LDM-layout kohya names resolve. */
+  unet: Module & { config?: { layers_per_block?: number | readonly number[] } };
   textEncoder: Module;
 }
 
@@ -301,7 +335,7 @@ export interface LoraMergeReport {
  */
 export function mergeLoras(targets: LoraTargets, files: readonly LoraFile[], opts: MergeLoraOptions = {}): LoraMergeReport[] {
   const tables: Record<LoraComponent, TargetTable> = {
-    unet: targetTable(targets.unet, 'lora_unet'),
+    unet: targetTable(targets.unet, 'lora_unet', typeof targets.unet.config?.layers_per_block === 'number' ? targets.unet.config.layers_per_block : undefined),
     textEncoder: targetTable(targets.textEncoder, 'lora_te'),
   };
   const plans = files.map((f) => planFile(f, tables));
@@ -385,7 +419,7 @@ function planFile(f: LoraFile, tables: Record<LoraComponent, TargetTable>): { st
 function resolve(g: KeyGroup, tables: Record<LoraComponent, TargetTable>): { component: LoraComponent; path: string; param: Parameter } | null {
   if (g.style === 'kohya') {
     const table = tables[g.component!];
-    const path = table.byKohya.get(g.name);
+    const path = table.byKohya.has(g.name) ? table.byKohya.get(g.name) : g.component === 'unet' ? ldmKohyaPath(g.name, table) : null;
     return path ? { component: g.component!, path, param: table.byPath.get(path)! } : null;
   }
   for (const component of g.component ? [g.component] : (['unet', 'textEncoder'] as const)) {
