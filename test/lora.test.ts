@@ -615,9 +615,28 @@ describe('txt2img --lora', () => {
       fs.writeFileSync(f, Buffer.concat([len, h, Buffer.alloc(4)]));
       return f;
     }, /hostile\.safetensors: not a valid safetensors file/],
-  ])('%s: one line, exit 2, nothing written', async (_label, lora, pattern) => {
+    ['a LoRA for another base model (fails after the model loaded)', () => {
+      const bad = new Map(kohya);
+      bad.set('lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight', { dtype: 'F16', shape: [1024, 4], data: new Float32Array(4096) });
+      return writeLora('cli_sd2ish.safetensors', bad);
+    }, /cli_sd2ish\.safetensors: not a LoRA for this model: text encoder module text_model\.encoder\.layers\.0\.self_attn\.q_proj is \[32,32\]/],
+  ])('%s: one line, exit 2, nothing written or replaced', async (_label, lora, pattern) => {
     const out = path.join(tmp, `cli-out-${Math.random().toString(36).slice(2)}`);
-    const r = await cli([...base, '--lora', lora(), '--out', out]);
+    const fresh = path.join(out, 'new'); // a directory that does not exist yet
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, '0000.png'), 'an earlier image');
+    const before = fs.statSync(path.join(out, '0000.png')).mtimeMs;
+    for (const dir of [out, fresh]) {
+      const r = await cli([...base, '--lora', lora(), '--out', dir]);
+      expectOneLine(r, pattern);
+    }
+    expect(fs.readdirSync(out)).toEqual(['0000.png']);
+    expect(fs.readFileSync(path.join(out, '0000.png'), 'utf8')).toBe('an earlier image');
+    expect(fs.statSync(path.join(out, '0000.png')).mtimeMs).toBe(before);
+  }, 120_000);
+
+  /** Exit 2, exactly one line on stderr (besides the cpu backend's notice), no stack trace. */
+  function expectOneLine(r: CliResult, pattern: RegExp) {
     expect(r.code, r.stderr).toBe(2);
     const lines = r.stderr.split('\n').filter((l) => l.trim() && !/pure-JS 'cpu' backend/.test(l));
     expect(lines).toHaveLength(1);
@@ -625,8 +644,7 @@ describe('txt2img --lora', () => {
     expect(lines[0]).toMatch(/^(sdlab: )?error: /);
     expect(lines[0]).toMatch(pattern);
     expect(r.stderr).not.toMatch(/\n\s+at /);
-    expect(fs.existsSync(out)).toBe(false);
-  }, 120_000);
+  }
 
   it('merges, says what it merged, records it in txt2img.json, warns once about unused keys', async () => {
     const extra = new Map<string, { shape: readonly number[]; data: Float32Array }>(kohya);
