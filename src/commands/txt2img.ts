@@ -18,12 +18,15 @@
  *   npx sdlab txt2img --model DIR --scheduler dpm++2m --karras --steps 25 --prompt "..."
  *   npx sdlab txt2img --model sd-turbo --scheduler euler_a --timestep-spacing trailing --steps 1 --guidance 1 --prompt "..."
  *
+ * --lora FILE[:scale] (repeatable) merges a LoRA into the UNet and text encoder before sampling
+ * (src/sample/lora.ts).
+ *
  * Writes to --out: 0000.png, ... (one per image), grid.png (when more than one) and
  * txt2img.json (the settings, to reproduce the images).
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { selectBackend } from '../backend/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
@@ -33,6 +36,7 @@ import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 
 export interface Txt2ImgOptions {
@@ -57,6 +61,8 @@ export interface Txt2ImgOptions {
   width?: number;
   eta?: number;
   batch: number;
+  /** LoRA files merged into the weights before sampling (--lora FILE[:scale], repeatable). */
+  lora?: LoraSpec[];
   out: string;
   progress?: NodeJS.WriteStream | null;
 }
@@ -66,6 +72,7 @@ export interface Txt2ImgResult {
   grid?: string;
   json: string;
   scheduler: string;
+  loras: LoraMergeReport[];
   height: number;
   width: number;
 }
@@ -117,9 +124,11 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   check(opts.timestepSpacing === undefined || opts.scheduler !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
   checkImageSide(opts.height, opts.width);
   checkOutputDir('--out', opts.out);
+  const loras = openLoras(opts.lora ?? []); // a bad --lora fails before the model loads
   const pipe = loadModel(opts);
   try {
     applySchedulerFlags(pipe, opts);
+    const merged = mergeLoras(pipe, loras);
     const height = opts.height ?? pipe.defaultSize;
     const width = opts.width ?? pipe.defaultSize;
     checkImageSide(height, width); // the model's own default size too
@@ -178,12 +187,23 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
       seed: opts.seed,
       height,
       width,
+      loras: merged.map((m) => ({ file: m.file, scale: m.scale, unet_modules: m.unetModules, text_encoder_modules: m.textEncoderModules })),
       images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index })),
     };
     await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
-    return { files, grid, json, scheduler: schedulerName, height, width };
+    return { files, grid, json, scheduler: schedulerName, height, width, loras: merged };
   } finally {
     pipe.dispose();
+  }
+}
+
+/** --lora's argParser: one spec per flag, collected in order (img2img/inpaint take the same flag). */
+export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
+  try {
+    return [...prev, parseLoraSpec(value)];
+  } catch (err) {
+    // commander names the flag and the value already.
+    throw new InvalidArgumentError((err as Error).message.replace(`--lora ${value}: `, ''));
   }
 }
 
@@ -208,6 +228,7 @@ export function register(program: Command): void {
     .option('--height <px>', `image height, at most ${MAX_GENERATED_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
     .option('--width <px>', `image width, at most ${MAX_GENERATED_SIDE} (default: the model's sample size)`, int(8))
     .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
+    .option('--lora <file[:scale]>', 'a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT keys) merged into the UNet and text encoder at scale (default 1); repeatable', collectLora)
     .option('--out <dir>', 'output directory', 'out/txt2img')
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: Txt2ImgOptions & { backend: string }) => {
@@ -215,6 +236,7 @@ export function register(program: Command): void {
       const started = Date.now();
       const res = await runTxt2Img(o);
       console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${o.steps} steps, guidance ${o.guidance}, seed ${o.seed}, backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
       for (const f of res.files) console.log(`wrote ${f}`);
       if (res.grid) console.log(`wrote ${res.grid}`);
       console.log(`wrote ${res.json}`);

@@ -1,7 +1,8 @@
-/** Sampling: the text-to-image pipeline, its loaders (diffusers dir, LDM file, sdlab run), a run's sampling settings, prompts, the reverse-process GIF and sample sheets. */
+/** Sampling: the text-to-image pipeline, its loaders (diffusers dir, LDM file, sdlab run), LoRA merging, a run's sampling settings, prompts, the reverse-process GIF and sample sheets. */
 export * from './pipeline.ts';
 export * from './load.ts';
 export * from './settings.ts';
 export * from './prompts.ts';
 export * from './animate.ts';
 export * from './sheet.ts';
+export * from './lora.ts';
