@@ -8,13 +8,14 @@
  * gives the same image, strength picks the tail of every scheduler's schedule, v-prediction
  * models noise the same way, and the batch draws as diffusers does.
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerNativeBackend } from '../src/backend/native.ts';
 import { createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
-import { type StableDiffusionPipeline, loadDiffusersPipeline, loadLdmPipeline, preprocessImage, processingSize, readRgbImage } from '../src/sample/index.ts';
+import { type StableDiffusionPipeline, loadDiffusersPipeline, loadLdmPipeline, pilResizeLanczos, preprocessImage, preprocessMask, processingSize, readGreyImage, readRgbImage } from '../src/sample/index.ts';
 import { UsageError } from '../src/util/errors.ts';
 import { EMBED_TOL, IMAGE_TOL, LATENT_REL_TOL, MODEL, PIPELINES, ReplayGenerator, TINY, absErr, manifest, maxAbs, recorder, refTensor, relErr, toNchw } from './helpers/pipeline-fixture.ts';
 
@@ -219,5 +220,39 @@ describe('img2img with every scheduler, v-prediction, batches', () => {
     expect(() => pipe.call({ prompt: 'x', image, strength: 0.05, numInferenceSteps: 10 })).toThrow(/= 0 steps/);
     expect(() => pipe.call({ prompt: 'x', image, height: 16, width: 16 })).toThrow(/init image has shape/);
     expect(() => pipe.call({ prompt: 'x', strength: 0.5, height: 16, width: 16 })).toThrow(/strength needs an init image/);
+  });
+});
+
+describe('init image preprocessing (diffusers 0.24 VaeImageProcessor with PIL)', () => {
+  it('pilResizeLanczos equals PIL Image.resize(LANCZOS) byte for byte (test/data/pil_lanczos.json, scripts/make_pil_resize_reference.py)', () => {
+    const ref = JSON.parse(fs.readFileSync(path.resolve(import.meta.dirname, 'data/pil_lanczos.json'), 'utf8'));
+    expect(ref.cases.length).toBeGreaterThanOrEqual(10);
+    for (const c of ref.cases) {
+      const out = pilResizeLanczos({ data: Uint8Array.from(c.input), width: c.width, height: c.height, channels: c.channels }, c.out_width, c.out_height);
+      expect([out.width, out.height]).toEqual([c.out_width, c.out_height]);
+      expect(Array.from(out.data), `${c.width}x${c.height}x${c.channels} -> ${c.out_width}x${c.out_height}`).toEqual(c.output);
+    }
+  });
+
+  it('sizes round down to the VAE factor; a resized image keeps [-1, 1] and the mask stays binary', () => {
+    expect(processingSize({ height: 47, width: 33 }, 8)).toEqual({ height: 40, width: 32 });
+    expect(processingSize({ height: 47, width: 33 }, 8, 512, 768)).toEqual({ height: 512, width: 768 });
+    const img = readRgbImage(path.join(PIPELINES, 'init.png'));
+    const p = preprocessImage(img, 24, 40);
+    expect(p.shape).toEqual([1, 24, 40, 3]);
+    expect(Math.min(...p.data)).toBeGreaterThanOrEqual(-1);
+    expect(Math.max(...p.data)).toBeLessThanOrEqual(1);
+    const m = preprocessMask(readGreyImage(path.join(PIPELINES, 'mask.png')), 16, 16);
+    expect(new Set(m.data)).toEqual(new Set([0, 1]));
+  });
+
+  it('a colour mask becomes grey as PIL\'s convert("L") does: (19595 R + 38470 G + 7471 B + 2^15) >> 16', () => {
+    // init.png is RGB; read as a mask, pixel 0 must follow PIL's integer luma.
+    const rgb = readRgbImage(path.join(PIPELINES, 'init.png'));
+    const grey = readGreyImage(path.join(PIPELINES, 'init.png'));
+    for (const i of [0, 17, 500, 1023]) {
+      const [r, g, b] = [rgb.data[3 * i], rgb.data[3 * i + 1], rgb.data[3 * i + 2]];
+      expect(grey.data[i]).toBe(Math.floor((r * 19595 + g * 38470 + b * 7471 + 32768) / 65536));
+    }
   });
 });
