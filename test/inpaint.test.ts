@@ -151,6 +151,22 @@ describe('inpainting against diffusers (sd1_pipelines fixture)', () => {
     tf.dispose([out.images, out.latents, out.promptEmbeds]);
   });
 
+  it('no tensors leak: img2img, 4-channel and 9-channel inpainting return to the count they started from', () => {
+    for (const [p, opts] of [
+      [pipe4, { image }],
+      [pipe4, { image, mask, strength: 0.6 }],
+      [pipe9, { image, mask }],
+      [pipe9, { image, mask, strength: 0.5, returnNoise: true }],
+    ] as const) {
+      p.scheduler = createScheduler('dpm++2m', sdConfig);
+      const before = tf.memory().numTensors;
+      const out = p.call({ prompt: 'a red cube', numInferenceSteps: 4, height: 32, width: 32, seed: 2, ...opts });
+      tf.dispose([out.images, out.latents, out.promptEmbeds, ...(out.noise ? [out.noise] : [])]);
+      p.scheduler.dispose();
+      expect(tf.memory().numTensors).toBe(before);
+    }
+  });
+
   it('bad input: a mask without an image, a 9-channel UNet without a mask, shapes', () => {
     pipe9.scheduler = createScheduler('ddim', sdConfig);
     expect(() => pipe9.call({ prompt: 'x', height: 32, width: 32 })).toThrow(/inpainting UNet/);

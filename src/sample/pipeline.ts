@@ -164,7 +164,7 @@ interface Start {
   /** 4-channel inpainting: the encoded init image and the latent mask, blended in after every step. */
   blend: { imageLatents: tf.Tensor4D; mask: tf.Tensor4D } | null;
   /** Tensors to release after the call. */
-  keep: tf.Tensor[];
+  owned: tf.Tensor[];
 }
 
 /** Latents or images that hold NaN/Inf (requireFinite): bad input from the user's files, one line. */
@@ -315,52 +315,52 @@ export class StableDiffusionPipeline {
     const [b, h, w, c] = shape;
     const scheduler = this.scheduler;
     const inspect = opts.inspect;
-    const keep: tf.Tensor[] = [];
+    const owned: tf.Tensor[] = [];
     const given = opts.latents ? opts.latents.clone() : null;
     const drawNoise = () => given ?? noise.latents(b, h, w, c);
     try {
       // txt2img: noise × initNoiseSigma
       if (!opts.image) {
-        const n = keep[keep.push(drawNoise()) - 1] as tf.Tensor4D;
-        return { latents: tf.mul(n, scheduler.initNoiseSigma) as tf.Tensor4D, noise: n, extraChannels: null, blend: null, keep };
+        const n = owned[owned.push(drawNoise()) - 1] as tf.Tensor4D;
+        return { latents: tf.mul(n, scheduler.initNoiseSigma) as tf.Tensor4D, noise: n, extraChannels: null, blend: null, owned };
       }
       // img2img: the init image's posterior sample, noised to the first timestep run
       if (!opts.mask) {
-        const x0 = keep[keep.push(this.encodeImage(opts.image, b, noise, '', inspect)) - 1] as tf.Tensor4D;
+        const x0 = owned[owned.push(this.encodeImage(opts.image, b, noise, '', inspect)) - 1] as tf.Tensor4D;
         inspect?.('image_latents', x0);
-        const n = keep[keep.push(drawNoise()) - 1] as tf.Tensor4D;
-        return { latents: scheduler.addNoise(x0, n, t0) as tf.Tensor4D, noise: n, extraChannels: null, blend: null, keep };
+        const n = owned[owned.push(drawNoise()) - 1] as tf.Tensor4D;
+        return { latents: scheduler.addNoise(x0, n, t0) as tf.Tensor4D, noise: n, extraChannels: null, blend: null, owned };
       }
       // inpainting (diffusers' prepare_latents, then prepare_mask_latents), draws in that order
       const nineChannels = this.isInpaintingUnet;
       const fromImage = strength !== null && strength < 1 && !given;
       let x0: tf.Tensor4D | null = null;
       if (!nineChannels || fromImage) {
-        x0 = keep[keep.push(this.encodeImage(opts.image, b, noise, '', inspect)) - 1] as tf.Tensor4D;
+        x0 = owned[owned.push(this.encodeImage(opts.image, b, noise, '', inspect)) - 1] as tf.Tensor4D;
         inspect?.('image_latents', x0);
       }
-      const n = keep[keep.push(drawNoise()) - 1] as tf.Tensor4D;
+      const n = owned[owned.push(drawNoise()) - 1] as tf.Tensor4D;
       const latents = (fromImage ? scheduler.addNoise(x0!, n, t0) : tf.mul(n, scheduler.initNoiseSigma)) as tf.Tensor4D;
-      keep.push(latents);
+      owned.push(latents);
       const f = this.vaeScaleFactor;
       const mask = opts.mask;
-      const maskedImage = keep[keep.push(tf.tidy(() => tf.mul(opts.image!, tf.cast(tf.less(mask, 0.5), 'float32')))) - 1] as tf.Tensor4D;
+      const maskedImage = owned[owned.push(tf.tidy(() => tf.mul(opts.image!, tf.cast(tf.less(mask, 0.5), 'float32')))) - 1] as tf.Tensor4D;
       inspect?.('masked_image', maskedImage);
       // F.interpolate(mode 'nearest') to h × w: latent (i, j) takes pixel (f·i, f·j), not an average.
       const rows = (t: tf.Tensor4D) => (t.shape[0] === b ? t : (tf.tile(t, [b, 1, 1, 1]) as tf.Tensor4D));
-      const maskLatent = keep[keep.push(tf.tidy(() => rows(tf.stridedSlice(mask, [0, 0, 0, 0], mask.shape, [1, f, f, 1]) as tf.Tensor4D))) - 1] as tf.Tensor4D;
+      const maskLatent = owned[owned.push(tf.tidy(() => rows(tf.stridedSlice(mask, [0, 0, 0, 0], mask.shape, [1, f, f, 1]) as tf.Tensor4D))) - 1] as tf.Tensor4D;
       inspect?.('mask_latent', maskLatent);
       // Encoded (a draw) even for 4-channel UNets, which do not use it: diffusers does.
-      const maskedLatents = keep[keep.push(this.encodeImage(maskedImage, b, noise, 'masked_image_', inspect)) - 1] as tf.Tensor4D;
+      const maskedLatents = owned[owned.push(this.encodeImage(maskedImage, b, noise, 'masked_image_', inspect)) - 1] as tf.Tensor4D;
       inspect?.('masked_image_latents', maskedLatents);
-      keep.splice(keep.indexOf(latents), 1);
+      owned.splice(owned.indexOf(latents), 1);
       if (nineChannels) {
-        const extra = keep[keep.push(tf.concat([maskLatent, maskedLatents], 3)) - 1] as tf.Tensor4D;
-        return { latents, noise: n, extraChannels: extra, blend: null, keep };
+        const extra = owned[owned.push(tf.concat([maskLatent, maskedLatents], 3)) - 1] as tf.Tensor4D;
+        return { latents, noise: n, extraChannels: extra, blend: null, owned };
       }
-      return { latents, noise: n, extraChannels: null, blend: { imageLatents: x0!, mask: maskLatent }, keep };
+      return { latents, noise: n, extraChannels: null, blend: { imageLatents: x0!, mask: maskLatent }, owned };
     } catch (err) {
-      tf.dispose(keep);
+      tf.dispose(owned);
       throw err;
     }
   }
@@ -422,7 +422,7 @@ export class StableDiffusionPipeline {
       latents = start.latents;
       opts.inspect?.('start_latents', latents);
       const extra = start.extraChannels ? (doGuidance ? tf.concat([start.extraChannels, start.extraChannels]) : start.extraChannels.clone()) : null;
-      if (extra) start.keep.push(extra);
+      if (extra) start.owned.push(extra);
 
       // 4. the denoising loop
       for (let i = 0; i < timesteps.length; i++) {
@@ -466,7 +466,7 @@ export class StableDiffusionPipeline {
       tf.dispose([embeds, ...(latents ? [latents] : [])]);
       throw err;
     } finally {
-      if (start) tf.dispose(start.keep);
+      if (start) tf.dispose(start.owned);
     }
   }
 
