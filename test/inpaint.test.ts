@@ -15,8 +15,8 @@ import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerNativeBackend } from '../src/backend/native.ts';
 import { createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
-import { type StableDiffusionPipeline, loadDiffusersPipeline, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../src/sample/index.ts';
-import { EMBED_TOL, IMAGE_TOL, LATENT_REL_TOL, MODEL, PIPELINES, ReplayGenerator, absErr, inpaintModelDir, manifest, maxAbs, recorder, refTensor, relErr, toNchw } from './helpers/pipeline-fixture.ts';
+import { type StableDiffusionPipeline, loadDiffusersPipeline, loadLdmPipeline, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../src/sample/index.ts';
+import { EMBED_TOL, IMAGE_TOL, LATENT_REL_TOL, MODEL, PIPELINES, ReplayGenerator, TINY, absErr, inpaintModelDir, manifest, maxAbs, recorder, refTensor, relErr, toNchw } from './helpers/pipeline-fixture.ts';
 
 const sdConfig = readSchedulerConfig(path.join(MODEL, 'scheduler/scheduler_config.json'));
 let tmp: string;
@@ -44,9 +44,9 @@ afterAll(() => {
 
 type Case = 'ddim' | 'ddim_strength075' | 'legacy4ch_ddim';
 
-function runCase(name: Case, scheduler = 'ddim') {
+function runCase(name: Case, scheduler = 'ddim', pipe?: StableDiffusionPipeline) {
   const c = manifest.cases.inpaint[name];
-  const p = c.unet_in_channels === 9 ? pipe9 : pipe4;
+  const p = pipe ?? (c.unet_in_channels === 9 ? pipe9 : pipe4);
   p.scheduler = createScheduler(scheduler, sdConfig);
   // Other schedulers draw more than upstream's DDIM did (Euler's churn noise): per-image streams then.
   const replay = scheduler === 'ddim' ? ReplayGenerator.forCase(`inpaint.${name}`, c.random_inputs.length) : undefined;
@@ -123,6 +123,27 @@ describe('inpainting against diffusers (sd1_pipelines fixture)', () => {
       tf.dispose([out.images, out.latents, out.promptEmbeds]);
     });
   }
+
+  it('4-channel blending from the LDM single file: the same image as from the diffusers folder', () => {
+    const ldm = loadLdmPipeline(path.join(TINY, 'ldm/sd1_tiny.safetensors'), {
+      yaml: path.join(TINY, 'ldm/sd1_tiny.yaml'),
+      tokenizer: path.join(MODEL, 'tokenizer'),
+      textEncoderConfig: path.join(MODEL, 'text_encoder/config.json'),
+      imageSize: 16,
+    });
+    try {
+      const a = runCase('legacy4ch_ddim', 'ddim', ldm);
+      const b = runCase('legacy4ch_ddim');
+      expect(absErr(a.out.images, manifest.cases.inpaint.legacy4ch_ddim.outputs.image)).toBeLessThanOrEqual(IMAGE_TOL);
+      expect(maxAbs(a.out.images, b.out.images)).toBe(0);
+      for (const r of [a, b]) {
+        r.rec.dispose();
+        tf.dispose([r.out.images, r.out.latents, r.out.promptEmbeds]);
+      }
+    } finally {
+      ldm.dispose();
+    }
+  });
 
   it('4-channel blending with Euler: the kept region ends as the clean encoded image, the repainted one does not', () => {
     const { out, rec } = runCase('legacy4ch_ddim', 'euler');
