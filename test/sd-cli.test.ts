@@ -154,19 +154,31 @@ describe.skipIf(!torchReady)('--rng torch reproduces upstream from the fixture\'
     return d;
   }
 
-  it('img2img.ddim (seed 3010) and inpaint.ddim (seed 3021, its latents): the same images', async () => {
-    const i2i = manifest.cases.img2img.ddim.call;
-    const a = path.join(tmp, 'torch-i2i');
-    const r1 = await cli(['img2img', '--model', MODEL, '--init-image', INIT, '--prompt', i2i.prompt, '--steps', '10', '--strength', String(i2i.strength), '--scheduler', 'ddim', '--rng', 'torch', '--seed', '3010', '--out', a]);
-    expect(r1.code, r1.stderr).toBe(0);
-    expect(pngDiff(path.join(a, '0000.png'), 'img2img.ddim.image')).toBeLessThanOrEqual(1);
-
-    const lat = path.join(tmp, 'inpaint-latents.safetensors');
-    const t = refTensor('inpaint.ddim.initial_latents');
-    writeSafetensors(lat, { latents: { shape: t.shape, data: t.dataSync() as Float32Array } });
-    const b = path.join(tmp, 'torch-inp');
-    const r2 = await cli(['inpaint', '--model', model9, '--init-image', INIT, '--mask', MASK, '--prompt', i2i.prompt, '--steps', '10', '--height', '32', '--width', '32', '--scheduler', 'ddim', '--rng', 'torch', '--seed', '3021', '--init-latents', lat, '--out', b]);
-    expect(r2.code, r2.stderr).toBe(0);
-    expect(pngDiff(path.join(b, '0000.png'), 'inpaint.ddim.image')).toBeLessThanOrEqual(1);
+  it('every img2img and inpaint case, from its seed alone (and its latents where upstream passed them): the same images and start noise', async () => {
+    const prompt = manifest.cases.img2img.ddim.call.prompt;
+    const latentsFile = (key: string) => {
+      const file = path.join(tmp, `${key}.safetensors`);
+      const t = refTensor(key);
+      writeSafetensors(file, { latents: { shape: t.shape, data: t.dataSync() as Float32Array } });
+      return file;
+    };
+    const common = ['--prompt', prompt, '--steps', '10', '--rng', 'torch'];
+    // [case key, command + flags, the draw --save-latents must hold (the start noise)]
+    const cases: Array<[string, string[], string]> = [
+      ['img2img.ddim', ['img2img', '--model', MODEL, '--init-image', INIT, '--strength', '0.6', '--scheduler', 'ddim', '--seed', '3010'], 'img2img.ddim.randn.1'],
+      ['img2img.euler', ['img2img', '--model', MODEL, '--init-image', INIT, '--strength', '0.6', '--scheduler', 'euler', '--seed', '3011'], 'img2img.euler.randn.1'],
+      ['inpaint.ddim', ['inpaint', '--model', model9, '--init-image', INIT, '--mask', MASK, '--height', '32', '--width', '32', '--scheduler', 'ddim', '--seed', '3021', '--init-latents', latentsFile('inpaint.ddim.initial_latents')], 'inpaint.ddim.initial_latents'],
+      ['inpaint.ddim_strength075', ['inpaint', '--model', model9, '--init-image', INIT, '--mask', MASK, '--height', '32', '--width', '32', '--strength', '0.75', '--scheduler', 'ddim', '--seed', '3022'], 'inpaint.ddim_strength075.randn.1'],
+      ['inpaint.legacy4ch_ddim', ['inpaint', '--model', MODEL, '--init-image', INIT, '--mask', MASK, '--height', '32', '--width', '32', '--scheduler', 'ddim', '--seed', '3024', '--init-latents', latentsFile('inpaint.legacy4ch_ddim.initial_latents')], 'inpaint.legacy4ch_ddim.initial_latents'],
+    ];
+    const results = await Promise.all(cases.map(([key, args]) => cli([...args, ...common, '--save-latents', path.join(tmp, `${key}.saved.safetensors`), '--out', path.join(tmp, `torch-${key}`)])));
+    cases.forEach(([key, , noiseKey], i) => {
+      expect(results[i].code, `${key}: ${results[i].stderr}`).toBe(0);
+      expect(pngDiff(path.join(tmp, `torch-${key}`, '0000.png'), `${key}.image`), key).toBeLessThanOrEqual(1);
+      const saved = readSafetensors(path.join(tmp, `${key}.saved.safetensors`)).get('latents')!;
+      const want = refTensor(noiseKey).dataSync();
+      expect(saved.shape, key).toEqual([1, 4, 16, 16]);
+      expect(Math.max(...saved.data.map((v, j) => Math.abs(v - want[j]))), key).toBe(0);
+    });
   }, 300_000);
 });
