@@ -17,7 +17,7 @@ import { readPng } from '../src/io/png.ts';
 import { imageGenerator, nhwcToNchw } from '../src/sample/noise.ts';
 import { TorchGenerator } from '../src/util/torch_random.ts';
 import { renderGrid, savePng } from '../src/viz/index.ts';
-import { MODEL, PIPELINES, inpaintModelDir, manifest, refTensor } from './helpers/pipeline-fixture.ts';
+import { MODEL, PIPELINES, TINY, inpaintModelDir, manifest, refTensor } from './helpers/pipeline-fixture.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-sd-cli-'));
@@ -121,6 +121,25 @@ describe('img2img / inpaint runs (tiny fixture model)', () => {
     const r2 = await cli([...args, '--init-latents', lat, '--out', b]);
     expect(r2.code, r2.stderr).toBe(0);
     for (const f of ['0000.png', '0001.png']) expect(fs.readFileSync(path.join(b, f)).equals(fs.readFileSync(path.join(a, f))), f).toBe(true);
+  }, 300_000);
+
+  it('txt2img --init-latents with upstream\'s latents (sd1_tiny case ddim) gives upstream\'s image; --save-latents writes them back unchanged', async () => {
+    const ref = readSafetensors(path.join(TINY, 'reference.safetensors'), (n) => n === 't2i.ddim.initial_latents' || n === 't2i.ddim.image');
+    const init = path.join(tmp, 't2i-init.safetensors');
+    const lat = ref.get('t2i.ddim.initial_latents')!;
+    writeSafetensors(init, { latents: { shape: lat.shape, data: lat.data } });
+    const out = path.join(tmp, 't2i');
+    const saved = path.join(tmp, 't2i-saved.safetensors');
+    const r = await cli(['txt2img', '--model', MODEL, '--prompt', 'a photograph of an astronaut riding a horse', '--steps', '10', '--scheduler', 'ddim', '--height', '16', '--width', '16', '--init-latents', init, '--save-latents', saved, '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    const png = readPng(path.join(out, '0000.png'));
+    const want = ref.get('t2i.ddim.image')!.data;
+    let d = 0;
+    for (let i = 0; i < 16 * 16; i++) for (let c = 0; c < 3; c++) d = Math.max(d, Math.abs(png.data[4 * i + c] - Math.round(255 * want[3 * i + c])));
+    expect(d).toBeLessThanOrEqual(1);
+    const back = readSafetensors(saved).get('latents')!;
+    expect(back.shape).toEqual(lat.shape);
+    expect(Array.from(back.data)).toEqual(Array.from(lat.data));
   }, 300_000);
 
   it('inpaint with the 9-channel UNet at the model\'s default size (the image resized to 16×16)', async () => {
