@@ -12,233 +12,33 @@
  * names a folder with CLIP's vocab.json + merges.txt (any SD 1.x diffusers directory has one).
  * The scheduler defaults to the model's own (PNDM for SD 1.5); --scheduler picks another,
  * configured from the model's scheduler_config.json; --karras (euler, euler_a, dpm++2m) and
- * --timestep-spacing (e.g. trailing for SD-Turbo) override that config:
+ * --timestep-spacing (e.g. trailing for SD-Turbo) override that config, and --lora FILE[:scale]
+ * (repeatable) merges a LoRA into the UNet and text encoder before sampling (src/sample/lora.ts):
  *
  *   npx sdlab txt2img --model DIR --scheduler lcm --steps 4 --guidance 1 --prompt "..."
  *   npx sdlab txt2img --model DIR --scheduler dpm++2m --karras --steps 25 --prompt "..."
  *   npx sdlab txt2img --model sd-turbo --scheduler euler_a --timestep-spacing trailing --steps 1 --guidance 1 --prompt "..."
  *
- * --lora FILE[:scale] (repeatable) merges a LoRA into the UNet and text encoder before sampling
- * (src/sample/lora.ts).
+ * The flags are shared with img2img and inpaint (./sd_common.ts: --rng, --init-latents,
+ * --save-latents too).
  *
  * Writes to --out: 0000.png, ... (one per image), grid.png (when more than one) and
  * txt2img.json (the settings, to reproduce the images).
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
-import { selectBackend } from '../backend/index.ts';
-import { UsageError, check } from '../util/errors.ts';
-import { float, int, oneOf } from '../util/options.ts';
-import { Progress } from '../util/progress.ts';
-import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
-import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
-import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
-import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
-import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
-import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
-import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
+import type { Command } from 'commander';
+import { type SdOptions, type SdResult, addSdOptions, loadModel, runSd, sdAction } from './sd_common.ts';
 
-export interface Txt2ImgOptions {
-  model: string;
-  yaml?: string;
-  tokenizer?: string;
-  textEncoderConfig?: string;
-  prompt?: string[];
-  negativePrompt?: string;
-  /** Images per prompt. */
-  n: number;
-  steps: number;
-  /** Default: the model's scheduler. */
-  scheduler?: string;
-  /** Karras sigmas (euler, euler_a, dpm++2m). */
-  karras?: boolean;
-  /** Overrides the scheduler config's timestep_spacing (e.g. "trailing" for SD-Turbo). */
-  timestepSpacing?: TimestepSpacing;
-  guidance: number;
-  seed: number;
-  height?: number;
-  width?: number;
-  eta?: number;
-  batch: number;
-  /** LoRA files merged into the weights before sampling (--lora FILE[:scale], repeatable). */
-  lora?: LoraSpec[];
-  out: string;
-  progress?: NodeJS.WriteStream | null;
-}
-
-export interface Txt2ImgResult {
-  files: string[];
-  grid?: string;
-  json: string;
-  scheduler: string;
-  loras: LoraMergeReport[];
-  height: number;
-  width: number;
-}
-
-/** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
-export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler'>): StableDiffusionPipeline {
-  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
-  if (fs.statSync(opts.model).isDirectory()) {
-    if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
-    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer });
-  }
-  return loadLdmPipeline(opts.model, {
-    yaml: opts.yaml,
-    tokenizer: opts.tokenizer,
-    textEncoderConfig: opts.textEncoderConfig,
-    scheduler: opts.scheduler,
-  });
-}
-
-/** --height/--width within [8, MAX_GENERATED_SIDE] (either may be undefined: the model's default). */
-function checkImageSide(height: number | undefined, width: number | undefined): void {
-  for (const [flag, v] of [['--height', height], ['--width', width]] as const) {
-    if (v === undefined) continue;
-    check(Number.isInteger(v) && v >= 8 && v <= MAX_GENERATED_SIDE, `${flag}: expected an integer in [8, ${MAX_GENERATED_SIDE}] pixels, got ${v} (Stable Diffusion 1.x is trained at 512; larger images do not fit in memory).`);
-  }
-}
-
-/** --karras and --timestep-spacing: the scheduler rebuilt from its own config with those settings. */
-function applySchedulerFlags(pipe: StableDiffusionPipeline, opts: Pick<Txt2ImgOptions, 'karras' | 'timestepSpacing'>): void {
-  if (!opts.karras && opts.timestepSpacing === undefined) return;
-  const name = schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
-  check(!opts.karras || (KARRAS_SCHEDULERS as readonly string[]).includes(name), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, and the scheduler is ${name} (pick one with --scheduler).`);
-  check(opts.timestepSpacing === undefined || name !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
-  const overrides: Record<string, unknown> = {};
-  if (opts.karras) overrides.use_karras_sigmas = true;
-  if (opts.timestepSpacing !== undefined) overrides.timestep_spacing = opts.timestepSpacing;
-  const before = pipe.scheduler;
-  pipe.scheduler = reconfigureScheduler(before, overrides);
-  before.dispose();
-}
+export type Txt2ImgOptions = SdOptions;
+export type Txt2ImgResult = SdResult;
+export { loadModel };
 
 export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
-  const prompts = opts.prompt ?? [];
-  check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
-  check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
-  check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
-  check(!opts.karras || opts.scheduler === undefined || (KARRAS_SCHEDULERS as readonly string[]).includes(opts.scheduler), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, got --scheduler ${opts.scheduler}.`);
-  check(opts.timestepSpacing === undefined || (TIMESTEP_SPACINGS as readonly string[]).includes(opts.timestepSpacing), `--timestep-spacing: expected one of ${TIMESTEP_SPACINGS.join(', ')}, got "${opts.timestepSpacing}".`);
-  check(opts.timestepSpacing === undefined || opts.scheduler !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
-  checkImageSide(opts.height, opts.width);
-  checkOutputDir('--out', opts.out);
-  const loras = openLoras(opts.lora ?? []); // a bad --lora fails before the model loads
-  const pipe = loadModel(opts);
-  try {
-    applySchedulerFlags(pipe, opts);
-    const merged = mergeLoras(pipe, loras);
-    const height = opts.height ?? pipe.defaultSize;
-    const width = opts.width ?? pipe.defaultSize;
-    checkImageSide(height, width); // the model's own default size too
-    const f = pipe.vaeScaleFactor;
-    check(height % f === 0 && width % f === 0, `--height/--width: expected multiples of ${f} (the VAE's downsampling factor), got ${height}x${width}.`);
-    // The VAE's mid-block attention is quadratic in the latent pixels: bounded like `decode`'s.
-    check((height / f) * (width / f) <= MAX_LATENT_PIXELS, `--height/--width: ${height}x${width} is ${(height / f) * (width / f)} latent pixels, over sdlab's limit of ${MAX_LATENT_PIXELS} (${Math.sqrt(MAX_LATENT_PIXELS) * f}x${Math.sqrt(MAX_LATENT_PIXELS) * f} at this VAE's 1/${f} scale).`);
-    pipe.scheduler.setTimesteps(opts.steps); // one clear line for a bad step count, before any work
-    const stepsPerBatch = pipe.scheduler.timesteps.length; // PNDM runs one more than asked
-    const schedulerName = opts.scheduler ?? schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
-    const perImage = prompts.flatMap((p) => new Array<string>(opts.n).fill(p));
-    const batches = Math.ceil(perImage.length / opts.batch);
-    const progress = opts.progress === null ? null : new Progress({ total: batches * stepsPerBatch, label: 'txt2img', unit: 'step', stream: opts.progress });
-    const images: FloatImage[] = [];
-    const files: string[] = [];
-    await pipe.generate({
-      prompts: perImage,
-      negativePrompts: opts.negativePrompt ?? '',
-      batchSize: opts.batch,
-      numInferenceSteps: opts.steps,
-      guidanceScale: opts.guidance,
-      seed: opts.seed,
-      height,
-      width,
-      eta: opts.eta,
-      callback: (s) => progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`),
-      onBatch: async ({ first, images: batch, height: H, width: W, channels }) => {
-        for (let k = 0; k < batch.length; k++) {
-          const img: FloatImage = { data: batch[k], height: H, width: W, channels: channels as 1 | 3 };
-          images.push(img);
-          const file = path.join(opts.out, `${String(first + k).padStart(4, '0')}.png`);
-          await savePng(file, renderGrid([img], { pad: 0 }));
-          files.push(file);
-        }
-      },
-    });
-    progress?.finish();
-    let grid: string | undefined;
-    if (images.length > 1) {
-      grid = path.join(opts.out, 'grid.png');
-      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}));
-    }
-    const json = path.join(opts.out, 'txt2img.json');
-    const settings = {
-      model: opts.model,
-      yaml: opts.yaml ?? null,
-      prompts,
-      negative_prompt: opts.negativePrompt ?? '',
-      n: opts.n,
-      steps: opts.steps,
-      scheduler: schedulerName,
-      karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true,
-      timestep_spacing: schedulerName === 'lcm' ? null : pipe.scheduler.config.timestep_spacing,
-      guidance: opts.guidance,
-      eta: opts.eta ?? 0,
-      seed: opts.seed,
-      height,
-      width,
-      loras: merged.map((m) => ({ file: m.file, scale: m.scale, unet_modules: m.unetModules, text_encoder_modules: m.textEncoderModules })),
-      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index })),
-    };
-    await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
-    return { files, grid, json, scheduler: schedulerName, height, width, loras: merged };
-  } finally {
-    pipe.dispose();
-  }
-}
-
-/** --lora's argParser: one spec per flag, collected in order (img2img/inpaint take the same flag). */
-export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
-  try {
-    return [...prev, parseLoraSpec(value)];
-  } catch (err) {
-    // commander names the flag and the value already.
-    throw new InvalidArgumentError((err as Error).message.replace(`--lora ${value}: `, ''));
-  }
+  return runSd('txt2img', opts);
 }
 
 export function register(program: Command): void {
-  program
-    .command('txt2img')
-    .description('Stable Diffusion 1.x text-to-image from a diffusers directory or a single .safetensors checkpoint')
-    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
-    .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
-    .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
-    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
-    .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
-    .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
-    .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
-    .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
-    .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the model's own)`, oneOf(SCHEDULER_NAMES))
-    .option('--karras', `Karras sigmas (${KARRAS_SCHEDULERS.join('|')}; e.g. --scheduler dpm++2m --karras = "DPM++ 2M Karras")`)
-    .option('--timestep-spacing <s>', `${TIMESTEP_SPACINGS.join('|')}: overrides the scheduler config's (SD-Turbo: trailing)`, oneOf(TIMESTEP_SPACINGS))
-    .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
-    .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
-    .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)
-    .option('--height <px>', `image height, at most ${MAX_GENERATED_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
-    .option('--width <px>', `image width, at most ${MAX_GENERATED_SIDE} (default: the model's sample size)`, int(8))
-    .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
-    .option('--lora <file[:scale]>', 'a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT keys) merged into the UNet and text encoder at scale (default 1); repeatable', collectLora)
-    .option('--out <dir>', 'output directory', 'out/txt2img')
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
-    .action(async (o: Txt2ImgOptions & { backend: string }) => {
-      const backend = await selectBackend(o.backend);
-      const started = Date.now();
-      const res = await runTxt2Img(o);
-      console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${o.steps} steps, guidance ${o.guidance}, seed ${o.seed}, backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
-      for (const f of res.files) console.log(`wrote ${f}`);
-      if (res.grid) console.log(`wrote ${res.grid}`);
-      console.log(`wrote ${res.json}`);
-    });
+  addSdOptions(
+    program.command('txt2img').description('Stable Diffusion 1.x text-to-image from a diffusers directory or a single .safetensors checkpoint'),
+    'out/txt2img',
+  ).action(sdAction('txt2img'));
 }

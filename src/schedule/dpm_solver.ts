@@ -35,7 +35,7 @@ import {
   sigmaTable,
   thresholdSample,
 } from './base.ts';
-import { DDPM_BETA_DEFAULTS } from './forward.ts';
+import { DDPM_BETA_DEFAULTS, type TimestepsLike } from './forward.ts';
 import { karrasSigmas, logSigmaTable, sigmaToT } from './karras.ts';
 
 const f32 = Math.fround;
@@ -160,6 +160,22 @@ export class DPMSolverMultistepScheduler extends Scheduler<DPMSolverMultistepCon
     this.timesteps = ts;
     this.numInferenceSteps = ts.length;
     this.resetState();
+  }
+
+  /**
+   * The forward process as diffusers' DPM-Solver writes it: α_t·x0 + σ_t·noise with α_t, σ_t from
+   * the schedule's σ at `t` (α_t = 1/√(σ²+1) = √ᾱ_t, σ_t = σ·α_t = √(1−ᾱ_t), up to float32
+   * rounding). For timesteps of the current schedule (img2img starts mid-schedule), as in diffusers.
+   */
+  override addNoise(x0: tf.Tensor, noise: tf.Tensor, t: TimestepsLike): tf.Tensor {
+    const values = typeof t === 'number' ? [t] : t instanceof tf.Tensor ? Array.from(t.dataSync()) : Array.from(t);
+    const coefs = values.map((v) => {
+      const i = this.timesteps.indexOf(v);
+      if (i < 0) throw new UsageError(`DPMSolverMultistepScheduler.addNoise: timestep ${v} is not in this scheduler's timesteps.`);
+      return alphaSigma(this.sigmas[i]);
+    });
+    const shape = coefs.length === 1 ? [] : [coefs.length, ...new Array<number>(x0.rank - 1).fill(1)];
+    return tf.tidy(() => tf.add(tf.mul(x0, tf.tensor(coefs.map((c) => c.alpha), shape, 'float32')), tf.mul(noise, tf.tensor(coefs.map((c) => c.sigmaT), shape, 'float32'))));
   }
 
   /** x0 prediction at the current σ (dpmsolver++ works on x0, whatever the model predicts). */

@@ -200,9 +200,12 @@ export class EulerDiscreteScheduler extends SigmaScheduler<EulerDiscreteConfig> 
     return this.config.use_karras_sigmas ? { sigmaMin: this.config.sigma_min, sigmaMax: this.config.sigma_max } : null;
   }
 
-  step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, _opts: StepOptions = {}): SchedulerOutput {
+  step(modelOutput: tf.Tensor, timestep: number, sample: tf.Tensor, opts: StepOptions = {}): SchedulerOutput {
     const where = 'EulerDiscreteScheduler.step';
     const sigma = this.currentSigma(timestep, where);
+    // diffusers draws the churn noise every step although s_churn = 0 multiplies it by zero: draw
+    // (and drop) it too, so a generator shared with later draws stays in step with torch's stream.
+    if (opts.generator) opts.generator.normalArray(modelOutput.size);
     const dt = f32(this.sigmas[this.stepIndex! + 1] - sigma);
     const out = tf.tidy(() => {
       // 1. x0 from the model output, 2. the ODE derivative d = (x - x0)/σ, 3. an Euler step

@@ -1,0 +1,364 @@
+/**
+ * What `sdlab txt2img`, `img2img` and `inpaint` share: the model, prompt and sampler flags
+ * (`addSdOptions`), loading the model (`loadModel`), and the run itself (`runSd`): checks, the
+ * init image and mask (img2img / inpaint), the random source (--rng), --init-latents /
+ * --save-latents, then the pipeline batch by batch, the PNGs, a grid and `<command>.json`.
+ *
+ *   --rng sdlab (default)  image k of a run draws from its own stream (seed, k): batch-independent.
+ *   --rng torch            one torch.Generator('cpu').manual_seed(seed) (src/util/torch_random.ts)
+ *                          for the run, drawn in diffusers' order and shapes: a run in one batch
+ *                          (--batch ≥ the number of images) is diffusers' call with
+ *                          generator=torch.Generator('cpu').manual_seed(seed); later batches
+ *                          continue the same generator, like further calls with it.
+ *   --save-latents F       writes the start noise of every image, [N, C, h, w] float32 safetensors
+ *                          (key "latents", NCHW as diffusers' `latents`), atomically, after the run.
+ *   --init-latents F       reads such a file instead of drawing the start noise (txt2img: the
+ *                          initial latents; inpaint: diffusers' `latents` argument; img2img: the
+ *                          noise added to the encoded image).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { type Command, InvalidArgumentError } from 'commander';
+import { selectBackend } from '../backend/index.ts';
+import { UsageError, check } from '../util/errors.ts';
+import { float, int, oneOf } from '../util/options.ts';
+import { Progress } from '../util/progress.ts';
+import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
+import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
+import { TorchGenerator } from '../util/torch_random.ts';
+import { writeSafetensors } from '../io/safetensors.ts';
+import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
+import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
+import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
+import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
+import { type U8Image, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../sample/image_processor.ts';
+import { nchwToNhwc, nhwcToNchw } from '../sample/noise.ts';
+import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
+import { openLatents } from './encode.ts';
+
+export type SdCommand = 'txt2img' | 'img2img' | 'inpaint';
+export const RNG_NAMES = ['sdlab', 'torch'] as const;
+
+export interface SdOptions {
+  model: string;
+  yaml?: string;
+  tokenizer?: string;
+  textEncoderConfig?: string;
+  prompt?: string[];
+  negativePrompt?: string;
+  /** Images per prompt. */
+  n: number;
+  steps: number;
+  /** Default: the model's scheduler. */
+  scheduler?: string;
+  /** Karras sigmas (euler, euler_a, dpm++2m). */
+  karras?: boolean;
+  /** Overrides the scheduler config's timestep_spacing (e.g. "trailing" for SD-Turbo). */
+  timestepSpacing?: TimestepSpacing;
+  /** LoRA files merged into the weights before sampling (--lora FILE[:scale], repeatable). */
+  lora?: LoraSpec[];
+  guidance: number;
+  seed: number;
+  height?: number;
+  width?: number;
+  eta?: number;
+  batch: number;
+  out: string;
+  /** Random numbers: sdlab's per-image streams (default) or torch's generator, in diffusers' order. */
+  rng?: (typeof RNG_NAMES)[number];
+  /** A safetensors file of start noise [N, C, h, w] to use instead of drawing it. */
+  initLatents?: string;
+  /** Where to write the start noise [N, C, h, w] of the run. */
+  saveLatents?: string;
+  /** img2img / inpaint: the init image (PNG). */
+  initImage?: string;
+  /** inpaint: the mask (PNG, white = repaint). */
+  mask?: string;
+  /** img2img / inpaint: the share of the schedule that runs. */
+  strength?: number;
+  progress?: NodeJS.WriteStream | null;
+}
+
+export interface SdResult {
+  files: string[];
+  grid?: string;
+  json: string;
+  scheduler: string;
+  height: number;
+  width: number;
+  latents?: string;
+  loras: LoraMergeReport[];
+}
+
+/** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
+export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler'>): StableDiffusionPipeline {
+  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
+  if (fs.statSync(opts.model).isDirectory()) {
+    if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
+    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer });
+  }
+  return loadLdmPipeline(opts.model, {
+    yaml: opts.yaml,
+    tokenizer: opts.tokenizer,
+    textEncoderConfig: opts.textEncoderConfig,
+    scheduler: opts.scheduler,
+  });
+}
+
+/** --height/--width within [8, MAX_GENERATED_SIDE] (either may be undefined: the model's default). */
+function checkImageSide(height: number | undefined, width: number | undefined): void {
+  for (const [flag, v] of [['--height', height], ['--width', width]] as const) {
+    if (v === undefined) continue;
+    check(Number.isInteger(v) && v >= 8 && v <= MAX_GENERATED_SIDE, `${flag}: expected an integer in [8, ${MAX_GENERATED_SIDE}] pixels, got ${v} (Stable Diffusion 1.x is trained at 512; larger images do not fit in memory).`);
+  }
+}
+
+/** --karras and --timestep-spacing: the scheduler rebuilt from its own config with those settings. */
+function applySchedulerFlags(pipe: StableDiffusionPipeline, opts: Pick<SdOptions, 'karras' | 'timestepSpacing'>): void {
+  if (!opts.karras && opts.timestepSpacing === undefined) return;
+  const name = schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
+  check(!opts.karras || (KARRAS_SCHEDULERS as readonly string[]).includes(name), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, and the scheduler is ${name} (pick one with --scheduler).`);
+  check(opts.timestepSpacing === undefined || name !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
+  const overrides: Record<string, unknown> = {};
+  if (opts.karras) overrides.use_karras_sigmas = true;
+  if (opts.timestepSpacing !== undefined) overrides.timestep_spacing = opts.timestepSpacing;
+  const before = pipe.scheduler;
+  pipe.scheduler = reconfigureScheduler(before, overrides);
+  before.dispose();
+}
+
+/** --lora's argParser: one spec per flag, collected in order. */
+export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
+  try {
+    return [...prev, parseLoraSpec(value)];
+  } catch (err) {
+    // commander names the flag and the value already.
+    throw new InvalidArgumentError((err as Error).message.replace(`--lora ${value}: `, ''));
+  }
+}
+
+/** The flags every Stable Diffusion command takes (txt2img's, shared by img2img and inpaint). */
+export function addSdOptions(cmd: Command, out: string): Command {
+  return cmd
+    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
+    .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
+    .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
+    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
+    .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
+    .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
+    .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
+    .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the model's own)`, oneOf(SCHEDULER_NAMES))
+    .option('--karras', `Karras sigmas (${KARRAS_SCHEDULERS.join('|')}; e.g. --scheduler dpm++2m --karras = "DPM++ 2M Karras")`)
+    .option('--timestep-spacing <s>', `${TIMESTEP_SPACINGS.join('|')}: overrides the scheduler config's (SD-Turbo: trailing)`, oneOf(TIMESTEP_SPACINGS))
+    .option('--lora <file[:scale]>', 'a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT keys) merged into the UNet and text encoder at scale (default 1); repeatable', collectLora)
+    .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
+    .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
+    .option('--seed <n>', 'random seed (with --rng sdlab, image k uses the stream (seed, k))', int(0), 0)
+    .option('--rng <kind>', 'random numbers: sdlab (per-image streams, batch-independent) | torch (torch.Generator("cpu").manual_seed(seed), drawn in diffusers\' order: the same image as diffusers for the same seed when the run is one batch)', oneOf(RNG_NAMES), 'sdlab')
+    .option('--init-latents <file>', 'start noise [N, C, h, w] (safetensors, key "latents", NCHW as diffusers\' latents; N = all images of the run) instead of drawing it')
+    .option('--save-latents <file>', 'write the start noise of every image there ([N, C, h, w] float32 safetensors, NCHW)')
+    .option('--height <px>', `image height, at most ${MAX_GENERATED_SIDE} (default: the model's sample size, 512 for SD 1.5)`, int(8))
+    .option('--width <px>', `image width, at most ${MAX_GENERATED_SIDE} (default: the model's sample size)`, int(8))
+    .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
+    .option('--out <dir>', 'output directory', out)
+    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto');
+}
+
+/** A file flag that must name an existing regular file (one line otherwise). */
+function requireFile(flag: string, file: string, what: string): void {
+  if (!fs.existsSync(file)) throw new UsageError(`${flag} ${file}: no such file (expected ${what}).`);
+  if (!fs.statSync(file).isFile()) throw new UsageError(`${flag} ${file}: not a regular file (expected ${what}).`);
+}
+
+/** --save-latents: a file in an existing directory, not a directory itself. */
+function checkSaveLatents(file: string): void {
+  const dir = path.dirname(path.resolve(file));
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--save-latents ${file}: the directory ${dir} does not exist.`);
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new UsageError(`--save-latents ${file}: is a directory (expected a .safetensors file to write).`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch {
+    throw new UsageError(`--save-latents ${file}: the directory ${dir} is not writable.`);
+  }
+}
+
+/** The pixel size of the images: txt2img and inpaint --height/--width or the model's; img2img the init image's rounded down to the VAE factor (diffusers' rules, image_processor.ts). */
+function outputSize(kind: SdCommand, pipe: StableDiffusionPipeline, opts: SdOptions, image: U8Image | null): { height: number; width: number } {
+  const f = pipe.vaeScaleFactor;
+  if (kind === 'img2img' && image) {
+    const height = opts.height ?? image.height - (image.height % f);
+    const width = opts.width ?? image.width - (image.width % f);
+    check(height >= f && width >= f, `--init-image ${opts.initImage}: ${image.width}×${image.height} pixels is smaller than the VAE's ${f}×${f} block.`);
+    return { height, width };
+  }
+  return { height: opts.height ?? pipe.defaultSize, width: opts.width ?? pipe.defaultSize };
+}
+
+/** Runs txt2img, img2img or inpaint as the CLI does (see the file header). */
+export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult> {
+  const prompts = opts.prompt ?? [];
+  check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
+  check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
+  check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  check(!opts.karras || opts.scheduler === undefined || (KARRAS_SCHEDULERS as readonly string[]).includes(opts.scheduler), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, got --scheduler ${opts.scheduler}.`);
+  check(opts.timestepSpacing === undefined || (TIMESTEP_SPACINGS as readonly string[]).includes(opts.timestepSpacing), `--timestep-spacing: expected one of ${TIMESTEP_SPACINGS.join(', ')}, got "${opts.timestepSpacing}".`);
+  check(opts.timestepSpacing === undefined || opts.scheduler !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
+  const rng = opts.rng ?? 'sdlab';
+  check((RNG_NAMES as readonly string[]).includes(rng), `--rng: expected one of ${RNG_NAMES.join(', ')}, got "${rng}".`);
+  checkImageSide(opts.height, opts.width);
+  const strength = kind === 'txt2img' ? undefined : (opts.strength ?? (kind === 'inpaint' ? 1 : 0.8));
+  if (strength !== undefined) check(strength > 0 && strength <= 1, `--strength: expected a number in (0, 1], got ${strength}.`);
+  // Every input file before any work (and before the model loads): one line each.
+  let image: U8Image | null = null;
+  let mask: U8Image | null = null;
+  if (kind !== 'txt2img') {
+    check(opts.initImage !== undefined, `--init-image: ${kind} needs the image to start from (a PNG).`);
+    requireFile('--init-image', opts.initImage!, 'a PNG image');
+    image = readRgbImage(opts.initImage!);
+  }
+  if (kind === 'inpaint') {
+    check(opts.mask !== undefined, '--mask: inpaint needs a mask (a PNG, white = repaint).');
+    requireFile('--mask', opts.mask!, 'a PNG mask');
+    mask = readGreyImage(opts.mask!);
+    check(mask.width === image!.width && mask.height === image!.height, `--mask ${opts.mask}: ${mask.width}×${mask.height} pixels, but --init-image ${opts.initImage} is ${image!.width}×${image!.height}: the mask must have the image's size (white pixels are repainted).`);
+  }
+  let init: ReturnType<typeof openLatents> | null = null;
+  if (opts.initLatents !== undefined) {
+    requireFile('--init-latents', opts.initLatents, 'a safetensors latents file');
+    init = openLatents(opts.initLatents);
+  }
+  if (opts.saveLatents !== undefined) checkSaveLatents(opts.saveLatents);
+  checkOutputDir('--out', opts.out);
+  const loras = openLoras(opts.lora ?? []); // a bad --lora fails before the model loads
+
+  const pipe = loadModel(opts);
+  const tensors: tf.Tensor[] = [];
+  try {
+    applySchedulerFlags(pipe, opts);
+    const merged = mergeLoras(pipe, loras);
+    const { height, width } = outputSize(kind, pipe, opts, image);
+    checkImageSide(height, width); // the model's own default size too
+    const f = pipe.vaeScaleFactor;
+    check(height % f === 0 && width % f === 0, `--height/--width: expected multiples of ${f} (the VAE's downsampling factor), got ${height}x${width}.`);
+    // The VAE's mid-block attention is quadratic in the latent pixels: bounded like `decode`'s.
+    check((height / f) * (width / f) <= MAX_LATENT_PIXELS, `--height/--width: ${height}x${width} is ${(height / f) * (width / f)} latent pixels, over sdlab's limit of ${MAX_LATENT_PIXELS} (${Math.sqrt(MAX_LATENT_PIXELS) * f}x${Math.sqrt(MAX_LATENT_PIXELS) * f} at this VAE's 1/${f} scale).`);
+    if (kind === 'inpaint') {
+      check(pipe.unet.config.in_channels === pipe.vae.config.latent_channels || pipe.isInpaintingUnet, `--model ${opts.model}: its UNet takes ${pipe.unet.config.in_channels} channels; inpainting needs ${pipe.vae.config.latent_channels} (latent blending) or ${2 * pipe.vae.config.latent_channels + 1} (an inpainting UNet).`);
+    } else {
+      check(!pipe.isInpaintingUnet, `--model ${opts.model}: an inpainting UNet (${pipe.unet.config.in_channels} input channels): use \`sdlab inpaint\` with --init-image and --mask.`);
+    }
+    pipe.scheduler.setTimesteps(opts.steps); // one clear line for a bad step count, before any work
+    const stepsPerBatch = pipe.startTimesteps(opts.steps, strength ?? null).length; // PNDM runs one more than asked; strength fewer
+    const schedulerName = opts.scheduler ?? schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
+    const perImage = prompts.flatMap((p) => new Array<string>(opts.n).fill(p));
+    const [N, C, h, w] = [perImage.length, pipe.vae.config.latent_channels, height / f, width / f];
+    let latents: tf.Tensor4D | undefined;
+    if (init) {
+      const want = [N, C, h, w];
+      check(tf.util.arraysEqual(init.shape, want), `--init-latents ${opts.initLatents}: shape [${init.shape.join(', ')}], expected [${want.join(', ')}] ([images, channels, height/${f}, width/${f}], NCHW).`);
+      latents = tf.tensor4d(nchwToNhwc(init.read(), N, C, h, w), [N, h, w, C]);
+      tensors.push(latents);
+    }
+    const imageT = image ? (() => {
+      const p = preprocessImage(image, height, width);
+      return tf.tensor4d(p.data, p.shape);
+    })() : undefined;
+    const maskT = mask ? (() => {
+      const p = preprocessMask(mask, height, width);
+      return tf.tensor4d(p.data, p.shape);
+    })() : undefined;
+    tensors.push(...(imageT ? [imageT] : []), ...(maskT ? [maskT] : []));
+    const generator = rng === 'torch' ? new TorchGenerator(opts.seed) : undefined;
+
+    const batches = Math.ceil(perImage.length / opts.batch);
+    const progress = opts.progress === null ? null : new Progress({ total: batches * stepsPerBatch, label: kind, unit: 'step', stream: opts.progress });
+    const images: FloatImage[] = [];
+    const files: string[] = [];
+    const noise = opts.saveLatents !== undefined ? new Float32Array(N * h * w * C) : null;
+    await pipe.generate({
+      prompts: perImage,
+      negativePrompts: opts.negativePrompt ?? '',
+      batchSize: opts.batch,
+      numInferenceSteps: opts.steps,
+      guidanceScale: opts.guidance,
+      seed: opts.seed,
+      generator,
+      height,
+      width,
+      eta: opts.eta,
+      image: imageT,
+      mask: maskT,
+      strength,
+      latents,
+      returnNoise: noise !== null,
+      callback: (s) => progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`),
+      onBatch: async ({ first, images: batch, height: H, width: W, channels, noise: batchNoise }) => {
+        if (noise && batchNoise) noise.set(batchNoise, first * h * w * C);
+        for (let k = 0; k < batch.length; k++) {
+          const img: FloatImage = { data: batch[k], height: H, width: W, channels: channels as 1 | 3 };
+          images.push(img);
+          const file = path.join(opts.out, `${String(first + k).padStart(4, '0')}.png`);
+          await savePng(file, renderGrid([img], { pad: 0 }));
+          files.push(file);
+        }
+      },
+    });
+    progress?.finish();
+    let grid: string | undefined;
+    if (images.length > 1) {
+      grid = path.join(opts.out, 'grid.png');
+      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}));
+    }
+    if (noise) {
+      writeSafetensors(opts.saveLatents!, { latents: { shape: [N, C, h, w], data: nhwcToNchw(noise, N, h, w, C) } }, {
+        metadata: { format: 'pt', content: `sdlab ${kind} start noise (before × init_noise_sigma), NCHW as diffusers' latents`, rng, seed: String(opts.seed) },
+      });
+    }
+    const json = path.join(opts.out, `${kind}.json`);
+    const settings = {
+      model: opts.model,
+      yaml: opts.yaml ?? null,
+      prompts,
+      negative_prompt: opts.negativePrompt ?? '',
+      n: opts.n,
+      steps: opts.steps,
+      scheduler: schedulerName,
+      karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true,
+      timestep_spacing: schedulerName === 'lcm' ? null : pipe.scheduler.config.timestep_spacing,
+      loras: merged.map((m) => ({ file: m.file, scale: m.scale, unet_modules: m.unetModules, text_encoder_modules: m.textEncoderModules })),
+      guidance: opts.guidance,
+      eta: opts.eta ?? 0,
+      seed: opts.seed,
+      rng,
+      height,
+      width,
+      ...(kind !== 'txt2img' ? { init_image: opts.initImage, strength } : {}),
+      ...(kind === 'inpaint' ? { mask: opts.mask } : {}),
+      ...(opts.initLatents !== undefined ? { init_latents: opts.initLatents } : {}),
+      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index })),
+    };
+    await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
+    return { files, grid, json, scheduler: schedulerName, height, width, latents: opts.saveLatents, loras: merged };
+  } finally {
+    tf.dispose(tensors);
+    pipe.dispose();
+  }
+}
+
+/** The `action` of the three commands: select the backend, run, print what was written. */
+export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }) => Promise<void> {
+  return async (o) => {
+    const backend = await selectBackend(o.backend);
+    const started = Date.now();
+    const res = await runSd(kind, o);
+    const extra = kind === 'txt2img' ? '' : `, strength ${o.strength ?? (kind === 'inpaint' ? 1 : 0.8)}`;
+    console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${o.steps} steps${extra}, guidance ${o.guidance}, seed ${o.seed} (rng ${o.rng ?? 'sdlab'}), backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
+    for (const f of res.files) console.log(`wrote ${f}`);
+    if (res.grid) console.log(`wrote ${res.grid}`);
+    if (res.latents) console.log(`wrote ${res.latents}`);
+    console.log(`wrote ${res.json}`);
+  };
+}
