@@ -1,5 +1,5 @@
 /**
- * `sdlab txt2img`: Stable Diffusion 1.x inference from imported weights.
+ * `sdlab txt2img`: Stable Diffusion 1.x / 2.x inference from imported weights.
  *
  *   npx sdlab txt2img --model path/to/stable-diffusion-v1-5 --prompt "a photograph of an astronaut riding a horse"
  *   npx sdlab txt2img --model v1-5-pruned-emaonly.safetensors --yaml v1-inference.yaml \
@@ -26,6 +26,9 @@ import { Progress } from '../util/progress.ts';
 import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
 import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { SCHEDULER_NAMES, schedulerNameForClass } from '../schedule/index.ts';
+
+/** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
+const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
 import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
@@ -42,6 +45,8 @@ export interface Txt2ImgOptions {
   steps: number;
   /** Default: the model's scheduler. */
   scheduler?: string;
+  /** What the UNet predicts (default: the model's scheduler config / yaml; SD 2.x files without a yaml: v_prediction). */
+  prediction?: 'epsilon' | 'v_prediction';
   guidance: number;
   seed: number;
   height?: number;
@@ -62,17 +67,18 @@ export interface Txt2ImgResult {
 }
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
-export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler'>): StableDiffusionPipeline {
+export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler' | 'prediction'>): StableDiffusionPipeline {
   if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
   if (fs.statSync(opts.model).isDirectory()) {
     if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
-    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer });
+    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction });
   }
   return loadLdmPipeline(opts.model, {
     yaml: opts.yaml,
     tokenizer: opts.tokenizer,
     textEncoderConfig: opts.textEncoderConfig,
     scheduler: opts.scheduler,
+    prediction: opts.prediction,
   });
 }
 
@@ -89,6 +95,7 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
   check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
   check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
+  check(opts.prediction === undefined || (PREDICTIONS as readonly string[]).includes(opts.prediction), `--prediction: expected one of ${PREDICTIONS.join(', ')}, got "${opts.prediction}".`);
   checkImageSide(opts.height, opts.width);
   checkOutputDir('--out', opts.out);
   const pipe = loadModel(opts);
@@ -144,6 +151,7 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
       n: opts.n,
       steps: opts.steps,
       scheduler: schedulerName,
+      prediction: pipe.scheduler.config.prediction_type,
       guidance: opts.guidance,
       eta: opts.eta ?? 0,
       seed: opts.seed,
@@ -161,16 +169,17 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
 export function register(program: Command): void {
   program
     .command('txt2img')
-    .description('Stable Diffusion 1.x text-to-image from a diffusers directory or a single .safetensors checkpoint')
+    .description('Stable Diffusion 1.x/2.x text-to-image from a diffusers directory or a single .safetensors checkpoint')
     .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
-    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
+    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, or OpenCLIP ViT-H for SD 2.x, 64 channels per head)')
     .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
     .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
     .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the model's own)`, oneOf(SCHEDULER_NAMES))
+    .option('--prediction <type>', "what the UNet predicts: epsilon|v_prediction (default: the model's scheduler config or yaml; an SD 2.x file without a yaml: v_prediction at 768, epsilon means 512-base)", oneOf(PREDICTIONS))
     .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
     .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
     .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)
