@@ -212,7 +212,7 @@ describe('LDM key conversion and architectures', () => {
       /x\.safetensors: 2 keys that are not SD 1\.x\/2\.x UNet, VAE or CLIP weights: model\.diffusion_model\.label_emb\.0\.0\.weight, lora_unet_x\.alpha/,
     );
     // SD 2 reads the penultimate OpenCLIP block: a file with one block has none to read.
-    expect(() => planLdmConversion(['cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight'], opts)).toThrow(/single resblock/);
+    expect(() => planLdmConversion(['cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight'], { ...opts, openClipLayers: 0 })).toThrow(/would keep no resblock/);
     expect(() => planLdmConversion(['cond_stage_model.model.ln_final.weight', 'cond_stage_model.transformer.text_model.final_layer_norm.weight'], opts)).toThrow(/two text encoders/);
     expect(() => planLdmConversion(['conditioner.embedders.0.transformer.text_model.final_layer_norm.bias'], opts)).toThrow(/SDXL/);
     expect(() => LdmCheckpoint.open(path.join(dir, 'sd.ckpt'))).toThrow(UsageError);

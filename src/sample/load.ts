@@ -171,16 +171,15 @@ export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): Stable
     );
   }
   const tokenizer: Tokenizer = loadTokenizer(opts.tokenizer);
-  const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize, prediction: opts.prediction });
+  const given = opts.textEncoderConfig ? readTextEncoderConfig(opts.textEncoderConfig) : null;
+  const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize, prediction: opts.prediction, textEncoderLayers: given?.num_hidden_layers });
   const shape = ckpt.textEncoderShape();
   let teConfig: TextEncoderConfig;
-  if (opts.textEncoderConfig) {
-    teConfig = readTextEncoderConfig(opts.textEncoderConfig);
+  if (opts.textEncoderConfig && given) {
+    teConfig = given;
     for (const [k, v] of Object.entries(shape)) {
       if (teConfig[k as keyof typeof shape] !== v) {
-        // OpenCLIP files hold one more block than SD 2 reads (the penultimate block's output).
-        const why = k === 'num_hidden_layers' && ckpt.family === 'sd2' ? ' (SD 2 drops the last of the file\'s OpenCLIP resblocks)' : '';
-        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}${why}.`);
+        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
       }
     }
     // OpenCLIP's transformer uses nn.GELU (exact); OpenAI CLIP's quick_gelu there would run silently wrong.

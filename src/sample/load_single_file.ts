@@ -37,6 +37,7 @@ import { type Module, type StateDict, type TensorData, assignPlanned, buildCheck
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
+import { TEXT_ENCODER_PRESETS } from '../clip/text_encoder.ts';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
 
@@ -229,6 +230,41 @@ export function detectLdmFamily(names: Iterable<string>, shapeOf: (key: string) 
 }
 
 const FAMILY_NAME: Record<SdFamily, string> = { sd1: 'SD 1.x', sd2: 'SD 2.x' };
+
+/**
+ * How many of an OpenCLIP file's resblocks the text encoder keeps (undefined: the file has none).
+ * SD 2 reads the penultimate block's output. diffusers' converter loads the file into its SD 2
+ * text encoder config (23 layers) and ignores `resblocks.23`: a 24-block original keeps 23, and
+ * so does a 23-block file written back from diffusers. sdlab does the same for ViT-H (1024
+ * wide); other widths keep all but the last block (the LDM meaning of "penultimate"), and a yaml
+ * with `layer: "last"` keeps every block. A text-encoder config's num_hidden_layers, when
+ * given, decides.
+ */
+export function openClipLayers(
+  names: Iterable<string>,
+  shapeOf: (key: string) => number[] | undefined,
+  arch: Pick<LdmArchitecture, 'condStageLayer'>,
+  configLayers?: number,
+  source = 'LDM checkpoint',
+): number | undefined {
+  let blocks = 0;
+  for (const k of names) {
+    const m = /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./.exec(k);
+    if (m) blocks = Math.max(blocks, Number(m[1]) + 1);
+  }
+  if (blocks === 0) return undefined;
+  if (configLayers !== undefined) {
+    // The file holds the config's layers, plus the last block when it is an original (penultimate).
+    if (blocks > configLayers + 1) {
+      throw new UsageError(`${source}: its OpenCLIP text encoder has ${blocks} resblocks but the text encoder config has num_hidden_layers ${configLayers} (expected ${configLayers} or ${configLayers + 1}).`);
+    }
+    return configLayers;
+  }
+  if (arch.condStageLayer === 'last') return blocks;
+  const sd2 = TEXT_ENCODER_PRESETS.sd2;
+  if (shapeOf(`${OPENCLIP_PREFIX}token_embedding.weight`)?.[1] === sd2.hidden_size) return Math.min(blocks, sd2.num_hidden_layers);
+  return blocks - 1;
+}
 
 /** Default image size diffusers assumes: 768 for v-prediction (SD 2.x 768-v), else 512. */
 export function defaultLdmImageSize(arch: LdmArchitecture): number {
@@ -498,20 +534,17 @@ export function planLdmConversion(
     layersPerBlock: number;
     vaeLevels: number;
     source?: string;
-    /** OpenCLIP: keep every resblock ("last") or drop the last one ("penultimate", the default: SD 2). */
-    openClipLayer?: 'penultimate' | 'last';
+    /** OpenCLIP: how many resblocks the text encoder keeps (the rest are skipped; default all). See openClipLayers. */
+    openClipLayers?: number;
   },
 ): LdmConversion {
   const out: LdmConversion = { unet: new Map(), vae: new Map(), textEncoder: new Map(), fused: new Map(), skipped: [] };
   const all = [...keys];
-  // SD 2 conditions on the penultimate resblock: diffusers drops the last one (resblocks.23).
-  let dropBlock = -1;
-  if (opts.openClipLayer !== 'last') {
-    for (const k of all) {
-      const m = /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./.exec(k);
-      if (m) dropBlock = Math.max(dropBlock, Number(m[1]));
-    }
-  }
+  const keep = opts.openClipLayers ?? Infinity;
+  const dropped = (key: string) => {
+    const m = /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./.exec(key);
+    return m !== null && Number(m[1]) >= keep;
+  };
   const unknown: string[] = [];
   const duplicate: string[] = [];
   const put = (component: LdmComponent, name: string, key: string) => {
@@ -521,7 +554,7 @@ export function planLdmConversion(
   };
   let sdxl = false;
   for (const key of all) {
-    if (SKIP.some((re) => re.test(key)) || (dropBlock >= 0 && key.startsWith(`${OPENCLIP_PREFIX}transformer.resblocks.${dropBlock}.`))) {
+    if (SKIP.some((re) => re.test(key)) || dropped(key)) {
       out.skipped.push(key);
       continue;
     }
@@ -552,7 +585,7 @@ export function planLdmConversion(
   if (all.some((k) => k.startsWith(OPENCLIP_PREFIX)) && all.some((k) => k.startsWith(LDM_PREFIX.textEncoder))) {
     throw new UsageError(`${src}: holds two text encoders (CLIP ${LDM_PREFIX.textEncoder}* and OpenCLIP ${OPENCLIP_PREFIX}*); an SD 1.x/2.x checkpoint has one.`);
   }
-  if (dropBlock === 0) throw new UsageError(`${src}: its OpenCLIP text encoder has a single resblock; SD 2 reads the penultimate one (cond_stage_config layer "penultimate").`);
+  if (keep < 1) throw new UsageError(`${src}: its OpenCLIP text encoder would keep no resblock (a single one, and SD 2 reads the penultimate block's output).`);
   if (sdxl) throw new UsageError(`${src}: is an SDXL checkpoint (conditioner.*), which sdlab does not support.`);
   const problems: string[] = [];
   const some = (a: string[]) => a.slice(0, 20).join(', ') + (a.length > 20 ? `, … (${a.length - 20} more)` : '');
@@ -576,6 +609,8 @@ export interface LdmOpenOptions {
    * here (the scheduler's prediction_type is set by the pipeline loader).
    */
   prediction?: string;
+  /** The text encoder's num_hidden_layers when its config is given (an OpenCLIP file keeps that many resblocks). */
+  textEncoderLayers?: number;
 }
 
 /** A safetensors LDM checkpoint, opened lazily: configs and key plan now, tensors on demand. */
@@ -627,7 +662,7 @@ export class LdmCheckpoint {
       layersPerBlock: arch.unet.num_res_blocks,
       vaeLevels: arch.vae.ddconfig.ch_mult.length,
       source: file,
-      openClipLayer: arch.condStageLayer === 'last' ? 'last' : 'penultimate',
+      openClipLayers: openClipLayers(st.names(), (k) => st.entries.get(k)?.shape, arch, opts.textEncoderLayers, file),
     });
     return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion, source, family);
   }
