@@ -29,7 +29,7 @@ import {
   planLdmConversion,
   unetConfigFromLdm,
 } from '../src/sample/load_single_file.ts';
-import { diffusersFamily, ldmSchedulerConfig, loadDiffusersPipeline, loadLdmPipeline } from '../src/sample/load.ts';
+import { diffusersFamily, ldmSchedulerConfig, ldmTextEncoderConfig, loadDiffusersPipeline, loadLdmPipeline } from '../src/sample/load.ts';
 import { createScheduler } from '../src/schedule/index.ts';
 import { SD1_TINY, addRandomResblock, toOpenClip, writeSd2Tiny } from './helpers/sd2-tiny.ts';
 
@@ -400,6 +400,31 @@ describe('SD 1.x / 2.x family', () => {
     // The fixtures: sd1_tiny's file and the SD-2-style one.
     expect(LdmCheckpoint.open(path.join(SD1_TINY, 'ldm/sd1_tiny.safetensors')).family).toBe('sd1');
     expect(LdmCheckpoint.open(sd2.file, { yaml: sd2.yaml }).family).toBe('sd2');
+  });
+
+  it('a single file without --text-encoder-config gets its family’s text encoder preset (SD 2.x: exact gelu)', () => {
+    const z = (...shape: number[]) => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+    const t = new Map([
+      ['cond_stage_model.model.token_embedding.weight', z(100, 64)],
+      ['cond_stage_model.model.positional_embedding', z(77, 64)],
+    ]);
+    for (let i = 0; i < 3; i++) {
+      t.set(`cond_stage_model.model.transformer.resblocks.${i}.attn.in_proj_weight`, z(192, 64));
+      t.set(`cond_stage_model.model.transformer.resblocks.${i}.mlp.c_fc.weight`, z(256, 64));
+    }
+    const f = path.join(dir, 'openclip64.safetensors');
+    writeSafetensors(f, t);
+    const cfg = ldmTextEncoderConfig(LdmCheckpoint.open(f), null);
+    expect(cfg).toMatchObject({ hidden_act: 'gelu', hidden_size: 64, intermediate_size: 256, num_attention_heads: 1, num_hidden_layers: 2, vocab_size: 100 });
+    // The same sizes in SD 1.x's CLIP layout: quick_gelu, and every layer kept.
+    const clip = new Map([
+      ['cond_stage_model.transformer.text_model.embeddings.token_embedding.weight', z(100, 64)],
+      ['cond_stage_model.transformer.text_model.embeddings.position_embedding.weight', z(77, 64)],
+    ]);
+    for (let i = 0; i < 3; i++) clip.set(`cond_stage_model.transformer.text_model.encoder.layers.${i}.mlp.fc1.weight`, z(256, 64));
+    const g = path.join(dir, 'clip64.safetensors');
+    writeSafetensors(g, clip);
+    expect(ldmTextEncoderConfig(LdmCheckpoint.open(g), null)).toMatchObject({ hidden_act: 'quick_gelu', hidden_size: 64, num_hidden_layers: 3 });
   });
 
   it('from a diffusers directory’s configs', () => {

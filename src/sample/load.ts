@@ -162,6 +162,33 @@ export function ldmSchedulerConfig(yamlFile?: string, parameterization?: string)
   };
 }
 
+/**
+ * The text encoder config for a single file's text encoder: `given` (a --text-encoder-config,
+ * checked against the weights' sizes; OpenCLIP weights need exact gelu), else the family's preset
+ * (SD 1.x CLIP ViT-L/14, SD 2.x OpenCLIP ViT-H) with the sizes read from the weights and 64
+ * channels per head. Open the checkpoint with textEncoderLayers: given.num_hidden_layers.
+ */
+export function ldmTextEncoderConfig(ckpt: LdmCheckpoint, given: { config: TextEncoderConfig; source: string } | null): TextEncoderConfig {
+  const shape = ckpt.textEncoderShape();
+  const file = ckpt.file;
+  if (given) {
+    for (const [k, v] of Object.entries(shape)) {
+      if (given.config[k as keyof typeof shape] !== v) {
+        throw new UsageError(`${given.source}: ${k} is ${given.config[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
+      }
+    }
+    // OpenCLIP's transformer uses nn.GELU (exact); OpenAI CLIP's quick_gelu there would run silently wrong.
+    if (ckpt.conversion.fused.size > 0 && given.config.hidden_act !== 'gelu') {
+      throw new UsageError(`${given.source}: hidden_act is "${given.config.hidden_act}" but ${file} holds an OpenCLIP text encoder (SD 2.x), which uses exact "gelu"; use an SD 2.x text encoder config.`);
+    }
+    return given.config;
+  }
+  if (shape.hidden_size % 64 !== 0) {
+    throw new UsageError(`${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`);
+  }
+  return { ...TEXT_ENCODER_PRESETS[ckpt.family], ...shape, num_attention_heads: shape.hidden_size / 64 };
+}
+
 /** An LDM/CompVis single-file checkpoint (.safetensors) + its yaml + a tokenizer directory. */
 export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): StableDiffusionPipeline {
   if (!fs.existsSync(file)) throw new UsageError(`--model ${file}: no such file.`);
@@ -173,27 +200,7 @@ export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): Stable
   const tokenizer: Tokenizer = loadTokenizer(opts.tokenizer);
   const given = opts.textEncoderConfig ? readTextEncoderConfig(opts.textEncoderConfig) : null;
   const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize, prediction: opts.prediction, textEncoderLayers: given?.num_hidden_layers });
-  const shape = ckpt.textEncoderShape();
-  let teConfig: TextEncoderConfig;
-  if (opts.textEncoderConfig && given) {
-    teConfig = given;
-    for (const [k, v] of Object.entries(shape)) {
-      if (teConfig[k as keyof typeof shape] !== v) {
-        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
-      }
-    }
-    // OpenCLIP's transformer uses nn.GELU (exact); OpenAI CLIP's quick_gelu there would run silently wrong.
-    if (ckpt.conversion.fused.size > 0 && teConfig.hidden_act !== 'gelu') {
-      throw new UsageError(`${opts.textEncoderConfig}: hidden_act is "${teConfig.hidden_act}" but ${file} holds an OpenCLIP text encoder (SD 2.x), which uses exact "gelu"; use an SD 2.x text encoder config.`);
-    }
-  } else {
-    if (shape.hidden_size % 64 !== 0) {
-      throw new UsageError(
-        `${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`,
-      );
-    }
-    teConfig = { ...TEXT_ENCODER_PRESETS[ckpt.family], ...shape, num_attention_heads: shape.hidden_size / 64 };
-  }
+  const teConfig = ldmTextEncoderConfig(ckpt, given && { config: given, source: opts.textEncoderConfig! });
   const textEncoder = ckpt.loadModel('textEncoder', () => new TextEncoder(teConfig), opts.textEncoderConfig ?? `${file} (text encoder)`);
   const config = ldmSchedulerConfig(opts.yaml, ckpt.architecture.parameterization);
   const scheduler = schedulerFromConfig(withPrediction(config, opts.prediction), opts.scheduler, opts.yaml ?? file);
