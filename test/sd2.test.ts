@@ -478,5 +478,11 @@ describe('SD 1.x / 2.x family', () => {
       expect(lines[0]).toMatch(pattern);
       expect(fs.existsSync(out)).toBe(false);
     }
-  }, 60_000);
+    // A run: the SD 2 single file + yaml (v) with --prediction epsilon over it, recorded in txt2img.json.
+    const ok = await run([...base, '--yaml', sd2.yaml, '--text-encoder-config', sd2.teConfig, '--height', '16', '--width', '16', '--prediction', 'epsilon']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const settings = JSON.parse(fs.readFileSync(path.join(out, 'txt2img.json'), 'utf8'));
+    expect(settings.prediction).toBe('epsilon');
+    expect(fs.existsSync(path.join(out, '0000.png'))).toBe(true);
+  }, 120_000);
 });

@@ -11,7 +11,9 @@
  * with --yaml, else SD 1.x's v1-inference settings). A single file has no tokenizer: --tokenizer
  * names a folder with CLIP's vocab.json + merges.txt (any SD 1.x diffusers directory has one).
  * The scheduler defaults to the model's own (PNDM for SD 1.5); --scheduler picks another,
- * configured from the model's scheduler_config.json.
+ * configured from the model's scheduler_config.json. SD 2.x works from both layouts (a single
+ * file's family comes from its tensors when there is no yaml: 768-v; `--prediction epsilon` for
+ * 512-base); --prediction overrides what the model's config says the UNet predicts.
  *
  * Writes to --out: 0000.png, ... (one per image), grid.png (when more than one) and
  * txt2img.json (the settings, to reproduce the images).
