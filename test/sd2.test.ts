@@ -483,6 +483,7 @@ describe('SD 1.x / 2.x family', () => {
     expect(ok.code, ok.stderr).toBe(0);
     const settings = JSON.parse(fs.readFileSync(path.join(out, 'txt2img.json'), 'utf8'));
     expect(settings.prediction).toBe('epsilon');
+    expect(settings.family).toBe('sd2');
     expect(fs.existsSync(path.join(out, '0000.png'))).toBe(true);
   }, 120_000);
 });

@@ -31,7 +31,7 @@ import { SCHEDULER_NAMES, schedulerNameForClass } from '../schedule/index.ts';
 
 /** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
 const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
-import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
+import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 
@@ -153,6 +153,7 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
       n: opts.n,
       steps: opts.steps,
       scheduler: schedulerName,
+      family: diffusersFamily(pipe.textEncoder.config, pipe.unet.config),
       prediction: pipe.scheduler.config.prediction_type,
       guidance: opts.guidance,
       eta: opts.eta ?? 0,

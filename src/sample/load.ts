@@ -68,9 +68,10 @@ function withPrediction(config: Record<string, unknown>, prediction: string | un
 }
 
 /**
- * SD 1.x or 2.x from a diffusers directory's configs: SD 2.x's text encoder is OpenCLIP's (exact
- * gelu; OpenAI CLIP, SD 1.x, uses quick_gelu) and its UNet attends to 1024-wide text vectors.
- * For an LDM single file LdmCheckpoint.family tells (from the yaml or the tensors).
+ * SD 1.x or 2.x from a loaded model's diffusers configs (a diffusers directory's, or those a
+ * single file was given): SD 2.x's text encoder is OpenCLIP's (exact gelu; OpenAI CLIP, SD 1.x,
+ * uses quick_gelu) and its UNet attends to 1024-wide text vectors. Before loading a single file,
+ * LdmCheckpoint.family tells (from the yaml or the tensors) and picks these configs.
  */
 export function diffusersFamily(textEncoder: Pick<TextEncoderConfig, 'hidden_act'>, unet: Pick<UNet2DConditionConfig, 'cross_attention_dim'>): SdFamily {
   const cross = Array.isArray(unet.cross_attention_dim) ? unet.cross_attention_dim[0] : unet.cross_attention_dim;

@@ -10,8 +10,8 @@
  *   cond_stage_model.transformer.*     → CLIP text encoder (SD 1.x; already transformers names: prefix stripped)
  *   cond_stage_model.model.*           → OpenCLIP text encoder (SD 2.x; convert_open_clip_checkpoint): fused
  *                                        attn.in_proj_{weight,bias} split into q/k/v rows, resblocks.N →
- *                                        encoder.layers.N, ln_final → final_layer_norm; the last resblock
- *                                        is dropped (SD 2 reads the penultimate block: 24 → 23 layers)
+ *                                        encoder.layers.N, ln_final → final_layer_norm; blocks SD 2 does
+ *                                        not read are skipped (it reads the penultimate: openClipLayers)
  *
  * The architecture comes from the checkpoint's yaml (e.g. v1-inference.yaml: model.params.
  * unet_config / first_stage_config / scale_factor) or, without one, from the family the tensors
