@@ -13,11 +13,12 @@ SD 2 features exercised: use_linear_projection, upcast_attention, a different he
 block ([2, 4, 8]: down blocks, the mid block (the last), and the up blocks in reverse), and
 v-prediction (DDIM and Euler, guidance 7.5, 10 steps).
 
-Usage (no network; huggingface_hub / safetensors are import-time stubs, see --stubs):
-  /usr/bin/python3 scripts/sd2_fixture.py --diffusers-src DIR/src --convert-script FILE \
-      --stubs DIR --out test/fixtures/sd2_tiny
-where DIR/src is a checkout of diffusers v0.24.0's src/ and FILE its
-scripts/convert_diffusers_to_original_stable_diffusion.py.
+Usage (no network; huggingface_hub / safetensors are import-time stubs this script writes):
+  apt-get install python3-torch python3-filelock python3-regex python3-tqdm python3-importlib-metadata
+  git -C diffusers archive v0.24.0 src scripts | tar x -C /tmp/d024
+  /usr/bin/python3 scripts/sd2_fixture.py --diffusers-src /tmp/d024/src \
+      --convert-script /tmp/d024/scripts/convert_diffusers_to_original_stable_diffusion.py \
+      --out test/fixtures/sd2_tiny
 """
 import argparse
 import importlib.util
@@ -26,7 +27,49 @@ import os
 import struct
 import sys
 
+import tempfile
+
 import numpy as np
+
+# Import-time names diffusers v0.24 needs from huggingface_hub (nothing here touches the network).
+STUBS = {
+    "huggingface_hub/__init__.py": """
+__version__ = "0.19.4"
+def _no(*a, **k): raise RuntimeError("huggingface_hub stub: no network")
+HfFolder = type("HfFolder", (), {"get_token": staticmethod(lambda: None)})
+class ModelCard: pass
+class ModelCardData: pass
+create_repo = hf_hub_download = upload_folder = whoami = model_info = cached_download = snapshot_download = _no
+""",
+    "huggingface_hub/constants.py": """
+import os
+hf_cache_home = os.path.expanduser("~/.cache/huggingface")
+HUGGINGFACE_HUB_CACHE = os.path.join(hf_cache_home, "hub")
+HF_HUB_CACHE = HUGGINGFACE_HUB_CACHE
+HF_HUB_OFFLINE = True
+""",
+    "huggingface_hub/file_download.py": 'import re\nREGEX_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")\n',
+    "huggingface_hub/utils.py": """
+class EntryNotFoundError(Exception): pass
+class RepositoryNotFoundError(Exception): pass
+class RevisionNotFoundError(Exception): pass
+class HfHubHTTPError(Exception): pass
+class LocalEntryNotFoundError(Exception): pass
+def is_jinja_available(): return False
+def validate_hf_hub_args(f): return f
+""",
+    "safetensors/__init__.py": 'def safe_open(*a, **k): raise RuntimeError("safetensors stub")\n',
+    "safetensors/torch.py": 'def load_file(*a, **k): raise RuntimeError("stub")\ndef save_file(*a, **k): raise RuntimeError("stub")\n',
+}
+
+
+def write_stubs():
+    d = tempfile.mkdtemp(prefix="sd2-fixture-stubs-")
+    for rel, text in STUBS.items():
+        os.makedirs(os.path.join(d, os.path.dirname(rel)), exist_ok=True)
+        with open(os.path.join(d, rel), "w") as f:
+            f.write(text)
+    return d
 
 
 def write_safetensors(path, tensors, dtype):
@@ -69,11 +112,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--diffusers-src", required=True)
     ap.add_argument("--convert-script", required=True)
-    ap.add_argument("--stubs", required=True)
+    ap.add_argument("--stubs", help="a folder with huggingface_hub/safetensors stubs (default: written to a temp folder)")
     ap.add_argument("--sd1-tiny", default=os.path.join(os.path.dirname(__file__), "../../shared/fixtures/sd1_tiny"))
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    sys.path[:0] = [args.stubs, args.diffusers_src]
+    sys.path[:0] = [args.stubs or write_stubs(), args.diffusers_src]
 
     import torch
     import diffusers
