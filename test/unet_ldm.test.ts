@@ -152,7 +152,8 @@ describe('LDM key conversion and architectures', () => {
     // diffusers sets upcast_attention from a command-line flag, not the yaml.
     expect({ ...unetConfigFromLdm(arch), upcast_attention: true }).toEqual(UNET_PRESETS.sd2);
     expect(vaeConfigFromLdm(arch).sample_size).toBe(768);
-    expect(() => LdmCheckpoint.open(LDM_FILE, { yaml: f })).toThrow(/FrozenOpenCLIPEmbedder \(SD 2.x OpenCLIP\) is not supported/);
+    // An SD 2.x yaml for the SD 1.x fixture file: the family mismatch is one line.
+    expect(() => LdmCheckpoint.open(LDM_FILE, { yaml: f })).toThrow(/an SD 2\.x config \(cond_stage_config ldm\.modules\.encoders\.modules\.FrozenOpenCLIPEmbedder\) but .* holds SD 1\.x weights/);
   });
 
   it('every SD 1.x UNet name survives diffusers → LDM (the reverse script’s tables) → diffusers', () => {
@@ -210,7 +211,9 @@ describe('LDM key conversion and architectures', () => {
     expect(() => planLdmConversion(['model.diffusion_model.label_emb.0.0.weight', 'lora_unet_x.alpha'], opts)).toThrow(
       /x\.safetensors: 2 keys that are not SD 1\.x\/2\.x UNet, VAE or CLIP weights: model\.diffusion_model\.label_emb\.0\.0\.weight, lora_unet_x\.alpha/,
     );
-    expect(() => planLdmConversion(['cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight'], opts)).toThrow(/OpenCLIP text encoder/);
+    // SD 2 reads the penultimate OpenCLIP block: a file with one block has none to read.
+    expect(() => planLdmConversion(['cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight'], { ...opts, openClipLayers: 0 })).toThrow(/would keep no resblock/);
+    expect(() => planLdmConversion(['cond_stage_model.model.ln_final.weight', 'cond_stage_model.transformer.text_model.final_layer_norm.weight'], opts)).toThrow(/two text encoders/);
     expect(() => planLdmConversion(['conditioner.embedders.0.transformer.text_model.final_layer_norm.bias'], opts)).toThrow(/SDXL/);
     expect(() => LdmCheckpoint.open(path.join(dir, 'sd.ckpt'))).toThrow(UsageError);
     expect(() => LdmCheckpoint.open(LDM_FILE, { yaml: path.join(dir, 'missing.yaml') })).toThrow(/cannot read LDM config \(ENOENT\)/);

@@ -7,7 +7,7 @@
  *     → token_embedding(ids) + position_embedding(0..L-1)                      [B, L, D]
  *     → num_hidden_layers × pre-LayerNorm blocks:
  *         h += out_proj(causal self-attention(layer_norm1(h)))   (q_proj k_proj v_proj)
- *         h += fc2(act(fc1(layer_norm2(h))))                     (act: quick_gelu | gelu)
+ *         h += fc2(act(fc1(layer_norm2(h))))                     (act: quick_gelu (OpenAI CLIP, SD 1.x) | gelu (OpenCLIP, SD 2.x))
  *     → final_layer_norm                         = lastHiddenState [B, L, D]   (what the UNet attends to)
  *     → the row at the end-of-text token         = pooledOutput    [B, D]
  *     → text_projection (no bias, optional)      = textEmbeds      [B, projection_dim] (CLIP's joint space)
@@ -141,6 +141,26 @@ export const TEXT_ENCODER_PRESETS = {
     num_hidden_layers: 12,
     num_attention_heads: 12,
     eos_token_id: 2, // what the hub config carries (hence the legacy argmax pooling)
+    pad_token_id: 1,
+    bos_token_id: 0,
+  },
+  /**
+   * Stable Diffusion 2.x: OpenCLIP ViT-H/14's text tower as diffusers stores it
+   * (stabilityai/stable-diffusion-2-1 text_encoder/config.json). Exact (erf) gelu, not
+   * quick_gelu. 23 layers, not OpenCLIP's 24: SD 2 conditions on the penultimate block's
+   * output, and diffusers' converter drops the last block, so the UNet reads
+   * final_layer_norm(block 23) as lastHiddenState — what the LDM FrozenOpenCLIPEmbedder
+   * (layer "penultimate") computes. The pooled output is unused by SD (argmax pooling, eos 2).
+   */
+  sd2: {
+    ...TEXT_ENCODER_DEFAULTS,
+    hidden_size: 1024,
+    intermediate_size: 4096,
+    projection_dim: 512,
+    num_hidden_layers: 23,
+    num_attention_heads: 16,
+    hidden_act: 'gelu',
+    eos_token_id: 2,
     pad_token_id: 1,
     bos_token_id: 0,
   },

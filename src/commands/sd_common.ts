@@ -29,7 +29,7 @@ import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { TorchGenerator } from '../util/torch_random.ts';
 import { writeSafetensors } from '../io/safetensors.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
-import { loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
+import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
 import { type U8Image, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../sample/image_processor.ts';
@@ -39,6 +39,8 @@ import { openLatents } from './encode.ts';
 
 export type SdCommand = 'txt2img' | 'img2img' | 'inpaint';
 export const RNG_NAMES = ['sdlab', 'torch'] as const;
+/** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
+export const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
 
 export interface SdOptions {
   model: string;
@@ -52,6 +54,8 @@ export interface SdOptions {
   steps: number;
   /** Default: the model's scheduler. */
   scheduler?: string;
+  /** What the UNet predicts (default: the model's scheduler config / yaml; SD 2.x files without a yaml: v_prediction). */
+  prediction?: (typeof PREDICTIONS)[number];
   /** Karras sigmas (euler, euler_a, dpm++2m). */
   karras?: boolean;
   /** Overrides the scheduler config's timestep_spacing (e.g. "trailing" for SD-Turbo). */
@@ -92,17 +96,18 @@ export interface SdResult {
 }
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
-export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler'>): StableDiffusionPipeline {
+export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler' | 'prediction'>): StableDiffusionPipeline {
   if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
   if (fs.statSync(opts.model).isDirectory()) {
     if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
-    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer });
+    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction });
   }
   return loadLdmPipeline(opts.model, {
     yaml: opts.yaml,
     tokenizer: opts.tokenizer,
     textEncoderConfig: opts.textEncoderConfig,
     scheduler: opts.scheduler,
+    prediction: opts.prediction,
   });
 }
 
@@ -144,7 +149,8 @@ export function addSdOptions(cmd: Command, out: string): Command {
     .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
-    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
+    .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, or OpenCLIP ViT-H for SD 2.x, 64 channels per head)')
+    .option('--prediction <type>', "what the UNet predicts: epsilon|v_prediction (default: the model's scheduler config or yaml; an SD 2.x file without a yaml: v_prediction at 768, epsilon means 512-base)", oneOf(PREDICTIONS))
     .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
@@ -205,6 +211,7 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
   check(!opts.karras || opts.scheduler === undefined || (KARRAS_SCHEDULERS as readonly string[]).includes(opts.scheduler), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, got --scheduler ${opts.scheduler}.`);
   check(opts.timestepSpacing === undefined || (TIMESTEP_SPACINGS as readonly string[]).includes(opts.timestepSpacing), `--timestep-spacing: expected one of ${TIMESTEP_SPACINGS.join(', ')}, got "${opts.timestepSpacing}".`);
   check(opts.timestepSpacing === undefined || opts.scheduler !== 'lcm', '--timestep-spacing: lcm takes its timesteps from the grid of original_inference_steps; drop the flag.');
+  check(opts.prediction === undefined || (PREDICTIONS as readonly string[]).includes(opts.prediction), `--prediction: expected one of ${PREDICTIONS.join(', ')}, got "${opts.prediction}".`);
   const rng = opts.rng ?? 'sdlab';
   check((RNG_NAMES as readonly string[]).includes(rng), `--rng: expected one of ${RNG_NAMES.join(', ')}, got "${rng}".`);
   checkImageSide(opts.height, opts.width);
@@ -320,6 +327,8 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
     const settings = {
       model: opts.model,
       yaml: opts.yaml ?? null,
+      family: diffusersFamily(pipe.textEncoder.config, pipe.unet.config),
+      prediction: pipe.scheduler.config.prediction_type,
       prompts,
       negative_prompt: opts.negativePrompt ?? '',
       n: opts.n,

@@ -1,5 +1,5 @@
 /**
- * `sdlab txt2img`: Stable Diffusion 1.x inference from imported weights.
+ * `sdlab txt2img`: Stable Diffusion 1.x / 2.x inference from imported weights.
  *
  *   npx sdlab txt2img --model path/to/stable-diffusion-v1-5 --prompt "a photograph of an astronaut riding a horse"
  *   npx sdlab txt2img --model v1-5-pruned-emaonly.safetensors --yaml v1-inference.yaml \
@@ -18,6 +18,10 @@
  *   npx sdlab txt2img --model DIR --scheduler lcm --steps 4 --guidance 1 --prompt "..."
  *   npx sdlab txt2img --model DIR --scheduler dpm++2m --karras --steps 25 --prompt "..."
  *   npx sdlab txt2img --model sd-turbo --scheduler euler_a --timestep-spacing trailing --steps 1 --guidance 1 --prompt "..."
+ *
+ * SD 2.x works from both layouts (a single file's family comes from its tensors when there is no
+ * yaml: 768-v; `--prediction epsilon` for 512-base); --prediction overrides what the model's config
+ * says the UNet predicts.
  *
  * The flags are shared with img2img and inpaint (./sd_common.ts: --rng, --init-latents,
  * --save-latents too).
@@ -38,7 +42,7 @@ export async function runTxt2Img(opts: Txt2ImgOptions): Promise<Txt2ImgResult> {
 
 export function register(program: Command): void {
   addSdOptions(
-    program.command('txt2img').description('Stable Diffusion 1.x text-to-image from a diffusers directory or a single .safetensors checkpoint'),
+    program.command('txt2img').description('Stable Diffusion 1.x/2.x text-to-image from a diffusers directory or a single .safetensors checkpoint'),
     'out/txt2img',
   ).action(sdAction('txt2img'));
 }

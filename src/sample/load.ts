@@ -21,8 +21,9 @@ import { loadTokenizer } from '../clip/tokenizer_load.ts';
 import type { Tokenizer } from '../clip/tokenizer.ts';
 import { TEXT_ENCODER_PRESETS, TextEncoder, type TextEncoderConfig, readTextEncoderConfig } from '../clip/text_encoder.ts';
 import { UNet2DConditionModel } from '../unet/unet.ts';
+import type { UNet2DConditionConfig } from '../unet/config.ts';
 import { AutoencoderKL } from '../autoencoder/autoencoder.ts';
-import { LdmCheckpoint } from './load_single_file.ts';
+import { LdmCheckpoint, type SdFamily } from './load_single_file.ts';
 import { type Scheduler, type SchedulerName, SCHEDULER_NAMES, createScheduler, readSchedulerConfig, schedulerNameForClass } from '../schedule/index.ts';
 import { type Canvas, vaeCanvas } from '../data/canvas.ts';
 import { type ResolvedSampling, resolveSampling } from './settings.ts';
@@ -54,6 +55,36 @@ export function schedulerFromConfig(config: Record<string, unknown>, name?: stri
 export interface PipelineLoadOptions {
   /** sdlab scheduler name (ddim, euler, ...); default: the class in the model's scheduler config. */
   scheduler?: string;
+  /**
+   * What the UNet predicts, over the scheduler config's prediction_type (or the yaml's
+   * parameterization), as diffusers' `Scheduler.from_config(config, prediction_type=...)`.
+   */
+  prediction?: 'epsilon' | 'v_prediction';
+}
+
+/** The scheduler config with --prediction applied. */
+function withPrediction(config: Record<string, unknown>, prediction: string | undefined): Record<string, unknown> {
+  return prediction ? { ...config, prediction_type: prediction } : config;
+}
+
+/**
+ * SD 1.x or 2.x from a loaded model's diffusers configs (a diffusers directory's, or those a
+ * single file was given): SD 2.x's text encoder is OpenCLIP's (exact gelu; OpenAI CLIP, SD 1.x,
+ * uses quick_gelu) and its UNet attends to 1024-wide text vectors. Before loading a single file,
+ * LdmCheckpoint.family tells (from the yaml or the tensors) and picks these configs.
+ */
+export function diffusersFamily(textEncoder: Pick<TextEncoderConfig, 'hidden_act'>, unet: Pick<UNet2DConditionConfig, 'cross_attention_dim'>): SdFamily {
+  const cross = Array.isArray(unet.cross_attention_dim) ? unet.cross_attention_dim[0] : unet.cross_attention_dim;
+  return textEncoder.hidden_act === 'gelu' || cross === 1024 ? 'sd2' : 'sd1';
+}
+
+/** The text encoder must produce the vectors the UNet attends to (else one line at load, not a shape error mid-run). */
+function checkTextWidth(textEncoder: TextEncoder, unet: UNet2DConditionModel, source: string): void {
+  if (unet.hasCrossAttention && textEncoder.hiddenSize !== unet.plan.crossAttentionDim) {
+    throw new UsageError(
+      `${source}: the text encoder is ${textEncoder.hiddenSize} wide but the UNet attends to ${unet.plan.crossAttentionDim}-wide text (cross_attention_dim): they are not from the same model (SD 1.x: 768, SD 2.x: 1024).`,
+    );
+  }
 }
 
 export interface DiffusersLoadOptions extends PipelineLoadOptions {
@@ -73,11 +104,14 @@ export function loadDiffusersPipeline(dir: string, opts: DiffusersLoadOptions = 
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new UsageError(`--model ${dir}: no such directory (expected a diffusers directory or a .safetensors file).`);
   for (const sub of [...(opts.tokenizer ? [] : ['tokenizer']), 'text_encoder', 'unet', 'vae', 'scheduler']) requireDir(path.join(dir, sub), parts, dir);
   const schedulerFile = path.join(dir, 'scheduler', 'scheduler_config.json');
-  const scheduler = schedulerFromConfig(readSchedulerConfig(schedulerFile), opts.scheduler, schedulerFile);
+  const scheduler = schedulerFromConfig(withPrediction(readSchedulerConfig(schedulerFile), opts.prediction), opts.scheduler, schedulerFile);
+  const textEncoder = TextEncoder.fromPretrained(path.join(dir, 'text_encoder'));
+  const unet = UNet2DConditionModel.fromPretrained(path.join(dir, 'unet'));
+  checkTextWidth(textEncoder, unet, dir);
   return new StableDiffusionPipeline({
     tokenizer: loadTokenizer(opts.tokenizer ?? path.join(dir, 'tokenizer')),
-    textEncoder: TextEncoder.fromPretrained(path.join(dir, 'text_encoder')),
-    unet: UNet2DConditionModel.fromPretrained(path.join(dir, 'unet')),
+    textEncoder,
+    unet,
     vae: AutoencoderKL.fromPretrained(path.join(dir, 'vae')),
     scheduler,
   });
@@ -87,13 +121,14 @@ export function loadDiffusersPipeline(dir: string, opts: DiffusersLoadOptions = 
 // LDM single file
 
 export interface LdmLoadOptions extends PipelineLoadOptions {
-  /** The checkpoint's LDM yaml (default: SD 1.x's v1-inference.yaml values). */
+  /** The checkpoint's LDM yaml (default: v1-inference.yaml's values, v2-inference-v.yaml's for SD 2.x tensors). */
   yaml?: string;
   /** A directory holding the CLIP tokenizer (vocab.json + merges.txt), e.g. a diffusers model dir. Required. */
   tokenizer?: string;
   /**
-   * The text encoder's config.json. Default: SD 1.x's CLIP ViT-L/14 settings with the sizes read
-   * from the weights and 64 channels per head (the head count is not visible in the weights).
+   * The text encoder's config.json. Default: the family's preset (SD 1.x: CLIP ViT-L/14, SD 2.x:
+   * OpenCLIP ViT-H) with the sizes read from the weights and 64 channels per head (the head
+   * count is not visible in the weights).
    */
   textEncoderConfig?: string;
   /** Image size the configs' sample_size is derived from (default 512, 768 for v-prediction). */
@@ -102,14 +137,17 @@ export interface LdmLoadOptions extends PipelineLoadOptions {
 
 /**
  * diffusers' single-file scheduler: SD's DDIM-style config from the yaml's
- * linear_start/linear_end/timesteps (scaled_linear, steps_offset 1, no clipping), epsilon or v.
+ * linear_start/linear_end/timesteps (scaled_linear, steps_offset 1, no clipping), epsilon or v
+ * (the yaml's parameterization, or `parameterization` when given: the architecture's, which
+ * LdmCheckpoint picks for files without a yaml).
  */
-export function ldmSchedulerConfig(yamlFile?: string): Record<string, unknown> {
+export function ldmSchedulerConfig(yamlFile?: string, parameterization?: string): Record<string, unknown> {
   let p: Record<string, unknown> = {};
   if (yamlFile) {
     const doc = parseYaml(fs.readFileSync(yamlFile, 'utf8')) as { model?: { params?: Record<string, unknown> } } | null;
     p = doc?.model?.params ?? {};
   }
+  if (parameterization !== undefined) p = { ...p, parameterization };
   const num = (k: string, d: number) => (typeof p[k] === 'number' ? (p[k] as number) : d);
   return {
     _class_name: 'PNDMScheduler',
@@ -125,6 +163,33 @@ export function ldmSchedulerConfig(yamlFile?: string): Record<string, unknown> {
   };
 }
 
+/**
+ * The text encoder config for a single file's text encoder: `given` (a --text-encoder-config,
+ * checked against the weights' sizes; OpenCLIP weights need exact gelu), else the family's preset
+ * (SD 1.x CLIP ViT-L/14, SD 2.x OpenCLIP ViT-H) with the sizes read from the weights and 64
+ * channels per head. Open the checkpoint with textEncoderLayers: given.num_hidden_layers.
+ */
+export function ldmTextEncoderConfig(ckpt: LdmCheckpoint, given: { config: TextEncoderConfig; source: string } | null): TextEncoderConfig {
+  const shape = ckpt.textEncoderShape();
+  const file = ckpt.file;
+  if (given) {
+    for (const [k, v] of Object.entries(shape)) {
+      if (given.config[k as keyof typeof shape] !== v) {
+        throw new UsageError(`${given.source}: ${k} is ${given.config[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
+      }
+    }
+    // OpenCLIP's transformer uses nn.GELU (exact); OpenAI CLIP's quick_gelu there would run silently wrong.
+    if (ckpt.conversion.fused.size > 0 && given.config.hidden_act !== 'gelu') {
+      throw new UsageError(`${given.source}: hidden_act is "${given.config.hidden_act}" but ${file} holds an OpenCLIP text encoder (SD 2.x), which uses exact "gelu"; use an SD 2.x text encoder config.`);
+    }
+    return given.config;
+  }
+  if (shape.hidden_size % 64 !== 0) {
+    throw new UsageError(`${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`);
+  }
+  return { ...TEXT_ENCODER_PRESETS[ckpt.family], ...shape, num_attention_heads: shape.hidden_size / 64 };
+}
+
 /** An LDM/CompVis single-file checkpoint (.safetensors) + its yaml + a tokenizer directory. */
 export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): StableDiffusionPipeline {
   if (!fs.existsSync(file)) throw new UsageError(`--model ${file}: no such file.`);
@@ -134,27 +199,15 @@ export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): Stable
     );
   }
   const tokenizer: Tokenizer = loadTokenizer(opts.tokenizer);
-  const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize });
-  const shape = ckpt.textEncoderShape();
-  let teConfig: TextEncoderConfig;
-  if (opts.textEncoderConfig) {
-    teConfig = readTextEncoderConfig(opts.textEncoderConfig);
-    for (const [k, v] of Object.entries(shape)) {
-      if (teConfig[k as keyof typeof shape] !== v) {
-        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
-      }
-    }
-  } else {
-    if (shape.hidden_size % 64 !== 0) {
-      throw new UsageError(
-        `${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`,
-      );
-    }
-    teConfig = { ...TEXT_ENCODER_PRESETS.sd1, ...shape, num_attention_heads: shape.hidden_size / 64 };
-  }
+  const given = opts.textEncoderConfig ? readTextEncoderConfig(opts.textEncoderConfig) : null;
+  const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize, prediction: opts.prediction, textEncoderLayers: given?.num_hidden_layers });
+  const teConfig = ldmTextEncoderConfig(ckpt, given && { config: given, source: opts.textEncoderConfig! });
   const textEncoder = ckpt.loadModel('textEncoder', () => new TextEncoder(teConfig), opts.textEncoderConfig ?? `${file} (text encoder)`);
-  const scheduler = schedulerFromConfig(ldmSchedulerConfig(opts.yaml), opts.scheduler, opts.yaml ?? file);
-  return new StableDiffusionPipeline({ tokenizer, textEncoder, unet: ckpt.loadUnet(), vae: ckpt.loadVae(), scheduler });
+  const config = ldmSchedulerConfig(opts.yaml, ckpt.architecture.parameterization);
+  const scheduler = schedulerFromConfig(withPrediction(config, opts.prediction), opts.scheduler, opts.yaml ?? file);
+  const unet = ckpt.loadUnet();
+  checkTextWidth(textEncoder, unet, file);
+  return new StableDiffusionPipeline({ tokenizer, textEncoder, unet, vae: ckpt.loadVae(), scheduler });
 }
 
 // ---------------------------------------------------------------------------------------------

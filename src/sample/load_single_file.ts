@@ -7,10 +7,16 @@
  *
  *   model.diffusion_model.*            → UNet   (input_blocks/middle_block/output_blocks → down/mid/up_blocks)
  *   first_stage_model.*                → VAE    (encoder.down.i.block.j → encoder.down_blocks.i.resnets.j ...)
- *   cond_stage_model.transformer.*     → CLIP text encoder (already transformers names: prefix stripped)
+ *   cond_stage_model.transformer.*     → CLIP text encoder (SD 1.x; already transformers names: prefix stripped)
+ *   cond_stage_model.model.*           → OpenCLIP text encoder (SD 2.x; convert_open_clip_checkpoint): fused
+ *                                        attn.in_proj_{weight,bias} split into q/k/v rows, resblocks.N →
+ *                                        encoder.layers.N, ln_final → final_layer_norm; blocks SD 2 does
+ *                                        not read are skipped (it reads the penultimate: openClipLayers)
  *
  * The architecture comes from the checkpoint's yaml (e.g. v1-inference.yaml: model.params.
- * unet_config / first_stage_config / scale_factor) or, without one, from SD 1.x's defaults.
+ * unet_config / first_stage_config / scale_factor) or, without one, from the family the tensors
+ * show (detectLdmFamily: SD 1.x → v1-inference.yaml, SD 2.x → v2-inference-v.yaml, as diffusers
+ * picks); a yaml of the other family is refused.
  * Tensors are read lazily, one at a time, so a 4 GB checkpoint loads with little extra memory.
  *
  *   const ckpt = LdmCheckpoint.open('sd-v1-5.safetensors', { yaml: 'v1-inference.yaml' });
@@ -22,8 +28,8 @@
  * Skipped on purpose (listed in `ckpt.skipped`): the training schedule buffers (betas,
  * alphas_cumprod, ... — the scheduler recomputes them), the EMA copy `model_ema.*` (diffusers'
  * default extract_ema=False reads the regular weights too), the VAE's training loss
- * `first_stage_model.loss.*` and CLIP's `position_ids`. Not supported: SD 2.x's OpenCLIP text
- * encoder (`cond_stage_model.model.*`), SDXL (`conditioner.*`), pickle `.ckpt` files.
+ * `first_stage_model.loss.*`, CLIP's `position_ids`, OpenCLIP's `text_projection` / `logit_scale`
+ * (SD 2 uses neither) and its last resblock. Not supported: SDXL (`conditioner.*`).
  */
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
@@ -31,6 +37,7 @@ import { type Module, type StateDict, type TensorData, assignPlanned, buildCheck
 import { SafetensorsFile } from '../io/safetensors.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
+import { TEXT_ENCODER_PRESETS } from '../clip/text_encoder.ts';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
 
@@ -82,6 +89,12 @@ export interface LdmArchitecture {
   parameterization: string;
   /** cond_stage_config.target, e.g. ldm.modules.encoders.modules.FrozenCLIPEmbedder. */
   condStageTarget: string | null;
+  /**
+   * FrozenOpenCLIPEmbedder's cond_stage_config.params.layer: "penultimate" (SD 2.x: the last
+   * resblock is dropped, as diffusers does) or "last" (all of them); null when the yaml does not
+   * say (diffusers then drops the last one too).
+   */
+  condStageLayer?: string | null;
 }
 
 /** Stable Diffusion 1.x (v1-inference.yaml), used when no yaml is given. */
@@ -106,6 +119,35 @@ export const LDM_SD1_ARCHITECTURE: LdmArchitecture = {
   parameterization: 'eps',
   condStageTarget: 'ldm.modules.encoders.modules.FrozenCLIPEmbedder',
 };
+
+/**
+ * Stable Diffusion 2.x 768-v (v2-inference-v.yaml): what diffusers assumes for a file without a
+ * yaml whose tensors are SD 2.x. 64 channels per head, linear transformer projections, a
+ * 1024-wide OpenCLIP context, v-prediction.
+ */
+export const LDM_SD2_ARCHITECTURE: LdmArchitecture = {
+  unet: {
+    in_channels: 4,
+    out_channels: 4,
+    model_channels: 320,
+    attention_resolutions: [4, 2, 1],
+    num_res_blocks: 2,
+    channel_mult: [1, 2, 4, 4],
+    num_head_channels: 64,
+    use_spatial_transformer: true,
+    use_linear_in_transformer: true,
+    transformer_depth: 1,
+    context_dim: 1024,
+  },
+  vae: LDM_SD1_ARCHITECTURE.vae,
+  scaleFactor: 0.18215,
+  parameterization: 'v',
+  condStageTarget: 'ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder',
+  condStageLayer: 'penultimate',
+};
+
+/** Stable Diffusion 2.x 512-base (v2-inference.yaml): LDM_SD2_ARCHITECTURE with epsilon prediction. */
+export const LDM_SD2_BASE_ARCHITECTURE: LdmArchitecture = { ...LDM_SD2_ARCHITECTURE, parameterization: 'eps' };
 
 /** Reads the architecture from an LDM yaml (v1-inference.yaml and its relatives). */
 export function readLdmYaml(file: string): LdmArchitecture {
@@ -141,13 +183,87 @@ export function readLdmYaml(file: string): LdmArchitecture {
   for (const k of ['ch', 'ch_mult', 'num_res_blocks', 'z_channels', 'in_channels', 'out_ch']) get(`model.params.first_stage_config.params.ddconfig.${k}`);
   get('model.params.first_stage_config.params.embed_dim');
   const target = get('model.params.cond_stage_config.target', false);
+  const layer = get('model.params.cond_stage_config.params.layer', false);
+  if (layer !== undefined && layer !== 'penultimate' && layer !== 'last') {
+    throw new UsageError(`${file}: cond_stage_config.params.layer ${JSON.stringify(layer)} is not supported (expected "penultimate" or "last").`);
+  }
   return {
     unet,
     vae,
     scaleFactor: (get('model.params.scale_factor', false) as number | undefined) ?? 0.18215,
     parameterization: (get('model.params.parameterization', false) as string | undefined) ?? 'eps',
     condStageTarget: typeof target === 'string' ? target : null,
+    condStageLayer: layer ?? null,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family (SD 1.x or 2.x)
+
+export type SdFamily = 'sd1' | 'sd2';
+
+/** What a yaml's cond_stage_config.target says about the family (null: nothing). */
+export function ldmYamlFamily(arch: LdmArchitecture): SdFamily | null {
+  const t = arch.condStageTarget ?? '';
+  if (/FrozenOpenCLIPEmbedder$/.test(t)) return 'sd2';
+  if (/FrozenCLIPEmbedder$/.test(t)) return 'sd1';
+  return null;
+}
+
+/**
+ * SD 1.x or 2.x from an LDM file's tensors: its text encoder's layout (OpenCLIP
+ * `cond_stage_model.model.*` is SD 2.x, CLIP `cond_stage_model.transformer.*` SD 1.x), else —
+ * diffusers' rule — the width of the UNet's cross-attention keys (attn2.to_k: 1024 for SD 2.x,
+ * 768 for SD 1.x). family null: the tensors do not tell. `reason` says what decided it.
+ */
+export function detectLdmFamily(names: Iterable<string>, shapeOf: (key: string) => number[] | undefined): { family: SdFamily | null; reason: string } {
+  let toK: string | undefined;
+  for (const k of names) {
+    if (k.startsWith(OPENCLIP_PREFIX)) return { family: 'sd2', reason: `an OpenCLIP text encoder (${OPENCLIP_PREFIX}*)` };
+    if (k.startsWith(LDM_PREFIX.textEncoder)) return { family: 'sd1', reason: `a CLIP text encoder (${LDM_PREFIX.textEncoder}*)` };
+    if (toK === undefined && k.startsWith(LDM_PREFIX.unet) && k.endsWith('.attn2.to_k.weight')) toK = k;
+  }
+  const width = toK === undefined ? undefined : shapeOf(toK)?.at(-1);
+  if (width === 1024) return { family: 'sd2', reason: `1024-wide text context (${toK})` };
+  if (width === 768) return { family: 'sd1', reason: `768-wide text context (${toK})` };
+  return { family: null, reason: 'no text encoder and no 768/1024-wide cross-attention' };
+}
+
+const FAMILY_NAME: Record<SdFamily, string> = { sd1: 'SD 1.x', sd2: 'SD 2.x' };
+
+/**
+ * How many of an OpenCLIP file's resblocks the text encoder keeps (undefined: the file has none).
+ * SD 2 reads the penultimate block's output. diffusers' converter loads the file into its SD 2
+ * text encoder config (23 layers) and ignores `resblocks.23`: a 24-block original keeps 23, and
+ * so does a 23-block file written back from diffusers. sdlab does the same for ViT-H (1024
+ * wide); other widths keep all but the last block (the LDM meaning of "penultimate"), and a yaml
+ * with `layer: "last"` keeps every block. A text-encoder config's num_hidden_layers, when
+ * given, decides.
+ */
+export function openClipLayers(
+  names: Iterable<string>,
+  shapeOf: (key: string) => number[] | undefined,
+  arch: Pick<LdmArchitecture, 'condStageLayer'>,
+  configLayers?: number,
+  source = 'LDM checkpoint',
+): number | undefined {
+  let blocks = 0;
+  for (const k of names) {
+    const m = /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./.exec(k);
+    if (m) blocks = Math.max(blocks, Number(m[1]) + 1);
+  }
+  if (blocks === 0) return undefined;
+  if (configLayers !== undefined) {
+    // The file holds the config's layers, plus the last block when it is an original (penultimate).
+    if (blocks > configLayers + 1) {
+      throw new UsageError(`${source}: its OpenCLIP text encoder has ${blocks} resblocks but the text encoder config has num_hidden_layers ${configLayers} (expected ${configLayers} or ${configLayers + 1}).`);
+    }
+    return configLayers;
+  }
+  if (arch.condStageLayer === 'last') return blocks;
+  const sd2 = TEXT_ENCODER_PRESETS.sd2;
+  if (shapeOf(`${OPENCLIP_PREFIX}token_embedding.weight`)?.[1] === sd2.hidden_size) return Math.min(blocks, sd2.num_hidden_layers);
+  return blocks - 1;
 }
 
 /** Default image size diffusers assumes: 768 for v-prediction (SD 2.x 768-v), else 512. */
@@ -343,6 +459,40 @@ export function ldmVaeKey(key: string, numLevels: number): string | null {
   return null;
 }
 
+/** SD 2.x single files: the OpenCLIP text model (FrozenOpenCLIPEmbedder.model, visual tower removed). */
+export const OPENCLIP_PREFIX = 'cond_stage_model.model.';
+
+const OPENCLIP_BLOCK_NAMES: Array<[string, string]> = [
+  ['ln_1.', 'layer_norm1.'],
+  ['ln_2.', 'layer_norm2.'],
+  ['attn.out_proj.', 'self_attn.out_proj.'],
+  ['mlp.c_fc.', 'mlp.fc1.'],
+  ['mlp.c_proj.', 'mlp.fc2.'],
+];
+
+/**
+ * One OpenCLIP text key without `cond_stage_model.model.` → its transformers CLIPTextModel
+ * name(s), as diffusers' convert_open_clip_checkpoint renames them: a fused attention input
+ * projection (attn.in_proj_weight [3D, D] / in_proj_bias [3D], rows q, k, v) gives three names.
+ * null: not a text-encoder weight.
+ */
+export function openClipTextKey(key: string): string[] | null {
+  const simple: Record<string, string> = {
+    positional_embedding: 'text_model.embeddings.position_embedding.weight',
+    'token_embedding.weight': 'text_model.embeddings.token_embedding.weight',
+    'ln_final.weight': 'text_model.final_layer_norm.weight',
+    'ln_final.bias': 'text_model.final_layer_norm.bias',
+  };
+  if (Object.hasOwn(simple, key)) return [simple[key]];
+  const m = /^transformer\.resblocks\.(\d+)\.(.+)$/.exec(key);
+  if (!m) return null;
+  const layer = `text_model.encoder.layers.${Number(m[1])}.`;
+  const fused = /^attn\.in_proj_(weight|bias)$/.exec(m[2]);
+  if (fused) return ['q_proj', 'k_proj', 'v_proj'].map((p) => `${layer}self_attn.${p}.${fused[1]}`);
+  const r = renameStart(m[2], OPENCLIP_BLOCK_NAMES);
+  return r && /^[a-z_12.]+\.(weight|bias)$/.test(r) ? [layer + r] : null;
+}
+
 /** One text-encoder key without `cond_stage_model.transformer.` → transformers CLIPTextModel name. */
 export function ldmTextEncoderKey(key: string): string {
   // Checkpoints from old transformers releases lack the text_model. level.
@@ -355,6 +505,9 @@ const SKIP = [
   /^model_ema\./,
   /^first_stage_model\.loss\./,
   /\.position_ids$/,
+  // OpenCLIP's projection into the image space and its contrastive temperature: SD 2 reads the
+  // token states only (diffusers' CLIPTextModel has neither); attn_mask is the causal mask.
+  /^cond_stage_model\.model\.(text_projection|logit_scale|attn_mask)$/,
 ];
 
 export interface LdmConversion {
@@ -362,6 +515,11 @@ export interface LdmConversion {
   unet: Map<string, string>;
   vae: Map<string, string>;
   textEncoder: Map<string, string>;
+  /**
+   * Text-encoder names that are a third of a fused OpenCLIP in_proj tensor: name → which rows
+   * (0 q, 1 k, 2 v of [3D, …]).
+   */
+  fused: Map<string, number>;
   /** Keys deliberately not converted. */
   skipped: string[];
 }
@@ -370,8 +528,23 @@ export interface LdmConversion {
  * Sorts every key of an LDM checkpoint into UNet / VAE / text-encoder names; one UsageError
  * lists everything that is neither convertible nor a known non-weight.
  */
-export function planLdmConversion(keys: Iterable<string>, opts: { layersPerBlock: number; vaeLevels: number; source?: string }): LdmConversion {
-  const out: LdmConversion = { unet: new Map(), vae: new Map(), textEncoder: new Map(), skipped: [] };
+export function planLdmConversion(
+  keys: Iterable<string>,
+  opts: {
+    layersPerBlock: number;
+    vaeLevels: number;
+    source?: string;
+    /** OpenCLIP: how many resblocks the text encoder keeps (the rest are skipped; default all). See openClipLayers. */
+    openClipLayers?: number;
+  },
+): LdmConversion {
+  const out: LdmConversion = { unet: new Map(), vae: new Map(), textEncoder: new Map(), fused: new Map(), skipped: [] };
+  const all = [...keys];
+  const keep = opts.openClipLayers ?? Infinity;
+  const dropped = (key: string) => {
+    const m = /^cond_stage_model\.model\.transformer\.resblocks\.(\d+)\./.exec(key);
+    return m !== null && Number(m[1]) >= keep;
+  };
   const unknown: string[] = [];
   const duplicate: string[] = [];
   const put = (component: LdmComponent, name: string, key: string) => {
@@ -379,10 +552,9 @@ export function planLdmConversion(keys: Iterable<string>, opts: { layersPerBlock
     if (prev !== undefined) duplicate.push(`${key} and ${prev} (both → ${name})`);
     else out[component].set(name, key);
   };
-  let openClip = false;
   let sdxl = false;
-  for (const key of keys) {
-    if (SKIP.some((re) => re.test(key))) {
+  for (const key of all) {
+    if (SKIP.some((re) => re.test(key)) || dropped(key)) {
       out.skipped.push(key);
       continue;
     }
@@ -396,9 +568,13 @@ export function planLdmConversion(keys: Iterable<string>, opts: { layersPerBlock
     } else if (key.startsWith(LDM_PREFIX.textEncoder)) {
       name = ldmTextEncoderKey(key.slice(LDM_PREFIX.textEncoder.length));
       put('textEncoder', name, key);
-    } else if (key.startsWith('cond_stage_model.model.')) {
-      openClip = true;
-      continue;
+    } else if (key.startsWith(OPENCLIP_PREFIX)) {
+      const names = openClipTextKey(key.slice(OPENCLIP_PREFIX.length));
+      names?.forEach((n, i) => {
+        put('textEncoder', n, key);
+        if (names.length > 1) out.fused.set(n, i);
+      });
+      name = names && names[0];
     } else if (key.startsWith('conditioner.')) {
       sdxl = true;
       continue;
@@ -406,7 +582,10 @@ export function planLdmConversion(keys: Iterable<string>, opts: { layersPerBlock
     if (name === null) unknown.push(key);
   }
   const src = opts.source ?? 'LDM checkpoint';
-  if (openClip) throw new UsageError(`${src}: has an OpenCLIP text encoder (cond_stage_model.model.*, SD 2.x), which the LDM importer does not convert yet; use a diffusers directory.`);
+  if (all.some((k) => k.startsWith(OPENCLIP_PREFIX)) && all.some((k) => k.startsWith(LDM_PREFIX.textEncoder))) {
+    throw new UsageError(`${src}: holds two text encoders (CLIP ${LDM_PREFIX.textEncoder}* and OpenCLIP ${OPENCLIP_PREFIX}*); an SD 1.x/2.x checkpoint has one.`);
+  }
+  if (keep < 1) throw new UsageError(`${src}: its OpenCLIP text encoder would keep no resblock (a single one, and SD 2 reads the penultimate block's output).`);
   if (sdxl) throw new UsageError(`${src}: is an SDXL checkpoint (conditioner.*), which sdlab does not support.`);
   const problems: string[] = [];
   const some = (a: string[]) => a.slice(0, 20).join(', ') + (a.length > 20 ? `, … (${a.length - 20} more)` : '');
@@ -420,10 +599,18 @@ export function planLdmConversion(keys: Iterable<string>, opts: { layersPerBlock
 // LdmCheckpoint
 
 export interface LdmOpenOptions {
-  /** The checkpoint's LDM yaml (default: SD 1.x's v1-inference.yaml values). */
+  /** The checkpoint's LDM yaml (default: the family's, from the tensors: detectLdmFamily). */
   yaml?: string;
   /** Image size in pixels for the configs' sample_size (default 512; 768 for v-prediction). */
   imageSize?: number;
+  /**
+   * Without a yaml, picks SD 2.x's variant: 'epsilon' → 512-base (v2-inference.yaml),
+   * otherwise 768-v (v2-inference-v.yaml, diffusers' default). With a yaml it changes nothing
+   * here (the scheduler's prediction_type is set by the pipeline loader).
+   */
+  prediction?: string;
+  /** The text encoder's num_hidden_layers when its config is given (an OpenCLIP file keeps that many resblocks). */
+  textEncoderLayers?: number;
 }
 
 /** A safetensors LDM checkpoint, opened lazily: configs and key plan now, tensors on demand. */
@@ -435,29 +622,49 @@ export class LdmCheckpoint {
     readonly unetConfig: UNet2DConditionConfig,
     readonly vaeConfig: AutoencoderKLConfig,
     readonly conversion: LdmConversion,
-    /** Where the architecture came from (the yaml, or the SD 1.x default), for errors. */
+    /** Where the architecture came from (the yaml, or the family's default), for errors. */
     readonly architectureSource: string,
+    /** SD 1.x or 2.x: the yaml's text encoder, else what the tensors show (SD 1.x when they show nothing). */
+    readonly family: SdFamily,
   ) {}
 
   static open(file: string, opts: LdmOpenOptions = {}): LdmCheckpoint {
     if (/\.(ckpt|pt|pth|bin)$/i.test(file)) {
       throw new UsageError(`${file}: pickle checkpoints are not read by sdlab (they can run code); convert it to .safetensors first.`);
     }
-    const arch = opts.yaml ? readLdmYaml(opts.yaml) : LDM_SD1_ARCHITECTURE;
-    const source = opts.yaml ?? `${file} (SD 1.x default architecture)`;
-    if (arch.condStageTarget && /OpenCLIP/i.test(arch.condStageTarget)) {
-      throw new UsageError(`${source}: cond_stage_config ${arch.condStageTarget} (SD 2.x OpenCLIP) is not supported by the LDM importer yet; use a diffusers directory.`);
+    const yamlArch = opts.yaml ? readLdmYaml(opts.yaml) : null;
+    const st = SafetensorsFile.open(file);
+    const detected = detectLdmFamily(st.names(), (k) => st.entries.get(k)?.shape);
+    let arch: LdmArchitecture;
+    let source: string;
+    let family: SdFamily;
+    if (yamlArch) {
+      [arch, source] = [yamlArch, opts.yaml!];
+      const said = ldmYamlFamily(arch);
+      if (said && detected.family && said !== detected.family) {
+        throw new UsageError(
+          `${source}: an ${FAMILY_NAME[said]} config (cond_stage_config ${arch.condStageTarget}) but ${file} holds ${FAMILY_NAME[detected.family]} weights (${detected.reason}); pass the checkpoint's own yaml.`,
+        );
+      }
+      family = said ?? detected.family ?? 'sd1';
+    } else {
+      // diffusers' choice without a yaml: v1-inference.yaml, or v2-inference-v.yaml for SD 2.x.
+      family = detected.family ?? 'sd1';
+      const base = opts.prediction === 'epsilon';
+      arch = family === 'sd2' ? (base ? LDM_SD2_BASE_ARCHITECTURE : LDM_SD2_ARCHITECTURE) : LDM_SD1_ARCHITECTURE;
+      const variant = family === 'sd2' ? (base ? ' 512-base' : ' 768-v') : '';
+      source = `${file} (${FAMILY_NAME[family]}${variant} default architecture, from ${detected.family ? detected.reason : 'no sign of SD 2.x'})`;
     }
     const imageSize = opts.imageSize ?? defaultLdmImageSize(arch);
     const unetConfig = unetConfigFromLdm(arch, imageSize, source);
     const vaeConfig = vaeConfigFromLdm(arch, imageSize, source);
-    const st = SafetensorsFile.open(file);
     const conversion = planLdmConversion(st.names(), {
       layersPerBlock: arch.unet.num_res_blocks,
       vaeLevels: arch.vae.ddconfig.ch_mult.length,
       source: file,
+      openClipLayers: openClipLayers(st.names(), (k) => st.entries.get(k)?.shape, arch, opts.textEncoderLayers, file),
     });
-    return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion, source);
+    return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion, source, family);
   }
 
   /** diffusers names of a component, in file order. */
@@ -471,16 +678,32 @@ export class LdmCheckpoint {
     return key;
   }
 
-  /** Shape under the diffusers name (the VAE's 1×1-conv attention weights become linear). */
+  /**
+   * Shape under the diffusers name (the VAE's 1×1-conv attention weights become linear; a third
+   * of a fused OpenCLIP q/k/v projection has a third of its rows).
+   */
   shapeOf(component: LdmComponent, name: string): number[] {
-    return diffusersShape(component, name, this.st.entries.get(this.ldmKey(component, name))!.shape);
+    const shape = this.st.entries.get(this.ldmKey(component, name))!.shape;
+    return component === 'textEncoder' && this.conversion.fused.has(name) ? fusedPartShape(shape, name, this.file) : diffusersShape(component, name, shape);
   }
 
   /** Reads one tensor (float32, PyTorch layout) under its diffusers name. */
   read(component: LdmComponent, name: string): TensorData {
-    const t = this.st.read(this.ldmKey(component, name));
+    const key = this.ldmKey(component, name);
+    const part = component === 'textEncoder' ? this.conversion.fused.get(name) : undefined;
+    if (part !== undefined) {
+      // q, k, v are consecutive row blocks of the fused tensor: read it once for all three.
+      if (this.lastFused?.key !== key) this.lastFused = { key, t: this.st.read(key) };
+      const t = this.lastFused.t;
+      const shape = fusedPartShape(t.shape, name, this.file);
+      const n = shape.reduce((a, b) => a * b, 1);
+      return { shape, data: t.data.slice(part * n, (part + 1) * n), dtype: t.dtype };
+    }
+    const t = this.st.read(key);
     return { shape: diffusersShape(component, name, t.shape), data: t.data, dtype: t.dtype };
   }
+
+  private lastFused?: { key: string; t: { shape: number[]; data: Float32Array; dtype: string } };
 
   /** The whole component as a diffusers/transformers state dict (reads every tensor). */
   stateDict(component: LdmComponent): StateDict {
@@ -496,7 +719,11 @@ export class LdmCheckpoint {
 
   /** Loads a component into `model` (names and shapes checked first, then one tensor at a time; NaN/Inf refused). */
   loadInto(model: Module, component: LdmComponent): void {
-    assignPlanned(model, this.plan(model, component), (name) => this.read(component, name).data, `${this.file} (${component})`);
+    try {
+      assignPlanned(model, this.plan(model, component), (name) => this.read(component, name).data, `${this.file} (${component})`);
+    } finally {
+      this.lastFused = undefined;
+    }
   }
 
   /**
@@ -521,7 +748,8 @@ export class LdmCheckpoint {
 
   /**
    * The text encoder's sizes as far as the weights tell (heads are not visible in shapes:
-   * SD 1.x's CLIP ViT-L/14 has 12).
+   * SD 1.x's CLIP ViT-L/14 has 12, SD 2.x's OpenCLIP ViT-H 16: 64 channels each). An OpenCLIP
+   * file's layers are those SD reads (the last resblock dropped).
    */
   textEncoderShape(): { vocab_size: number; hidden_size: number; max_position_embeddings: number; intermediate_size: number; num_hidden_layers: number } {
     const shape = (n: string) => this.shapeOf('textEncoder', n);
@@ -535,6 +763,14 @@ export class LdmCheckpoint {
       num_hidden_layers: layers.size,
     };
   }
+}
+
+/** The shape of one of q/k/v in a fused OpenCLIP in_proj tensor: [3D, D] → [D, D], [3D] → [D]. */
+function fusedPartShape(shape: number[], name: string, file: string): number[] {
+  if (shape.length < 1 || shape[0] % 3 !== 0) {
+    throw new UsageError(`${file}: the fused attention projection behind ${name} has shape [${shape}], whose first size is not a multiple of 3 (q, k, v).`);
+  }
+  return [shape[0] / 3, ...shape.slice(1)];
 }
 
 /** diffusers stores the VAE attention projections as linear weights (LDM: 1×1 convs). */
