@@ -2,10 +2,9 @@
  * `sdlab img2img` and `sdlab inpaint` on the command line (child processes, as users run them):
  * bad input fails with one line, exit 2 and nothing written; a run on the tiny fixture model
  * writes its PNG and settings; --save-latents writes the start noise (NCHW, the values the
- * seed's streams give) and --init-latents reproduces the run from it. With the real
- * TorchGenerator (src/util/torch_random.ts, helper "rng"), `--rng torch` must reproduce
- * upstream's fixture images from the seeds the fixture used; those cases skip while the file is
- * the placeholder.
+ * seed's streams give) and --init-latents reproduces the run from it. `--rng torch` (the
+ * TorchGenerator, src/util/torch_random.ts) must reproduce upstream's fixture images from the
+ * seeds the fixture used.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,7 +14,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { readPng } from '../src/io/png.ts';
 import { imageGenerator, nhwcToNchw } from '../src/sample/noise.ts';
-import { TorchGenerator } from '../src/util/torch_random.ts';
 import { renderGrid, savePng } from '../src/viz/index.ts';
 import { MODEL, PIPELINES, TINY, inpaintModelDir, manifest, refTensor } from './helpers/pipeline-fixture.ts';
 
@@ -153,17 +151,7 @@ describe('img2img / inpaint runs (tiny fixture model)', () => {
   }, 300_000);
 });
 
-/** The real generator is merged in (helper "rng"), not the placeholder that throws. */
-const torchReady = (() => {
-  try {
-    new TorchGenerator(0).normalArray(1);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
-describe.skipIf(!torchReady)('--rng torch reproduces upstream from the fixture\'s seeds', () => {
+describe('--rng torch reproduces upstream from the fixture\'s seeds', () => {
   /** max |png − round(255 · reference)| over the pixels (PNG is 8-bit). */
   function pngDiff(file: string, key: string): number {
     const png = readPng(file);
