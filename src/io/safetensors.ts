@@ -32,6 +32,11 @@ const DTYPE_SIZE: Record<Dtype, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
 };
 
+/** Bytes per element of each dtype. */
+export function dtypeSize(dtype: Dtype): number {
+  return DTYPE_SIZE[dtype];
+}
+
 /** The spec caps the header at 100 MB; anything larger is refused before allocating. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
@@ -84,6 +89,13 @@ export class SafetensorsFile {
     return [...this.entries.keys()];
   }
 
+  /** Shape of tensor `name` (from the header; no data is read). */
+  shapeOf(name: string): number[] {
+    const e = this.entries.get(name);
+    if (!e) throw new UsageError(`${this.file}: no tensor named "${name}".`);
+    return [...e.shape];
+  }
+
   /** Reads one tensor, converted to float32. */
   read(name: string): SafeTensor {
     const e = this.entries.get(name);
@@ -100,7 +112,7 @@ export class SafetensorsFile {
     } finally {
       fs.closeSync(fd);
     }
-    return { dtype: e.dtype, shape: [...e.shape], data: decode(e.dtype, bytes) };
+    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes) };
   }
 
   /** Reads every tensor (or those `filter` accepts), in file order. */
@@ -242,7 +254,8 @@ export function floatToBf16(value: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-function decode(dtype: Dtype, bytes: Uint8Array): Float32Array {
+/** Bytes of `dtype` values (little-endian, `bytes` starting at offset 0 of its own buffer) → float32. */
+export function decodeTensorBytes(dtype: Dtype, bytes: Uint8Array): Float32Array {
   const buf = bytes.buffer;
   const n = bytes.length / DTYPE_SIZE[dtype];
   switch (dtype) {
