@@ -9,5 +9,6 @@ import { register as sample } from './sample.ts';
 import { register as txt2img } from './txt2img.ts';
 import { register as clipEval } from './clip_eval.ts';
 import { register as checkExercise } from './check_exercise.ts';
+import { register as convert } from './convert.ts';
 
-export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, clipEval, checkExercise];
+export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, convert, clipEval, checkExercise];

@@ -327,20 +327,30 @@ export function writeSafetensors(
   tensors: Map<string, { shape: readonly number[]; data: Float32Array }> | Record<string, { shape: readonly number[]; data: Float32Array }>,
   opts: WriteOptions = {},
 ): void {
+  const map = tensors instanceof Map ? tensors : new Map(Object.entries(tensors));
+  writeSafetensorsFrom(file, [...map].map(([name, t]) => ({ name, shape: t.shape })), (name) => map.get(name)!.data, opts);
+}
+
+/**
+ * writeSafetensors for tensors produced one at a time: the header needs only names and shapes,
+ * then `read(name)` is called once per tensor, in the file's (name) order, and its values are
+ * written before the next is read — so converting a multi-GB checkpoint holds one tensor at a time.
+ */
+export function writeSafetensorsFrom(
+  file: string,
+  specs: ReadonlyArray<{ name: string; shape: readonly number[] }>,
+  read: (name: string) => Float32Array,
+  opts: WriteOptions = {},
+): void {
   const dtype = opts.dtype ?? 'F32';
   const size = DTYPE_SIZE[dtype];
-  const items = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort((a, b) =>
-    a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0,
-  );
+  const items = [...specs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const header: Record<string, unknown> = {};
   if (opts.metadata) header.__metadata__ = opts.metadata;
   let offset = 0;
-  for (const [name, t] of items) {
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) {
-      throw new Error(`writeSafetensors: tensor "${name}" has shape [${t.shape.join(',')}] but ${t.data.length} values`);
-    }
-    header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + count * size] };
+  for (const { name, shape } of items) {
+    const count = shape.reduce((a, b) => a * b, 1);
+    header[name] = { dtype, shape: [...shape], data_offsets: [offset, offset + count * size] };
     offset += count * size;
   }
   let json = JSON.stringify(header);
@@ -352,6 +362,13 @@ export function writeSafetensors(
   writeStreamAtomicSync(file, (write) => {
     write(len);
     write(headerBytes);
-    for (const [, t] of items) write(encode(dtype, t.data));
+    for (const { name, shape } of items) {
+      const data = read(name);
+      const count = shape.reduce((a, b) => a * b, 1);
+      if (count !== data.length) {
+        throw new Error(`writeSafetensors: tensor "${name}" has shape [${shape.join(',')}] but ${data.length} values`);
+      }
+      write(encode(dtype, data));
+    }
   });
 }

@@ -3,7 +3,7 @@
  *
  *   loadDiffusersPipeline('path/to/model')          a diffusers directory (save_pretrained):
  *                                                   tokenizer/ text_encoder/ unet/ vae/ scheduler/
- *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })
+ *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })   (or 'sd.ckpt')
  *                                                   an original CompVis/LDM single file (+ its yaml);
  *                                                   the tokenizer comes from a separate directory
  *   loadRunPipeline('runs/default')                 a run trained by sdlab: vae/ clip/ unet/,
@@ -125,6 +125,31 @@ export function ldmSchedulerConfig(yamlFile?: string): Record<string, unknown> {
   };
 }
 
+/**
+ * The text encoder config of a single file: `configFile` (checked against the weights' sizes),
+ * else SD 1.x's CLIP ViT-L/14 settings with the sizes read from the weights and 64 channels per
+ * head (the head count is not visible in the weights).
+ */
+export function ldmTextEncoderConfig(ckpt: LdmCheckpoint, configFile?: string): TextEncoderConfig {
+  const file = ckpt.file;
+  const shape = ckpt.textEncoderShape();
+  if (configFile) {
+    const teConfig = readTextEncoderConfig(configFile);
+    for (const [k, v] of Object.entries(shape)) {
+      if (teConfig[k as keyof typeof shape] !== v) {
+        throw new UsageError(`${configFile}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
+      }
+    }
+    return teConfig;
+  }
+  if (shape.hidden_size % 64 !== 0) {
+    throw new UsageError(
+      `${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`,
+    );
+  }
+  return { ...TEXT_ENCODER_PRESETS.sd1, ...shape, num_attention_heads: shape.hidden_size / 64 };
+}
+
 /** An LDM/CompVis single-file checkpoint (.safetensors) + its yaml + a tokenizer directory. */
 export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): StableDiffusionPipeline {
   if (!fs.existsSync(file)) throw new UsageError(`--model ${file}: no such file.`);
@@ -135,23 +160,7 @@ export function loadLdmPipeline(file: string, opts: LdmLoadOptions = {}): Stable
   }
   const tokenizer: Tokenizer = loadTokenizer(opts.tokenizer);
   const ckpt = LdmCheckpoint.open(file, { yaml: opts.yaml, imageSize: opts.imageSize });
-  const shape = ckpt.textEncoderShape();
-  let teConfig: TextEncoderConfig;
-  if (opts.textEncoderConfig) {
-    teConfig = readTextEncoderConfig(opts.textEncoderConfig);
-    for (const [k, v] of Object.entries(shape)) {
-      if (teConfig[k as keyof typeof shape] !== v) {
-        throw new UsageError(`${opts.textEncoderConfig}: ${k} is ${teConfig[k as keyof typeof shape]} but the weights in ${file} have ${v}.`);
-      }
-    }
-  } else {
-    if (shape.hidden_size % 64 !== 0) {
-      throw new UsageError(
-        `${file}: text encoder width ${shape.hidden_size} is not a multiple of 64, so its number of heads cannot be guessed; pass --text-encoder-config config.json.`,
-      );
-    }
-    teConfig = { ...TEXT_ENCODER_PRESETS.sd1, ...shape, num_attention_heads: shape.hidden_size / 64 };
-  }
+  const teConfig = ldmTextEncoderConfig(ckpt, opts.textEncoderConfig);
   const textEncoder = ckpt.loadModel('textEncoder', () => new TextEncoder(teConfig), opts.textEncoderConfig ?? `${file} (text encoder)`);
   const scheduler = schedulerFromConfig(ldmSchedulerConfig(opts.yaml), opts.scheduler, opts.yaml ?? file);
   return new StableDiffusionPipeline({ tokenizer, textEncoder, unet: ckpt.loadUnet(), vae: ckpt.loadVae(), scheduler });

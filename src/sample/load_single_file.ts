@@ -23,12 +23,13 @@
  * alphas_cumprod, ... — the scheduler recomputes them), the EMA copy `model_ema.*` (diffusers'
  * default extract_ema=False reads the regular weights too), the VAE's training loss
  * `first_stage_model.loss.*` and CLIP's `position_ids`. Not supported: SD 2.x's OpenCLIP text
- * encoder (`cond_stage_model.model.*`), SDXL (`conditioner.*`), pickle `.ckpt` files.
+ * encoder (`cond_stage_model.model.*`), SDXL (`conditioner.*`). PyTorch `.ckpt` files are read by
+ * io/ckpt.ts's restricted unpickler (tensor state dicts only; nothing in the file is run).
  */
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { type Module, type StateDict, type TensorData, assignPlanned, buildChecked, planLoad } from '../nn/module.ts';
-import { SafetensorsFile } from '../io/safetensors.ts';
+import { type TensorFile, openTensorFile } from '../io/ckpt.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
 import { UsageError } from '../util/errors.ts';
@@ -426,11 +427,11 @@ export interface LdmOpenOptions {
   imageSize?: number;
 }
 
-/** A safetensors LDM checkpoint, opened lazily: configs and key plan now, tensors on demand. */
+/** An LDM checkpoint (.safetensors or a PyTorch .ckpt), opened lazily: configs and key plan now, tensors on demand. */
 export class LdmCheckpoint {
   private constructor(
     readonly file: string,
-    private readonly st: SafetensorsFile,
+    private readonly st: TensorFile,
     readonly architecture: LdmArchitecture,
     readonly unetConfig: UNet2DConditionConfig,
     readonly vaeConfig: AutoencoderKLConfig,
@@ -440,9 +441,6 @@ export class LdmCheckpoint {
   ) {}
 
   static open(file: string, opts: LdmOpenOptions = {}): LdmCheckpoint {
-    if (/\.(ckpt|pt|pth|bin)$/i.test(file)) {
-      throw new UsageError(`${file}: pickle checkpoints are not read by sdlab (they can run code); convert it to .safetensors first.`);
-    }
     const arch = opts.yaml ? readLdmYaml(opts.yaml) : LDM_SD1_ARCHITECTURE;
     const source = opts.yaml ?? `${file} (SD 1.x default architecture)`;
     if (arch.condStageTarget && /OpenCLIP/i.test(arch.condStageTarget)) {
@@ -451,7 +449,7 @@ export class LdmCheckpoint {
     const imageSize = opts.imageSize ?? defaultLdmImageSize(arch);
     const unetConfig = unetConfigFromLdm(arch, imageSize, source);
     const vaeConfig = vaeConfigFromLdm(arch, imageSize, source);
-    const st = SafetensorsFile.open(file);
+    const st = openTensorFile(file); // by content: a PyTorch zip checkpoint (read safely, io/ckpt.ts) or safetensors
     const conversion = planLdmConversion(st.names(), {
       layersPerBlock: arch.unet.num_res_blocks,
       vaeLevels: arch.vae.ddconfig.ch_mult.length,
@@ -473,7 +471,7 @@ export class LdmCheckpoint {
 
   /** Shape under the diffusers name (the VAE's 1×1-conv attention weights become linear). */
   shapeOf(component: LdmComponent, name: string): number[] {
-    return diffusersShape(component, name, this.st.entries.get(this.ldmKey(component, name))!.shape);
+    return diffusersShape(component, name, this.st.shapeOf(this.ldmKey(component, name)));
   }
 
   /** Reads one tensor (float32, PyTorch layout) under its diffusers name. */
