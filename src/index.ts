@@ -73,6 +73,7 @@ export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type E
 export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossCurve, encodePng, encodeGif, type FloatImage, type GridOptions, type Series, type PlotOptions } from './viz/index.ts';
 export { readPng, readPngSize } from './io/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
+export { CkptFile, openTensorFile, type TensorFile } from './io/index.ts';
 export { Random } from './util/random.ts';
 
 // ---- the size limits every input is checked against (MAX_MODEL_PARAMS, MAX_IMAGE_SIDE, ...)

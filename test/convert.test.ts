@@ -59,7 +59,7 @@ function ddimImage(p: StableDiffusionPipeline): { image: Float32Array; err: numb
     height: c.call.height,
     width: c.call.width,
     eta: c.call.eta,
-    latents: tf.transpose(tf.tensor(lat.data, lat.shape), [0, 2, 3, 1]) as tf.Tensor4D,
+    latents: tf.transpose(tf.tensor4d(lat.data, lat.shape as [number, number, number, number]), [0, 2, 3, 1]),
     callback: (s) => void timesteps.push(s.t),
   });
   expect(timesteps).toEqual(c.timesteps); // the converted scheduler_config.json gives upstream's schedule
@@ -153,6 +153,21 @@ describe('convert: .ckpt → diffusers directory', () => {
         if (!t.data.every((v, i) => v === a.get(k)!.data[i])) throw new Error(`${sub}/${k} differs`);
       }
     }
+  });
+
+  it('a diffusers folder with pickle (.bin) weights: read safely, written as safetensors', () => {
+    const binDir = path.join(tmp, 'bin-model');
+    fs.cpSync(MODEL, binDir, { recursive: true });
+    const unetDir = path.join(binDir, 'unet');
+    fs.chmodSync(unetDir, 0o755);
+    fs.rmSync(path.join(unetDir, 'diffusion_pytorch_model.safetensors'), { force: true });
+    execFileSync('python3', [path.join(ROOT, 'scripts/make_ckpt_fixture.py'), 'ldm', path.join(MODEL, 'unet/diffusion_pytorch_model.safetensors'), path.join(unetDir, 'diffusion_pytorch_model.bin'), '--plain']);
+    const out2 = path.join(tmp, 'from-bin');
+    runConvert({ input: binDir, out: out2 });
+    const a = readSafetensors(path.join(MODEL, 'unet/diffusion_pytorch_model.safetensors'));
+    const b = readSafetensors(path.join(out2, 'unet/diffusion_pytorch_model.safetensors'));
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    for (const [k, t] of b) if (!t.data.every((v, i) => v === a.get(k)!.data[i])) throw new Error(`unet/${k} differs`);
   });
 });
 

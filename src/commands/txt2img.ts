@@ -63,7 +63,7 @@ export interface Txt2ImgResult {
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
 export function loadModel(opts: Pick<Txt2ImgOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler'>): StableDiffusionPipeline {
-  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
+  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory, a .safetensors file or a .ckpt).`);
   if (fs.statSync(opts.model).isDirectory()) {
     if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
     return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer });
@@ -162,7 +162,7 @@ export function register(program: Command): void {
   program
     .command('txt2img')
     .description('Stable Diffusion 1.x text-to-image from a diffusers directory or a single .safetensors checkpoint')
-    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
+    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle)')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
     .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
