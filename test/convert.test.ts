@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { registerNativeBackend } from '../src/backend/native.ts';
-import { readSafetensors } from '../src/io/safetensors.ts';
+import { readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { readUnetConfig } from '../src/unet/index.ts';
 import { readVaeConfig } from '../src/autoencoder/index.ts';
 import { readTextEncoderConfig } from '../src/clip/text_encoder.ts';
@@ -215,7 +215,14 @@ describe('convert and txt2img on the CLI: one line, exit 2, nothing written', ()
     expectOneLine(await cli(['convert', cut, path.join(tmp, 'o4'), '--yaml', YAML]), /cut\.ckpt: not a valid PyTorch checkpoint \(zip archive\)/);
     // Weights that do not fit the yaml (the SD 1.x default architecture here): the shape check, before writing.
     expectOneLine(await cli(['convert', CKPT, path.join(tmp, 'o5'), '--text-encoder-config', TE_CONFIG]), /weights do not fit the model/);
-    for (const o of ['o1', 'o2', 'o3', 'o4', 'o5']) expect(fs.existsSync(path.join(tmp, o)), o).toBe(false);
+    // A value fp16 cannot hold, found while writing: the temporary directory goes, OUT never appears.
+    const big = readSafetensors(path.join(FIXTURE, 'ldm/sd1_tiny.safetensors'));
+    const last = [...big.keys()].sort().at(-1)!;
+    big.get(last)!.data[0] = 1e6;
+    const bigFile = path.join(tmp, 'big.safetensors');
+    writeSafetensors(bigFile, big);
+    expectOneLine(await cli(['convert', bigFile, path.join(tmp, 'o6'), '--yaml', YAML, '--text-encoder-config', TE_CONFIG, '--dtype', 'fp16']), /holds 1000000, beyond float16's range \(±65504\); convert with --dtype fp32/);
+    for (const o of ['o1', 'o2', 'o3', 'o4', 'o5', 'o6']) expect(fs.existsSync(path.join(tmp, o)), o).toBe(false);
     expect(leftovers(tmp)).toEqual([]);
   });
 
