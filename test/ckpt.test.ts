@@ -19,8 +19,10 @@ import { execFileSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CkptFile, openTensorFile } from '../src/io/ckpt.ts';
 import { SafetensorsFile } from '../src/io/safetensors.ts';
-import { PyCallable, unpickle } from '../src/io/pickle.ts';
+import { PyCallable, PyDict, unpickle } from '../src/io/pickle.ts';
+import * as zipModule from '../src/io/zip.ts';
 import { UsageError } from '../src/util/errors.ts';
+import { Random } from '../src/util/random.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const SCRIPT = path.join(ROOT, 'scripts/make_ckpt_fixture.py');
@@ -226,5 +228,69 @@ describe('broken and hostile structure: one line each', () => {
     let called = 0;
     const v = unpickle(p, 'x.pkl', { globals: new Map([['mod.fn', new PyCallable('mod.fn', () => ++called)]]) });
     expect([v, called]).toEqual([1, 1]);
+  });
+});
+
+describe('mutated torch.save files (fixed seed): a result or one UsageError line, never another error', () => {
+  it('2,000 mutations of torch_1.13.ckpt: flipped bytes, cuts, splices', () => {
+    const original = fs.readFileSync(path.join(TORCH, 'torch_1.13.ckpt'));
+    const rng = new Random('ckpt-fuzz');
+    const f = file('fuzz.ckpt');
+    const outcomes = { read: 0, refused: 0 };
+    for (let k = 0; k < 2000; k++) {
+      let bytes = Buffer.from(original);
+      const kind = k % 4;
+      if (kind === 0) for (let j = 0; j < 1 + rng.int(8); j++) bytes[rng.int(bytes.length)] = rng.int(256);
+      else if (kind === 1) bytes = bytes.subarray(0, rng.int(bytes.length));
+      else if (kind === 2) {
+        const at = rng.int(bytes.length);
+        bytes = Buffer.concat([bytes.subarray(0, at), bytes.subarray(at + 1 + rng.int(64))]);
+      } else {
+        const at = rng.int(bytes.length);
+        bytes = Buffer.concat([bytes.subarray(0, at), Buffer.from(Array.from({ length: 1 + rng.int(16) }, () => rng.int(256))), bytes.subarray(at)]);
+      }
+      fs.writeFileSync(f, bytes);
+      try {
+        const c = CkptFile.open(f);
+        for (const n of c.names()) c.read(n);
+        outcomes.read++;
+      } catch (err) {
+        if (!(err instanceof UsageError) || err.message.includes('\n')) throw new Error(`mutation ${k} (kind ${kind}): ${(err as Error).stack}`);
+        outcomes.refused++;
+      }
+    }
+    console.log(`ckpt fuzz: ${outcomes.read} read, ${outcomes.refused} refused with one line`);
+    expect(outcomes.refused).toBeGreaterThan(1000);
+  });
+
+  it("2,000 mutations of its data.pkl straight into the unpickler (the zip's CRC would stop most of them)", () => {
+    const { StoredZip } = zipModule;
+    const zip = StoredZip.open(path.join(TORCH, 'torch_1.13.ckpt'));
+    const pkl = zip.read([...zip.entries.keys()].find((n) => n.endsWith('/data.pkl'))!);
+    const rng = new Random('pickle-fuzz');
+    const opcodes = [0x28, 0x29, 0x5d, 0x7d, 0x52, 0x62, 0x51, 0x71, 0x68, 0x74, 0x75, 0x65, 0x2e, 0x85, 0x86, 0x87, 0x30, 0x31, 0x32, 0x94, 0x93];
+    const policy = {
+      // Every global the file names, each a stand-in that accepts any arguments (the pickle machine is under test).
+      globals: new Map<string, unknown>([
+        ['collections.OrderedDict', new PyCallable('collections.OrderedDict', () => new PyDict('OrderedDict'))],
+        ...['torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter'].map((n) => [n, new PyCallable(n, (args) => args.length)] as const),
+        ...['Float', 'Half', 'BFloat16', 'Double', 'Long', 'Int', 'Bool', 'Byte'].map((t) => [`torch.${t}Storage`, { pyTypeName: t }] as const),
+      ]),
+      persistentLoad: (pid: unknown) => pid,
+    };
+    expect(unpickle(pkl, 'torch.pkl', policy)).toBeInstanceOf(PyDict); // unmutated, it reads
+    let ok = 0;
+    for (let k = 0; k < 2000; k++) {
+      const bytes = Buffer.from(pkl);
+      for (let j = 0; j < 1 + rng.int(4); j++) bytes[rng.int(bytes.length)] = rng.next() < 0.7 ? opcodes[rng.int(opcodes.length)] : rng.int(256);
+      try {
+        unpickle(bytes, 'fuzz.pkl', policy);
+        ok++;
+      } catch (err) {
+        if (!(err instanceof UsageError) || err.message.includes('\n')) throw new Error(`pickle mutation ${k}: ${(err as Error).stack}`);
+      }
+    }
+    console.log(`pickle fuzz: ${ok} of 2000 unpickled, the rest one UsageError line`);
+    expect(ok).toBeGreaterThan(100); // the mutations reach past the first opcodes
   });
 });
