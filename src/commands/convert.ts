@@ -195,7 +195,8 @@ export function runConvert(opts: ConvertOptions): ConvertResult {
     check(empty, `${out}: already exists; convert writes a new directory and never replaces one (choose another OUT, or remove it).`);
   }
   checkOutputDir('OUT', out);
-  const tokenizerSrc = opts.tokenizer ?? (isDir ? input : undefined);
+  // A diffusers IN brings its own tokenizer/ (if it has one); a single file has none.
+  const tokenizerSrc = opts.tokenizer ?? (isDir && fs.existsSync(path.join(input, 'tokenizer')) ? input : undefined);
   const tokDir = tokenizerSrc !== undefined ? tokenizerDir(tokenizerSrc) : undefined;
 
   // Everything is read and checked before the first byte is written.
@@ -277,7 +278,7 @@ export function register(program: Command): void {
     .action((input: string, out: string, o: { dtype: ConvertDtype; yaml?: string; tokenizer?: string; textEncoderConfig?: string; imageSize?: number }) => {
       const started = Date.now();
       const res = runConvert({ input, out, ...o, log: (l) => console.log(l) });
-      if (!res.tokenizer) console.log(`note: no tokenizer copied (a single file has none); pass --tokenizer DIR to txt2img, or convert again with --tokenizer`);
+      if (!res.tokenizer) console.log(`note: no tokenizer copied (the input has none); pass --tokenizer DIR to txt2img, or convert again with --tokenizer`);
       console.log(`wrote ${res.out} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
     });
 }
