@@ -85,7 +85,8 @@ export function shapeOnly<T>(build: () => T): T {
  * without initialisation (for models about to be loaded).
  */
 export function buildChecked<M extends Module>(build: () => M, source: string, opts: { check?: (dry: M) => void; skip?: boolean } = {}): M {
-  opts.check?.(shapeOnlyChecked(build, source));
+  const dry = shapeOnlyChecked(build, source); // always: `check?.(…)` would skip evaluating its argument
+  opts.check?.(dry);
   return opts.skip ? skipInit(build) : build();
 }
 
