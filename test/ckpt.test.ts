@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CkptFile, openTensorFile } from '../src/io/ckpt.ts';
 import { SafetensorsFile } from '../src/io/safetensors.ts';
 import { PyCallable, PyDict, unpickle } from '../src/io/pickle.ts';
@@ -32,6 +32,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-ckpt-'));
 
 const py = (...args: string[]) => execFileSync('python3', [SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
 const file = (name: string) => path.join(tmp, name);
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 /** Expects `fn` to throw one UsageError line matching `pattern`. */
 function oneLineError(fn: () => unknown, pattern: RegExp): string {

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { execFile, execFileSync } from 'node:child_process';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerNativeBackend } from '../src/backend/native.ts';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { readUnetConfig } from '../src/unet/index.ts';
@@ -33,6 +33,7 @@ const YAML = path.join(FIXTURE, 'ldm/sd1_tiny.yaml');
 const TE_CONFIG = path.join(MODEL, 'text_encoder/config.json');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-convert-'));
 const CKPT = path.join(tmp, 'sd1_tiny.ckpt');
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const manifest = JSON.parse(fs.readFileSync(path.join(FIXTURE, 'manifest.json'), 'utf8').replace(/(?<=[:[,]\s*)(-?Infinity|NaN)/g, 'null'));
 
 /** Upstream's image error is ~1.6e-6 (test/pipeline.test.ts says why 1e-5). */
