@@ -73,6 +73,7 @@ export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type E
 export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossCurve, encodePng, encodeGif, type FloatImage, type GridOptions, type Series, type PlotOptions } from './viz/index.ts';
 export { readPng, readPngSize } from './io/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
+export { CkptFile, openTensorFile, type TensorFile } from './io/index.ts';
 export { Random } from './util/random.ts';
 export { TorchGenerator } from './util/torch_random.ts';
 

@@ -235,7 +235,7 @@ export function textEncoderKeyMap(key: string): string | null {
 }
 
 /** Like textEncoderKeyMap, but drops every key outside text_model.* / text_projection.* (whole-CLIP files). */
-function textTowerKeyMap(key: string): string | null {
+export function textTowerKeyMap(key: string): string | null {
   const k = textEncoderKeyMap(key);
   return k !== null && (k.startsWith('text_model.') || k.startsWith('text_projection.')) ? k : null;
 }

@@ -11,5 +11,6 @@ import { register as img2img } from './img2img.ts';
 import { register as inpaint } from './inpaint.ts';
 import { register as clipEval } from './clip_eval.ts';
 import { register as checkExercise } from './check_exercise.ts';
+import { register as convert } from './convert.ts';
 
-export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, img2img, inpaint, clipEval, checkExercise];
+export const commands: Array<(program: Command) => void> = [doctor, noise, train, encode, evalCmd, sample, txt2img, img2img, inpaint, convert, clipEval, checkExercise];

@@ -97,7 +97,7 @@ export interface SdResult {
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
 export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler' | 'prediction'>): StableDiffusionPipeline {
-  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory or a .safetensors file).`);
+  if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory, a .safetensors file or a .ckpt).`);
   if (fs.statSync(opts.model).isDirectory()) {
     if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
     return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction });
@@ -146,7 +146,7 @@ export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
 /** The flags every Stable Diffusion command takes (txt2img's, shared by img2img and inpaint). */
 export function addSdOptions(cmd: Command, out: string): Command {
   return cmd
-    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single-file .safetensors checkpoint')
+    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle)')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
     .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, or OpenCLIP ViT-H for SD 2.x, 64 channels per head)')

@@ -32,6 +32,11 @@ const DTYPE_SIZE: Record<Dtype, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
 };
 
+/** Bytes per element of each dtype. */
+export function dtypeSize(dtype: Dtype): number {
+  return DTYPE_SIZE[dtype];
+}
+
 /** The spec caps the header at 100 MB; anything larger is refused before allocating. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
@@ -84,6 +89,13 @@ export class SafetensorsFile {
     return [...this.entries.keys()];
   }
 
+  /** Shape of tensor `name` (from the header; no data is read). */
+  shapeOf(name: string): number[] {
+    const e = this.entries.get(name);
+    if (!e) throw new UsageError(`${this.file}: no tensor named "${name}".`);
+    return [...e.shape];
+  }
+
   /** Reads one tensor, converted to float32. */
   read(name: string): SafeTensor {
     const e = this.entries.get(name);
@@ -100,7 +112,7 @@ export class SafetensorsFile {
     } finally {
       fs.closeSync(fd);
     }
-    return { dtype: e.dtype, shape: [...e.shape], data: decode(e.dtype, bytes) };
+    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes) };
   }
 
   /** Reads every tensor (or those `filter` accepts), in file order. */
@@ -242,7 +254,8 @@ export function floatToBf16(value: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-function decode(dtype: Dtype, bytes: Uint8Array): Float32Array {
+/** Bytes of `dtype` values (little-endian, `bytes` starting at offset 0 of its own buffer) → float32. */
+export function decodeTensorBytes(dtype: Dtype, bytes: Uint8Array): Float32Array {
   const buf = bytes.buffer;
   const n = bytes.length / DTYPE_SIZE[dtype];
   switch (dtype) {
@@ -314,20 +327,30 @@ export function writeSafetensors(
   tensors: Map<string, { shape: readonly number[]; data: Float32Array }> | Record<string, { shape: readonly number[]; data: Float32Array }>,
   opts: WriteOptions = {},
 ): void {
+  const map = tensors instanceof Map ? tensors : new Map(Object.entries(tensors));
+  writeSafetensorsFrom(file, [...map].map(([name, t]) => ({ name, shape: t.shape })), (name) => map.get(name)!.data, opts);
+}
+
+/**
+ * writeSafetensors for tensors produced one at a time: the header needs only names and shapes,
+ * then `read(name)` is called once per tensor, in the file's (name) order, and its values are
+ * written before the next is read — so converting a multi-GB checkpoint holds one tensor at a time.
+ */
+export function writeSafetensorsFrom(
+  file: string,
+  specs: ReadonlyArray<{ name: string; shape: readonly number[] }>,
+  read: (name: string) => Float32Array,
+  opts: WriteOptions = {},
+): void {
   const dtype = opts.dtype ?? 'F32';
   const size = DTYPE_SIZE[dtype];
-  const items = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).sort((a, b) =>
-    a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0,
-  );
+  const items = [...specs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const header: Record<string, unknown> = {};
   if (opts.metadata) header.__metadata__ = opts.metadata;
   let offset = 0;
-  for (const [name, t] of items) {
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) {
-      throw new Error(`writeSafetensors: tensor "${name}" has shape [${t.shape.join(',')}] but ${t.data.length} values`);
-    }
-    header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + count * size] };
+  for (const { name, shape } of items) {
+    const count = shape.reduce((a, b) => a * b, 1);
+    header[name] = { dtype, shape: [...shape], data_offsets: [offset, offset + count * size] };
     offset += count * size;
   }
   let json = JSON.stringify(header);
@@ -339,6 +362,13 @@ export function writeSafetensors(
   writeStreamAtomicSync(file, (write) => {
     write(len);
     write(headerBytes);
-    for (const [, t] of items) write(encode(dtype, t.data));
+    for (const { name, shape } of items) {
+      const data = read(name);
+      const count = shape.reduce((a, b) => a * b, 1);
+      if (count !== data.length) {
+        throw new Error(`writeSafetensors: tensor "${name}" has shape [${shape.join(',')}] but ${data.length} values`);
+      }
+      write(encode(dtype, data));
+    }
   });
 }

@@ -85,13 +85,19 @@ export function shapeOnly<T>(build: () => T): T {
  * without initialisation (for models about to be loaded).
  */
 export function buildChecked<M extends Module>(build: () => M, source: string, opts: { check?: (dry: M) => void; skip?: boolean } = {}): M {
+  const dry = shapeOnlyChecked(build, source); // always: `check?.(…)` would skip evaluating its argument
+  opts.check?.(dry);
+  return opts.skip ? skipInit(build) : build();
+}
+
+/** The shape-only model of `build` (see shapeOnly), refused when it has more than MAX_MODEL_PARAMS parameters. */
+export function shapeOnlyChecked<M extends Module>(build: () => M, source: string): M {
   const dry = shapeOnly(build);
   const n = dry.numParameters();
   if (n > MAX_MODEL_PARAMS) {
     throw new UsageError(`${source}: the model would have ${n.toExponential(2)} parameters, over sdlab's limit of ${MAX_MODEL_PARAMS.toExponential(0)} (${(MAX_MODEL_PARAMS * 4) / 1e9} GB in float32).`);
   }
-  opts.check?.(dry);
-  return opts.skip ? skipInit(build) : build();
+  return dry;
 }
 
 /** An initialiser fills a fresh Float32Array of `size` values. */

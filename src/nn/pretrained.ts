@@ -21,7 +21,7 @@ export interface PretrainedSpec<C, M extends Module> {
   what: string;
   /** The weights file in the directory. */
   weightsFile: string;
-  /** The PyTorch pickle that may be there instead (named in the error: sdlab does not read pickles, they can run code). */
+  /** The PyTorch pickle that may be there instead (named in the error, which points to `sdlab convert`). */
   pickleFile: string;
   /** Reads and validates config.json. */
   readConfig: (file: string) => C;
@@ -38,7 +38,7 @@ export function loadPretrained<C, M extends Module>(dir: string, spec: Pretraine
   if (!fs.existsSync(cfgFile)) throw new UsageError(`${dir}: no config.json (expected ${spec.what}).`);
   if (!fs.existsSync(weights)) {
     const bin = fs.existsSync(path.join(dir, spec.pickleFile));
-    throw new UsageError(`${dir}: no ${spec.weightsFile}${bin ? ` (only a pickle ${spec.pickleFile}, which sdlab does not read: convert it to safetensors)` : ''}.`);
+    throw new UsageError(`${dir}: no ${spec.weightsFile}${bin ? ` (only a pickle ${spec.pickleFile}: \`sdlab convert\` reads it safely and writes safetensors)` : ''}.`);
   }
   const config = spec.readConfig(cfgFile);
   // A config or header that asks for more than the file holds fails before any allocation.

@@ -3,7 +3,7 @@
  *
  *   loadDiffusersPipeline('path/to/model')          a diffusers directory (save_pretrained):
  *                                                   tokenizer/ text_encoder/ unet/ vae/ scheduler/
- *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })
+ *   loadLdmPipeline('sd.safetensors', { yaml, tokenizer })   (or 'sd.ckpt')
  *                                                   an original CompVis/LDM single file (+ its yaml);
  *                                                   the tokenizer comes from a separate directory
  *   loadRunPipeline('runs/default')                 a run trained by sdlab: vae/ clip/ unet/,

@@ -29,12 +29,13 @@
  * alphas_cumprod, ... — the scheduler recomputes them), the EMA copy `model_ema.*` (diffusers'
  * default extract_ema=False reads the regular weights too), the VAE's training loss
  * `first_stage_model.loss.*`, CLIP's `position_ids`, OpenCLIP's `text_projection` / `logit_scale`
- * (SD 2 uses neither) and its last resblock. Not supported: SDXL (`conditioner.*`).
+ * (SD 2 uses neither) and its last resblock. Not supported: SDXL (`conditioner.*`). PyTorch `.ckpt`
+ * files are read by io/ckpt.ts's restricted unpickler (tensor state dicts only; nothing in the file is run).
  */
 import fs from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { type Module, type StateDict, type TensorData, assignPlanned, buildChecked, planLoad } from '../nn/module.ts';
-import { SafetensorsFile } from '../io/safetensors.ts';
+import { type TensorFile, openTensorFile } from '../io/ckpt.ts';
 import { UNET_DEFAULTS, type UNet2DConditionConfig, UNet2DConditionModel, validateUnetConfig } from '../unet/index.ts';
 import { type AutoencoderKLConfig, AutoencoderKL, VAE_DEFAULTS, validateVaeConfig } from '../autoencoder/index.ts';
 import { TEXT_ENCODER_PRESETS } from '../clip/text_encoder.ts';
@@ -613,11 +614,11 @@ export interface LdmOpenOptions {
   textEncoderLayers?: number;
 }
 
-/** A safetensors LDM checkpoint, opened lazily: configs and key plan now, tensors on demand. */
+/** An LDM checkpoint (.safetensors or a PyTorch .ckpt), opened lazily: configs and key plan now, tensors on demand. */
 export class LdmCheckpoint {
   private constructor(
     readonly file: string,
-    private readonly st: SafetensorsFile,
+    private readonly st: TensorFile,
     readonly architecture: LdmArchitecture,
     readonly unetConfig: UNet2DConditionConfig,
     readonly vaeConfig: AutoencoderKLConfig,
@@ -629,12 +630,11 @@ export class LdmCheckpoint {
   ) {}
 
   static open(file: string, opts: LdmOpenOptions = {}): LdmCheckpoint {
-    if (/\.(ckpt|pt|pth|bin)$/i.test(file)) {
-      throw new UsageError(`${file}: pickle checkpoints are not read by sdlab (they can run code); convert it to .safetensors first.`);
-    }
     const yamlArch = opts.yaml ? readLdmYaml(opts.yaml) : null;
-    const st = SafetensorsFile.open(file);
-    const detected = detectLdmFamily(st.names(), (k) => st.entries.get(k)?.shape);
+    const st = openTensorFile(file); // by content: a PyTorch zip checkpoint (read safely, io/ckpt.ts) or safetensors
+    const stNames = new Set(st.names());
+    const shapeIfAny = (k: string): number[] | undefined => (stNames.has(k) ? st.shapeOf(k) : undefined);
+    const detected = detectLdmFamily([...stNames], shapeIfAny);
     let arch: LdmArchitecture;
     let source: string;
     let family: SdFamily;
@@ -662,7 +662,7 @@ export class LdmCheckpoint {
       layersPerBlock: arch.unet.num_res_blocks,
       vaeLevels: arch.vae.ddconfig.ch_mult.length,
       source: file,
-      openClipLayers: openClipLayers(st.names(), (k) => st.entries.get(k)?.shape, arch, opts.textEncoderLayers, file),
+      openClipLayers: openClipLayers([...stNames], shapeIfAny, arch, opts.textEncoderLayers, file),
     });
     return new LdmCheckpoint(file, st, arch, unetConfig, vaeConfig, conversion, source, family);
   }
@@ -683,7 +683,7 @@ export class LdmCheckpoint {
    * of a fused OpenCLIP q/k/v projection has a third of its rows).
    */
   shapeOf(component: LdmComponent, name: string): number[] {
-    const shape = this.st.entries.get(this.ldmKey(component, name))!.shape;
+    const shape = this.st.shapeOf(this.ldmKey(component, name));
     return component === 'textEncoder' && this.conversion.fused.has(name) ? fusedPartShape(shape, name, this.file) : diffusersShape(component, name, shape);
   }
 

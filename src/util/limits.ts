@@ -51,3 +51,28 @@ export const MAX_DECODE_IMAGES = 4096;
  * typed array.
  */
 export const MAX_GENERATED_SIDE = 2048;
+
+/**
+ * Entries of a zip archive (a torch `.ckpt`): 1 M. An SD 1.x checkpoint holds ~1,100 tensors,
+ * one with its EMA copy and optimizer state a few thousand.
+ */
+export const MAX_ZIP_ENTRIES = 1_000_000;
+
+/** Bytes of a zip archive's central directory (read whole): 128 MB, ~1 M entries with long names. */
+export const MAX_ZIP_DIRECTORY_BYTES = 128 * 1024 * 1024;
+
+/** Bytes of a checkpoint's pickle (data.pkl, read whole): 64 MB. SD 1.x's is ~0.2 MB (tensors live outside it). */
+export const MAX_PICKLE_BYTES = 64 * 1024 * 1024;
+
+/** Open MARKs (nested tuples/lists/dicts under construction) in a pickle: 64. A state dict needs 3. */
+export const MAX_PICKLE_NESTING = 64;
+
+/** Dimensions of one tensor in a checkpoint: 32 (PyTorch's own limit is 64; SD's weights have at most 4). */
+export const MAX_TENSOR_DIMS = 32;
+
+/**
+ * Elements of one checkpoint tensor that is a view with more elements than its storage holds
+ * (an expanded tensor: a stride of 0 repeats values): 16 M (64 MB in float32). CLIP's
+ * position_ids are such a view; a hostile one could otherwise ask for 2^60 values from one byte.
+ */
+export const MAX_EXPANDED_ELEMENTS = 16 * 1024 * 1024;
