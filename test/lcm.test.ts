@@ -2,7 +2,7 @@
  * LCMScheduler (--scheduler lcm) against diffusers v0.24 on the sd1_pipelines fixture (case
  * lcm.txt2img: StableDiffusionPipeline + LCMScheduler.from_config(SD's config), 4 steps, guidance
  * 1, explicit latents): the whole pipeline runs with upstream's three re-noising draws replayed
- * (test/helpers/replay-noise.ts), and every step's latents and `denoised`, the final latents and
+ * (test/helpers/pipeline-fixture.ts ReplayGenerator, through the pipeline's `generator`), and every step's latents and `denoised`, the final latents and
  * the image are compared with the README's tolerances. The scheduler alone: the timestep grid
  * rule, c_skip/c_out, x0 from each prediction type, the re-noising and the last step, checked
  * against the manifest's values and formulas written out here in float64. SD-Turbo-style
@@ -14,20 +14,18 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readSafetensors, type SafeTensor } from '../src/io/safetensors.ts';
+import { readSafetensors } from '../src/io/safetensors.ts';
 import { registerNativeBackend } from '../src/backend/native.ts';
 import os from 'node:os';
 import { EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, LCMScheduler, SCHEDULER_NAMES, createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
-import type { NoiseGenerator, StepOptions } from '../src/schedule/base.ts';
 import { type StableDiffusionPipeline, loadDiffusersPipeline } from '../src/sample/index.ts';
 import { UsageError } from '../src/util/errors.ts';
-import { ReplayNoise, nchwToNhwc } from './helpers/replay-noise.ts';
+import { ReplayGenerator, manifest, maxAbs, maxOf, refTensor } from './helpers/pipeline-fixture.ts';
 import { expectRefusedOneLine, runCli } from './helpers/cli-run.ts';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../shared/fixtures');
 const MODEL = path.join(FIXTURES, 'sd1_tiny/model');
-const PIPES = path.join(FIXTURES, 'sd1_pipelines');
-const manifest = JSON.parse(fs.readFileSync(path.join(PIPES, 'manifest.json'), 'utf8').replace(/(?<=[:[,]\s*)(-?Infinity|NaN)/g, 'null'));
+
 const lcmCase = manifest.cases.lcm.txt2img;
 const sdConfig = readSchedulerConfig(path.join(MODEL, 'scheduler/scheduler_config.json'));
 
@@ -40,40 +38,20 @@ const LATENT_REL_TOL = 5e-5;
 const IMAGE_TOL = 1e-4;
 const EMBED_TOL = 1e-5;
 
-let ref: Map<string, SafeTensor>;
 let pipe: StableDiffusionPipeline;
 
 beforeAll(async () => {
   await tf.setBackend(registerNativeBackend() ? 'native' : 'cpu');
-  ref = readSafetensors(path.join(PIPES, 'reference.safetensors'), (n) => n.startsWith('lcm.'));
   pipe = loadDiffusersPipeline(MODEL, { scheduler: 'lcm' });
 });
 afterAll(() => pipe?.dispose());
 
-function get(key: string): SafeTensor {
-  const t = ref.get(key);
-  if (!t) throw new Error(`reference.safetensors has no ${key}`);
-  return t;
-}
 /** Row i of a stacked [N, 1, C, H, W] reference, as NHWC [1, H, W, C]. */
 function rowNhwc(key: string, i: number): tf.Tensor4D {
-  const t = get(key);
-  const shape = t.shape.slice(1);
-  const n = shape.reduce((a, b) => a * b, 1);
-  return tf.tensor4d(nchwToNhwc(t.data.subarray(i * n, (i + 1) * n), shape), [shape[0], shape[2], shape[3], shape[1]]);
+  return tf.tidy(() => tf.transpose(tf.squeeze(tf.slice(refTensor(key), [i], [1]), [0]), [0, 2, 3, 1]) as tf.Tensor4D);
 }
-function nhwc(key: string): tf.Tensor4D {
-  const t = get(key);
-  return tf.tensor4d(nchwToNhwc(t.data, t.shape), [t.shape[0], t.shape[2], t.shape[3], t.shape[1]]);
-}
-const maxAbs = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);
-const maxOf = (a: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(a)).dataSync()[0]);
-
-/** Routes the scheduler's draws to `gen` (the pipeline's own per-image streams are bypassed). */
-function drawFrom(s: LCMScheduler, gen: NoiseGenerator): void {
-  const step = s.step.bind(s);
-  s.step = (m: tf.Tensor, t: number, x: tf.Tensor, opts: StepOptions = {}) => step(m, t, x, { ...opts, generator: gen });
-}
+/** An NCHW reference as NHWC. */
+const nhwc = (key: string) => tf.tidy(() => tf.transpose(refTensor(key), [0, 2, 3, 1]) as tf.Tensor4D);
 
 describe('lcm.txt2img against diffusers (sd1_pipelines fixture)', () => {
   it('LCMScheduler.from_config(SD config): the config diffusers resolved, and its timesteps', () => {
@@ -83,16 +61,14 @@ describe('lcm.txt2img against diffusers (sd1_pipelines fixture)', () => {
     for (const k of Object.keys(s.config)) expect(s.config[k as keyof typeof s.config], k).toEqual(want[k]);
     s.setTimesteps(lcmCase.call.num_inference_steps);
     expect(s.timesteps).toEqual(lcmCase.timesteps);
-    expect(Array.from(get('lcm.txt2img.timesteps').data)).toEqual(lcmCase.timesteps);
+    expect(Array.from(refTensor('lcm.txt2img.timesteps').dataSync())).toEqual(lcmCase.timesteps);
     expect(s.initNoiseSigma).toBe(lcmCase.init_noise_sigma);
   });
 
   it('the whole pipeline with upstream draws: every step (latents, denoised), final latents, image', () => {
     const call = lcmCase.call;
-    const s = pipe.scheduler as LCMScheduler;
-    const draws = lcmCase.random_inputs.map((r: { key: string }) => ({ shape: get(r.key).shape, data: get(r.key).data }));
-    const replay = new ReplayNoise(draws);
-    drawFrom(s, replay);
+    // upstream's draws, replayed through the pipeline's diffusers-order path (NCHW, as torch drew them)
+    const replay = ReplayGenerator.forCase('lcm.txt2img', lcmCase.random_inputs.length);
     const stepErr: number[] = [];
     const denoisedErr: number[] = [];
     const ts: number[] = [];
@@ -103,6 +79,7 @@ describe('lcm.txt2img against diffusers (sd1_pipelines fixture)', () => {
       height: call.height,
       width: call.width,
       latents: nhwc(call.latents),
+      generator: replay,
       callback: (st) => {
         ts.push(st.t);
         const want = rowNhwc(lcmCase.outputs.step_latents, st.i);
@@ -114,9 +91,8 @@ describe('lcm.txt2img against diffusers (sd1_pipelines fixture)', () => {
     });
     const finalRef = nhwc(lcmCase.outputs.final_latents);
     const finalErr = maxAbs(out.latents, finalRef) / maxOf(finalRef);
-    const imgRef = get(lcmCase.outputs.image);
-    const imageErr = maxAbs(out.images, tf.tensor(imgRef.data, imgRef.shape));
-    const embedErr = maxAbs(out.promptEmbeds, tf.tensor(get(lcmCase.outputs.prompt_embeds).data, get(lcmCase.outputs.prompt_embeds).shape));
+    const imageErr = maxAbs(out.images, refTensor(lcmCase.outputs.image));
+    const embedErr = maxAbs(out.promptEmbeds, refTensor(lcmCase.outputs.prompt_embeds));
     console.log(`lcm: embeds ${embedErr.toExponential(2)}, steps (rel) ≤ ${Math.max(...stepErr).toExponential(2)}, denoised (rel) ≤ ${Math.max(...denoisedErr).toExponential(2)}, final (rel) ${finalErr.toExponential(2)}, image ${imageErr.toExponential(2)}`);
     expect(ts).toEqual(lcmCase.timesteps);
     expect(replay.used).toBe(3); // one fresh noise per step except the last

@@ -1,6 +1,6 @@
 /**
  * The sd1_pipelines fixture (../shared/fixtures/sd1_pipelines: upstream diffusers v0.24's img2img
- * and inpaint pipelines on the sd1_tiny model) for test/img2img.test.ts and test/inpaint.test.ts:
+ * and inpaint pipelines and LCM on the sd1_tiny model) for test/img2img.test.ts, test/inpaint.test.ts and test/lcm.test.ts:
  * its tensors, a replay generator for its recorded random draws, and the comparisons.
  */
 import fs from 'node:fs';
@@ -18,7 +18,7 @@ export const manifest = JSON.parse(fs.readFileSync(path.join(PIPELINES, 'manifes
 let refs: Map<string, SafeTensor> | null = null;
 /** A reference tensor by key (NCHW as stored). */
 export function refTensor(key: string): tf.Tensor {
-  refs ??= readSafetensors(path.join(PIPELINES, 'reference.safetensors'), (n) => n.startsWith('img2img.') || n.startsWith('inpaint.') || n.startsWith('image.'));
+  refs ??= readSafetensors(path.join(PIPELINES, 'reference.safetensors'), (n) => /^(img2img|inpaint|lcm|image)\./.test(n));
   const t = refs.get(key);
   if (!t) throw new Error(`reference.safetensors has no ${key}`);
   return tf.tensor(t.data, t.shape);
