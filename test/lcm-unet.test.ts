@@ -222,6 +222,15 @@ describe('CLI', () => {
     expect(d).toBeLessThanOrEqual(1);
   }, 300_000);
 
+  it("without --steps/--guidance the CLI takes the model's defaults (4 steps, guidance 8.5) and records them", () => {
+    const out = path.join(tmp, 'cli-defaults');
+    const r = runCli(['txt2img', '--model', LCM_MODEL, '--prompt', loop.prompt, '--height', '32', '--width', '32', '--out', out, '--backend', 'cpu']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/1 image 32x32, lcm 4 steps, guidance 8\.5,/);
+    const json = JSON.parse(fs.readFileSync(path.join(out, 'txt2img.json'), 'utf8')) as { steps: number; guidance: number; scheduler: string };
+    expect([json.steps, json.guidance, json.scheduler]).toEqual([4, 8.5, 'lcm']);
+  }, 300_000);
+
   it('a config with time_cond_proj_dim whose weights lack cond_proj → one line, exit 2, nothing written', () => {
     const unetDir = path.join(tmp, 'unet-no-cond-proj');
     fs.mkdirSync(unetDir);

@@ -227,6 +227,16 @@ export class StableDiffusionPipeline {
   }
 
   /** Default image size: the UNet's sample_size in pixels (512 for SD 1.5, 32 for the MNIST presets). */
+  /** Upstream's step count for this model: 4 for LCM-distilled UNets (time_cond_proj_dim set), else 50. */
+  get defaultSteps(): number {
+    return this.unet.config.time_cond_proj_dim ? 4 : 50;
+  }
+
+  /** Upstream's guidance scale for this model: 8.5 for LCM-distilled UNets (there a UNet input), else 7.5. */
+  get defaultGuidance(): number {
+    return this.unet.config.time_cond_proj_dim ? 8.5 : 7.5;
+  }
+
   get defaultSize(): number {
     return (this.unet.config.sample_size ?? 64) * this.vaeScaleFactor;
   }
@@ -392,8 +402,8 @@ export class StableDiffusionPipeline {
     const negative = perImage(opts.negativePrompt ?? '', b, 'negative prompt');
     // LCM-distilled UNets take the guidance scale as an input (see the file header).
     const guidanceDim = this.unet.config.time_cond_proj_dim;
-    const steps = opts.numInferenceSteps ?? (guidanceDim ? 4 : 50);
-    const g = opts.guidanceScale ?? (guidanceDim ? 8.5 : 7.5);
+    const steps = opts.numInferenceSteps ?? this.defaultSteps;
+    const g = opts.guidanceScale ?? this.defaultGuidance;
     if (!Number.isInteger(steps) || steps < 1) throw new UsageError(`steps: expected an integer >= 1, got ${steps}.`);
     if (!Number.isFinite(g)) throw new UsageError(`guidance: expected a number, got ${g}.`);
     const f = this.vaeScaleFactor;
