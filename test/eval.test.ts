@@ -403,7 +403,7 @@ describe('sdlab eval without --samples: draws them at the run\'s own sampling se
     expect(records[19]).toMatchObject({ digit: 9, scheduler: 'ddim', steps: 2, guidance: 2.5, eta: 0 });
     expect(PNG.sync.read(fs.readFileSync(path.join(out, 'samples/0000.png'))).width).toBe(28);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'eval.json'), 'utf8'));
-    expect(json.sampling).toEqual({ scheduler: 'ddim', steps: 2, guidance: 2.5, eta: 0 });
+    expect(json.sampling).toEqual({ scheduler: 'ddim', steps: 2, guidance: 2.5, eta: 0, guidanceInterval: null });
     expect(json.samples.n).toBe(20);
     expect(r.stdout).toMatch(/FID \(classifier, feature layer 32-d \+ blocks\.1 channel means 16-d \+ blocks\.2 channel means 16-d; 20 vs 20 images/);
 
@@ -411,7 +411,7 @@ describe('sdlab eval without --samples: draws them at the run\'s own sampling se
     const out2 = path.join(tmp, 'eval_own2');
     const r2 = await cli(['--run', dir, '--n', '1', '--guidance', '4', '--out', out2, '--n-real', '40']);
     expect(r2.code, r2.stderr).toBe(0);
-    expect(r2.stdout).toMatch(/ddim, 2 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta from .*sampling_config\.json\)/);
+    expect(r2.stdout).toMatch(/ddim, 2 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta, guidance interval from .*sampling_config\.json\)/);
     const r3 = await cli(['--run', dir, '--samples', path.join(out2, 'samples'), '--out', path.join(tmp, 'eval_own3'), '--n-real', '40']);
     expect(r3.code, r3.stderr).toBe(0);
     expect(r3.stdout).toMatch(/samples drawn with ddim, 2 steps, guidance 4, eta 0 .*\nnote: the run samples itself with ddim, 2 steps, guidance 2\.5, eta 0 \(.*\); these samples differ in guidance\./);
@@ -423,6 +423,9 @@ describe('sdlab eval without --samples: draws them at the run\'s own sampling se
     const cases: Array<[string[], RegExp]> = [
       [['--run', bad, '--out', path.join(tmp, 'x1')], /sampling_config\.json: unknown key "steps"/],
       [['--run', good, '--samples', path.join(tmp, 'eval_own/samples'), '--guidance', '3', '--out', path.join(tmp, 'x2')], /--guidance: only for drawing samples/],
+      [['--run', good, '--samples', path.join(tmp, 'eval_own/samples'), '--guidance-interval', '100,700', '--out', path.join(tmp, 'x3')], /--guidance-interval: only for drawing samples/],
+      [['--run', good, '--guidance-interval', '700,100', '--out', path.join(tmp, 'x4')], /--guidance-interval.*expected LO,HI train timesteps with 0 <= LO <= HI/],
+      [['--run', good, '--guidance-interval', '100', '--out', path.join(tmp, 'x5')], /--guidance-interval.*expected LO,HI/],
     ];
     for (const [args, re] of cases) {
       const r = await cli(args);
@@ -432,7 +435,7 @@ describe('sdlab eval without --samples: draws them at the run\'s own sampling se
       expect(lines[0]).toMatch(re);
       expect(r.stderr).not.toMatch(/\n\s+at /);
     }
-    expect(fs.existsSync(path.join(tmp, 'x1')) || fs.existsSync(path.join(tmp, 'x2'))).toBe(false);
+    for (const x of ['x1', 'x2', 'x3', 'x4', 'x5']) expect(fs.existsSync(path.join(tmp, x))).toBe(false);
   });
 });
 

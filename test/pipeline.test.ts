@@ -154,7 +154,7 @@ describe('txt2img against diffusers (sd1_tiny fixture)', () => {
 
 describe('classifier-free guidance', () => {
   /** Runs a few ddim steps and records, per step, the latents going in and the noise prediction used. */
-  function recordSteps(g: number, steps = 3) {
+  function recordSteps(g: number, steps = 3, guidanceInterval: [number, number] | null = null) {
     pipe.scheduler = createScheduler('ddim', sdConfig);
     const batchSizes: number[] = [];
     const forward = pipe.unet.forward.bind(pipe.unet);
@@ -172,6 +172,7 @@ describe('classifier-free guidance', () => {
         negativePrompt: 'blurry',
         numInferenceSteps: steps,
         guidanceScale: g,
+        guidanceInterval,
         height: 16,
         width: 16,
         latents: init,
@@ -223,6 +224,52 @@ describe('classifier-free guidance', () => {
       expect(Math.max(...Array.from(c, (v, k) => Math.abs(v - got[k])))).toBeGreaterThan(1e-2);
     });
     tf.dispose([cond, uncond, ...r.inputs, ...r.preds]);
+  });
+
+  describe('guidance in a limited interval', () => {
+    it('steps inside [lo, hi] are guided (one [uncond, cond] call); outside, the conditional model alone', () => {
+      const g = 7.5;
+      const r = recordSteps(g, 4, [200, 600]);
+      expect(r.ts).toEqual([751, 501, 251, 1]);
+      expect(r.batchSizes).toEqual([2, 4, 4, 2]);
+      const cond = pipe.encodeText(['a photograph of an astronaut riding a horse', 'a red cube']);
+      const uncond = pipe.encodeText(['blurry', 'blurry']);
+      r.ts.forEach((t, i) => {
+        const c = pipe.unet.forward(r.inputs[i], t, cond).dataSync();
+        const u = pipe.unet.forward(r.inputs[i], t, uncond).dataSync();
+        const guided = t >= 200 && t <= 600;
+        const got = r.preds[i].dataSync();
+        let err = 0;
+        let scale = 0;
+        for (let k = 0; k < got.length; k++) {
+          const want = guided ? u[k] + g * (c[k] - u[k]) : c[k];
+          err = Math.max(err, Math.abs(got[k] - want));
+          scale = Math.max(scale, Math.abs(want));
+        }
+        expect(err, `step ${i} (t ${t})`).toBeLessThanOrEqual(1e-5 * scale);
+      });
+      tf.dispose([cond, uncond, ...r.inputs, ...r.preds]);
+    });
+
+    it('an interval holding every timestep is plain guidance; one holding none is guidance 1', () => {
+      const finals = (g: number, iv: [number, number] | null) => {
+        const r = recordSteps(g, 3, iv);
+        const last = r.inputs[r.inputs.length - 1].dataSync().slice();
+        tf.dispose([...r.inputs, ...r.preds]);
+        return { last, batchSizes: r.batchSizes };
+      };
+      const all = finals(7.5, [0, 999]);
+      const plain = finals(7.5, null);
+      expect(all.batchSizes).toEqual([4, 4, 4]);
+      expect(Array.from(all.last)).toEqual(Array.from(plain.last));
+      const none = finals(7.5, [1000, 2000]);
+      const g1 = finals(1, null);
+      expect(none.batchSizes).toEqual([2, 2, 2]);
+      let d = 0;
+      for (let k = 0; k < g1.last.length; k++) d = Math.max(d, Math.abs(none.last[k] - g1.last[k]));
+      expect(d).toBeLessThanOrEqual(1e-6);
+      expect(() => pipe.call({ prompt: 'x', guidanceInterval: [600, 200], numInferenceSteps: 1, height: 16, width: 16 })).toThrow(/guidance interval: expected \[lo, hi\]/);
+    });
   });
 });
 

@@ -84,7 +84,7 @@ describe('sdlab sample (in process)', () => {
     expect(res.notes).toEqual([]);
     expect(fs.readdirSync(out).sort()).toEqual([...Array.from({ length: n }, (_, i) => `000${i}.png`), 'grid.png', 'samples.json']);
     const json = JSON.parse(fs.readFileSync(path.join(out, 'samples.json'), 'utf8'));
-    const how = { scheduler: 'ddim', steps: 3, guidance: 3, eta: 0 };
+    const how = { scheduler: 'ddim', steps: 3, guidance: 3, eta: 0, guidance_interval: null };
     expect(json).toEqual([
       { file: '0000.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 0, ...how },
       { file: '0001.png', prompt: 'a zorblax 7', digit: 7, seed: 1, index: 1, ...how },
@@ -95,7 +95,7 @@ describe('sdlab sample (in process)', () => {
       { file: '0006.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 6, ...how },
       { file: '0007.png', prompt: 'a handwritten four', digit: 4, seed: 1, index: 7, ...how },
     ]);
-    expect(Object.keys(json[0])).toEqual(['file', 'prompt', 'digit', 'seed', 'index', 'scheduler', 'steps', 'guidance', 'eta']);
+    expect(Object.keys(json[0])).toEqual(['file', 'prompt', 'digit', 'seed', 'index', 'scheduler', 'steps', 'guidance', 'eta', 'guidance_interval']);
 
     // Each PNG holds the pipeline's image for (seed, index): recompute image 5 on its own.
     const { pipeline } = loadRunPipeline(runDir, { scheduler: 'ddim' });
@@ -162,8 +162,8 @@ describe('sdlab sample (in process)', () => {
     expect(notes).toMatch(/scheduler_config\.json not found: assuming .*scaled_linear betas 0\.00085\.\.0\.012, 1000 steps/);
     expect(notes).toMatch(/sampling_config\.json not found .*using the defaults \(ddim, 50 steps, guidance 3, eta 0\)/);
     expect(notes).toMatch(/canvas\.json not found: assuming the data fills the VAE's 16×16 canvas/);
-    expect(res.sampling.settings).toEqual({ scheduler: 'ddim', steps: 2, guidance: 3, eta: 0 });
-    expect(res.sampling.from).toEqual({ scheduler: 'default', steps: 'flag', guidance: 'default', eta: 'default' });
+    expect(res.sampling.settings).toEqual({ scheduler: 'ddim', steps: 2, guidance: 3, eta: 0, guidanceInterval: null });
+    expect(res.sampling.from).toEqual({ scheduler: 'default', steps: 'flag', guidance: 'default', eta: 'default', guidanceInterval: 'default' });
     expect(fs.existsSync(path.join(tmp, 'bare-out', '0000.png'))).toBe(true);
   });
 
@@ -175,10 +175,11 @@ describe('sdlab sample (in process)', () => {
     const out = path.join(tmp, 'own-out');
     const res = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 2, seed: 1, out, batch: 64, progress: null });
     expect(res.notes).toEqual([]);
-    expect(res.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0 });
-    expect(res.sampling.from).toEqual({ scheduler: 'run', steps: 'run', guidance: 'run', eta: 'run' });
+    // A file written before guidance_interval existed means every step.
+    expect(res.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0, guidanceInterval: null });
+    expect(res.sampling.from).toEqual({ scheduler: 'run', steps: 'run', guidance: 'run', eta: 'run', guidanceInterval: 'run' });
     expect(describeSampling(res.sampling)).toBe(`euler, 3 steps, guidance 2, eta 0 (all from ${path.join(own, 'sampling_config.json')})`);
-    expect(res.records[1]).toMatchObject({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0 });
+    expect(res.records[1]).toMatchObject({ scheduler: 'euler', steps: 3, guidance: 2, eta: 0, guidance_interval: null });
     // Independent: the pipeline called with those settings by hand draws the same image 1.
     const { pipeline } = loadRunPipeline(runDir, { scheduler: 'euler' });
     const one = pipeline.call({ prompt: 'a handwritten 5', numInferenceSteps: 3, guidanceScale: 2, seed: 1, firstIndex: 1 });
@@ -192,8 +193,36 @@ describe('sdlab sample (in process)', () => {
 
     // A flag wins over the file, for that setting only.
     const res2 = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 1, seed: 1, out: path.join(tmp, 'own-out2'), batch: 64, progress: null, guidance: 4 });
-    expect(res2.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 4, eta: 0 });
-    expect(describeSampling(res2.sampling)).toMatch(/^euler, 3 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta from .*sampling_config\.json\)$/);
+    expect(res2.sampling.settings).toEqual({ scheduler: 'euler', steps: 3, guidance: 4, eta: 0, guidanceInterval: null });
+    expect(describeSampling(res2.sampling)).toMatch(/^euler, 3 steps, guidance 4, eta 0 \(guidance from --guidance; scheduler, steps, eta, guidance interval from .*sampling_config\.json\)$/);
+
+    // A guidance interval in the file is used, said, and recorded; the flag "all" turns it off.
+    fs.writeFileSync(path.join(own, 'sampling_config.json'), JSON.stringify({ scheduler: 'ddim', num_inference_steps: 4, guidance_scale: 2, eta: 0, guidance_interval: [200, 600] }));
+    const res3 = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 1, seed: 1, out: path.join(tmp, 'own-out3'), batch: 64, progress: null });
+    expect(describeSampling(res3.sampling)).toBe(`ddim, 4 steps, guidance 2, guidance at t in [200, 600], eta 0 (all from ${path.join(own, 'sampling_config.json')})`);
+    expect(res3.records[0].guidance_interval).toEqual([200, 600]);
+    const res4 = await writeSampleSheet({ run: own, prompt: ['a handwritten 5'], n: 1, seed: 1, out: path.join(tmp, 'own-out4'), batch: 64, progress: null, guidanceInterval: null });
+    expect(res4.sampling.settings.guidanceInterval).toBeNull();
+    expect(res4.sampling.from.guidanceInterval).toBe('flag');
+    // Independent: the interval run is the pipeline's with that interval, not the plain one.
+    const { pipeline: p2 } = loadRunPipeline(own, { scheduler: 'ddim' });
+    const pixels = (iv: [number, number] | null) => {
+      const o = p2.call({ prompt: 'a handwritten 5', numInferenceSteps: 4, guidanceScale: 2, guidanceInterval: iv, seed: 1, firstIndex: 0 });
+      const d = o.images.dataSync().slice();
+      tf.dispose([o.images, o.latents, o.promptEmbeds]);
+      return d;
+    };
+    const [withIv, plain] = [pixels([200, 600]), pixels(null)];
+    p2.dispose();
+    const png3 = PNG.sync.read(fs.readFileSync(path.join(tmp, 'own-out3', '0000.png')));
+    let w3 = 0;
+    let wPlain = 0;
+    for (let p = 0; p < 256; p++) {
+      w3 = Math.max(w3, Math.abs(png3.data[p * 4] - Math.round(withIv[p] * 255)));
+      wPlain = Math.max(wPlain, Math.abs(png3.data[p * 4] - Math.round(plain[p] * 255)));
+    }
+    expect(w3).toBeLessThanOrEqual(1);
+    expect(wPlain).toBeGreaterThan(1);
   });
 
   it("writes digits at the data's own size from vae/canvas.json; canvas 'padded' gives the VAE's canvas", async () => {
@@ -257,7 +286,7 @@ describe('sdlab sample / txt2img (CLI)', () => {
       inProcess('txt2img', '--model', path.join(FIXTURE, 'model'), '--prompt', 'a red cube', '--negative-prompt', 'blurry', '--n', '2', '--batch', '2', '--steps', '2', '--scheduler', 'euler', '--height', '16', '--width', '16', '--out', t2i),
     ]);
     expect(ok.code, ok.stderr).toBe(0);
-    expect(ok.stdout).toContain(`sampling: ddim, 2 steps, guidance 3, eta 0 (steps from --steps; scheduler, guidance, eta from ${path.join(runDir, 'sampling_config.json')})`);
+    expect(ok.stdout).toContain(`sampling: ddim, 2 steps, guidance 3, eta 0 (steps from --steps; scheduler, guidance, eta, guidance interval from ${path.join(runDir, 'sampling_config.json')})`);
     expect(fs.readdirSync(out).sort()).toEqual(['0000.png', '0001.png', '0002.png', '0003.png', 'grid.png', 'samples.json']); // no temp files left
     expect(JSON.parse(fs.readFileSync(path.join(out, 'samples.json'), 'utf8')).map((r: { digit: number }) => r.digit)).toEqual([0, 0, 1, 1]);
     expect(ok.stdout).toContain(path.join(out, 'samples.json'));
@@ -284,6 +313,7 @@ describe('sdlab sample / txt2img (CLI)', () => {
       [['sample', '--run', badFile('bad-key', '{"scheduler": "ddim", "num_inference_steps": 5, "guidance_scale": 2, "eta": 0, "cfg": 2}'), '--out', x], /sampling_config\.json: unknown key "cfg"/],
       [['sample', '--run', badFile('bad-guidance', '{"scheduler": "ddim", "num_inference_steps": 5, "guidance_scale": -1, "eta": 0}'), '--out', x], /sampling_config\.json: "guidance_scale" must be a number in \[0, 100\], got -1/],
       [['sample', '--run', badFile('bad-scheduler', '{"scheduler": "heun", "num_inference_steps": 5, "guidance_scale": 2, "eta": 0}'), '--out', x], /sampling_config\.json: "scheduler" must be one of ddpm, ddim.*got "heun"/],
+      [['sample', '--run', badFile('bad-interval', '{"scheduler": "ddim", "num_inference_steps": 5, "guidance_scale": 2, "eta": 0, "guidance_interval": [600, 100]}'), '--out', x], /sampling_config\.json: "guidance_interval" must be null or \[lo, hi\] train timesteps with 0 <= lo <= hi, got \[600,100\]/],
       [['sample', '--run', badFile('bad-json', '{"scheduler": "ddim",'), '--out', x], /sampling_config\.json: not valid JSON/],
       [['sample', '--run', badFile('bad-missing', '{"scheduler": "ddim", "guidance_scale": 2, "eta": 0}'), '--out', x], /sampling_config\.json: missing "num_inference_steps"/],
       [['sample', '--run', runDir, '--canvas', 'square', '--out', x], /--canvas .*expected one of native, padded, got "square"/],

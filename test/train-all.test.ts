@@ -52,7 +52,7 @@ describe('train all', () => {
     expect(stdout).toMatch(/npx sdlab sample --run /);
     // The run knows how to sample itself (the preset's settings) and the size of its data.
     expect(JSON.parse(fs.readFileSync(path.join(runDir, 'sampling_config.json'), 'utf8'))).toEqual({
-      scheduler: 'ddim', num_inference_steps: 2, guidance_scale: 3, eta: 0, source: 'train all --preset tiny',
+      scheduler: 'ddim', num_inference_steps: 2, guidance_scale: 3, eta: 0, guidance_interval: null, source: 'train all --preset tiny',
     });
     expect(sheet[0]).toMatchObject({ scheduler: 'ddim', steps: 2, guidance: 3, eta: 0 });
     expect(JSON.parse(fs.readFileSync(path.join(runDir, 'vae/canvas.json'), 'utf8'))).toMatchObject({ native_height: 8, native_width: 8, sample_size: 8, pad_top: 0, pad_left: 0 });

@@ -34,7 +34,7 @@ import { runEval, formatReport } from '../eval/evaluate.ts';
 import { formatSanityTable } from '../eval/sanity.ts';
 import { SCHEDULER_NAMES } from '../schedule/index.ts';
 import { writeSampleSheet } from '../sample/sheet.ts';
-import { SAMPLING_DEFAULTS, type SamplingSettings, describeSampling, formatSampling, readSamplingConfig, samplingConfigPath } from '../sample/settings.ts';
+import { SAMPLING_DEFAULTS, SAMPLING_FLAGS, type SamplingSettings, parseGuidanceInterval, describeSampling, formatSampling, readSamplingConfig, samplingConfigPath } from '../sample/settings.ts';
 
 interface EvalCliOptions {
   run: string;
@@ -51,6 +51,7 @@ interface EvalCliOptions {
   scheduler?: SamplingSettings['scheduler'];
   guidance?: number;
   eta?: number;
+  guidanceInterval?: [number, number] | null;
   batch: number;
   backend: string;
 }
@@ -73,14 +74,15 @@ export function register(program: Command): void {
     .option('--scheduler <name>', `without --samples: sampler ${SCHEDULER_NAMES.join('|')} (default: the run's, else ${SAMPLING_DEFAULTS.scheduler})`, oneOf(SCHEDULER_NAMES))
     .option('--guidance <g>', `without --samples: guidance scale (default: the run's, else ${SAMPLING_DEFAULTS.guidance})`, float(0, 100))
     .option('--eta <x>', `without --samples: DDIM eta (default: the run's, else ${SAMPLING_DEFAULTS.eta})`, float(0, 1))
+    .option('--guidance-interval <lo,hi>', "without --samples: guide only at train timesteps lo..hi, or \"all\" (default: the run's, else all)", parseGuidanceInterval)
     .option('--batch <n>', 'without --samples: images per UNet batch', int(1, 4096), 100)
     .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: EvalCliOptions) => {
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a model first, or pass --run DIR).`);
       checkOutputDir('--out', o.out);
-      const samplingFlags = (['steps', 'scheduler', 'guidance', 'eta'] as const).filter((k) => o[k] !== undefined);
+      const samplingFlags = (['steps', 'scheduler', 'guidance', 'eta', 'guidanceInterval'] as const).filter((k) => o[k] !== undefined);
       if (o.samples && samplingFlags.length) {
-        check(false, `--${samplingFlags[0]}: only for drawing samples; with --samples the images are already drawn (drop --samples to draw them now).`);
+        check(false, `${SAMPLING_FLAGS[samplingFlags[0]]}: only for drawing samples; with --samples the images are already drawn (drop --samples to draw them now).`);
       }
       // A bad sampling_config.json is one line before any work.
       const stored = readSamplingConfig(o.run);
@@ -90,7 +92,7 @@ export function register(program: Command): void {
         samples = path.join(o.out, 'samples');
         const res = await writeSampleSheet({
           run: o.run, digits: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], n: o.n, seed: o.seed, out: samples, batch: o.batch,
-          steps: o.steps, scheduler: o.scheduler, guidance: o.guidance, eta: o.eta,
+          steps: o.steps, scheduler: o.scheduler, guidance: o.guidance, eta: o.eta, guidanceInterval: o.guidanceInterval,
         });
         for (const note of res.notes) console.log(`note: ${note}`);
         console.log(`sampled ${res.records.length} digits (${o.n} per digit, ${res.width}×${res.height}) into ${samples}: ${describeSampling(res.sampling)}`);
@@ -103,7 +105,7 @@ export function register(program: Command): void {
         const s = res.sampling;
         if (s && s !== 'mixed') {
           console.log(`samples drawn with ${formatSampling({ ...s, scheduler: s.scheduler as SamplingSettings['scheduler'] })} (${path.join(o.samples, 'samples.json')})`);
-          const differs = (['scheduler', 'steps', 'guidance', 'eta'] as const).filter((k) => stored && stored[k] !== s[k]);
+          const differs = (['scheduler', 'steps', 'guidance', 'eta', 'guidanceInterval'] as const).filter((k) => stored && String(stored[k]) !== String(s[k]));
           if (stored && differs.length) console.log(`note: the run samples itself with ${formatSampling(stored)} (${samplingConfigPath(o.run)}); these samples differ in ${differs.join(', ')}.`);
         } else {
           console.log(`samples: ${s === 'mixed' ? 'drawn with mixed settings' : 'their sampling settings are not recorded'} (${o.samples})`);

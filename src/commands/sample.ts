@@ -21,7 +21,7 @@ import { float, int, oneOf } from '../util/options.ts';
 import { SCHEDULER_NAMES } from '../schedule/index.ts';
 import { parseDigitList } from '../sample/prompts.ts';
 import { type SampleOptions, samplePrompts, writeSampleSheet } from '../sample/sheet.ts';
-import { SAMPLING_CONFIG_FILE, SAMPLING_DEFAULTS, describeSampling } from '../sample/settings.ts';
+import { SAMPLING_CONFIG_FILE, SAMPLING_DEFAULTS, describeSampling, parseGuidanceInterval } from '../sample/settings.ts';
 import { CANVAS_MODES } from '../data/canvas.ts';
 
 export function register(program: Command): void {
@@ -36,6 +36,7 @@ export function register(program: Command): void {
     .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the run's, else ${SAMPLING_DEFAULTS.scheduler})`, oneOf(SCHEDULER_NAMES))
     .option('--guidance <g>', `classifier-free guidance scale, 1 = conditional model only (default: the run's, else ${SAMPLING_DEFAULTS.guidance})`, float(0, 100))
     .option('--eta <x>', `DDIM eta, 0 = deterministic (default: the run's, else ${SAMPLING_DEFAULTS.eta})`, float(0, 1))
+    .option('--guidance-interval <lo,hi>', 'guide only at train timesteps lo..hi (the conditional model alone elsewhere), or "all" (default: the run\'s, else all)', parseGuidanceInterval)
     .option('--canvas <size>', "native: the data's own size (28×28 digits) | padded: the VAE's canvas (32×32)", oneOf(CANVAS_MODES), 'native')
     .option('--seed <n>', 'random seed (image k uses the stream (seed, k))', int(0), 0)
     .option('--batch <n>', 'images per UNet batch', int(1, 4096), 64)

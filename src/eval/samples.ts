@@ -12,7 +12,7 @@
  *    - digit:  the digit the prompt asked for, an integer 0..9, or null for an unconditional
  *              sample (counts for FID and the histogram, not for conditional accuracy)
  *    - prompt: the prompt text (optional; informational)
- *    - scheduler, steps, guidance, eta: how it was sampled (optional; `sdlab sample` writes them,
+ *    - scheduler, steps, guidance, eta, guidance_interval: how it was sampled (optional; `sdlab sample` writes them,
  *              and eval reports them when every entry agrees)
  *    `manifest.json` in the same format is accepted too. With neither, each PNG's name must
  *    start with its digit and a separator: `7_0003.png`, `7-a.png`.
@@ -42,12 +42,14 @@ export interface SampleEntry {
   sampling?: SampledWith;
 }
 
-/** The sampling settings samples.json records (keys scheduler, steps, guidance, eta of each entry). */
+/** The sampling settings samples.json records (keys scheduler, steps, guidance, eta, guidance_interval of each entry). */
 export interface SampledWith {
   scheduler: string;
   steps: number;
   guidance: number;
   eta: number;
+  /** [lo, hi] or null (every step; also when the entry does not say). */
+  guidanceInterval: [number, number] | null;
 }
 
 export interface Samples {
@@ -128,8 +130,10 @@ export function readManifest(dir: string): { file: string; entries: SampleEntry[
       const digit = parseDigit(o.digit, where);
       const num = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
       // Older sdlab sample sheets (and other tools) do not record these; they are informational.
+      const iv = o.guidance_interval;
+      const interval = Array.isArray(iv) && iv.length === 2 && iv.every(num) ? ([iv[0], iv[1]] as [number, number]) : null;
       const sampling = typeof o.scheduler === 'string' && num(o.steps) && num(o.guidance) && num(o.eta)
-        ? { scheduler: o.scheduler, steps: o.steps as number, guidance: o.guidance as number, eta: o.eta as number }
+        ? { scheduler: o.scheduler, steps: o.steps as number, guidance: o.guidance as number, eta: o.eta as number, guidanceInterval: interval }
         : undefined;
       return { file: o.file, prompt: (o.prompt as string | undefined) ?? null, digit: digit < 0 ? null : digit, sampling };
     });
@@ -171,7 +175,8 @@ export function loadSamplesDir(dir: string): Samples {
 function commonSampling(entries: SampleEntry[]): SampledWith | 'mixed' | null {
   const first = entries[0]?.sampling;
   if (!first || entries.some((e) => !e.sampling)) return null;
-  const same = (a: SampledWith, b: SampledWith) => a.scheduler === b.scheduler && a.steps === b.steps && a.guidance === b.guidance && a.eta === b.eta;
+  const same = (a: SampledWith, b: SampledWith) =>
+    a.scheduler === b.scheduler && a.steps === b.steps && a.guidance === b.guidance && a.eta === b.eta && String(a.guidanceInterval) === String(b.guidanceInterval);
   return entries.every((e) => same(e.sampling!, first)) ? first : 'mixed';
 }
 

@@ -95,6 +95,13 @@ export interface PipelineCallOptions {
   numInferenceSteps?: number;
   /** Classifier-free guidance scale g (default 7.5; 8.5 for LCM-distilled UNets, where it is a UNet input); 1 = the conditional model alone. */
   guidanceScale?: number;
+  /**
+   * Guide only while the timestep t lies in [lo, hi] (train timesteps, ends included), the
+   * conditional model alone (g = 1, half the UNet work) elsewhere: "guidance in a limited
+   * interval" (Kynkäänniemi et al. 2024, arXiv 2404.07724) — guidance at high noise levels is what
+   * collapses variety, at low noise it barely matters. Default: every step.
+   */
+  guidanceInterval?: readonly [number, number] | null;
   /** Image size in pixels (default: the UNet's sample_size × the VAE's downsampling factor). */
   height?: number;
   width?: number;
@@ -226,7 +233,6 @@ export class StableDiffusionPipeline {
     return this.vae.downsampleFactor;
   }
 
-  /** Default image size: the UNet's sample_size in pixels (512 for SD 1.5, 32 for the MNIST presets). */
   /** Upstream's step count for this model: 4 for LCM-distilled UNets (time_cond_proj_dim set), else 50. */
   get defaultSteps(): number {
     return this.unet.config.time_cond_proj_dim ? 4 : 50;
@@ -237,6 +243,7 @@ export class StableDiffusionPipeline {
     return this.unet.config.time_cond_proj_dim ? 8.5 : 7.5;
   }
 
+  /** Default image size: the UNet's sample_size in pixels (512 for SD 1.5, 32 for the MNIST presets). */
   get defaultSize(): number {
     return (this.unet.config.sample_size ?? 64) * this.vaeScaleFactor;
   }
@@ -406,6 +413,10 @@ export class StableDiffusionPipeline {
     const g = opts.guidanceScale ?? this.defaultGuidance;
     if (!Number.isInteger(steps) || steps < 1) throw new UsageError(`steps: expected an integer >= 1, got ${steps}.`);
     if (!Number.isFinite(g)) throw new UsageError(`guidance: expected a number, got ${g}.`);
+    const iv = opts.guidanceInterval;
+    if (iv && !(iv.length === 2 && Number.isFinite(iv[0]) && Number.isFinite(iv[1]) && iv[0] <= iv[1])) {
+      throw new UsageError(`guidance interval: expected [lo, hi] timesteps with lo <= hi, got [${iv.join(', ')}].`);
+    }
     const f = this.vaeScaleFactor;
     // Sizes: given, else the init image's, else the model's.
     const height = opts.height ?? opts.image?.shape[1] ?? this.defaultSize;
@@ -441,20 +452,26 @@ export class StableDiffusionPipeline {
       opts.inspect?.('start_latents', latents);
       const extra = start.extraChannels ? (doGuidance ? tf.concat([start.extraChannels, start.extraChannels]) : start.extraChannels.clone()) : null;
       if (extra) start.owned.push(extra);
+      // Steps outside the guidance interval run the prompt's rows only.
+      const interval = doGuidance ? (opts.guidanceInterval ?? null) : null;
+      const condOnly = interval ? { embeds: embeds.slice([b, 0, 0]), extra: start.extraChannels?.clone() ?? null } : null;
+      if (condOnly) start.owned.push(condOnly.embeds, ...(condOnly.extra ? [condOnly.extra] : []));
 
       // 4. the denoising loop
       for (let i = 0; i < timesteps.length; i++) {
         const t = timesteps[i];
         const x = latents;
+        const guided = doGuidance && (!interval || (t >= interval[0] && t <= interval[1]));
         const noisePred = tf.tidy(() => {
-          let modelInput = scheduler.scaleModelInput(doGuidance ? tf.concat([x, x]) : x, t) as tf.Tensor4D;
-          if (extra) modelInput = tf.concat([modelInput, extra], 3);
-          const out = this.unet.forward(modelInput, t, embeds, { timestepCond });
+          let modelInput = scheduler.scaleModelInput(guided ? tf.concat([x, x]) : x, t) as tf.Tensor4D;
+          const ex = guided || !condOnly ? extra : condOnly.extra;
+          if (ex) modelInput = tf.concat([modelInput, ex], 3);
+          const out = this.unet.forward(modelInput, t, guided || !condOnly ? embeds : condOnly.embeds, { timestepCond });
           if (i === 0 && opts.inspect) {
             opts.inspect('unet_input_step0', modelInput);
             opts.inspect('unet_output_step0', out);
           }
-          if (!doGuidance) return out;
+          if (!guided) return out;
           const [uncond, cond] = tf.split(out, 2, 0) as [tf.Tensor4D, tf.Tensor4D];
           return classifierFreeGuidance(uncond, cond, g);
         });

@@ -52,6 +52,8 @@ export interface SampleOptions {
   guidance?: number;
   /** DDIM η (0 = deterministic). */
   eta?: number;
+  /** Guide only at train timesteps t in [lo, hi]; null = every step (overriding the run's). */
+  guidanceInterval?: readonly [number, number] | null;
   seed: number;
   out: string;
   animate?: boolean;
@@ -74,6 +76,8 @@ export interface SampleRecord {
   steps: number;
   guidance: number;
   eta: number;
+  /** Guidance only at t in [lo, hi]; null = every step. */
+  guidance_interval: readonly [number, number] | null;
 }
 
 export interface SampleResult {
@@ -104,8 +108,8 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
   check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
   const canvasMode = opts.canvas ?? 'native';
   check(CANVAS_MODES.includes(canvasMode), `--canvas: expected one of ${CANVAS_MODES.join(', ')}, got "${canvasMode}".`);
-  const sampling = resolveSampling(opts.run, { scheduler: opts.scheduler as SchedulerName | undefined, steps: opts.steps, guidance: opts.guidance, eta: opts.eta });
-  const { scheduler, steps, guidance, eta } = sampling.settings;
+  const sampling = resolveSampling(opts.run, { scheduler: opts.scheduler as SchedulerName | undefined, steps: opts.steps, guidance: opts.guidance, eta: opts.eta, guidanceInterval: opts.guidanceInterval });
+  const { scheduler, steps, guidance, eta, guidanceInterval } = sampling.settings;
   const prompts = samplePrompts(opts);
   // A run of other classes (a sneaker, a coat) has no digits, even where a class name holds a digit word.
   const digitOf = (prompt: string) => (readRunClasses(opts.run) ? null : digitFromPrompt(prompt));
@@ -122,6 +126,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
     steps,
     guidance,
     eta,
+    guidance_interval: guidanceInterval,
   }));
 
   const { pipeline, notes: loadNotes, canvas } = loadRunPipeline(opts.run, { scheduler });
@@ -144,6 +149,7 @@ export async function writeSampleSheet(opts: SampleOptions): Promise<SampleResul
       batchSize: opts.batch,
       numInferenceSteps: steps,
       guidanceScale: guidance,
+      guidanceInterval,
       seed: opts.seed,
       eta,
       callback: (s) => {

@@ -109,7 +109,7 @@ export const TINY_PRESET: TrainAllPreset = {
     gridEvery: 1,
     gridCols: 1,
     gridSteps: 2,
-    sampling: { scheduler: 'ddim', steps: 2, guidance: 3, eta: 0 },
+    sampling: { scheduler: 'ddim', steps: 2, guidance: 3, eta: 0, guidanceInterval: null },
   },
   sheet: { n: 1 },
 };

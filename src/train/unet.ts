@@ -125,7 +125,7 @@ export const RECIPE_UNET_CONFIG: Partial<UNet2DConditionConfig> = {
  * How the recipe's UNet is sampled: DDIM, 50 steps, guidance 1.75 — the full preset's measured
  * balance of faithfulness (accuracy) and diversity (FID) (the table in presets.ts).
  */
-export const RECIPE_SAMPLING: SamplingSettings = { scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0 };
+export const RECIPE_SAMPLING: SamplingSettings = { scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0, guidanceInterval: null };
 
 /** The full-preset recipe (see presets.ts for what it was chosen against and what helped). */
 export const UNET_TRAIN_DEFAULTS: Omit<UnetTrainOptions, 'runDir'> = {
