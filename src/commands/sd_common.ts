@@ -15,11 +15,25 @@
  *   --init-latents F       reads such a file instead of drawing the start noise (txt2img: the
  *                          initial latents; inpaint: diffusers' `latents` argument; img2img: the
  *                          noise added to the encoded image).
+ *
+ * What A1111 users expect (src/sample/infotext.ts, src/sample/prompt_weighting.ts):
+ *   every PNG        carries a `parameters` text chunk in A1111's layout (prompt, "Negative
+ *                    prompt: ...", "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size:
+ *                    512x512, Model: NAME, ..." then sdlab's own keys: model path, scheduler,
+ *                    prediction, rng, LoRAs, image index), so A1111's "PNG Info" reads it.
+ *   --from-png F     re-runs from such a PNG (sdlab's or A1111's): its settings, overridden by
+ *                    every flag given on the command line; image k of an --rng sdlab run is
+ *                    drawn from its own stream (seed, k) again, so the re-run is the same image.
+ *   prompts          (word:1.3) emphasis and prompts over 75 tokens in chunks, as A1111
+ *                    (--no-emphasis reads brackets as plain text, as diffusers does).
+ *   --animate        writes NNNN.gif beside each image: x_t and the predicted clean image x0
+ *                    at every step (the VAE decoder for small images, a linear latent → RGB map
+ *                    fitted to the VAE for large ones: src/sample/animate.ts).
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { selectBackend } from '../backend/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
@@ -28,12 +42,15 @@ import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
 import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { TorchGenerator } from '../util/torch_random.ts';
 import { writeSafetensors } from '../io/safetensors.ts';
+import { readPngText } from '../io/png.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
 import { type U8Image, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../sample/image_processor.ts';
 import { nchwToNhwc, nhwcToNchw } from '../sample/noise.ts';
+import { A1111_SAMPLERS, formatInfotext, parseInfotext, schedulerFromA1111 } from '../sample/infotext.ts';
+import { ReverseProcessAnimation, latentPreview } from '../sample/animate.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 import { openLatents } from './encode.ts';
 
@@ -41,8 +58,13 @@ export type SdCommand = 'txt2img' | 'img2img' | 'inpaint';
 export const RNG_NAMES = ['sdlab', 'torch'] as const;
 /** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
 export const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
+/** --animate values: how x0 is drawn in the preview (auto: vae up to 128×128 pixels, approx above). */
+export const ANIMATE_PREVIEWS = ['auto', 'vae', 'approx'] as const;
+/** --animate auto uses the VAE decoder up to this many pixels per image, the linear projection above. */
+const ANIMATE_VAE_MAX_PIXELS = 128 * 128;
 
 export interface SdOptions {
+  /** Required (or named by --from-png's PNG). */
   model: string;
   yaml?: string;
   tokenizer?: string;
@@ -81,6 +103,16 @@ export interface SdOptions {
   mask?: string;
   /** img2img / inpaint: the share of the schedule that runs. */
   strength?: number;
+  /** Re-run from the `parameters` chunk of this PNG (options given explicitly win; see applyPngParameters). */
+  fromPng?: string;
+  /** Write NNNN.gif per image: the predicted x0 at every step (true = 'auto'). */
+  animate?: boolean | (typeof ANIMATE_PREVIEWS)[number];
+  /** Read (word:1.3) emphasis in prompts (default true; --no-emphasis: plain text). */
+  emphasis?: boolean;
+  /** Set by applyPngParameters: the PNG's settings are already in (runSd does not read it again). */
+  fromPngApplied?: boolean;
+  /** The stream index of the first image (--rng sdlab): a --from-png re-run of image k starts at k. */
+  firstIndex?: number;
   progress?: NodeJS.WriteStream | null;
 }
 
@@ -93,6 +125,8 @@ export interface SdResult {
   width: number;
   latents?: string;
   loras: LoraMergeReport[];
+  /** --animate: one GIF per image. */
+  animations: string[];
 }
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
@@ -146,12 +180,15 @@ export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
 /** The flags every Stable Diffusion command takes (txt2img's, shared by img2img and inpaint). */
 export function addSdOptions(cmd: Command, out: string): Command {
   return cmd
-    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle)')
+    .option('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle); required unless --from-png names one')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
     .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, or OpenCLIP ViT-H for SD 2.x, 64 channels per head)')
     .option('--prediction <type>', "what the UNet predicts: epsilon|v_prediction (default: the model's scheduler config or yaml; an SD 2.x file without a yaml: v_prediction at 768, epsilon means 512-base)", oneOf(PREDICTIONS))
-    .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--prompt <text>', 'the prompt (repeat for several). A1111 syntax: (word:1.3), (word) = ×1.1, [word] = ÷1.1, \\( for a literal bracket, BREAK starts a new chunk; over 75 tokens: chunks of 75 concatenated', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--no-emphasis', 'read brackets in prompts as plain text (as diffusers does), not as A1111 emphasis')
+    .option('--from-png <file>', 'take the settings from a PNG\'s "parameters" chunk (written by sdlab or A1111): prompt, negative prompt, steps, sampler, CFG scale, seed, size, strength, LoRAs, model; flags given here override them')
+    .addOption(new Option('--animate [preview]', 'also write NNNN.gif per image: x_t and the predicted clean image x0 at every step. preview: vae (the VAE decoder) | approx (a linear latent→RGB map fitted to the model\'s own VAE by least squares at start-up; 1/8 resolution, cheap) | auto (vae up to 128x128 pixels, else approx)').choices(ANIMATE_PREVIEWS).preset('auto'))
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
     .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
@@ -203,7 +240,10 @@ function outputSize(kind: SdCommand, pipe: StableDiffusionPipeline, opts: SdOpti
 }
 
 /** Runs txt2img, img2img or inpaint as the CLI does (see the file header). */
-export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult> {
+export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResult> {
+  // The API: what the caller set wins over the PNG (the CLI merges first, knowing which flags were typed).
+  const opts = options.fromPng !== undefined && !options.fromPngApplied ? applyPngParameters(kind, options, options.fromPng, (k) => options[k] !== undefined) : options;
+  check(typeof opts.model === 'string' && opts.model !== '', '--model: required (a diffusers directory, a .safetensors file or a .ckpt), unless --from-png names one.');
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
   check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
@@ -243,6 +283,7 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
   const pipe = loadModel(opts);
   const tensors: tf.Tensor[] = [];
   try {
+    pipe.emphasis = opts.emphasis !== false;
     applySchedulerFlags(pipe, opts);
     const merged = mergeLoras(pipe, loras);
     const { height, width } = outputSize(kind, pipe, opts, image);
@@ -283,7 +324,19 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
     const progress = opts.progress === null ? null : new Progress({ total: batches * stepsPerBatch, label: kind, unit: 'step', stream: opts.progress });
     const images: FloatImage[] = [];
     const files: string[] = [];
+    const animations: string[] = [];
     const noise = opts.saveLatents !== undefined ? new Float32Array(N * h * w * C) : null;
+    const preview = opts.animate === undefined || opts.animate === false ? null : opts.animate === true ? 'auto' : opts.animate;
+    const approx = preview === 'approx' || (preview === 'auto' && height * width > ANIMATE_VAE_MAX_PIXELS);
+    const decode = approx ? latentPreview(pipe).decode : undefined;
+    // Cells of about 256 pixels: the x0 preview is at latent resolution with approx.
+    const cellScale = Math.max(1, Math.round(256 / Math.max(approx ? height / f : height, approx ? width / f : width)));
+    let anims: ReverseProcessAnimation[] = [];
+    const parameters = (index: number) => formatInfotext({
+      prompt: perImage[index],
+      negativePrompt: opts.negativePrompt ?? '',
+      params: a1111Params(kind, opts, { scheduler: schedulerName, karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true, prediction: pipe.scheduler.config.prediction_type, rng, height, width, strength, loras: merged, index: (opts.firstIndex ?? 0) + index }),
+    });
     await pipe.generate({
       prompts: perImage,
       negativePrompts: opts.negativePrompt ?? '',
@@ -299,24 +352,37 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
       mask: maskT,
       strength,
       latents,
+      firstIndex: opts.firstIndex,
       returnNoise: noise !== null,
-      callback: (s) => progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`),
+      callback: (s) => {
+        if (preview) {
+          if (s.i === 0) anims = Array.from({ length: s.latents.shape[0] }, (_, j) => new ReverseProcessAnimation(pipe, { indices: [j], decode, scale: cellScale }));
+          for (const a of anims) a.record(s);
+        }
+        progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`);
+      },
       onBatch: async ({ first, images: batch, height: H, width: W, channels, noise: batchNoise }) => {
         if (noise && batchNoise) noise.set(batchNoise, first * h * w * C);
         for (let k = 0; k < batch.length; k++) {
           const img: FloatImage = { data: batch[k], height: H, width: W, channels: channels as 1 | 3 };
           images.push(img);
           const file = path.join(opts.out, `${String(first + k).padStart(4, '0')}.png`);
-          await savePng(file, renderGrid([img], { pad: 0 }));
+          await savePng(file, renderGrid([img], { pad: 0 }), { text: { parameters: parameters(first + k) } });
           files.push(file);
+          if (preview && anims[k]) {
+            const gif = path.join(opts.out, `${String(first + k).padStart(4, '0')}.gif`);
+            await anims[k].save(gif);
+            animations.push(gif);
+          }
         }
+        anims = [];
       },
     });
     progress?.finish();
     let grid: string | undefined;
     if (images.length > 1) {
       grid = path.join(opts.out, 'grid.png');
-      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}));
+      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}), { text: { parameters: parameters(0) } });
     }
     if (noise) {
       writeSafetensors(opts.saveLatents!, { latents: { shape: [N, C, h, w], data: nhwcToNchw(noise, N, h, w, C) } }, {
@@ -346,10 +412,12 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
       ...(kind !== 'txt2img' ? { init_image: opts.initImage, strength } : {}),
       ...(kind === 'inpaint' ? { mask: opts.mask } : {}),
       ...(opts.initLatents !== undefined ? { init_latents: opts.initLatents } : {}),
-      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index })),
+      ...(opts.fromPng !== undefined ? { from_png: opts.fromPng } : {}),
+      emphasis: opts.emphasis !== false,
+      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index: (opts.firstIndex ?? 0) + index })),
     };
     await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
-    return { files, grid, json, scheduler: schedulerName, height, width, latents: opts.saveLatents, loras: merged };
+    return { files, grid, json, scheduler: schedulerName, height, width, latents: opts.saveLatents, loras: merged, animations };
   } finally {
     tf.dispose(tensors);
     pipe.dispose();
@@ -357,8 +425,11 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
 }
 
 /** The `action` of the three commands: select the backend, run, print what was written. */
-export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }) => Promise<void> {
-  return async (o) => {
+export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }, cmd: Command) => Promise<void> {
+  return async (typed, cmd) => {
+    // --from-png: the PNG's settings under every flag typed on the command line (not commander's defaults).
+    const given = (k: keyof SdOptions) => ['cli', 'env'].includes(cmd.getOptionValueSource(k) ?? '');
+    const o = typed.fromPng !== undefined ? { ...applyPngParameters(kind, typed, typed.fromPng, given), backend: typed.backend } : typed;
     const backend = await selectBackend(o.backend);
     const started = Date.now();
     const res = await runSd(kind, o);
@@ -366,6 +437,7 @@ export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }) 
     console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${o.steps} steps${extra}, guidance ${o.guidance}, seed ${o.seed} (rng ${o.rng ?? 'sdlab'}), backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
     for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
     for (const f of res.files) console.log(`wrote ${f}`);
+    for (const f of res.animations) console.log(`wrote ${f}`);
     if (res.grid) console.log(`wrote ${res.grid}`);
     if (res.latents) console.log(`wrote ${res.latents}`);
     console.log(`wrote ${res.json}`);
