@@ -73,7 +73,8 @@ export interface SdOptions {
   negativePrompt?: string;
   /** Images per prompt. */
   n: number;
-  steps: number;
+  /** Default: the model's (pipeline.defaultSteps: 50, or 4 for LCM-distilled UNets). */
+  steps?: number;
   /** Default: the model's scheduler. */
   scheduler?: string;
   /** What the UNet predicts (default: the model's scheduler config / yaml; SD 2.x files without a yaml: v_prediction). */
@@ -84,7 +85,8 @@ export interface SdOptions {
   timestepSpacing?: TimestepSpacing;
   /** LoRA files merged into the weights before sampling (--lora FILE[:scale], repeatable). */
   lora?: LoraSpec[];
-  guidance: number;
+  /** Default: the model's (pipeline.defaultGuidance: 7.5, or 8.5 for LCM-distilled UNets). */
+  guidance?: number;
   seed: number;
   height?: number;
   width?: number;
@@ -121,6 +123,9 @@ export interface SdResult {
   grid?: string;
   json: string;
   scheduler: string;
+  /** The step count and guidance used (the flags, or the model's defaults). */
+  steps: number;
+  guidance: number;
   height: number;
   width: number;
   latents?: string;
@@ -191,12 +196,12 @@ export function addSdOptions(cmd: Command, out: string): Command {
     .addOption(new Option('--animate [preview]', 'also write NNNN.gif per image: x_t and the predicted clean image x0 at every step. preview: vae (the VAE decoder) | approx (a linear latent→RGB map fitted to the model\'s own VAE by least squares at start-up; 1/8 resolution, cheap) | auto (vae up to 128x128 pixels, else approx)').choices(ANIMATE_PREVIEWS).preset('auto'))
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
-    .option('--steps <n>', 'denoising steps', int(1, 10_000), 50)
+    .option('--steps <n>', 'denoising steps (default: 50; 4 for LCM-distilled UNets)', int(1, 10_000))
     .option('--scheduler <name>', `sampler: ${SCHEDULER_NAMES.join('|')} (default: the model's own)`, oneOf(SCHEDULER_NAMES))
     .option('--karras', `Karras sigmas (${KARRAS_SCHEDULERS.join('|')}; e.g. --scheduler dpm++2m --karras = "DPM++ 2M Karras")`)
     .option('--timestep-spacing <s>', `${TIMESTEP_SPACINGS.join('|')}: overrides the scheduler config's (SD-Turbo: trailing)`, oneOf(TIMESTEP_SPACINGS))
     .option('--lora <file[:scale]>', 'a LoRA (.safetensors, kohya/A1111 or diffusers/PEFT keys) merged into the UNet and text encoder at scale (default 1); repeatable', collectLora)
-    .option('--guidance <g>', 'classifier-free guidance scale', float(0, 100), 7.5)
+    .option('--guidance <g>', 'classifier-free guidance scale (default: 7.5; 8.5 for LCM-distilled UNets, which take it as an input)', float(0, 100))
     .option('--eta <x>', 'DDIM eta (0 = deterministic)', float(0, 1), 0)
     .option('--seed <n>', 'random seed (with --rng sdlab, image k uses the stream (seed, k))', int(0), 0)
     .option('--rng <kind>', 'random numbers: sdlab (per-image streams, batch-independent) | torch (torch.Generator("cpu").manual_seed(seed), drawn in diffusers\' order: the same image as diffusers for the same seed when the run is one batch)', oneOf(RNG_NAMES), 'sdlab')
@@ -246,7 +251,8 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
   check(typeof opts.model === 'string' && opts.model !== '', '--model: required (a diffusers directory, a .safetensors file or a .ckpt), unless --from-png names one.');
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
-  check(Number.isInteger(opts.steps) && opts.steps >= 1, `--steps: expected an integer >= 1, got ${opts.steps}.`);
+  check(opts.steps === undefined || (Number.isInteger(opts.steps) && opts.steps >= 1), `--steps: expected an integer >= 1, got ${opts.steps}.`);
+  check(opts.guidance === undefined || Number.isFinite(opts.guidance), `--guidance: expected a number, got ${opts.guidance}.`);
   check(opts.scheduler === undefined || (SCHEDULER_NAMES as readonly string[]).includes(opts.scheduler), `--scheduler: expected one of ${SCHEDULER_NAMES.join(', ')}, got "${opts.scheduler}".`);
   check(!opts.karras || opts.scheduler === undefined || (KARRAS_SCHEDULERS as readonly string[]).includes(opts.scheduler), `--karras: only ${KARRAS_SCHEDULERS.join(', ')} take Karras sigmas, got --scheduler ${opts.scheduler}.`);
   check(opts.timestepSpacing === undefined || (TIMESTEP_SPACINGS as readonly string[]).includes(opts.timestepSpacing), `--timestep-spacing: expected one of ${TIMESTEP_SPACINGS.join(', ')}, got "${opts.timestepSpacing}".`);
@@ -297,8 +303,10 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
     } else {
       check(!pipe.isInpaintingUnet, `--model ${opts.model}: an inpainting UNet (${pipe.unet.config.in_channels} input channels): use \`sdlab inpaint\` with --init-image and --mask.`);
     }
-    pipe.scheduler.setTimesteps(opts.steps); // one clear line for a bad step count, before any work
-    const stepsPerBatch = pipe.startTimesteps(opts.steps, strength ?? null).length; // PNDM runs one more than asked; strength fewer
+    const steps = opts.steps ?? pipe.defaultSteps;
+    const guidance = opts.guidance ?? pipe.defaultGuidance;
+    pipe.scheduler.setTimesteps(steps); // one clear line for a bad step count, before any work
+    const stepsPerBatch = pipe.startTimesteps(steps, strength ?? null).length; // PNDM runs one more than asked; strength fewer
     const schedulerName = opts.scheduler ?? schedulerNameForClass(pipe.scheduler.constructor.name) ?? pipe.scheduler.constructor.name;
     const perImage = prompts.flatMap((p) => new Array<string>(opts.n).fill(p));
     const [N, C, h, w] = [perImage.length, pipe.vae.config.latent_channels, height / f, width / f];
@@ -341,8 +349,8 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
       prompts: perImage,
       negativePrompts: opts.negativePrompt ?? '',
       batchSize: opts.batch,
-      numInferenceSteps: opts.steps,
-      guidanceScale: opts.guidance,
+      numInferenceSteps: steps,
+      guidanceScale: guidance,
       seed: opts.seed,
       generator,
       height,
@@ -398,12 +406,12 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
       prompts,
       negative_prompt: opts.negativePrompt ?? '',
       n: opts.n,
-      steps: opts.steps,
+      steps,
       scheduler: schedulerName,
       karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true,
       timestep_spacing: schedulerName === 'lcm' ? null : pipe.scheduler.config.timestep_spacing,
       loras: merged.map((m) => ({ file: m.file, scale: m.scale, unet_modules: m.unetModules, text_encoder_modules: m.textEncoderModules })),
-      guidance: opts.guidance,
+      guidance,
       eta: opts.eta ?? 0,
       seed: opts.seed,
       rng,
@@ -417,7 +425,7 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
       images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index: (opts.firstIndex ?? 0) + index })),
     };
     await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
-    return { files, grid, json, scheduler: schedulerName, height, width, latents: opts.saveLatents, loras: merged, animations };
+    return { files, grid, json, scheduler: schedulerName, steps, guidance, height, width, latents: opts.saveLatents, loras: merged, animations };
   } finally {
     tf.dispose(tensors);
     pipe.dispose();
@@ -434,7 +442,7 @@ export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }, 
     const started = Date.now();
     const res = await runSd(kind, o);
     const extra = kind === 'txt2img' ? '' : `, strength ${o.strength ?? (kind === 'inpaint' ? 1 : 0.8)}`;
-    console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${o.steps} steps${extra}, guidance ${o.guidance}, seed ${o.seed} (rng ${o.rng ?? 'sdlab'}), backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${res.steps} steps${extra}, guidance ${res.guidance}, seed ${o.seed} (rng ${o.rng ?? 'sdlab'}), backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
     for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
     for (const f of res.files) console.log(`wrote ${f}`);
     for (const f of res.animations) console.log(`wrote ${f}`);

@@ -9,6 +9,7 @@ import { Module, ModuleList } from './module.ts';
 import { gelu } from '../ops/index.ts';
 import { Conv2d, GroupNorm, LayerNorm, Linear, getActivation } from './layers.ts';
 import { Attention } from './attention.ts';
+import { UsageError } from '../util/errors.ts';
 
 // ---------------------------------------------------------------------------------------------
 // ResnetBlock2D
@@ -158,21 +159,60 @@ export function timestepEmbedding(timesteps: tf.Tensor1D | number[], dim: number
   });
 }
 
-/** diffusers TimestepEmbedding: linear_1 → act → linear_2. */
+/**
+ * The guidance-scale embedding LCM-distilled UNets take as `timestep_cond` (diffusers'
+ * LatentConsistencyModelPipeline.get_guidance_scale_embedding, after VDM): for each w,
+ * [sin(1000·w·f_i), cos(1000·w·f_i)] with f_i = exp(−i·ln(10000)/(dim/2 − 1)), zero-padded to an
+ * odd dim. The pipeline passes w = guidance − 1. Each scalar is rounded to float32 at the step
+ * where torch rounds it, so the result matches upstream's float32 tensor op for op.
+ */
+export function guidanceScaleEmbedding(w: readonly number[], dim: number): tf.Tensor2D {
+  const f32 = Math.fround;
+  const half = Math.floor(dim / 2);
+  // torch: log(tensor(10000.)) / (half − 1) as a float32 scalar, then exp(arange · −emb).
+  const step = f32(f32(Math.log(10000)) / (half - 1));
+  const freqs = Array.from({ length: half }, (_, i) => f32(Math.exp(f32(i * -step))));
+  const out = new Float32Array(w.length * dim);
+  w.forEach((wi, r) => {
+    const s = f32(f32(wi) * 1000);
+    for (let i = 0; i < half; i++) {
+      const a = f32(s * freqs[i]);
+      out[r * dim + i] = Math.sin(a);
+      out[r * dim + half + i] = Math.cos(a);
+    }
+  });
+  return tf.tensor2d(out, [w.length, dim]);
+}
+
+/**
+ * diffusers TimestepEmbedding: linear_1 → act → linear_2. With `condProjDim` (LCM-distilled
+ * UNets) it has cond_proj, a bias-free Linear whose output is added to the input features before
+ * linear_1 when a condition is given.
+ */
 export class TimestepEmbedding extends Module {
   readonly linear_1: Linear;
   readonly linear_2: Linear;
+  readonly cond_proj: Linear | null;
   private readonly act: <T extends tf.Tensor>(x: T) => T;
 
-  constructor(inChannels: number, timeEmbedDim: number, opts: { act?: string; outDim?: number } = {}) {
+  constructor(inChannels: number, timeEmbedDim: number, opts: { act?: string; outDim?: number; condProjDim?: number | null } = {}) {
     super();
     this.act = getActivation(opts.act ?? 'silu', 'TimestepEmbedding act_fn');
     this.linear_1 = this.module('linear_1', new Linear(inChannels, timeEmbedDim));
     this.linear_2 = this.module('linear_2', new Linear(timeEmbedDim, opts.outDim ?? timeEmbedDim));
+    this.cond_proj = opts.condProjDim ? this.module('cond_proj', new Linear(opts.condProjDim, inChannels, { bias: false })) : null;
   }
 
-  forward(x: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => this.linear_2.forward(this.act(this.linear_1.forward(x))));
+  /** x [N, inChannels]; condition [N, condProjDim] (ignored when absent, as upstream). */
+  forward(x: tf.Tensor2D, condition?: tf.Tensor2D | null): tf.Tensor2D {
+    return tf.tidy(() => {
+      let h = x;
+      if (condition) {
+        if (!this.cond_proj) throw new UsageError('TimestepEmbedding: got a timestep condition, but this model has no cond_proj (time_cond_proj_dim is null).');
+        h = tf.add(h, this.cond_proj.forward(condition));
+      }
+      return this.linear_2.forward(this.act(this.linear_1.forward(h)));
+    });
   }
 }
 

@@ -28,6 +28,10 @@
  *      With g = 1 the formula is just eps_cond, so the unconditional half is skipped (half the
  *      work). (diffusers skips it for every g ≤ 1; here g < 1 still guides — g = 0 gives the
  *      unconditional model — which is what the formula says.)
+ *      LCM-distilled UNets (time_cond_proj_dim set), as LatentConsistencyModelPipeline: the
+ *      guidance was distilled into the model, so there is no CFG (B rows, the prompt only, no
+ *      negative prompt) and the UNet gets timestep_cond = guidanceScaleEmbedding(g − 1) instead;
+ *      defaults g = 8.5 and 4 steps.
  *   5. images = clamp(vae.decode(latents / scaling_factor) / 2 + 0.5, 0, 1)   denormalize (data/pixels.ts)
  *
  * Usage:
@@ -55,6 +59,7 @@ import type { UNet2DConditionModel } from '../unet/unet.ts';
 import type { AutoencoderKL } from '../autoencoder/autoencoder.ts';
 import type { NoiseGenerator, Scheduler } from '../schedule/base.ts';
 import type { Module } from '../nn/module.ts';
+import { guidanceScaleEmbedding } from '../nn/blocks.ts';
 import { UsageError } from '../util/errors.ts';
 import { denormalize } from '../data/pixels.ts';
 import { type PipelineNoise, BatchNoiseGenerator, diffusersNoise, imageGenerator, perImageNoise } from './noise.ts';
@@ -88,9 +93,9 @@ export interface PipelineCallOptions {
   prompt: string | readonly string[];
   /** What to steer away from: one for all images or one per image. Default "" (unconditional). */
   negativePrompt?: string | readonly string[] | null;
-  /** Number of denoising steps (default 50). */
+  /** Number of denoising steps (default 50; 4 for LCM-distilled UNets). */
   numInferenceSteps?: number;
-  /** Classifier-free guidance scale g (default 7.5); 1 = the conditional model alone. */
+  /** Classifier-free guidance scale g (default 7.5; 8.5 for LCM-distilled UNets, where it is a UNet input); 1 = the conditional model alone. */
   guidanceScale?: number;
   /** Image size in pixels (default: the UNet's sample_size × the VAE's downsampling factor). */
   height?: number;
@@ -228,6 +233,16 @@ export class StableDiffusionPipeline {
   }
 
   /** Default image size: the UNet's sample_size in pixels (512 for SD 1.5, 32 for the MNIST presets). */
+  /** Upstream's step count for this model: 4 for LCM-distilled UNets (time_cond_proj_dim set), else 50. */
+  get defaultSteps(): number {
+    return this.unet.config.time_cond_proj_dim ? 4 : 50;
+  }
+
+  /** Upstream's guidance scale for this model: 8.5 for LCM-distilled UNets (there a UNet input), else 7.5. */
+  get defaultGuidance(): number {
+    return this.unet.config.time_cond_proj_dim ? 8.5 : 7.5;
+  }
+
   get defaultSize(): number {
     return (this.unet.config.sample_size ?? 64) * this.vaeScaleFactor;
   }
@@ -404,8 +419,10 @@ export class StableDiffusionPipeline {
     const b = prompts.length;
     if (b === 0) throw new UsageError('pipeline: no prompts (give at least one; "" is the unconditional prompt).');
     const negative = perImage(opts.negativePrompt ?? '', b, 'negative prompt');
-    const steps = opts.numInferenceSteps ?? 50;
-    const g = opts.guidanceScale ?? 7.5;
+    // LCM-distilled UNets take the guidance scale as an input (see the file header).
+    const guidanceDim = this.unet.config.time_cond_proj_dim;
+    const steps = opts.numInferenceSteps ?? this.defaultSteps;
+    const g = opts.guidanceScale ?? this.defaultGuidance;
     if (!Number.isInteger(steps) || steps < 1) throw new UsageError(`steps: expected an integer >= 1, got ${steps}.`);
     if (!Number.isFinite(g)) throw new UsageError(`guidance: expected a number, got ${g}.`);
     const f = this.vaeScaleFactor;
@@ -416,7 +433,7 @@ export class StableDiffusionPipeline {
       throw new UsageError(`height/width: expected positive multiples of ${f} (the VAE's downsampling factor), got ${height}x${width}.`);
     }
     const strength = this.checkConditioning(opts, b, height, width);
-    const doGuidance = g !== 1;
+    const doGuidance = !guidanceDim && g !== 1;
     const scheduler = this.scheduler;
     const [h, w, c] = [height / f, width / f, this.vae.config.latent_channels];
     if (opts.latents && !tf.util.arraysEqual(opts.latents.shape, [b, h, w, c])) {
@@ -428,6 +445,7 @@ export class StableDiffusionPipeline {
 
     // 1. text → encoder states
     const embeds = this.encodePrompt(prompts, negative, doGuidance);
+    const timestepCond = guidanceDim ? guidanceScaleEmbedding(Array(b).fill(g - 1), guidanceDim) : null;
 
     let start: Start | null = null;
     let latents: tf.Tensor4D | null = null;
@@ -450,7 +468,7 @@ export class StableDiffusionPipeline {
         const noisePred = tf.tidy(() => {
           let modelInput = scheduler.scaleModelInput(doGuidance ? tf.concat([x, x]) : x, t) as tf.Tensor4D;
           if (extra) modelInput = tf.concat([modelInput, extra], 3);
-          const out = this.unet.forward(modelInput, t, embeds);
+          const out = this.unet.forward(modelInput, t, embeds, { timestepCond });
           if (i === 0 && opts.inspect) {
             opts.inspect('unet_input_step0', modelInput);
             opts.inspect('unet_output_step0', out);
@@ -486,6 +504,7 @@ export class StableDiffusionPipeline {
       throw err;
     } finally {
       if (start) tf.dispose(start.owned);
+      timestepCond?.dispose();
     }
   }
 

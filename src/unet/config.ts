@@ -49,6 +49,11 @@ export interface UNet2DConditionConfig {
   time_embedding_dim: number | null;
   /** Activation applied to temb after the MLP (null: none). */
   time_embedding_act_fn: string | null;
+  /**
+   * LCM-distilled UNets: width of the guidance-scale embedding fed to time_embedding.cond_proj
+   * (a bias-free Linear into the sinusoidal features before linear_1); null: no cond_proj.
+   */
+  time_cond_proj_dim: number | null;
   conv_in_kernel: number;
   conv_out_kernel: number;
 }
@@ -80,6 +85,7 @@ export const UNET_DEFAULTS: UNet2DConditionConfig = {
   upcast_attention: false,
   time_embedding_dim: null,
   time_embedding_act_fn: null,
+  time_cond_proj_dim: null,
   conv_in_kernel: 3,
   conv_out_kernel: 3,
 };
@@ -106,7 +112,6 @@ export const UNET_UNSUPPORTED_DEFAULTS = {
   resnet_out_scale_factor: 1,
   time_embedding_type: 'positional',
   timestep_post_act: null,
-  time_cond_proj_dim: null,
   attention_type: 'default',
   mid_block_only_cross_attention: null,
   cross_attention_norm: null,
@@ -125,6 +130,7 @@ const UNION_KEYS = [
   'num_attention_heads',
   'time_embedding_dim',
   'time_embedding_act_fn',
+  'time_cond_proj_dim',
 ] as const;
 
 /** Schema for parseConfig: the defaults, with the union-typed keys left unchecked (undefined). */
@@ -268,6 +274,7 @@ export function planUnet(cfg: UNet2DConditionConfig, source = 'unet config'): UN
   if (!(cfg.norm_eps > 0)) fail(`norm_eps must be > 0, got ${cfg.norm_eps}`);
   if (cfg.sample_size !== null && posInt('sample_size', cfg.sample_size) > MAX_IMAGE_SIDE) fail(`sample_size ${cfg.sample_size} is over sdlab's limit of ${MAX_IMAGE_SIDE}`);
   const timeEmbedDim = cfg.time_embedding_dim === null ? 4 * channels[0] : posInt('time_embedding_dim', cfg.time_embedding_dim);
+  if (cfg.time_cond_proj_dim !== null && cfg.time_cond_proj_dim !== undefined) posInt('time_cond_proj_dim', cfg.time_cond_proj_dim);
   getActivation(cfg.act_fn, `${source}: act_fn`);
   if (cfg.time_embedding_act_fn !== null) {
     if (typeof cfg.time_embedding_act_fn !== 'string') fail(`time_embedding_act_fn must be an activation name or null`);

@@ -5,6 +5,7 @@
  *
  *   latents x [B, h, w, in_channels], timesteps t [B], text vectors c [B, L, cross_attention_dim]
  *     t → sinusoidal time_proj ([cos, sin], width C0 = block_out_channels[0])
+ *       (+ cond_proj(timestep_cond) in LCM-distilled UNets: time_cond_proj_dim, guidance as input)
  *       → time_embedding MLP (linear_1 → SiLU → linear_2)               → temb [B, 4·C0]
  *     x → conv_in → down_blocks: per level `layers_per_block` × (ResnetBlock2D(·, temb)
  *         [+ Transformer2DModel(·, c) in CrossAttn blocks]), then a stride-2 conv (not at the
@@ -32,7 +33,7 @@
  *
  * Supported: DownBlock2D / CrossAttnDownBlock2D / UpBlock2D / CrossAttnUpBlock2D,
  * UNetMidBlock2DCrossAttn (or no mid block), per-block heads / layers / transformer depth,
- * conv or linear projections — SD 1.x and 2.x. Config features outside that (class or
+ * conv or linear projections, a guidance-conditioned time embedding (LCM) — SD 1.x and 2.x. Config features outside that (class or
  * addition embeddings, scale-shift time conditioning, Fourier time embedding, dropout ...)
  * are rejected by name when set to anything but their default.
  */
@@ -233,7 +234,7 @@ export class UNet2DConditionModel extends Module {
 
     const kIn = cfg.conv_in_kernel;
     this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0], kIn, { padding: (kIn - 1) / 2 }));
-    this.time_embedding = this.module('time_embedding', new TimestepEmbedding(ch[0], p.timeEmbedDim, { act: cfg.act_fn }));
+    this.time_embedding = this.module('time_embedding', new TimestepEmbedding(ch[0], p.timeEmbedDim, { act: cfg.act_fn, condProjDim: cfg.time_cond_proj_dim }));
 
     this.module('down_blocks', this.down_blocks);
     for (let i = 0; i < n; i++) {
@@ -272,9 +273,11 @@ export class UNet2DConditionModel extends Module {
    *   sample               [B, h, w, in_channels] latents (NHWC)
    *   timesteps            [B] or one value for the whole batch (may be fractional)
    *   encoderHiddenStates  [B, L, cross_attention_dim] text-encoder output
+   *   opts.timestepCond    [B, time_cond_proj_dim] (LCM-distilled UNets: guidanceScaleEmbedding
+   *                        of guidance − 1); absent = cond_proj unused, as upstream
    * → [B, h, w, out_channels]. Any h, w ≥ 1 works (odd sizes upsample to the skip's size).
    */
-  forward(sample: tf.Tensor4D, timesteps: tf.Tensor | number | number[], encoderHiddenStates?: tf.Tensor3D): tf.Tensor4D {
+  forward(sample: tf.Tensor4D, timesteps: tf.Tensor | number | number[], encoderHiddenStates?: tf.Tensor3D, opts: { timestepCond?: tf.Tensor2D | null } = {}): tf.Tensor4D {
     return tf.tidy(() => {
       const cfg = this.config;
       const [b, hgt, wid, c] = sample.shape;
@@ -290,10 +293,17 @@ export class UNet2DConditionModel extends Module {
         if (context.shape[0] !== b) throw new UsageError(`UNet: batch of encoderHiddenStates (${context.shape[0]}) differs from the sample's (${b}).`);
       }
 
-      // Time: sinusoidal features of width C0 → MLP → temb [B, timeEmbedDim].
+      const cond = opts.timestepCond ?? null;
+      if (cond) {
+        const d = cfg.time_cond_proj_dim;
+        if (d === null) throw new UsageError('UNet: got a timestep condition, but this model has no cond_proj (time_cond_proj_dim is null).');
+        if (cond.rank !== 2 || cond.shape[0] !== b || cond.shape[1] !== d) throw new UsageError(`UNet: timestep condition has shape [${cond.shape}], the model expects [${b}, ${d}] (batch, time_cond_proj_dim).`);
+      }
+      // Time: sinusoidal features of width C0 (+ cond_proj(cond)) → MLP → temb [B, timeEmbedDim].
       const t = batchTimesteps(timesteps, b);
       let temb = this.time_embedding.forward(
         timestepEmbedding(t, this.plan.channels[0], { flipSinToCos: cfg.flip_sin_to_cos, freqShift: cfg.freq_shift }),
+        cond,
       );
       if (this.timeEmbedAct) temb = this.timeEmbedAct(temb);
 
