@@ -55,9 +55,49 @@ export function formatInfotext(info: Infotext): string {
   return `${info.prompt}${negative}\n${line}`.trim();
 }
 
-// A1111's re_param: a key (word characters, spaces, "-", "/"), a colon, then a JSON string or anything up to a comma.
-const PARAM = /\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)/g;
 const IMAGE_SIZE = /^(\d+)x(\d+)$/;
+const KEY = /^\w[\w \-/]+$/;
+
+/**
+ * The `Key: value` pairs of a settings line, as A1111's re_param finds them (a key of word
+ * characters, spaces, "-" and "/", a colon, then a JSON string or anything up to the next comma),
+ * by a linear scan: a regex with backtracking over a hostile 4 MB line would take hours.
+ * Text that is no pair is skipped up to the next comma, as findall skips it.
+ */
+function settingsPairs(line: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  let p = 0;
+  while (p < line.length) {
+    const colon = line.indexOf(':', p);
+    const comma = line.indexOf(',', p);
+    if (colon < 0) break;
+    if (comma >= 0 && comma < colon) {
+      p = comma + 1;
+      continue;
+    }
+    const key = line.slice(p, colon).trim();
+    let q = colon + 1;
+    while (line[q] === ' ' || line[q] === '\t') q++;
+    let value: string;
+    if (line[q] === '"') {
+      // A JSON string: up to the first unescaped quote.
+      let e = q + 1;
+      while (e < line.length && line[e] !== '"') e += line[e] === '\\' ? 2 : 1;
+      value = line.slice(q, e + 1);
+      q = e + 1;
+      const next = line.indexOf(',', q);
+      // Text between the closing quote and the comma: A1111's regex would not match a quoted value there.
+      if (line.slice(q, next < 0 ? line.length : next).trim() !== '') value += line.slice(q, next < 0 ? line.length : next);
+      p = next < 0 ? line.length : next + 1;
+    } else {
+      const next = line.indexOf(',', q);
+      value = line.slice(q, next < 0 ? line.length : next);
+      p = next < 0 ? line.length : next + 1;
+    }
+    if (KEY.test(key)) out.push([key, value.trim()]);
+  }
+  return out;
+}
 
 export interface ParsedInfotext {
   prompt: string;
@@ -70,7 +110,7 @@ export interface ParsedInfotext {
 export function parseInfotext(text: string): ParsedInfotext {
   const lines = text.trim().split('\n');
   let last = lines.pop() ?? '';
-  if ([...last.matchAll(PARAM)].length < 3) {
+  if (settingsPairs(last).length < 3) {
     lines.push(last);
     last = '';
   }
@@ -87,7 +127,7 @@ export function parseInfotext(text: string): ParsedInfotext {
     else prompt += (prompt === '' ? '' : '\n') + line;
   }
   const params = new Map<string, string>();
-  for (const [, k, raw] of last.matchAll(PARAM)) {
+  for (const [k, raw] of settingsPairs(last)) {
     let v = raw;
     if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) {
       try {

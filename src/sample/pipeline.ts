@@ -63,7 +63,7 @@ import { guidanceScaleEmbedding } from '../nn/blocks.ts';
 import { UsageError } from '../util/errors.ts';
 import { denormalize } from '../data/pixels.ts';
 import { type PipelineNoise, BatchNoiseGenerator, diffusersNoise, imageGenerator, perImageNoise } from './noise.ts';
-import { emptyChunk, promptChunks } from './prompt_weighting.ts';
+import { type PromptSyntax, emptyChunk, promptChunks } from './prompt_weighting.ts';
 
 export interface PipelineComponents {
   tokenizer: Tokenizer;
@@ -215,8 +215,8 @@ export class StableDiffusionPipeline {
   readonly unet: UNet2DConditionModel;
   readonly vae: AutoencoderKL;
   scheduler: Scheduler;
-  /** Read (word:1.3), (word), [word] in prompts (A1111's emphasis, ./prompt_weighting.ts); false: plain text. */
-  emphasis = true;
+  /** How prompts are read (./prompt_weighting.ts): a1111 (emphasis, chunks of 75) or plain (diffusers' encode). */
+  promptSyntax: PromptSyntax = 'a1111';
 
   constructor(c: PipelineComponents) {
     this.tokenizer = c.tokenizer;
@@ -256,7 +256,7 @@ export class StableDiffusionPipeline {
    */
   encodeText(texts: readonly string[]): tf.Tensor3D {
     const unique = [...new Set(texts)];
-    const read = unique.map((t) => promptChunks(this.tokenizer, t, { emphasis: this.emphasis }));
+    const read = unique.map((t) => promptChunks(this.tokenizer, t, { syntax: this.promptSyntax }));
     const k = Math.max(...read.map((r) => r.ids.length));
     const empty = k > 1 ? emptyChunk(this.tokenizer) : [];
     // k = 1 (every prompt within 75 tokens): exactly the rows of tokenizer.encode, as always.

@@ -111,9 +111,17 @@ export interface PromptChunks {
   tokenCount: number;
 }
 
+/**
+ * How prompts are read. a1111 (the default, what A1111/ComfyUI users write): emphasis and chunks.
+ * plain: exactly diffusers' reading (one tokenizer.encode, brackets are text, truncated at 77
+ * with a warning), for reproducing a diffusers run of a prompt with literal brackets.
+ */
+export const PROMPT_SYNTAXES = ['a1111', 'plain'] as const;
+export type PromptSyntax = (typeof PROMPT_SYNTAXES)[number];
+
 export interface PromptChunkOptions {
-  /** Parse (word:1.3) / (word) / [word] (default true); false reads the prompt as plain text (A1111's emphasis "None"). */
-  emphasis?: boolean;
+  /** Default a1111 (see PROMPT_SYNTAXES). */
+  syntax?: PromptSyntax;
   /** Tokens after the last comma that move to the next chunk when a chunk fills (default 20; 0 = off). */
   commaBacktrack?: number;
 }
@@ -123,9 +131,9 @@ export interface PromptChunkOptions {
  * tokenizer of the digit model) read the prompt as before: one encode(), no emphasis.
  */
 export function promptChunks(tok: Tokenizer, text: string, opts: PromptChunkOptions = {}): PromptChunks {
-  if (!tok.textIds) return { ids: [tok.encode(text).inputIds], weights: null, tokenCount: -1 };
+  if (!tok.textIds || opts.syntax === 'plain') return { ids: [tok.encode(text).inputIds], weights: null, tokenCount: -1 };
   const perChunk = tok.maxLength - 2;
-  const parsed: WeightedText[] = opts.emphasis === false ? [[text, 1]] : parsePromptAttention(text);
+  const parsed = parsePromptAttention(text);
   const backtrack = opts.commaBacktrack ?? COMMA_BACKTRACK;
   const comma = tok.textIds(',');
   const commaId = comma.length === 1 ? comma[0] : -1;
