@@ -60,10 +60,13 @@ export type SdCommand = 'txt2img' | 'img2img' | 'inpaint';
 export const RNG_NAMES = ['sdlab', 'torch'] as const;
 /** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
 export const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
-/** --animate values: how x0 is drawn in the preview (auto: vae up to 128×128 pixels, approx above). */
+/** --animate values: how x0 is drawn in the preview (auto: vae below a 32×32 latent, approx from there). */
 export const ANIMATE_PREVIEWS = ['auto', 'vae', 'approx'] as const;
-/** --animate auto uses the VAE decoder up to this many pixels per image, the linear projection above. */
-const ANIMATE_VAE_MAX_PIXELS = 128 * 128;
+/**
+ * --animate auto: from this latent side on (256 pixels at SD's 1/8) a VAE decode per step costs
+ * about as much as the UNet step or more, so the preview uses the fitted linear projection.
+ */
+const ANIMATE_APPROX_LATENT_SIDE = 32;
 
 export interface SdOptions {
   /** Required (or named by --from-png's PNG). */
@@ -197,7 +200,7 @@ export function addSdOptions(cmd: Command, out: string): Command {
     .option('--prompt <text>', 'the prompt (repeat for several). A1111 syntax: (word:1.3), (word) = ×1.1, [word] = ÷1.1, \\( for a literal bracket, BREAK starts a new chunk; over 75 tokens: chunks of 75 concatenated', (v: string, prev: string[] = []) => [...prev, v])
     .option('--prompt-syntax <s>', 'a1111 (default: (word:1.3) emphasis, prompts over 75 tokens in chunks) | plain (as diffusers: brackets are text, truncated at 77 tokens)', oneOf(PROMPT_SYNTAXES))
     .option('--from-png <file>', 'take the settings from a PNG\'s "parameters" chunk (written by sdlab or A1111): prompt, negative prompt, steps, sampler, CFG scale, seed, size, strength, LoRAs, model; flags given here override them')
-    .addOption(new Option('--animate [preview]', 'also write NNNN.gif per image: x_t and the predicted clean image x0 at every step. preview: vae (the VAE decoder) | approx (a linear latent→RGB map fitted to the model\'s own VAE by least squares at start-up; 1/8 resolution, cheap) | auto (vae up to 128x128 pixels, else approx)').choices(ANIMATE_PREVIEWS).preset('auto'))
+    .addOption(new Option('--animate [preview]', 'also write NNNN.gif per image: x_t and the predicted clean image x0 at every step. preview: vae (the VAE decoder) | approx (a linear latent→RGB map fitted to the model\'s own VAE by least squares at start-up; latent resolution, cheap) | auto (the default: vae below a 32x32 latent, i.e. 256x256 pixels for SD, else approx)').choices(ANIMATE_PREVIEWS).preset('auto'))
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
     .option('--steps <n>', 'denoising steps (default: 50; 4 for LCM-distilled UNets)', int(1, 10_000))
@@ -523,7 +526,7 @@ export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResu
     const animations: string[] = [];
     const noise = opts.saveLatents !== undefined ? new Float32Array(N * h * w * C) : null;
     const preview = opts.animate === undefined || opts.animate === false ? null : opts.animate === true ? 'auto' : opts.animate;
-    const approx = preview === 'approx' || (preview === 'auto' && height * width > ANIMATE_VAE_MAX_PIXELS);
+    const approx = preview === 'approx' || (preview === 'auto' && Math.max(h, w) >= ANIMATE_APPROX_LATENT_SIDE);
     const decode = approx ? latentPreview(pipe).decode : undefined;
     // Cells of about 256 pixels: the x0 preview is at latent resolution with approx.
     const cellScale = Math.max(1, Math.round(256 / Math.max(approx ? height / f : height, approx ? width / f : width)));
