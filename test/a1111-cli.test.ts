@@ -21,6 +21,7 @@ import { fitLatentPreview, latentPreview } from '../src/sample/animate.ts';
 import { runSd } from '../src/commands/sd_common.ts';
 import { gridLayout } from '../src/viz/index.ts';
 import { Random } from '../src/util/random.ts';
+import { formatRate } from '../src/util/progress.ts';
 import { MODEL, PIPELINES } from './helpers/pipeline-fixture.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -47,6 +48,8 @@ describe('infotext and --from-png (CLI)', () => {
     const prompt = 'a (red:1.3) cat, sitting';
     const r = await cli(['txt2img', '--model', MODEL, '--prompt', prompt, '--negative-prompt', 'blurry, dark', '--n', '3', '--batch', '2', '--seed', '5', '--steps', '3', '--scheduler', 'ddim', '--eta', '0.5', '--out', out('run')]);
     expect(r.code, r.stderr).toBe(0);
+    // The progress bar counts every step of every batch (2 batches × 3 DDIM steps), with a rate and an ETA.
+    expect(r.stderr).toMatch(/txt2img \[#{24}\] 6\/6 100% [\d.]+ (step\/s|s\/step) ETA \d/);
     const text = readPngText(path.join(out('run'), '0002.png')).get('parameters')!;
     const lines = text.split('\n');
     expect(lines[0]).toBe(prompt);
@@ -100,6 +103,14 @@ describe('infotext and --from-png (CLI)', () => {
       expect(fs.existsSync(out('never'))).toBe(false);
     }
   }, 240_000);
+});
+
+describe('progress rate', () => {
+  it('steps per second, or seconds per step when slower than one a second', () => {
+    expect(formatRate(6.744, 'step')).toBe('6.74 step/s');
+    expect(formatRate(12.3, 'step')).toBe('12 step/s');
+    expect(formatRate(0.25, 'step')).toBe('4.00 s/step');
+  });
 });
 
 describe('--animate', () => {
