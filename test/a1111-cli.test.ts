@@ -138,6 +138,7 @@ describe('--animate', () => {
         }
       }
       const mad = sum / (16 * 16 * 3) / 255;
+      console.log(`--animate image ${k}: ${gif.numFrames()} frames, mean |last x0 frame − final PNG| = ${mad.toFixed(4)}`);
       // DDIM's last step lands on its x0 prediction; what is left is the GIF's 256-colour palette.
       expect(mad, `image ${k}: mean |last x0 frame − final PNG| = ${mad.toFixed(4)} (of 1)`).toBeLessThan(0.02);
     }
@@ -163,6 +164,7 @@ describe('--animate', () => {
     const got = tf.reshape(tf.matMul(tf.concat([tf.reshape(test, [4 * 64, c]), tf.ones([4 * 64, 1])], 1), m), [4, 8, 8, 3]);
     const rmse = tf.sqrt(tf.mean(tf.square(tf.sub(got, want)))).dataSync()[0];
     const spread = tf.sqrt(tf.mean(tf.square(tf.sub(want, tf.mean(want))))).dataSync()[0];
+    console.log(`projection on a near-linear decoder: held-out RMSE ${rmse.toFixed(4)}, colour spread ${spread.toFixed(4)}`);
     expect(rmse, `held-out RMSE ${rmse.toFixed(4)} against the colours' spread ${spread.toFixed(4)}`).toBeLessThan(0.1 * spread + 0.01);
 
     // The tiny fixture VAE has random weights: nothing linear to find. Measured: RMSE ≈ 0.083 vs a spread of ≈ 0.084 (R² ≈ 0.03).
@@ -176,6 +178,7 @@ describe('--animate', () => {
       expect(p.shape).toEqual([4, 8, 8, 3]);
       const e = tf.sqrt(tf.mean(tf.square(tf.sub(p, pooled)))).dataSync()[0];
       const s = tf.sqrt(tf.mean(tf.square(tf.sub(pooled, tf.mean(pooled, [0, 1, 2], true))))).dataSync()[0];
+      console.log(`projection on the random-weight tiny VAE: held-out RMSE ${e.toFixed(4)}, constant-colour RMSE ${s.toFixed(4)}`);
       expect(e, `tiny VAE: held-out RMSE ${e.toFixed(4)} vs constant-colour ${s.toFixed(4)}`).toBeLessThanOrEqual(s * 1.05);
       expect(latentPreview(pipe), 'fitted once per pipeline').toBe(preview);
     } finally {
