@@ -84,6 +84,16 @@ describe('infotext and --from-png (CLI)', () => {
     expect(pixels(path.join(out('i2i-again'), '0000.png')).equals(pixels(path.join(out('i2i'), '0000.png')))).toBe(true);
   }, 240_000);
 
+  it('inpaint: the mask and init image come back from the PNG; the pixels are re-created', async () => {
+    const args = ['--prompt', 'a dog', '--init-image', path.join(PIPELINES, 'init.png'), '--mask', path.join(PIPELINES, 'mask.png'), '--strength', '0.8', '--steps', '3', '--seed', '4'];
+    const r = await cli(['inpaint', '--model', MODEL, ...args, '--out', out('inp')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(readPngText(path.join(out('inp'), '0000.png')).get('parameters')).toMatch(/sdlab mask: .*mask\.png/);
+    const again = await cli(['inpaint', '--from-png', path.join(out('inp'), '0000.png'), '--out', out('inp-again')]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(pixels(path.join(out('inp-again'), '0000.png')).equals(pixels(path.join(out('inp'), '0000.png')))).toBe(true);
+  }, 240_000);
+
   it('a PNG without "parameters", or a damaged one: one line, exit 2, nothing written', async () => {
     const plain = path.join(PIPELINES, 'init.png');
     expect(readPngText(plain).has('parameters')).toBe(false);

@@ -97,11 +97,13 @@ describe('PNG text chunks', () => {
     expect(t.get('parameters')).toBe('café (cat:1.2)\nSteps: 1, Seed: 2, CFG scale: 3');
     expect(t.get('other')).toBe('猫 🐈');
   });
-  it('zTXt (compressed) reads back; a zlib bomb, a bad CRC, a chunk past the end: one UsageError naming the file', () => {
+  it('zTXt (compressed) reads back; a zlib bomb, a 5 MB chunk, a bad CRC, a chunk past the end: one UsageError naming the file', () => {
     const z = pngWithChunk('z.png', 'zTXt', Buffer.concat([Buffer.from('parameters\0\0', 'latin1'), zlib.deflateSync(Buffer.from('a dog\nSteps: 1, Seed: 2, CFG scale: 3'))]));
     expect(readPngText(z).get('parameters')).toBe('a dog\nSteps: 1, Seed: 2, CFG scale: 3');
     const bomb = pngWithChunk('bomb.png', 'zTXt', Buffer.concat([Buffer.from('parameters\0\0', 'latin1'), zlib.deflateSync(Buffer.alloc(64 << 20))]));
     expect(() => readPngText(bomb)).toThrow(/bomb\.png: a zTXt chunk inflates beyond/);
+    const huge = pngWithChunk('huge.png', 'tEXt', Buffer.concat([Buffer.from('parameters\0', 'latin1'), Buffer.alloc(5 << 20, 0x61)]));
+    expect(() => readPngText(huge)).toThrow(/huge\.png: a tEXt chunk of \d+ bytes, over sdlab's limit/);
     const badCrc = pngWithChunk('crc.png', 'tEXt', Buffer.from('parameters\0x', 'latin1'), 1234);
     expect(() => readPngText(badCrc)).toThrow(UsageError);
     expect(() => readPngText(badCrc)).toThrow(/crc\.png: the tEXt chunk at byte \d+ has a bad CRC/);

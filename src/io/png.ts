@@ -15,10 +15,7 @@ import { PNG } from 'pngjs';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
 import { crc32 } from '../util/crc32.ts';
-import { MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PNG_BYTES } from '../util/limits.ts';
-
-/** A compressed text chunk (zTXt, iTXt) inflates to at most this many bytes: a zlib bomb fails first. */
-export const MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024;
+import { MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PNG_BYTES, MAX_PNG_TEXT_BYTES } from '../util/limits.ts';
 
 /** What a PNG's IHDR chunk says. */
 export interface PngHeader {
@@ -126,7 +123,7 @@ function checkInflatedSize(bytes: Buffer, h: PngHeader, fail: (why: string) => n
  * The text chunks of a PNG file (after readPngSize's checks): keyword → text for every tEXt
  * (Latin-1), zTXt (Latin-1, deflated) and iTXt (UTF-8, deflated or not) chunk; the first chunk
  * of a keyword wins. Every chunk must lie within the file and text chunks must carry the right
- * CRC; compressed text inflates to at most MAX_PNG_TEXT_BYTES. Failures: one UsageError naming
+ * CRC; text, compressed or not, is at most MAX_PNG_TEXT_BYTES. Failures: one UsageError naming
  * the file.
  */
 export function readPngText(file: string): Map<string, string> {
@@ -156,6 +153,7 @@ export function readPngText(file: string): Map<string, string> {
     if (len > bytes.length - o - 12) return fail(`the ${JSON.stringify(type)} chunk at byte ${o} says ${len} bytes, past the end of the file (truncated)`);
     if (type === 'IEND') break;
     if (type === 'tEXt' || type === 'zTXt' || type === 'iTXt') {
+      if (len > MAX_PNG_TEXT_BYTES) fail(`a ${type} chunk of ${len} bytes, over sdlab's limit of ${MAX_PNG_TEXT_BYTES} bytes for text`);
       const data = bytes.subarray(o + 8, o + 8 + len);
       if (crc32(bytes.subarray(o + 4, o + 8 + len)) !== bytes.readUInt32BE(o + 8 + len)) fail(`the ${type} chunk at byte ${o} has a bad CRC (the file is damaged)`);
       const nul = data.indexOf(0);
