@@ -64,6 +64,10 @@ describe('infotext and --from-png (CLI)', () => {
     expect(pixels(path.join(out('again'), '0000.png')).equals(pixels(path.join(out('run'), '0000.png')))).toBe(false);
     expect(readPngText(path.join(out('again'), '0000.png')).get('parameters')).toBe(text);
 
+    // The API: what the caller leaves undefined comes from the PNG (here seed, steps, scheduler, eta, index 1).
+    const api = await runSd('txt2img', { model: MODEL, fromPng: path.join(out('run'), '0001.png'), n: 1, batch: 1, out: out('api'), progress: null });
+    expect(pixels(api.files[0]).equals(pixels(path.join(out('run'), '0001.png'))), 'image 1 re-created through runSd').toBe(true);
+
     // A typed flag beats the PNG's value (the commander default of --steps would not).
     const fewer = await cli(['txt2img', '--from-png', path.join(out('run'), '0002.png'), '--steps', '2', '--out', out('fewer')]);
     expect(fewer.code, fewer.stderr).toBe(0);

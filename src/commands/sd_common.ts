@@ -92,7 +92,8 @@ export interface SdOptions {
   lora?: LoraSpec[];
   /** Default: the model's (pipeline.defaultGuidance: 7.5, or 8.5 for LCM-distilled UNets). */
   guidance?: number;
-  seed: number;
+  /** Default 0 (optional so that an API caller's --from-png takes the PNG's seed). */
+  seed?: number;
   height?: number;
   width?: number;
   eta?: number;
@@ -310,7 +311,7 @@ function loraShortHash(file: string): string {
  * type: Karras", CFG scale, Size WxH, Model = the file name without extension, Denoising strength,
  * Lora hashes "name: hash"), then sdlab's (SDLAB_KEYS) with what re-creates the image exactly.
  */
-export function a1111Params(kind: SdCommand, opts: SdOptions, run: RunFacts): Array<[string, string | number]> {
+export function a1111Params(kind: SdCommand, opts: SdOptions & { seed: number }, run: RunFacts): Array<[string, string | number]> {
   const base = (file: string) => path.basename(file).replace(/\.(safetensors|ckpt|pt|bin)$/i, '');
   const params: Array<[string, string | number]> = [
     ['Steps', run.steps],
@@ -437,7 +438,8 @@ export function applyPngParameters(kind: SdCommand, opts: SdOptions, file: strin
 /** Runs txt2img, img2img or inpaint as the CLI does (see the file header). */
 export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResult> {
   // The API: what the caller set wins over the PNG (the CLI merges first, knowing which flags were typed).
-  const opts = options.fromPng !== undefined && !options.fromPngApplied ? applyPngParameters(kind, options, options.fromPng, (k) => options[k] !== undefined) : options;
+  const withPng = options.fromPng !== undefined && !options.fromPngApplied ? applyPngParameters(kind, options, options.fromPng, (k) => options[k] !== undefined) : options;
+  const opts = { ...withPng, seed: withPng.seed ?? 0 };
   check(typeof opts.model === 'string' && opts.model !== '', '--model: required (a diffusers directory, a .safetensors file or a .ckpt), unless --from-png names one.');
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
