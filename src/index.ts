@@ -71,7 +71,7 @@ export { checkExercise, EXERCISES, type ExerciseReport, type CheckResult, type E
 
 // ---- pictures and files
 export { saveImageGrid, savePng, saveGif, saveLossCurve, renderGrid, renderLossCurve, encodePng, encodeGif, type FloatImage, type GridOptions, type Series, type PlotOptions } from './viz/index.ts';
-export { readPng, readPngSize } from './io/index.ts';
+export { readPng, readPngSize, readPngText } from './io/index.ts';
 export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.ts';
 export { CkptFile, openTensorFile, type TensorFile } from './io/index.ts';
 export { Random } from './util/random.ts';

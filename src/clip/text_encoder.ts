@@ -438,7 +438,7 @@ export class TextEncoder extends Module {
     return tf.tidy(() => {
       const ids = Array.isArray(inputIds) ? tf.tensor2d(inputIds, undefined, 'int32') : inputIds;
       if (ids.rank !== 2) throw new UsageError(`text encoder: input_ids must be [batch, length], got shape [${ids.shape}].`);
-      const [b, l] = ids.shape;
+      const [, l] = ids.shape;
       if (l > this.config.max_position_embeddings) {
         throw new UsageError(`text encoder: ${l} tokens but max_position_embeddings is ${this.config.max_position_embeddings}.`);
       }

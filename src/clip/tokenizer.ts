@@ -24,6 +24,8 @@ export interface Encoding {
 
 export interface Tokenizer {
   encode(text: string): Encoding;
+  /** The text's token ids without bos/eos/padding and without truncation (CLIP: what A1111's prompt chunking splits into chunks of 75). */
+  textIds?(text: string): number[];
   decode?(ids: readonly number[]): string;
   /** Length of every encoding (the text encoder's context length, 77 for CLIP). */
   readonly maxLength: number;

@@ -220,8 +220,12 @@ export class ClipTokenizer implements Tokenizer {
     return tokens;
   }
 
+  textIds(text: string): number[] {
+    return this.tokenize(text).map((t) => this.added.get(t) ?? this.encoder.get(t) ?? this.unkId);
+  }
+
   encode(text: string): Encoding {
-    const ids = this.tokenize(text).map((t) => this.added.get(t) ?? this.encoder.get(t) ?? this.unkId);
+    const ids = this.textIds(text);
     const enc = frameIds(ids, this);
     if (enc.truncated) this.warning.maybeWarn(text, ids.length + 2, this.maxLength);
     return enc;

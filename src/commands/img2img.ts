@@ -24,7 +24,7 @@ export function register(program: Command): void {
     program
       .command('img2img')
       .description('Stable Diffusion image-to-image: start from --init-image noised to --strength, as diffusers\' img2img pipeline')
-      .requiredOption('--init-image <png>', 'the image to start from (RGB; alpha dropped). Size: its own rounded down to a multiple of 8, or --height/--width (PIL Lanczos resize, no crop)')
+      .option('--init-image <png>', 'the image to start from, required unless --from-png names one (RGB; alpha dropped). Size: its own rounded down to a multiple of 8, or --height/--width (PIL Lanczos resize, no crop)')
       .option('--strength <s>', 'share of the schedule that runs, in (0, 1]: int(steps · s) steps from the noised image (1 = almost a new image)', float(0, 1), 0.8),
     'out/img2img',
   ).action(sdAction('img2img'));

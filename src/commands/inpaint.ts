@@ -26,8 +26,8 @@ export function register(program: Command): void {
     program
       .command('inpaint')
       .description('Stable Diffusion inpainting: repaint the white part of --mask in --init-image (9-channel inpainting UNets, or 4-channel models with latent blending)')
-      .requiredOption('--init-image <png>', 'the image to repaint (RGB; alpha dropped), resized to --height/--width (default: the model\'s size, 512 for SD 1.5; PIL Lanczos, no crop)')
-      .requiredOption('--mask <png>', 'the mask, same size as the image: white (>= 128 after PIL\'s convert("L")) = repaint, black = keep')
+      .option('--init-image <png>', 'the image to repaint, required unless --from-png names one (RGB; alpha dropped), resized to --height/--width (default: the model\'s size, 512 for SD 1.5; PIL Lanczos, no crop)')
+      .option('--mask <png>', 'the mask, same size as the image, required unless --from-png names one: white (>= 128 after PIL\'s convert("L")) = repaint, black = keep')
       .option('--strength <s>', 'share of the schedule that runs, in (0, 1]: below 1 starts from the noised image', float(0, 1), 1),
     'out/inpaint',
   ).action(sdAction('inpaint'));

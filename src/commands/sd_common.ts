@@ -15,11 +15,26 @@
  *   --init-latents F       reads such a file instead of drawing the start noise (txt2img: the
  *                          initial latents; inpaint: diffusers' `latents` argument; img2img: the
  *                          noise added to the encoded image).
+ *
+ * What A1111 users expect (src/sample/infotext.ts, src/sample/prompt_weighting.ts):
+ *   every PNG        carries a `parameters` text chunk in A1111's layout (prompt, "Negative
+ *                    prompt: ...", "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size:
+ *                    512x512, Model: NAME, ..." then sdlab's own keys: model path, scheduler,
+ *                    prediction, rng, LoRAs, image index), so A1111's "PNG Info" reads it.
+ *   --from-png F     re-runs from such a PNG (sdlab's or A1111's): its settings, overridden by
+ *                    every flag given on the command line; image k of an --rng sdlab run is
+ *                    drawn from its own stream (seed, k) again, so the re-run is the same image.
+ *   prompts          (word:1.3) emphasis and prompts over 75 tokens in chunks, as A1111
+ *                    (--prompt-syntax plain reads them exactly as diffusers does).
+ *   --animate        writes NNNN.gif beside each image: x_t and the predicted clean image x0
+ *                    at every step (the VAE decoder for small images, a linear latent → RGB map
+ *                    fitted to the VAE for large ones: src/sample/animate.ts).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { selectBackend } from '../backend/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
@@ -28,12 +43,16 @@ import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
 import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { TorchGenerator } from '../util/torch_random.ts';
 import { writeSafetensors } from '../io/safetensors.ts';
+import { readPngText } from '../io/png.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
 import { type U8Image, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../sample/image_processor.ts';
 import { nchwToNhwc, nhwcToNchw } from '../sample/noise.ts';
+import { A1111_SAMPLERS, formatInfotext, parseInfotext, schedulerFromA1111 } from '../sample/infotext.ts';
+import { PROMPT_SYNTAXES, type PromptSyntax } from '../sample/prompt_weighting.ts';
+import { ReverseProcessAnimation, latentPreview } from '../sample/animate.ts';
 import { type FloatImage, renderGrid, savePng } from '../viz/index.ts';
 import { openLatents } from './encode.ts';
 
@@ -41,8 +60,16 @@ export type SdCommand = 'txt2img' | 'img2img' | 'inpaint';
 export const RNG_NAMES = ['sdlab', 'torch'] as const;
 /** --prediction values (the UNet's training target; 'sample' models are not Stable Diffusion). */
 export const PREDICTIONS = ['epsilon', 'v_prediction'] as const;
+/** --animate values: how x0 is drawn in the preview (auto: vae below a 32×32 latent, approx from there). */
+export const ANIMATE_PREVIEWS = ['auto', 'vae', 'approx'] as const;
+/**
+ * --animate auto: from this latent side on (256 pixels at SD's 1/8) a VAE decode per step costs
+ * about as much as the UNet step or more, so the preview uses the fitted linear projection.
+ */
+const ANIMATE_APPROX_LATENT_SIDE = 32;
 
 export interface SdOptions {
+  /** Required (or named by --from-png's PNG). */
   model: string;
   yaml?: string;
   tokenizer?: string;
@@ -65,7 +92,8 @@ export interface SdOptions {
   lora?: LoraSpec[];
   /** Default: the model's (pipeline.defaultGuidance: 7.5, or 8.5 for LCM-distilled UNets). */
   guidance?: number;
-  seed: number;
+  /** Default 0 (optional so that an API caller's --from-png takes the PNG's seed). */
+  seed?: number;
   height?: number;
   width?: number;
   eta?: number;
@@ -83,6 +111,18 @@ export interface SdOptions {
   mask?: string;
   /** img2img / inpaint: the share of the schedule that runs. */
   strength?: number;
+  /** Re-run from the `parameters` chunk of this PNG (options given explicitly win; see applyPngParameters). */
+  fromPng?: string;
+  /** Write NNNN.gif per image: the predicted x0 at every step (true = 'auto'). */
+  animate?: boolean | (typeof ANIMATE_PREVIEWS)[number];
+  /** How prompts are read: a1111 (default: emphasis, chunks of 75 tokens) or plain (diffusers: brackets are text, truncated at 77). */
+  promptSyntax?: PromptSyntax;
+  /** Where --from-png's one-line warning (keys sdlab does not use) goes (default console.warn). */
+  warn?: (line: string) => void;
+  /** Set by applyPngParameters: the PNG's settings are already in (runSd does not read it again). */
+  fromPngApplied?: boolean;
+  /** The stream index of the first image (--rng sdlab): a --from-png re-run of image k starts at k. */
+  firstIndex?: number;
   progress?: NodeJS.WriteStream | null;
 }
 
@@ -98,6 +138,8 @@ export interface SdResult {
   width: number;
   latents?: string;
   loras: LoraMergeReport[];
+  /** --animate: one GIF per image. */
+  animations: string[];
 }
 
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
@@ -151,12 +193,15 @@ export function collectLora(value: string, prev: LoraSpec[] = []): LoraSpec[] {
 /** The flags every Stable Diffusion command takes (txt2img's, shared by img2img and inpaint). */
 export function addSdOptions(cmd: Command, out: string): Command {
   return cmd
-    .requiredOption('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle)')
+    .option('--model <dir|file>', 'diffusers model directory, or an LDM single file (.safetensors, or a PyTorch .ckpt, read without running its pickle); required unless --from-png names one')
     .option('--yaml <file>', 'the LDM yaml of a single-file checkpoint (default: SD 1.x v1-inference settings)')
     .option('--tokenizer <dir>', 'CLIP tokenizer folder (vocab.json + merges.txt); needed for single files')
     .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, or OpenCLIP ViT-H for SD 2.x, 64 channels per head)')
     .option('--prediction <type>', "what the UNet predicts: epsilon|v_prediction (default: the model's scheduler config or yaml; an SD 2.x file without a yaml: v_prediction at 768, epsilon means 512-base)", oneOf(PREDICTIONS))
-    .option('--prompt <text>', 'the prompt (repeat for several)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--prompt <text>', 'the prompt (repeat for several). A1111 syntax: (word:1.3), (word) = ×1.1, [word] = ÷1.1, \\( for a literal bracket, BREAK starts a new chunk; over 75 tokens: chunks of 75 concatenated', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--prompt-syntax <s>', 'a1111 (default: (word:1.3) emphasis, prompts over 75 tokens in chunks) | plain (as diffusers: brackets are text, truncated at 77 tokens)', oneOf(PROMPT_SYNTAXES))
+    .option('--from-png <file>', 'take the settings from a PNG\'s "parameters" chunk (written by sdlab or A1111): prompt, negative prompt, steps, sampler, CFG scale, seed, size, strength, LoRAs, model; flags given here override them')
+    .addOption(new Option('--animate [preview]', 'also write NNNN.gif per image: x_t and the predicted clean image x0 at every step. preview: vae (the VAE decoder) | approx (a linear latent→RGB map fitted to the model\'s own VAE by least squares at start-up; latent resolution, cheap) | auto (the default: vae below a 32x32 latent, i.e. 256x256 pixels for SD, else approx)').choices(ANIMATE_PREVIEWS).preset('auto'))
     .option('--negative-prompt <text>', 'what to steer away from (default: none, i.e. the empty prompt)')
     .option('--n <count>', 'images per prompt', int(1, 10_000), 1)
     .option('--steps <n>', 'denoising steps (default: 50; 4 for LCM-distilled UNets)', int(1, 10_000))
@@ -207,8 +252,195 @@ function outputSize(kind: SdCommand, pipe: StableDiffusionPipeline, opts: SdOpti
   return { height: opts.height ?? pipe.defaultSize, width: opts.width ?? pipe.defaultSize };
 }
 
+/** What a1111Params records beyond the options: the values the run actually used. */
+interface RunFacts {
+  steps: number;
+  guidance: number;
+  scheduler: string;
+  karras: boolean;
+  timestepSpacing: string | null;
+  prediction: string;
+  rng: string;
+  height: number;
+  width: number;
+  strength: number | undefined;
+  loras: LoraMergeReport[];
+  /** A1111's short hash (12 hex digits) of each LoRA file, by file. */
+  loraHashes: Map<string, string>;
+  /** The image's stream index (--rng sdlab: its noise is stream (seed, index)). */
+  index: number;
+}
+
+/** sdlab's own infotext keys (after A1111's), each read back by applyPngParameters. */
+const SDLAB_KEYS = {
+  model: 'sdlab model',
+  yaml: 'sdlab yaml',
+  tokenizer: 'sdlab tokenizer',
+  textEncoderConfig: 'sdlab text encoder config',
+  scheduler: 'sdlab scheduler',
+  timestepSpacing: 'sdlab timestep spacing',
+  prediction: 'sdlab prediction',
+  eta: 'sdlab eta',
+  rng: 'sdlab rng',
+  index: 'sdlab image index',
+  loras: 'sdlab loras',
+  promptSyntax: 'sdlab prompt syntax',
+  initImage: 'sdlab init image',
+  mask: 'sdlab mask',
+} as const;
+/** A1111 keys that describe the run but that sdlab cannot act on: read without a warning. */
+const INFORMATIONAL_KEYS = new Set(['Model hash', 'Version']);
+
+/**
+ * A1111's LoRA short hash: the first 12 hex digits of the SHA-256 of a .safetensors file's data
+ * after its header (A1111's addnet_hash_safetensors), so "Lora hashes" match what A1111 shows.
+ * Other files: of the whole file.
+ */
+function loraShortHash(file: string): string {
+  const bytes = fs.readFileSync(file);
+  let start = 0;
+  if (/\.safetensors$/i.test(file) && bytes.length >= 8) {
+    const n = Number(bytes.readBigUInt64LE(0));
+    if (8 + n <= bytes.length) start = 8 + n;
+  }
+  return crypto.createHash('sha256').update(bytes.subarray(start)).digest('hex').slice(0, 12);
+}
+
+/**
+ * The settings line of one image's infotext: A1111's keys first (its sampler names, "Schedule
+ * type: Karras", CFG scale, Size WxH, Model = the file name without extension, Denoising strength,
+ * Lora hashes "name: hash"), then sdlab's (SDLAB_KEYS) with what re-creates the image exactly.
+ */
+export function a1111Params(kind: SdCommand, opts: SdOptions & { seed: number }, run: RunFacts): Array<[string, string | number]> {
+  const base = (file: string) => path.basename(file).replace(/\.(safetensors|ckpt|pt|bin)$/i, '');
+  const params: Array<[string, string | number]> = [
+    ['Steps', run.steps],
+    ['Sampler', A1111_SAMPLERS[run.scheduler as keyof typeof A1111_SAMPLERS] ?? run.scheduler],
+  ];
+  if (run.karras) params.push(['Schedule type', 'Karras']);
+  params.push(['CFG scale', run.guidance], ['Seed', opts.seed], ['Size', `${run.width}x${run.height}`], ['Model', base(path.resolve(opts.model))]);
+  if (run.strength !== undefined) params.push(['Denoising strength', run.strength]);
+  if (run.loras.length > 0) params.push(['Lora hashes', run.loras.map((l) => `${base(l.file)}: ${run.loraHashes.get(l.file) ?? ''}`).join(', ')]);
+  params.push([SDLAB_KEYS.model, opts.model]);
+  if (opts.yaml !== undefined) params.push([SDLAB_KEYS.yaml, opts.yaml]);
+  if (opts.tokenizer !== undefined) params.push([SDLAB_KEYS.tokenizer, opts.tokenizer]);
+  if (opts.textEncoderConfig !== undefined) params.push([SDLAB_KEYS.textEncoderConfig, opts.textEncoderConfig]);
+  params.push([SDLAB_KEYS.scheduler, run.scheduler]);
+  if (run.timestepSpacing !== null) params.push([SDLAB_KEYS.timestepSpacing, run.timestepSpacing]);
+  params.push([SDLAB_KEYS.prediction, run.prediction]);
+  if ((opts.eta ?? 0) !== 0) params.push([SDLAB_KEYS.eta, opts.eta!]);
+  params.push([SDLAB_KEYS.rng, run.rng], [SDLAB_KEYS.index, run.index]);
+  // JSON: file names may hold anything; the value is quoted as a whole (it has commas).
+  if (run.loras.length > 0) params.push([SDLAB_KEYS.loras, JSON.stringify(run.loras.map((l) => [l.file, l.scale]))]);
+  if ((opts.promptSyntax ?? 'a1111') !== 'a1111') params.push([SDLAB_KEYS.promptSyntax, opts.promptSyntax!]);
+  if (kind !== 'txt2img' && opts.initImage !== undefined) params.push([SDLAB_KEYS.initImage, opts.initImage]);
+  if (kind === 'inpaint' && opts.mask !== undefined) params.push([SDLAB_KEYS.mask, opts.mask]);
+  return params;
+}
+
+/** The `parameters` text of a PNG file (one UsageError naming the file otherwise). */
+function pngParameters(file: string): string {
+  requireFile('--from-png', file, 'a PNG written by sdlab or A1111, with a "parameters" text chunk');
+  let text: string | undefined;
+  try {
+    text = readPngText(file).get('parameters');
+  } catch (err) {
+    if (err instanceof UsageError) throw new UsageError(`--from-png ${err.message}`);
+    throw err;
+  }
+  if (text === undefined) throw new UsageError(`--from-png ${file}: the PNG has no "parameters" text chunk (expected one written by sdlab or A1111's web UI).`);
+  return text;
+}
+
+/**
+ * --from-png: `opts` with the settings of FILE's `parameters` chunk filled in wherever `given(key)`
+ * is false (the CLI: the flag was not typed; the API: the caller left it undefined). Keys sdlab
+ * does not use (A1111's "Clip skip", a sampler sdlab lacks, ...) are listed in one warning.
+ * A settings line missing or unreadable (no "Steps", "Seed", ...) is one UsageError.
+ */
+export function applyPngParameters(kind: SdCommand, opts: SdOptions, file: string, given: (key: keyof SdOptions) => boolean): SdOptions {
+  const info = parseInfotext(pngParameters(file));
+  const p = info.params;
+  const bad = (key: string, expected: string): never => {
+    throw new UsageError(`--from-png ${file}: "${key}: ${p.get(key)}" in its parameters, expected ${expected}.`);
+  };
+  if (!p.has('Steps') || !p.has('Seed')) throw new UsageError(`--from-png ${file}: its "parameters" chunk has no settings line (expected A1111's "Steps: 20, Sampler: ..., Seed: 1, ..." as its last line).`);
+  const num = (key: string, ok: (v: number) => boolean, expected: string): number => {
+    const raw = p.get(key)!;
+    const v = Number(raw);
+    return raw.trim() !== '' && Number.isFinite(v) && ok(v) ? v : bad(key, expected);
+  };
+  const used = new Set<string>();
+  const out: SdOptions = { ...opts, fromPngApplied: true };
+  /** Sets out[key] from the PNG's `name` unless the flag was given. */
+  const take = <K extends keyof SdOptions>(key: K, name: string, read: (raw: string) => SdOptions[K]) => {
+    if (!p.has(name)) return;
+    used.add(name);
+    if (!given(key)) out[key] = read(p.get(name)!);
+  };
+  if (!given('prompt')) out.prompt = [info.prompt];
+  if (!given('negativePrompt')) out.negativePrompt = info.negativePrompt === '' ? undefined : info.negativePrompt;
+  take('steps', 'Steps', () => num('Steps', (v) => Number.isInteger(v) && v >= 1 && v <= 10_000, 'an integer in [1, 10000]'));
+  take('guidance', 'CFG scale', () => num('CFG scale', (v) => v >= 0 && v <= 100, 'a number in [0, 100]'));
+  take('seed', 'Seed', () => num('Seed', (v) => Number.isSafeInteger(v) && v >= 0, 'an integer >= 0'));
+  take('width', 'Size-1', () => num('Size-1', (v) => Number.isInteger(v) && v >= 8 && v <= MAX_GENERATED_SIDE, `a width in [8, ${MAX_GENERATED_SIDE}]`));
+  take('height', 'Size-2', () => num('Size-2', (v) => Number.isInteger(v) && v >= 8 && v <= MAX_GENERATED_SIDE, `a height in [8, ${MAX_GENERATED_SIDE}]`));
+  if (kind !== 'txt2img') take('strength', 'Denoising strength', () => num('Denoising strength', (v) => v > 0 && v <= 1, 'a number in (0, 1]'));
+  // The scheduler: sdlab's exact name, else A1111's sampler name ("DPM++ 2M Karras" too).
+  const sampler = p.get('Sampler');
+  const fromA1111 = sampler !== undefined ? schedulerFromA1111(sampler) : null;
+  if (p.has(SDLAB_KEYS.scheduler)) {
+    take('scheduler', SDLAB_KEYS.scheduler, (v) => ((SCHEDULER_NAMES as readonly string[]).includes(v) ? v : bad(SDLAB_KEYS.scheduler, `one of ${SCHEDULER_NAMES.join(', ')}`)));
+    used.add('Sampler');
+  } else if (fromA1111) {
+    used.add('Sampler');
+    if (!given('scheduler')) out.scheduler = fromA1111.scheduler;
+  }
+  const karras = p.get('Schedule type') === 'Karras' || fromA1111?.karras === true;
+  if (p.has('Schedule type') && (p.get('Schedule type') === 'Karras' || p.get('Schedule type') === 'Automatic')) used.add('Schedule type');
+  if (karras && !given('karras') && !given('scheduler')) out.karras = true;
+  take('timestepSpacing', SDLAB_KEYS.timestepSpacing, (v) => ((TIMESTEP_SPACINGS as readonly string[]).includes(v) ? (v as TimestepSpacing) : bad(SDLAB_KEYS.timestepSpacing, `one of ${TIMESTEP_SPACINGS.join(', ')}`)));
+  take('prediction', SDLAB_KEYS.prediction, (v) => ((PREDICTIONS as readonly string[]).includes(v) ? (v as SdOptions['prediction']) : bad(SDLAB_KEYS.prediction, `one of ${PREDICTIONS.join(', ')}`)));
+  take('eta', SDLAB_KEYS.eta, () => num(SDLAB_KEYS.eta, (v) => v >= 0 && v <= 1, 'a number in [0, 1]'));
+  take('rng', SDLAB_KEYS.rng, (v) => ((RNG_NAMES as readonly string[]).includes(v) ? (v as SdOptions['rng']) : bad(SDLAB_KEYS.rng, `one of ${RNG_NAMES.join(', ')}`)));
+  take('firstIndex', SDLAB_KEYS.index, () => num(SDLAB_KEYS.index, (v) => Number.isSafeInteger(v) && v >= 0, 'an integer >= 0'));
+  take('promptSyntax', SDLAB_KEYS.promptSyntax, (v) => ((PROMPT_SYNTAXES as readonly string[]).includes(v) ? (v as PromptSyntax) : bad(SDLAB_KEYS.promptSyntax, `one of ${PROMPT_SYNTAXES.join(', ')}`)));
+  take('model', SDLAB_KEYS.model, (v) => v);
+  take('yaml', SDLAB_KEYS.yaml, (v) => v);
+  take('tokenizer', SDLAB_KEYS.tokenizer, (v) => v);
+  take('textEncoderConfig', SDLAB_KEYS.textEncoderConfig, (v) => v);
+  if (kind !== 'txt2img') take('initImage', SDLAB_KEYS.initImage, (v) => v);
+  if (kind === 'inpaint') take('mask', SDLAB_KEYS.mask, (v) => v);
+  take('lora', SDLAB_KEYS.loras, (v) => {
+    let list: unknown;
+    try {
+      list = JSON.parse(v);
+    } catch {
+      list = null;
+    }
+    if (!Array.isArray(list) || !list.every((e) => Array.isArray(e) && typeof e[0] === 'string' && typeof e[1] === 'number' && Number.isFinite(e[1]))) return bad(SDLAB_KEYS.loras, 'a JSON list of [file, scale] pairs');
+    return (list as Array<[string, number]>).map(([f, scale]) => ({ file: f, scale }));
+  });
+  // A1111's Model is a name, not a path: usable only with --model (or sdlab's own key).
+  if (p.has('Model')) used.add('Model');
+  if (!out.model) throw new UsageError(`--from-png ${file}: the PNG names the model "${p.get('Model') ?? '?'}" but not its file (written by A1111?): give --model DIR|FILE.`);
+  // A1111's LoRAs are named in the prompt and by hash: sdlab needs their files (--lora).
+  if (p.has('Lora hashes') && (p.has(SDLAB_KEYS.loras) || given('lora'))) used.add('Lora hashes');
+  // Image k of an --rng torch run came from one generator shared by the run's images: alone, it draws other noise.
+  const warnings: string[] = [];
+  if (out.rng === 'torch' && (out.firstIndex ?? 0) > 0) warnings.push(`image ${out.firstIndex} of an --rng torch run (its noise depends on the images before it: re-run the whole batch to re-create it)`);
+  const unused = [...p.keys()].filter((k) => !used.has(k) && !INFORMATIONAL_KEYS.has(k));
+  if (unused.length > 0) warnings.push(`ignoring what sdlab does not use: ${unused.map((k) => (k === 'Lora hashes' ? 'Lora hashes (give the files with --lora)' : `${k.replace(/-[12]$/, '')}: ${p.get(k)}`)).join('; ')}`);
+  if (warnings.length > 0) (opts.warn ?? ((l: string) => console.warn(l)))(`sdlab: warning: --from-png ${file}: ${warnings.join('; ')}.`);
+  return out;
+}
+
 /** Runs txt2img, img2img or inpaint as the CLI does (see the file header). */
-export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult> {
+export async function runSd(kind: SdCommand, options: SdOptions): Promise<SdResult> {
+  // The API: what the caller set wins over the PNG (the CLI merges first, knowing which flags were typed).
+  const withPng = options.fromPng !== undefined && !options.fromPngApplied ? applyPngParameters(kind, options, options.fromPng, (k) => options[k] !== undefined) : options;
+  const opts = { ...withPng, seed: withPng.seed ?? 0 };
+  check(typeof opts.model === 'string' && opts.model !== '', '--model: required (a diffusers directory, a .safetensors file or a .ckpt), unless --from-png names one.');
   const prompts = opts.prompt ?? [];
   check(prompts.length > 0, '--prompt: give at least one prompt (repeat --prompt for several; "" is unconditional).');
   check(opts.steps === undefined || (Number.isInteger(opts.steps) && opts.steps >= 1), `--steps: expected an integer >= 1, got ${opts.steps}.`);
@@ -249,8 +481,10 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
   const pipe = loadModel(opts);
   const tensors: tf.Tensor[] = [];
   try {
+    pipe.promptSyntax = opts.promptSyntax ?? 'a1111';
     applySchedulerFlags(pipe, opts);
     const merged = mergeLoras(pipe, loras);
+    const loraHashes = new Map(merged.map((m) => [m.file, loraShortHash(m.file)]));
     const { height, width } = outputSize(kind, pipe, opts, image);
     checkImageSide(height, width); // the model's own default size too
     const f = pipe.vaeScaleFactor;
@@ -291,7 +525,33 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
     const progress = opts.progress === null ? null : new Progress({ total: batches * stepsPerBatch, label: kind, unit: 'step', stream: opts.progress });
     const images: FloatImage[] = [];
     const files: string[] = [];
+    const animations: string[] = [];
     const noise = opts.saveLatents !== undefined ? new Float32Array(N * h * w * C) : null;
+    const preview = opts.animate === undefined || opts.animate === false ? null : opts.animate === true ? 'auto' : opts.animate;
+    const approx = preview === 'approx' || (preview === 'auto' && Math.max(h, w) >= ANIMATE_APPROX_LATENT_SIDE);
+    const decode = approx ? latentPreview(pipe).decode : undefined;
+    // Cells of about 256 pixels: the x0 preview is at latent resolution with approx.
+    const cellScale = Math.max(1, Math.round(256 / Math.max(approx ? height / f : height, approx ? width / f : width)));
+    let anims: ReverseProcessAnimation[] = [];
+    const parameters = (index: number) => formatInfotext({
+      prompt: perImage[index],
+      negativePrompt: opts.negativePrompt ?? '',
+      params: a1111Params(kind, opts, {
+        steps,
+        guidance,
+        scheduler: schedulerName,
+        karras: (pipe.scheduler.config as { use_karras_sigmas?: boolean }).use_karras_sigmas === true,
+        timestepSpacing: schedulerName === 'lcm' ? null : pipe.scheduler.config.timestep_spacing,
+        prediction: pipe.scheduler.config.prediction_type,
+        rng,
+        height,
+        width,
+        strength,
+        loras: merged,
+        loraHashes,
+        index: (opts.firstIndex ?? 0) + index,
+      }),
+    });
     await pipe.generate({
       prompts: perImage,
       negativePrompts: opts.negativePrompt ?? '',
@@ -307,24 +567,37 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
       mask: maskT,
       strength,
       latents,
+      firstIndex: opts.firstIndex,
       returnNoise: noise !== null,
-      callback: (s) => progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`),
+      callback: (s) => {
+        if (preview) {
+          if (s.i === 0) anims = Array.from({ length: s.latents.shape[0] }, (_, j) => new ReverseProcessAnimation(pipe, { indices: [j], decode, scale: cellScale }));
+          for (const a of anims) a.record(s);
+        }
+        progress?.tick(1, `t=${Number.isInteger(s.t) ? s.t : s.t.toFixed(1)}`);
+      },
       onBatch: async ({ first, images: batch, height: H, width: W, channels, noise: batchNoise }) => {
         if (noise && batchNoise) noise.set(batchNoise, first * h * w * C);
         for (let k = 0; k < batch.length; k++) {
           const img: FloatImage = { data: batch[k], height: H, width: W, channels: channels as 1 | 3 };
           images.push(img);
           const file = path.join(opts.out, `${String(first + k).padStart(4, '0')}.png`);
-          await savePng(file, renderGrid([img], { pad: 0 }));
+          await savePng(file, renderGrid([img], { pad: 0 }), { text: { parameters: parameters(first + k) } });
           files.push(file);
+          if (preview && anims[k]) {
+            const gif = path.join(opts.out, `${String(first + k).padStart(4, '0')}.gif`);
+            await anims[k].save(gif);
+            animations.push(gif);
+          }
         }
+        anims = [];
       },
     });
     progress?.finish();
     let grid: string | undefined;
     if (images.length > 1) {
       grid = path.join(opts.out, 'grid.png');
-      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}));
+      await savePng(grid, renderGrid(images, prompts.length > 1 ? { rows: prompts.length, cols: opts.n } : {}), { text: { parameters: parameters(0) } });
     }
     if (noise) {
       writeSafetensors(opts.saveLatents!, { latents: { shape: [N, C, h, w], data: nhwcToNchw(noise, N, h, w, C) } }, {
@@ -354,10 +627,12 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
       ...(kind !== 'txt2img' ? { init_image: opts.initImage, strength } : {}),
       ...(kind === 'inpaint' ? { mask: opts.mask } : {}),
       ...(opts.initLatents !== undefined ? { init_latents: opts.initLatents } : {}),
-      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index })),
+      ...(opts.fromPng !== undefined ? { from_png: opts.fromPng } : {}),
+      prompt_syntax: opts.promptSyntax ?? 'a1111',
+      images: files.map((file, index) => ({ file: path.basename(file), prompt: perImage[index], index: (opts.firstIndex ?? 0) + index })),
     };
     await writeFileAtomic(json, JSON.stringify(settings, null, 1) + '\n');
-    return { files, grid, json, scheduler: schedulerName, steps, guidance, height, width, latents: opts.saveLatents, loras: merged };
+    return { files, grid, json, scheduler: schedulerName, steps, guidance, height, width, latents: opts.saveLatents, loras: merged, animations };
   } finally {
     tf.dispose(tensors);
     pipe.dispose();
@@ -365,8 +640,11 @@ export async function runSd(kind: SdCommand, opts: SdOptions): Promise<SdResult>
 }
 
 /** The `action` of the three commands: select the backend, run, print what was written. */
-export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }) => Promise<void> {
-  return async (o) => {
+export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }, cmd: Command) => Promise<void> {
+  return async (typed, cmd) => {
+    // --from-png: the PNG's settings under every flag typed on the command line (not commander's defaults).
+    const given = (k: keyof SdOptions) => ['cli', 'env'].includes(cmd.getOptionValueSource(k) ?? '');
+    const o = typed.fromPng !== undefined ? { ...applyPngParameters(kind, typed, typed.fromPng, given), backend: typed.backend } : typed;
     const backend = await selectBackend(o.backend);
     const started = Date.now();
     const res = await runSd(kind, o);
@@ -374,6 +652,7 @@ export function sdAction(kind: SdCommand): (o: SdOptions & { backend: string }) 
     console.log(`${res.files.length} image${res.files.length > 1 ? 's' : ''} ${res.width}x${res.height}, ${res.scheduler} ${res.steps} steps${extra}, guidance ${res.guidance}, seed ${o.seed} (rng ${o.rng ?? 'sdlab'}), backend ${backend.name}, ${((Date.now() - started) / 1000).toFixed(1)} s`);
     for (const l of res.loras) console.log(`lora ${l.file} at scale ${l.scale}: ${l.unetModules} UNet and ${l.textEncoderModules} text-encoder modules merged`);
     for (const f of res.files) console.log(`wrote ${f}`);
+    for (const f of res.animations) console.log(`wrote ${f}`);
     if (res.grid) console.log(`wrote ${res.grid}`);
     if (res.latents) console.log(`wrote ${res.latents}`);
     console.log(`wrote ${res.json}`);

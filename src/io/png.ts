@@ -4,6 +4,7 @@
  *
  *   readPngSize('digit.png')  →  { width: 28, height: 28, bitsPerPixel: 8, interlaced: false }
  *   readPng('digit.png')      →  { width, height, data: RGBA bytes }
+ *   readPngText('0000.png')   →  Map { 'parameters' => 'a cat\nSteps: 20, ...' }   (tEXt/zTXt/iTXt)
  *
  * Float pixels for the models (luma, alpha) are src/data/png.ts readPngImage; writing PNGs is
  * src/viz/png.ts.
@@ -13,7 +14,8 @@ import zlib from 'node:zlib';
 import { PNG } from 'pngjs';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
-import { MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PNG_BYTES } from '../util/limits.ts';
+import { crc32 } from '../util/crc32.ts';
+import { MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_PNG_BYTES, MAX_PNG_TEXT_BYTES } from '../util/limits.ts';
 
 /** What a PNG's IHDR chunk says. */
 export interface PngHeader {
@@ -115,4 +117,65 @@ function checkInflatedSize(bytes: Buffer, h: PngHeader, fail: (why: string) => n
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) fail(`the compressed image data inflates beyond the ${limit} bytes its ${h.width}×${h.height} header allows`);
     // Other zlib errors: pngjs reports them (one line) when it decodes.
   }
+}
+
+/**
+ * The text chunks of a PNG file (after readPngSize's checks): keyword → text for every tEXt
+ * (Latin-1), zTXt (Latin-1, deflated) and iTXt (UTF-8, deflated or not) chunk; the first chunk
+ * of a keyword wins. Every chunk must lie within the file and text chunks must carry the right
+ * CRC; text, compressed or not, is at most MAX_PNG_TEXT_BYTES. Failures: one UsageError naming
+ * the file.
+ */
+export function readPngText(file: string): Map<string, string> {
+  const fail = (why: string): never => {
+    throw new UsageError(`${file}: ${why}.`);
+  };
+  readPngSize(file);
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (err) {
+    return fail(`cannot read PNG (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  const out = new Map<string, string>();
+  const inflate = (data: Buffer, type: string): Buffer => {
+    try {
+      return zlib.inflateSync(data, { maxOutputLength: MAX_PNG_TEXT_BYTES });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) return fail(`a ${type} chunk inflates beyond sdlab's limit of ${MAX_PNG_TEXT_BYTES} bytes`);
+      return fail(`a ${type} chunk holds damaged compressed text (${(err as Error).message})`);
+    }
+  };
+  for (let o = 8; ; ) {
+    if (o + 12 > bytes.length) return fail('the PNG ends without an IEND chunk (truncated)');
+    const len = bytes.readUInt32BE(o);
+    const type = bytes.toString('latin1', o + 4, o + 8);
+    if (len > bytes.length - o - 12) return fail(`the ${JSON.stringify(type)} chunk at byte ${o} says ${len} bytes, past the end of the file (truncated)`);
+    if (type === 'IEND') break;
+    if (type === 'tEXt' || type === 'zTXt' || type === 'iTXt') {
+      if (len > MAX_PNG_TEXT_BYTES) fail(`a ${type} chunk of ${len} bytes, over sdlab's limit of ${MAX_PNG_TEXT_BYTES} bytes for text`);
+      const data = bytes.subarray(o + 8, o + 8 + len);
+      if (crc32(bytes.subarray(o + 4, o + 8 + len)) !== bytes.readUInt32BE(o + 8 + len)) fail(`the ${type} chunk at byte ${o} has a bad CRC (the file is damaged)`);
+      const nul = data.indexOf(0);
+      if (nul < 1 || nul > 79) fail(`the ${type} chunk at byte ${o} has no valid keyword`);
+      const keyword = data.toString('latin1', 0, nul);
+      let text: string;
+      if (type === 'tEXt') text = data.toString('latin1', nul + 1);
+      else if (type === 'zTXt') {
+        if (data[nul + 1] !== 0) fail(`the zTXt chunk "${keyword}" uses compression method ${data[nul + 1]} (PNG knows only 0, deflate)`);
+        text = inflate(data.subarray(nul + 2), type).toString('latin1');
+      } else {
+        const [flag, method] = [data[nul + 1], data[nul + 2]];
+        const lang = data.indexOf(0, nul + 3);
+        const translated = lang < 0 ? -1 : data.indexOf(0, lang + 1);
+        if (flag === undefined || (flag !== 0 && flag !== 1) || translated < 0) fail(`the iTXt chunk "${keyword}" is malformed`);
+        if (flag === 1 && method !== 0) fail(`the iTXt chunk "${keyword}" uses compression method ${method} (PNG knows only 0, deflate)`);
+        const body = data.subarray(translated + 1);
+        text = (flag === 1 ? inflate(body, type) : body).toString('utf8');
+      }
+      if (!out.has(keyword)) out.set(keyword, text);
+    }
+    o += 12 + len;
+  }
+  return out;
 }

@@ -15,11 +15,11 @@
  *   zip.read('archive/data.pkl')           // Uint8Array (whole entries are CRC-checked)
  */
 import fs from 'node:fs';
-import zlib from 'node:zlib';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile } from '../util/fs.ts';
 import { oneLine } from '../util/json.ts';
 import { MAX_ZIP_DIRECTORY_BYTES, MAX_ZIP_ENTRIES } from '../util/limits.ts';
+import { crc32 } from '../util/crc32.ts';
 
 export interface ZipEntry {
   name: string;
@@ -37,23 +37,8 @@ const SIG_LOCAL = 0x04034b50;
 const U16_MAX = 0xffff;
 const U32_MAX = 0xffffffff;
 
-/** CRC-32 (zip's polynomial): Node's native one where it has it (≥ 20.15), else a table. */
-let crcTable: Int32Array | null = null;
-export function crc32(bytes: Uint8Array): number {
-  const native = (zlib as unknown as { crc32?: (data: Uint8Array) => number }).crc32;
-  if (native) return native(bytes) >>> 0;
-  if (!crcTable) {
-    crcTable = new Int32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c;
-    }
-  }
-  let c = -1;
-  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ -1) >>> 0;
-}
+/** CRC-32: one home, src/util/crc32.ts (PNG chunks use it too). */
+export { crc32 };
 
 /** A zip archive of stored entries, opened and validated; entry data is read on demand. */
 export class StoredZip {

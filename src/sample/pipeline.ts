@@ -4,6 +4,7 @@
  * StableDiffusionInpaintPipeline (v0.24) on ONE denoising loop, unrolled so it reads top to bottom.
  *
  *   1. prompt → tokenizer → TextEncoder.lastHiddenState      = promptEmbeds   [B, L, D]
+ *      (CLIP prompts: A1111's (word:1.3) emphasis and chunks of 75 tokens, L = k·77: encodeText)
  *      negative prompt (or "" = unconditional) the same way  = negativeEmbeds [B, L, D]
  *   2. scheduler.setTimesteps(steps); with an init image only the last int(steps · strength) of
  *      them run (startTimesteps: Python's int() truncates, 0.6 of 10 → 6)
@@ -62,6 +63,7 @@ import { guidanceScaleEmbedding } from '../nn/blocks.ts';
 import { UsageError } from '../util/errors.ts';
 import { denormalize } from '../data/pixels.ts';
 import { type PipelineNoise, BatchNoiseGenerator, diffusersNoise, imageGenerator, perImageNoise } from './noise.ts';
+import { type PromptSyntax, emptyChunk, promptChunks } from './prompt_weighting.ts';
 
 export interface PipelineComponents {
   tokenizer: Tokenizer;
@@ -149,6 +151,8 @@ export interface PipelineOutput {
 }
 
 export interface GenerateOptions extends Omit<PipelineCallOptions, 'prompt' | 'negativePrompt' | 'latents' | 'firstIndex' | 'callback' | 'returnNoise' | 'inspect'> {
+  /** Stream index of the run's first image (default 0): a re-run of image k of an earlier run (--from-png) passes k. */
+  firstIndex?: number;
   /** Start noise for every image of the run [N, h, w, C] (each batch takes its rows). */
   latents?: tf.Tensor4D;
   /** One prompt per image. */
@@ -218,6 +222,8 @@ export class StableDiffusionPipeline {
   readonly unet: UNet2DConditionModel;
   readonly vae: AutoencoderKL;
   scheduler: Scheduler;
+  /** How prompts are read (./prompt_weighting.ts): a1111 (emphasis, chunks of 75) or plain (diffusers' encode). */
+  promptSyntax: PromptSyntax = 'a1111';
 
   constructor(c: PipelineComponents) {
     this.tokenizer = c.tokenizer;
@@ -249,14 +255,27 @@ export class StableDiffusionPipeline {
   }
 
   /**
-   * lastHiddenState for each text [N, L, D]. Each distinct text is encoded once (a batch of 64
-   * copies of one prompt costs one text-encoder row), then rows are gathered back in order.
+   * lastHiddenState for each text [N, k·L, D]: CLIP prompts are read as A1111 reads them —
+   * (word:1.3) emphasis, and longer prompts as k chunks of 75 tokens, each encoded on its own and
+   * concatenated along the sequence, every text padded to the most chunks among `texts`
+   * (./prompt_weighting.ts). Each distinct text is encoded once (a batch of 64 copies of one
+   * prompt costs one text-encoder row), then rows are gathered back in order.
    */
   encodeText(texts: readonly string[]): tf.Tensor3D {
     const unique = [...new Set(texts)];
-    const ids = unique.map((t) => this.tokenizer.encode(t).inputIds);
+    const read = unique.map((t) => promptChunks(this.tokenizer, t, { syntax: this.promptSyntax }));
+    const k = Math.max(...read.map((r) => r.ids.length));
+    const empty = k > 1 ? emptyChunk(this.tokenizer) : [];
+    // k = 1 (every prompt within 75 tokens): exactly the rows of tokenizer.encode, as always.
+    const ids = read.flatMap((r) => [...r.ids, ...new Array<number[]>(k - r.ids.length).fill(empty)]);
     return tf.tidy(() => {
-      const states = this.textEncoder.forward(tf.tensor2d(ids, [unique.length, ids[0].length], 'int32')).lastHiddenState;
+      let states = this.textEncoder.forward(tf.tensor2d(ids, [ids.length, ids[0].length], 'int32')).lastHiddenState;
+      const [, l, d] = states.shape;
+      if (k > 1) states = tf.reshape(states, [unique.length, k * l, d]);
+      if (read.some((r) => r.weights)) {
+        const rows = tf.unstack(states) as tf.Tensor2D[];
+        states = tf.stack(rows.map((z, u) => (read[u].weights ? applyEmphasis(z, read[u].weights!, l) : z))) as tf.Tensor3D;
+      }
       if (unique.length === texts.length && unique.every((u, i) => u === texts[i])) return states;
       const index = tf.tensor1d(texts.map((t) => unique.indexOf(t)), 'int32');
       return tf.gather(states, index) as tf.Tensor3D;
@@ -562,7 +581,7 @@ export class StableDiffusionPipeline {
           ...opts,
           prompt: prompts.slice(first, end),
           negativePrompt: negative.slice(first, end),
-          firstIndex: first,
+          firstIndex: (opts.firstIndex ?? 0) + first,
           latents,
           callback: opts.callback ? (s) => opts.callback!({ ...s, first }) : undefined,
         });
@@ -614,4 +633,23 @@ function checkCompatible(c: PipelineComponents): void {
   if (c.tokenizer.vocabSize > c.textEncoder.config.vocab_size) {
     throw new UsageError(`pipeline: the tokenizer has ${c.tokenizer.vocabSize} tokens but the text encoder's vocab_size is ${c.textEncoder.config.vocab_size}.`);
   }
+}
+
+/**
+ * A1111's "Original" emphasis on one prompt's hidden states z [k·L, D]: each chunk of L rows is
+ * multiplied row by row by its weights, then rescaled so its mean equals the unweighted mean
+ * (./prompt_weighting.ts). Weights of 1 give z back (the ratio is exactly 1).
+ */
+export function applyEmphasis(z: tf.Tensor2D, weights: readonly (readonly number[])[], l: number): tf.Tensor2D {
+  return tf.tidy(() => {
+    const chunks = weights.map((w, c) => {
+      const zc = tf.slice(z, [c * l, 0], [l, z.shape[1]]);
+      const weighted = tf.mul(zc, tf.tensor2d(w as number[], [l, 1]));
+      return tf.mul(weighted, tf.div(tf.mean(zc), tf.mean(weighted)));
+    });
+    // Padding chunks (no weights of their own) stay as they are.
+    const rest = z.shape[0] / l - weights.length;
+    if (rest > 0) chunks.push(tf.slice(z, [weights.length * l, 0], [rest * l, z.shape[1]]));
+    return tf.concat(chunks, 0) as tf.Tensor2D;
+  });
 }

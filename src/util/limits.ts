@@ -33,6 +33,8 @@ export const MAX_IMAGE_PIXELS = 4096 * 4096;
 
 /** Bytes of a PNG file (a 16 Mpx RGBA image at 16 bits per channel is 128 MB before compression). */
 export const MAX_PNG_BYTES = 256 * 1024 * 1024;
+/** A PNG text chunk (tEXt/zTXt/iTXt: --from-png's `parameters`) holds, or inflates to, at most this many bytes: a zlib bomb fails first. */
+export const MAX_PNG_TEXT_BYTES = 4 * 1024 * 1024;
 
 /**
  * Latent pixels (h × w) of one image the VAE encodes or decodes: 128 × 128, SD's latents at

@@ -1,5 +1,6 @@
 /**
  * A small progress bar for long work: `[#####.....] 120/500 24%  3.1 it/s  ETA 2m03s  loss 0.041`.
+ * Slower than one item a second, the rate reads as seconds per item (`4.21 s/step`, as tqdm does).
  * Draws in place on a TTY; elsewhere (CI, pipes) prints a line at most every few seconds.
  */
 export interface ProgressOptions {
@@ -20,6 +21,12 @@ export function formatDuration(seconds: number): string {
   if (h > 0) return `${h}h${String(m).padStart(2, '0')}m`;
   if (m > 0) return `${m}m${String(r).padStart(2, '0')}s`;
   return `${r}s`;
+}
+
+/** "6.74 step/s", or "4.21 s/step" below one item a second (what matters for slow steps). */
+export function formatRate(perSecond: number, unit = 'it'): string {
+  if (perSecond > 0 && perSecond < 1) return `${(1 / perSecond).toFixed(2)} s/${unit}`;
+  return `${perSecond >= 10 ? perSecond.toFixed(0) : perSecond.toFixed(2)} ${unit}/s`;
 }
 
 export class Progress {
@@ -56,8 +63,8 @@ export class Progress {
     const fill = Math.round(frac * width);
     const bar = '#'.repeat(fill) + '.'.repeat(width - fill);
     const eta = rate > 0 ? (total - this.done) / rate : NaN;
-    const r = rate >= 10 ? rate.toFixed(0) : rate.toFixed(2);
-    return `${label ? label + ' ' : ''}[${bar}] ${this.done}/${total} ${(frac * 100).toFixed(0)}% ${r} ${unit}/s ETA ${formatDuration(eta)}${this.info ? '  ' + this.info : ''}`;
+    const r = formatRate(rate, unit);
+    return `${label ? label + ' ' : ''}[${bar}] ${this.done}/${total} ${(frac * 100).toFixed(0)}% ${r} ETA ${formatDuration(eta)}${this.info ? '  ' + this.info : ''}`;
   }
 
   private draw(): void {

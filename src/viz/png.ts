@@ -5,10 +5,16 @@
  *
  * `images` is a tf tensor [N, H, W, C] / [N, H, W] or an array of FloatImage (HWC, 1 or 3 channels),
  * values in [0, 1]; anything outside is clipped for display. Cells are laid out row by row.
+ *
+ * Text chunks: `savePng(file, raster, { text: { parameters: '...' } })` stores each entry as a
+ * tEXt chunk (Latin-1, as PIL writes it) or, when the text is not Latin-1, an uncompressed iTXt
+ * chunk (UTF-8), right after IHDR — where A1111 / PIL put their `parameters`. Read them back with
+ * src/io/png.ts readPngText.
  */
 import { PNG } from 'pngjs';
 import type * as tf from '@tensorflow/tfjs';
 import { writeFileAtomic } from '../util/fs.ts';
+import { crc32 } from '../util/crc32.ts';
 import { Raster, textWidth, GLYPH_HEIGHT, type FloatImage, type RGB } from './raster.ts';
 
 export type ImagesInput = readonly FloatImage[] | tf.Tensor;
@@ -128,16 +134,48 @@ export function renderGrid(images: ImagesInput, opts: GridOptions = {}): Raster 
   return raster;
 }
 
-/** Encodes a Raster as PNG bytes. */
-export function encodePng(raster: Raster): Buffer {
-  const png = new PNG({ width: raster.width, height: raster.height });
-  png.data = Buffer.from(raster.data.buffer, raster.data.byteOffset, raster.data.byteLength);
-  return PNG.sync.write(png);
+export interface PngWriteOptions {
+  /** keyword → text, written as tEXt (Latin-1) or iTXt (UTF-8) chunks after IHDR. */
+  text?: Readonly<Record<string, string>>;
 }
 
-/** Writes a Raster to a PNG file (atomically). */
-export async function savePng(file: string, raster: Raster): Promise<void> {
-  await writeFileAtomic(file, encodePng(raster));
+const LATIN1 = /^[\x00-\xff]*$/;
+
+/** One PNG chunk: length, type, data, CRC over type + data. */
+function pngChunk(type: string, data: Buffer): Buffer {
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  out.write(type, 4, 'latin1');
+  data.copy(out, 8);
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+  return out;
+}
+
+/** A tEXt chunk (Latin-1 text) or, for other text, an uncompressed iTXt chunk (UTF-8). */
+export function textChunk(keyword: string, text: string): Buffer {
+  // The PNG spec: 1–79 Latin-1 printable characters, no leading/trailing/double spaces.
+  if (!/^[\x20-\x7e\xa1-\xff]{1,79}$/.test(keyword) || /^ | $|  /.test(keyword)) throw new Error(`PNG text keyword ${JSON.stringify(keyword)}: expected 1-79 printable Latin-1 characters.`);
+  const key = Buffer.from(keyword, 'latin1');
+  if (LATIN1.test(text) && !text.includes('\0')) return pngChunk('tEXt', Buffer.concat([key, Buffer.from([0]), Buffer.from(text, 'latin1')]));
+  // iTXt: keyword, 0, compression flag 0, method 0, empty language tag + 0, empty translated keyword + 0, UTF-8 text.
+  return pngChunk('iTXt', Buffer.concat([key, Buffer.from([0, 0, 0, 0, 0]), Buffer.from(text, 'utf8')]));
+}
+
+/** Encodes a Raster as PNG bytes (with `text` chunks after IHDR). */
+export function encodePng(raster: Raster, opts: PngWriteOptions = {}): Buffer {
+  const png = new PNG({ width: raster.width, height: raster.height });
+  png.data = Buffer.from(raster.data.buffer, raster.data.byteOffset, raster.data.byteLength);
+  const bytes = PNG.sync.write(png);
+  const entries = Object.entries(opts.text ?? {});
+  if (entries.length === 0) return bytes;
+  // Signature (8) + IHDR (12 + 13) come first in every PNG pngjs writes.
+  const ihdrEnd = 8 + 12 + bytes.readUInt32BE(8);
+  return Buffer.concat([bytes.subarray(0, ihdrEnd), ...entries.map(([k, v]) => textChunk(k, v)), bytes.subarray(ihdrEnd)]);
+}
+
+/** Writes a Raster to a PNG file (atomically), with optional text chunks. */
+export async function savePng(file: string, raster: Raster, opts: PngWriteOptions = {}): Promise<void> {
+  await writeFileAtomic(file, encodePng(raster, opts));
 }
 
 /** Draws `images` as a grid and writes it to `file` as PNG (atomically). Returns the layout. */
