@@ -25,6 +25,7 @@ import { readVaeConfig } from '../src/autoencoder/index.ts';
 import { readTextEncoderConfig } from '../src/clip/text_encoder.ts';
 import { type StableDiffusionPipeline, loadDiffusersPipeline, loadLdmPipeline } from '../src/sample/index.ts';
 import { runConvert } from '../src/commands/convert.ts';
+import { writeSd2Tiny } from './helpers/sd2-tiny.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const FIXTURE = path.resolve(ROOT, '../shared/fixtures/sd1_tiny');
@@ -227,8 +228,25 @@ describe('convert and txt2img on the CLI: one line, exit 2, nothing written', ()
     expect(leftovers(tmp)).toEqual([]);
   });
 
+  it("--prediction sets the written scheduler's prediction_type over the yaml's parameterization; nothing else changes", () => {
+    const sd2 = writeSd2Tiny(fs.mkdtempSync(path.join(tmp, 'sd2-')));
+    const sched = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, 'scheduler/scheduler_config.json'), 'utf8')) as Record<string, unknown>;
+    const unet = (dir: string) => fs.readFileSync(path.join(dir, 'unet/config.json'), 'utf8');
+    const base = { input: sd2.file, yaml: sd2.yaml, textEncoderConfig: sd2.teConfig };
+    const v = runConvert({ ...base, out: path.join(tmp, 'sd2-v') }).out;
+    const eps = runConvert({ ...base, out: path.join(tmp, 'sd2-eps'), prediction: 'epsilon' }).out;
+    expect(sched(v).prediction_type).toBe('v_prediction'); // the yaml's parameterization "v"
+    expect(sched(eps)).toEqual({ ...sched(v), prediction_type: 'epsilon' });
+    expect(unet(eps)).toBe(unet(v));
+    // A diffusers input: only prediction_type changes.
+    const d = runConvert({ input: MODEL, out: path.join(tmp, 'sd1-v'), prediction: 'v_prediction' }).out;
+    const want = JSON.parse(fs.readFileSync(path.join(MODEL, 'scheduler/scheduler_config.json'), 'utf8')) as Record<string, unknown>;
+    expect(want.prediction_type).not.toBe('v_prediction');
+    expect(sched(d)).toEqual({ ...want, prediction_type: 'v_prediction' });
+  });
+
   it('convert --help lists every flag', async () => {
     const r = await cli(['convert', '--help']);
-    for (const flag of ['--dtype', '--yaml', '--tokenizer', '--text-encoder-config', '--image-size']) expect(r.stdout).toContain(flag);
+    for (const flag of ['--dtype', '--yaml', '--tokenizer', '--text-encoder-config', '--image-size', '--prediction']) expect(r.stdout).toContain(flag);
   });
 });

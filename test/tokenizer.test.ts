@@ -170,6 +170,22 @@ describe('ClipTokenizer rejects broken files with one line naming the file', () 
     const dir = dirWith('badcfg', { 'vocab.json': goodVocab, 'merges.txt': goodMerges, 'tokenizer_config.json': 'nope' });
     expect(errorOf(dir).message).toMatch(/tokenizer_config\.json: not valid JSON/);
   });
+  it('SD 2.x tokenizers pad with "!" (special_tokens_map pad_token), after one eos, as transformers does', () => {
+    const vocab = JSON.parse(fs.readFileSync(path.join(TOKENIZER_DIR, 'vocab.json'), 'utf8')) as Record<string, number>;
+    const dir = dirWith('sd2pad', {
+      'vocab.json': JSON.stringify(vocab),
+      'merges.txt': fs.readFileSync(path.join(TOKENIZER_DIR, 'merges.txt'), 'utf8'),
+      'special_tokens_map.json': '{"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!", "unk_token": "<|endoftext|>"}',
+    });
+    const sd2 = loadTokenizer(dir) as ClipTokenizer;
+    const sd1 = loadTokenizer(TOKENIZER_DIR) as ClipTokenizer;
+    const a = sd2.encode('a red cube').inputIds;
+    const b = sd1.encode('a red cube').inputIds;
+    const n = b.indexOf(sd1.eosId) + 1; // bos, the words, eos
+    expect(a.slice(0, n)).toEqual(b.slice(0, n));
+    expect(a.slice(n)).toEqual(new Array(77 - n).fill(vocab['!']));
+    expect(b.slice(n)).toEqual(new Array(77 - n).fill(vocab['<|endoftext|>']));
+  });
   it('a pad token from the config that the vocabulary lacks', () => {
     const dir = dirWith('badpad', { 'vocab.json': goodVocab, 'merges.txt': goodMerges, 'special_tokens_map.json': '{"pad_token": "<pad>"}' });
     expect(errorOf(dir).message).toMatch(/pad token "<pad>" is not in vocab\.json/);

@@ -38,6 +38,7 @@ import { AutoencoderKL, VAE_WEIGHTS_FILE, readVaeConfig, vaeLegacyKeyMap } from 
 import { readSchedulerConfig } from '../schedule/index.ts';
 import { LdmCheckpoint, type LdmComponent } from '../sample/load_single_file.ts';
 import { ldmSchedulerConfig, ldmTextEncoderConfig } from '../sample/load.ts';
+import { PREDICTIONS } from './sd_common.ts';
 
 export type ConvertDtype = 'fp16' | 'fp32';
 
@@ -53,6 +54,11 @@ export interface ConvertOptions {
   textEncoderConfig?: string;
   /** Single files: image size the configs' sample_size is derived from (default 512; 768 for v-prediction). */
   imageSize?: number;
+  /**
+   * What the UNet predicts, written as the scheduler's prediction_type (default: the input's
+   * scheduler config or yaml; an SD 2.x single file without a yaml: v_prediction, epsilon for 512-base).
+   */
+  prediction?: (typeof PREDICTIONS)[number];
   /** Called with one line per component written. */
   log?: (line: string) => void;
 }
@@ -117,7 +123,7 @@ function componentWeights(dir: string, safetensors: string, pickle: string): Ten
   throw new UsageError(`${dir}: no ${safetensors} (or ${pickle}).`);
 }
 
-function diffusersParts(dir: string, dtype: ConvertDtype): { parts: Part[]; scheduler: { write: (file: string) => void; className: string } } {
+function diffusersParts(dir: string, dtype: ConvertDtype, prediction: ConvertOptions['prediction']): { parts: Part[]; scheduler: { write: (file: string) => void; className: string } } {
   for (const sub of ['unet', 'vae', 'text_encoder', 'scheduler']) {
     const d = path.join(dir, sub);
     if (!fs.existsSync(d) || !fs.statSync(d).isDirectory()) throw new UsageError(`${dir}: no ${sub}/ folder (expected a diffusers Stable Diffusion directory with unet/, vae/, text_encoder/ and scheduler/).`);
@@ -149,12 +155,15 @@ function diffusersParts(dir: string, dtype: ConvertDtype): { parts: Part[]; sche
   const schedFile = path.join(dir, 'scheduler', 'scheduler_config.json');
   const sched = readSchedulerConfig(schedFile);
   const className = typeof sched._class_name === 'string' ? sched._class_name : 'PNDMScheduler';
-  return { parts, scheduler: { className, write: (f) => fs.copyFileSync(schedFile, f) } };
+  const write = prediction
+    ? (f: string) => writeFileAtomicSync(f, JSON.stringify({ ...sched, prediction_type: prediction }, null, 2) + '\n')
+    : (f: string) => fs.copyFileSync(schedFile, f);
+  return { parts, scheduler: { className, write } };
 }
 
 function singleFileParts(opts: ConvertOptions, dtype: ConvertDtype): { parts: Part[]; scheduler: { write: (file: string) => void; className: string } } {
   const given = opts.textEncoderConfig ? readTextEncoderConfig(opts.textEncoderConfig) : null;
-  const ckpt = LdmCheckpoint.open(opts.input, { yaml: opts.yaml, imageSize: opts.imageSize, textEncoderLayers: given?.num_hidden_layers });
+  const ckpt = LdmCheckpoint.open(opts.input, { yaml: opts.yaml, imageSize: opts.imageSize, prediction: opts.prediction, textEncoderLayers: given?.num_hidden_layers });
   const teCfg = ldmTextEncoderConfig(ckpt, given && { config: given, source: opts.textEncoderConfig! });
   const archSource = ckpt.architectureSource;
   const part = <M extends Module>(component: LdmComponent, sub: Part['sub'], build: () => M, o: Omit<Parameters<typeof checkPart>[5], 'source'>) =>
@@ -174,6 +183,7 @@ function singleFileParts(opts: ConvertOptions, dtype: ConvertDtype): { parts: Pa
     }),
   ];
   const sched: Record<string, unknown> = { ...ldmSchedulerConfig(opts.yaml, ckpt.architecture.parameterization), _diffusers_version: DIFFUSERS_VERSION };
+  if (opts.prediction) sched.prediction_type = opts.prediction;
   return { parts, scheduler: { className: String(sched._class_name), write: (f) => writeFileAtomicSync(f, JSON.stringify(sched, null, 2) + '\n') } };
 }
 
@@ -201,7 +211,7 @@ export function runConvert(opts: ConvertOptions): ConvertResult {
   const tokDir = tokenizerSrc !== undefined ? tokenizerDir(tokenizerSrc) : undefined;
 
   // Everything is read and checked before the first byte is written.
-  const { parts, scheduler } = isDir ? diffusersParts(input, dtype) : singleFileParts(opts, dtype);
+  const { parts, scheduler } = isDir ? diffusersParts(input, dtype, opts.prediction) : singleFileParts(opts, dtype);
   const writeDtype: WriteDtype = dtype === 'fp16' ? 'F16' : 'F32';
 
   const parent = path.dirname(path.resolve(out));
@@ -276,7 +286,8 @@ export function register(program: Command): void {
     .option('--tokenizer <dir>', 'CLIP tokenizer folder to copy into OUT/tokenizer (default: a diffusers IN\'s own; a single file has none)')
     .option('--text-encoder-config <file>', 'text encoder config.json for a single file (default: CLIP ViT-L/14, 64 channels per head)')
     .option('--image-size <px>', 'image size of a single file\'s configs (sample_size; default 512, 768 for v-prediction)', int(8, MAX_GENERATED_SIDE))
-    .action((input: string, out: string, o: { dtype: ConvertDtype; yaml?: string; tokenizer?: string; textEncoderConfig?: string; imageSize?: number }) => {
+    .option('--prediction <type>', "the scheduler's prediction_type: epsilon|v_prediction (default: the input's; an SD 2.x file without a yaml: v_prediction, epsilon for 512-base)", oneOf(PREDICTIONS))
+    .action((input: string, out: string, o: { dtype: ConvertDtype; yaml?: string; tokenizer?: string; textEncoderConfig?: string; imageSize?: number; prediction?: (typeof PREDICTIONS)[number] }) => {
       const started = Date.now();
       const res = runConvert({ input, out, ...o, log: (l) => console.log(l) });
       if (!res.tokenizer) console.log(`note: no tokenizer copied (the input has none); pass --tokenizer DIR to txt2img, or convert again with --tokenizer`);
