@@ -60,9 +60,11 @@ describe('train all', () => {
     expect(stdout).not.toMatch(/--guidance/);
   });
 
-  it("the full and quick presets carry their measured sampling settings (full: guidance 1.75, README's Results)", () => {
-    expect(TRAIN_ALL_PRESETS.full.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0 });
-    expect(TRAIN_ALL_PRESETS.quick.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 3, eta: 0 });
+  it("the full and quick presets carry their measured sampling settings (full: guidance 3 at t in [200, 600], README's Results)", () => {
+    expect(TRAIN_ALL_PRESETS.full.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 3, eta: 0, guidanceInterval: [200, 600] });
+    expect(TRAIN_ALL_PRESETS.quick.unet.sampling).toEqual({ scheduler: 'ddim', steps: 50, guidance: 3, eta: 0, guidanceInterval: null });
+    // The full preset's VAE: 600 steps (README's Results: the round trip 2.08× → 1.32×); quick keeps its 150.
+    expect([TRAIN_ALL_PRESETS.full.vae.maxSteps, TRAIN_ALL_PRESETS.quick.vae.maxSteps, TRAIN_ALL_PRESETS.quick.vae.epochs]).toEqual([600, 150, 1]);
   });
 
   it('leaves a run `sdlab sample` reads (paraphrases, "" and unknown words included)', async () => {

@@ -234,15 +234,15 @@ describe('trainUnet', () => {
     init.dispose();
     trained.dispose();
 
-    // How the run samples itself: the recipe's settings (README "Results": DDIM 50 at guidance 1.75), written beside the model.
+    // How the run samples itself: the recipe's settings (README "Results": DDIM 50, guidance 3 at t in [200, 600]), written beside the model.
     expect(JSON.parse(fs.readFileSync(path.join(straightDir, 'sampling_config.json'), 'utf8'))).toEqual({
-      scheduler: 'ddim', num_inference_steps: 50, guidance_scale: 1.75, eta: 0, guidance_interval: null, source: 'sdlab train unet',
+      scheduler: 'ddim', num_inference_steps: 50, guidance_scale: 3, eta: 0, guidance_interval: [200, 600], source: 'sdlab train unet',
     });
 
     const { pipeline, sampling } = loadRunPipeline(straightDir);
     expect(pipeline.unet.config.cross_attention_dim).toBe(8);
     expect(pipeline.unet.config.in_channels).toBe(2);
-    expect(sampling.settings).toEqual({ scheduler: 'ddim', steps: 50, guidance: 1.75, eta: 0, guidanceInterval: null });
+    expect(sampling.settings).toEqual({ scheduler: 'ddim', steps: 50, guidance: 3, eta: 0, guidanceInterval: [200, 600] });
     expect(Object.values(sampling.from)).toEqual(['run', 'run', 'run', 'run', 'run']);
     expect(sampling.notes).toEqual([]);
     pipeline.dispose();

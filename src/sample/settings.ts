@@ -3,7 +3,7 @@
  * at, kept in the run so `sdlab sample` and `sdlab eval` use them without flags.
  *
  *   <run>/sampling_config.json   {"scheduler": "ddim", "num_inference_steps": 50,
- *                                 "guidance_scale": 1.75, "eta": 0, "guidance_interval": null,
+ *                                 "guidance_scale": 3, "eta": 0, "guidance_interval": [200, 600],
  *                                 "source": "train all --preset full"}
  *
  * The keys are the diffusers pipeline's argument names (pipe(num_inference_steps=...,
@@ -162,7 +162,7 @@ export function resolveSampling(runDir: string, given: Partial<SamplingSettings>
   return { settings, from, file, notes };
 }
 
-/** "ddim, 50 steps, guidance 1.75, eta 0" (+ ", guidance at t in [100, 700]" with an interval) */
+/** "ddim, 50 steps, guidance 3, guidance at t in [200, 600], eta 0" (the interval part only with one) */
 export function formatSampling(s: SamplingSettings): string {
   const iv = s.guidanceInterval ? `, guidance at t in [${s.guidanceInterval.join(', ')}]` : '';
   return `${s.scheduler}, ${s.steps} steps, guidance ${s.guidance}${iv}, eta ${s.eta}`;

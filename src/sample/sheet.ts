@@ -15,7 +15,7 @@
  *                              (32×32) with canvas: 'padded'
  *   grid.png                   all of them; one row per prompt when there are several
  *   samples.json               [{"file": "0000.png", "prompt": "...", "digit": 7, "seed": 1, "index": 0,
- *                                "scheduler": "ddim", "steps": 50, "guidance": 1.75, "eta": 0}, ...]
+ *                                "scheduler": "ddim", "steps": 50, "guidance": 3, "eta": 0, "guidance_interval": [200, 600]}, ...]
  *                              (digit: the one digit the prompt names, else null — what `sdlab eval` reads)
  *   animation.gif              with animate: x_t beside the decoded x0 prediction at every step,
  *                              for the first image of each of the first 4 prompts (one prompt: its
