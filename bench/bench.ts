@@ -19,6 +19,15 @@
  * "cpu ms" is the process's CPU time per run (all threads): on a machine shared with other work
  * it is a steadier measure of the work done than the wall time.
  *
+ * Stable Diffusion rows (issue 17; bench/sd.ts): sd15-text-encode, sd15-unet-step, sd15-vae-decode,
+ * sd15-image (text encode + --sd-steps DDIM steps, default 20, + decode) and sdturbo-image, full
+ * size with random weights, native only, each in a child process of its own (its peak RSS is
+ * reported). They run only when named in --cases or with --sd; their GFLOP/s count the analytic
+ * direct-convolution FLOPs of src/util/flops.ts, and each gives its fraction of this run's FMA peak.
+ *
+ *   npm run bench -- --cases fma-peak,sd15-unet-step   # --sd-runs N, --no-warmup
+ *   npm run bench -- --profile sd15-unet-step          # per-kernel profile of one UNet step
+ *
  * Adding a case: push a BenchCase onto CASES with a `setup` that builds the tensors/model for the
  * current tfjs backend and returns one step as a function, and, for a PyTorch comparison, a
  * snippet in TORCH_SCRIPT's CASES.
