@@ -169,9 +169,18 @@ function fmaPeakGflops(): number {
 }
 
 /** Wraps every native kernel with a wall-clock timer (outermost calls only) for --profile. */
-function instrument(): { start: () => void; stop: () => Map<string, { ms: number; calls: number; flops: number }> } {
+type Tally = Map<string, { ms: number; calls: number; flops: number }>;
+
+function instrument(): { start: () => void; stop: () => { byName: Tally; byShape: Tally } } {
   let recording = false, depth = 0;
-  const byName = new Map<string, { ms: number; calls: number; flops: number }>();
+  const byName: Tally = new Map(), byShape: Tally = new Map();
+  const add = (m: Tally, key: string, ms: number, flops: number) => {
+    const e = m.get(key) ?? { ms: 0, calls: 0, flops: 0 };
+    e.ms += ms;
+    e.calls++;
+    e.flops += flops;
+    m.set(key, e);
+  };
   for (const config of tf.getKernelsForBackend('native')) {
     const inner = config.kernelFunc;
     tf.unregisterKernel(config.kernelName, 'native');
@@ -187,16 +196,16 @@ function instrument(): { start: () => void; stop: () => Map<string, { ms: number
         } finally {
           const ms = performance.now() - t0;
           depth--;
-          const e = byName.get(config.kernelName) ?? { ms: 0, calls: 0, flops: 0 };
-          e.ms += ms;
-          e.calls++;
-          if (out) e.flops += kernelFlops(config.kernelName, a.inputs as Record<string, tf.TensorInfo>, a.attrs as Record<string, unknown>, out);
-          byName.set(config.kernelName, e);
+          const inputs = a.inputs as Record<string, tf.TensorInfo>;
+          const flops = out ? kernelFlops(config.kernelName, inputs, a.attrs as Record<string, unknown>, out) : 0;
+          add(byName, config.kernelName, ms, flops);
+          const shapes = Object.values(inputs).filter((t) => t != null).map((t) => `[${t.shape}]`).join(' ');
+          add(byShape, `${config.kernelName} ${shapes}`, ms, flops);
         }
       },
     });
   }
-  return { start: () => { recording = true; }, stop: () => { recording = false; return byName; } };
+  return { start: () => { recording = true; }, stop: () => { recording = false; return { byName, byShape }; } };
 }
 
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
@@ -226,7 +235,7 @@ function profile(name: SdCaseName, o: SdCaseOpts, warmup: boolean): void {
   const w0 = performance.now();
   built.run();
   const wall = performance.now() - w0;
-  const byName = prof.stop();
+  const { byName, byShape } = prof.stop();
   built.dispose();
   let kernelMs = 0, calls = 0, mmFlops = 0, mmMs = 0;
   for (const v of byName.values()) {
@@ -241,11 +250,16 @@ function profile(name: SdCaseName, o: SdCaseOpts, warmup: boolean): void {
   console.log(`kernels: ${(kernelMs / 1000).toFixed(2)} s in ${calls} calls; outside kernels (JS, tfjs dispatch, allocation): ${(wall - kernelMs).toFixed(0)} ms = ` +
     `${((100 * (wall - kernelMs)) / wall).toFixed(1)}% of the wall time`);
   console.log(`conv + matmul kernels: ${(mmFlops / 1e9).toFixed(1)} GFLOP counted from their shapes, ${(mmMs / 1000).toFixed(2)} s, ${(mmFlops / mmMs / 1e6).toFixed(1)} GFLOP/s\n`);
-  console.log('      ms   calls  %wall  GFLOP/s  kernel (wall time)');
-  for (const [k, v] of [...byName].sort((p, q) => q[1].ms - p[1].ms).slice(0, top)) {
-    const gf = v.flops ? (v.flops / v.ms / 1e6).toFixed(1) : '-';
-    console.log(`${v.ms.toFixed(0).padStart(8)}  ${String(v.calls).padStart(6)}  ${((100 * v.ms) / wall).toFixed(1).padStart(5)}  ${gf.padStart(7)}  ${k}`);
-  }
+  const table = (title: string, m: Tally) => {
+    console.log(`      ms   calls  %wall  GFLOP/s  ${title}`);
+    for (const [k, v] of [...m].sort((p, q) => q[1].ms - p[1].ms).slice(0, top)) {
+      const gf = v.flops ? (v.flops / v.ms / 1e6).toFixed(1) : '-';
+      console.log(`${v.ms.toFixed(0).padStart(8)}  ${String(v.calls).padStart(6)}  ${((100 * v.ms) / wall).toFixed(1).padStart(5)}  ${gf.padStart(7)}  ${k}`);
+    }
+  };
+  table('kernel (wall time)', byName);
+  console.log('');
+  table('kernel and input shapes', byShape);
 }
 
 /** Child entry: bench/sd.ts --child CASE --threads N --runs N --steps N [--no-warmup] [--profile]. */
