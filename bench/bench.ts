@@ -307,7 +307,6 @@ async function main(): Promise<void> {
   tf.env().set('PROD', true);
   const haveNative = registerNativeBackend();
   if (haveNative) loadNativeAddon()!.setThreads(opts.threads);
-  const torch = opts.backends.includes('torch') ? await Torch.start(opts.threads) : null;
   if (opts.profile !== null) {
     // One profiled run in a child of its own (its output is the report).
     if (!haveNative) usage(`--profile needs the native backend (${nativeLoadError()})`);
@@ -316,6 +315,8 @@ async function main(): Promise<void> {
   }
   // The Stable Diffusion rows take minutes: only when named, or with --sd.
   const cases = CASES.filter((c) => (opts.cases ? opts.cases.includes(c.name) : !c.sd || opts.sd));
+  // (no python process when no selected case has a PyTorch version)
+  const torch = opts.backends.includes('torch') && cases.some((c) => TORCH_CASE_NAMES.includes(c.name)) ? await Torch.start(opts.threads) : null;
   const rows: Row[] = [];
   const emit = (r: Row) => {
     rows.push(r);
@@ -324,7 +325,7 @@ async function main(): Promise<void> {
   if (!opts.json) {
     const isa = haveNative ? `native ${loadNativeAddon()!.isa()}` : `native unavailable: ${nativeLoadError()}`;
     const blasNote = torch?.blas === 'reference BLAS' ? ' (slow; apt install libopenblas0-pthread for a fair comparison)' : '';
-    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version} on ${torch.blas}${blasNote}` : 'no PyTorch'}; median of ${opts.runs} interleaved runs\n`);
+    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version} on ${torch.blas}${blasNote}` : cases.some((c) => TORCH_CASE_NAMES.includes(c.name)) ? 'no PyTorch' : 'no PyTorch rows in these cases'}; median of ${opts.runs} interleaved runs\n`);
   }
 
   for (const c of cases) {
