@@ -296,7 +296,7 @@ function runSdCase(name: SdCaseName, opts: Opts, peak: number | undefined): Row 
   const gflops = round2(c.flops / ms / 1e6);
   const peakGflops = peak ?? round2(c.peakGflops);
   const warm = c.warmup ? 'after a warm-up run' : 'no warm-up';
-  const steps = name === 'sd15-image' ? `; ${opts.sdSteps} DDIM steps` : '';
+  const steps = name === 'sd15-image' ? `; ${opts.sdSteps} DDIM step${opts.sdSteps === 1 ? '' : 's'}` : '';
   return { case: name, backend: 'native', medianMs: round2(ms), cpuMs: round2(median(c.cpu)), gflops, runs: c.times.length, threads: opts.threads,
     ofPeak: Math.round((1000 * gflops) / peakGflops) / 1000, peakGflops, maxRssKiB: c.maxRssKiB, setupMs: round2(c.setupMs),
     note: `child process, ${warm}${steps}` };
