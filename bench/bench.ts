@@ -19,15 +19,27 @@
  * "cpu ms" is the process's CPU time per run (all threads): on a machine shared with other work
  * it is a steadier measure of the work done than the wall time.
  *
+ * Stable Diffusion rows (issue 17; bench/sd.ts): sd15-text-encode, sd15-unet-step, sd15-vae-decode,
+ * sd15-image (text encode + --sd-steps DDIM steps, default 20, + decode) and sdturbo-image, full
+ * size with random weights, native only, each in a child process of its own (its peak RSS is
+ * reported). They run only when named in --cases or with --sd; their GFLOP/s count the analytic
+ * direct-convolution FLOPs of src/util/flops.ts, and each gives its fraction of this run's FMA peak.
+ *
+ *   npm run bench -- --cases fma-peak,sd15-unet-step   # --sd-runs N, --no-warmup
+ *   npm run bench -- --profile sd15-unet-step          # per-kernel profile of one UNet step
+ *
  * Adding a case: push a BenchCase onto CASES with a `setup` that builds the tensors/model for the
  * current tfjs backend and returns one step as a function, and, for a PyTorch comparison, a
  * snippet in TORCH_SCRIPT's CASES.
  */
 import * as tf from '@tensorflow/tfjs';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import path from 'node:path';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { loadNativeAddon, nativeLoadError, nativeThreadCount, registerNativeBackend } from '../src/backend/native.ts';
 import { type TrainStep, convnetFlops, convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
+import { SD_CASE_NAMES, type SdCaseName, type SdChildResult } from './sd.ts';
 
 interface BenchCase {
   name: string;
@@ -43,6 +55,8 @@ interface BenchCase {
   pending?: string;
   /** Run before setup on every backend (e.g. useFusedOps); the case's runs follow before any other case's. */
   prepare?: () => void;
+  /** A Stable Diffusion case of bench/sd.ts: runs on native in a child process of its own (peak RSS per case); only when named in --cases or with --sd. */
+  sd?: SdCaseName;
 }
 
 const PYTHON = '/usr/bin/python3';
@@ -93,6 +107,11 @@ function fmaPeakCase(): BenchCase {
   };
 }
 
+/** A Stable Diffusion row (bench/sd.ts), run in a child process by runSdCase. */
+function sdCase(name: SdCaseName): BenchCase {
+  return { name, flops: 0, nativeOnly: true, sd: name, setup: () => { throw new Error(`${name} runs in a child process`); } };
+}
+
 const CASES: BenchCase[] = [
   fmaPeakCase(),
   gemmCase('sgemm-1024', 1024, 1024, 1024),
@@ -103,6 +122,7 @@ const CASES: BenchCase[] = [
   trainCase('unet-train-step', () => unetTrainStep(), true),
   trainCase('vae-train-step-unfused', () => vaeTrainStep(), false),
   trainCase('unet-train-step-unfused', () => unetTrainStep(), false),
+  ...SD_CASE_NAMES.map(sdCase),
 ];
 
 // PyTorch versions of the same cases (NCHW, same shapes/threads), run by a persistent python process.
@@ -186,10 +206,19 @@ class Torch {
 
 // ---- driver --------------------------------------------------------------------------------
 
-interface Opts { json: boolean; cpuSlow: boolean; runs: number; threads: number; cases: string[] | null; backends: string[] }
+interface Opts {
+  json: boolean; cpuSlow: boolean; runs: number; threads: number; cases: string[] | null; backends: string[];
+  /** Stable Diffusion rows: include them all (--sd), timed runs each (--sd-runs), sd15-image's steps (--sd-steps), no warm-up (--no-warmup). */
+  sd: boolean; sdRuns: number; sdSteps: number; noWarmup: boolean;
+  /** --profile CASE: a per-kernel profile of one run of a Stable Diffusion case instead of the table. */
+  profile: string | null;
+}
 
 function parseArgs(argv: string[]): Opts {
-  const o: Opts = { json: false, cpuSlow: false, runs: 5, threads: nativeThreadCount(), cases: null, backends: ['cpu', 'native', 'torch'] };
+  const o: Opts = {
+    json: false, cpuSlow: false, runs: 5, threads: nativeThreadCount(), cases: null, backends: ['cpu', 'native', 'torch'],
+    sd: false, sdRuns: 1, sdSteps: 20, noWarmup: false, profile: null,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -203,10 +232,16 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--threads') o.threads = posInt(a, val());
     else if (a === '--cases') o.cases = val().split(',');
     else if (a === '--backends') o.backends = val().split(',');
+    else if (a === '--sd') o.sd = true;
+    else if (a === '--sd-runs') o.sdRuns = posInt(a, val());
+    else if (a === '--sd-steps') o.sdSteps = posInt(a, val());
+    else if (a === '--no-warmup') o.noWarmup = true;
+    else if (a === '--profile') o.profile = val();
     else if (a === '--help' || a === '-h') usage('');
     else usage(`unknown option ${a}`);
   }
   if (o.cases) for (const c of o.cases) if (!CASES.some((k) => k.name === c)) usage(`--cases: unknown case "${c}" (have ${CASES.map((k) => k.name).join(', ')})`);
+  if (o.profile !== null && !(SD_CASE_NAMES as readonly string[]).includes(o.profile)) usage(`--profile: expected one of ${SD_CASE_NAMES.join(', ')}, got "${o.profile}" (bench/profile.ts profiles the training steps)`);
   return o;
 }
 
@@ -218,7 +253,8 @@ function posInt(flag: string, v: string): number {
 
 function usage(msg: string): never {
   if (msg) console.error(`bench: error: ${msg}`);
-  console.error('usage: npm run bench -- [--json] [--cpu-slow] [--runs N] [--threads N] [--cases a,b] [--backends cpu,native,torch]');
+  console.error('usage: npm run bench -- [--json] [--cpu-slow] [--runs N] [--threads N] [--cases a,b] [--backends cpu,native,torch]\n' +
+    '                          [--sd] [--sd-runs N] [--sd-steps N] [--no-warmup] [--profile sd15-unet-step]');
   process.exit(msg ? 2 : 0);
 }
 
@@ -230,9 +266,40 @@ const median = (xs: number[]) => {
 
 interface Row {
   case: string; backend: string; medianMs: number | null; cpuMs?: number | null; gflops: number | null; runs: number; threads: number;
-  /** Native GEMMs: GFLOP/s per thread as a fraction of this run's fma-peak per thread. */
+  /** Native GEMMs and the Stable Diffusion rows: GFLOP/s per thread as a fraction of this run's fma-peak per thread. */
   ofPeak?: number;
+  /** Stable Diffusion rows: the FMA peak (GFLOP/s, all threads) ofPeak refers to: the fma-peak row's when it ran, else the child's own probe. */
+  peakGflops?: number;
+  /** Stable Diffusion rows: peak resident set of the case's child process (process.resourceUsage().maxRSS, KiB). */
+  maxRssKiB?: number;
+  /** Stable Diffusion rows: building the models with random weights (not timed in medianMs). */
+  setupMs?: number;
   note?: string;
+}
+
+/** Script and arguments of a bench/sd.ts child for `name`. */
+function sdChildArgs(name: string, opts: Opts, extra: string[] = []): string[] {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  return [path.join(here, '..', 'bin', 'run-ts.mjs'), path.join(here, 'sd.ts'), '--child', name, '--threads', String(opts.threads),
+    '--runs', String(opts.sdRuns), '--steps', String(opts.sdSteps), ...(opts.noWarmup ? ['--no-warmup'] : []), ...extra];
+}
+
+/** Runs a Stable Diffusion case in a child process; its stderr passes through. */
+function runSdCase(name: SdCaseName, opts: Opts, peak: number | undefined): Row {
+  const r = spawnSync(process.execPath, sdChildArgs(name, opts), { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 1 << 24 });
+  const line = (r.stdout ?? '').split('\n').find((l) => l.startsWith('{"sdBench"'));
+  if (r.status !== 0 || !line) {
+    return { case: name, backend: 'native', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: `failed: child exited ${r.status ?? r.signal}` };
+  }
+  const c = (JSON.parse(line) as { sdBench: SdChildResult }).sdBench;
+  const ms = median(c.times);
+  const gflops = round2(c.flops / ms / 1e6);
+  const peakGflops = peak ?? round2(c.peakGflops);
+  const warm = c.warmup ? 'after a warm-up run' : 'no warm-up';
+  const steps = name === 'sd15-image' ? `; ${opts.sdSteps} DDIM step${opts.sdSteps === 1 ? '' : 's'}` : '';
+  return { case: name, backend: 'native', medianMs: round2(ms), cpuMs: round2(median(c.cpu)), gflops, runs: c.times.length, threads: opts.threads,
+    ofPeak: Math.round((1000 * gflops) / peakGflops) / 1000, peakGflops, maxRssKiB: c.maxRssKiB, setupMs: round2(c.setupMs),
+    note: `child process, ${warm}${steps}` };
 }
 
 async function main(): Promise<void> {
@@ -240,8 +307,16 @@ async function main(): Promise<void> {
   tf.env().set('PROD', true);
   const haveNative = registerNativeBackend();
   if (haveNative) loadNativeAddon()!.setThreads(opts.threads);
-  const torch = opts.backends.includes('torch') ? await Torch.start(opts.threads) : null;
-  const cases = CASES.filter((c) => !opts.cases || opts.cases.includes(c.name));
+  if (opts.profile !== null) {
+    // One profiled run in a child of its own (its output is the report).
+    if (!haveNative) usage(`--profile needs the native backend (${nativeLoadError()})`);
+    const r = spawnSync(process.execPath, sdChildArgs(opts.profile, opts, ['--profile']), { stdio: 'inherit' });
+    process.exit(r.status ?? 1);
+  }
+  // The Stable Diffusion rows take minutes: only when named, or with --sd.
+  const cases = CASES.filter((c) => (opts.cases ? opts.cases.includes(c.name) : !c.sd || opts.sd));
+  // (no python process when no selected case has a PyTorch version)
+  const torch = opts.backends.includes('torch') && cases.some((c) => TORCH_CASE_NAMES.includes(c.name)) ? await Torch.start(opts.threads) : null;
   const rows: Row[] = [];
   const emit = (r: Row) => {
     rows.push(r);
@@ -250,10 +325,18 @@ async function main(): Promise<void> {
   if (!opts.json) {
     const isa = haveNative ? `native ${loadNativeAddon()!.isa()}` : `native unavailable: ${nativeLoadError()}`;
     const blasNote = torch?.blas === 'reference BLAS' ? ' (slow; apt install libopenblas0-pthread for a fair comparison)' : '';
-    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version} on ${torch.blas}${blasNote}` : 'no PyTorch'}; median of ${opts.runs} interleaved runs\n`);
+    console.log(`sdlab bench: ${opts.threads} thread(s); ${isa}; ${torch ? `torch ${torch.version} on ${torch.blas}${blasNote}` : cases.some((c) => TORCH_CASE_NAMES.includes(c.name)) ? 'no PyTorch' : 'no PyTorch rows in these cases'}; median of ${opts.runs} interleaved runs\n`);
   }
 
   for (const c of cases) {
+    if (c.sd) {
+      if (!haveNative) {
+        emit({ case: c.name, backend: 'native', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: `skipped: native unavailable` });
+        continue;
+      }
+      emit(runSdCase(c.sd, opts, rows.find((p) => p.case === 'fma-peak' && p.gflops !== null)?.gflops ?? undefined));
+      continue;
+    }
     if (c.pending) {
       emit({ case: c.name, backend: '-', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: c.pending });
       continue;
@@ -333,11 +416,15 @@ const round2 = (x: number) => Math.round(x * 100) / 100;
 const NOMINAL_PEAK = 115;
 
 function printTable(rows: Row[], threads: number): void {
-  const head = ['case', 'backend', 'threads', 'median ms', 'cpu ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', 'note'];
+  // The Stable Diffusion rows add a peak-RSS column (their child process's).
+  const rss = rows.some((r) => r.maxRssKiB !== undefined);
+  const head = ['case', 'backend', 'threads', 'median ms', 'cpu ms', 'GFLOP/s', 'GFLOP/s/thread', 'runs', ...(rss ? ['peak RSS MiB'] : []), 'note'];
   const body = rows.map((r) => [r.case, r.backend, String(r.threads), r.medianMs === null ? '-' : r.medianMs.toFixed(1), r.cpuMs == null ? '-' : r.cpuMs.toFixed(1),
-    r.gflops === null ? '-' : r.gflops.toFixed(1), r.gflops === null ? '-' : (r.gflops / r.threads).toFixed(1), String(r.runs), r.note ?? '']);
+    r.gflops === null ? '-' : r.gflops.toFixed(1), r.gflops === null ? '-' : (r.gflops / r.threads).toFixed(1), String(r.runs),
+    ...(rss ? [r.maxRssKiB === undefined ? '-' : (r.maxRssKiB / 1024).toFixed(0)] : []), r.note ?? '']);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i >= 2 && i <= 7 ? c.padStart(w[i]) : c.padEnd(w[i]))).join('  ').trimEnd();
+  const lastNum = rss ? 8 : 7;
+  const line = (cells: string[]) => cells.map((c, i) => (i >= 2 && i <= lastNum ? c.padStart(w[i]) : c.padEnd(w[i]))).join('  ').trimEnd();
   console.log(line(head));
   console.log(w.map((n) => '-'.repeat(n)).join('  '));
   for (const b of body) console.log(line(b));
@@ -349,7 +436,11 @@ function printTable(rows: Row[], threads: number): void {
     const nat = rs.find((r) => r.backend === 'native');
     if (!nat) continue;
     for (const o of rs) if (o !== nat) notes.push(`${name}: native is ${(o.medianMs! / nat.medianMs!).toFixed(2)}x ${o.backend}`);
-    if (nat.ofPeak !== undefined) {
+    if (nat.maxRssKiB !== undefined && nat.ofPeak !== undefined) {
+      // Stable Diffusion rows: seconds, GFLOP/s (analytic direct-convolution FLOPs), fraction of the FMA peak, peak RSS.
+      notes.push(`${name}: ${(nat.medianMs! / 1000).toFixed(2)} s, ${nat.gflops!.toFixed(1)} GFLOP/s = ${(100 * nat.ofPeak).toFixed(1)}% of this run's FMA peak ` +
+        `(${nat.peakGflops!.toFixed(1)} GFLOP/s on ${nat.threads} thread(s)), peak RSS ${(nat.maxRssKiB / 1048576).toFixed(2)} GiB; models built in ${(nat.setupMs! / 1000).toFixed(1)} s`);
+    } else if (nat.ofPeak !== undefined) {
       notes.push(`${name}: native per thread is ${(100 * nat.ofPeak).toFixed(0)}% of this run's FMA peak per thread ` +
         `(${(100 * nat.gflops! / nat.threads / NOMINAL_PEAK).toFixed(0)}% of a nominal ${NOMINAL_PEAK} GFLOP/s core)`);
     }
