@@ -6,9 +6,13 @@
  * over seeded random shapes with odd sizes, at 1 and 2 threads.
  * Error measure as in native.test.ts: max |native − cpu| / √K, K the length of the longest sum.
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as tf from '@tensorflow/tfjs';
-import { gelu, groupNorm, layerNorm, silu } from '../src/ops/index.ts';
+import { ATTENTION, gelu, groupNorm, layerNorm, silu } from '../src/ops/index.ts';
 import { GroupNorm, LayerNorm, scaledDotProductAttention } from '../src/nn/index.ts';
 import { TOL, bothThreadCounts, numel, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
 
@@ -226,6 +230,44 @@ describe('native model pieces against cpu', () => {
     expect(parity(inputs, f, 32)).toBeLessThanOrEqual(TOL);
     expect(parity(inputs, sq(f), 32)).toBeLessThanOrEqual(TOL);
   });
+
+  it('fused attention kernel (online softmax over key tiles) against the composition on cpu: forward and gradients', async () => {
+    // Sizes that cross the kernel's row blocks (120) and key tiles (256), odd head sizes, Dv ≠ D,
+    // cross-attention lengths (77), and scores large enough that the running maximum moves.
+    const cases: Array<[number, number, number, number, number, number, number]> = [
+      // B, Lq, Lk, heads, D, Dv, input scale
+      [2, 300, 77, 3, 8, 8, 1], [1, 257, 600, 2, 5, 7, 4], [2, 121, 513, 1, 40, 40, 2], [1, 7, 1, 2, 3, 3, 1], [1, 130, 300, 8, 16, 16, 6]];
+    bothThreadCounts(() => {
+      let worst = 0;
+      for (const [B, Lq, Lk, H, D, Dv, amp] of cases) {
+        const f = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => scaledDotProductAttention(q as tf.Tensor3D, k as tf.Tensor3D, v as tf.Tensor3D, H);
+        const inputs = [{ shape: [B, Lq, H * D], data: randData(B * Lq * H * D).map((x) => x * amp) },
+          { shape: [B, Lk, H * D], data: randData(B * Lk * H * D).map((x) => x * amp) }, { shape: [B, Lk, H * Dv] }];
+        worst = Math.max(worst, parity(inputs, f, Lk));
+        worst = Math.max(worst, parity(inputs, sq(f), Lk));
+      }
+      expect(worst).toBeLessThanOrEqual(TOL);
+    });
+    // ... and the native side really ran the fused kernel (not the composition).
+    tf.setBackend('native');
+    const prof = await tf.profile(() => tf.tidy(() => scaledDotProductAttention(tf.ones([1, 9, 8]), tf.ones([1, 5, 8]), tf.ones([1, 5, 8]), 2)));
+    expect(prof.kernelNames).toContain(ATTENTION);
+    expect(prof.kernelNames).not.toContain('Softmax');
+    tf.setBackend('cpu');
+  });
+
+  it('the C++ attention kernel against a double-precision softmax(QKᵀ)V, AVX2 and portable paths (native/test/attention_check.cc)', () => {
+    const root = path.resolve(__dirname, '..');
+    const exe = path.join(mkdtempSync(path.join(tmpdir(), 'sdlab-attn-')), 'attention_check');
+    const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/attention_check.cc', 'native/src/attention.cc',
+      'native/src/gemm.cc', 'native/src/ops.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
+    for (const env of [{}, { SDLAB_ISA: 'generic' }]) {
+      const r = spawnSync(exe, [], { env: { ...process.env, ...env }, encoding: 'utf8' });
+      expect(r.status, `${JSON.stringify(env)}: ${r.stdout}${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/^60 shapes; worst error/);
+    }
+  }, 120_000);
 });
 
 describe('fused ops (one native kernel each way) against their tfjs composition on cpu', () => {

@@ -7,6 +7,7 @@
 #include <string>
 #include <thread>
 
+#include "attention.h"
 #include "conv.h"
 #include "copy.h"
 #include "gemm.h"
@@ -377,6 +378,24 @@ napi_value ScatterAddHW(napi_env env, napi_callback_info info) {
   });
 }
 
+// attention(q, k, v, [B, Lq, Lk, heads, D, Dv], scale, out): out = softmax(scale·q kᵀ) v per head
+napi_value Attention(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    std::vector<long> d = a.ints(3);
+    if (d.size() != 6) throw Err{"attention: expected [B, Lq, Lk, heads, D, Dv]"};
+    for (long x : d) if (x < 0) throw Err{"attention: negative size"};
+    AttnShape s{d[0], d[1], d[2], d[3], d[4], d[5]};
+    const float* q = a.f32(0, s.B * s.Lq * s.heads * s.D, "attention q");
+    const float* k = a.f32(1, s.B * s.Lk * s.heads * s.D, "attention k");
+    const float* v = a.f32(2, s.B * s.Lk * s.heads * s.Dv, "attention v");
+    float scale = (float)a.num(4);
+    float* out = a.f32(5, s.B * s.Lq * s.heads * s.Dv, "attention out");
+    attention(s, q, k, v, scale, out);
+    return undefined(env);
+  });
+}
+
 // groupNorm(x, [B, S, C, G], gamma|null, beta|null, eps, act, y, mean, rstd)
 napi_value GroupNorm(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
@@ -544,6 +563,7 @@ napi_value Init(napi_env env, napi_value exports) {
              {"tile", Tile},
              {"gatherHW", GatherHW},
              {"scatterAddHW", ScatterAddHW},
+             {"attention", Attention},
              {"groupNorm", GroupNorm},
              {"groupNormGrad", GroupNormGrad},
              {"activation", Activation},

@@ -579,6 +579,7 @@ FmaProbe fma_probe(long iters) {
 }
 
 PackedKernel packed_kernel() { return indirect_kernel() ? kernel().fn : nullptr; }
+RowsKernel rows_kernel() { return indirect_kernel() ? kernel().rows_fn : nullptr; }
 
 float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }
 

@@ -45,6 +45,11 @@ IndirectKernel indirect_kernel();
 // nullptr where indirect_kernel() is.
 typedef void (*PackedKernel)(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc);
 PackedKernel packed_kernel();
+// The same tile with A read in place, row-major (6 rows of stride lda), full height:
+//   C[i][0..nr) (+)= sum over k < kc of A[i*lda + k] * B[k*16 + 0..16)   for i < 6;
+// nullptr where packed_kernel() is.
+typedef void (*RowsKernel)(long kc, const float* A, long lda, const float* B, float* C, long ldc, int nr, bool acc);
+RowsKernel rows_kernel();
 float sdot(const float* x, const float* y, long n);
 
 // Runs iters rounds of 12 independent FMA chains in the GEMM kernel's vector width (one thread):

@@ -16,7 +16,6 @@
 
 namespace sdlab {
 
-namespace {
 // AVX2+FMA available (and not switched off with SDLAB_ISA=generic).
 bool use_simd() {
   static const bool yes = [] {
@@ -30,7 +29,6 @@ bool use_simd() {
   }();
   return yes;
 }
-}  // namespace
 
 namespace {
 

@@ -4,6 +4,9 @@
 
 namespace sdlab {
 
+// Whether the AVX2+FMA paths run (the CPU has them and SDLAB_ISA=generic does not switch them off).
+bool use_simd();
+
 enum BinaryOp { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2, BIN_DIV = 3, BIN_SQDIFF = 4, BIN_MAX = 5, BIN_MIN = 6, BIN_POW = 7 };
 enum UnaryOp {
   UN_RELU = 0, UN_RELU6 = 1, UN_SIGMOID = 2, UN_TANH = 3, UN_EXP = 4, UN_LOG = 5, UN_SQRT = 6, UN_RSQRT = 7,

@@ -3,7 +3,7 @@
  * replaced by a C++ addon (native/: a packed SIMD GEMM, im2col-free convolutions, vectorised
  * exp/sigmoid/erf, broadcasting elementwise ops, reductions over any axes, slice/concat/pad/
  * resize), multithreaded over all cores. It also implements the fused kernels of src/ops
- * (GroupNorm/LayerNorm (+SiLU), SiLU, GELU, AdamW; names in src/ops/kernel_names.ts): the ops
+ * (GroupNorm/LayerNorm (+SiLU), SiLU, GELU, AdamW, attention with an online softmax; names in src/ops/kernel_names.ts): the ops
  * there run them when this backend is active, and plain tfjs compositions on any other.
  *
  * The backend `extends MathBackendCPU`, so tensors are the cpu backend's own Float32Arrays and
@@ -23,7 +23,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
+import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
 
 type F32 = Float32Array;
 type TensorInfo = tf.TensorInfo;
@@ -47,6 +47,7 @@ export interface NativeAddon {
   tile(x: F32, shape: number[], reps: number[], out: F32): void;
   gatherHW(x: F32, dims: number[], rows: Int32Array, cols: Int32Array, out: F32): void;
   scatterAddHW(dy: F32, dims: number[], rows: Int32Array, cols: Int32Array, dx: F32): void;
+  attention(q: F32, k: F32, v: F32, dims: number[], scale: number, out: F32): void;
   groupNorm(x: F32, dims: number[], gamma: F32 | null, beta: F32 | null, eps: number, act: number, y: F32, mean: F32, rstd: F32): void;
   groupNormGrad(dy: F32, x: F32, dims: number[], gamma: F32 | null, beta: F32 | null, mean: F32, rstd: F32, act: number,
     dx: F32, dgamma: F32 | null, dbeta: F32 | null): void;
@@ -637,6 +638,20 @@ const groupNormGradKernel: KernelFunc = (args) => {
   return [backend.makeTensorInfo(x!.shape, 'float32', dx), backend.makeTensorInfo([C], 'float32', dg), backend.makeTensorInfo([C], 'float32', db)];
 };
 
+const attentionKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { q, k, v } = args.inputs as { q: TensorInfo; k: TensorInfo; v: TensorInfo };
+  const { heads, scale } = args.attrs as unknown as AttentionAttrs;
+  const [B, Lq, qc] = q.shape, [, Lk] = k.shape, vc = v.shape[2];
+  if (q.shape.length !== 3 || k.shape.length !== 3 || v.shape.length !== 3 || k.shape[0] !== B || v.shape[0] !== B || v.shape[1] !== Lk ||
+    k.shape[2] !== qc || qc % heads !== 0 || vc % heads !== 0) {
+    throw new Error(`${ATTENTION}: expected q [B, Lq, H·D], k [B, Lk, H·D], v [B, Lk, H·Dv] with H = ${heads}, got ${JSON.stringify([q.shape, k.shape, v.shape])}`);
+  }
+  const out = outBuf(B * Lq * vc);
+  addon!.attention(f32(backend, q)!, f32(backend, k)!, f32(backend, v)!, [B, Lq, Lk, heads, qc / heads, vc / heads], scale, out);
+  return backend.makeTensorInfo([B, Lq, vc], 'float32', out);
+};
+
 const activationKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;
   const { x } = args.inputs as { x: TensorInfo };
@@ -690,6 +705,7 @@ export function nativeKernels(): Record<string, KernelFunc> {
     [ACTIVATION]: activationKernel,
     [ACTIVATION_GRAD]: activationGradKernel,
     [ADAMW]: adamwKernel,
+    [ATTENTION]: attentionKernel,
     Sum: reduceKernel('Sum', 0),
     Max: reduceKernel('Max', 1),
     Min: reduceKernel('Min', 2),

@@ -1,13 +1,11 @@
 /**
- * Multi-head attention: the one home of scaled-dot-product attention in sdlab.
- *
- * `scaledDotProductAttention(q, k, v, heads)` is the bare computation, per head,
+ * Multi-head attention modules. The bare computation, per head,
  *     Attention(Q, K, V) = softmax(Q Kᵀ / √d + mask) V        (d: channels per head)
- * Every model's attention calls it: the UNet's self- and cross-attention (via Attention in
- * blocks.ts' BasicTransformerBlock), the VAE's mid-block attention, the CLIP text encoder.
- * When the score matrix [B, heads, Lq, Lk] would hold more than `maxScoreElements` numbers
- * (a 64×64 latent has Lq = Lk = 4096), it is computed in chunks of query rows, which gives the
- * same result with bounded memory.
+ * is `scaledDotProductAttention(q, k, v, heads)`, an op (src/ops/attention.ts: the tfjs
+ * composition, chunked over query rows for long sequences, or one fused kernel on the native
+ * backend), re-exported here. Every model's attention calls it: the UNet's self- and
+ * cross-attention (via Attention in blocks.ts' BasicTransformerBlock), the VAE's mid-block
+ * attention, the CLIP text encoder.
  *
  * `Attention` is diffusers' Attention module (to_q, to_k, to_v, to_out.0, optional
  * group_norm and residual connection, as in the VAE mid-block): self-attention when no
@@ -17,76 +15,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { Module } from './module.ts';
 import { GroupNorm, Linear } from './layers.ts';
+import { scaledDotProductAttention } from '../ops/attention.ts';
 
-/** Score matrices larger than this many elements are computed in query-row chunks. */
-export const attentionSettings = { maxScoreElements: 1 << 26 };
-
-export interface SdpaOptions {
-  /** Multiplies q·k (default 1/sqrt(head dim)). */
-  scale?: number;
-  /** Additive mask broadcastable to [B, heads, Lq, Lk]; given as [Lq, Lk], [B, Lq, Lk] or 4-D. */
-  mask?: tf.Tensor;
-  /** Overrides attentionSettings.maxScoreElements for this call. */
-  maxScoreElements?: number;
-}
-
-/**
- * softmax(Q Kᵀ / √D + mask) V for each of `heads` heads:
- * q [B, Lq, heads·D], k [B, Lk, heads·D], v [B, Lk, heads·Dv] → [B, Lq, heads·Dv].
- * (q is scaled before the product, so opts.scale replaces 1/√D.)
- */
-export function scaledDotProductAttention(
-  q: tf.Tensor3D,
-  k: tf.Tensor3D,
-  v: tf.Tensor3D,
-  heads: number,
-  opts: SdpaOptions = {},
-): tf.Tensor3D {
-  return tf.tidy(() => {
-    const [b, lq, qDim] = q.shape;
-    const lk = k.shape[1];
-    const d = qDim / heads;
-    const dv = v.shape[2] / heads;
-    const scale = opts.scale ?? 1 / Math.sqrt(d);
-    const split = (t: tf.Tensor3D, len: number, dim: number) =>
-      tf.transpose(tf.reshape(t, [b, len, heads, dim]), [0, 2, 1, 3]) as tf.Tensor4D; // [B, H, L, D]
-    const qh = split(tf.mul(q, scale) as tf.Tensor3D, lq, d);
-    const kh = split(k, lk, d);
-    const vh = split(v, lk, dv);
-    let mask = opts.mask;
-    // [Lq, Lk] → [1, 1, Lq, Lk]; [B, Lq, Lk] → [B, 1, Lq, Lk] (shared by all heads).
-    if (mask && mask.rank === 2) mask = tf.reshape(mask, [1, 1, ...mask.shape]);
-    if (mask && mask.rank === 3) mask = tf.expandDims(mask, 1);
-
-    const attend = (qc: tf.Tensor4D, maskc?: tf.Tensor): tf.Tensor4D => {
-      let scores = tf.matMul(qc, kh, false, true) as tf.Tensor4D; // [B, H, rows, Lk]
-      if (maskc) scores = tf.add(scores, maskc);
-      return tf.matMul(tf.softmax(scores), vh) as tf.Tensor4D; // [B, H, rows, Dv]
-    };
-
-    const limit = opts.maxScoreElements ?? attentionSettings.maxScoreElements;
-    const rowsPerChunk = Math.max(1, Math.floor(limit / (b * heads * lk)));
-    let out: tf.Tensor4D;
-    if (rowsPerChunk >= lq) {
-      out = attend(qh, mask);
-    } else {
-      const parts: tf.Tensor4D[] = [];
-      for (let start = 0; start < lq; start += rowsPerChunk) {
-        const n = Math.min(rowsPerChunk, lq - start);
-        parts.push(
-          tf.tidy(() => {
-            const qc = tf.slice(qh, [0, 0, start, 0], [b, heads, n, d]);
-            let mc = mask;
-            if (mask && mask.shape[2] !== 1) mc = tf.slice(mask, [0, 0, start, 0], [-1, -1, n, -1]);
-            return attend(qc, mc);
-          }),
-        );
-      }
-      out = tf.concat(parts, 2);
-    }
-    return tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, lq, heads * dv]) as tf.Tensor3D;
-  });
-}
+export { attentionSettings, scaledDotProductAttention, type SdpaOptions } from '../ops/attention.ts';
 
 export interface AttentionOptions {
   /** Number of heads (default 8) and channels per head (default 64), as in diffusers. */

@@ -34,7 +34,7 @@ type NamedAttrMap = tf.NamedAttrMap;
 export const opsSettings = { fused: true };
 
 /** Whether the active backend has kernel `name` and every given tensor is float32. */
-function useKernel(name: string, ...ts: Array<tf.Tensor | null | undefined>): boolean {
+export function useKernel(name: string, ...ts: Array<tf.Tensor | null | undefined>): boolean {
   return opsSettings.fused && tf.getKernel(name, tf.getBackend()) !== undefined && ts.every((t) => !t || t.dtype === 'float32');
 }
 

@@ -1,6 +1,6 @@
 /**
  * sdlab's fused tensor ops, the lowest layer (it imports only tfjs): groupNorm, layerNorm, silu,
- * gelu and fusedAdamW, each one kernel on a backend that has it (sdlab's 'native' backend) and
+ * gelu, fusedAdamW and scaledDotProductAttention, each one kernel on a backend that has it (sdlab's 'native' backend) and
  * the plain tfjs composition on any other; and the kernel names/attributes a backend implements
  * them under. See fused.ts and kernel_names.ts.
  *
@@ -8,3 +8,4 @@
  */
 export * from './kernel_names.ts';
 export * from './fused.ts';
+export * from './attention.ts';

@@ -9,6 +9,7 @@
  *   SdlabActivation      x                                   → y = act(x)
  *   SdlabActivationGrad  dy, x                               → dx
  *   SdlabAdamW           p, g, m, v (same shape)             → [p', m', v']
+ *   SdlabAttention       q [B, Lq, H·D], k [B, Lk, H·D], v [B, Lk, H·Dv] → softmax(scale·q kᵀ) v [B, Lq, H·Dv]
  */
 
 export const GROUP_NORM = 'SdlabGroupNorm';
@@ -16,6 +17,13 @@ export const GROUP_NORM_GRAD = 'SdlabGroupNormGrad';
 export const ACTIVATION = 'SdlabActivation';
 export const ACTIVATION_GRAD = 'SdlabActivationGrad';
 export const ADAMW = 'SdlabAdamW';
+export const ATTENTION = 'SdlabAttention';
+
+/** ATTENTION attributes: heads (H) and the factor on q·k (usually 1/√D). */
+export interface AttentionAttrs {
+  heads: number;
+  scale: number;
+}
 
 /** GROUP_NORM / GROUP_NORM_GRAD attributes. */
 export interface GroupNormAttrs {
