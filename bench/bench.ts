@@ -23,7 +23,7 @@
  * sd15-image (text encode + --sd-steps DDIM steps, default 20, + decode) and sdturbo-image, full
  * size with random weights, native only, each in a child process of its own (its peak RSS is
  * reported). They run only when named in --cases or with --sd; their GFLOP/s count the analytic
- * direct-convolution FLOPs of src/util/flops.ts, and each gives its fraction of this run's FMA peak.
+ * direct-convolution FLOPs of src/eval/flops.ts, and each gives its fraction of this run's FMA peak.
  *
  *   npm run bench -- --cases fma-peak,sd15-unet-step   # --sd-runs N, --no-warmup
  *   npm run bench -- --profile sd15-unet-step          # per-kernel profile of one UNet step

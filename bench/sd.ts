@@ -16,7 +16,7 @@
  * that its peak RSS — process.resourceUsage().maxRSS, in KiB — is its own and one case's
  * memory does not hide another's. The child measures the FMA peak (as bench.ts's fma-peak row)
  * just before the case, builds the models (not timed), runs the warm-up and the timed runs, and
- * prints one JSON line. FLOPs are the analytic direct-convolution counts of src/util/flops.ts.
+ * prints one JSON line. FLOPs are the analytic direct-convolution counts of src/eval/flops.ts.
  *
  * --profile (bench.ts --profile CASE) times every kernel of one run instead, wall clock, and
  * prints the top kernels with their share of the run, GFLOP/s for the convolutions and matrix
@@ -30,7 +30,7 @@ import { DDIMScheduler } from '../src/schedule/ddim.ts';
 import { UNET_PRESETS, UNet2DConditionModel } from '../src/unet/index.ts';
 import type { UNet2DConditionConfig } from '../src/unet/config.ts';
 import type { TextEncoderConfig } from '../src/clip/text_encoder.ts';
-import { textEncoderFlops, unetFlops, vaeDecodeFlops } from '../src/util/flops.ts';
+import { textEncoderFlops, unetFlops, vaeDecodeFlops } from '../src/eval/flops.ts';
 import { loadNativeAddon, registerNativeBackend } from '../src/backend/native.ts';
 
 export const SD_CASE_NAMES = ['sd15-unet-step', 'sd15-vae-decode', 'sd15-text-encode', 'sd15-image', 'sdturbo-image'] as const;
@@ -46,7 +46,7 @@ export interface SdCaseOpts {
   steps: number;
 }
 
-/** FLOPs of one run (analytic; see src/util/flops.ts). */
+/** FLOPs of one run (analytic; see src/eval/flops.ts). */
 export function sdCaseFlops(name: SdCaseName, o: SdCaseOpts): number {
   const unet = (cfg: UNet2DConditionConfig, batch: number) => unetFlops(cfg, { batch, height: LATENT, width: LATENT, contextLength: TOKENS }).total;
   const vae = () => vaeDecodeFlops(VAE_PRESETS.sd1, { batch: 1, height: LATENT, width: LATENT }).total;

@@ -76,7 +76,7 @@ export { readSafetensors, writeSafetensors, SafetensorsFile } from './io/index.t
 export { CkptFile, openTensorFile, type TensorFile } from './io/index.ts';
 export { Random } from './util/random.ts';
 export { TorchGenerator } from './util/torch_random.ts';
-export { unetFlops, vaeDecodeFlops, textEncoderFlops, type FlopCount } from './util/flops.ts';
+export { unetFlops, vaeDecodeFlops, textEncoderFlops, type FlopCount } from './eval/flops.ts';
 
 // ---- the size limits every input is checked against (MAX_MODEL_PARAMS, MAX_IMAGE_SIDE, ...)
 export * from './util/limits.ts';

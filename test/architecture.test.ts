@@ -33,7 +33,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   clip: ['nn', 'ops', 'io', 'util'],
   unet: ['nn', 'ops', 'io', 'util'],
   autoencoder: ['nn', 'ops', 'io', 'util'],
-  // Evaluation: a digit classifier, FID, CLIP zero-shot; reads models, data, draws pictures.
+  // Evaluation: a digit classifier, FID, CLIP zero-shot, the models' FLOP counts; reads models, data, draws pictures.
   eval: ['clip', 'unet', 'autoencoder', 'nn', 'ops', 'io', 'data', 'viz', 'util'],
   // Pipelines and their loaders (diffusers folders, single-file checkpoints): no trainer, no CLI.
   sample: ['clip', 'unet', 'autoencoder', 'schedule', 'nn', 'ops', 'io', 'data', 'viz', 'util'],

@@ -1,12 +1,12 @@
 /**
- * src/util/flops.ts: the analytic FLOP counts `npm run bench` divides by, against issue 17's
+ * src/eval/flops.ts: the analytic FLOP counts `npm run bench` divides by, against issue 17's
  * Stable Diffusion figures and against hand counts on tiny configs.
  */
 import { describe, expect, it } from 'vitest';
 import { VAE_DEFAULTS, VAE_PRESETS } from '../src/autoencoder/config.ts';
 import { TEXT_ENCODER_DEFAULTS, TEXT_ENCODER_PRESETS } from '../src/clip/text_encoder.ts';
 import { UNET_DEFAULTS, UNET_PRESETS } from '../src/unet/config.ts';
-import { textEncoderFlops, unetFlops, vaeDecodeFlops } from '../src/util/flops.ts';
+import { textEncoderFlops, unetFlops, vaeDecodeFlops } from '../src/eval/flops.ts';
 
 const G = 1e9;
 /** Within `rel` (relative) of `want`. */

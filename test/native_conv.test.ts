@@ -6,7 +6,8 @@
  * phases, some phases with no taps; asymmetric 'same' padding), the
  * filter gradient with x's channel runs packed straight into the GEMM's B panels (split between
  * threads by panels, or by pixels when there are few panels), strided convolutions, 1x1 convolutions, few output
- * channels (direct loops) — at 1 and 2 threads, then the same on the portable (non-SIMD) kernels
+ * channels (direct loops), Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions with enough tiles (with
+ * bias and activation through tf.fused.conv2d too) — at 1 and 2 threads, then the same on the portable (non-SIMD) kernels
  * in a child process (SDLAB_ISA=generic) and on the old im2col path (SDLAB_IM2COL=1).
  * Error measure: max |native − cpu| / √K ≤ 1e-5, K the length of the longest sum.
  */
@@ -39,6 +40,8 @@ const CASES: Case[] = [
   { x: [3, 5, 6, 13], k: 2, cout: 2, stride: 1, pad: 'valid', dil: 1 }, // few outputs, odd Cin
   { x: [1, 4, 3, 1], k: 2, cout: 5, stride: 1, pad: 'valid', dil: 1 }, // Cin 1
   { x: [5, 16, 15, 3], k: 3, cout: 8, stride: 1, pad: 'same', dil: 1 }, // filter gradient over 1200 pixels: K blocks split between threads
+  { x: [2, 17, 15, 40], k: 3, cout: 36, stride: 1, pad: 'same', dil: 1 }, // Winograd F(2×2, 3×3): 144 tiles, ragged edge tiles
+  { x: [1, 20, 18, 290], k: 3, cout: 48, stride: 1, pad: 'valid', dil: 1 }, // Winograd, two 256-channel blocks, no padding
 ];
 
 /** Worst error over CASES, forward and both gradients. */
@@ -59,6 +62,15 @@ function checkAll(): number {
 describe('native convolutions', () => {
   it('every code path, forward and gradients, at 1 and 2 threads', () => {
     bothThreadCounts(() => expect(checkAll()).toBeLessThanOrEqual(TOL));
+  });
+
+  it('Winograd convolutions with bias and activation (tf.fused.conv2d: bias folded into the output transform, or the epilogue)', () => {
+    let worst = 0;
+    for (const activation of ['linear', 'relu', 'elu'] as const) {
+      const f = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.fused.conv2d({ x: x as tf.Tensor4D, filter: w as tf.Tensor4D, strides: 1, pad: 'same', bias: b, activation });
+      worst = Math.max(worst, parity([{ shape: [2, 13, 14, 33] }, { shape: [3, 3, 33, 40] }, { shape: [40] }], f, 9 * 33));
+    }
+    expect(worst).toBeLessThanOrEqual(TOL);
   });
 
   it('the im2col path (SDLAB_IM2COL=1) agrees too', () => {
@@ -101,7 +113,7 @@ describe('native convolutions', () => {
     // paths; this standalone check compares all three operations with a direct sum.
     const root = path.resolve(__dirname, '..');
     const exe = path.join(mkdtempSync(path.join(tmpdir(), 'sdlab-conv-')), 'conv_check');
-    const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/conv_check.cc', 'native/src/conv.cc',
+    const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/conv_check.cc', 'native/src/conv.cc', 'native/src/winograd.cc',
       'native/src/gemm.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
     for (const env of [{}, { SDLAB_ISA: 'generic' }, { SDLAB_IM2COL: '1' }]) {

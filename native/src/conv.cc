@@ -9,6 +9,8 @@
 // (conv2d_backprop_filter_panels; pack_tap_run). The explicit im2col path (chunks of images, so
 // cols stays near the L3 cache) remains for the AVX-512 kernel, whose tile has another shape
 // (its filter gradient packs colsᵀ from x through the GEMM: pack_cols_t), and under SDLAB_IM2COL=1.
+// Forward 3×3 stride-1 convolutions over enough pixels take Winograd F(2×2, 3×3) instead
+// (winograd.cc: 2.25× fewer multiplications), unless SDLAB_WINOGRAD=0 or SDLAB_IM2COL=1.
 #include "conv.h"
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 
 #include "gemm.h"
 #include "pool.h"
+#include "winograd.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -672,6 +675,7 @@ void conv2d(const ConvShape& s, const float* x, const float* w, float* out, cons
     return;
   }
   if (s.Cout <= SMALL_COUT) return conv2d_small(s, x, w, out, bias, act, alpha);
+  if (!std::getenv("SDLAB_IM2COL") && winograd_applies(s)) return conv2d_winograd(s, x, w, out, bias, act, alpha);
   if (IndirectKernel kern = indirect_kernel(); kern && !std::getenv("SDLAB_IM2COL"))
     return conv2d_indirect(s, x, w, out, bias, act, alpha, kern);
   const long ipc = images_per_chunk(s);

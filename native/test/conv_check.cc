@@ -3,7 +3,7 @@
 // paddings — including dilated gradients, which tfjs's cpu backend (the parity tests' reference)
 // does not implement — at 1 and 2 threads.
 //   g++ -O2 -std=c++17 -pthread -Inative/src native/test/conv_check.cc native/src/conv.cc \
-//       native/src/gemm.cc native/src/pool.cc -o /tmp/conv_check && /tmp/conv_check
+//       native/src/winograd.cc native/src/gemm.cc native/src/pool.cc -o /tmp/conv_check && /tmp/conv_check
 // Prints the worst error scaled by sqrt(K) per operation and exits 1 if any exceeds 1e-5.
 #include <algorithm>
 #include <cmath>
@@ -13,6 +13,7 @@
 
 #include "conv.h"
 #include "pool.h"
+#include "winograd.h"
 
 using sdlab::ConvShape;
 
@@ -26,20 +27,27 @@ int main() {
   };
   double worst[3] = {0, 0, 0};
   int cases = 0;
-  for (int it = 0; it < 600; ++it) {
+  int winograd = 0;
+  double worst_wino = 0;  // forward error of the Winograd cases alone
+  for (int it = 0; it < 640; ++it) {
     sdlab::Pool::get().set_threads(it % 2 ? 2 : 1);
-    const long B = it % 9 == 0 ? 24 : 1 + rng() % 3;  // some with many pixels: several K blocks
-    const long H = 1 + rng() % 12, W = 1 + rng() % 12;
-    const long Cin = it % 5 == 0 ? 1 + rng() % 4 : 1 + rng() % 70;
-    const long Cout = it % 4 == 0 ? 1 + rng() % 4 : 1 + rng() % 40;
-    const long kh = 1 + rng() % 4, kw = 1 + rng() % 4, sh = 1 + rng() % 3, sw = 1 + rng() % 3;
-    const long dh = 1 + rng() % 2, dw = 1 + rng() % 2;
+    // The last 40: 3×3 stride-1 shapes big enough for the Winograd path (odd sizes: ragged edge
+    // tiles; channel counts past one 256-channel GEMM block and not multiples of 16).
+    const bool wino = it >= 600;
+    const long B = wino ? 1 + rng() % 3 : it % 9 == 0 ? 24 : 1 + rng() % 3;  // some with many pixels: several K blocks
+    const long H = wino ? 9 + rng() % 12 : 1 + rng() % 12, W = wino ? 9 + rng() % 12 : 1 + rng() % 12;
+    const long Cin = wino ? 32 + rng() % (it % 4 == 0 ? 300 : 60) : it % 5 == 0 ? 1 + rng() % 4 : 1 + rng() % 70;
+    const long Cout = wino ? 32 + rng() % 50 : it % 4 == 0 ? 1 + rng() % 4 : 1 + rng() % 40;
+    const long kh = wino ? 3 : 1 + rng() % 4, kw = wino ? 3 : 1 + rng() % 4, sh = wino ? 1 : 1 + rng() % 3, sw = wino ? 1 : 1 + rng() % 3;
+    const long dh = wino ? 1 : 1 + rng() % 2, dw = wino ? 1 : 1 + rng() % 2;
     const long ekh = (kh - 1) * dh + 1, ekw = (kw - 1) * dw + 1;
     const long pt = rng() % ekh, pl = rng() % ekw;
     const long outH = (H + 2 * pt - ekh) / sh + 1, outW = (W + 2 * pl - ekw) / sw + 1;
     if (H + 2 * pt < ekh || W + 2 * pl < ekw || outH <= 0 || outW <= 0) continue;
     ++cases;
     const ConvShape s{B, H, W, Cin, outH, outW, Cout, kh, kw, sh, sw, dh, dw, pt, pl};
+    const bool on_wino = sdlab::winograd_applies(s);
+    winograd += on_wino;
     const std::vector<float> x = rnd(B * H * W * Cin), w = rnd(kh * kw * Cin * Cout), dy = rnd(B * outH * outW * Cout);
     std::vector<double> y(dy.size(), 0), dx(x.size(), 0), dwr(w.size(), 0);
     for (long b = 0; b < B; ++b)
@@ -68,10 +76,11 @@ int main() {
       return e / std::sqrt(std::max(1.0, K));
     };
     worst[0] = std::max(worst[0], err(y, got_y, (double)kh * kw * Cin));
+    if (on_wino) worst_wino = std::max(worst_wino, err(y, got_y, (double)kh * kw * Cin));
     worst[1] = std::max(worst[1], err(dx, got_dx, (double)kh * kw * Cout));
     worst[2] = std::max(worst[2], err(dwr, got_dw, (double)B * outH * outW));
   }
-  std::printf("%d shapes; worst error / sqrt(K): forward %.2e, input gradient %.2e, filter gradient %.2e\n", cases,
-              worst[0], worst[1], worst[2]);
+  std::printf("%d shapes; worst error / sqrt(K): forward %.2e, input gradient %.2e, filter gradient %.2e; %d on the Winograd path (forward %.2e)\n",
+              cases, worst[0], worst[1], worst[2], winograd, worst_wino);
   return std::max({worst[0], worst[1], worst[2]}) <= 1e-5 ? 0 : 1;
 }
