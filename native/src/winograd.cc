@@ -9,8 +9,9 @@
 // product runs on the GEMM's 6×16 micro-kernel reading V in place; the transforms are additions
 // vectorised over channels (NHWC keeps a pixel's channels contiguous).
 //
-// Work: the products do 16/36 = 1/2.25 of direct convolution's multiplications. Tiles are
-// processed in chunks (each thread its own), so V and M stay near the cache; U is shared.
+// Work: the products do 16/36 = 1/2.25 of direct convolution's multiplications. Tiles go in
+// chunks (V and M of a chunk ~24 MB), each in three parallel phases: input transform, the 16
+// products (tasks: position ξ × block of 120 tiles), output transform.
 // Accuracy: the transforms only add and halve (exact up to one rounding per addition), so the
 // result matches direct convolution to a few float ulps of the accumulated sums
 // (test/native_conv.test.ts checks it against tfjs's cpu backend and a float64 loop).
@@ -26,6 +27,8 @@
 #include "pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SDLAB_X86 1
 #define SDLAB_WINO_TARGET __attribute__((target("avx2,fma")))
 #else
 #define SDLAB_WINO_TARGET
@@ -36,8 +39,9 @@ namespace sdlab {
 namespace {
 
 constexpr int MR = 6, NR = 16;
-constexpr long TILES_MAX = 96;  // tiles per chunk (a multiple of 6)
-constexpr long KC = 256;        // input channels per GEMM block (a 256×16 filter panel is 16 KB, in L1)
+constexpr long KC = 384;                   // input channels per GEMM block (a 384×16 filter panel is 24 KB, in L1)
+constexpr long ROW_BLOCK = 120;            // tiles per GEMM task (120 rows × 384 channels of V: 180 KB, in L2)
+constexpr long CHUNK_FLOATS = 6L << 20;    // V and M of one chunk of tiles: ~24 MB
 
 // U[ξ][j][cin][16]: the transformed filter in the micro-kernel's 16-wide panels (zeros past Cout).
 SDLAB_WINO_TARGET void transform_filter(const ConvShape& s, const float* w, float* U, long np) {
@@ -85,69 +89,113 @@ SDLAB_WINO_TARGET void transform_filter(const ConvShape& s, const float* w, floa
   });
 }
 
-// V[ξ][i][cin] = (Bᵀ d B)_ξ for the chunk's tiles i (zeros for padding rows up to a multiple of 6).
-SDLAB_WINO_TARGET void transform_input(const ConvShape& s, const float* x, long t0, long nt, long ntp, long tH, long tW,
-                                       const float* zeros, float* V) {
-  const long Cin = s.Cin, plane = ntp * Cin;
-  for (long i = 0; i < nt; ++i) {
-    const long t = t0 + i, b = t / (tH * tW), ty = (t / tW) % tH, tx = t % tW;
-    const float* d[16];
-    for (int r = 0; r < 4; ++r)
-      for (int c = 0; c < 4; ++c) {
-        const long ih = 2 * ty - s.padTop + r, iw = 2 * tx - s.padLeft + c;
-        d[r * 4 + c] = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W ? x + ((b * s.H + ih) * s.W + iw) * Cin : zeros;
-      }
-    float* __restrict v = V + i * Cin;
-    for (long ch = 0; ch < Cin; ++ch) {
-      float e[16];
-      // rows: Bᵀ d (per column c)
-      for (int c = 0; c < 4; ++c) {
-        const float d0 = d[c][ch], d1 = d[4 + c][ch], d2 = d[8 + c][ch], d3 = d[12 + c][ch];
-        e[c] = d0 - d2;
-        e[4 + c] = d1 + d2;
-        e[8 + c] = d2 - d1;
-        e[12 + c] = d1 - d3;
-      }
-      // columns: (Bᵀ d) B (per row r)
-      for (int r = 0; r < 4; ++r) {
-        const float a0 = e[r * 4], a1 = e[r * 4 + 1], a2 = e[r * 4 + 2], a3 = e[r * 4 + 3];
-        v[(r * 4 + 0) * plane + ch] = a0 - a2;
-        v[(r * 4 + 1) * plane + ch] = a1 + a2;
-        v[(r * 4 + 2) * plane + ch] = a2 - a1;
-        v[(r * 4 + 3) * plane + ch] = a1 - a3;
-      }
-    }
+// Bᵀ d B for one channel (or 8 at once): d[r*4 + c] → v[ξ], ξ = r*4 + c.
+template <class T, class Add, class Sub>
+SDLAB_WINO_TARGET inline void input_tile(const T* d, T* v, Add add, Sub sub) {
+  T e[16];
+  for (int c = 0; c < 4; ++c) {  // rows: Bᵀ d
+    e[c] = sub(d[c], d[8 + c]);
+    e[4 + c] = add(d[4 + c], d[8 + c]);
+    e[8 + c] = sub(d[8 + c], d[4 + c]);
+    e[12 + c] = sub(d[4 + c], d[12 + c]);
   }
-  for (int xi = 0; xi < 16; ++xi) std::memset(V + xi * plane + nt * Cin, 0, (ntp - nt) * Cin * sizeof(float));
+  for (int r = 0; r < 4; ++r) {  // columns: (Bᵀ d) B
+    v[r * 4 + 0] = sub(e[r * 4], e[r * 4 + 2]);
+    v[r * 4 + 1] = add(e[r * 4 + 1], e[r * 4 + 2]);
+    v[r * 4 + 2] = sub(e[r * 4 + 2], e[r * 4 + 1]);
+    v[r * 4 + 3] = sub(e[r * 4 + 1], e[r * 4 + 3]);
+  }
 }
 
-// out pixels of the chunk's tiles = Aᵀ M A (+ bias), from M[ξ][i][Coutp].
-SDLAB_WINO_TARGET void transform_output(const ConvShape& s, const float* M, long t0, long nt, long ntp, long Coutp,
-                                        long tH, long tW, const float* bias, float* out) {
+// Aᵀ m A for one channel (or 8): m[ξ] → y[dy*2 + dx].
+template <class T, class Add, class Sub>
+SDLAB_WINO_TARGET inline void output_tile(const T* m, T* y, Add add, Sub sub) {
+  T r0[4], r1[4];
+  for (int c = 0; c < 4; ++c) {  // Aᵀ m: two rows from four
+    r0[c] = add(add(m[c], m[4 + c]), m[8 + c]);
+    r1[c] = sub(sub(m[4 + c], m[8 + c]), m[12 + c]);
+  }
+  y[0] = add(add(r0[0], r0[1]), r0[2]);
+  y[1] = sub(sub(r0[1], r0[2]), r0[3]);
+  y[2] = add(add(r1[0], r1[1]), r1[2]);
+  y[3] = sub(sub(r1[1], r1[2]), r1[3]);
+}
+
+struct FAdd { float operator()(float a, float b) const { return a + b; } };
+struct FSub { float operator()(float a, float b) const { return a - b; } };
+#ifdef SDLAB_X86
+struct VAdd { SDLAB_WINO_TARGET __m256 operator()(__m256 a, __m256 b) const { return _mm256_add_ps(a, b); } };
+struct VSub { SDLAB_WINO_TARGET __m256 operator()(__m256 a, __m256 b) const { return _mm256_sub_ps(a, b); } };
+#endif
+
+// The tile's 16 input pixels (pointers to their Cin channels; `zeros` outside the image).
+inline void tile_inputs(const ConvShape& s, const float* x, long b, long ty, long tx, const float* zeros, const float** d) {
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) {
+      const long ih = 2 * ty - s.padTop + r, iw = 2 * tx - s.padLeft + c;
+      d[r * 4 + c] = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W ? x + ((b * s.H + ih) * s.W + iw) * s.Cin : zeros;
+    }
+}
+
+// V[ξ][i][cin] = (Bᵀ d B)_ξ for tiles [i0, i1) of the chunk starting at tile t0; planes of ntp rows.
+SDLAB_WINO_TARGET void transform_input(const ConvShape& s, const float* x, long t0, long i0, long i1, long ntp, long tH,
+                                       long tW, const float* zeros, float* V) {
+  const long Cin = s.Cin, plane = ntp * Cin;
+  for (long i = i0; i < i1; ++i) {
+    const long t = t0 + i;
+    const float* d[16];
+    tile_inputs(s, x, t / (tH * tW), (t / tW) % tH, t % tW, zeros, d);
+    float* v = V + i * Cin;
+    long ch = 0;
+#ifdef SDLAB_X86
+    for (; ch + 8 <= Cin; ch += 8) {
+      __m256 dv[16], vv[16];
+      for (int k = 0; k < 16; ++k) dv[k] = _mm256_loadu_ps(d[k] + ch);
+      input_tile(dv, vv, VAdd(), VSub());
+      for (int k = 0; k < 16; ++k) _mm256_storeu_ps(v + k * plane + ch, vv[k]);
+    }
+#endif
+    for (; ch < Cin; ++ch) {
+      float dv[16], vv[16];
+      for (int k = 0; k < 16; ++k) dv[k] = d[k][ch];
+      input_tile(dv, vv, FAdd(), FSub());
+      for (int k = 0; k < 16; ++k) v[k * plane + ch] = vv[k];
+    }
+  }
+}
+
+// Output pixels of tiles [i0, i1) = Aᵀ M A (+ bias), from M[ξ][i][Coutp].
+SDLAB_WINO_TARGET void transform_output(const ConvShape& s, const float* M, long t0, long i0, long i1, long ntp,
+                                        long Coutp, long tH, long tW, const float* bias, float* out) {
   const long Cout = s.Cout, plane = ntp * Coutp;
-  for (long i = 0; i < nt; ++i) {
+  for (long i = i0; i < i1; ++i) {
     const long t = t0 + i, b = t / (tH * tW), ty = (t / tW) % tH, tx = t % tW;
     const long oh = 2 * ty, ow = 2 * tx;
     const bool down = oh + 1 < s.outH, right = ow + 1 < s.outW;
-    float* __restrict y00 = out + ((b * s.outH + oh) * s.outW + ow) * Cout;
-    float* __restrict y01 = right ? y00 + Cout : nullptr;
-    float* __restrict y10 = down ? y00 + s.outW * Cout : nullptr;
-    float* __restrict y11 = down && right ? y10 + Cout : nullptr;
+    float* y[4];
+    y[0] = out + ((b * s.outH + oh) * s.outW + ow) * Cout;
+    y[1] = right ? y[0] + Cout : nullptr;
+    y[2] = down ? y[0] + s.outW * Cout : nullptr;
+    y[3] = down && right ? y[2] + Cout : nullptr;
     const float* m = M + i * Coutp;
-    for (long o = 0; o < Cout; ++o) {
-      float r0[4], r1[4];
-      // Aᵀ m: two rows from four
-      for (int c = 0; c < 4; ++c) {
-        const float m0 = m[(0 * 4 + c) * plane + o], m1 = m[(1 * 4 + c) * plane + o];
-        const float m2 = m[(2 * 4 + c) * plane + o], m3 = m[(3 * 4 + c) * plane + o];
-        r0[c] = m0 + m1 + m2;
-        r1[c] = m1 - m2 - m3;
-      }
+    long o = 0;
+#ifdef SDLAB_X86
+    for (; o + 8 <= Cout; o += 8) {
+      __m256 mv[16], yv[4];
+      for (int k = 0; k < 16; ++k) mv[k] = _mm256_loadu_ps(m + k * plane + o);
+      output_tile(mv, yv, VAdd(), VSub());
+      const __m256 bv = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k)
+        if (y[k]) _mm256_storeu_ps(y[k] + o, _mm256_add_ps(yv[k], bv));
+    }
+#endif
+    for (; o < Cout; ++o) {
+      float mv[16], yv[4];
+      for (int k = 0; k < 16; ++k) mv[k] = m[k * plane + o];
+      output_tile(mv, yv, FAdd(), FSub());
       const float bo = bias ? bias[o] : 0.f;
-      y00[o] = r0[0] + r0[1] + r0[2] + bo;
-      if (y01) y01[o] = r0[1] - r0[2] - r0[3] + bo;
-      if (y10) y10[o] = r1[0] + r1[1] + r1[2] + bo;
-      if (y11) y11[o] = r1[1] - r1[2] - r1[3] + bo;
+      for (int k = 0; k < 4; ++k)
+        if (y[k]) y[k][o] = yv[k] + bo;
     }
   }
 }
@@ -179,42 +227,48 @@ void conv2d_winograd(const ConvShape& s, const float* x, const float* w, float* 
   float* const U = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(ubuf.data()) + 63) & ~uintptr_t(63));
   transform_filter(s, w, U, np);
   const std::vector<float> zeros(Cin, 0.f);
-
-  const int threads = Pool::get().threads();
-  // Chunks of whole micro-tiles: at most TILES_MAX, and at least ~3 per thread when there are few tiles.
-  long chunk = std::min<long>(TILES_MAX, (T + 3 * threads - 1) / (3 * threads));
-  chunk = std::max<long>(MR, (chunk + MR - 1) / MR * MR);
-  const long chunks = (T + chunk - 1) / chunk;
+  // K blocks of equal size, at most KC channels.
+  const long nkb = (Cin + KC - 1) / KC, kcb = (Cin + nkb - 1) / nkb;
+  // Tiles per chunk: V and M of a chunk hold about CHUNK_FLOATS floats.
+  long chunk = std::max<long>(ROW_BLOCK, CHUNK_FLOATS / (16 * (Cin + Coutp)));
+  chunk = std::min(chunk, (T + MR - 1) / MR * MR) / MR * MR;
+  const long ntp_max = chunk;
+  std::vector<float> vm((size_t)(16 * ntp_max * (Cin + Coutp)));
+  float* const V = vm.data();
+  float* const M = V + 16 * ntp_max * Cin;
   const bool fuse_bias = act == ACT_LINEAR;
-  Pool::get().run((int)chunks, [&](int ci) {
-    const long t0 = ci * chunk, nt = std::min(chunk, T - t0), ntp = (nt + MR - 1) / MR * MR;
-    thread_local std::vector<float> buf;
-    const size_t need = (size_t)(16 * ntp * (Cin + Coutp));
-    if (buf.size() < need) buf.resize(need);
-    float* const V = buf.data();
-    float* const M = V + 16 * ntp * Cin;
-    transform_input(s, x, t0, nt, ntp, tH, tW, zeros.data(), V);
-    for (int xi = 0; xi < 16; ++xi) {
+  for (long t0 = 0; t0 < T; t0 += chunk) {
+    const long nt = std::min(chunk, T - t0), ntp = (nt + MR - 1) / MR * MR;
+    // 1. V = Bᵀ d B for every tile of the chunk (zero rows up to a multiple of 6).
+    parallel_for(nt, 4, [&](long i0, long i1) { transform_input(s, x, t0, i0, i1, ntp, tH, tW, zeros.data(), V); });
+    for (int xi = 0; xi < 16; ++xi) std::memset(V + xi * ntp * Cin + nt * Cin, 0, (ntp - nt) * Cin * sizeof(float));
+    // 2. M_ξ = V_ξ · U_ξ: tasks are (ξ, block of rows); a block's rows of V_ξ stay in L2 while
+    //    every filter panel of U_ξ passes once through L1.
+    const long rblocks = (ntp + ROW_BLOCK - 1) / ROW_BLOCK, rb = (ntp / MR + rblocks - 1) / rblocks * MR;  // even blocks
+    Pool::get().run((int)(16 * rblocks), [&](int task) {
+      const long xi = task / rblocks, r0 = (task % rblocks) * rb, r1 = std::min(ntp, r0 + rb);
       const float* Vx = V + xi * ntp * Cin;
       float* Mx = M + xi * ntp * Coutp;
-      for (long k0 = 0; k0 < Cin; k0 += KC) {
-        const long kc = std::min(KC, Cin - k0);
+      for (long k0 = 0; k0 < Cin; k0 += kcb) {
+        const long kc = std::min(kcb, Cin - k0);
         for (long j = 0; j < np; ++j) {
           const float* panel = U + ((xi * np + j) * Cin + k0) * NR;
-          for (long p = 0; p < ntp / MR; ++p) kern(kc, Vx + p * MR * Cin + k0, Cin, panel, Mx + p * MR * Coutp + j * NR, Coutp, NR, k0 > 0);
+          for (long r = r0; r < r1; r += MR) kern(kc, Vx + r * Cin + k0, Cin, panel, Mx + r * Coutp + j * NR, Coutp, NR, k0 > 0);
         }
       }
-    }
-    transform_output(s, M, t0, nt, ntp, Coutp, tH, tW, fuse_bias ? bias : nullptr, out);
-    if (!fuse_bias) {  // bias and activation through the GEMM's epilogue, pixel by pixel
-      for (long i = 0; i < nt; ++i) {
+    });
+    // 3. out = Aᵀ M A (+ bias; other activations through the GEMM's epilogue, pixel by pixel).
+    parallel_for(nt, 4, [&](long i0, long i1) {
+      transform_output(s, M, t0, i0, i1, ntp, Coutp, tH, tW, fuse_bias ? bias : nullptr, out);
+      if (fuse_bias) return;
+      for (long i = i0; i < i1; ++i) {
         const long t = t0 + i, b = t / (tH * tW), ty = (t / tW) % tH, tx = t % tW;
         for (long dy = 0; dy < 2 && 2 * ty + dy < s.outH; ++dy)
           epilogue(out + ((b * s.outH + 2 * ty + dy) * s.outW + 2 * tx) * Cout, Cout, 0, std::min<long>(2, s.outW - 2 * tx), Cout,
                    bias, act, alpha);
       }
-    }
-  });
+    });
+  }
 }
 
 }  // namespace sdlab
