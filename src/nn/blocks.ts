@@ -40,6 +40,7 @@ export class ResnetBlock2D extends Module {
   readonly conv_shortcut: Conv2d | null;
   readonly outputScaleFactor: number;
   private readonly act: <T extends tf.Tensor>(x: T) => T;
+  private readonly actName: string;
 
   constructor(opts: ResnetBlock2DOptions) {
     super();
@@ -47,7 +48,8 @@ export class ResnetBlock2D extends Module {
     const cout = opts.outChannels ?? cin;
     const groups = opts.groups ?? 32;
     const eps = opts.eps ?? 1e-6;
-    this.act = getActivation(opts.act ?? 'silu', 'ResnetBlock2D act_fn');
+    this.actName = opts.act ?? 'silu';
+    this.act = getActivation(this.actName, 'ResnetBlock2D act_fn');
     this.norm1 = this.module('norm1', new GroupNorm(groups, cin, { eps }));
     this.conv1 = this.module('conv1', new Conv2d(cin, cout, 3, { padding: 1 }));
     this.time_emb_proj = opts.tembChannels ? this.module('time_emb_proj', new Linear(opts.tembChannels, cout)) : null;
@@ -60,13 +62,15 @@ export class ResnetBlock2D extends Module {
   /** x [B, H, W, Cin], temb [B, tembChannels] → [B, H, W, Cout]. */
   forward(x: tf.Tensor4D, temb?: tf.Tensor2D): tf.Tensor4D {
     return tf.tidy(() => {
-      let h = this.conv1.forward(this.act(this.norm1.forward(x)));
+      // norm → SiLU in one fused kernel where the backend has it.
+      const normAct = (norm: GroupNorm, v: tf.Tensor4D) => (this.actName === 'silu' ? norm.forward(v, { activation: 'silu' }) : this.act(norm.forward(v)));
+      let h = this.conv1.forward(normAct(this.norm1, x));
       if (this.time_emb_proj) {
         if (!temb) throw new Error('ResnetBlock2D: this block has time_emb_proj and needs a timestep embedding');
         const t = this.time_emb_proj.forward(this.act(temb));
         h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
       }
-      h = this.conv2.forward(this.act(this.norm2.forward(h)));
+      h = this.conv2.forward(normAct(this.norm2, h));
       const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
       let out = tf.add(shortcut, h) as tf.Tensor4D;
       if (this.outputScaleFactor !== 1) out = tf.div(out, this.outputScaleFactor);

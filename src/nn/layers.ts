@@ -81,6 +81,12 @@ export class Conv2d extends Module {
       const [t, b, l, r] = this.pad;
       const k = this.kernelSize;
       let y: tf.Tensor4D;
+      if (this.bias && tf.getBackend() !== 'tensorflow') {
+        // The bias inside the convolution kernel (its epilogue): one pass over the output less.
+        const pad = this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r
+          ? 'same' as const : [[0, 0], [t, b], [l, r], [0, 0]] as tf.backend_util.ExplicitPadding;
+        return tf.fused.conv2d({ x, filter: this.weight as tf.Tensor4D, strides: this.stride, pad, bias: this.bias });
+      }
       if (this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r) {
         // Symmetric "same" padding: let the kernel pad (no copy of the input).
         y = tf.conv2d(x, this.weight as tf.Tensor4D, 1, 'same');
@@ -156,8 +162,9 @@ export class GroupNorm extends Module {
     this.bias = affine ? this.param('bias', [numChannels], init.zeros()) : null;
   }
 
-  forward<T extends tf.Tensor>(x: T): T {
-    return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps);
+  /** activation 'silu': SiLU fused into the same kernel (ResnetBlock2D's norm → act). */
+  forward<T extends tf.Tensor>(x: T, opts: { activation?: 'none' | 'silu' } = {}): T {
+    return groupNorm(x, this.numGroups, this.weight, this.bias, this.eps, opts);
   }
 }
 
