@@ -6,11 +6,11 @@
 // and finally out = O / l. Exact up to float rounding: the rescaling by c makes every row's
 // terms share the final maximum, as a two-pass softmax does.
 //
-// With the AVX2 GEMM micro-kernel (6×16, gemm.h packed_kernel) the products run on it directly:
-// K and V are packed once per call into the kernel's 16-wide panels (shared by every row block:
-// packing per block would cost as much as the products for head size 40) and Qs into 6-row
-// panels; the probabilities feed the second product in place (the row-major variant). Elsewhere
-// (AVX-512, generic builds) the two products are plain sgemm calls on the same tiles.
+// With the AVX2 GEMM micro-kernel (6×16, gemm.h packed_kernel) the products run on it directly,
+// transposed (see attention_packed): K and V are packed once per call into the kernel's 6-row
+// panels (shared by every row block: packing per block would cost as much as the products for
+// head size 40). Elsewhere (AVX-512, generic builds) the two products are plain sgemm calls on the
+// same tiles.
 #include "attention.h"
 
 #include <algorithm>
@@ -31,7 +31,6 @@ namespace {
 // of its 16 columns): the score tile (120 × 256 floats, 120 KB), Q's and O's panels stay in L2.
 constexpr long ROWS = 120;
 constexpr long KEYS = 256;
-constexpr int MR = 6, NR = 16;
 
 float row_max(const float* s, long n) {
   float m = -INFINITY;
@@ -148,100 +147,120 @@ void attention_gemm(const AttnShape& s, const float* q, const float* k, const fl
   });
 }
 
-// The micro-kernel version (AVX2 builds).
-void attention_packed(PackedKernel kern, RowsKernel kern_rows, const AttnShape& s, const float* q, const float* k, const float* v, float scale,
+#ifdef SDLAB_VMATH_X86
+// The micro-kernel version (AVX2 builds), transposed: it computes Sᵀ = K Qᵀ and Oᵀ = Vᵀ Pᵀ, so
+// that keys and value channels are the 6-row side of the 6×16 tile and query rows the 16-wide
+// side. Then Sᵀ comes out of the first product already in the 16-wide panels [key][16] that the
+// second product reads, the softmax over keys runs down those panels (16 query rows per pair of
+// vectors: no horizontal reductions), and the only padding is keys and value channels to a
+// multiple of 6 (a head size of 40 wastes 5%, not the 17% of 16-wide panels).
+constexpr long QROWS = 128;  // query rows per task: 8 panels of 16
+constexpr long KTILE = 252;  // keys per tile: 42 panels of 6 (Sᵀ tile: 128 × 252 floats, 126 KB)
+
+// One 16-row panel's online-softmax update over keys [0, n) of the tile st [key][16]: st becomes
+// e^(s − m'), and m, l, c (16 each) the new maxima, sums and the factors for the earlier terms.
+__attribute__((target("avx2,fma"))) void softmax_panel(float* st, long n, bool first, float* m, float* l, float* c) {
+  __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
+  for (long k = 0; k < n; ++k) {
+    a0 = _mm256_max_ps(a0, _mm256_load_ps(st + k * 16));
+    a1 = _mm256_max_ps(a1, _mm256_load_ps(st + k * 16 + 8));
+  }
+  const __m256 old0 = _mm256_loadu_ps(m), old1 = _mm256_loadu_ps(m + 8);
+  const __m256 m0 = _mm256_max_ps(old0, a0), m1 = _mm256_max_ps(old1, a1);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  for (long k = 0; k < n; ++k) {
+    const __m256 e0 = vm::exp8(_mm256_sub_ps(_mm256_load_ps(st + k * 16), m0));
+    const __m256 e1 = vm::exp8(_mm256_sub_ps(_mm256_load_ps(st + k * 16 + 8), m1));
+    _mm256_store_ps(st + k * 16, e0);
+    _mm256_store_ps(st + k * 16 + 8, e1);
+    s0 = _mm256_add_ps(s0, e0);
+    s1 = _mm256_add_ps(s1, e1);
+  }
+  const __m256 c0 = first ? _mm256_setzero_ps() : vm::exp8(_mm256_sub_ps(old0, m0));
+  const __m256 c1 = first ? _mm256_setzero_ps() : vm::exp8(_mm256_sub_ps(old1, m1));
+  _mm256_storeu_ps(l, _mm256_fmadd_ps(_mm256_loadu_ps(l), c0, s0));
+  _mm256_storeu_ps(l + 8, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8), c1, s1));
+  _mm256_storeu_ps(m, m0);
+  _mm256_storeu_ps(m + 8, m1);
+  _mm256_storeu_ps(c, c0);
+  _mm256_storeu_ps(c + 8, c1);
+}
+
+// row[0, n) *= c[0, n), n a multiple of 8.
+__attribute__((target("avx2,fma"))) void scale_row(float* row, const float* c, long n) {
+  for (long i = 0; i < n; i += 8) _mm256_store_ps(row + i, _mm256_mul_ps(_mm256_load_ps(row + i), _mm256_loadu_ps(c + i)));
+}
+
+void attention_packed(PackedKernel kern, const AttnShape& s, const float* q, const float* k, const float* v, float scale,
                       float* out) {
   const long B = s.B, Lq = s.Lq, Lk = s.Lk, H = s.heads, D = s.D, Dv = s.Dv;
   const long ldq = H * D, ldk = H * D, ldv = H * Dv, ldo = H * Dv;
-  const bool simd = use_simd();
-  const long kpan = (Lk + NR - 1) / NR, Lkp = kpan * NR;  // key panels, keys padded to 16
-  const long vpan = (Dv + NR - 1) / NR, Dvp = vpan * NR;  // value-column panels
-  const long tile = std::min(KEYS, Lkp);
-  // Packed K: per (b, h), panel j holds keys [16j, 16j+16) as [d][16] (zeros past Lk).
-  // Packed V: per (b, h), panel c holds columns [16c, 16c+16) as [key][16] (zeros past Dv).
-  const long kstride = Lkp * D, vstride = vpan * Lk * NR;
-  std::vector<float> packed((size_t)(B * H * (kstride + vstride)) + 16);
-  // The micro-kernel loads B panels with aligned loads: start on a 64-byte boundary (all
-  // panel offsets are multiples of 16 floats).
-  float* const Kp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(packed.data()) + 63) & ~uintptr_t(63));
+  const long kpan = (Lk + 5) / 6;  // key panels of 6
+  const long vpan = (Dv + 5) / 6;  // value-channel panels of 6
+  // Packed K (the first product's 6-row side): per (b, h), panel p = keys [6p, 6p+6) as [d][6].
+  // Packed V (the second's): per (b, h), panel c = value channels [6c, 6c+6) as [key][6].
+  // Zeros past Lk and Dv. Shared by every row block of the head.
+  const long kstride = kpan * D * 6, vstride = vpan * Lk * 6;
+  std::vector<float> packed((size_t)(B * H * (kstride + vstride)));
+  float* const Kp = packed.data();
   float* const Vp = Kp + B * H * kstride;
   Pool::get().run((int)(B * H), [&](int t) {
     const long b = t / H, h = t % H;
     float* kp = Kp + t * kstride;
-    for (long j = 0; j < kpan; ++j)
-      for (long jj = 0; jj < NR; ++jj) {
-        const long key = j * NR + jj;
-        float* dst = kp + j * D * NR + jj;
-        if (key < Lk) {
-          const float* src = k + (b * Lk + key) * ldk + h * D;
-          for (long d = 0; d < D; ++d) dst[d * NR] = src[d];
-        } else {
-          for (long d = 0; d < D; ++d) dst[d * NR] = 0.0f;
-        }
-      }
+    for (long key = 0; key < kpan * 6; ++key) {
+      float* dst = kp + (key / 6) * D * 6 + key % 6;
+      const float* src = k + (b * Lk + key) * ldk + h * D;
+      for (long d = 0; d < D; ++d) dst[d * 6] = key < Lk ? src[d] : 0.0f;
+    }
     float* vp = Vp + t * vstride;
     for (long key = 0; key < Lk; ++key) {
       const float* src = v + (b * Lk + key) * ldv + h * Dv;
-      for (long c = 0; c < vpan; ++c) {
-        float* dst = vp + (c * Lk + key) * NR;
-        const long w = std::min<long>(NR, Dv - c * NR);
-        for (long i = 0; i < w; ++i) dst[i] = src[c * NR + i];
-        for (long i = w; i < NR; ++i) dst[i] = 0.0f;
-      }
+      for (long ch = 0; ch < vpan * 6; ++ch) vp[((ch / 6) * Lk + key) * 6 + ch % 6] = ch < Dv ? src[ch] : 0.0f;
     }
   });
 
-  const long blocks = (Lq + ROWS - 1) / ROWS;
+  const long blocks = (Lq + QROWS - 1) / QROWS;
+  const long tile = std::min(KTILE, kpan * 6);
   Pool::get().run((int)(B * H * blocks), [&](int t) {
-    const long bh = t / blocks, b = bh / H, h = bh % H, r0 = (t % blocks) * ROWS, rows = std::min(ROWS, Lq - r0);
-    const long rpan = (rows + MR - 1) / MR, rowsp = rpan * MR;
-    float* const Qp = thread_buffer((size_t)(rowsp * D + rowsp * tile + rowsp * Dvp + 2 * rowsp));
-    float* const S = Qp + rowsp * D;    // scores, then probabilities, [rowsp][tile]
-    float* const O = S + rowsp * tile;  // [rowsp][Dvp]
-    float* const mx = O + rowsp * Dvp;
-    float* const l = mx + rowsp;
-    // Qs in 6-row panels [rpan][d][6], zero rows past the block.
-    for (long p = 0; p < rpan; ++p)
-      for (int r = 0; r < MR; ++r) {
-        const long i = p * MR + r;
-        float* dst = Qp + p * D * MR + r;
-        if (i < rows) {
-          const float* src = q + (b * Lq + r0 + i) * ldq + h * D;
-          for (long d = 0; d < D; ++d) dst[d * MR] = src[d] * scale;
-        } else {
-          for (long d = 0; d < D; ++d) dst[d * MR] = 0.0f;
-        }
-      }
-    std::fill(mx, mx + rowsp, -INFINITY);
-    std::fill(l, l + rowsp, 0.0f);
-    std::fill(O, O + rowsp * Dvp, 0.0f);
+    const long bh = t / blocks, b = bh / H, h = bh % H, r0 = (t % blocks) * QROWS, rows = std::min(QROWS, Lq - r0);
+    const long qpan = (rows + 15) / 16, rows16 = qpan * 16;
+    // 64-byte-aligned per-thread scratch: the kernel loads its 16-wide operand with aligned loads.
+    float* const Qp = scratch(0, (size_t)(qpan * D * 16 + qpan * tile * 16 + vpan * 6 * rows16 + 3 * rows16));
+    float* const ST = Qp + qpan * D * 16;       // [qpan][key][16]
+    float* const OT = ST + qpan * tile * 16;    // [vpan·6][rows16]
+    float* const mx = OT + vpan * 6 * rows16;
+    float* const l = mx + rows16;
+    float* const cf = l + rows16;
+    for (long i = 0; i < rows16; ++i) {  // Qs ᵀ in 16-wide panels [qpan][d][16], zero rows past the block
+      float* dst = Qp + (i / 16) * D * 16 + i % 16;
+      const float* src = q + (b * Lq + r0 + i) * ldq + h * D;
+      for (long d = 0; d < D; ++d) dst[d * 16] = i < rows ? src[d] * scale : 0.0f;
+    }
+    std::fill(mx, mx + rows16, -INFINITY);
+    std::fill(l, l + rows16, 0.0f);
+    std::fill(OT, OT + vpan * 6 * rows16, 0.0f);
     const float* kp = Kp + bh * kstride;
     const float* vp = Vp + bh * vstride;
     for (long j0 = 0; j0 < Lk; j0 += tile) {
-      const long n = std::min(tile, Lk - j0), np = (n + NR - 1) / NR;
-      for (long p = 0; p < rpan; ++p)  // S = Qs · K[j0:j0+n]ᵀ (full 16-wide panels: S has room)
-        for (long j = 0; j < np; ++j)
-          kern(D, Qp + p * D * MR, kp + (j0 / NR + j) * D * NR, S + p * MR * tile + j * NR, tile, MR, NR, false);
-      for (long i = 0; i < rows; ++i) {
-        float* si = S + i * tile;
-        const float c = online_softmax_row(si, n, j0 == 0, mx[i], l[i], simd);
-        if (j0 > 0 && c != 1.0f)
-          for (long d = 0; d < Dv; ++d) O[i * Dvp + d] *= c;
-      }
-      // Padding rows of the last panel: zero probabilities (their scores came from zero queries).
-      for (long i = rows; i < rowsp; ++i) std::fill(S + i * tile, S + i * tile + n, 0.0f);
-      // O += P · V[j0:j0+n], P read in place; one V panel (n × 16) stays in L1 across the row panels.
-      for (long c = 0; c < vpan; ++c)
-        for (long p = 0; p < rpan; ++p)
-          kern_rows(n, S + p * MR * tile, tile, vp + (c * Lk + j0) * NR, O + p * MR * Dvp + c * NR, Dvp, NR, true);
+      const long n = std::min(tile, Lk - j0), np = (n + 5) / 6;
+      for (long j = 0; j < qpan; ++j)  // Sᵀ = K[j0:j0+n] Qsᵀ
+        for (long p = 0; p < np; ++p)
+          kern(D, kp + (j0 / 6 + p) * D * 6, Qp + j * D * 16, ST + (j * tile + p * 6) * 16, 16, 6, 16, false);
+      for (long j = 0; j < qpan; ++j) softmax_panel(ST + j * tile * 16, n, j0 == 0, mx + j * 16, l + j * 16, cf + j * 16);
+      if (j0 > 0)
+        for (long ch = 0; ch < Dv; ++ch) scale_row(OT + ch * rows16, cf, rows16);
+      for (long c = 0; c < vpan; ++c)  // Oᵀ += Vᵀ[:, j0:j0+n] Pᵀ
+        for (long j = 0; j < qpan; ++j)
+          kern(n, vp + (c * Lk + j0) * 6, ST + j * tile * 16, OT + c * 6 * rows16 + j * 16, rows16, 6, 16, true);
     }
     for (long i = 0; i < rows; ++i) {
       float* dst = out + (b * Lq + r0 + i) * ldo + h * Dv;
       const float inv = 1.0f / l[i];
-      for (long d = 0; d < Dv; ++d) dst[d] = O[i * Dvp + d] * inv;
+      for (long ch = 0; ch < Dv; ++ch) dst[ch] = OT[ch * rows16 + i] * inv;
     }
   });
 }
+#endif
 
 }  // namespace
 
@@ -251,9 +270,9 @@ void attention(const AttnShape& s, const float* q, const float* k, const float* 
     std::fill(out, out + s.B * s.Lq * s.heads * s.Dv, NAN);
     return;
   }
-  PackedKernel kern = packed_kernel();
-  RowsKernel kern_rows = rows_kernel();
-  if (kern && kern_rows) return attention_packed(kern, kern_rows, s, q, k, v, scale, out);
+#ifdef SDLAB_VMATH_X86
+  if (PackedKernel kern = packed_kernel()) return attention_packed(kern, s, q, k, v, scale, out);
+#endif
   attention_gemm(s, q, k, v, scale, out);
 }
 
