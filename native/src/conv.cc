@@ -384,10 +384,14 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
       for (long c0 = 0; c0 < Cin; c0 += KCONV) add(t, t + 1, c0, std::min(Cin, c0 + KCONV));
   }
   // Filter [taps, Cin, N] packed per block and 16-wide column panel: [t][c][16], zero-padded.
+  // In parallel: for a small image and a large filter (SD's 8×8 latents, 1280 channels: 59 MB of
+  // weights for 128 output pixels) packing is a large part of the call.
   float* wp = scratch(1, (size_t)total);
-  for (const Blk& b : blocks) {
-    const long blen = (b.t1 - b.t0) * (b.c1 - b.c0);
-    for (long j = 0; j < np; ++j) {
+  parallel_for((long)blocks.size() * np, 4, [&](long u0, long u1) {
+    for (long u = u0; u < u1; ++u) {
+      const Blk& b = blocks[u / np];
+      const long j = u % np;
+      const long blen = (b.t1 - b.t0) * (b.c1 - b.c0);
       float* d = wp + b.off + j * blen * NR;
       const long n0 = j * NR, nr = std::min<long>(NR, N - n0);
       for (long t = b.t0; t < b.t1; ++t)
@@ -398,12 +402,18 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
           for (; jj < NR; ++jj) d[jj] = 0.f;
         }
     }
-  }
+  });
   const std::vector<float> zeros(Cin, 0.f);
   const long groups = (mp + PANELS_PER_TASK - 1) / PANELS_PER_TASK;
-  parallel_for(groups, 1, [&](long g0, long g1) {
+  // Few pixels (fewer row groups than ~2 per thread): split the column panels too, so every
+  // thread has work while the filter is still read about once in all.
+  const long T = Pool::get().threads();
+  const long cgroups = groups >= 2 * T ? 1 : std::min(np, (2 * T + groups - 1) / groups);
+  parallel_for(groups * cgroups, 1, [&](long u0, long u1) {
     std::vector<const float*> rows(PANELS_PER_TASK * taps * MR);
-    for (long g = g0; g < g1; ++g) {
+    for (long u = u0; u < u1; ++u) {
+      const long g = u / cgroups, cg = u % cgroups;
+      const long j0 = np * cg / cgroups, j1 = np * (cg + 1) / cgroups;
       const long p0 = g * PANELS_PER_TASK, p1 = std::min(mp, p0 + PANELS_PER_TASK);
       // rows[(p - p0) * taps * 6 + t * 6 + i]: input vector read by row p*6+i at tap t.
       for (long p = p0; p < p1; ++p) {
@@ -418,7 +428,7 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
       for (size_t bi = 0; bi < blocks.size(); ++bi) {
         const Blk& bk = blocks[bi];
         const long blen = (bk.t1 - bk.t0) * (bk.c1 - bk.c0);
-        for (long j = 0; j < np; ++j) {
+        for (long j = j0; j < j1; ++j) {
           const float* bp = wp + bk.off + j * blen * NR;
           const int nr = (int)std::min<long>(NR, N - j * NR);
           for (long p = p0; p < p1; ++p) {
@@ -428,7 +438,8 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
           }
         }
       }
-      epilogue(out, N, p0 * MR, std::min(M, p1 * MR), N, bias, act, alpha);
+      const long n0 = j0 * NR, n1 = std::min(N, j1 * NR);
+      if (n1 > n0) epilogue(out + n0, N, p0 * MR, std::min(M, p1 * MR), n1 - n0, bias ? bias + n0 : nullptr, act, alpha);
     }
   });
 }
