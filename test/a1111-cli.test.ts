@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
+import { type CliResult, cliAsync } from './helpers/cli-run.ts';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { GifReader } from 'omggif';
@@ -31,15 +31,8 @@ beforeAll(async () => {
   await tf.setBackend(registerNativeBackend() ? 'native' : 'cpu');
 });
 
-interface CliResult { code: number | null; stdout: string; stderr: string }
-function cli(args: string[]): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['bin/sdlab.mjs', ...args], { cwd: ROOT, timeout: 240_000, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, stdout, stderr });
-    });
-  });
-}
+/** The launcher in a child process (the fastest backend there is: native when built). */
+const cli = (args: string[]) => cliAsync(args);
 const pixels = (file: string) => Buffer.from(readPng(file).data);
 const out = (name: string) => path.join(tmp, name);
 

@@ -12,7 +12,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { type CliResult, cliAsync } from './helpers/cli-run.ts';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { UsageError, errorLine } from '../src/util/errors.ts';
 import { checkOutputDir, makeDirs, writeFileAtomic, writeFileAtomicSync } from '../src/util/fs.ts';
@@ -24,31 +25,11 @@ import { MAX_GENERATED_SIDE } from '../src/util/limits.ts';
 import { main } from '../src/cli.ts';
 
 const ROOT = path.resolve(__dirname, '..');
-const BIN = path.join(ROOT, 'bin/sdlab.mjs');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-cli-errors-'));
 process.env.SDLAB_BACKEND = 'cpu'; // for the in-process cases (the children get it too)
 
-interface CliResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs the launcher with `args` (cwd ROOT unless given), killed after `timeoutMs`. */
-function cli(args: string[], opts: { cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [BIN, ...args],
-      { cwd: opts.cwd ?? ROOT, timeout: opts.timeoutMs ?? 60_000, killSignal: 'SIGKILL', env: { ...process.env, SDLAB_BACKEND: 'cpu' } },
-      (err, stdout, stderr) => {
-        const e = err as (Error & { code?: number | string; signal?: NodeJS.Signals }) | null;
-        resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, signal: e?.signal ?? null, stdout, stderr });
-      },
-    );
-  });
-}
+const cli = (args: string[], opts: { cwd?: string; timeoutMs?: number } = {}) => cliAsync(args, { backend: 'cpu', timeoutMs: 60_000, ...opts });
 
 /** main() (src/cli.ts) in this process, with what it writes to stderr. */
 async function inProcess(args: string[]): Promise<CliResult> {

@@ -12,7 +12,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
+import { type CliResult, cliAsync } from './helpers/cli-run.ts';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -576,20 +576,8 @@ describe('--lora FILE[:scale]', () => {
 // ---------------------------------------------------------------------------------------------
 // The CLI
 
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 /** Runs the CLI as a child process (backend 'cpu' unless given: the errors come before any work). */
-function cli(args: string[], backend = 'cpu'): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(ROOT, 'bin/sdlab.mjs'), ...args], { cwd: ROOT, timeout: 120_000, killSignal: 'SIGKILL', env: { ...process.env, SDLAB_BACKEND: backend } }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = (args: string[], backend = 'cpu') => cliAsync(args, { backend, timeoutMs: 120_000 });
 const sdLines = (s: string) => s.split('\n').filter((l) => l.startsWith('sdlab: ') && !/pure-JS 'cpu' backend/.test(l));
 
 describe('txt2img --lora', () => {

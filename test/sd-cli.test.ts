@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
+import { type CliResult, cliAsync } from './helpers/cli-run.ts';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { readPng } from '../src/io/png.ts';
@@ -24,16 +24,8 @@ const INIT = path.join(PIPELINES, 'init.png');
 const MASK = path.join(PIPELINES, 'mask.png');
 const model9 = inpaintModelDir(tmp);
 
-interface CliResult { code: number | null; stdout: string; stderr: string }
 /** The launcher in a child process (the fastest backend there is: native when built). */
-function cli(args: string[]): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['bin/sdlab.mjs', ...args], { cwd: ROOT, timeout: 240_000, killSignal: 'SIGKILL' }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = (args: string[]) => cliAsync(args);
 
 /** Every file under `dir` with its size and modification time. */
 function snapshot(dir: string): string[] {

@@ -472,9 +472,10 @@ export class StableDiffusionPipeline {
       const extra = start.extraChannels ? (doGuidance ? tf.concat([start.extraChannels, start.extraChannels]) : start.extraChannels.clone()) : null;
       if (extra) start.owned.push(extra);
       // Steps outside the guidance interval run the prompt's rows only.
-      const interval = doGuidance ? (opts.guidanceInterval ?? null) : null;
-      const condOnly = interval ? { embeds: embeds.slice([b, 0, 0]), extra: start.extraChannels?.clone() ?? null } : null;
-      if (condOnly) start.owned.push(condOnly.embeds, ...(condOnly.extra ? [condOnly.extra] : []));
+      const interval = doGuidance ? (iv ?? null) : null;
+      // (start.extraChannels is owned by start and lives through the loop: no copy needed.)
+      const condOnly = interval ? { embeds: embeds.slice([b, 0, 0]), extra: start.extraChannels } : null;
+      if (condOnly) start.owned.push(condOnly.embeds);
 
       // 4. the denoising loop
       for (let i = 0; i < timesteps.length; i++) {

@@ -3,7 +3,7 @@
  * one line on stderr ("sdlab: error: ...", or commander's "error: option ..." for a flag value
  * its parser refused), no stack trace.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { expect } from 'vitest';
 
@@ -13,6 +13,24 @@ export interface CliResult {
   code: number | null;
   stdout: string;
   stderr: string;
+  /** The signal that ended it (the timeout's SIGKILL), if one did (cliAsync only). */
+  signal?: NodeJS.Signals | null;
+}
+
+/**
+ * The launcher (bin/sdlab.mjs) in a child process, without blocking the test's event loop:
+ * cwd the repository unless given, killed after timeoutMs (default 240 s), `backend` sets
+ * SDLAB_BACKEND (default: the launcher's own choice, native when built).
+ */
+export function cliAsync(args: string[], opts: { cwd?: string; timeoutMs?: number; backend?: string } = {}): Promise<CliResult> {
+  const env = opts.backend ? { ...process.env, SDLAB_BACKEND: opts.backend } : process.env;
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(ROOT, 'bin/sdlab.mjs'), ...args], { cwd: opts.cwd ?? ROOT, timeout: opts.timeoutMs ?? 240_000, killSignal: 'SIGKILL', env },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number | string; signal?: NodeJS.Signals }) | null;
+        resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, signal: e?.signal ?? null, stdout, stderr });
+      });
+  });
 }
 
 export function runCli(args: string[]): CliResult {
