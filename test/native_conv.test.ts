@@ -40,8 +40,8 @@ const CASES: Case[] = [
   { x: [3, 5, 6, 13], k: 2, cout: 2, stride: 1, pad: 'valid', dil: 1 }, // few outputs, odd Cin
   { x: [1, 4, 3, 1], k: 2, cout: 5, stride: 1, pad: 'valid', dil: 1 }, // Cin 1
   { x: [5, 16, 15, 3], k: 3, cout: 8, stride: 1, pad: 'same', dil: 1 }, // filter gradient over 1200 pixels: K blocks split between threads
-  { x: [2, 17, 15, 40], k: 3, cout: 36, stride: 1, pad: 'same', dil: 1 }, // Winograd F(2×2, 3×3): 144 tiles, ragged edge tiles
-  { x: [1, 20, 18, 290], k: 3, cout: 48, stride: 1, pad: 'valid', dil: 1 }, // Winograd, two 256-channel blocks, no padding
+  { x: [2, 17, 15, 72], k: 3, cout: 66, stride: 1, pad: 'same', dil: 1 }, // Winograd F(2×2, 3×3): 144 tiles, ragged edge tiles
+  { x: [1, 20, 18, 290], k: 3, cout: 70, stride: 1, pad: 'valid', dil: 1 }, // Winograd, two 256-channel blocks, no padding
 ];
 
 /** Worst error over CASES, forward and both gradients. */
@@ -68,7 +68,7 @@ describe('native convolutions', () => {
     let worst = 0;
     for (const activation of ['linear', 'relu', 'elu'] as const) {
       const f = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.fused.conv2d({ x: x as tf.Tensor4D, filter: w as tf.Tensor4D, strides: 1, pad: 'same', bias: b, activation });
-      worst = Math.max(worst, parity([{ shape: [2, 13, 14, 33] }, { shape: [3, 3, 33, 40] }, { shape: [40] }], f, 9 * 33));
+      worst = Math.max(worst, parity([{ shape: [2, 13, 14, 65] }, { shape: [3, 3, 65, 70] }, { shape: [70] }], f, 9 * 65));
     }
     expect(worst).toBeLessThanOrEqual(TOL);
   });
@@ -120,6 +120,8 @@ describe('native convolutions', () => {
       const r = spawnSync(exe, [], { env: { ...process.env, ...env }, encoding: 'utf8' });
       expect(r.status, `${JSON.stringify(env)}: ${r.stdout}${r.stderr}`).toBe(0);
       expect(r.stdout).toMatch(/^\d+ shapes; worst error/);
+      // the Winograd cases took that path (on AVX2 machines; the portable build has no micro-kernel for it)
+      if (!('SDLAB_ISA' in env) && !('SDLAB_IM2COL' in env)) expect(Number(r.stdout.match(/(\d+) on the Winograd path/)?.[1])).toBeGreaterThan(20);
     }
   }, 120_000);
 });

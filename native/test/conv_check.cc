@@ -36,8 +36,8 @@ int main() {
     const bool wino = it >= 600;
     const long B = wino ? 1 + rng() % 3 : it % 9 == 0 ? 24 : 1 + rng() % 3;  // some with many pixels: several K blocks
     const long H = wino ? 9 + rng() % 12 : 1 + rng() % 12, W = wino ? 9 + rng() % 12 : 1 + rng() % 12;
-    const long Cin = wino ? 32 + rng() % (it % 4 == 0 ? 300 : 60) : it % 5 == 0 ? 1 + rng() % 4 : 1 + rng() % 70;
-    const long Cout = wino ? 32 + rng() % 50 : it % 4 == 0 ? 1 + rng() % 4 : 1 + rng() % 40;
+    const long Cin = wino ? 64 + rng() % (it % 4 == 0 ? 300 : 60) : it % 5 == 0 ? 1 + rng() % 4 : 1 + rng() % 70;
+    const long Cout = wino ? 64 + rng() % 50 : it % 4 == 0 ? 1 + rng() % 4 : 1 + rng() % 40;
     const long kh = wino ? 3 : 1 + rng() % 4, kw = wino ? 3 : 1 + rng() % 4, sh = wino ? 1 : 1 + rng() % 3, sw = wino ? 1 : 1 + rng() % 3;
     const long dh = wino ? 1 : 1 + rng() % 2, dw = wino ? 1 : 1 + rng() % 2;
     const long ekh = (kh - 1) * dh + 1, ekw = (kw - 1) * dw + 1;
