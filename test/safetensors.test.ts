@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SafetensorsFile, floatToBf16, floatToHalf, halfToFloat, readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
+import { SafetensorsFile, floatToBf16, floatToHalf, halfToFloat, halvesToFloats, readSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import { UsageError } from '../src/util/errors.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-st-'));
@@ -131,6 +131,17 @@ describe('safetensors round trip', () => {
     expect(w.data.reduce((a, b) => a + b, 0)).toBeCloseTo(-1.1396748423576355, 9);
     // fp16 values: every one is exactly representable as a half.
     for (const v of w.data) expect(halfToFloat(floatToHalf(v))).toBe(v);
+  });
+});
+
+describe('fp16 decoding', () => {
+  it('halvesToFloats: subnormal, largest normal, signed zero, infinities, NaN; into a given buffer', () => {
+    const h = Uint16Array.of(0x0001, 0x03ff, 0x0400, 0x3c00, 0x7bff, 0x8000, 0xfc00, 0x7c00, 0x7e00, 0xc000);
+    const into = new Float32Array(h.length);
+    const got = halvesToFloats(h, into);
+    expect(got).toBe(into);
+    expect([...got]).toEqual([2 ** -24, 1023 * 2 ** -24, 2 ** -14, 1, 65504, -0, -Infinity, Infinity, NaN, -2]);
+    expect(Object.is(got[5], -0)).toBe(true);
   });
 });
 

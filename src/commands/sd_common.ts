@@ -42,7 +42,7 @@ import { Progress } from '../util/progress.ts';
 import { checkOutputDir, writeFileAtomic } from '../util/fs.ts';
 import { MAX_GENERATED_SIDE, MAX_LATENT_PIXELS } from '../util/limits.ts';
 import { TorchGenerator } from '../util/torch_random.ts';
-import { writeSafetensors } from '../io/safetensors.ts';
+import { withReadProgress, writeSafetensors } from '../io/safetensors.ts';
 import { readPngText } from '../io/png.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
@@ -145,17 +145,29 @@ export interface SdResult {
 /** Loads the pipeline --model names: a diffusers directory or a single .safetensors file. */
 export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' | 'textEncoderConfig' | 'scheduler' | 'prediction'>): StableDiffusionPipeline {
   if (!fs.existsSync(opts.model)) throw new UsageError(`--model ${opts.model}: no such file or directory (expected a diffusers directory, a .safetensors file or a .ckpt).`);
-  if (fs.statSync(opts.model).isDirectory()) {
-    if (opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
-    return loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction });
-  }
-  return loadLdmPipeline(opts.model, {
-    yaml: opts.yaml,
-    tokenizer: opts.tokenizer,
-    textEncoderConfig: opts.textEncoderConfig,
-    scheduler: opts.scheduler,
-    prediction: opts.prediction,
-  });
+  const isDir = fs.statSync(opts.model).isDirectory();
+  if (isDir && opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
+  // Gigabytes of weights take a while: a bar over the bytes of the weight files.
+  const files = isDir
+    ? ['text_encoder/model.safetensors', 'unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors'].map((f) => path.join(opts.model, f))
+    : [opts.model];
+  const mib = (bytes: number) => Math.floor(bytes / 2 ** 20);
+  const total = files.reduce((sum, f) => sum + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0);
+  // The bar draws on a terminal only: elsewhere stderr is kept for the one-line errors, and the
+  // summary below (stdout) says how long loading took.
+  const bar = process.stderr.isTTY && !process.env.CI ? new Progress({ total: Math.max(1, mib(total)), label: 'loading weights', unit: 'MiB' }) : null;
+  const started = Date.now();
+  let read = 0;
+  const pipe = withReadProgress((bytes) => {
+    const before = mib(read);
+    read += bytes;
+    if (mib(read) > before) bar?.tick(Math.min(mib(read), mib(total)) - Math.min(before, mib(total)));
+  }, () => (isDir
+    ? loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction })
+    : loadLdmPipeline(opts.model, { yaml: opts.yaml, tokenizer: opts.tokenizer, textEncoderConfig: opts.textEncoderConfig, scheduler: opts.scheduler, prediction: opts.prediction })));
+  bar?.finish();
+  console.log(`loaded ${(read / 2 ** 30).toFixed(2)} GiB of weights in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return pipe;
 }
 
 /** --height/--width within [8, MAX_GENERATED_SIDE] (either may be undefined: the model's default). */

@@ -28,7 +28,7 @@ import { checkRegularFile } from '../util/fs.ts';
 import { oneLine } from '../util/json.ts';
 import { MAX_EXPANDED_ELEMENTS, MAX_MODEL_PARAMS, MAX_PICKLE_BYTES, MAX_TENSOR_DIMS } from '../util/limits.ts';
 import { PyCallable, PyDict, PyTuple, pyTypeName, unpickle } from './pickle.ts';
-import { type Dtype, type SafeTensor, SafetensorsFile, decodeTensorBytes, dtypeSize } from './safetensors.ts';
+import { type Dtype, type SafeTensor, SafetensorsFile, decodeTensorBytes, dtypeSize, reportRead } from './safetensors.ts';
 import { StoredZip } from './zip.ts';
 
 /** What the LDM importer needs of a weights file: names, shapes, and tensors read one at a time. */
@@ -193,6 +193,7 @@ export class CkptFile implements TensorFile {
     const dtype = t.storage.dtype;
     const size = dtypeSize(dtype);
     const flat = decodeTensorBytes(dtype, this.zip.read(t.storage.entry, t.offset * size, t.extent * size));
+    reportRead(t.extent * size);
     if (t.contiguous) return { dtype, shape: [...t.shape], data: flat };
     const out = new Float32Array(t.numel);
     const rank = t.shape.length;

@@ -59,6 +59,35 @@ if (os.endianness() !== 'LE') throw new Error('sdlab safetensors I/O assumes a l
 // ---------------------------------------------------------------------------------------------
 // Reading
 
+let readListener: ((bytes: number) => void) | null = null;
+
+/** The reusable buffers of borrowing reads (grow-only). */
+const borrowed: Record<'bytes' | 'floats', ArrayBuffer | null> = { bytes: null, floats: null };
+function borrowBuffer(which: 'bytes' | 'floats', size: number): ArrayBuffer {
+  const b = borrowed[which];
+  if (b && b.byteLength >= size) return b;
+  return (borrowed[which] = new ArrayBuffer(Math.max(size, Math.ceil((b?.byteLength ?? 0) * 1.5))));
+}
+
+/**
+ * Runs `fn` with `onRead(bytes)` called after every tensor read from a safetensors or .ckpt file
+ * (what a loading progress bar counts), then restores the previous listener.
+ */
+export function withReadProgress<T>(onRead: (bytes: number) => void, fn: () => T): T {
+  const prev = readListener;
+  readListener = onRead;
+  try {
+    return fn();
+  } finally {
+    readListener = prev;
+  }
+}
+
+/** Tells the listener of withReadProgress (if any) that `bytes` of tensor data were read. */
+export function reportRead(bytes: number): void {
+  readListener?.(bytes);
+}
+
 /** A parsed and validated safetensors header; read tensors lazily with `read(name)`. */
 export class SafetensorsFile {
   private constructor(
@@ -96,11 +125,16 @@ export class SafetensorsFile {
     return [...e.shape];
   }
 
-  /** Reads one tensor, converted to float32. */
-  read(name: string): SafeTensor {
+  /**
+   * Reads one tensor, converted to float32. With `borrow`, the data may be a view of buffers that
+   * the next borrowing read overwrites (no fresh memory per tensor): copy or convert it before then.
+   */
+  read(name: string, opts: { borrow?: boolean } = {}): SafeTensor {
     const e = this.entries.get(name);
     if (!e) throw new UsageError(`${this.file}: no tensor named "${name}".`);
-    const bytes = new Uint8Array(e.end - e.begin); // own ArrayBuffer: aligned typed-array views
+    const len = e.end - e.begin;
+    // Own ArrayBuffer, starting at offset 0: aligned typed-array views.
+    const bytes = opts.borrow ? new Uint8Array(borrowBuffer('bytes', len), 0, len) : new Uint8Array(len);
     const fd = fs.openSync(this.file, 'r');
     try {
       let done = 0;
@@ -112,7 +146,10 @@ export class SafetensorsFile {
     } finally {
       fs.closeSync(fd);
     }
-    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes) };
+    reportRead(bytes.length);
+    const n = len / DTYPE_SIZE[e.dtype];
+    const into = opts.borrow && e.dtype !== 'F32' ? new Float32Array(borrowBuffer('floats', n * 4), 0, n) : undefined;
+    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes, into) };
   }
 
   /** Reads every tensor (or those `filter` accepts), in file order. */
@@ -204,7 +241,6 @@ function parseHeader(file: string, fd: number, size: number): { entries: Map<str
 // ---------------------------------------------------------------------------------------------
 // dtype conversion
 
-let f16Table: Float32Array | null = null;
 
 /** float16 bits → float32 value (exact). */
 export function halfToFloat(h: number): number {
@@ -254,23 +290,33 @@ export function floatToBf16(value: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/** Bytes of `dtype` values (little-endian, `bytes` starting at offset 0 of its own buffer) → float32. */
-export function decodeTensorBytes(dtype: Dtype, bytes: Uint8Array): Float32Array {
+let f16Table: Float32Array | null = null;
+
+/** float16 values → float32 (into `into` when given), through a 65,536-entry table of halfToFloat. */
+export function halvesToFloats(src: Uint16Array, into?: Float32Array): Float32Array {
+  if (!f16Table) {
+    f16Table = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) f16Table[i] = halfToFloat(i);
+  }
+  const table = f16Table;
+  const n = src.length;
+  const out = into ?? new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = table[src[i]];
+  return out;
+}
+
+/**
+ * Bytes of `dtype` values (little-endian, `bytes` starting at offset 0 of its own buffer) → float32
+ * (F16 into `into` when given, of the same length).
+ */
+export function decodeTensorBytes(dtype: Dtype, bytes: Uint8Array, into?: Float32Array): Float32Array {
   const buf = bytes.buffer;
   const n = bytes.length / DTYPE_SIZE[dtype];
   switch (dtype) {
     case 'F32':
       return new Float32Array(buf, 0, n);
-    case 'F16': {
-      if (!f16Table) {
-        f16Table = new Float32Array(65536);
-        for (let i = 0; i < 65536; i++) f16Table[i] = halfToFloat(i);
-      }
-      const src = new Uint16Array(buf, 0, n);
-      const out = new Float32Array(n);
-      for (let i = 0; i < n; i++) out[i] = f16Table[src[i]];
-      return out;
-    }
+    case 'F16':
+      return halvesToFloats(new Uint16Array(buf, 0, n), into);
     case 'BF16': {
       const src = new Uint16Array(buf, 0, n);
       const out = new Uint32Array(n);

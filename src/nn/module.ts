@@ -21,7 +21,7 @@ import { UsageError } from '../util/errors.ts';
 import { firstNonFinite } from '../util/finite.ts';
 import { MAX_MODEL_PARAMS } from '../util/limits.ts';
 import { Random } from '../util/random.ts';
-import { type Layout, fromTorch, shapeMatches, shapeStr, toTorch, torchShape } from './layout.ts';
+import { type Layout, shapeMatches, shapeStr, toTorch, torchShape, torchToInternalPerm } from './layout.ts';
 
 /** A parameter: its variable and how its weight is laid out in PyTorch files. */
 export interface Parameter {
@@ -307,20 +307,32 @@ export function planLoad(
  * Assigns what planLoad planned, one tensor at a time (`read` gives a checkpoint key's values),
  * refusing NaN/Inf values: weights that are not finite would only come out as black images.
  */
-export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>, read: (key: string) => Float32Array, source: string): void {
+export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>, read: (key: string) => Float32Array, source: string,
+  opts: { borrowed?: boolean } = {}): void {
   const params = new Map(model.namedParameters());
   for (const [key, name] of plan) {
     const data = read(key);
     const bad = firstNonFinite(data);
     if (bad >= 0) throw new UsageError(`${source}: tensor "${key}" holds non-finite values (${data[bad]} at index ${bad}): the weights are broken.`);
-    assignFromTorch(params.get(name)!, data);
+    assignFromTorch(params.get(name)!, data, opts.borrowed);
   }
 }
 
-/** Writes PyTorch-layout values into a parameter (converting the layout). */
-export function assignFromTorch(p: Parameter, data: Float32Array): void {
-  const values = fromTorch(p.layout, p.variable.shape, data);
-  tf.tidy(() => p.variable.assign(tf.tensor(values, p.variable.shape, 'float32')));
+/**
+ * Writes PyTorch-layout values into a parameter (converting the layout). `borrowed`: `data` is a
+ * reader's reusable buffer (SafetensorsFile.read with borrow), so it is copied where the layout
+ * needs no conversion (the tensor would otherwise keep the buffer).
+ */
+export function assignFromTorch(p: Parameter, data: Float32Array, borrowed = false): void {
+  const layout = p.layout;
+  if (layout === 'plain') {
+    tf.tidy(() => p.variable.assign(tf.tensor(borrowed ? data.slice() : data, p.variable.shape, 'float32')));
+    return;
+  }
+  // Conv and linear weights: transposed by the active backend (the native backend's threaded
+  // kernel: loading SD's UNet spent most of its time in this transpose in JS). The input tensor
+  // wraps `data` only inside the tidy, so a borrowed buffer is not kept.
+  tf.tidy(() => p.variable.assign(tf.transpose(tf.tensor(data, torchShape(layout, p.variable.shape), 'float32'), torchToInternalPerm(layout))));
 }
 
 const LIST_LIMIT = 30;
