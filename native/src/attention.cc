@@ -46,18 +46,6 @@ float exp_shift_sum(float* s, long n, float m) {
 }
 
 #ifdef SDLAB_VMATH_X86
-__attribute__((target("avx2,fma"))) float row_max8(const float* s, long n) {
-  __m256 mv = _mm256_set1_ps(-INFINITY);
-  long i = 0;
-  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
-  alignas(32) float t[8];
-  _mm256_store_ps(t, mv);
-  float m = t[0];
-  for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
-  for (; i < n; ++i) m = s[i] > m ? s[i] : m;
-  return m;
-}
-
 __attribute__((target("avx2,fma"))) float exp_shift_sum8(float* s, long n, float m) {
   const __m256 mb = _mm256_set1_ps(m);
   __m256 acc = _mm256_setzero_ps();
@@ -79,7 +67,7 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum8(float* s, long n, float
 // returns the factor c for the row's earlier terms (0 on the first tile).
 inline float online_softmax_row(float* s, long n, bool first, float& m, float& l, bool simd) {
 #ifdef SDLAB_VMATH_X86
-  const float m1 = std::max(m, simd ? row_max8(s, n) : row_max(s, n));
+  const float m1 = std::max(m, simd ? row_max_avx2(s, n) : row_max(s, n));
   const float sum = simd ? exp_shift_sum8(s, n, m1) : exp_shift_sum(s, n, m1);
 #else
   const float m1 = std::max(m, row_max(s, n));

@@ -17,6 +17,20 @@
 namespace sdlab {
 
 // AVX2+FMA available (and not switched off with SDLAB_ISA=generic).
+#ifdef SDLAB_VMATH_X86
+__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, long n) {
+  long i = 0;
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+  alignas(32) float t[8];
+  _mm256_store_ps(t, mv);
+  float m = t[0];
+  for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+#endif
+
 bool use_simd() {
   static const bool yes = [] {
 #ifdef SDLAB_VMATH_X86
@@ -454,13 +468,7 @@ void softmax_row(const float* p, float* o, long cols) {
 #ifdef SDLAB_VMATH_X86
 __attribute__((target("avx2,fma"))) void softmax_row_simd(const float* p, float* o, long cols) {
   long i = 0;
-  __m256 mv = _mm256_set1_ps(-INFINITY);
-  for (; i + 8 <= cols; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(p + i));
-  alignas(32) float t[8];
-  _mm256_store_ps(t, mv);
-  float m = t[0];
-  for (int k = 1; k < 8; ++k) m = t[k] > m ? t[k] : m;
-  for (; i < cols; ++i) m = p[i] > m ? p[i] : m;
+  const float m = row_max_avx2(p, cols);
   const __m256 mb = _mm256_set1_ps(m);
   __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
   for (i = 0; i + 8 <= cols; i += 8) {

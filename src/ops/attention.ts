@@ -52,7 +52,6 @@ export function scaledDotProductAttention(
     const [b, lq, qDim] = q.shape;
     const lk = k.shape[1];
     const d = qDim / heads;
-    const dv = v.shape[2] / heads;
     const qh = splitHeads(tf.mul(q, scale) as tf.Tensor3D, heads);
     const kh = splitHeads(k, heads);
     const vh = splitHeads(v, heads);
