@@ -241,7 +241,6 @@ function parseHeader(file: string, fd: number, size: number): { entries: Map<str
 // ---------------------------------------------------------------------------------------------
 // dtype conversion
 
-
 /** float16 bits → float32 value (exact). */
 export function halfToFloat(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;

@@ -80,14 +80,14 @@ export class Conv2d extends Module {
     return tf.tidy(() => {
       const [t, b, l, r] = this.pad;
       const k = this.kernelSize;
+      const same = this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r;
       let y: tf.Tensor4D;
       if (this.bias && tf.getBackend() !== 'tensorflow') {
         // The bias inside the convolution kernel (its epilogue): one pass over the output less.
-        const pad = this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r
-          ? 'same' as const : [[0, 0], [t, b], [l, r], [0, 0]] as tf.backend_util.ExplicitPadding;
+        const pad = same ? 'same' as const : [[0, 0], [t, b], [l, r], [0, 0]] as tf.backend_util.ExplicitPadding;
         return tf.fused.conv2d({ x, filter: this.weight as tf.Tensor4D, strides: this.stride, pad, bias: this.bias });
       }
-      if (this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r) {
+      if (same) {
         // Symmetric "same" padding: let the kernel pad (no copy of the input).
         y = tf.conv2d(x, this.weight as tf.Tensor4D, 1, 'same');
       } else {

@@ -43,32 +43,7 @@ export function shapeMatches(layout: Layout, internalShape: readonly number[], f
   return false;
 }
 
-/** PyTorch-layout data → internal-layout data (a new array unless the layout is 'plain'). */
-export function fromTorch(layout: Layout, internalShape: readonly number[], data: Float32Array): Float32Array {
-  if (layout === 'plain') return data;
-  if (layout === 'linear') {
-    const [cin, cout] = internalShape as [number, number];
-    return transpose2d(data, cout, cin); // [out, in] → [in, out]
-  }
-  // conv: OIHW → HWIO. In blocks of 16 output channels: each block's reads stay within 16 cache
-  // lines and its writes fill whole lines (the plain loop order strides across gigabytes of SD
-  // weights at load time).
-  const [kh, kw, cin, cout] = internalShape as [number, number, number, number];
-  const out = new Float32Array(data.length);
-  const hw = kh * kw;
-  for (let o0 = 0; o0 < cout; o0 += 16) {
-    const o1 = Math.min(cout, o0 + 16);
-    for (let i = 0; i < cin; i++) {
-      for (let k = 0; k < hw; k++) {
-        const dst = (k * cin + i) * cout;
-        for (let o = o0; o < o1; o++) out[dst + o] = data[(o * cin + i) * hw + k];
-      }
-    }
-  }
-  return out;
-}
-
-/** Internal-layout data → PyTorch-layout data (inverse of fromTorch). */
+/** Internal-layout data → PyTorch-layout data (loading goes the other way with torchToInternalPerm, on the backend). */
 export function toTorch(layout: Layout, internalShape: readonly number[], data: Float32Array): Float32Array {
   if (layout === 'plain') return data;
   if (layout === 'linear') {
@@ -87,19 +62,11 @@ export function toTorch(layout: Layout, internalShape: readonly number[], data: 
   return out;
 }
 
-/** [rows, cols] → [cols, rows], in 32×32 tiles (cache-friendly for SD's large weight matrices). */
 function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(data.length);
-  const T = 32;
-  for (let r0 = 0; r0 < rows; r0 += T) {
-    const r1 = Math.min(rows, r0 + T);
-    for (let c0 = 0; c0 < cols; c0 += T) {
-      const c1 = Math.min(cols, c0 + T);
-      for (let r = r0; r < r1; r++) {
-        const base = r * cols;
-        for (let c = c0; c < c1; c++) out[c * rows + r] = data[base + c];
-      }
-    }
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[base + c];
   }
   return out;
 }
