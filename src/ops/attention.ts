@@ -60,11 +60,7 @@ export function scaledDotProductAttention(
     if (mask && mask.rank === 2) mask = tf.reshape(mask, [1, 1, ...mask.shape]);
     if (mask && mask.rank === 3) mask = tf.expandDims(mask, 1);
 
-    const attend = (qc: tf.Tensor4D, maskc?: tf.Tensor): tf.Tensor4D => {
-      let scores = tf.matMul(qc, kh, false, true) as tf.Tensor4D; // [B, H, rows, Lk]
-      if (maskc) scores = tf.add(scores, maskc);
-      return tf.matMul(tf.softmax(scores), vh) as tf.Tensor4D; // [B, H, rows, Dv]
-    };
+    const attend = (qc: tf.Tensor4D, maskc?: tf.Tensor): tf.Tensor4D => tf.matMul(probabilities(qc, kh, maskc), vh); // [B, H, rows, Dv]
 
     const limit = opts.maxScoreElements ?? attentionSettings.maxScoreElements;
     const rowsPerChunk = Math.max(1, Math.floor(limit / (b * heads * lk)));
@@ -90,6 +86,12 @@ export function scaledDotProductAttention(
   });
 }
 
+/** P = softmax(Qs Kᵀ + mask) per head, [B, H, rows, Lk], from the scaled queries Qs [B, H, rows, D] and K [B, H, Lk, D]. */
+function probabilities(qs: tf.Tensor4D, kh: tf.Tensor4D, mask?: tf.Tensor): tf.Tensor4D {
+  const scores = tf.matMul(qs, kh, false, true);
+  return tf.softmax(mask ? tf.add(scores, mask) : scores) as tf.Tensor4D;
+}
+
 /** [B, L, heads·D] → [B, heads, L, D]. */
 function splitHeads(t: tf.Tensor3D, heads: number): tf.Tensor4D {
   const [b, len, c] = t.shape;
@@ -102,9 +104,10 @@ function mergeHeads(t: tf.Tensor4D): tf.Tensor3D {
   return tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [b, len, heads * d]);
 }
 
-// The fused kernel's gradient, from the saved inputs (the probabilities are recomputed, as
-// FlashAttention's backward does): with S = scale·Q Kᵀ, P = softmax(S), O = P V,
-//   dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = scale·dS K,   dK = scale·dSᵀ Q.
+// The fused kernel's gradient, from the saved inputs (the probabilities are recomputed as the
+// composition computes them, as FlashAttention's backward does): with Qs = scale·Q,
+// P = softmax(Qs Kᵀ), O = P V,
+//   dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − rowsum(dP ⊙ P)),   dQ = scale·dS K,   dK = dSᵀ Qs.
 tf.registerGradient({
   kernelName: ATTENTION,
   inputsToSave: ['q', 'k', 'v'],
@@ -113,15 +116,15 @@ tf.registerGradient({
     const { heads, scale } = attrs as unknown as AttentionAttrs;
     // All three now, in one tidy (tfjs runs each returned closure in its own).
     const [dq, dk, dv] = tf.tidy(() => {
-      const qh = splitHeads(q, heads), kh = splitHeads(k, heads), vh = splitHeads(v, heads);
+      const qs = splitHeads(tf.mul(q, scale) as tf.Tensor3D, heads), kh = splitHeads(k, heads), vh = splitHeads(v, heads);
       const dO = splitHeads(dy as tf.Tensor3D, heads);
-      const p = tf.softmax(tf.mul(tf.matMul(qh, kh, false, true), scale));
+      const p = probabilities(qs, kh);
       const dP = tf.matMul(dO, vh, false, true);
       const dS = tf.mul(p, tf.sub(dP, tf.sum(tf.mul(dP, p), -1, true)));
       return [
         mergeHeads(tf.mul(tf.matMul(dS, kh), scale) as tf.Tensor4D),
-        mergeHeads(tf.mul(tf.matMul(dS, qh, true), scale) as tf.Tensor4D),
-        mergeHeads(tf.matMul(p, dO, true) as tf.Tensor4D),
+        mergeHeads(tf.matMul(dS, qs, true)),
+        mergeHeads(tf.matMul(p, dO, true)),
       ];
     });
     return { q: () => dq, k: () => dk, v: () => dv };
