@@ -80,13 +80,6 @@ inline float online_softmax_row(float* s, long n, bool first, float& m, float& l
   return c;
 }
 
-// Per-thread buffers, grown as needed and reused across calls.
-float* thread_buffer(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
 // The portable version: sgemm on the tiles (runs single-threaded inside a pool task).
 void attention_gemm(const AttnShape& s, const float* q, const float* k, const float* v, float scale, float* out) {
   const long Lq = s.Lq, Lk = s.Lk, H = s.heads, D = s.D, Dv = s.Dv;
@@ -95,7 +88,8 @@ void attention_gemm(const AttnShape& s, const float* q, const float* k, const fl
   const long blocks = (Lq + ROWS - 1) / ROWS, tile = std::min(KEYS, Lk);
   Pool::get().run((int)(s.B * H * blocks), [&](int t) {
     const long b = t / (H * blocks), h = (t / blocks) % H, r0 = (t % blocks) * ROWS, rows = std::min(ROWS, Lq - r0);
-    float* const Qs = thread_buffer((size_t)(rows * D + rows * tile + rows * Dv + 2 * rows));
+    // Per-thread scratch (pool.h; sgemm uses slots 1-3).
+    float* const Qs = scratch(0, (size_t)(rows * D + rows * tile + rows * Dv + 2 * rows));
     float* const S = Qs + rows * D;
     float* const O = S + rows * tile;
     float* const mx = O + rows * Dv;
