@@ -46,6 +46,9 @@ import { withReadProgress, writeSafetensors } from '../io/safetensors.ts';
 import { readPngText } from '../io/png.ts';
 import { KARRAS_SCHEDULERS, SCHEDULER_NAMES, TIMESTEP_SPACINGS, type TimestepSpacing, reconfigureScheduler, schedulerNameForClass } from '../schedule/index.ts';
 import { diffusersFamily, loadDiffusersPipeline, loadLdmPipeline } from '../sample/load.ts';
+import { TEXT_ENCODER_WEIGHTS_FILE } from '../clip/index.ts';
+import { UNET_WEIGHTS_FILE } from '../unet/index.ts';
+import { VAE_WEIGHTS_FILE } from '../autoencoder/index.ts';
 import type { StableDiffusionPipeline } from '../sample/pipeline.ts';
 import { type LoraMergeReport, type LoraSpec, mergeLoras, openLoras, parseLoraSpec } from '../sample/lora.ts';
 import { type U8Image, preprocessImage, preprocessMask, readGreyImage, readRgbImage } from '../sample/image_processor.ts';
@@ -149,19 +152,20 @@ export function loadModel(opts: Pick<SdOptions, 'model' | 'yaml' | 'tokenizer' |
   if (isDir && opts.yaml) throw new UsageError(`--yaml is for single-file checkpoints; ${opts.model} is a diffusers directory.`);
   // Gigabytes of weights take a while: a bar over the bytes of the weight files.
   const files = isDir
-    ? ['text_encoder/model.safetensors', 'unet/diffusion_pytorch_model.safetensors', 'vae/diffusion_pytorch_model.safetensors'].map((f) => path.join(opts.model, f))
+    ? [['text_encoder', TEXT_ENCODER_WEIGHTS_FILE], ['unet', UNET_WEIGHTS_FILE], ['vae', VAE_WEIGHTS_FILE]].map(([sub, f]) => path.join(opts.model, sub, f))
     : [opts.model];
   const mib = (bytes: number) => Math.floor(bytes / 2 ** 20);
-  const total = files.reduce((sum, f) => sum + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0);
+  const totalMib = mib(files.reduce((sum, f) => sum + (fs.existsSync(f) ? fs.statSync(f).size : 0), 0));
   // The bar draws on a terminal only: elsewhere stderr is kept for the one-line errors, and the
   // summary below (stdout) says how long loading took.
-  const bar = process.stderr.isTTY && !process.env.CI ? new Progress({ total: Math.max(1, mib(total)), label: 'loading weights', unit: 'MiB' }) : null;
+  const bar = process.stderr.isTTY && !process.env.CI ? new Progress({ total: Math.max(1, totalMib), label: 'loading weights', unit: 'MiB' }) : null;
   const started = Date.now();
-  let read = 0;
+  let read = 0, shown = 0; // bytes read; MiB the bar shows (at most the files' total)
   const pipe = withReadProgress((bytes) => {
-    const before = mib(read);
     read += bytes;
-    if (mib(read) > before) bar?.tick(Math.min(mib(read), mib(total)) - Math.min(before, mib(total)));
+    const now = Math.min(mib(read), totalMib);
+    if (now > shown) bar?.tick(now - shown);
+    shown = now;
   }, () => (isDir
     ? loadDiffusersPipeline(opts.model, { scheduler: opts.scheduler, tokenizer: opts.tokenizer, prediction: opts.prediction })
     : loadLdmPipeline(opts.model, { yaml: opts.yaml, tokenizer: opts.tokenizer, textEncoderConfig: opts.textEncoderConfig, scheduler: opts.scheduler, prediction: opts.prediction })));
