@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <vector>
 
 #include "gemm.h"
@@ -27,8 +26,8 @@ namespace sdlab {
 
 namespace {
 
-// Query rows per task (a multiple of the micro-kernel's 6 rows) and keys per tile (a multiple
-// of its 16 columns): the score tile (120 × 256 floats, 120 KB), Q's and O's panels stay in L2.
+// The portable path's query rows per task and keys per tile: the score tile (120 × 256 floats,
+// 120 KB) and the block's Q and O stay in L2.
 constexpr long ROWS = 120;
 constexpr long KEYS = 256;
 

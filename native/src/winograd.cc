@@ -232,11 +232,10 @@ void conv2d_winograd(const ConvShape& s, const float* x, const float* w, float* 
   const long nkb = (Cin + KC - 1) / KC, kcb = (Cin + nkb - 1) / nkb;
   // Tiles per chunk: V and M of a chunk hold about CHUNK_FLOATS floats.
   long chunk = std::max<long>(ROW_BLOCK, CHUNK_FLOATS / (16 * (Cin + Coutp)));
-  chunk = std::min(chunk, (T + MR - 1) / MR * MR) / MR * MR;
-  const long ntp_max = chunk;
-  std::vector<float> vm((size_t)(16 * ntp_max * (Cin + Coutp)));
+  chunk = std::min(chunk, (T + MR - 1) / MR * MR) / MR * MR;  // a multiple of 6, at most the padded tile count
+  std::vector<float> vm((size_t)(16 * chunk * (Cin + Coutp)));
   float* const V = vm.data();
-  float* const M = V + 16 * ntp_max * Cin;
+  float* const M = V + 16 * chunk * Cin;
   const bool fuse_bias = act == ACT_LINEAR;
   for (long t0 = 0; t0 < T; t0 += chunk) {
     const long nt = std::min(chunk, T - t0), ntp = (nt + MR - 1) / MR * MR;
