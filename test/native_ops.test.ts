@@ -232,7 +232,8 @@ describe('native model pieces against cpu', () => {
   });
 
   it('fused attention kernel (online softmax over key tiles) against the composition on cpu: forward and gradients', async () => {
-    // Sizes that cross the kernel's row blocks (120) and key tiles (256), odd head sizes, Dv ≠ D,
+    // Sizes that cross the kernel's row blocks (128; the portable path's 120) and key tiles (252;
+    // portable 256), odd head sizes, Dv ≠ D,
     // cross-attention lengths (77), and scores large enough that the running maximum moves.
     const cases: Array<[number, number, number, number, number, number, number]> = [
       // B, Lq, Lk, heads, D, Dv, input scale
