@@ -6,7 +6,7 @@
 // and finally out = O / l. Exact up to float rounding: the rescaling by c makes every row's
 // terms share the final maximum, as a two-pass softmax does.
 //
-// With the AVX2 GEMM micro-kernel (6×16, gemm.h packed_kernel) the products run on it directly,
+// With the AVX2 or NEON GEMM micro-kernel (6×16, gemm.h packed_kernel) the products run on it directly,
 // transposed (see attention_packed): K and V are packed once per call into the kernel's 6-row
 // panels (shared by every row block: packing per block would cost as much as the products for
 // head size 40). Elsewhere (AVX-512, generic builds) the two products are plain sgemm calls on the
@@ -45,7 +45,7 @@ float exp_shift_sum(float* s, long n, float m) {
 }
 
 #ifdef SDLAB_VMATH_X86
-__attribute__((target("avx2,fma"))) float exp_shift_sum8(float* s, long n, float m) {
+__attribute__((target("avx2,fma"))) float exp_shift_sum_simd(float* s, long n, float m) {
   const __m256 mb = _mm256_set1_ps(m);
   __m256 acc = _mm256_setzero_ps();
   long i = 0;
@@ -60,14 +60,30 @@ __attribute__((target("avx2,fma"))) float exp_shift_sum8(float* s, long n, float
   for (; i < n; ++i) sum += (s[i] = vm::exp_s(s[i] - m));
   return sum;
 }
+#elif defined(SDLAB_VMATH_NEON)
+float exp_shift_sum_simd(float* s, long n, float m) {
+  const float32x4_t mb = vdupq_n_f32(m);
+  float32x4_t a0 = vdupq_n_f32(0), a1 = a0;
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float32x4_t e0 = vm::exp4(vsubq_f32(vld1q_f32(s + i), mb)), e1 = vm::exp4(vsubq_f32(vld1q_f32(s + i + 4), mb));
+    vst1q_f32(s + i, e0);
+    vst1q_f32(s + i + 4, e1);
+    a0 = vaddq_f32(a0, e0);
+    a1 = vaddq_f32(a1, e1);
+  }
+  float sum = vaddvq_f32(vaddq_f32(a0, a1));
+  for (; i < n; ++i) sum += (s[i] = vm::exp_s(s[i] - m));
+  return sum;
+}
 #endif
 
 // The online-softmax update of one row of scores s[0, n): turns them into e^(s − m') in place and
 // returns the factor c for the row's earlier terms (0 on the first tile).
 inline float online_softmax_row(float* s, long n, bool first, float& m, float& l, bool simd) {
-#ifdef SDLAB_VMATH_X86
-  const float m1 = std::max(m, simd ? row_max_avx2(s, n) : row_max(s, n));
-  const float sum = simd ? exp_shift_sum8(s, n, m1) : exp_shift_sum(s, n, m1);
+#ifdef SDLAB_VMATH_SIMD
+  const float m1 = std::max(m, simd ? row_max_simd(s, n) : row_max(s, n));
+  const float sum = simd ? exp_shift_sum_simd(s, n, m1) : exp_shift_sum(s, n, m1);
 #else
   const float m1 = std::max(m, row_max(s, n));
   const float sum = exp_shift_sum(s, n, m1);
@@ -128,8 +144,8 @@ void attention_gemm(const AttnShape& s, const float* q, const float* k, const fl
   });
 }
 
-#ifdef SDLAB_VMATH_X86
-// The micro-kernel version (AVX2 builds), transposed: it computes Sᵀ = K Qᵀ and Oᵀ = Vᵀ Pᵀ, so
+#ifdef SDLAB_VMATH_SIMD
+// The micro-kernel version (AVX2 and NEON builds), transposed: it computes Sᵀ = K Qᵀ and Oᵀ = Vᵀ Pᵀ, so
 // that keys and value channels are the 6-row side of the 6×16 tile and query rows the 16-wide
 // side. Then Sᵀ comes out of the first product already in the 16-wide panels [key][16] that the
 // second product reads, the softmax over keys runs down those panels (16 query rows per pair of
@@ -140,6 +156,7 @@ constexpr long KTILE = 252;  // keys per tile: 42 panels of 6 (Sᵀ tile: 128 ×
 
 // One 16-row panel's online-softmax update over keys [0, n) of the tile st [key][16]: st becomes
 // e^(s − m'), and m, l, c (16 each) the new maxima, sums and the factors for the earlier terms.
+#ifdef SDLAB_VMATH_X86
 __attribute__((target("avx2,fma"))) void softmax_panel(float* st, long n, bool first, float* m, float* l, float* c) {
   __m256 a0 = _mm256_set1_ps(-INFINITY), a1 = a0;
   for (long k = 0; k < n; ++k) {
@@ -171,6 +188,36 @@ __attribute__((target("avx2,fma"))) void softmax_panel(float* st, long n, bool f
 __attribute__((target("avx2,fma"))) void scale_row(float* row, const float* c, long n) {
   for (long i = 0; i < n; i += 8) _mm256_store_ps(row + i, _mm256_mul_ps(_mm256_load_ps(row + i), _mm256_loadu_ps(c + i)));
 }
+#else
+void softmax_panel(float* st, long n, bool first, float* m, float* l, float* c) {
+  float32x4_t a[4], old[4], mx[4], sum[4];
+  for (int v = 0; v < 4; ++v) a[v] = vdupq_n_f32(-INFINITY);
+  for (long k = 0; k < n; ++k)
+    for (int v = 0; v < 4; ++v) a[v] = vmaxq_f32(a[v], vld1q_f32(st + k * 16 + 4 * v));
+  for (int v = 0; v < 4; ++v) {
+    old[v] = vld1q_f32(m + 4 * v);
+    mx[v] = vmaxq_f32(old[v], a[v]);
+    sum[v] = vdupq_n_f32(0);
+  }
+  for (long k = 0; k < n; ++k)
+    for (int v = 0; v < 4; ++v) {
+      const float32x4_t e = vm::exp4(vsubq_f32(vld1q_f32(st + k * 16 + 4 * v), mx[v]));
+      vst1q_f32(st + k * 16 + 4 * v, e);
+      sum[v] = vaddq_f32(sum[v], e);
+    }
+  for (int v = 0; v < 4; ++v) {
+    const float32x4_t cv = first ? vdupq_n_f32(0) : vm::exp4(vsubq_f32(old[v], mx[v]));
+    vst1q_f32(l + 4 * v, vfmaq_f32(sum[v], vld1q_f32(l + 4 * v), cv));
+    vst1q_f32(m + 4 * v, mx[v]);
+    vst1q_f32(c + 4 * v, cv);
+  }
+}
+
+// row[0, n) *= c[0, n), n a multiple of 8.
+void scale_row(float* row, const float* c, long n) {
+  for (long i = 0; i < n; i += 4) vst1q_f32(row + i, vmulq_f32(vld1q_f32(row + i), vld1q_f32(c + i)));
+}
+#endif
 
 void attention_packed(PackedKernel kern, const AttnShape& s, const float* q, const float* k, const float* v, float scale,
                       float* out) {
@@ -251,8 +298,8 @@ void attention(const AttnShape& s, const float* q, const float* k, const float* 
     std::fill(out, out + s.B * s.Lq * s.heads * s.Dv, NAN);
     return;
   }
-#ifdef SDLAB_VMATH_X86
-  if (PackedKernel kern = packed_kernel()) return attention_packed(kern, s, q, k, v, scale, out);
+#ifdef SDLAB_VMATH_SIMD
+  if (PackedKernel kern = packed_kernel(); kern && use_simd()) return attention_packed(kern, s, q, k, v, scale, out);
 #endif
   attention_gemm(s, q, k, v, scale, out);
 }

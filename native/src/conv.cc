@@ -210,6 +210,7 @@ void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out
   const bool simd = indirect_kernel() != nullptr && std::strcmp(gemm_isa(), "generic") != 0;
 #else
   const bool simd = false;
+  (void)simd;
 #endif
   parallel_for(rows, 256, [&](long rb, long re) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -1,7 +1,8 @@
 // Packed, register-tiled SGEMM (the BLIS recipe): B is packed once into K-blocks of NR-wide
 // column panels shared by all threads; each thread packs its own MR-row panels of A per K
 // block and runs an MR x NR micro-kernel that keeps the C tile in registers. The micro-kernel
-// is picked at run time: AVX-512 (12x32), AVX2+FMA (6x16), or portable C++ (6x16).
+// is picked at run time: AVX-512 (12x32), AVX2+FMA (6x16), NEON on aarch64 (6x16), or portable
+// C++ (6x16).
 #include "gemm.h"
 
 #include <algorithm>
@@ -17,6 +18,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SDLAB_X86 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SDLAB_NEON 1
 #endif
 
 namespace sdlab {
@@ -282,9 +286,103 @@ __attribute__((target("avx512f"))) void kern_avx512(long kc, const float* A, con
 }
 #endif
 
+#ifdef SDLAB_NEON
+// NEON (aarch64): the same 6 x 16 tile as AVX2, as 6 rows x 4 vectors of 4 lanes = 24 of the 32
+// 128-bit registers for C, 4 for the B row, 2 for the 6 A values; each A value is used straight
+// from its register lane (FMLA by element), so nothing is broadcast: per k, 4 + 2 vector loads
+// (96 bytes) feed 24 FMAs.
+#define SDLAB_NEON_ZERO                                                                            \
+  float32x4_t c00 = vdupq_n_f32(0), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, \
+              c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, \
+              c33 = c00, c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
+#define SDLAB_NEON_ROW4(i, a, lane)                 \
+  c##i##0 = vfmaq_laneq_f32(c##i##0, b0, a, lane); \
+  c##i##1 = vfmaq_laneq_f32(c##i##1, b1, a, lane); \
+  c##i##2 = vfmaq_laneq_f32(c##i##2, b2, a, lane); \
+  c##i##3 = vfmaq_laneq_f32(c##i##3, b3, a, lane);
+#define SDLAB_NEON_ROW2(i, a, lane)                \
+  c##i##0 = vfmaq_lane_f32(c##i##0, b0, a, lane); \
+  c##i##1 = vfmaq_lane_f32(c##i##1, b1, a, lane); \
+  c##i##2 = vfmaq_lane_f32(c##i##2, b2, a, lane); \
+  c##i##3 = vfmaq_lane_f32(c##i##3, b3, a, lane);
+#define SDLAB_NEON_ROWN(i, x)               \
+  c##i##0 = vfmaq_n_f32(c##i##0, b0, x); \
+  c##i##1 = vfmaq_n_f32(c##i##1, b1, x); \
+  c##i##2 = vfmaq_n_f32(c##i##2, b2, x); \
+  c##i##3 = vfmaq_n_f32(c##i##3, b3, x);
+#define SDLAB_NEON_LOAD_B                                                                      \
+  const float32x4_t b0 = vld1q_f32(B), b1 = vld1q_f32(B + 4), b2 = vld1q_f32(B + 8), b3 = vld1q_f32(B + 12);
+
+// Writes the register tile to C: full tiles straight from registers, partial ones through t.
+#define SDLAB_NEON_STORE                                                                         \
+  {                                                                                              \
+    const float32x4_t r[6][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23}, \
+                                 {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}}; \
+    if (nr == 16) {                                                                              \
+      for (int i = 0; i < mr; ++i) {                                                             \
+        float* c = C + i * ldc;                                                                  \
+        for (int j = 0; j < 4; ++j) vst1q_f32(c + 4 * j, acc ? vaddq_f32(r[i][j], vld1q_f32(c + 4 * j)) : r[i][j]); \
+      }                                                                                          \
+    } else {                                                                                     \
+      alignas(16) float t[6 * 16];                                                               \
+      for (int i = 0; i < 6; ++i)                                                                \
+        for (int j = 0; j < 4; ++j) vst1q_f32(t + i * 16 + 4 * j, r[i][j]);                      \
+      store_tile(t, 6, 16, C, ldc, mr, nr, acc);                                                 \
+    }                                                                                            \
+  }
+
+void kern_neon(long kc, const float* A, const float* B, float* C, long ldc, int mr, int nr, bool acc) {
+  SDLAB_NEON_ZERO
+  for (long k = 0; k < kc; ++k, A += 6, B += 16) {
+    SDLAB_NEON_LOAD_B
+    const float32x4_t a03 = vld1q_f32(A);
+    const float32x2_t a45 = vld1_f32(A + 4);
+    SDLAB_NEON_ROW4(0, a03, 0) SDLAB_NEON_ROW4(1, a03, 1) SDLAB_NEON_ROW4(2, a03, 2) SDLAB_NEON_ROW4(3, a03, 3)
+    SDLAB_NEON_ROW2(4, a45, 0) SDLAB_NEON_ROW2(5, a45, 1)
+  }
+  SDLAB_NEON_STORE
+}
+
+// A read in place (6 rows of stride lda), as kern_avx2_rows.
+void kern_neon_rows(long kc, const float* A, long lda, const float* B, float* C, long ldc, int nr, bool acc) {
+  SDLAB_NEON_ZERO
+  const int mr = 6;
+  const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda, *a5 = A + 5 * lda;
+  for (long k = 0; k < kc; ++k, B += 16) {
+    SDLAB_NEON_LOAD_B
+    SDLAB_NEON_ROWN(0, a0[k]) SDLAB_NEON_ROWN(1, a1[k]) SDLAB_NEON_ROWN(2, a2[k])
+    SDLAB_NEON_ROWN(3, a3[k]) SDLAB_NEON_ROWN(4, a4[k]) SDLAB_NEON_ROWN(5, a5[k])
+  }
+  SDLAB_NEON_STORE
+}
+
+// A rows through pointers per tap, as kern_avx2_ind.
+void kern_neon_ind(long ntaps, long clen, long coff, const float* const* rows, const float* B, float* C, long ldc,
+                   int mr, int nr, bool acc) {
+  SDLAB_NEON_ZERO
+  for (long tp = 0; tp < ntaps; ++tp) {
+    const float* const* r = rows + tp * 6;
+    const float *a0 = r[0] + coff, *a1 = r[1] + coff, *a2 = r[2] + coff, *a3 = r[3] + coff, *a4 = r[4] + coff,
+                *a5 = r[5] + coff;
+    for (long k = 0; k < clen; ++k, B += 16) {
+      SDLAB_NEON_LOAD_B
+      SDLAB_NEON_ROWN(0, a0[k]) SDLAB_NEON_ROWN(1, a1[k]) SDLAB_NEON_ROWN(2, a2[k])
+      SDLAB_NEON_ROWN(3, a3[k]) SDLAB_NEON_ROWN(4, a4[k]) SDLAB_NEON_ROWN(5, a5[k])
+    }
+  }
+  SDLAB_NEON_STORE
+}
+#undef SDLAB_NEON_ZERO
+#undef SDLAB_NEON_ROW4
+#undef SDLAB_NEON_ROW2
+#undef SDLAB_NEON_ROWN
+#undef SDLAB_NEON_LOAD_B
+#undef SDLAB_NEON_STORE
+#endif
+
 const Kern& kernel() {
   static const Kern k = [] {
-    const char* force = std::getenv("SDLAB_ISA");  // "avx512" | "avx2" | "generic" (tests, benchmarks)
+    const char* force = std::getenv("SDLAB_ISA");  // "avx512" | "avx2" | "neon" | "generic" (tests, benchmarks)
     std::string f = force ? force : "";
 #ifdef SDLAB_X86
     __builtin_cpu_init();
@@ -292,6 +390,8 @@ const Kern& kernel() {
     bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (has512 && (f.empty() || f == "avx512")) return Kern{12, 32, kern_avx512, "avx512"};
     if (has2 && f != "generic") return Kern{6, 16, kern_avx2, "avx2+fma", kern_avx2_rows};
+#elif defined(SDLAB_NEON)
+    if (f != "generic") return Kern{6, 16, kern_neon, "neon", kern_neon_rows};
 #endif
     return Kern{6, 16, kern_generic, "generic"};
   }();
@@ -332,6 +432,31 @@ __attribute__((target("avx2,fma"))) void pack_a6_avx2(const float* src, long lda
 }
 #endif
 
+#ifdef SDLAB_NEON
+// Packs 6 full rows x kc columns into [k][6], 4 columns at a time: rows 0-3 as a 4x4 transpose
+// (TRN1/TRN2 + combine), rows 4-5 interleaved by ZIP.
+void pack_a6_neon(const float* src, long lda, long kc, float* dst) {
+  long k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    const float32x4_t r0 = vld1q_f32(src + k), r1 = vld1q_f32(src + lda + k), r2 = vld1q_f32(src + 2 * lda + k),
+                      r3 = vld1q_f32(src + 3 * lda + k), r4 = vld1q_f32(src + 4 * lda + k),
+                      r5 = vld1q_f32(src + 5 * lda + k);
+    const float32x4x2_t t01 = vtrnq_f32(r0, r1), t23 = vtrnq_f32(r2, r3), z45 = vzipq_f32(r4, r5);
+    float* d = dst + k * 6;
+    vst1q_f32(d + 0, vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0])));
+    vst1_f32(d + 4, vget_low_f32(z45.val[0]));
+    vst1q_f32(d + 6, vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1])));
+    vst1_f32(d + 10, vget_high_f32(z45.val[0]));
+    vst1q_f32(d + 12, vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0])));
+    vst1_f32(d + 16, vget_low_f32(z45.val[1]));
+    vst1q_f32(d + 18, vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1])));
+    vst1_f32(d + 22, vget_high_f32(z45.val[1]));
+  }
+  for (; k < kc; ++k)
+    for (int i = 0; i < 6; ++i) dst[k * 6 + i] = src[i * lda + k];
+}
+#endif
+
 // Packs rows [p0*MR, p1*MR) x cols [k0, k0+kc) of op(A) into MR-row panels laid out [k][MR].
 void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* dst) {
   for (long p = p0; p < p1; ++p, dst += kc * MR) {
@@ -344,6 +469,11 @@ void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* ds
 #ifdef SDLAB_X86
     if (!g.transA && MR == 6 && mr == 6 && kernel().fn == kern_avx2) {
       pack_a6_avx2(g.A + m0 * g.lda + k0, g.lda, kc, dst);
+      continue;
+    }
+#elif defined(SDLAB_NEON)
+    if (!g.transA && MR == 6 && mr == 6 && kernel().fn == kern_neon) {
+      pack_a6_neon(g.A + m0 * g.lda + k0, g.lda, kc, dst);
       continue;
     }
 #endif
@@ -446,10 +576,31 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float* x, const float* 
 }
 #endif
 
+#ifdef SDLAB_NEON
+float dot_neon(const float* x, const float* y, long n) {
+  float32x4_t s0 = vdupq_n_f32(0), s1 = s0, s2 = s0, s3 = s0;
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = vfmaq_f32(s0, vld1q_f32(x + i), vld1q_f32(y + i));
+    s1 = vfmaq_f32(s1, vld1q_f32(x + i + 4), vld1q_f32(y + i + 4));
+    s2 = vfmaq_f32(s2, vld1q_f32(x + i + 8), vld1q_f32(y + i + 8));
+    s3 = vfmaq_f32(s3, vld1q_f32(x + i + 12), vld1q_f32(y + i + 12));
+  }
+  for (; i + 4 <= n; i += 4) s0 = vfmaq_f32(s0, vld1q_f32(x + i), vld1q_f32(y + i));
+  float r = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+  for (; i < n; ++i) r += x[i] * y[i];
+  return r;
+}
+#endif
+
 float dot(const float* x, const float* y, long n) {
-#ifdef SDLAB_X86
+#if defined(SDLAB_X86) || defined(SDLAB_NEON)
   static const bool simd = std::strcmp(kernel().name, "generic") != 0;
+#ifdef SDLAB_X86
   if (simd) return dot_avx2(x, y, n);
+#else
+  if (simd) return dot_neon(x, y, n);
+#endif
 #endif
   float s[8] = {0};
   long i = 0;
@@ -521,6 +672,8 @@ IndirectKernel indirect_kernel() {
   const Kern& k = kernel();
 #ifdef SDLAB_X86
   if (k.fn == kern_avx2) return kern_avx2_ind;
+#elif defined(SDLAB_NEON)
+  if (k.fn == kern_neon) return kern_neon_ind;
 #endif
   if (k.fn == kern_generic) return kern_generic_ind;
   return nullptr;
@@ -559,7 +712,25 @@ __attribute__((target("avx512f"))) float fma_chains_avx512(long iters) {
   }
   __m512 s = a[0];
   for (int i = 1; i < 12; ++i) s = _mm512_add_ps(s, a[i]);
-  return _mm512_reduce_add_ps(s);
+  alignas(64) float t[16];  // not _mm512_reduce_add_ps: g++ 12's header warns (-Wuninitialized) inside it
+  _mm512_store_ps(t, s);
+  return t[0];
+}
+#endif
+
+#ifdef SDLAB_NEON
+// 24 chains, not 12: Apple's and Neoverse V cores have 4 FMA pipes of latency 4 (16 in flight).
+float fma_chains_neon(long iters) {
+  float32x4_t a[24];
+  for (int i = 0; i < 24; ++i) a[i] = vdupq_n_f32((float)i);
+  const float32x4_t b = vdupq_n_f32(0.999999f), c = vdupq_n_f32(1e-6f);
+  for (long n = 0; n < iters; ++n) {
+#pragma GCC unroll 24
+    for (int i = 0; i < 24; ++i) a[i] = vfmaq_f32(c, a[i], b);
+  }
+  float32x4_t s = a[0];
+  for (int i = 1; i < 24; ++i) s = vaddq_f32(s, a[i]);
+  return vgetq_lane_f32(s, 0);
 }
 #endif
 
@@ -568,6 +739,8 @@ FmaProbe fma_probe(long iters) {
 #ifdef SDLAB_X86
   if (k.fn == kern_avx512) return {fma_chains_avx512(iters), 12.0 * 32 * iters};
   if (k.fn == kern_avx2) return {fma_chains_avx2(iters), 12.0 * 16 * iters};
+#elif defined(SDLAB_NEON)
+  if (k.fn == kern_neon) return {fma_chains_neon(iters), 24.0 * 8 * iters};
 #endif
   float a[12];
   for (int i = 0; i < 12; ++i) a[i] = (float)i;

@@ -16,9 +16,8 @@
 
 namespace sdlab {
 
-// AVX2+FMA available (and not switched off with SDLAB_ISA=generic).
 #ifdef SDLAB_VMATH_X86
-__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, long n) {
+__attribute__((target("avx2,fma"))) float row_max_simd(const float* x, long n) {
   long i = 0;
   __m256 mv = _mm256_set1_ps(-INFINITY);
   for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
@@ -29,15 +28,33 @@ __attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, long n) {
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
 }
+#elif defined(SDLAB_VMATH_NEON)
+float row_max_simd(const float* x, long n) {
+  long i = 0;
+  float32x4_t mv = vdupq_n_f32(-INFINITY);
+  for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
+  float m = vmaxvq_f32(mv);
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+#else
+float row_max_simd(const float* x, long n) {
+  float m = -INFINITY;
+  for (long i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
 #endif
 
 bool use_simd() {
   static const bool yes = [] {
-#ifdef SDLAB_VMATH_X86
     const char* f = std::getenv("SDLAB_ISA");
+#ifdef SDLAB_VMATH_X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(f && std::string(f) == "generic");
+#elif defined(SDLAB_VMATH_NEON)
+    return !(f && std::string(f) == "generic");  // NEON is part of every aarch64 CPU
 #else
+    (void)f;
     return false;
 #endif
   }();
@@ -269,6 +286,28 @@ __attribute__((target("avx2,fma"))) void unary_simd(const float* __restrict x, f
     std::memcpy(out + i, t, (n - i) * sizeof(float));
   }
 }
+#elif defined(SDLAB_VMATH_NEON)
+constexpr int UN_NORMCDF = 100;  // internal: Φ(x), for GELU
+
+template <int OP>
+inline float32x4_t un4(float32x4_t v) {
+  if (OP == UN_EXP) return vm::exp4(v);
+  if (OP == UN_SIGMOID) return vm::sigmoid4(v);
+  if (OP == UN_NORMCDF) return vm::normcdf4(v);
+  return vm::erf4(v);
+}
+
+template <int OP>
+void unary_simd(const float* __restrict x, float* __restrict out, long n) {
+  long i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(out + i, un4<OP>(vld1q_f32(x + i)));
+  if (i < n) {
+    alignas(16) float t[4] = {0, 0, 0, 0};
+    std::memcpy(t, x + i, (n - i) * sizeof(float));
+    vst1q_f32(t, un4<OP>(vld1q_f32(t)));
+    std::memcpy(out + i, t, (n - i) * sizeof(float));
+  }
+}
 #endif
 }  // namespace
 
@@ -318,7 +357,7 @@ void unary(int op, const float* x_, float* out_, long n, float alpha_) {
       case UN_EXP:
       case UN_SIGMOID:
       case UN_ERF:
-#ifdef SDLAB_VMATH_X86
+#ifdef SDLAB_VMATH_SIMD
         if (use_simd()) {
           if (op == UN_EXP) unary_simd<UN_EXP>(x + s, out + s, e - s);
           else if (op == UN_SIGMOID) unary_simd<UN_SIGMOID>(x + s, out + s, e - s);
@@ -468,7 +507,7 @@ void softmax_row(const float* p, float* o, long cols) {
 #ifdef SDLAB_VMATH_X86
 __attribute__((target("avx2,fma"))) void softmax_row_simd(const float* p, float* o, long cols) {
   long i = 0;
-  const float m = row_max_avx2(p, cols);
+  const float m = row_max_simd(p, cols);
   const __m256 mb = _mm256_set1_ps(m);
   __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
   for (i = 0; i + 8 <= cols; i += 8) {
@@ -492,6 +531,25 @@ __attribute__((target("avx2,fma"))) void softmax_row_simd(const float* p, float*
   for (i = 0; i + 8 <= cols; i += 8) _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(o + i), inv));
   for (; i < cols; ++i) o[i] *= _mm256_cvtss_f32(inv);
 }
+#elif defined(SDLAB_VMATH_NEON)
+void softmax_row_simd(const float* p, float* o, long cols) {
+  long i = 0;
+  const float m = row_max_simd(p, cols);
+  const float32x4_t mb = vdupq_n_f32(m);
+  float64x2_t s0 = vdupq_n_f64(0), s1 = s0;
+  for (; i + 4 <= cols; i += 4) {
+    const float32x4_t e = vm::exp4(vsubq_f32(vld1q_f32(p + i), mb));
+    vst1q_f32(o + i, e);
+    s0 = vaddq_f64(s0, vcvt_f64_f32(vget_low_f32(e)));
+    s1 = vaddq_f64(s1, vcvt_high_f64_f32(e));
+  }
+  double s = vaddvq_f64(vaddq_f64(s0, s1));
+  for (; i < cols; ++i) s += (o[i] = vm::exp_s(p[i] - m));
+  const float inv = (float)(1.0 / s);
+  const float32x4_t iv = vdupq_n_f32(inv);
+  for (i = 0; i + 4 <= cols; i += 4) vst1q_f32(o + i, vmulq_f32(vld1q_f32(o + i), iv));
+  for (; i < cols; ++i) o[i] *= inv;
+}
 #endif
 }  // namespace
 
@@ -499,7 +557,7 @@ void softmax(const float* x, float* out, long rows, long cols) {
   const bool simd = use_simd();
   parallel_for(rows, std::max<long>(1, (1 << 14) / std::max<long>(1, cols)), [&](long r0, long r1) {
     for (long r = r0; r < r1; ++r) {
-#ifdef SDLAB_VMATH_X86
+#ifdef SDLAB_VMATH_SIMD
       if (simd) {
         softmax_row_simd(x + r * cols, out + r * cols, cols);
         continue;
@@ -616,21 +674,21 @@ namespace {
 
 // σ(v[i]) for a row, vectorised where possible.
 void sigmoid_row(const float* v, float* out, long n) {
-#ifdef SDLAB_VMATH_X86
+#ifdef SDLAB_VMATH_SIMD
   if (use_simd()) return unary_simd<UN_SIGMOID>(v, out, n);
 #endif
   for (long i = 0; i < n; ++i) out[i] = vm::sigmoid_s(v[i]);
 }
 
 void normcdf_row(const float* v, float* out, long n) {
-#ifdef SDLAB_VMATH_X86
+#ifdef SDLAB_VMATH_SIMD
   if (use_simd()) return unary_simd<UN_NORMCDF>(v, out, n);
 #endif
   for (long i = 0; i < n; ++i) out[i] = vm::normcdf_s(v[i]);
 }
 
 void exp_row(const float* v, float* out, long n) {
-#ifdef SDLAB_VMATH_X86
+#ifdef SDLAB_VMATH_SIMD
   if (use_simd()) return unary_simd<UN_EXP>(v, out, n);
 #endif
   for (long i = 0; i < n; ++i) out[i] = vm::exp_s(v[i]);
@@ -975,9 +1033,12 @@ void activation_grad(int op, const float* dy, const float* x, float* dx, long n)
   });
 }
 
-// No FMA contraction here: a fused multiply-add rounds once where the tfjs ops round twice.
+// No FMA contraction here: a fused multiply-add rounds once where the tfjs ops round twice (the
+// build passes -ffp-contract=off for the whole addon; this keeps it so for other g++ builds).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
+#endif
 void adamw(const float* p, const float* g, const float* m, const float* v, float* p_out, float* m_out, float* v_out,
            long n, const AdamHyper& h) {
   parallel_for(n, 1 << 14, [&](long s, long e) {
@@ -993,6 +1054,8 @@ void adamw(const float* p, const float* g, const float* m, const float* v, float
     }
   });
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 }  // namespace sdlab

@@ -4,12 +4,11 @@
 
 namespace sdlab {
 
-// Whether the AVX2+FMA paths run (the CPU has them and SDLAB_ISA=generic does not switch them off).
+// Whether the vector paths run: AVX2+FMA on x86 (when the CPU has them), NEON on aarch64, unless
+// SDLAB_ISA=generic switches them off.
 bool use_simd();
-#if defined(__x86_64__) || defined(__i386__)
-// max of x[0, n) (−inf for n = 0), AVX2: call only when use_simd().
-float row_max_avx2(const float* x, long n);
-#endif
+// max of x[0, n) (−inf for n = 0), vectorised: call only when use_simd().
+float row_max_simd(const float* x, long n);
 
 enum BinaryOp { BIN_ADD = 0, BIN_SUB = 1, BIN_MUL = 2, BIN_DIV = 3, BIN_SQDIFF = 4, BIN_MAX = 5, BIN_MIN = 6, BIN_POW = 7 };
 enum UnaryOp {

@@ -7,6 +7,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SDLAB_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define SDLAB_PAUSE() __asm__ __volatile__("yield")  // the spin-wait hint, as PAUSE on x86
 #else
 #define SDLAB_PAUSE() std::this_thread::yield()
 #endif

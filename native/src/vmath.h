@@ -1,4 +1,4 @@
-// Vectorised float math for AVX2+FMA: exp, sigmoid, erf, 8 lanes at a time, each within a
+// Vectorised float math for AVX2+FMA (8 lanes) and NEON (aarch64, 4 lanes): exp, sigmoid, erf, each within a
 // couple of ulps of the correctly rounded result (checked against double precision in
 // test/native_math.test.ts). The scalar versions run the same arithmetic one lane at a time,
 // so a tensor's tail elements get bit-identical results to its vectorised body, and builds
@@ -22,6 +22,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define SDLAB_VMATH_X86 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SDLAB_VMATH_NEON 1
+#endif
+#if defined(SDLAB_VMATH_X86) || defined(SDLAB_VMATH_NEON)
+#define SDLAB_VMATH_SIMD 1  // one of the two vector versions below exists
 #endif
 
 namespace sdlab {
@@ -190,6 +196,73 @@ __attribute__((target("avx2,fma"))) inline __m256 normcdf8(__m256 x) {
   __m256 use_tail = _mm256_and_ps(_mm256_cmp_ps(z, _mm256_set1_ps(-0.5f), _CMP_LT_OQ),
                                   _mm256_cmp_ps(a, _mm256_set1_ps(ERF_ONE_AT), _CMP_LT_OQ));
   return _mm256_blendv_ps(direct, tail, use_tail);
+}
+#endif
+
+#ifdef SDLAB_VMATH_NEON
+// ---- NEON versions (aarch64; the same operations as the AVX2 ones, 4 lanes) ----
+
+inline float32x4_t exp4(float32x4_t x) {
+  const float32x4_t x0 = x;
+  x = vminq_f32(vdupq_n_f32(EXP_HI), x);  // NEON min/max return NaN for a NaN operand: NaN propagates
+  x = vmaxq_f32(vdupq_n_f32(EXP_LO), x);
+  const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));  // to nearest, ties to even: as nearbyint
+  float32x4_t r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
+  r = vfmaq_f32(r, n, vdupq_n_f32(-LN2_LO));
+  float32x4_t p = vdupq_n_f32(EXP_C[0]);
+  for (int i = 1; i < 6; ++i) p = vfmaq_f32(vdupq_n_f32(EXP_C[i]), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  const int32x4_t ni = vcvtq_s32_f32(n);  // exact: n is an integer (NaN lanes are replaced below)
+  const int32x4_t n1 = vshrq_n_s32(ni, 1), n2 = vsubq_s32(ni, n1), bias = vdupq_n_s32(127);
+  const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, bias), 23));
+  const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, bias), 23));
+  const float32x4_t y = vmulq_f32(vmulq_f32(p, s1), s2);
+  return vbslq_f32(vceqq_f32(x0, x0), y, x0);  // NaN lanes: the NaN itself
+}
+
+inline float32x4_t sigmoid4(float32x4_t x) {
+  const float32x4_t one = vdupq_n_f32(1.0f);
+  const float32x4_t e = exp4(vnegq_f32(vabsq_f32(x)));  // exp(−|x|)
+  const float32x4_t num = vbslq_f32(vcltq_f32(x, vdupq_n_f32(0.0f)), e, one);
+  return vdivq_f32(num, vaddq_f32(one, e));
+}
+
+inline float32x4_t erf4(float32x4_t x) {
+  const float32x4_t one = vdupq_n_f32(1.0f);
+  const float32x4_t a = vabsq_f32(x);
+  const float32x4_t s = vmulq_f32(a, a);
+  float32x4_t p = vdupq_n_f32(ERF_P[6]);
+  for (int i = 5; i >= 0; --i) p = vfmaq_f32(vdupq_n_f32(ERF_P[i]), p, s);
+  const float32x4_t small = vmulq_f32(a, p);
+  const float32x4_t u = vsubq_f32(a, vdupq_n_f32(ERF_C0));
+  float32x4_t q = vdupq_n_f32(ERF_R[ERF_RN - 1]);
+  for (int i = ERF_RN - 2; i >= 0; --i) q = vfmaq_f32(vdupq_n_f32(ERF_R[i]), q, u);
+  const float32x4_t lo = vnegq_f32(vfmsq_f32(s, a, a));  // a² − s exactly
+  const float32x4_t e = vmulq_f32(exp4(vnegq_f32(s)), vsubq_f32(one, lo));
+  const float32x4_t large = vfmsq_f32(one, e, q);  // 1 − e·q
+  float32x4_t r = vbslq_f32(vcltq_f32(a, one), small, large);
+  r = vbslq_f32(vcgeq_f32(a, vdupq_n_f32(ERF_ONE_AT)), one, r);
+  r = vbslq_f32(vdupq_n_u32(0x80000000u), x, r);  // the sign of x
+  return vbslq_f32(vceqq_f32(x, x), r, x);         // NaN stays NaN
+}
+
+// Φ(x), as normcdf_s.
+inline float32x4_t normcdf4(float32x4_t x) {
+  const float32x4_t half = vdupq_n_f32(0.5f), one = vdupq_n_f32(1.0f);
+  const float32x4_t z = vmulq_f32(x, vdupq_n_f32(0.70710678118654752f));
+  const float32x4_t a = vabsq_f32(z);
+  const float32x4_t direct = vmulq_f32(half, vaddq_f32(one, erf4(z)));
+  const float32x4_t u = vsubq_f32(a, vdupq_n_f32(ERF_C0));
+  float32x4_t q = vdupq_n_f32(ERF_R[ERF_RN - 1]);
+  for (int i = ERF_RN - 2; i >= 0; --i) q = vfmaq_f32(vdupq_n_f32(ERF_R[i]), q, u);
+  float32x4_t hi = vmulq_f32(x, x), lo = vnegq_f32(vfmsq_f32(hi, x, x));  // x² = hi + lo exactly
+  hi = vmulq_f32(hi, half);
+  lo = vmulq_f32(lo, half);
+  const float32x4_t e = vmulq_f32(exp4(vnegq_f32(hi)), vsubq_f32(one, lo));
+  const float32x4_t tail = vmulq_f32(half, vmulq_f32(e, q));
+  const uint32x4_t use_tail = vandq_u32(vcltq_f32(z, vdupq_n_f32(-0.5f)), vcltq_f32(a, vdupq_n_f32(ERF_ONE_AT)));
+  return vbslq_f32(use_tail, tail, direct);
 }
 #endif
 

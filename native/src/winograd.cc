@@ -30,6 +30,10 @@
 #include <immintrin.h>
 #define SDLAB_X86 1
 #define SDLAB_WINO_TARGET __attribute__((target("avx2,fma")))
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SDLAB_NEON 1
+#define SDLAB_WINO_TARGET
 #else
 #define SDLAB_WINO_TARGET
 #endif
@@ -126,6 +130,9 @@ struct FSub { float operator()(float a, float b) const { return a - b; } };
 #ifdef SDLAB_X86
 struct VAdd { SDLAB_WINO_TARGET __m256 operator()(__m256 a, __m256 b) const { return _mm256_add_ps(a, b); } };
 struct VSub { SDLAB_WINO_TARGET __m256 operator()(__m256 a, __m256 b) const { return _mm256_sub_ps(a, b); } };
+#elif defined(SDLAB_NEON)
+struct VAdd { float32x4_t operator()(float32x4_t a, float32x4_t b) const { return vaddq_f32(a, b); } };
+struct VSub { float32x4_t operator()(float32x4_t a, float32x4_t b) const { return vsubq_f32(a, b); } };
 #endif
 
 // The tile's 16 input pixels (pointers to their Cin channels; `zeros` outside the image).
@@ -153,6 +160,13 @@ SDLAB_WINO_TARGET void transform_input(const ConvShape& s, const float* x, long 
       for (int k = 0; k < 16; ++k) dv[k] = _mm256_loadu_ps(d[k] + ch);
       input_tile(dv, vv, VAdd(), VSub());
       for (int k = 0; k < 16; ++k) _mm256_storeu_ps(v + k * plane + ch, vv[k]);
+    }
+#elif defined(SDLAB_NEON)
+    for (; ch + 4 <= Cin; ch += 4) {
+      float32x4_t dv[16], vv[16];
+      for (int k = 0; k < 16; ++k) dv[k] = vld1q_f32(d[k] + ch);
+      input_tile(dv, vv, VAdd(), VSub());
+      for (int k = 0; k < 16; ++k) vst1q_f32(v + k * plane + ch, vv[k]);
     }
 #endif
     for (; ch < Cin; ++ch) {
@@ -187,6 +201,15 @@ SDLAB_WINO_TARGET void transform_output(const ConvShape& s, const float* M, long
       const __m256 bv = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
       for (int k = 0; k < 4; ++k)
         if (y[k]) _mm256_storeu_ps(y[k] + o, _mm256_add_ps(yv[k], bv));
+    }
+#elif defined(SDLAB_NEON)
+    for (; o + 4 <= Cout; o += 4) {
+      float32x4_t mv[16], yv[4];
+      for (int k = 0; k < 16; ++k) mv[k] = vld1q_f32(m + k * plane + o);
+      output_tile(mv, yv, VAdd(), VSub());
+      const float32x4_t bv = bias ? vld1q_f32(bias + o) : vdupq_n_f32(0);
+      for (int k = 0; k < 4; ++k)
+        if (y[k]) vst1q_f32(y[k] + o, vaddq_f32(yv[k], bv));
     }
 #endif
     for (; o < Cout; ++o) {

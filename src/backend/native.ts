@@ -14,8 +14,9 @@
  *   import { registerNativeBackend } from './native.ts';
  *   if (registerNativeBackend()) await tf.setBackend('native');
  *
- * Threads: all cores, or SDLAB_THREADS=N. If the addon is missing (it builds during `npm ci`:
- * `node native/build.mjs`), registerNativeBackend() returns false and nativeLoadError() says why.
+ * Threads: all cores, or SDLAB_THREADS=N. The addon is compiled during `npm install` (`node
+ * native/build.mjs`) unless a prebuilt binary fits (Linux x64 and arm64 ship in the package); if
+ * neither loads, registerNativeBackend() returns false and nativeLoadError() says why.
  */
 import * as tf from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
@@ -62,26 +63,45 @@ export interface NativeAddon {
   fmaPeak(iters: number): number;
 }
 
-/** The built addon; SDLAB_NATIVE_ADDON=FILE loads another build (or simulates a missing one). */
-export const NATIVE_ADDON_PATH = process.env.SDLAB_NATIVE_ADDON
-  ? path.resolve(process.env.SDLAB_NATIVE_ADDON)
-  : path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../native/build/Release/sdlab_native.node');
+/** native/: its build/Release (compiled by `npm install` or `npm run build:native`) or its prebuilds/. */
+export const NATIVE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../native');
+
+/**
+ * The addon file that loads: SDLAB_NATIVE_ADDON=FILE if set (another build, or a missing one to
+ * simulate), else what node-gyp-build picks in native/: the compiled build/Release if there is
+ * one, else the prebuilt binary for this platform, arch and libc (prebuilds/linux-x64, linux-arm64;
+ * native/prebuild.mjs). Throws when there is neither.
+ */
+export function nativeAddonPath(): string {
+  if (process.env.SDLAB_NATIVE_ADDON) return path.resolve(process.env.SDLAB_NATIVE_ADDON);
+  return (createRequire(import.meta.url)('node-gyp-build') as { resolve(dir: string): string }).resolve(NATIVE_DIR);
+}
 
 let addon: NativeAddon | null | undefined;
 let loadError = '';
+let loadedFrom = '';
 
 /** Loads the addon once; null (see nativeLoadError()) if it is not built or will not load. */
 export function loadNativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
   try {
-    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as NativeAddon;
+    loadedFrom = nativeAddonPath();
+    addon = createRequire(import.meta.url)(loadedFrom) as NativeAddon;
     addon.setThreads(nativeThreadCount());
   } catch (err) {
     addon = null;
     const msg = (err as Error).message.split('\n')[0];
-    loadError = msg.includes('Cannot find module') ? `${path.relative(process.cwd(), NATIVE_ADDON_PATH)} is not built (run: node native/build.mjs)` : msg;
+    loadError = msg.includes('Cannot find module') || msg.startsWith('No native build was found')
+      ? `${loadedFrom ? path.relative(process.cwd(), loadedFrom) : 'the native addon'} is not built and no prebuilt binary fits this ${process.platform}-${process.arch} (run: node native/build.mjs)`
+      : msg;
   }
   return addon;
+}
+
+/** Where the loaded addon came from: its file, and whether it is a prebuilt binary (native/prebuilds). */
+export function nativeAddonSource(): { file: string; prebuilt: boolean } | null {
+  if (!loadNativeAddon()) return null;
+  return { file: loadedFrom, prebuilt: loadedFrom.split(path.sep).includes('prebuilds') };
 }
 
 export function nativeLoadError(): string {

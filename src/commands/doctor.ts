@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import os from 'node:os';
 import { probeBackend, selectBackend } from '../backend/index.ts';
-import { loadNativeAddon } from '../backend/native.ts';
+import { loadNativeAddon, nativeAddonSource } from '../backend/native.ts';
 
 export function register(program: Command): void {
   program
@@ -18,7 +18,9 @@ export function register(program: Command): void {
       console.log(`node:      ${process.version}`);
       console.log(`cpus:      ${os.availableParallelism?.() ?? os.cpus().length} (${os.cpus()[0]?.model ?? 'unknown'})`);
       console.log(`threads:   ${addon ? `${addon.threads()} native (SDLAB_THREADS to change)` : '1 (the cpu backend is single-threaded)'}`);
-      console.log(`native:    ${addon ? `sdlab_native.node, GEMM kernel ${addon.isa()}` : 'not available'}`);
+      const src = nativeAddonSource();
+      // The kernel in use: avx512 / avx2+fma / neon / generic (the GEMM micro-kernel and the vector paths).
+      console.log(`native:    ${addon && src ? `kernels ${addon.isa()}, ${src.prebuilt ? 'prebuilt' : 'compiled'} ${src.file}` : 'not available'}`);
       for (const c of ['cuda', 'tensorflow', 'native'] as const) {
         const p = await probeBackend(c);
         console.log(`${(c + ':').padEnd(10)} ${p.available ? 'available' : 'missing'}: ${p.detail}`);
