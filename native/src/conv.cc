@@ -25,6 +25,11 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define SDLAB_CONV_SIMD 1  // the *_simd kernels below exist (AVX2+FMA; used when the GEMM runs AVX2)
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SDLAB_CONV_SIMD 1  // NEON versions
+#define SDLAB_CONV_NEON 1
 #endif
 
 namespace sdlab {
@@ -136,7 +141,7 @@ inline void small_pixel<false>(const ConvShape& s, const float* x, const float* 
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void small_rows_avx2(const ConvShape& s, const float* x, const float* wt, long rb,
+__attribute__((target("avx2,fma"))) void small_rows_simd(const ConvShape& s, const float* x, const float* wt, long rb,
                                                           long re, float* out) {
   const long C8 = s.Cin / 8 * 8;
   for (long r = rb; r < re; ++r) {
@@ -170,7 +175,7 @@ __attribute__((target("avx2,fma"))) void small_rows_avx2(const ConvShape& s, con
 
 #if defined(__x86_64__) || defined(__i386__)
 // One output channel: four independent sums in registers, or the FMA latency sets the pace.
-__attribute__((target("avx2,fma"))) void small_rows_cout1_avx2(const ConvShape& s, const float* x, const float* w,
+__attribute__((target("avx2,fma"))) void small_rows_cout1_simd(const ConvShape& s, const float* x, const float* w,
                                                                 long rb, long re, float* out) {
   const long C32 = s.Cin / 32 * 32, C8 = s.Cin / 8 * 8;
   for (long r = rb; r < re; ++r) {
@@ -203,20 +208,104 @@ __attribute__((target("avx2,fma"))) void small_rows_cout1_avx2(const ConvShape& 
 }
 #endif
 
+#ifdef SDLAB_CONV_NEON
+// NEON versions of the three kernels above, 4 channels per register.
+void small_rows_simd(const ConvShape& s, const float* x, const float* wt, long rb, long re, float* out) {
+  const long C4 = s.Cin / 4 * 4;
+  for (long r = rb; r < re; ++r) {
+    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
+    float32x4_t v[SMALL_COUT] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    float tail[SMALL_COUT] = {0, 0, 0, 0};
+    for (long ki = 0; ki < s.kh; ++ki) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (long kj = 0; kj < s.kw; ++kj) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
+        const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
+        for (long c = 0; c < C4; c += 4) {
+          const float32x4_t xv = vld1q_f32(xp + c);
+          for (long co = 0; co < s.Cout; ++co) v[co] = vfmaq_f32(v[co], xv, vld1q_f32(wp + co * s.Cin + c));
+        }
+        for (long c = C4; c < s.Cin; ++c)
+          for (long co = 0; co < s.Cout; ++co) tail[co] += xp[c] * wp[co * s.Cin + c];
+      }
+    }
+    for (long co = 0; co < s.Cout; ++co) out[r * s.Cout + co] = vaddvq_f32(v[co]) + tail[co];
+  }
+}
+
+void small_rows_cout1_simd(const ConvShape& s, const float* x, const float* w, long rb, long re, float* out) {
+  const long C16 = s.Cin / 16 * 16, C4 = s.Cin / 4 * 4;
+  for (long r = rb; r < re; ++r) {
+    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    float tail = 0.f;
+    for (long ki = 0; ki < s.kh; ++ki) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (long kj = 0; kj < s.kw; ++kj) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
+        const float* wp = w + (ki * s.kw + kj) * s.Cin;
+        long c = 0;
+        for (; c < C16; c += 16) {
+          a0 = vfmaq_f32(a0, vld1q_f32(xp + c), vld1q_f32(wp + c));
+          a1 = vfmaq_f32(a1, vld1q_f32(xp + c + 4), vld1q_f32(wp + c + 4));
+          a2 = vfmaq_f32(a2, vld1q_f32(xp + c + 8), vld1q_f32(wp + c + 8));
+          a3 = vfmaq_f32(a3, vld1q_f32(xp + c + 12), vld1q_f32(wp + c + 12));
+        }
+        for (; c < C4; c += 4) a0 = vfmaq_f32(a0, vld1q_f32(xp + c), vld1q_f32(wp + c));
+        for (; c < s.Cin; ++c) tail += xp[c] * wp[c];
+      }
+    }
+    out[r] = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3))) + tail;
+  }
+}
+
+void filter_small_task_simd(const ConvShape& s, const float* x, const float* dy, long t, long co, long c0, long cn,
+                            float* res) {
+  const long ki = t / s.kw, kj = t % s.kw, nv = cn / 4;
+  float32x4_t a[8];
+  for (int v = 0; v < 8; ++v) a[v] = vdupq_n_f32(0);
+  float tail[4] = {0, 0, 0, 0};
+  for (long b = 0; b < s.B; ++b)
+    for (long oh = 0; oh < s.outH; ++oh) {
+      const long ih = oh * s.sh - s.padTop + ki * s.dh;
+      if (ih < 0 || ih >= s.H) continue;
+      const float* g = dy + ((b * s.outH + oh) * s.outW) * s.Cout + co;
+      for (long ow = 0; ow < s.outW; ++ow, g += s.Cout) {
+        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
+        if (iw < 0 || iw >= s.W) continue;
+        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin + c0;
+        const float gv = *g;
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; ++v)
+          if (v < nv) a[v] = vfmaq_n_f32(a[v], vld1q_f32(xp + 4 * v), gv);
+        for (long c = nv * 4; c < cn; ++c) tail[c - nv * 4] += gv * xp[c];
+      }
+    }
+  for (long v = 0; v < nv; ++v) vst1q_f32(res + 4 * v, a[v]);
+  for (long c = nv * 4; c < cn; ++c) res[c] = tail[c - nv * 4];
+}
+#endif
+
 void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
   std::vector<float> wt = filter_by_cout(s, w);
   const long rows = s.B * s.outH * s.outW;
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef SDLAB_CONV_SIMD
   const bool simd = indirect_kernel() != nullptr && std::strcmp(gemm_isa(), "generic") != 0;
 #else
   const bool simd = false;
   (void)simd;
 #endif
   parallel_for(rows, 256, [&](long rb, long re) {
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef SDLAB_CONV_SIMD
     if (simd) {
-      if (s.Cout == 1) small_rows_cout1_avx2(s, x, w, rb, re, out);  // [taps, Cin, 1] is already per-tap rows
-      else small_rows_avx2(s, x, wt.data(), rb, re, out);
+      if (s.Cout == 1) small_rows_cout1_simd(s, x, w, rb, re, out);  // [taps, Cin, 1] is already per-tap rows
+      else small_rows_simd(s, x, wt.data(), rb, re, out);
       epilogue(out, s.Cout, rb, re, s.Cout, bias, act, alpha);
       return;
     }
@@ -267,7 +356,7 @@ void conv2d_backprop_input_small(const ConvShape& s, const float* dy, const floa
 // dW[tap][c][co] = sum over pixels of x[pixel at tap][c] * dy[pixel][co]: one task per (tap,
 // output channel, block of 32 input channels) runs over all pixels with its sums in registers.
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void filter_small_task(const ConvShape& s, const float* x, const float* dy, long t,
+__attribute__((target("avx2,fma"))) void filter_small_task_simd(const ConvShape& s, const float* x, const float* dy, long t,
                                                            long co, long c0, long cn, float* res) {
   const long ki = t / s.kw, kj = t % s.kw, nv = cn / 8;
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
@@ -301,14 +390,14 @@ __attribute__((target("avx2,fma"))) void filter_small_task(const ConvShape& s, c
 
 void conv2d_backprop_filter_small(const ConvShape& s, const float* x, const float* dy, float* dw) {
   const long taps = s.kh * s.kw, F = taps * s.Cout * s.Cin, rows = s.B * s.outH * s.outW;
-#if defined(__x86_64__) || defined(__i386__)
+#ifdef SDLAB_CONV_SIMD
   if (indirect_kernel() != nullptr && std::strcmp(gemm_isa(), "generic") != 0) {
     const long nblk = (s.Cin + 31) / 32;
     parallel_for(taps * s.Cout * nblk, 1, [&](long t0, long t1) {
       float res[32];
       for (long t = t0; t < t1; ++t) {
         const long tap = t / (s.Cout * nblk), co = (t / nblk) % s.Cout, c0 = (t % nblk) * 32, cn = std::min<long>(32, s.Cin - c0);
-        filter_small_task(s, x, dy, tap, co, c0, cn, res);
+        filter_small_task_simd(s, x, dy, tap, co, c0, cn, res);
         for (long c = 0; c < cn; ++c) dw[(tap * s.Cin + c0 + c) * s.Cout + co] = res[c];
       }
     });
