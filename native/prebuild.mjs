@@ -9,7 +9,8 @@
 // g++ >= 12 (Debian 12, Ubuntu 22.04 and later); linking libstdc++ statically would pull in
 // glibc 2.36 symbols (arc4random) and exclude Ubuntu 22.04. Where a prebuilt binary does not load,
 // the install script compiles the addon instead (native/build.mjs).
-//   node native/prebuild.mjs [--arch x64,arm64]      (runs as the package's `prepack` script)
+//   node native/prebuild.mjs [--arch x64,arm64] [--out DIR]   (the package's `prepack` script; DIR
+//                                                              defaults to native/prebuilds)
 // Flags and sources come from binding.gyp, the node-gyp build's own, so both builds agree.
 // Compilers: CXX for the host arch, SDLAB_CXX_ARM64 / SDLAB_CXX_X64 for cross builds. A cross
 // compiler that is missing is reported and skipped (exit 0) unless SDLAB_PREBUILD_REQUIRE=1 (CI).
@@ -25,6 +26,8 @@ const die = (msg) => {
   process.exit(1);
 };
 
+const outIdx = process.argv.indexOf('--out');
+const outRoot = outIdx > 0 ? path.resolve(process.argv[outIdx + 1] ?? die('--out: expected a directory')) : path.join(here, 'prebuilds');
 const argIdx = process.argv.indexOf('--arch');
 const archs = argIdx > 0 ? (process.argv[argIdx + 1] ?? '').split(',').filter(Boolean) : [...new Set([os.arch(), 'x64', 'arm64'])];
 for (const a of archs) if (a !== 'x64' && a !== 'arm64') die(`--arch: expected x64 and/or arm64, got "${a}"`);
@@ -77,7 +80,7 @@ for (const arch of archs) {
     }
   }));
   if (failures.length) die(`linux-${arch} (${cxx}) failed: ${failures.join('; ')}`);
-  const outDir = path.join(here, 'prebuilds', `linux-${arch}`);
+  const outDir = path.join(outRoot, `linux-${arch}`);
   mkdirSync(outDir, { recursive: true });
   const out = path.join(outDir, 'sdlab_native.napi.glibc.node');
   const partial = path.join(tmp, 'sdlab_native.node');

