@@ -118,177 +118,111 @@ std::vector<float> filter_by_cout(const ConvShape& s, const float* w) {
   return wt;
 }
 
-// One output pixel's Cout (<= 4) dot products over all taps: accumulated 8 channels at a time and
-// summed across lanes once per pixel (a dot product per tap would spend most of its time in the
-// horizontal sums).
-template <bool SIMD>
-inline void small_pixel(const ConvShape& s, const float* x, const float* wt, long b, long oh, long ow, float* acc);
-
-template <>
-inline void small_pixel<false>(const ConvShape& s, const float* x, const float* wt, long b, long oh, long ow, float* acc) {
-  for (long co = 0; co < s.Cout; ++co) acc[co] = 0.f;
+// Calls f(xp, tap) for each tap of output pixel (b, oh, ow) that lands inside the image: xp its
+// input pixel's Cin channels, tap = ki·kw + kj.
+template <class F>
+inline void for_each_tap(const ConvShape& s, const float* x, long b, long oh, long ow, F&& f) {
   for (long ki = 0; ki < s.kh; ++ki) {
     const long ih = oh * s.sh - s.padTop + ki * s.dh;
     if (ih < 0 || ih >= s.H) continue;
     for (long kj = 0; kj < s.kw; ++kj) {
       const long iw = ow * s.sw - s.padLeft + kj * s.dw;
       if (iw < 0 || iw >= s.W) continue;
-      const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-      const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
-      for (long co = 0; co < s.Cout; ++co) acc[co] += sdot(xp, wp + co * s.Cin, s.Cin);
+      f(x + ((b * s.H + ih) * s.W + iw) * s.Cin, ki * s.kw + kj);
     }
   }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void small_rows_simd(const ConvShape& s, const float* x, const float* wt, long rb,
-                                                          long re, float* out) {
-  const long C8 = s.Cin / 8 * 8;
-  for (long r = rb; r < re; ++r) {
-    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
-    __m256 v[SMALL_COUT] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float tail[SMALL_COUT] = {0, 0, 0, 0};
-    for (long ki = 0; ki < s.kh; ++ki) {
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (long kj = 0; kj < s.kw; ++kj) {
-        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-        const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
-        for (long c = 0; c < C8; c += 8) {
-          const __m256 xv = _mm256_loadu_ps(xp + c);
-          for (long co = 0; co < s.Cout; ++co) v[co] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wp + co * s.Cin + c), v[co]);
-        }
-        for (long c = C8; c < s.Cin; ++c)
-          for (long co = 0; co < s.Cout; ++co) tail[co] += xp[c] * wp[co * s.Cin + c];
-      }
-    }
-    for (long co = 0; co < s.Cout; ++co) {
-      alignas(32) float t[8];
-      _mm256_store_ps(t, v[co]);
-      out[r * s.Cout + co] = (((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))) + tail[co];
-    }
-  }
+// One output pixel's Cout (<= 4) dot products over all taps (the portable path).
+inline void small_pixel(const ConvShape& s, const float* x, const float* wt, long b, long oh, long ow, float* acc) {
+  for (long co = 0; co < s.Cout; ++co) acc[co] = 0.f;
+  for_each_tap(s, x, b, oh, ow, [&](const float* xp, long tap) {
+    const float* wp = wt + tap * s.Cout * s.Cin;
+    for (long co = 0; co < s.Cout; ++co) acc[co] += sdot(xp, wp + co * s.Cin, s.Cin);
+  });
 }
-#endif
 
-#if defined(__x86_64__) || defined(__i386__)
-// One output channel: four independent sums in registers, or the FMA latency sets the pace.
-__attribute__((target("avx2,fma"))) void small_rows_cout1_simd(const ConvShape& s, const float* x, const float* w,
-                                                                long rb, long re, float* out) {
-  const long C32 = s.Cin / 32 * 32, C8 = s.Cin / 8 * 8;
-  for (long r = rb; r < re; ++r) {
-    const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    float tail = 0.f;
-    for (long ki = 0; ki < s.kh; ++ki) {
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (long kj = 0; kj < s.kw; ++kj) {
-        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-        const float* wp = w + (ki * s.kw + kj) * s.Cin;
-        long c = 0;
-        for (; c < C32; c += 32) {
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(wp + c), a0);
-          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 8), _mm256_loadu_ps(wp + c + 8), a1);
-          a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 16), _mm256_loadu_ps(wp + c + 16), a2);
-          a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c + 24), _mm256_loadu_ps(wp + c + 24), a3);
-        }
-        for (; c < C8; c += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp + c), _mm256_loadu_ps(wp + c), a0);
-        for (; c < s.Cin; ++c) tail += xp[c] * wp[c];
-      }
-    }
+#ifdef SDLAB_CONV_SIMD
+// The vector paths, written once over a vector type: AVX2+FMA (8 lanes) or NEON (4 lanes).
+// flatten: the per-tap lambdas carry the AVX2 target, so for_each_tap (which does not) cannot
+// inline them; flattening inlines both into the caller, as one loop nest.
+#define SDLAB_FLATTEN __attribute__((flatten))
+#if defined(SDLAB_CONV_NEON)
+#define SDLAB_CONV_TARGET
+struct Vec {
+  typedef float32x4_t T;
+  static constexpr long W = 4;
+  static T zero() { return vdupq_n_f32(0.f); }
+  static T load(const float* p) { return vld1q_f32(p); }
+  static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }  // a·b + c
+  static T splat(float v) { return vdupq_n_f32(v); }
+  static T add(T a, T b) { return vaddq_f32(a, b); }
+  static void store(float* p, T a) { vst1q_f32(p, a); }
+  static float sum(T a) { return vaddvq_f32(a); }
+};
+#else
+#define SDLAB_CONV_TARGET __attribute__((target("avx2,fma")))
+struct Vec {
+  typedef __m256 T;
+  static constexpr long W = 8;
+  SDLAB_CONV_TARGET static T zero() { return _mm256_setzero_ps(); }
+  SDLAB_CONV_TARGET static T load(const float* p) { return _mm256_loadu_ps(p); }
+  SDLAB_CONV_TARGET static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  SDLAB_CONV_TARGET static T splat(float v) { return _mm256_set1_ps(v); }
+  SDLAB_CONV_TARGET static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  SDLAB_CONV_TARGET static void store(float* p, T a) { _mm256_storeu_ps(p, a); }
+  SDLAB_CONV_TARGET static float sum(T a) {
     alignas(32) float t[8];
-    _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    out[r] = (((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]))) + tail;
+    _mm256_store_ps(t, a);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
   }
-}
+};
 #endif
 
-#ifdef SDLAB_CONV_NEON
-// NEON versions of the three kernels above, 4 channels per register.
-void small_rows_simd(const ConvShape& s, const float* x, const float* wt, long rb, long re, float* out) {
-  const long C4 = s.Cin / 4 * 4;
+// Cout <= 4 output channels per pixel: accumulated W channels at a time and summed across lanes
+// once per pixel (a dot product per tap would spend most of its time in the horizontal sums).
+SDLAB_CONV_TARGET SDLAB_FLATTEN void small_rows_simd(const ConvShape& s, const float* x, const float* wt, long rb, long re, float* out) {
+  constexpr long W = Vec::W;
+  const long CW = s.Cin / W * W;
   for (long r = rb; r < re; ++r) {
     const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
-    float32x4_t v[SMALL_COUT] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    Vec::T v[SMALL_COUT] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
     float tail[SMALL_COUT] = {0, 0, 0, 0};
-    for (long ki = 0; ki < s.kh; ++ki) {
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (long kj = 0; kj < s.kw; ++kj) {
-        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-        const float* wp = wt + (ki * s.kw + kj) * s.Cout * s.Cin;
-        for (long c = 0; c < C4; c += 4) {
-          const float32x4_t xv = vld1q_f32(xp + c);
-          for (long co = 0; co < s.Cout; ++co) v[co] = vfmaq_f32(v[co], xv, vld1q_f32(wp + co * s.Cin + c));
-        }
-        for (long c = C4; c < s.Cin; ++c)
-          for (long co = 0; co < s.Cout; ++co) tail[co] += xp[c] * wp[co * s.Cin + c];
+    for_each_tap(s, x, b, oh, ow, [&](const float* xp, long tap) SDLAB_CONV_TARGET {
+      const float* wp = wt + tap * s.Cout * s.Cin;
+      for (long c = 0; c < CW; c += W) {
+        const Vec::T xv = Vec::load(xp + c);
+        for (long co = 0; co < s.Cout; ++co) v[co] = Vec::fma(xv, Vec::load(wp + co * s.Cin + c), v[co]);
       }
-    }
-    for (long co = 0; co < s.Cout; ++co) out[r * s.Cout + co] = vaddvq_f32(v[co]) + tail[co];
+      for (long c = CW; c < s.Cin; ++c)
+        for (long co = 0; co < s.Cout; ++co) tail[co] += xp[c] * wp[co * s.Cin + c];
+    });
+    for (long co = 0; co < s.Cout; ++co) out[r * s.Cout + co] = Vec::sum(v[co]) + tail[co];
   }
 }
 
-void small_rows_cout1_simd(const ConvShape& s, const float* x, const float* w, long rb, long re, float* out) {
-  const long C16 = s.Cin / 16 * 16, C4 = s.Cin / 4 * 4;
+// One output channel: four independent sums in registers, or the FMA latency sets the pace.
+SDLAB_CONV_TARGET SDLAB_FLATTEN void small_rows_cout1_simd(const ConvShape& s, const float* x, const float* w, long rb, long re, float* out) {
+  constexpr long W = Vec::W;
+  const long C4W = s.Cin / (4 * W) * (4 * W), CW = s.Cin / W * W;
   for (long r = rb; r < re; ++r) {
     const long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
-    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    Vec::T a0 = Vec::zero(), a1 = a0, a2 = a0, a3 = a0;
     float tail = 0.f;
-    for (long ki = 0; ki < s.kh; ++ki) {
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (long kj = 0; kj < s.kw; ++kj) {
-        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin;
-        const float* wp = w + (ki * s.kw + kj) * s.Cin;
-        long c = 0;
-        for (; c < C16; c += 16) {
-          a0 = vfmaq_f32(a0, vld1q_f32(xp + c), vld1q_f32(wp + c));
-          a1 = vfmaq_f32(a1, vld1q_f32(xp + c + 4), vld1q_f32(wp + c + 4));
-          a2 = vfmaq_f32(a2, vld1q_f32(xp + c + 8), vld1q_f32(wp + c + 8));
-          a3 = vfmaq_f32(a3, vld1q_f32(xp + c + 12), vld1q_f32(wp + c + 12));
-        }
-        for (; c < C4; c += 4) a0 = vfmaq_f32(a0, vld1q_f32(xp + c), vld1q_f32(wp + c));
-        for (; c < s.Cin; ++c) tail += xp[c] * wp[c];
+    for_each_tap(s, x, b, oh, ow, [&](const float* xp, long tap) SDLAB_CONV_TARGET {
+      const float* wp = w + tap * s.Cin;
+      long c = 0;
+      for (; c < C4W; c += 4 * W) {
+        a0 = Vec::fma(Vec::load(xp + c), Vec::load(wp + c), a0);
+        a1 = Vec::fma(Vec::load(xp + c + W), Vec::load(wp + c + W), a1);
+        a2 = Vec::fma(Vec::load(xp + c + 2 * W), Vec::load(wp + c + 2 * W), a2);
+        a3 = Vec::fma(Vec::load(xp + c + 3 * W), Vec::load(wp + c + 3 * W), a3);
       }
-    }
-    out[r] = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3))) + tail;
+      for (; c < CW; c += W) a0 = Vec::fma(Vec::load(xp + c), Vec::load(wp + c), a0);
+      for (; c < s.Cin; ++c) tail += xp[c] * wp[c];
+    });
+    out[r] = Vec::sum(Vec::add(Vec::add(a0, a1), Vec::add(a2, a3))) + tail;
   }
-}
-
-void filter_small_task_simd(const ConvShape& s, const float* x, const float* dy, long t, long co, long c0, long cn,
-                            float* res) {
-  const long ki = t / s.kw, kj = t % s.kw, nv = cn / 4;
-  float32x4_t a[8];
-  for (int v = 0; v < 8; ++v) a[v] = vdupq_n_f32(0);
-  float tail[4] = {0, 0, 0, 0};
-  for (long b = 0; b < s.B; ++b)
-    for (long oh = 0; oh < s.outH; ++oh) {
-      const long ih = oh * s.sh - s.padTop + ki * s.dh;
-      if (ih < 0 || ih >= s.H) continue;
-      const float* g = dy + ((b * s.outH + oh) * s.outW) * s.Cout + co;
-      for (long ow = 0; ow < s.outW; ++ow, g += s.Cout) {
-        const long iw = ow * s.sw - s.padLeft + kj * s.dw;
-        if (iw < 0 || iw >= s.W) continue;
-        const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin + c0;
-        const float gv = *g;
-#pragma GCC unroll 8
-        for (int v = 0; v < 8; ++v)
-          if (v < nv) a[v] = vfmaq_n_f32(a[v], vld1q_f32(xp + 4 * v), gv);
-        for (long c = nv * 4; c < cn; ++c) tail[c - nv * 4] += gv * xp[c];
-      }
-    }
-  for (long v = 0; v < nv; ++v) vst1q_f32(res + 4 * v, a[v]);
-  for (long c = nv * 4; c < cn; ++c) res[c] = tail[c - nv * 4];
 }
 #endif
 
@@ -313,7 +247,7 @@ void conv2d_small(const ConvShape& s, const float* x, const float* w, float* out
     for (long r = rb; r < re; ++r) {
       long b = r / (s.outH * s.outW), rem = r % (s.outH * s.outW), oh = rem / s.outW, ow = rem % s.outW;
       float acc[SMALL_COUT];
-      small_pixel<false>(s, x, wt.data(), b, oh, ow, acc);
+      small_pixel(s, x, wt.data(), b, oh, ow, acc);
       std::copy(acc, acc + s.Cout, out + r * s.Cout);
     }
     epilogue(out, s.Cout, rb, re, s.Cout, bias, act, alpha);
@@ -355,11 +289,13 @@ void conv2d_backprop_input_small(const ConvShape& s, const float* dy, const floa
 
 // dW[tap][c][co] = sum over pixels of x[pixel at tap][c] * dy[pixel][co]: one task per (tap,
 // output channel, block of 32 input channels) runs over all pixels with its sums in registers.
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void filter_small_task_simd(const ConvShape& s, const float* x, const float* dy, long t,
-                                                           long co, long c0, long cn, float* res) {
-  const long ki = t / s.kw, kj = t % s.kw, nv = cn / 8;
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+#ifdef SDLAB_CONV_SIMD
+SDLAB_CONV_TARGET void filter_small_task_simd(const ConvShape& s, const float* x, const float* dy, long t, long co,
+                                              long c0, long cn, float* res) {
+  constexpr long W = Vec::W, NV = 32 / W;
+  const long ki = t / s.kw, kj = t % s.kw, nv = cn / W;
+  Vec::T a[NV];
+  for (long v = 0; v < NV; ++v) a[v] = Vec::zero();
   float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (long b = 0; b < s.B; ++b)
     for (long oh = 0; oh < s.outH; ++oh) {
@@ -370,21 +306,15 @@ __attribute__((target("avx2,fma"))) void filter_small_task_simd(const ConvShape&
         const long iw = ow * s.sw - s.padLeft + kj * s.dw;
         if (iw < 0 || iw >= s.W) continue;
         const float* xp = x + ((b * s.H + ih) * s.W + iw) * s.Cin + c0;
-        const __m256 gv = _mm256_set1_ps(*g);
-        if (nv > 0) a0 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp), a0);
-        if (nv > 1) a1 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 8), a1);
-        if (nv > 2) a2 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 16), a2);
-        if (nv > 3) a3 = _mm256_fmadd_ps(gv, _mm256_loadu_ps(xp + 24), a3);
-        for (long c = nv * 8; c < cn; ++c) tail[c - nv * 8] += *g * xp[c];
+        const Vec::T gv = Vec::splat(*g);
+#pragma GCC unroll 8
+        for (long v = 0; v < NV; ++v)
+          if (v < nv) a[v] = Vec::fma(gv, Vec::load(xp + v * W), a[v]);
+        for (long c = nv * W; c < cn; ++c) tail[c - nv * W] += *g * xp[c];
       }
     }
-  alignas(32) float t32[32];
-  _mm256_store_ps(t32, a0);
-  _mm256_store_ps(t32 + 8, a1);
-  _mm256_store_ps(t32 + 16, a2);
-  _mm256_store_ps(t32 + 24, a3);
-  for (long c = 0; c < nv * 8; ++c) res[c] = t32[c];
-  for (long c = nv * 8; c < cn; ++c) res[c] = tail[c - nv * 8];
+  for (long v = 0; v < nv; ++v) Vec::store(res + v * W, a[v]);
+  for (long c = nv * W; c < cn; ++c) res[c] = tail[c - nv * W];
 }
 #endif
 
