@@ -48,7 +48,7 @@ const CHECKS: Record<string, string[]> = {
   gemm_check: ['gemm.cc', 'pool.cc'],
   conv_check: ['conv.cc', 'winograd.cc', 'gemm.cc', 'pool.cc'],
   attention_check: ['attention.cc', 'gemm.cc', 'ops.cc', 'pool.cc'],
-  ops_check: ['ops.cc', 'pool.cc'],
+  ops_check: ['ops.cc', 'copy.cc', 'pool.cc'],
 };
 
 /** Compiles a check with `cxx` (-ffp-contract=off, as binding.gyp) into dir; returns the executable. */
@@ -61,13 +61,13 @@ async function buildCheck(cxx: string, name: string, dir: string): Promise<strin
 }
 
 describe('native checks on this machine', () => {
-  it('the vectorised ops (exp, sigmoid, erf, SiLU, GELU, softmax, GroupNorm, AdamW) against double precision, vector and generic paths', async () => {
+  it('the vectorised ops (exp, sigmoid, erf, SiLU, GELU, softmax, GroupNorm, AdamW, float16 → float32) against double precision, vector and generic paths', async () => {
     const exe = await buildCheck('g++', 'ops_check', mkdtempSync(path.join(tmpdir(), 'sdlab-ops-')));
     for (const env of [{}, { SDLAB_ISA: 'generic' }] as Array<Record<string, string>>) {
       const r = await run(exe, [], env);
       expect(r.status, r.out).toBe(0);
       expect(r.out).toMatch('SDLAB_ISA' in env ? /^vector paths off/ : /^vector paths on/);
-      expect(r.out.match(/ OK$/gm)?.length).toBe(13);
+      expect(r.out.match(/ OK$/gm)?.length).toBe(14);
     }
   }, 120_000);
 });
@@ -96,7 +96,7 @@ describe.skipIf(!haveCross && !inCI)(`aarch64 (NEON) under ${QEMU}`, () => {
     expect(attn.out).toMatch(/^60 shapes; worst error/);
     expect(ops.status, ops.out).toBe(0);
     expect(ops.out).toMatch(/^vector paths on/);
-    expect(ops.out.match(/ OK$/gm)?.length).toBe(13);
+    expect(ops.out.match(/ OK$/gm)?.length).toBe(14);
   }, 400_000);
 
   it('the linux-arm64 prebuilt binary loads in an arm64 Node and matches the tfjs cpu backend (forward and gradients)', async () => {

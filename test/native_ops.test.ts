@@ -15,6 +15,9 @@ import * as tf from '@tensorflow/tfjs';
 import { ATTENTION, gelu, groupNorm, layerNorm, silu } from '../src/ops/index.ts';
 import { GroupNorm, LayerNorm, scaledDotProductAttention } from '../src/nn/index.ts';
 import { TOL, bothThreadCounts, numel, parityWith, runOn, seededRandom, useNativeBackend } from './helpers/native-parity.ts';
+import { loadNativeAddon } from '../src/backend/native.ts';
+import { halfToFloat, halvesToFloats } from '../src/io/safetensors.ts';
+import { arrayAccel } from '../src/util/accel.ts';
 
 useNativeBackend();
 const { int, pick, randData } = seededRandom(4321);
@@ -125,6 +128,26 @@ describe('native data movement', () => {
       worst = Math.max(worst, parity([{ shape: [1, 5, 6, 3] }], sq((x) => tf.image.resizeNearestNeighbor(x as tf.Tensor4D, [10, 12])), 4));
       expect(worst).toBeLessThanOrEqual(TOL);
     });
+  });
+});
+
+describe('float16 → float32 for loading fp16 weights', () => {
+  it('the addon (F16C) equals halfToFloat for all 65,536 bit patterns, and safetensors decoding uses it once the addon has loaded', () => {
+    const addon = loadNativeAddon();
+    expect(addon).not.toBeNull();
+    const h = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const out = new Float32Array(65536).fill(123);
+    addon!.halvesToFloats(h, out);
+    const bad: number[] = [];
+    for (let i = 0; i < 65536; i++) {
+      const want = halfToFloat(i);
+      if (!(Object.is(out[i], want) || (Number.isNaN(want) && Number.isNaN(out[i])))) bad.push(i);
+    }
+    expect(bad.slice(0, 5)).toEqual([]);
+    expect(arrayAccel()).not.toBeNull();
+    const viaIo = halvesToFloats(h);  // ≥ 4096 values: the native path
+    expect(viaIo).toEqual(out);
+    expect(() => addon!.halvesToFloats(h, new Float32Array(10))).toThrow(/shorter than 65536/);
   });
 });
 

@@ -507,6 +507,26 @@ napi_value Isa(napi_env env, napi_callback_info) {
   return v;
 }
 
+// halvesToFloats(src: Uint16Array, dst: Float32Array): dst = src's float16 bits as float32, exactly.
+napi_value HalvesToFloats(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    bool is_ta = false;
+    if (a.argc > 0) napi_is_typedarray(env, a.argv[0], &is_ta);
+    if (!is_ta) throw Err{"halvesToFloats: expected a Uint16Array"};
+    napi_typedarray_type type;
+    size_t n;
+    void* data;
+    napi_value buf;
+    size_t off;
+    napi_get_typedarray_info(env, a.argv[0], &type, &n, &data, &buf, &off);
+    if (type != napi_uint16_array) throw Err{"halvesToFloats: expected a Uint16Array"};
+    float* dst = a.f32(1, n, "halvesToFloats: dst");
+    halves_to_floats(static_cast<const uint16_t*>(data), dst, (long)n);
+    return undefined(env);
+  });
+}
+
 // fmaPeak(iters): every pool thread runs the FMA probe at once; returns the FLOPs done in all.
 napi_value FmaPeak(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
@@ -570,6 +590,7 @@ napi_value Init(napi_env env, napi_value exports) {
              {"activationGrad", ActivationGrad},
              {"adamw", AdamW},
              {"fmaPeak", FmaPeak},
+             {"halvesToFloats", HalvesToFloats},
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},

@@ -3,9 +3,20 @@
 #include "copy.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "pool.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define SDLAB_COPY_X86 1
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#define SDLAB_COPY_NEON 1
+#endif
 
 namespace sdlab {
 
@@ -157,6 +168,67 @@ void scatter_add_hw(const float* dy, long B, long OH, long OW, long C, const int
         }
       }
     }
+  });
+}
+
+// ---- float16 → float32 ----
+
+namespace {
+
+// Exact by construction: normal numbers re-bias the exponent (15 → 127), subnormals are
+// mant · 2^-24 (exact in float32), infinities and NaNs keep their payload.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0x1fu) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else {
+    const float f = (float)mant * 5.9604644775390625e-8f;  // 2^-24
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+#ifdef SDLAB_COPY_X86
+__attribute__((target("avx2,f16c"))) void halves_f16c(const uint16_t* src, float* dst, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+  for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+bool has_f16c() {
+  static const bool yes = [] {
+    const char* f = std::getenv("SDLAB_ISA");
+    __builtin_cpu_init();
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);  // (clang's __builtin_cpu_supports has no "f16c")
+    return f16c && __builtin_cpu_supports("avx2") && !(f && std::string(f) == "generic");
+  }();
+  return yes;
+}
+#elif defined(SDLAB_COPY_NEON)
+void halves_neon(const uint16_t* src, float* dst, long n) {
+  long i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+  for (; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+#endif
+
+}  // namespace
+
+void halves_to_floats(const uint16_t* src, float* dst, long n) {
+  parallel_for(n, 1 << 16, [&](long b, long e) {
+#ifdef SDLAB_COPY_X86
+    if (has_f16c()) return halves_f16c(src + b, dst + b, e - b);
+#elif defined(SDLAB_COPY_NEON)
+    const char* f = std::getenv("SDLAB_ISA");
+    if (!(f && std::string(f) == "generic")) return halves_neon(src + b, dst + b, e - b);
+#endif
+    for (long i = b; i < e; ++i) dst[i] = half_to_float(src[i]);
   });
 }
 

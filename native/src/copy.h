@@ -1,6 +1,8 @@
 // Data-movement kernels: box copies (slice, pad, concat, split), tile, and nearest-neighbour
 // resize with its gradient. Pure copies (no arithmetic), so results equal tfjs's bit for bit.
+// Also float16 → float32 (exact), for loading fp16 weight files.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 namespace sdlab {
@@ -19,5 +21,9 @@ void gather_hw(const float* in, long B, long H, long W, long C, const int* rows,
 // dx[b, r, c, :] = sum of dy[b, y, x, :] over y, x with rows[y] == r and cols[x] == c.
 void scatter_add_hw(const float* dy, long B, long OH, long OW, long C, const int* rows, const int* cols, float* dx,
                     long H, long W);
+
+// dst[i] = the float16 bits src[i] as float32, exactly (F16C on x86, FCVTL on aarch64, else bit
+// arithmetic); multithreaded.
+void halves_to_floats(const uint16_t* src, float* dst, long n);
 
 }  // namespace sdlab

@@ -2,9 +2,10 @@
 // tests cannot run, e.g. aarch64 under qemu): exp / sigmoid / erf / SiLU / GELU against double
 // precision in ulps over a dense sweep and the special values, the vector paths against the
 // scalar ones bit for bit, softmax, GroupNorm + SiLU, and AdamW against a float reference that
-// rounds each operation (the tfjs composition's order).
+// rounds each operation (the tfjs composition's order), and float16 → float32 for all 65,536 bit
+// patterns against the value computed in double.
 //   g++ -O2 -std=c++17 -pthread -ffp-contract=off -Inative/src native/test/ops_check.cc native/src/ops.cc
-//       native/src/pool.cc -o /tmp/ops_check && /tmp/ops_check
+//       native/src/copy.cc native/src/pool.cc -o /tmp/ops_check && /tmp/ops_check
 // Prints the worst error per kernel and exits 1 if any exceeds its bound.
 #include <algorithm>
 #include <cfloat>
@@ -14,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "copy.h"
 #include "ops.h"
 #include "pool.h"
 #include "vmath.h"
@@ -159,6 +161,21 @@ int main() {
       differing += mo[i] != mi || vo[i] != vi || po[i] != pn;
     }
     ok &= report("adamw: values differing from float ref", (double)differing, 0);
+  }
+  {  // float16 → float32: every bit pattern, against sign · 2^(e−15) · (1 + m/1024) (or m·2^−24) in double
+    std::vector<uint16_t> h(65536);
+    for (long i = 0; i < 65536; ++i) h[i] = (uint16_t)i;
+    std::vector<float> f(65536);
+    sdlab::halves_to_floats(h.data(), f.data(), 65536);
+    long differing = 0;
+    for (long i = 0; i < 65536; ++i) {
+      const int e = (i >> 10) & 31, m = i & 1023;
+      const double sign = (i & 0x8000) ? -1 : 1;
+      const double ref = e == 31 ? (m ? NAN : sign * INFINITY) : e == 0 ? sign * std::ldexp((double)m, -24) : sign * std::ldexp(1 + m / 1024.0, e - 15);
+      const bool same = std::isnan(ref) ? std::isnan(f[i]) : (f[i] == ref && std::signbit(f[i]) == std::signbit(ref));
+      differing += !same;
+    }
+    ok &= report("float16 -> float32: differing", (double)differing, 0);
   }
   return ok ? 0 : 1;
 }

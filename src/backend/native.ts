@@ -24,6 +24,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setArrayAccel } from '../util/accel.ts';
 import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
 
 type F32 = Float32Array;
@@ -61,6 +62,8 @@ export interface NativeAddon {
   hardwareThreads(): number;
   /** Every pool thread runs `iters` rounds of 12 FMA chains at once (the bench's peak probe); returns the FLOPs done. */
   fmaPeak(iters: number): number;
+  /** dst = src's float16 bits as float32, exactly (loading fp16 weights; util/accel.ts). */
+  halvesToFloats(src: Uint16Array, dst: F32): void;
 }
 
 /** native/: its build/Release (compiled by `npm install` or `npm run build:native`) or its prebuilds/. */
@@ -88,6 +91,8 @@ export function loadNativeAddon(): NativeAddon | null {
     loadedFrom = nativeAddonPath();
     addon = createRequire(import.meta.url)(loadedFrom) as NativeAddon;
     addon.setThreads(nativeThreadCount());
+    const a = addon;
+    if (typeof a.halvesToFloats === 'function') setArrayAccel({ halvesToFloats: (src, out) => a.halvesToFloats(src, out) });
   } catch (err) {
     addon = null;
     const msg = (err as Error).message.split('\n')[0];

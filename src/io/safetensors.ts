@@ -21,6 +21,7 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
+import { arrayAccel } from '../util/accel.ts';
 import { UsageError } from '../util/errors.ts';
 import { checkRegularFile, writeStreamAtomicSync } from '../util/fs.ts';
 import { MAX_JSON_DEPTH, jsonDepth, oneLine, showJson } from '../util/json.ts';
@@ -291,8 +292,17 @@ export function floatToBf16(value: number): number {
 
 let f16Table: Float32Array | null = null;
 
-/** float16 values → float32 (into `into` when given), through a 65,536-entry table of halfToFloat. */
+/**
+ * float16 values → float32 (into `into` when given): natively (F16C / NEON, both threads) when the
+ * native backend has loaded (util/accel.ts), else through a 65,536-entry table of halfToFloat.
+ */
 export function halvesToFloats(src: Uint16Array, into?: Float32Array): Float32Array {
+  const fast = arrayAccel();
+  if (fast && src.length >= 4096) {
+    const out = into ?? new Float32Array(src.length);
+    fast.halvesToFloats(src, out);
+    return out;
+  }
   if (!f16Table) {
     f16Table = new Float32Array(65536);
     for (let i = 0; i < 65536; i++) f16Table[i] = halfToFloat(i);
