@@ -3,10 +3,9 @@
 #include "copy.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
+#include "ops.h"
 #include "pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -200,13 +199,11 @@ __attribute__((target("avx2,f16c"))) void halves_f16c(const uint16_t* src, float
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
   for (; i < n; ++i) dst[i] = half_to_float(src[i]);
 }
+// F16C beside the vector paths' own test (ops.h use_simd: AVX2+FMA, not SDLAB_ISA=generic).
 bool has_f16c() {
   static const bool yes = [] {
-    const char* f = std::getenv("SDLAB_ISA");
-    __builtin_cpu_init();
     unsigned a = 0, b = 0, c = 0, d = 0;
-    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);  // (clang's __builtin_cpu_supports has no "f16c")
-    return f16c && __builtin_cpu_supports("avx2") && !(f && std::string(f) == "generic");
+    return use_simd() && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);  // (clang's __builtin_cpu_supports has no "f16c")
   }();
   return yes;
 }
@@ -225,8 +222,7 @@ void halves_to_floats(const uint16_t* src, float* dst, long n) {
 #ifdef SDLAB_COPY_X86
     if (has_f16c()) return halves_f16c(src + b, dst + b, e - b);
 #elif defined(SDLAB_COPY_NEON)
-    const char* f = std::getenv("SDLAB_ISA");
-    if (!(f && std::string(f) == "generic")) return halves_neon(src + b, dst + b, e - b);
+    if (use_simd()) return halves_neon(src + b, dst + b, e - b);
 #endif
     for (long i = b; i < e; ++i) dst[i] = half_to_float(src[i]);
   });
