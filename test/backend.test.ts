@@ -9,6 +9,10 @@ import * as tf from '@tensorflow/tfjs';
 import { selectBackend, probeBackend } from '../src/backend/index.ts';
 import { loadNativeAddon } from '../src/backend/native.ts';
 import { UsageError } from '../src/util/errors.ts';
+import { CUDA11_LIBRARIES, missingCudaLibraries } from '../src/backend/cuda.ts';
+import { isSoftwareAdapter } from '../src/backend/webgpu.ts';
+import fs from 'node:fs';
+import os from 'node:os';
 
 const root = path.resolve(__dirname, '..');
 const sdlab = (args: string[], env: Record<string, string> = {}) =>
@@ -63,6 +67,8 @@ describe('sdlab doctor', () => {
     expect(r.stdout).toMatch(/^tfjs: +4\.22\.0/m);
     expect(r.stdout).toMatch(/^threads: +1 native/m);
     expect(r.stdout).toMatch(/^tensorflow: +(missing|available)/m);
+    expect(r.stdout).toMatch(/^webgpu: +(missing|available|software only): /m);
+    expect(r.stdout).toMatch(/^cuda libs: /m);
   });
 
   it('an unavailable backend requested explicitly: one line, exit 2', () => {
@@ -78,5 +84,37 @@ describe('sdlab doctor', () => {
     expect(r.stdout).toMatch(/^backend: +cpu \(auto/m);
     const warnings = r.stderr.split('\n').filter((l) => l.includes('warning'));
     expect(warnings).toHaveLength(1);
+  });
+});
+
+describe('GPU paths: what is there and what is missing', () => {
+  it('the CUDA 11 libraries tfjs-node-gpu needs are looked up by soname on LD_LIBRARY_PATH (each missing one named)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sdlab-cuda-'));
+    const saved = process.env.LD_LIBRARY_PATH;
+    try {
+      process.env.LD_LIBRARY_PATH = dir;
+      const before = missingCudaLibraries().map((l) => l.soname);
+      for (const name of ['libcudart.so.11.0', 'libcudnn.so.8', 'libcublas.so.12']) fs.writeFileSync(path.join(dir, name), '');
+      const after = missingCudaLibraries().map((l) => l.soname);
+      expect(before.filter((n) => !after.includes(n))).toEqual(['libcudart.so.11.0', 'libcudnn.so.8'].filter((n) => before.includes(n)));
+      expect(after).not.toContain('libcudart.so.11.0');
+      expect(after).not.toContain('libcudnn.so.8');
+      // a CUDA 12 library does not stand in for the CUDA 11 one
+      if (before.includes('libcublas.so.11')) expect(after).toContain('libcublas.so.11');
+      expect(CUDA11_LIBRARIES.map((l) => l.soname)).toContain('libcublasLt.so.11');
+    } finally {
+      if (saved === undefined) delete process.env.LD_LIBRARY_PATH;
+      else process.env.LD_LIBRARY_PATH = saved;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('software WebGPU adapters (lavapipe/llvmpipe, SwiftShader, fallback) are told apart from GPUs', () => {
+    const limits = { maxStorageBufferBindingSize: 1, maxBufferSize: 1 };
+    expect(isSoftwareAdapter({ info: { vendor: 'mesa', architecture: 'software', device: 'llvmpipe-llvm-15' }, limits })).toBe(true);
+    expect(isSoftwareAdapter({ info: { vendor: 'google', device: 'SwiftShader Device (Subzero)' }, limits })).toBe(true);
+    expect(isSoftwareAdapter({ isFallbackAdapter: true, info: {}, limits })).toBe(true);
+    expect(isSoftwareAdapter({ info: { vendor: 'nvidia', architecture: 'hopper', description: 'NVIDIA H100 80GB HBM3' }, limits })).toBe(false);
+    expect(isSoftwareAdapter({ info: { vendor: 'amd', architecture: 'rdna-3', device: '' }, limits })).toBe(false);
   });
 });

@@ -1,6 +1,7 @@
 // N-API bindings. Every function works in place on Float32Arrays owned by JavaScript (zero
 // copy) and checks their lengths against the shapes it is given before touching memory.
 #include <node_api.h>
+#include <uv.h>
 
 #include <cstdlib>
 #include <malloc.h>
@@ -555,6 +556,22 @@ napi_value HardwareThreads(napi_env env, napi_callback_info) {
   return v;
 }
 
+// One turn of Node's event loop from inside a synchronous call: lets the WebGPU backend
+// (src/backend/webgpu.ts) wait for a buffer map that Dawn completes from the loop, so
+// tensor.dataSync() works there as in a browser. Timers and I/O callbacks due meanwhile run
+// too; promise continuations do not (no microtask checkpoint happens inside a native call).
+napi_value PumpEventLoop(napi_env env, napi_callback_info) {
+  uv_loop_t* loop = nullptr;
+  napi_value v;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    napi_get_boolean(env, false, &v);
+    return v;
+  }
+  uv_run(loop, UV_RUN_ONCE);
+  napi_get_boolean(env, true, &v);
+  return v;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
 #ifdef M_MMAP_THRESHOLD
   // Tensors come and go every step; by default glibc maps and unmaps each large buffer, so every
@@ -594,7 +611,8 @@ napi_value Init(napi_env env, napi_value exports) {
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},
-             {"hardwareThreads", HardwareThreads}};
+             {"hardwareThreads", HardwareThreads},
+             {"pumpEventLoop", PumpEventLoop}};
   for (auto& f : fns) {
     napi_value fn;
     napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.cb, nullptr, &fn);

@@ -1,7 +1,9 @@
 /**
- * Backend selection. `--backend auto|cuda|tensorflow|native|cpu` (or SDLAB_BACKEND).
- * auto prefers tfjs-node-gpu with a visible GPU, then tfjs-node, then sdlab's native
- * backend, then the pure-JS cpu backend, and says which it chose and why.
+ * Backend selection. `--backend auto|cuda|webgpu|tensorflow|native|cpu` (or SDLAB_BACKEND).
+ * auto prefers tfjs-node-gpu with a visible GPU, then WebGPU on a hardware adapter (Dawn,
+ * webgpu.ts), then tfjs-node, then sdlab's native backend, then the pure-JS cpu backend, and
+ * says which it chose and why. `--backend webgpu` also takes a software adapter (lavapipe), which
+ * is how CI checks the GPU path on a CPU-only machine.
  *
  *   const sel = await selectBackend(opts.backend);   // { name, reason }
  */
@@ -9,9 +11,14 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync, readdirSync } from 'node:fs';
 import { UsageError } from '../util/errors.ts';
 import { loadNativeAddon, nativeLoadError, registerNativeBackend } from './native.ts';
+import { gpuDeviceNodes, probeWebgpu, watchDeviceErrors } from './webgpu.ts';
+import { deviceLimits } from '../ops/index.ts';
+import { missingCudaLibraries } from './cuda.ts';
 
-export const BACKEND_CHOICES = ['auto', 'cuda', 'tensorflow', 'native', 'cpu'] as const;
+export const BACKEND_CHOICES = ['auto', 'cuda', 'webgpu', 'tensorflow', 'native', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+/** The --backend option's help text (every command's). */
+export const BACKEND_HELP = `backend: ${BACKEND_CHOICES.join('|')}`;
 
 export interface BackendSelection {
   name: string;
@@ -24,6 +31,8 @@ export interface BackendProbe {
   tfName: string;
   available: boolean;
   detail: string;
+  /** webgpu: whether the adapter is a real GPU (auto takes only those). */
+  hardware?: boolean;
 }
 
 /** A visible NVIDIA GPU (driver device nodes), without loading CUDA. */
@@ -59,8 +68,13 @@ export async function probeBackend(choice: Exclude<BackendChoice, 'auto'>): Prom
       p = { choice, tfName: 'tensorflow', available: false, detail: 'no NVIDIA GPU visible (/dev/nvidia*)' };
     } else {
       const err = await tryImport('@tensorflow/tfjs-node-gpu');
-      p = { choice, tfName: 'tensorflow', available: !err, detail: err ?? '@tensorflow/tfjs-node-gpu with a visible GPU' };
+      const missing = err ? missingCudaLibraries() : [];
+      const libs = missing.length ? `; the CUDA 11.2 libraries it links are missing: ${missing.map((l) => `${l.soname} (${l.from})`).join(', ')} (README, "GPU")` : '';
+      p = { choice, tfName: 'tensorflow', available: !err, detail: err ? err + libs : '@tensorflow/tfjs-node-gpu with a visible GPU' };
     }
+  } else if (choice === 'webgpu') {
+    const w = await probeWebgpu();
+    p = { choice, tfName: 'webgpu', available: w.available, hardware: w.hardware, detail: w.detail };
   } else if (choice === 'tensorflow') {
     const err = await tryImport('@tensorflow/tfjs-node');
     p = { choice, tfName: 'tensorflow', available: !err, detail: err ?? '@tensorflow/tfjs-node (libtensorflow on the CPU)' };
@@ -94,8 +108,17 @@ export async function selectBackend(choice: string = process.env.SDLAB_BACKEND ?
     const skipped: string[] = [];
     chosen = await probeBackend('cpu');
     reason = '';
-    for (const c of ['cuda', 'tensorflow', 'native'] as const) {
+    for (const c of ['cuda', 'webgpu', 'tensorflow', 'native'] as const) {
+      // Loading Dawn costs ~0.3 s: only where a GPU device could be there.
+      if (c === 'webgpu' && !gpuDeviceNodes()) {
+        skipped.push('webgpu: no GPU device nodes (/dev/dri/renderD*, /dev/nvidia*)');
+        continue;
+      }
       const p = await probeBackend(c);
+      if (c === 'webgpu' && p.available && !p.hardware) {
+        skipped.push(`webgpu: ${p.detail} (--backend webgpu to use it anyway)`);
+        continue;
+      }
       if (p.available) {
         chosen = p;
         break;
@@ -110,6 +133,9 @@ export async function selectBackend(choice: string = process.env.SDLAB_BACKEND ?
   }
   await tf.setBackend(chosen.tfName);
   await tf.ready();
+  // What one kernel may bind (ops/limits.ts): WebGPU's storage-binding limit, else none.
+  deviceLimits.maxBindingBytes = Number.POSITIVE_INFINITY;
+  if (chosen.choice === 'webgpu') deviceLimits.maxBindingBytes = watchDeviceErrors(tf.backend());
   // The cpu backend (and native, which extends it) greets Node users with an "install
   // tfjs-node" banner on its first write; sdlab already said which backend it chose and why.
   const b = tf.backend() as unknown as { firstUse?: boolean };

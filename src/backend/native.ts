@@ -25,7 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setArrayAccel } from '../util/accel.ts';
-import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
+import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, nearestSources, normDims } from '../ops/index.ts';
 
 type F32 = Float32Array;
 type TensorInfo = tf.TensorInfo;
@@ -64,6 +64,8 @@ export interface NativeAddon {
   fmaPeak(iters: number): number;
   /** dst = src's float16 bits as float32, exactly (loading fp16 weights; util/accel.ts). */
   halvesToFloats(src: Uint16Array, dst: F32): void;
+  /** One turn of Node's event loop (the webgpu backend's synchronous reads; absent in addons built before it). */
+  pumpEventLoop?(): boolean;
 }
 
 /** native/: its build/Release (compiled by `npm install` or `npm run build:native`) or its prebuilds/. */
@@ -585,19 +587,6 @@ const tileKernel: KernelFunc = (args) => {
   if (out.length > 0) addon!.tile(xv, x.shape, reps, out);
   return backend.makeTensorInfo(outShape, 'float32', out);
 };
-
-/** Source index of each output row/column, exactly as tfjs's cpu resizeNearestNeighbor computes it. */
-function nearestSources(inSize: number, outSize: number, alignCorners: boolean, halfPixelCenters: boolean): Int32Array {
-  const ratio = (alignCorners && outSize > 1 ? inSize - 1 : inSize) / (alignCorners && outSize > 1 ? outSize - 1 : outSize);
-  const idx = new Int32Array(outSize);
-  for (let o = 0; o < outSize; o++) {
-    const frac = halfPixelCenters ? ratio * (o + 0.5) : ratio * o;
-    let src = Math.min(inSize - 1, alignCorners ? Math.round(frac) : Math.floor(frac));
-    if (halfPixelCenters) src = Math.max(0, src);
-    idx[o] = src;
-  }
-  return idx;
-}
 
 const resizeNearestKernel: KernelFunc = (args) => {
   const backend = args.backend as NativeBackend;

@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { EXERCISES, checkExercise, findExercise } from '../exercises/index.ts';
 
@@ -53,7 +53,7 @@ export function register(program: Command): void {
     .argument('[name]', `the exercise: ${EXERCISES.map((e) => e.name).join(', ')}`)
     .argument('[file]', 'your TypeScript file exporting the function (e.g. notebooks/exercises/add_noise.ts)')
     .option('--list', 'list the exercises and the function each one asks for')
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (name: string | undefined, file: string | undefined, o: { list?: boolean; backend: string }) => {
       if (o.list) {
         console.log(listExercises());

@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { CLIPModel, WORD_TOKENIZER_FILE, type Tokenizer } from '../clip/index.ts';
 import { cosineSimilarity, digitPrompts, evaluateClip, formatClipReport } from '../eval/clip.ts';
 import { DIGIT_WORDS } from '../data/captions.ts';
@@ -101,7 +101,7 @@ export function register(program: Command): void {
     .option('--template <text>', 'zero-shot prompt with {word} (seven) or {digit} (7); default "a handwritten {word}"')
     .option('--prompt <text>', 'also show the nearest held-out digits to this text (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--top <n>', 'how many nearest digits --prompt shows', int(1, 100), 10)
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: ClipEvalCliOptions) => {
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a CLIP first: npx sdlab train clip --run ${o.run}).`);
       checkOutputDir('--out', o.out);

@@ -2,14 +2,15 @@
 import type { Command } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import os from 'node:os';
-import { probeBackend, selectBackend } from '../backend/index.ts';
+import { probeBackend, selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { loadNativeAddon, nativeAddonSource } from '../backend/native.ts';
+import { missingCudaLibraries } from '../backend/cuda.ts';
 
 export function register(program: Command): void {
   program
     .command('doctor')
     .description('print the backend sdlab would use, versions, threads, and what is missing for faster backends')
-    .option('--backend <name>', 'backend to try: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (opts: { backend: string }) => {
       const sel = await selectBackend(opts.backend);
       const addon = loadNativeAddon();
@@ -21,9 +22,13 @@ export function register(program: Command): void {
       const src = nativeAddonSource();
       // The kernel in use: avx512 / avx2+fma / neon / generic (the GEMM micro-kernel and the vector paths).
       console.log(`native:    ${addon && src ? `kernels ${addon.isa()}, ${src.prebuilt ? 'prebuilt' : 'compiled'} ${src.file}` : 'not available'}`);
-      for (const c of ['cuda', 'tensorflow', 'native'] as const) {
+      for (const c of ['cuda', 'webgpu', 'tensorflow', 'native'] as const) {
         const p = await probeBackend(c);
-        console.log(`${(c + ':').padEnd(10)} ${p.available ? 'available' : 'missing'}: ${p.detail}`);
+        const state = p.available ? (c === 'webgpu' && !p.hardware ? 'software only' : 'available') : 'missing';
+        console.log(`${(c + ':').padEnd(10)} ${state}: ${p.detail}`);
       }
+      // tfjs-node-gpu's libraries, whether or not a GPU is visible here (README, "GPU").
+      const missing = missingCudaLibraries();
+      console.log(`cuda libs: ${missing.length ? `missing ${missing.map((l) => `${l.soname} (${l.from})`).join(', ')}` : 'CUDA 11.2 runtime, cuBLAS, cuFFT, cuRAND, cuSOLVER, cuSPARSE and cuDNN 8 found'}`);
     });
 }

@@ -29,7 +29,7 @@ import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import * as tf from '@tensorflow/tfjs';
 import { AutoencoderKL } from '../autoencoder/index.ts';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.ts';
 import { requireFinite } from '../sample/pipeline.ts';
 import { UsageError, check } from '../util/errors.ts';
@@ -438,7 +438,6 @@ function digitPairs(value: string): Array<[number, number]> {
   return pairs;
 }
 
-const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
 const CANVAS_HELP = "native: the data's own size (28×28 digits) | padded: the VAE's canvas (32×32)";
 
 export function register(program: Command): void {

@@ -26,7 +26,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { check } from '../util/errors.ts';
 import { checkOutputDir } from '../util/fs.ts';
 import { float, int, oneOf } from '../util/options.ts';
@@ -76,7 +76,7 @@ export function register(program: Command): void {
     .option('--eta <x>', `without --samples: DDIM eta (default: the run's, else ${SAMPLING_DEFAULTS.eta})`, float(0, 1))
     .option('--guidance-interval <lo,hi>', "without --samples: guide only at train timesteps lo..hi, or \"all\" (default: the run's, else all)", parseGuidanceInterval)
     .option('--batch <n>', 'without --samples: images per UNet batch', int(1, 4096), 100)
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: EvalCliOptions) => {
       check(fs.existsSync(o.run) && fs.statSync(o.run).isDirectory(), `--run ${o.run}: no such run directory (train a model first, or pass --run DIR).`);
       checkOutputDir('--out', o.out);

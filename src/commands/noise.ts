@@ -17,7 +17,7 @@
  */
 import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { check } from '../util/errors.ts';
 import { checkOutputDir } from '../util/fs.ts';
 import { int, intList, float } from '../util/options.ts';
@@ -199,7 +199,7 @@ export function register(program: Command): void {
     .option('--frames <count>', 'frames in the GIF', int(2, 1000), 50)
     .option('--scale <k>', 'pixel scale of the pictures', int(1, 8), 2)
     .option('--data <dir>', 'a directory: IDX files or an image folder (default: the embedded MNIST digits)')
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: NoiseOptions & { backend: string }) => {
       await selectBackend(o.backend);
       const res = await runNoise(o);

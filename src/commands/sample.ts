@@ -15,7 +15,7 @@
  * tokenizer does not know become <unk> and still sample.
  */
 import type { Command } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { checkOutputDir } from '../util/fs.ts';
 import { float, int, oneOf } from '../util/options.ts';
 import { SCHEDULER_NAMES } from '../schedule/index.ts';
@@ -42,7 +42,7 @@ export function register(program: Command): void {
     .option('--batch <n>', 'images per UNet batch', int(1, 4096), 64)
     .option('--animate', 'also write animation.gif: x_t and the decoded x0 prediction at every step')
     .option('--out <dir>', 'output directory', 'out/sample')
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto')
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto')
     .action(async (o: SampleOptions & { backend: string }) => {
       checkOutputDir('--out', o.out); // before loading the models and sampling
       const backend = await selectBackend(o.backend);

@@ -35,7 +35,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { selectBackend } from '../backend/index.ts';
+import { selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { UsageError, check } from '../util/errors.ts';
 import { float, int, oneOf } from '../util/options.ts';
 import { Progress } from '../util/progress.ts';
@@ -235,7 +235,7 @@ export function addSdOptions(cmd: Command, out: string): Command {
     .option('--width <px>', `image width, at most ${MAX_GENERATED_SIDE} (default: the model's sample size)`, int(8))
     .option('--batch <n>', 'images per UNet batch', int(1, 1024), 1)
     .option('--out <dir>', 'output directory', out)
-    .option('--backend <name>', 'backend: auto|cuda|tensorflow|native|cpu', process.env.SDLAB_BACKEND ?? 'auto');
+    .option('--backend <name>', BACKEND_HELP, process.env.SDLAB_BACKEND ?? 'auto');
 }
 
 /** A file flag that must name an existing regular file (one line otherwise). */

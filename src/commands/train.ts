@@ -21,7 +21,7 @@
  */
 import fs from 'node:fs';
 import type { Command } from 'commander';
-import { type BackendSelection, selectBackend } from '../backend/index.ts';
+import { type BackendSelection, selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { UsageError } from '../util/errors.ts';
 import { checkOutputDir } from '../util/fs.ts';
 import { float, int, intList, oneOf } from '../util/options.ts';
@@ -41,7 +41,6 @@ import { loadDataset, splitDataset } from '../data/index.ts';
 import { TINY_PRESET, TRAIN_ALL_PRESETS, type TrainAllPresetName } from '../train/presets.ts';
 import { describeRun, trainAll } from '../train/all.ts';
 
-const BACKEND_HELP = 'auto|cuda|tensorflow|native|cpu';
 const DATA_HELP = 'a directory: IDX files (MNIST, Fashion-MNIST), DIR/<label>/*.png folders, or a metadata.jsonl beside PNGs (default: the embedded MNIST digits)';
 const CLASSES_HELP = 'class names for labelled data without them, label 0 first, e.g. "t-shirt,trouser,..." (else DIR/classes.txt; Fashion-MNIST is recognised); captions are made from them';
 

@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { Module, init } from './module.ts';
-import { gelu, groupNorm, layerNorm, silu } from '../ops/index.ts';
+import { fitsBinding, gelu, groupNorm, layerNorm, silu } from '../ops/index.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Activations (silu and gelu are ops: src/ops/fused.ts)
@@ -206,6 +206,29 @@ export class Embedding extends Module {
   }
 
   forward(ids: tf.Tensor): tf.Tensor {
+    if (!fitsBinding(this.weight.size)) return this.gatherOnCpu(ids);
     return tf.tidy(() => tf.gather(this.weight, ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32')));
+  }
+
+  private cpuTable: { dataId: object; values: Float32Array } | null = null;
+
+  /**
+   * The lookup for a table larger than one GPU binding (SD's 49,408 × 768 tokens is 152 MB;
+   * ops/limits.ts): the rows picked in JS from a copy of the table, read once per weight value.
+   * Not differentiable with respect to the table (inference; training such a table needs a
+   * backend that can bind it).
+   */
+  private gatherOnCpu(ids: tf.Tensor): tf.Tensor {
+    const w = this.weight as tf.Tensor & { dataId: object };
+    if (this.cpuTable?.dataId !== w.dataId) this.cpuTable = { dataId: w.dataId, values: w.dataSync() as Float32Array };
+    const table = this.cpuTable.values;
+    const idx = ids.dataSync();
+    const D = this.embeddingDim;
+    const out = new Float32Array(idx.length * D);
+    idx.forEach((id, k) => {
+      if (!(id >= 0 && id < this.numEmbeddings)) throw new UsageError(`Embedding: id ${id} is outside [0, ${this.numEmbeddings}).`);
+      out.set(table.subarray(id * D, (id + 1) * D), k * D);
+    });
+    return tf.tensor(out, [...ids.shape, D], 'float32');
   }
 }

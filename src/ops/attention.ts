@@ -18,6 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ATTENTION, type AttentionAttrs } from './kernel_names.ts';
 import { useKernel } from './fused.ts';
+import { deviceLimits } from './limits.ts';
 
 /** Score matrices larger than this many elements are computed in query-row chunks (composition only). */
 export const attentionSettings = { maxScoreElements: 1 << 26 };
@@ -62,7 +63,8 @@ export function scaledDotProductAttention(
 
     const attend = (qc: tf.Tensor4D, maskc?: tf.Tensor): tf.Tensor4D => tf.matMul(probabilities(qc, kh, maskc), vh); // [B, H, rows, Dv]
 
-    const limit = opts.maxScoreElements ?? attentionSettings.maxScoreElements;
+    // (and never more than one binding holds: limits.ts)
+    const limit = Math.min(opts.maxScoreElements ?? attentionSettings.maxScoreElements, Math.floor(deviceLimits.maxBindingBytes / 4));
     const rowsPerChunk = Math.max(1, Math.floor(limit / (b * heads * lk)));
     let out: tf.Tensor4D;
     if (rowsPerChunk >= lq) {

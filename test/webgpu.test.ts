@@ -1,0 +1,245 @@
+/**
+ * The WebGPU backend (src/backend/webgpu.ts: tfjs's webgpu backend on Dawn) against tfjs's `cpu`
+ * backend, on whatever adapter Dawn finds: a GPU where there is one, Mesa's lavapipe software
+ * adapter in CI (.ci/run installs mesa-vulkan-drivers from bookworm-backports). Skipped where no
+ * adapter exists, except in CI, where a missing adapter fails.
+ *   - synchronous reads of GPU tensors (dataSync, the path sdlab's code takes everywhere);
+ *   - the forward pass and every parameter's gradient of the UNet, the VAE (encode → decode) and
+ *     the text encoder, from the same weights and inputs on both backends;
+ *   - one AdamW step (the optimizer's composition: webgpu has no fused kernel);
+ *   - SD 1.x txt2img against diffusers (the sd1_tiny fixture), as test/pipeline.test.ts checks it;
+ *   - `sdlab train all --preset tiny --backend webgpu` end to end (three trainers, sample sheet).
+ * Error measure for tensors: max |webgpu − cpu| / max |cpu| over each tensor (gradients: over all
+ * of a model's gradients), so tiny entries are not held to a relative bound they cannot meet.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-cpu';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeWebgpu } from '../src/backend/webgpu.ts';
+import { selectBackend } from '../src/backend/index.ts';
+import { deviceLimits, scaledDotProductAttention } from '../src/ops/index.ts';
+import { Embedding } from '../src/nn/layers.ts';
+import { UNet2DConditionModel } from '../src/unet/unet.ts';
+import { AutoencoderKL } from '../src/autoencoder/autoencoder.ts';
+import { TextEncoder } from '../src/clip/text_encoder.ts';
+import { manualSeed, type Module } from '../src/nn/module.ts';
+import { AdamW } from '../src/train/optimizer.ts';
+import { createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
+import { loadDiffusersPipeline } from '../src/sample/index.ts';
+import { readSafetensors } from '../src/io/safetensors.ts';
+import { sdlab, tinyDigitsDir } from './helpers/tiny-data.ts';
+import { MODEL, TINY } from './helpers/pipeline-fixture.ts';
+
+const probe = await probeWebgpu();
+const inCI = !!process.env.CI;
+
+/** max |a − b| / max |b| over the pairs (b: the cpu reference). */
+function relErr(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
+  let diff = 0, scale = 0;
+  a.forEach((x, k) => {
+    const y = b[k];
+    for (let i = 0; i < y.length; i++) {
+      diff = Math.max(diff, Math.abs(x[i] - y[i]));
+      scale = Math.max(scale, Math.abs(y[i]));
+    }
+  });
+  return diff / scale;
+}
+
+/** Runs f on a backend and returns its outputs' values (read asynchronously, then synchronously checked below). */
+async function on(backend: string, f: () => tf.Tensor[]): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  const outs = tf.tidy(f);
+  const vals = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+  tf.dispose(outs);
+  return vals;
+}
+
+/** The model (built from `seed` on the active backend), its loss on fixed inputs, and every gradient. */
+function lossAndGrads(build: () => Module, loss: (m: Module) => tf.Scalar, seed: number): () => tf.Tensor[] {
+  return () => {
+    manualSeed(seed);
+    const m = build();
+    const { value, grads } = tf.variableGrads(() => loss(m), m.parameters());
+    const out = [value, ...m.parameters().map((p) => grads[p.name])];
+    for (const t of out) tf.keep(t);
+    m.dispose();
+    return out;
+  };
+}
+
+/** Deterministic inputs (the same numbers on both backends). */
+function normals(shape: number[], seed: number): tf.Tensor {
+  let s = seed >>> 0;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const d = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const u = (s + 0.5) / 2 ** 32;
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const v = (s + 0.5) / 2 ** 32;
+    d[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+  return tf.tensor(d, shape);
+}
+
+describe.skipIf(!probe.available && !inCI)(`webgpu backend (${probe.adapter})`, () => {
+  beforeAll(() => {
+    if (!probe.available) throw new Error(`CI needs a WebGPU adapter (mesa-vulkan-drivers from bookworm-backports): ${probe.detail}`);
+  });
+  afterAll(async () => {
+    await tf.setBackend('cpu');
+  });
+
+  it('dataSync/arraySync of tensors computed on the GPU (Node has no OffscreenCanvas)', async () => {
+    await tf.setBackend('webgpu');
+    const a = normals([37, 53], 1), b = normals([53, 29], 2);
+    const c = tf.matMul(a, b);
+    const sync = c.dataSync() as Float32Array;       // the patched readSync
+    const d = tf.relu(c);
+    const asyncVals = await d.data();
+    const [ref] = await on('cpu', () => [tf.matMul(normals([37, 53], 1), normals([53, 29], 2))]);
+    expect(relErr([sync], [ref])).toBeLessThan(1e-5);
+    expect(relErr([asyncVals], [ref.map((x) => Math.max(0, x))])).toBeLessThan(1e-5);
+    await tf.setBackend('webgpu');
+    const s = tf.sum(tf.square(normals([1000], 3)));
+    expect(s.arraySync()).toBeCloseTo((await on('cpu', () => [tf.sum(tf.square(normals([1000], 3)))]))[0][0], 2);
+    tf.dispose([a, b, c, d, s]);
+  });
+
+  it('addN of more tensors than a kernel may bind (a UNet has ~100 gradient norms to sum) is split, and frees its partial sums', async () => {
+    await selectBackend('webgpu');
+    const xs = Array.from({ length: 23 }, (_, i) => normals([5, 7], 40 + i));
+    const before = tf.memory().numTensors;
+    const want = xs.reduce((a, b) => a.add(b));
+    const got = tf.addN(xs);
+    expect(relErr([got.dataSync()], [want.dataSync()])).toBeLessThan(1e-6);
+    expect(tf.memory().numTensors - before).toBe(22 + 1); // the reduce's 22 sums and addN's one result
+    tf.dispose([...xs, got]);
+    tf.disposeVariables();
+  });
+
+  it('under a binding limit, an embedding table and attention scores larger than one binding are split (ops/limits.ts)', async () => {
+    await selectBackend('webgpu');
+    const saved = deviceLimits.maxBindingBytes;
+    const work = () => {
+      manualSeed(4);
+      const emb = new Embedding(3000, 64); // 768 KB: over the 256 KB limit below
+      const ids = tf.tensor2d([[0, 5, 2999, 17], [1, 1, 2, 3]], undefined, 'int32');
+      const q = normals([2, 300, 16], 12) as tf.Tensor3D, k = normals([2, 300, 16], 13) as tf.Tensor3D, v = normals([2, 300, 16], 14) as tf.Tensor3D;
+      const out = [emb.forward(ids), scaledDotProductAttention(q, k, v, 2)]; // scores 2·2·300·300·4 B = 1.4 MB
+      emb.dispose();
+      return out;
+    };
+    try {
+      deviceLimits.maxBindingBytes = 256 * 1024;
+      const g = await on('webgpu', work);
+      deviceLimits.maxBindingBytes = Number.POSITIVE_INFINITY;
+      const c = await on('cpu', work);
+      expect(relErr([g[0]], [c[0]])).toBe(0);
+      expect(relErr([g[1]], [c[1]])).toBeLessThan(1e-5);
+    } finally {
+      deviceLimits.maxBindingBytes = saved;
+    }
+  });
+
+  const cases: Array<[string, () => Module, (m: Module) => tf.Scalar]> = [
+    ['UNet (cross-attention, 2 levels)', () => new UNet2DConditionModel({ sample_size: 8, in_channels: 4, out_channels: 4, block_out_channels: [8, 16], layers_per_block: 1, norm_num_groups: 4, cross_attention_dim: 12, attention_head_dim: [2, 4], down_block_types: ['CrossAttnDownBlock2D', 'DownBlock2D'], up_block_types: ['UpBlock2D', 'CrossAttnUpBlock2D'] }),
+      (m) => tf.mean(tf.square(tf.sub((m as UNet2DConditionModel).forward(normals([2, 8, 8, 4], 5) as tf.Tensor4D, [10, 700], normals([2, 5, 12], 6) as tf.Tensor3D), normals([2, 8, 8, 4], 7)))) as tf.Scalar],
+    ['VAE (encode → sample → decode, mid attention)', () => new AutoencoderKL({ sample_size: 16, in_channels: 1, out_channels: 1, block_out_channels: [8, 16], down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'], norm_num_groups: 4, latent_channels: 4 }),
+      (m) => {
+        const vae = m as AutoencoderKL;
+        const x = normals([2, 16, 16, 1], 8) as tf.Tensor4D;
+        const dist = vae.encode(x);
+        const z = tf.add(dist.mean, tf.mul(tf.exp(tf.mul(dist.logvar, 0.5)), normals(dist.mean.shape, 9))) as tf.Tensor4D;
+        return tf.add(tf.mean(tf.square(tf.sub(vae.decode(z), x))), tf.mul(1e-3, tf.mean(tf.square(dist.mean)))) as tf.Scalar;
+      }],
+    ['text encoder (causal self-attention, projection)', () => new TextEncoder({ architectures: ['CLIPTextModelWithProjection'], vocab_size: 40, hidden_size: 16, intermediate_size: 32, projection_dim: 8, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 8, hidden_act: 'gelu', eos_token_id: 2, bos_token_id: 1, pad_token_id: 0, pooling: 'first_eos' }),
+      (m) => {
+        const out = (m as TextEncoder).forward([[1, 5, 9, 33, 2, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0]]);
+        return tf.add(tf.mean(tf.square(out.lastHiddenState)), tf.mean(tf.square(out.textEmbeds!))) as tf.Scalar;
+      }],
+  ];
+  for (const [name, build, loss] of cases) {
+    it(`${name}: forward and every parameter's gradient match the cpu backend`, async () => {
+      const g = await on('webgpu', lossAndGrads(build, loss, 11));
+      const c = await on('cpu', lossAndGrads(build, loss, 11));
+      expect(g).toHaveLength(c.length);
+      const lossErr = Math.abs(g[0][0] - c[0][0]) / Math.abs(c[0][0]);
+      const gradErr = relErr(g.slice(1), c.slice(1));
+      console.log(`${name}: loss ${lossErr.toExponential(2)}, gradients ${gradErr.toExponential(2)} (${c.length - 1} tensors)`);
+      expect(lossErr).toBeLessThan(1e-5);
+      expect(gradErr).toBeLessThan(1e-5);
+    }, 300_000);
+  }
+
+  it('two AdamW steps (the optimizer composition, weight decay on) match the cpu backend', async () => {
+    const step = () => {
+      const vars = [normals([64, 33], 20), normals([33], 21)].map((t, i) => tf.variable(t, true, `p${i}`));
+      const opt = new AdamW(vars.map((v, i) => [`p${i}`, v] as [string, tf.Variable]), { weightDecay: 0.01 });
+      for (let k = 0; k < 2; k++) opt.applyGradients([normals([64, 33], 22 + k), normals([33], 30 + k)], 1e-2);
+      const out = vars.map((v) => tf.keep(v.clone()));
+      opt.dispose();
+      vars.forEach((v) => v.dispose());
+      return out;
+    };
+    expect(relErr(await on('webgpu', step), await on('cpu', step))).toBeLessThan(1e-6);
+  });
+
+  it('SD 1.x txt2img matches diffusers (sd1_tiny, ddim): text encoder, UNet with guidance, scheduler, VAE decode', async () => {
+    await tf.setBackend('webgpu');
+    const ref = readSafetensors(path.join(TINY, 'reference.safetensors'), (n) => n.startsWith('t2i.'));
+    const refT = (k: string) => tf.tensor(ref.get(k)!.data, ref.get(k)!.shape);
+    const c = JSON.parse(fs.readFileSync(path.join(TINY, 'manifest.json'), 'utf8').replace(/(?<=[:[,]\s*)(-?Infinity|NaN)/g, 'null')).cases.txt2img.ddim;
+    const pipe = loadDiffusersPipeline(MODEL);
+    pipe.scheduler = createScheduler('ddim', readSchedulerConfig(path.join(MODEL, 'scheduler/scheduler_config.json')));
+    const out = pipe.call({
+      prompt: c.call.prompt, negativePrompt: c.call.negative_prompt, numInferenceSteps: c.call.num_inference_steps,
+      guidanceScale: c.call.guidance_scale, height: c.call.height, width: c.call.width, eta: c.call.eta,
+      latents: tf.transpose(refT(c.call.latents), [0, 2, 3, 1]) as tf.Tensor4D,
+    });
+    const final = refT(c.outputs.final_latents);
+    const latentErr = relErr([await tf.transpose(out.latents, [0, 3, 1, 2]).data()], [await final.data()]);
+    const imageErr = relErr([await out.images.data()], [await refT(c.outputs.image).data()]) * tf.max(refT(c.outputs.image)).dataSync()[0];
+    const embedErr = tf.max(tf.abs(tf.sub(out.promptEmbeds, refT(c.outputs.prompt_embeds)))).dataSync()[0];
+    console.log(`sd1_tiny on webgpu: final latents (rel) ${latentErr.toExponential(2)}, image ${imageErr.toExponential(2)}, embeds ${embedErr.toExponential(2)}`);
+    // test/pipeline.test.ts's tolerances (cpu and native): 3e-5 relative, 1e-5 absolute
+    expect(latentErr).toBeLessThan(3e-5);
+    expect(imageErr).toBeLessThan(1e-5);
+    expect(embedErr).toBeLessThan(1e-5);
+    pipe.dispose();
+  }, 300_000);
+
+  it('`sdlab train all --preset tiny --backend webgpu`: the three trainers, their losses as on cpu, and the sample sheet', async () => {
+    const { tmp, dataDir } = tinyDigitsDir('sdlab-webgpu-', 40);
+    const runs = { webgpu: path.join(tmp, 'gpu'), cpu: path.join(tmp, 'cpu') };
+    const { stdout } = await sdlab(['train', 'all', '--preset', 'tiny', '--data', dataDir, '--backend', 'webgpu', '--run', runs.webgpu]);
+    expect(stdout).toMatch(/unet\s+trained/);
+    await sdlab(['train', 'all', '--preset', 'tiny', '--data', dataDir, '--backend', 'cpu', '--run', runs.cpu]);
+    expect(fs.existsSync(path.join(runs.webgpu, 'samples/grid.png'))).toBe(true);
+    // Each step sees the same weights and batch on both (the UNet's latents come from the VAE
+    // just trained; the gradient-norm clip sums ~100 norms: the split addN): the losses agree.
+    for (const stage of ['vae', 'clip', 'unet']) {
+      const losses = (run: string) => (JSON.parse(fs.readFileSync(path.join(run, 'train', stage, 'history.json'), 'utf8')).steps as Array<{ loss: number }>).map((s) => s.loss);
+      const [g, c] = [losses(runs.webgpu), losses(runs.cpu)];
+      console.log(`train all tiny, ${stage}: losses webgpu ${g.join(', ')}; cpu ${c.join(', ')}`);
+      expect(g).toHaveLength(c.length);
+      g.forEach((l, i) => expect(Math.abs(l - c[i]) / Math.abs(c[i])).toBeLessThan(1e-5));
+    }
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }, 600_000);
+
+  it('a kernel binding more than the adapter allows fails loudly at the next read (not garbage)', async (ctx) => {
+    await selectBackend('webgpu');
+    const limit = deviceLimits.maxBindingBytes;
+    if (limit > 2 ** 28) ctx.skip(); // a GPU with large bindings: allocating past them is not worth it here
+    const big = tf.zeros([Math.ceil(limit / 4) + 1024]);
+    const y = tf.add(big, 1);
+    expect(() => y.dataSync()).toThrow(/webgpu backend: the GPU rejected a kernel .*maxStorageBufferBindingSize/);
+    tf.dispose([big, y]);
+    // (last in this file: what a device does after a rejected kernel is not relied on by the others)
+  });
+});
