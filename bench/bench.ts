@@ -8,6 +8,7 @@
  *   npm run bench -- --json               # one JSON object per line: case, backend, medianMs, gflops, ...
  *   npm run bench -- --threads 1 --runs 7 --cases sgemm-1024,convnet-train-step
  *   npm run bench -- --cpu-slow           # also time the cpu backend on the training steps (slow)
+ *   npm run bench -- --backends native,webgpu --cases unet-train-step,sd15-unet-step   # a WebGPU column
  *
  * Cases: fma-peak (one core's FMA peak, measured in the same run: the GEMM rows give their fraction of it),
  * GEMMs (1024³ and two Stable Diffusion shapes), the reference convnet training step, and
@@ -28,6 +29,10 @@
  *   npm run bench -- --cases fma-peak,sd15-unet-step   # --sd-runs N, --no-warmup
  *   npm run bench -- --profile sd15-unet-step          # per-kernel profile of one UNet step
  *
+ * WebGPU (--backends …,webgpu; src/backend/webgpu.ts): every case but fma-peak, the SD rows in
+ * their child process too; each run waits for the GPU to finish. Its "threads" column is 1 and
+ * its SD rows' fraction of the FMA peak compares a GPU with this CPU (read it as a ratio).
+ *
  * Adding a case: push a BenchCase onto CASES with a `setup` that builds the tensors/model for the
  * current tfjs backend and returns one step as a function, and, for a PyTorch comparison, a
  * snippet in TORCH_SCRIPT's CASES.
@@ -38,6 +43,8 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { loadNativeAddon, nativeLoadError, nativeThreadCount, registerNativeBackend } from '../src/backend/native.ts';
+import { selectBackend } from '../src/backend/index.ts';
+import { probeWebgpu, webgpuIdle } from '../src/backend/webgpu.ts';
 import { type TrainStep, convnetFlops, convnetTrainStep, unetTrainStep, useFusedOps, vaeTrainStep } from './cases.ts';
 import { SD_CASE_NAMES, type SdCaseName, type SdChildResult } from './sd.ts';
 
@@ -240,6 +247,7 @@ function parseArgs(argv: string[]): Opts {
     else if (a === '--help' || a === '-h') usage('');
     else usage(`unknown option ${a}`);
   }
+  for (const b of o.backends) if (!['cpu', 'native', 'torch', 'webgpu'].includes(b)) usage(`--backends: unknown backend "${b}" (have cpu, native, torch, webgpu)`);
   if (o.cases) for (const c of o.cases) if (!CASES.some((k) => k.name === c)) usage(`--cases: unknown case "${c}" (have ${CASES.map((k) => k.name).join(', ')})`);
   if (o.profile !== null && !(SD_CASE_NAMES as readonly string[]).includes(o.profile)) usage(`--profile: expected one of ${SD_CASE_NAMES.join(', ')}, got "${o.profile}" (bench/profile.ts profiles the training steps)`);
   return o;
@@ -253,7 +261,7 @@ function posInt(flag: string, v: string): number {
 
 function usage(msg: string): never {
   if (msg) console.error(`bench: error: ${msg}`);
-  console.error('usage: npm run bench -- [--json] [--cpu-slow] [--runs N] [--threads N] [--cases a,b] [--backends cpu,native,torch]\n' +
+  console.error('usage: npm run bench -- [--json] [--cpu-slow] [--runs N] [--threads N] [--cases a,b] [--backends cpu,native,torch,webgpu]\n' +
     '                          [--sd] [--sd-runs N] [--sd-steps N] [--no-warmup] [--profile sd15-unet-step]');
   process.exit(msg ? 2 : 0);
 }
@@ -278,18 +286,18 @@ interface Row {
 }
 
 /** Script and arguments of a bench/sd.ts child for `name`. */
-function sdChildArgs(name: string, opts: Opts, extra: string[] = []): string[] {
+function sdChildArgs(name: string, opts: Opts, extra: string[] = [], backend = 'native'): string[] {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  return [path.join(here, '..', 'bin', 'run-ts.mjs'), path.join(here, 'sd.ts'), '--child', name, '--threads', String(opts.threads),
+  return [path.join(here, '..', 'bin', 'run-ts.mjs'), path.join(here, 'sd.ts'), '--child', name, '--backend', backend, '--threads', String(opts.threads),
     '--runs', String(opts.sdRuns), '--steps', String(opts.sdSteps), ...(opts.noWarmup ? ['--no-warmup'] : []), ...extra];
 }
 
 /** Runs a Stable Diffusion case in a child process; its stderr passes through. */
-function runSdCase(name: SdCaseName, opts: Opts, peak: number | undefined): Row {
-  const r = spawnSync(process.execPath, sdChildArgs(name, opts), { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 1 << 24 });
+function runSdCase(name: SdCaseName, opts: Opts, peak: number | undefined, backend = 'native'): Row {
+  const r = spawnSync(process.execPath, sdChildArgs(name, opts, [], backend), { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', maxBuffer: 1 << 24 });
   const line = (r.stdout ?? '').split('\n').find((l) => l.startsWith('{"sdBench"'));
   if (r.status !== 0 || !line) {
-    return { case: name, backend: 'native', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: `failed: child exited ${r.status ?? r.signal}` };
+    return { case: name, backend, medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: `failed: child exited ${r.status ?? r.signal}` };
   }
   const c = (JSON.parse(line) as { sdBench: SdChildResult }).sdBench;
   const ms = median(c.times);
@@ -297,7 +305,7 @@ function runSdCase(name: SdCaseName, opts: Opts, peak: number | undefined): Row 
   const peakGflops = peak ?? round2(c.peakGflops);
   const warm = c.warmup ? 'after a warm-up run' : 'no warm-up';
   const steps = name === 'sd15-image' ? `; ${opts.sdSteps} DDIM step${opts.sdSteps === 1 ? '' : 's'}` : '';
-  return { case: name, backend: 'native', medianMs: round2(ms), cpuMs: round2(median(c.cpu)), gflops, runs: c.times.length, threads: opts.threads,
+  return { case: name, backend, medianMs: round2(ms), cpuMs: round2(median(c.cpu)), gflops, runs: c.times.length, threads: backend === 'native' ? opts.threads : 1,
     ofPeak: Math.round((1000 * gflops) / peakGflops) / 1000, peakGflops, maxRssKiB: c.maxRssKiB, setupMs: round2(c.setupMs),
     note: `child process, ${warm}${steps}` };
 }
@@ -313,6 +321,11 @@ async function main(): Promise<void> {
     const r = spawnSync(process.execPath, sdChildArgs(opts.profile, opts, ['--profile']), { stdio: 'inherit' });
     process.exit(r.status ?? 1);
   }
+  // The WebGPU column, when asked for and an adapter is there (it says which).
+  const wp = opts.backends.includes('webgpu') ? await probeWebgpu() : null;
+  const webgpu = wp?.available ?? false;
+  if (wp && !opts.json) console.log(`webgpu: ${wp.detail}`);
+  if (wp && !wp.available) console.error(`sdlab bench: no webgpu column: ${wp.detail}`);
   // The Stable Diffusion rows take minutes: only when named, or with --sd.
   const cases = CASES.filter((c) => (opts.cases ? opts.cases.includes(c.name) : !c.sd || opts.sd));
   // (no python process when no selected case has a PyTorch version)
@@ -334,7 +347,10 @@ async function main(): Promise<void> {
         emit({ case: c.name, backend: 'native', medianMs: null, gflops: null, runs: 0, threads: opts.threads, note: `skipped: native unavailable` });
         continue;
       }
-      emit(runSdCase(c.sd, opts, rows.find((p) => p.case === 'fma-peak' && p.gflops !== null)?.gflops ?? undefined));
+      for (const backend of ['native', 'webgpu'].filter((b) => opts.backends.includes(b))) {
+        if (backend === 'webgpu' && !webgpu) continue;
+        emit(runSdCase(c.sd, opts, rows.find((p) => p.case === 'fma-peak' && p.gflops !== null)?.gflops ?? undefined, backend));
+      }
       continue;
     }
     if (c.pending) {
@@ -345,9 +361,10 @@ async function main(): Promise<void> {
     type Runner = { backend: string; runs: number; time: () => Promise<number>; dispose: () => void; times: number[]; cpu: number[]; flops: number; note?: string };
     c.prepare?.();
     const runners: Runner[] = [];
-    for (const backend of ['cpu', 'native']) {
+    for (const backend of ['cpu', 'native', 'webgpu']) {
       if (!opts.backends.includes(backend)) continue;
       if (backend === 'native' && !haveNative) continue;
+      if (backend === 'webgpu' && (!webgpu || c.nativeOnly)) continue;
       if (backend === 'cpu' && c.nativeOnly) continue;
       let runs = opts.runs;
       let note: string | undefined;
@@ -359,7 +376,8 @@ async function main(): Promise<void> {
         runs = 1;
         note = 'one run (--cpu-slow), no warm-up';
       }
-      await tf.setBackend(backend);
+      if (backend === 'webgpu') await selectBackend('webgpu');
+      else await tf.setBackend(backend);
       const s = c.setup();
       const bname = backend;
       const r: Runner = {
@@ -368,6 +386,7 @@ async function main(): Promise<void> {
           await tf.setBackend(bname);
           const t0 = performance.now(), c0 = process.cpuUsage();
           await s.run();
+          if (bname === 'webgpu') await webgpuIdle(); // kernels run asynchronously there
           const ms = performance.now() - t0, cu = process.cpuUsage(c0);
           r.cpu.push((cu.user + cu.system) / 1000);
           return ms;
@@ -402,7 +421,7 @@ async function main(): Promise<void> {
       const peak = rows.find((p) => p.case === 'fma-peak' && p.gflops !== null)?.gflops;
       const ofPeak = r.backend === 'native' && c.name.includes('gemm') && peak && gflops ? Math.round((1000 * gflops) / peak) / 1000 : undefined;
       emit({ case: c.name, backend: r.backend, medianMs: round2(ms), cpuMs: r.cpu.length ? round2(median(r.cpu)) : null,
-        gflops, runs: r.times.length, threads: r.backend === 'cpu' ? 1 : opts.threads,
+        gflops, runs: r.times.length, threads: r.backend === 'cpu' || r.backend === 'webgpu' ? 1 : opts.threads,
         ...(ofPeak !== undefined ? { ofPeak } : {}), ...(r.note ? { note: r.note } : {}) });
       r.dispose();
     }

@@ -32,6 +32,7 @@ import type { UNet2DConditionConfig } from '../src/unet/config.ts';
 import type { TextEncoderConfig } from '../src/clip/text_encoder.ts';
 import { textEncoderFlops, unetFlops, vaeDecodeFlops } from '../src/eval/flops.ts';
 import { loadNativeAddon, registerNativeBackend } from '../src/backend/native.ts';
+import { selectBackend } from '../src/backend/index.ts';
 
 export const SD_CASE_NAMES = ['sd15-unet-step', 'sd15-vae-decode', 'sd15-text-encode', 'sd15-image', 'sdturbo-image'] as const;
 export type SdCaseName = (typeof SD_CASE_NAMES)[number];
@@ -262,7 +263,7 @@ function profile(name: SdCaseName, o: SdCaseOpts, warmup: boolean): void {
   table('kernel and input shapes', byShape);
 }
 
-/** Child entry: bench/sd.ts --child CASE --threads N --runs N --steps N [--no-warmup] [--profile]. */
+/** Child entry: bench/sd.ts --child CASE [--backend native|webgpu] --threads N --runs N --steps N [--no-warmup] [--profile]. */
 async function child(argv: string[]): Promise<void> {
   const get = (flag: string, dflt: string) => {
     const i = argv.indexOf(flag);
@@ -275,7 +276,9 @@ async function child(argv: string[]): Promise<void> {
   const warmup = !argv.includes('--no-warmup') && sdCaseWarmup(name);
   tf.env().set('PROD', true);
   if (!registerNativeBackend()) throw new Error('bench/sd.ts: the native backend is not available');
-  await tf.setBackend('native');
+  // --backend webgpu: the model runs on the GPU (the FMA peak probe stays the CPU's).
+  if (get('--backend', 'native') === 'webgpu') await selectBackend('webgpu');
+  else await tf.setBackend('native');
   loadNativeAddon()!.setThreads(Number(get('--threads', String(loadNativeAddon()!.threads()))));
   if (argv.includes('--profile')) {
     profile(name, o, !argv.includes('--no-warmup'));

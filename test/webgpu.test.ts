@@ -9,11 +9,10 @@
  *   - one AdamW step (the optimizer's composition: webgpu has no fused kernel);
  *   - SD 1.x txt2img against diffusers (the sd1_tiny fixture), as test/pipeline.test.ts checks it;
  *   - `sdlab train all --preset tiny --backend webgpu` end to end (three trainers, sample sheet).
- * Error measure for tensors: max |webgpu − cpu| / max |cpu| over each tensor (gradients: over all
- * of a model's gradients), so tiny entries are not held to a relative bound they cannot meet.
+ * Error measure (bench/gpu.ts, shared with `npm run gpu-check`): max |webgpu − cpu| / max |cpu| over
+ * each tensor (gradients: over all of a model's gradients).
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
@@ -22,10 +21,8 @@ import { probeWebgpu } from '../src/backend/webgpu.ts';
 import { selectBackend } from '../src/backend/index.ts';
 import { deviceLimits, scaledDotProductAttention } from '../src/ops/index.ts';
 import { Embedding } from '../src/nn/layers.ts';
-import { UNet2DConditionModel } from '../src/unet/unet.ts';
-import { AutoencoderKL } from '../src/autoencoder/autoencoder.ts';
-import { TextEncoder } from '../src/clip/text_encoder.ts';
-import { manualSeed, type Module } from '../src/nn/module.ts';
+import { manualSeed } from '../src/nn/module.ts';
+import { PARITY_MODELS, modelParity, normals, on, relErr } from '../bench/gpu.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import { createScheduler, readSchedulerConfig } from '../src/schedule/index.ts';
 import { loadDiffusersPipeline } from '../src/sample/index.ts';
@@ -35,56 +32,6 @@ import { MODEL, TINY } from './helpers/pipeline-fixture.ts';
 
 const probe = await probeWebgpu();
 const inCI = !!process.env.CI;
-
-/** max |a − b| / max |b| over the pairs (b: the cpu reference). */
-function relErr(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
-  let diff = 0, scale = 0;
-  a.forEach((x, k) => {
-    const y = b[k];
-    for (let i = 0; i < y.length; i++) {
-      diff = Math.max(diff, Math.abs(x[i] - y[i]));
-      scale = Math.max(scale, Math.abs(y[i]));
-    }
-  });
-  return diff / scale;
-}
-
-/** Runs f on a backend and returns its outputs' values (read asynchronously, then synchronously checked below). */
-async function on(backend: string, f: () => tf.Tensor[]): Promise<Float32Array[]> {
-  await tf.setBackend(backend);
-  const outs = tf.tidy(f);
-  const vals = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
-  tf.dispose(outs);
-  return vals;
-}
-
-/** The model (built from `seed` on the active backend), its loss on fixed inputs, and every gradient. */
-function lossAndGrads(build: () => Module, loss: (m: Module) => tf.Scalar, seed: number): () => tf.Tensor[] {
-  return () => {
-    manualSeed(seed);
-    const m = build();
-    const { value, grads } = tf.variableGrads(() => loss(m), m.parameters());
-    const out = [value, ...m.parameters().map((p) => grads[p.name])];
-    for (const t of out) tf.keep(t);
-    m.dispose();
-    return out;
-  };
-}
-
-/** Deterministic inputs (the same numbers on both backends). */
-function normals(shape: number[], seed: number): tf.Tensor {
-  let s = seed >>> 0;
-  const n = shape.reduce((a, b) => a * b, 1);
-  const d = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const u = (s + 0.5) / 2 ** 32;
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const v = (s + 0.5) / 2 ** 32;
-    d[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  }
-  return tf.tensor(d, shape);
-}
 
 describe.skipIf(!probe.available && !inCI)(`webgpu backend (${probe.adapter})`, () => {
   beforeAll(() => {
@@ -134,11 +81,17 @@ describe.skipIf(!probe.available && !inCI)(`webgpu backend (${probe.adapter})`, 
       emb.dispose();
       return out;
     };
+    const run = async () => {
+      const outs = tf.tidy(work);
+      const vals = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+      tf.dispose(outs);
+      return vals;
+    };
     try {
-      deviceLimits.maxBindingBytes = 256 * 1024;
-      const g = await on('webgpu', work);
-      deviceLimits.maxBindingBytes = Number.POSITIVE_INFINITY;
-      const c = await on('cpu', work);
+      deviceLimits.maxBindingBytes = 256 * 1024; // (after selectBackend, which sets the adapter's)
+      const g = await run();
+      await selectBackend('cpu');
+      const c = await run();
       expect(relErr([g[0]], [c[0]])).toBe(0);
       expect(relErr([g[1]], [c[1]])).toBeLessThan(1e-5);
     } finally {
@@ -146,33 +99,12 @@ describe.skipIf(!probe.available && !inCI)(`webgpu backend (${probe.adapter})`, 
     }
   });
 
-  const cases: Array<[string, () => Module, (m: Module) => tf.Scalar]> = [
-    ['UNet (cross-attention, 2 levels)', () => new UNet2DConditionModel({ sample_size: 8, in_channels: 4, out_channels: 4, block_out_channels: [8, 16], layers_per_block: 1, norm_num_groups: 4, cross_attention_dim: 12, attention_head_dim: [2, 4], down_block_types: ['CrossAttnDownBlock2D', 'DownBlock2D'], up_block_types: ['UpBlock2D', 'CrossAttnUpBlock2D'] }),
-      (m) => tf.mean(tf.square(tf.sub((m as UNet2DConditionModel).forward(normals([2, 8, 8, 4], 5) as tf.Tensor4D, [10, 700], normals([2, 5, 12], 6) as tf.Tensor3D), normals([2, 8, 8, 4], 7)))) as tf.Scalar],
-    ['VAE (encode → sample → decode, mid attention)', () => new AutoencoderKL({ sample_size: 16, in_channels: 1, out_channels: 1, block_out_channels: [8, 16], down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'], up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'], norm_num_groups: 4, latent_channels: 4 }),
-      (m) => {
-        const vae = m as AutoencoderKL;
-        const x = normals([2, 16, 16, 1], 8) as tf.Tensor4D;
-        const dist = vae.encode(x);
-        const z = tf.add(dist.mean, tf.mul(tf.exp(tf.mul(dist.logvar, 0.5)), normals(dist.mean.shape, 9))) as tf.Tensor4D;
-        return tf.add(tf.mean(tf.square(tf.sub(vae.decode(z), x))), tf.mul(1e-3, tf.mean(tf.square(dist.mean)))) as tf.Scalar;
-      }],
-    ['text encoder (causal self-attention, projection)', () => new TextEncoder({ architectures: ['CLIPTextModelWithProjection'], vocab_size: 40, hidden_size: 16, intermediate_size: 32, projection_dim: 8, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 8, hidden_act: 'gelu', eos_token_id: 2, bos_token_id: 1, pad_token_id: 0, pooling: 'first_eos' }),
-      (m) => {
-        const out = (m as TextEncoder).forward([[1, 5, 9, 33, 2, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0]]);
-        return tf.add(tf.mean(tf.square(out.lastHiddenState)), tf.mean(tf.square(out.textEmbeds!))) as tf.Scalar;
-      }],
-  ];
-  for (const [name, build, loss] of cases) {
-    it(`${name}: forward and every parameter's gradient match the cpu backend`, async () => {
-      const g = await on('webgpu', lossAndGrads(build, loss, 11));
-      const c = await on('cpu', lossAndGrads(build, loss, 11));
-      expect(g).toHaveLength(c.length);
-      const lossErr = Math.abs(g[0][0] - c[0][0]) / Math.abs(c[0][0]);
-      const gradErr = relErr(g.slice(1), c.slice(1));
-      console.log(`${name}: loss ${lossErr.toExponential(2)}, gradients ${gradErr.toExponential(2)} (${c.length - 1} tensors)`);
-      expect(lossErr).toBeLessThan(1e-5);
-      expect(gradErr).toBeLessThan(1e-5);
+  for (const model of PARITY_MODELS) {
+    it(`${model.name}: forward and every parameter's gradient match the cpu backend`, async () => {
+      const r = await modelParity('webgpu', model);
+      console.log(`${r.name}: loss ${r.lossErr.toExponential(2)}, gradients ${r.gradErr.toExponential(2)} (${r.tensors} tensors)`);
+      expect(r.lossErr).toBeLessThan(1e-5);
+      expect(r.gradErr).toBeLessThan(1e-5);
     }, 300_000);
   }
 

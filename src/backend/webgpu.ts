@@ -273,3 +273,13 @@ function installSyncRead(proto: WebgpuBackendInternals): void {
     return this.convertAndCacheOnCPU(dataId, tf.util.convertBackendValuesAndArrayBuffer(bytes, data.dtype));
   };
 }
+
+/** Waits until the GPU has finished every kernel queued so far (timing; tfjs submits lazily). */
+export async function webgpuIdle(): Promise<void> {
+  const b = tf.backend() as unknown as { ensureCommandEncoderReady?(): void; endComputePassEncoder?(): void; submitQueue?(): void; device?: { queue: { onSubmittedWorkDone(): Promise<void> } } };
+  // as tfjs's own read does: close the open compute pass, submit what was recorded
+  b.ensureCommandEncoderReady?.();
+  b.endComputePassEncoder?.();
+  b.submitQueue?.();
+  await b.device?.queue.onSubmittedWorkDone();
+}
