@@ -668,8 +668,23 @@ void sgemv_case(const Gemm& g) {
 
 const char* gemm_isa() { return kernel().name; }
 
+// The 6×16 kernel family that the packed, row-major-A and indirect paths are written for
+// (convolutions without im2col, Winograd, the fused attention): the GEMM's own kernel where it is
+// 6×16, else (the 12×32 AVX-512 kernel, which has no such variants) the AVX2 one, which every
+// AVX-512 CPU runs. Without it an AVX-512 machine fell back to im2col and skipped Winograd.
+static const Kern& tile_kernel() {
+  static const Kern k = [] {
+#ifdef SDLAB_X86
+    if (kernel().fn == kern_avx512 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return Kern{6, 16, kern_avx2, "avx2+fma", kern_avx2_rows};
+#endif
+    return kernel();
+  }();
+  return k;
+}
+
 IndirectKernel indirect_kernel() {
-  const Kern& k = kernel();
+  const Kern& k = tile_kernel();
 #ifdef SDLAB_X86
   if (k.fn == kern_avx2) return kern_avx2_ind;
 #elif defined(SDLAB_NEON)
@@ -751,8 +766,8 @@ FmaProbe fma_probe(long iters) {
   return {s, 12.0 * 2 * iters};
 }
 
-PackedKernel packed_kernel() { return indirect_kernel() ? kernel().fn : nullptr; }
-RowsKernel rows_kernel() { return indirect_kernel() ? kernel().rows_fn : nullptr; }
+PackedKernel packed_kernel() { return indirect_kernel() ? tile_kernel().fn : nullptr; }
+RowsKernel rows_kernel() { return indirect_kernel() ? tile_kernel().rows_fn : nullptr; }
 
 float sdot(const float* x, const float* y, long n) { return dot(x, y, n); }
 
