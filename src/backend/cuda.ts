@@ -46,6 +46,11 @@ function librarySearch(): (soname: string) => boolean {
   return (soname) => cache.includes(`${soname} `) || dirs.some((d) => list(path.resolve(d)).includes(soname));
 }
 
+/** `libcudart.so.11.0 (CUDA 11 runtime (…)), …`: libraries with what provides each, for messages. */
+export function describeLibraries(libs: ReadonlyArray<{ soname: string; from: string }>): string {
+  return libs.map((l) => `${l.soname} (${l.from})`).join(', ');
+}
+
 /** The CUDA 11 libraries tfjs-node-gpu would fail to open here (empty on Linux when all are found). */
 export function missingCudaLibraries(): Array<{ soname: string; from: string }> {
   if (process.platform !== 'linux') return [...CUDA11_LIBRARIES];

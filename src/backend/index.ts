@@ -12,8 +12,9 @@ import { existsSync, readdirSync } from 'node:fs';
 import { UsageError } from '../util/errors.ts';
 import { loadNativeAddon, nativeLoadError, registerNativeBackend } from './native.ts';
 import { gpuDeviceNodes, probeWebgpu, watchDeviceErrors } from './webgpu.ts';
-import { deviceLimits } from '../ops/index.ts';
-import { missingCudaLibraries } from './cuda.ts';
+import { deviceLimits } from '../util/device_limits.ts';
+import './kernel_fixes.ts'; // tfjs cpu kernel corrections, for cpu and the backends built on it
+import { describeLibraries, missingCudaLibraries } from './cuda.ts';
 
 export const BACKEND_CHOICES = ['auto', 'cuda', 'webgpu', 'tensorflow', 'native', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -69,7 +70,7 @@ export async function probeBackend(choice: Exclude<BackendChoice, 'auto'>): Prom
     } else {
       const err = await tryImport('@tensorflow/tfjs-node-gpu');
       const missing = err ? missingCudaLibraries() : [];
-      const libs = missing.length ? `; the CUDA 11.2 libraries it links are missing: ${missing.map((l) => `${l.soname} (${l.from})`).join(', ')} (README, "GPU")` : '';
+      const libs = missing.length ? `; the CUDA 11.2 libraries it links are missing: ${describeLibraries(missing)} (README, "GPU")` : '';
       p = { choice, tfName: 'tensorflow', available: !err, detail: err ? err + libs : '@tensorflow/tfjs-node-gpu with a visible GPU' };
     }
   } else if (choice === 'webgpu') {
@@ -133,7 +134,7 @@ export async function selectBackend(choice: string = process.env.SDLAB_BACKEND ?
   }
   await tf.setBackend(chosen.tfName);
   await tf.ready();
-  // What one kernel may bind (ops/limits.ts): WebGPU's storage-binding limit, else none.
+  // What one kernel may bind (util/device_limits.ts): WebGPU's storage-binding limit, else none.
   deviceLimits.maxBindingBytes = Number.POSITIVE_INFINITY;
   if (chosen.choice === 'webgpu') deviceLimits.maxBindingBytes = watchDeviceErrors(tf.backend());
   // The cpu backend (and native, which extends it) greets Node users with an "install

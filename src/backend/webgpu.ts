@@ -256,8 +256,9 @@ function installSyncRead(proto: WebgpuBackendInternals): void {
     this.endComputePassEncoder();
     this.commandEncoder.copyBufferToBuffer(src, 0, staging, 0, src.size);
     this.submitQueue();
-    let failed: Error | null = null;
-    staging.mapAsync((globalThis as unknown as { GPUMapMode: { READ: number } }).GPUMapMode.READ).catch((e: Error) => { failed = e; });
+    // (its rejection is seen below as mapState falling back to 'unmapped'; the handler itself
+    // cannot run before this function returns)
+    staging.mapAsync((globalThis as unknown as { GPUMapMode: { READ: number } }).GPUMapMode.READ).catch(() => {});
     const deadline = Date.now() + webgpuSettings.readTimeoutMs;
     // Dawn completes the map from the event loop: turn it until the buffer is mapped (or the map
     // failed: it falls back to 'unmapped', e.g. on a lost device).
@@ -265,7 +266,7 @@ function installSyncRead(proto: WebgpuBackendInternals): void {
       if (Date.now() > deadline) throw new Error(`webgpu backend: the GPU did not return a tensor within ${webgpuSettings.readTimeoutMs / 1000} s`);
       pump.call(null);
     }
-    if (staging.mapState !== 'mapped') throw new Error(`webgpu backend: reading a tensor back failed${failed ? `: ${(failed as Error).message}` : ' (device lost?)'}`);
+    if (staging.mapState !== 'mapped') throw new Error('webgpu backend: reading a tensor back failed (device lost?)');
     const bytes = staging.getMappedRange().slice(0);
     staging.unmap();
     this.bufferManager.releaseBuffer(staging);

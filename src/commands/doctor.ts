@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs';
 import os from 'node:os';
 import { probeBackend, selectBackend, BACKEND_HELP } from '../backend/index.ts';
 import { loadNativeAddon, nativeAddonSource } from '../backend/native.ts';
-import { missingCudaLibraries } from '../backend/cuda.ts';
+import { describeLibraries, missingCudaLibraries } from '../backend/cuda.ts';
 
 export function register(program: Command): void {
   program
@@ -29,6 +29,6 @@ export function register(program: Command): void {
       }
       // tfjs-node-gpu's libraries, whether or not a GPU is visible here (README, "GPU").
       const missing = missingCudaLibraries();
-      console.log(`cuda libs: ${missing.length ? `missing ${missing.map((l) => `${l.soname} (${l.from})`).join(', ')}` : 'CUDA 11.2 runtime, cuBLAS, cuFFT, cuRAND, cuSOLVER, cuSPARSE and cuDNN 8 found'}`);
+      console.log(`cuda libs: ${missing.length ? `missing ${describeLibraries(missing)}` : 'CUDA 11.2 runtime, cuBLAS, cuFFT, cuRAND, cuSOLVER, cuSPARSE and cuDNN 8 found'}`);
     });
 }

@@ -9,7 +9,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { Module, init } from './module.ts';
-import { fitsBinding, gelu, groupNorm, layerNorm, silu } from '../ops/index.ts';
+import { gelu, groupNorm, layerNorm, silu } from '../ops/index.ts';
+import { fitsBinding } from '../util/device_limits.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Activations (silu and gelu are ops: src/ops/fused.ts)
@@ -214,7 +215,7 @@ export class Embedding extends Module {
 
   /**
    * The lookup for a table larger than one GPU binding (SD's 49,408 × 768 tokens is 152 MB;
-   * ops/limits.ts): the rows picked in JS from a copy of the table, read once per weight value.
+   * util/device_limits.ts): the rows picked in JS from a copy of the table, read once per weight value.
    * Not differentiable with respect to the table (inference; training such a table needs a
    * backend that can bind it).
    */

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ATTENTION, type AttentionAttrs } from './kernel_names.ts';
 import { useKernel } from './fused.ts';
-import { deviceLimits } from './limits.ts';
+import { bindingElements } from '../util/device_limits.ts';
 
 /** Score matrices larger than this many elements are computed in query-row chunks (composition only). */
 export const attentionSettings = { maxScoreElements: 1 << 26 };
@@ -63,8 +63,8 @@ export function scaledDotProductAttention(
 
     const attend = (qc: tf.Tensor4D, maskc?: tf.Tensor): tf.Tensor4D => tf.matMul(probabilities(qc, kh, maskc), vh); // [B, H, rows, Dv]
 
-    // (and never more than one binding holds: limits.ts)
-    const limit = Math.min(opts.maxScoreElements ?? attentionSettings.maxScoreElements, Math.floor(deviceLimits.maxBindingBytes / 4));
+    // (and never more than one binding holds: util/device_limits.ts)
+    const limit = Math.min(opts.maxScoreElements ?? attentionSettings.maxScoreElements, bindingElements());
     const rowsPerChunk = Math.max(1, Math.floor(limit / (b * heads * lk)));
     let out: tf.Tensor4D;
     if (rowsPerChunk >= lq) {

@@ -1,14 +1,14 @@
 /**
- * Corrections to tfjs 4.22 kernels that sdlab's models depend on, registered when the ops load
- * (so every model, trainer and backend gets them).
+ * Corrections to tfjs 4.22 kernels that sdlab's models depend on, registered when the backends
+ * load (src/backend/index.ts, which the CLI and the package's entry point import).
  *
  * ResizeNearestNeighborGrad on the `cpu` backend (the Upsample2D of every UNet and VAE decoder,
  * in training): tfjs's kernel reads dy at the input's batch stride, so batch items after the
  * first receive another item's gradient (wrong by O(1) for batch > 1), and it ignores
  * halfPixelCenters. This one adds each dy pixel to the input pixel the forward copied it from,
  * by the forward's own index rule (nearestSources), as TensorFlow's kernel, sdlab's native
- * backend and tfjs's webgpu backend do; test/webgpu.test.ts and test/native_ops.test.ts check it
- * against the closed form.
+ * backend (which takes nearestSources from here) and tfjs's webgpu backend do;
+ * test/kernel_fixes.test.ts checks it against the closed form.
  */
 import * as tf from '@tensorflow/tfjs';
 
