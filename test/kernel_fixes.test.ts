@@ -1,5 +1,5 @@
 /**
- * src/backend/kernel_fixes.ts: the gradient of resizeNearestNeighbor on the cpu backend (tfjs 4.22's
+ * src/ops/kernel_fixes.ts: the gradient of resizeNearestNeighbor on the cpu backend (tfjs 4.22's
  * own kernel gives batch items after the first another item's gradient) and on sdlab's native
  * backend, against the closed form: dx[n, i, j] = Σ dy[n, r, c] over the output pixels (r, c) that
  * the forward copied from (i, j) — for 2× (sums of 2×2 blocks) and an uneven size (brute force
@@ -8,7 +8,7 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, describe, expect, it } from 'vitest';
-import '../src/backend/kernel_fixes.ts';
+import '../src/ops/index.ts';
 import { registerNativeBackend } from '../src/backend/native.ts';
 
 const backends = ['cpu', ...(registerNativeBackend() ? ['native'] : [])];

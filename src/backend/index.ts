@@ -13,7 +13,6 @@ import { UsageError } from '../util/errors.ts';
 import { loadNativeAddon, nativeLoadError, registerNativeBackend } from './native.ts';
 import { gpuDeviceNodes, probeWebgpu, watchDeviceErrors } from './webgpu.ts';
 import { deviceLimits } from '../util/device_limits.ts';
-import './kernel_fixes.ts'; // tfjs cpu kernel corrections, for cpu and the backends built on it
 import { describeLibraries, missingCudaLibraries } from './cuda.ts';
 
 export const BACKEND_CHOICES = ['auto', 'cuda', 'webgpu', 'tensorflow', 'native', 'cpu'] as const;

@@ -25,8 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setArrayAccel } from '../util/accel.ts';
-import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, normDims } from '../ops/index.ts';
-import { nearestSources } from './kernel_fixes.ts';
+import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, nearestSources, normDims } from '../ops/index.ts';
 
 type F32 = Float32Array;
 type TensorInfo = tf.TensorInfo;

@@ -1,6 +1,7 @@
 /**
- * Corrections to tfjs 4.22 kernels that sdlab's models depend on, registered when the backends
- * load (src/backend/index.ts, which the CLI and the package's entry point import).
+ * Corrections to tfjs 4.22 kernels that sdlab's models depend on, registered when the ops load:
+ * every model imports them, so an in-process run and the CLI (which selects a backend first) train
+ * with the same kernel.
  *
  * ResizeNearestNeighborGrad on the `cpu` backend (the Upsample2D of every UNet and VAE decoder,
  * in training): tfjs's kernel reads dy at the input's batch stride, so batch items after the
