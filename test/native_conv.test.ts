@@ -114,7 +114,7 @@ describe('native convolutions', () => {
     const root = path.resolve(__dirname, '..');
     const exe = path.join(mkdtempSync(path.join(tmpdir(), 'sdlab-conv-')), 'conv_check');
     const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/conv_check.cc', 'native/src/conv.cc', 'native/src/winograd.cc',
-      'native/src/gemm.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
+      'native/src/gemm.cc', 'native/src/copy.cc', 'native/src/ops.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
     for (const env of [{}, { SDLAB_ISA: 'generic' }, { SDLAB_IM2COL: '1' }]) {
       const r = spawnSync(exe, [], { env: { ...process.env, ...env }, encoding: 'utf8' });

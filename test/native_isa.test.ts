@@ -45,9 +45,9 @@ function run(cmd: string, args: string[], env: Record<string, string> = {}): Pro
 }
 
 const CHECKS: Record<string, string[]> = {
-  gemm_check: ['gemm.cc', 'pool.cc'],
-  conv_check: ['conv.cc', 'winograd.cc', 'gemm.cc', 'pool.cc'],
-  attention_check: ['attention.cc', 'gemm.cc', 'ops.cc', 'pool.cc'],
+  gemm_check: ['gemm.cc', 'copy.cc', 'ops.cc', 'pool.cc'],
+  conv_check: ['conv.cc', 'winograd.cc', 'gemm.cc', 'copy.cc', 'ops.cc', 'pool.cc'],
+  attention_check: ['attention.cc', 'gemm.cc', 'copy.cc', 'ops.cc', 'pool.cc'],
   ops_check: ['ops.cc', 'copy.cc', 'pool.cc'],
 };
 

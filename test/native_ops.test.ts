@@ -284,7 +284,7 @@ describe('native model pieces against cpu', () => {
     const root = path.resolve(__dirname, '..');
     const exe = path.join(mkdtempSync(path.join(tmpdir(), 'sdlab-attn-')), 'attention_check');
     const build = spawnSync('g++', ['-O2', '-std=c++17', '-pthread', '-Inative/src', 'native/test/attention_check.cc', 'native/src/attention.cc',
-      'native/src/gemm.cc', 'native/src/ops.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
+      'native/src/gemm.cc', 'native/src/copy.cc', 'native/src/ops.cc', 'native/src/pool.cc', '-o', exe], { cwd: root, encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
     for (const env of [{}, { SDLAB_ISA: 'generic' }]) {
       const r = spawnSync(exe, [], { env: { ...process.env, ...env }, encoding: 'utf8' });

@@ -3,7 +3,9 @@
 #include <node_api.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <malloc.h>
 #include <string>
 #include <thread>
@@ -40,22 +42,30 @@ struct Args {
     napi_typeof(env, argv[i], &t);
     return t == napi_null || t == napi_undefined;
   }
-  float* f32(size_t i, size_t need, const char* what) const {
+  // Argument i as a typed array of one of `types`, at least `need` elements long; `kind` names
+  // what was expected in the errors.
+  struct Typed {
+    napi_typedarray_type type;
+    void* data;
+  };
+  Typed typed(size_t i, size_t need, const char* what, std::initializer_list<napi_typedarray_type> types,
+              const char* kind) const {
     if (i >= argc) throw Err{std::string(what) + ": missing argument"};
     bool is_ta = false;
     napi_is_typedarray(env, argv[i], &is_ta);
-    if (!is_ta) throw Err{std::string(what) + ": expected a Float32Array"};
-    napi_typedarray_type type;
+    if (!is_ta) throw Err{std::string(what) + ": expected " + kind};
+    Typed t;
     size_t length;
-    void* data;
     napi_value buf;
     size_t off;
-    napi_get_typedarray_info(env, argv[i], &type, &length, &data, &buf, &off);
-    if (type != napi_float32_array) throw Err{std::string(what) + ": expected a Float32Array"};
+    napi_get_typedarray_info(env, argv[i], &t.type, &length, &t.data, &buf, &off);
+    if (std::find(types.begin(), types.end(), t.type) == types.end()) throw Err{std::string(what) + ": expected " + kind};
     if (length < need)
-      throw Err{std::string(what) + ": Float32Array of length " + std::to_string(length) + " is shorter than " +
-                std::to_string(need)};
-    return static_cast<float*>(data);
+      throw Err{std::string(what) + ": array of length " + std::to_string(length) + " is shorter than " + std::to_string(need)};
+    return t;
+  }
+  float* f32(size_t i, size_t need, const char* what) const {
+    return static_cast<float*>(typed(i, need, what, {napi_float32_array}, "a Float32Array").data);
   }
   const int* i32(size_t i, size_t need, const char* what) const {
     if (i >= argc) throw Err{std::string(what) + ": missing argument"};
@@ -73,6 +83,22 @@ struct Args {
     return static_cast<const int*>(data);
   }
   const float* opt_f32(size_t i, size_t need, const char* what) const { return is_null(i) ? nullptr : f32(i, need, what); }
+  // A weight operand: a Float32Array, or a Uint16Array of float16 bits (weights kept in half
+  // precision). Exactly one of the two pointers is set.
+  struct Weights {
+    const float* f = nullptr;
+    const uint16_t* h = nullptr;
+  };
+  Weights weights(size_t i, size_t need, const char* what) const {
+    const Typed t = typed(i, need, what, {napi_float32_array, napi_uint16_array}, "a Float32Array or a Uint16Array of float16 bits");
+    Weights w;
+    if (t.type == napi_float32_array) w.f = static_cast<const float*>(t.data);
+    else w.h = static_cast<const uint16_t*>(t.data);
+    return w;
+  }
+  const uint16_t* u16(size_t i, size_t need, const char* what) const {
+    return static_cast<const uint16_t*>(typed(i, need, what, {napi_uint16_array}, "a Uint16Array").data);
+  }
   double num(size_t i) const {
     double v = 0;
     if (i >= argc || napi_get_value_double(env, argv[i], &v) != napi_ok) throw Err{"expected a number argument"};
@@ -132,7 +158,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
     bool ta = a.boolean(7), tb = a.boolean(8);
     long sA = a.lng(9), sB = a.lng(10);
     const float* A = a.f32(0, batch ? (batch - 1) * sA + M * K : 0, "matmul A");
-    const float* B = a.f32(1, batch ? (batch - 1) * sB + K * N : 0, "matmul B");
+    const Args::Weights B = a.weights(1, batch ? (batch - 1) * sB + K * N : 0, "matmul B");
     float* C = a.f32(2, batch * M * N, "matmul C");
     const float* bias = a.opt_f32(11, N, "matmul bias");
     int act = (int)a.num(12);
@@ -142,7 +168,8 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
       Gemm g;
       g.M = M; g.N = N; g.K = K;
       g.A = A + b * sA; g.lda = ta ? M : K; g.transA = ta;
-      g.B = B + b * sB; g.ldb = tb ? K : N; g.transB = tb;
+      if (B.h) g.Bh = B.h + b * sB; else g.B = B.f + b * sB;
+      g.ldb = tb ? K : N; g.transB = tb;
       g.C = C + b * M * N; g.ldc = N; g.accumulate = acc;
       g.bias = bias; g.act = act; g.alpha = alpha;
       sgemm(g);
@@ -171,11 +198,29 @@ napi_value Conv2d(napi_env env, napi_callback_info info) {
     Args a(env, info);
     ConvShape s = conv_shape(a.ints(3));
     const float* x = a.f32(0, s.B * s.H * s.W * s.Cin, "conv2d x");
-    const float* w = a.f32(1, s.kh * s.kw * s.Cin * s.Cout, "conv2d filter");
+    const Args::Weights w = a.weights(1, s.kh * s.kw * s.Cin * s.Cout, "conv2d filter");
     float* out = a.f32(2, s.B * s.outH * s.outW * s.Cout, "conv2d out");
     const float* bias = a.opt_f32(4, s.Cout, "conv2d bias");
-    conv2d(s, x, w, out, bias, (int)a.num(5), (float)a.num(6));
+    conv2d(s, x, w.f, out, bias, (int)a.num(5), (float)a.num(6), w.h);
     return undefined(env);
+  });
+}
+
+// conv2dUpsampled(x, w, out, shape[15], up, bias|null, act, alpha): conv2d of x nearest-upsampled by
+// `up` (shape's H and W are the upsampled sizes); false, with nothing written, where no path takes it.
+napi_value Conv2dUpsampled(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    ConvShape s = conv_shape(a.ints(3));
+    s.up = a.lng(4);
+    if (s.up < 1 || s.H % s.up || s.W % s.up) throw Err{"conv2dUpsampled: H and W must be multiples of up"};
+    const float* x = a.f32(0, s.B * (s.H / s.up) * (s.W / s.up) * s.Cin, "conv2dUpsampled x");
+    const Args::Weights w = a.weights(1, s.kh * s.kw * s.Cin * s.Cout, "conv2dUpsampled filter");
+    float* out = a.f32(2, s.B * s.outH * s.outW * s.Cout, "conv2dUpsampled out");
+    const float* bias = a.opt_f32(5, s.Cout, "conv2dUpsampled bias");
+    napi_value v;
+    napi_get_boolean(env, conv2d_upsampled(s, x, w.f, out, bias, (int)a.num(6), (float)a.num(7), w.h), &v);
+    return v;
   });
 }
 
@@ -528,6 +573,55 @@ napi_value HalvesToFloats(napi_env env, napi_callback_info info) {
   });
 }
 
+// floatsToHalves(src: Float32Array, dst: Uint16Array): dst = src rounded to float16 bits (nearest even).
+napi_value FloatsToHalves(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    const float* src = a.f32(0, 0, "floatsToHalves: src");
+    size_t n = 0;
+    napi_get_typedarray_info(env, a.argv[0], nullptr, &n, nullptr, nullptr, nullptr);
+    uint16_t* dst = const_cast<uint16_t*>(a.u16(1, n, "floatsToHalves: dst"));
+    floats_to_halves(src, dst, (long)n);
+    return undefined(env);
+  });
+}
+
+// release(buffer: ArrayBuffer): detaches it, which frees its memory now rather than at V8's next
+// garbage collection (which may come gigabytes later: a 512-px VAE decode frees 256 MB tensors).
+// Every view of it then has length 0. Only for buffers nothing else can reach (BufferPool).
+napi_value Release(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    bool is_ab = false;
+    if (a.argc > 0) napi_is_arraybuffer(env, a.argv[0], &is_ab);
+    if (!is_ab) throw Err{"release: expected an ArrayBuffer"};
+    bool detachable = false;
+    napi_value v;
+    if (napi_is_detached_arraybuffer(env, a.argv[0], &detachable) == napi_ok && !detachable)
+      detachable = napi_detach_arraybuffer(env, a.argv[0]) == napi_ok;
+    else
+      detachable = false;
+    napi_get_boolean(env, detachable, &v);
+    return v;
+  });
+}
+
+// trimMemory(): hands the C heap's free pages back to the system (malloc_trim), for the moments
+// when a program moves to work of another shape (SD: text encoder → UNet → VAE decode). The
+// allocator keeps freed memory for reuse (Init's mallopt); without this, each phase's freed
+// buffers stay resident while the next phase allocates sizes that do not fit them. Returns
+// whether the C library has it (glibc).
+napi_value TrimMemory(napi_env env, napi_callback_info) {
+  bool done = false;
+#ifdef M_MMAP_THRESHOLD
+  malloc_trim(0);
+  done = true;
+#endif
+  napi_value v;
+  napi_get_boolean(env, done, &v);
+  return v;
+}
+
 // fmaPeak(iters): every pool thread runs the FMA probe at once; returns the FLOPs done in all.
 napi_value FmaPeak(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
@@ -575,11 +669,14 @@ napi_value PumpEventLoop(napi_env env, napi_callback_info) {
 napi_value Init(napi_env env, napi_value exports) {
 #ifdef M_MMAP_THRESHOLD
   // Tensors come and go every step; by default glibc maps and unmaps each large buffer, so every
-  // new tensor pays page faults on first touch (slow in VMs). Keep freed memory for reuse instead.
+  // new tensor pays page faults on first touch (slow in VMs). Keep freed memory for reuse instead,
+  // below 100 MB a block (SD's UNet: up to 84 MB; at 32 MB its step took 1.5× as long). Larger
+  // ones (the VAE decoder's 128-256 MB activations at 512 px) are mapped on their own and returned
+  // whole when freed: kept in the heap, they stranded several hundred MB between sizes.
   // SDLAB_MALLOC_TUNE=0 disables this.
   const char* tune = std::getenv("SDLAB_MALLOC_TUNE");
   if (!tune || std::string(tune) != "0") {
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_MMAP_THRESHOLD, 100 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
   }
 #endif
@@ -588,6 +685,7 @@ napi_value Init(napi_env env, napi_value exports) {
     napi_callback cb;
   } fns[] = {{"matmul", Matmul},
              {"conv2d", Conv2d},
+             {"conv2dUpsampled", Conv2dUpsampled},
              {"conv2dBackpropInput", Conv2dBackpropInput},
              {"conv2dBackpropFilter", Conv2dBackpropFilter},
              {"binary", Binary},
@@ -608,6 +706,9 @@ napi_value Init(napi_env env, napi_value exports) {
              {"adamw", AdamW},
              {"fmaPeak", FmaPeak},
              {"halvesToFloats", HalvesToFloats},
+             {"floatsToHalves", FloatsToHalves},
+             {"release", Release},
+             {"trimMemory", TrimMemory},
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},

@@ -19,6 +19,7 @@
 #include <memory>
 #include <vector>
 
+#include "copy.h"
 #include "gemm.h"
 #include "pool.h"
 #include "winograd.h"
@@ -384,8 +385,8 @@ constexpr long PANELS_PER_TASK = 8;  // 6-pixel tiles per task; the filter block
 // reads at tap t (nullptr: padding, reads zeros). `ptrs(m, r, stride)` writes in(m, t) to
 // r[t * stride] for every tap.
 template <class RowPtrs>
-void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* out, const float* bias, int act,
-                   float alpha, IndirectKernel kern, const RowPtrs& ptrs) {
+void indirect_gemm(long M, long taps, long Cin, long N, const float* w, const uint16_t* wh, float* out, const float* bias,
+                   int act, float alpha, IndirectKernel kern, const RowPtrs& ptrs) {
   const int MR = IND_MR, NR = IND_NR;
   const long np = (N + NR - 1) / NR, mp = (M + MR - 1) / MR;
   // K blocks: whole taps [t0, t1) x channels [c0, c1).
@@ -416,9 +417,14 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
       const long n0 = j * NR, nr = std::min<long>(NR, N - n0);
       for (long t = b.t0; t < b.t1; ++t)
         for (long c = b.c0; c < b.c1; ++c, d += NR) {
-          const float* src = w + (t * Cin + c) * N + n0;
           long jj = 0;
-          for (; jj < nr; ++jj) d[jj] = src[jj];
+          if (wh) {
+            load_halves(wh + (t * Cin + c) * N + n0, d, nr);
+            jj = nr;
+          } else {
+            const float* src = w + (t * Cin + c) * N + n0;
+            for (; jj < nr; ++jj) d[jj] = src[jj];
+          }
           for (; jj < NR; ++jj) d[jj] = 0.f;
         }
     }
@@ -464,18 +470,19 @@ void indirect_gemm(long M, long taps, long Cin, long N, const float* w, float* o
   });
 }
 
-void conv2d_indirect(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
-                     float alpha, IndirectKernel kern) {
+void conv2d_indirect(const ConvShape& s, const float* x, const float* w, const uint16_t* wh, float* out, const float* bias,
+                     int act, float alpha, IndirectKernel kern) {
   const long P = s.outH * s.outW;
-  indirect_gemm(s.B * P, s.kh * s.kw, s.Cin, s.Cout, w, out, bias, act, alpha, kern,
+  indirect_gemm(s.B * P, s.kh * s.kw, s.Cin, s.Cout, w, wh, out, bias, act, alpha, kern,
                 [&](long m, const float** r, long stride) {
                   const long b = m / P, oh = (m % P) / s.outW, ow = m % s.outW;
+                  const long u = s.up, Hx = s.H / u, Wx = s.W / u;  // an upsampled input: its source pixels
                   for (long ki = 0; ki < s.kh; ++ki) {
                     const long ih = oh * s.sh - s.padTop + ki * s.dh;
                     for (long kj = 0; kj < s.kw; ++kj) {
                       const long iw = ow * s.sw - s.padLeft + kj * s.dw;
                       const bool in = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
-                      r[(ki * s.kw + kj) * stride] = in ? x + ((b * s.H + ih) * s.W + iw) * s.Cin : nullptr;
+                      r[(ki * s.kw + kj) * stride] = in ? x + ((b * Hx + ih / u) * Wx + iw / u) * s.Cin : nullptr;
                     }
                   }
                 });
@@ -519,7 +526,7 @@ void conv2d_backprop_input_phases(const ConvShape& s, const float* dy, const flo
           for (long ci = 0; ci < Cin; ++ci)
             for (long co = 0; co < Cout; ++co)
               wt[(t * Cout + co) * Cin + ci] = w[((tki[t] * s.kw + tkj[t]) * Cin + ci) * Cout + co];
-        indirect_gemm(M, taps, Cout, Cin, wt.data(), o, nullptr, ACT_LINEAR, 0.f, kern,
+        indirect_gemm(M, taps, Cout, Cin, wt.data(), nullptr, o, nullptr, ACT_LINEAR, 0.f, kern,
                       [&](long m, const float** r, long stride) {
                         const long b = m / (nh * nw), i = (m % (nh * nw)) / nw, j = m % nw;
                         for (long t = 0; t < taps; ++t) {
@@ -695,20 +702,30 @@ void conv2d_backprop_filter_panels(const ConvShape& s, const float* x, const flo
 
 }  // namespace
 
-void conv2d(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha) {
+void conv2d(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act, float alpha,
+            const uint16_t* wh) {
   const long Kc = s.kh * s.kw * s.Cin, P = s.outH * s.outW;
   Gemm g;
-  g.N = s.Cout; g.K = Kc; g.B = w; g.ldb = s.Cout; g.ldc = s.Cout; g.lda = Kc;
+  g.N = s.Cout; g.K = Kc; g.B = w; g.Bh = wh; g.ldb = s.Cout; g.ldc = s.Cout; g.lda = Kc;
   g.bias = bias; g.act = act; g.alpha = alpha;
   if (is_pointwise(s)) {
     g.M = s.B * P; g.A = x; g.C = out;
     sgemm(g);
     return;
   }
-  if (s.Cout <= SMALL_COUT) return conv2d_small(s, x, w, out, bias, act, alpha);
-  if (!std::getenv("SDLAB_IM2COL") && winograd_applies(s)) return conv2d_winograd(s, x, w, out, bias, act, alpha);
+  if (s.Cout <= SMALL_COUT) {
+    // Few output channels (a small filter): an fp16 one is unpacked whole first.
+    std::vector<float> wf;
+    if (wh) {
+      wf.resize((size_t)Kc * s.Cout);
+      halves_to_floats(wh, wf.data(), Kc * s.Cout);
+      w = wf.data();
+    }
+    return conv2d_small(s, x, w, out, bias, act, alpha);
+  }
+  if (!std::getenv("SDLAB_IM2COL") && winograd_applies(s)) return conv2d_winograd(s, x, w, out, bias, act, alpha, wh);
   if (IndirectKernel kern = indirect_kernel(); kern && !std::getenv("SDLAB_IM2COL"))
-    return conv2d_indirect(s, x, w, out, bias, act, alpha, kern);
+    return conv2d_indirect(s, x, w, wh, out, bias, act, alpha, kern);
   const long ipc = images_per_chunk(s);
   float* cols = scratch(0, (size_t)ipc * P * Kc);
   for (long b0 = 0; b0 < s.B; b0 += ipc) {
@@ -717,6 +734,18 @@ void conv2d(const ConvShape& s, const float* x, const float* w, float* out, cons
     g.M = (b1 - b0) * P; g.A = cols; g.C = out + b0 * P * s.Cout;
     sgemm(g);
   }
+}
+
+bool conv2d_upsampled(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
+                      float alpha, const uint16_t* wh) {
+  if (!std::getenv("SDLAB_IM2COL") && winograd_applies(s)) {
+    conv2d_winograd(s, x, w, out, bias, act, alpha, wh);
+    return true;
+  }
+  IndirectKernel kern = indirect_kernel();
+  if (!kern || std::getenv("SDLAB_IM2COL") || is_pointwise(s) || s.Cout <= SMALL_COUT) return false;
+  conv2d_indirect(s, x, w, wh, out, bias, act, alpha, kern);
+  return true;
 }
 
 void conv2d_backprop_input(const ConvShape& s, const float* dy, const float* w, float* dx) {

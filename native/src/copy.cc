@@ -215,16 +215,69 @@ void halves_neon(const uint16_t* src, float* dst, long n) {
 }
 #endif
 
+// Round to nearest even, as F16C's vcvtps2ph with _MM_FROUND_TO_NEAREST_INT: overflow → ±Inf, NaN
+// stays NaN (quiet), tiny values → subnormals or ±0.
+inline uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu;
+  uint32_t mant = x & 0x7fffffu;
+  if (exp == 0xffu) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u | (mant >> 13) : 0u));
+  const int e = (int)exp - 127 + 15;
+  if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return (uint16_t)sign;
+    mant |= 0x800000u;
+    const int shift = 14 - e;
+    uint32_t h = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) ++h;
+    return (uint16_t)(sign | h);
+  }
+  uint32_t h = ((uint32_t)e << 10) | (mant >> 13);
+  const uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right (→ Inf at the top)
+  return (uint16_t)(sign | h);
+}
+
+#ifdef SDLAB_COPY_X86
+__attribute__((target("avx2,f16c"))) void floats_f16c(const float* src, uint16_t* dst, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+#elif defined(SDLAB_COPY_NEON)
+void floats_neon(const float* src, uint16_t* dst, long n) {
+  long i = 0;
+  for (; i + 4 <= n; i += 4) vst1_u16(dst + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
+  for (; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
+#endif
+
 }  // namespace
 
+void load_halves(const uint16_t* src, float* dst, long n) {
+#ifdef SDLAB_COPY_X86
+  if (has_f16c()) return halves_f16c(src, dst, n);
+#elif defined(SDLAB_COPY_NEON)
+  if (use_simd()) return halves_neon(src, dst, n);
+#endif
+  for (long i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+}
+
 void halves_to_floats(const uint16_t* src, float* dst, long n) {
+  parallel_for(n, 1 << 16, [&](long b, long e) { load_halves(src + b, dst + b, e - b); });
+}
+
+void floats_to_halves(const float* src, uint16_t* dst, long n) {
   parallel_for(n, 1 << 16, [&](long b, long e) {
 #ifdef SDLAB_COPY_X86
-    if (has_f16c()) return halves_f16c(src + b, dst + b, e - b);
+    if (has_f16c()) return floats_f16c(src + b, dst + b, e - b);
 #elif defined(SDLAB_COPY_NEON)
-    if (use_simd()) return halves_neon(src + b, dst + b, e - b);
+    if (use_simd()) return floats_neon(src + b, dst + b, e - b);
 #endif
-    for (long i = b; i < e; ++i) dst[i] = half_to_float(src[i]);
+    for (long i = b; i < e; ++i) dst[i] = float_to_half(src[i]);
   });
 }
 

@@ -25,5 +25,11 @@ void scatter_add_hw(const float* dy, long B, long OH, long OW, long C, const int
 // dst[i] = the float16 bits src[i] as float32, exactly (F16C on x86, FCVTL on aarch64, else bit
 // arithmetic); multithreaded.
 void halves_to_floats(const uint16_t* src, float* dst, long n);
+// The same on the calling thread only: for kernels that unpack fp16 weights inside their own
+// parallel loops (GEMM and convolution packing).
+void load_halves(const uint16_t* src, float* dst, long n);
+// dst[i] = src[i] rounded to float16 bits, to nearest even (F16C / FCVTN; exact for values that
+// came from float16); multithreaded. For keeping fp16 weights in half precision in memory.
+void floats_to_halves(const float* src, uint16_t* dst, long n);
 
 }  // namespace sdlab

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "copy.h"
 #include "pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -501,7 +502,14 @@ void pack_a(const Gemm& g, int MR, long p0, long p1, long k0, long kc, float* ds
 void pack_bt_panel(const Gemm& g, int NR, long j, long k0, long kc, float* dst) {
   long n0 = j * NR;
   int nr = (int)std::min<long>(NR, g.N - n0);
+  float row[512];
   for (int jj = 0; jj < nr; ++jj) {
+    if (g.Bh) {
+      // Columns of an fp16 B: unpacked a piece at a time (the KC block is at most 512 rows).
+      load_halves(g.Bh + (n0 + jj) * g.ldb + k0, row, kc);
+      for (long k = 0; k < kc; ++k) dst[k * NR + jj] = row[k];
+      continue;
+    }
     const float* src = g.B + (n0 + jj) * g.ldb + k0;
     for (long k = 0; k < kc; ++k) dst[k * NR + jj] = src[k];
   }
@@ -516,8 +524,20 @@ void pack_b_rows(const Gemm& g, int NR, long KC, long Npad, long kb, long ke, fl
   const long N = g.N, np = Npad / NR;
   for (long k = kb; k < ke; ++k) {
     const long k0 = k / KC * KC, kc = std::min(KC, g.K - k0);
-    const float* src = g.B + k * g.ldb;
     float* dst = Bpk + k0 * Npad + (k - k0) * NR;
+    if (g.Bh) {
+      // An fp16 row unpacked straight into its panels: NR halves at a time.
+      const uint16_t* src = g.Bh + k * g.ldb;
+      long j = 0;
+      for (; (j + 1) * NR <= N; ++j) load_halves(src + j * NR, dst + j * kc * NR, NR);
+      if (j < np) {
+        float* d = dst + j * kc * NR;
+        load_halves(src + j * NR, d, N - j * NR);
+        std::fill(d + (N - j * NR), d + NR, 0.f);
+      }
+      continue;
+    }
+    const float* src = g.B + k * g.ldb;
     long j = 0;
     for (; (j + 1) * NR <= N; ++j) std::memcpy(dst + j * kc * NR, src + j * NR, NR * sizeof(float));
     if (j < np) {
@@ -784,7 +804,17 @@ void sgemm(const Gemm& g) {
     epilogue_region(g.C, g.ldc, 0, M, 0, N, g.bias, g.act, g.alpha);
     return;
   }
-  if ((N == 1 || M == 1) && !g.pack_a) return sgemv_case(g);
+  if ((N == 1 || M == 1) && !g.pack_a) {
+    if (!g.Bh) return sgemv_case(g);
+    // Memory-bound and small: the fp16 B unpacked whole, then the float32 path.
+    const long count = g.transB ? (N - 1) * g.ldb + K : (K - 1) * g.ldb + N;
+    std::vector<float> b(count);
+    halves_to_floats(g.Bh, b.data(), count);
+    Gemm f = g;
+    f.Bh = nullptr;
+    f.B = b.data();
+    return sgemv_case(f);
+  }
 
   const Kern& kr = kernel();
   const int MR = kr.MR, NR = kr.NR;

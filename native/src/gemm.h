@@ -1,6 +1,7 @@
 // Single-precision GEMM, row-major: C[M,N] (+)= op(A)[M,K] · op(B)[K,N], then an optional
 // per-column bias and activation (the "epilogue" of tfjs's fused kernels).
 #pragma once
+#include <cstdint>
 
 namespace sdlab {
 
@@ -14,6 +15,9 @@ struct Gemm {
   const float* B = nullptr;
   long ldb = 0;
   bool transB = false;  // B stored [N,K]: B(k,n) = B[n*ldb + k]
+  // Optional: B as float16 bits (weights kept in half precision), same layout; B is then ignored.
+  // Unpacked to float32 while B is packed, so the product costs what it does in float32.
+  const uint16_t* Bh = nullptr;
   float* C = nullptr;
   long ldc = 0;
   bool accumulate = false;     // C += product instead of C = product

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "copy.h"
 #include "gemm.h"
 #include "pool.h"
 
@@ -48,12 +49,15 @@ constexpr long ROW_BLOCK = 120;            // tiles per GEMM task (120 rows × 3
 constexpr long CHUNK_FLOATS = 6L << 20;    // V and M of one chunk of tiles: ~24 MB
 
 // U[ξ][j][cin][16]: the transformed filter in the micro-kernel's 16-wide panels (zeros past Cout).
-SDLAB_WINO_TARGET void transform_filter(const ConvShape& s, const float* w, float* U, long np) {
+SDLAB_WINO_TARGET void transform_filter(const ConvShape& s, const float* w, const uint16_t* wh, float* U, long np) {
   const long Cin = s.Cin, Cout = s.Cout, Coutp = np * NR;
   parallel_for(Cin, 8, [&](long c0, long c1) {
     std::vector<float> g(9 * Coutp, 0.f), t(12 * Coutp), u(16 * Coutp);
     for (long c = c0; c < c1; ++c) {
-      for (int k = 0; k < 9; ++k) std::memcpy(&g[k * Coutp], w + (k * Cin + c) * Cout, Cout * sizeof(float));
+      for (int k = 0; k < 9; ++k) {
+        if (wh) load_halves(wh + (k * Cin + c) * Cout, &g[k * Coutp], Cout);
+        else std::memcpy(&g[k * Coutp], w + (k * Cin + c) * Cout, Cout * sizeof(float));
+      }
       // t = G g (4×3), per output channel o
       for (int col = 0; col < 3; ++col) {
         const float* __restrict g0 = &g[(0 * 3 + col) * Coutp];
@@ -136,11 +140,13 @@ struct VSub { float32x4_t operator()(float32x4_t a, float32x4_t b) const { retur
 #endif
 
 // The tile's 16 input pixels (pointers to their Cin channels; `zeros` outside the image).
+// An upsampled input (s.up > 1) is read at the source pixel of each virtual one.
 inline void tile_inputs(const ConvShape& s, const float* x, long b, long ty, long tx, const float* zeros, const float** d) {
+  const long u = s.up, Hx = s.H / u, Wx = s.W / u;
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 4; ++c) {
       const long ih = 2 * ty - s.padTop + r, iw = 2 * tx - s.padLeft + c;
-      d[r * 4 + c] = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W ? x + ((b * s.H + ih) * s.W + iw) * s.Cin : zeros;
+      d[r * 4 + c] = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W ? x + ((b * Hx + ih / u) * Wx + iw / u) * s.Cin : zeros;
     }
 }
 
@@ -242,14 +248,14 @@ bool winograd_applies(const ConvShape& s) {
 }
 
 void conv2d_winograd(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
-                     float alpha) {
+                     float alpha, const uint16_t* wh) {
   const RowsKernel kern = rows_kernel();
   const long Cin = s.Cin, Cout = s.Cout, np = (Cout + NR - 1) / NR, Coutp = np * NR;
   const long tH = (s.outH + 1) / 2, tW = (s.outW + 1) / 2, T = s.B * tH * tW;
   // U, 64-byte aligned (the micro-kernel loads filter panels with aligned loads).
   std::vector<float> ubuf((size_t)(16 * np * Cin * NR) + 16);
   float* const U = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(ubuf.data()) + 63) & ~uintptr_t(63));
-  transform_filter(s, w, U, np);
+  transform_filter(s, w, wh, U, np);
   const std::vector<float> zeros(Cin, 0.f);
   // K blocks of equal size, at most KC channels.
   const long nkb = (Cin + KC - 1) / KC, kcb = (Cin + nkb - 1) / nkb;

@@ -11,6 +11,6 @@ namespace sdlab {
 bool winograd_applies(const ConvShape& s);
 // out[B,outH,outW,Cout] = conv(x, w) (+ bias, activation), as conv2d.
 void conv2d_winograd(const ConvShape& s, const float* x, const float* w, float* out, const float* bias, int act,
-                     float alpha);
+                     float alpha, const uint16_t* wh = nullptr);
 
 }  // namespace sdlab

@@ -2,7 +2,7 @@
 // without Node: random shapes that cross the kernel's row blocks and key tiles, odd head sizes,
 // value widths that are not multiples of 16, one key, large scores, at 1 and 2 threads.
 //   g++ -O2 -std=c++17 -pthread -Inative/src native/test/attention_check.cc native/src/attention.cc
-//       native/src/gemm.cc native/src/ops.cc native/src/pool.cc -o /tmp/attention_check && /tmp/attention_check
+//       native/src/gemm.cc native/src/copy.cc native/src/ops.cc native/src/pool.cc -o /tmp/attention_check && /tmp/attention_check
 // Run it also with SDLAB_ISA=generic (the sgemm path). A probability e^(s − m) inherits the float
 // rounding of its score s (relative 6e-8), so the allowed error is 1e-7·(16 + max|s|) per case;
 // prints the worst error and its ratio to that bound and exits 1 when the ratio exceeds 1.

@@ -3,7 +3,7 @@
 // paddings — including dilated gradients, which tfjs's cpu backend (the parity tests' reference)
 // does not implement — at 1 and 2 threads.
 //   g++ -O2 -std=c++17 -pthread -Inative/src native/test/conv_check.cc native/src/conv.cc
-//       native/src/winograd.cc native/src/gemm.cc native/src/pool.cc -o /tmp/conv_check && /tmp/conv_check [every]
+//       native/src/winograd.cc native/src/gemm.cc native/src/copy.cc native/src/ops.cc native/src/pool.cc -o /tmp/conv_check && /tmp/conv_check [every]
 // Prints the worst error scaled by sqrt(K) per operation and exits 1 if any exceeds 1e-5. `every` N
 // runs every Nth shape of each kind (under an emulator, where the double loop is slow).
 #include <algorithm>

@@ -1,5 +1,5 @@
 // Standalone check of the GEMM kernels without Node (e.g. on a machine with AVX-512):
-//   g++ -O3 -std=c++17 -pthread -Inative/src native/test/gemm_check.cc native/src/gemm.cc native/src/pool.cc -o /tmp/gemm_check
+//   g++ -O3 -std=c++17 -pthread -Inative/src native/test/gemm_check.cc native/src/gemm.cc native/src/copy.cc native/src/ops.cc native/src/pool.cc -o /tmp/gemm_check
 //   SDLAB_ISA=avx512|avx2|generic /tmp/gemm_check [threads] [number of shapes to time, 1-5]
 // Compares against a double-precision reference over random shapes/transposes, then times 1024^3.
 #include <chrono>

@@ -22,7 +22,7 @@
  */
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation } from '../nn/index.ts';
+import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation, sequential } from '../nn/index.ts';
 import { writeConfig } from '../io/config.ts';
 import { saveWeights } from '../nn/checkpoint.ts';
 import { loadPretrained } from '../nn/pretrained.ts';
@@ -50,12 +50,7 @@ class DownEncoderBlock2D extends Module {
   }
 
   forward(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      let h = x;
-      for (const r of this.resnets) h = r.forward(h);
-      if (this.downsamplers) h = this.downsamplers.at(0).forward(h);
-      return h;
-    });
+    return sequential(x, ...this.resnets.items.map((r) => (h: tf.Tensor4D) => r.forward(h)), this.downsamplers && ((h) => this.downsamplers!.at(0).forward(h)));
   }
 }
 
@@ -75,12 +70,7 @@ class UpDecoderBlock2D extends Module {
   }
 
   forward(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      let h = x;
-      for (const r of this.resnets) h = r.forward(h);
-      if (this.upsamplers) h = this.upsamplers.at(0).forward(h);
-      return h;
-    });
+    return sequential(x, ...this.resnets.items.map((r) => (h: tf.Tensor4D) => r.forward(h)), this.upsamplers && ((h) => this.upsamplers!.at(0).forward(h)));
   }
 }
 
@@ -105,11 +95,7 @@ class VaeMidBlock extends Module {
   }
 
   forward(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      let h = this.resnets.at(0).forward(x);
-      if (this.attentions) h = this.attentions.at(0).forward(h);
-      return this.resnets.at(1).forward(h);
-    });
+    return sequential(x, (h) => this.resnets.at(0).forward(h), this.attentions && ((h) => this.attentions!.at(0).forward(h)), (h) => this.resnets.at(1).forward(h));
   }
 }
 
@@ -120,12 +106,14 @@ export class Encoder extends Module {
   readonly conv_norm_out: GroupNorm;
   readonly conv_out: Conv2d;
   private readonly act: <T extends tf.Tensor>(x: T) => T;
+  private readonly siluOut: boolean;
 
   constructor(cfg: AutoencoderKLConfig) {
     super();
     const ch = cfg.block_out_channels;
     const groups = cfg.norm_num_groups;
     this.act = getActivation(cfg.act_fn);
+    this.siluOut = cfg.act_fn === 'silu';
     this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0], 3, { padding: 1 }));
     this.module('down_blocks', this.down_blocks);
     ch.forEach((cout, i) => {
@@ -139,13 +127,14 @@ export class Encoder extends Module {
     this.conv_out = this.module('conv_out', new Conv2d(top, 2 * cfg.latent_channels, 3, { padding: 1 }));
   }
 
+  /** conv_norm_out → act, in one fused kernel for SiLU. */
+  private normOut(h: tf.Tensor4D): tf.Tensor4D {
+    return this.siluOut ? this.conv_norm_out.forward(h, { activation: 'silu' }) : this.act(this.conv_norm_out.forward(h));
+  }
+
   forward(x: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      let h = this.conv_in.forward(x);
-      for (const block of this.down_blocks) h = block.forward(h);
-      h = this.mid_block.forward(h);
-      return this.conv_out.forward(this.act(this.conv_norm_out.forward(h)));
-    });
+    return sequential(x, (h) => this.conv_in.forward(h), ...this.down_blocks.items.map((b) => (h: tf.Tensor4D) => b.forward(h)),
+      (h) => this.mid_block.forward(h), (h) => this.normOut(h), (h) => this.conv_out.forward(h));
   }
 }
 
@@ -156,12 +145,14 @@ export class Decoder extends Module {
   readonly conv_norm_out: GroupNorm;
   readonly conv_out: Conv2d;
   private readonly act: <T extends tf.Tensor>(x: T) => T;
+  private readonly siluOut: boolean;
 
   constructor(cfg: AutoencoderKLConfig) {
     super();
     const rev = [...cfg.block_out_channels].reverse();
     const groups = cfg.norm_num_groups;
     this.act = getActivation(cfg.act_fn);
+    this.siluOut = cfg.act_fn === 'silu';
     this.conv_in = this.module('conv_in', new Conv2d(cfg.latent_channels, rev[0], 3, { padding: 1 }));
     this.mid_block = this.module('mid_block', new VaeMidBlock(rev[0], groups, cfg.mid_block_add_attention));
     this.module('up_blocks', this.up_blocks);
@@ -175,12 +166,14 @@ export class Decoder extends Module {
     this.conv_out = this.module('conv_out', new Conv2d(bottom, cfg.out_channels, 3, { padding: 1 }));
   }
 
+  /** conv_norm_out → act, in one fused kernel for SiLU. */
+  private normOut(h: tf.Tensor4D): tf.Tensor4D {
+    return this.siluOut ? this.conv_norm_out.forward(h, { activation: 'silu' }) : this.act(this.conv_norm_out.forward(h));
+  }
+
   forward(z: tf.Tensor4D): tf.Tensor4D {
-    return tf.tidy(() => {
-      let h = this.mid_block.forward(this.conv_in.forward(z));
-      for (const block of this.up_blocks) h = block.forward(h);
-      return this.conv_out.forward(this.act(this.conv_norm_out.forward(h)));
-    });
+    return sequential(z, (h) => this.conv_in.forward(h), (h) => this.mid_block.forward(h), ...this.up_blocks.items.map((b) => (h: tf.Tensor4D) => b.forward(h)),
+      (h) => this.normOut(h), (h) => this.conv_out.forward(h));
   }
 }
 

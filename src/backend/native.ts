@@ -25,7 +25,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setArrayAccel } from '../util/accel.ts';
-import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, nearestSources, normDims } from '../ops/index.ts';
+import { setHalfWeights } from '../util/half_weights.ts';
+import { setMemoryRelease } from '../util/memory.ts';
+import { ACTIVATION, ACTIVATION_GRAD, type ActivationAttrs, ADAMW, type AdamWStep, ATTENTION, type AttentionAttrs, GROUP_NORM, GROUP_NORM_GRAD, type GroupNormAttrs, nearestSources, normDims, UPSAMPLE_CONV, type UpsampleConvAttrs } from '../ops/index.ts';
 
 type F32 = Float32Array;
 type TensorInfo = tf.TensorInfo;
@@ -34,9 +36,13 @@ type NamedAttrMap = tf.NamedAttrMap;
 
 /** The addon's functions (native/src/addon.cc). Every one works in place on Float32Arrays. */
 export interface NativeAddon {
-  matmul(a: F32, b: F32, c: F32, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
+  /** b may be float16 bits (a weight kept in half precision), unpacked while the GEMM packs it. */
+  matmul(a: F32, b: F32 | Uint16Array, c: F32, batch: number, m: number, n: number, k: number, transA: boolean, transB: boolean,
     strideA: number, strideB: number, bias: F32 | null, act: number, alpha: number, accumulate: boolean): void;
-  conv2d(x: F32, w: F32, out: F32, shape: number[], bias: F32 | null, act: number, alpha: number): void;
+  /** conv2d of x nearest-upsampled by `up` (shape's H and W: the upsampled sizes); false, nothing written, where no im2col-free path takes it. */
+  conv2dUpsampled?(x: F32, w: F32 | Uint16Array, out: F32, shape: number[], up: number, bias: F32 | null, act: number, alpha: number): boolean;
+  /** w may be float16 bits, as matmul's b. */
+  conv2d(x: F32, w: F32 | Uint16Array, out: F32, shape: number[], bias: F32 | null, act: number, alpha: number): void;
   conv2dBackpropInput(dy: F32, w: F32, dx: F32, shape: number[]): void;
   conv2dBackpropFilter(x: F32, dy: F32, dw: F32, shape: number[]): void;
   binary(op: number, a: F32, aShape: number[], b: F32, bShape: number[], out: F32, outShape: number[]): void;
@@ -64,6 +70,12 @@ export interface NativeAddon {
   fmaPeak(iters: number): number;
   /** dst = src's float16 bits as float32, exactly (loading fp16 weights; util/accel.ts). */
   halvesToFloats(src: Uint16Array, dst: F32): void;
+  /** dst = src rounded to float16 bits, nearest even (weights kept in half precision; absent in addons built before it). */
+  floatsToHalves?(src: F32, dst: Uint16Array): void;
+  /** Detaches an ArrayBuffer nothing else can reach, freeing its memory at once (absent in addons built before it). */
+  release?(buffer: ArrayBuffer): boolean;
+  /** Returns the C heap's free pages to the system (malloc_trim; false where there is none; absent in older addons). */
+  trimMemory?(): boolean;
   /** One turn of Node's event loop (the webgpu backend's synchronous reads; absent in addons built before it). */
   pumpEventLoop?(): boolean;
 }
@@ -95,6 +107,8 @@ export function loadNativeAddon(): NativeAddon | null {
     addon.setThreads(nativeThreadCount());
     const a = addon;
     if (typeof a.halvesToFloats === 'function') setArrayAccel({ halvesToFloats: (src, out) => a.halvesToFloats(src, out) });
+    if (typeof a.floatsToHalves === 'function') setHalfWeights({ backend: NATIVE_BACKEND_NAME, toHalf: toHalfTensor });
+    setMemoryRelease(releaseNativeCache);
   } catch (err) {
     addon = null;
     const msg = (err as Error).message.split('\n')[0];
@@ -128,27 +142,51 @@ export function nativeThreadCount(): number {
 
 /**
  * Recycles the large output buffers of native kernels. A training step allocates and frees the
- * same few dozen multi-megabyte tensors every time; left to V8, each allocation counts as
- * external memory and triggers garbage collections (several per step), and each buffer arrives
- * cold. A freed buffer is reused only if nobody else can still see it: it was allocated here,
- * registered to exactly one tensor (a JS kernel that wraps a view of it in a second tensor makes
- * it shared for good), and never handed out by readSync/read (dataSync() returns the backend's
- * own array).
+ * same few dozen multi-megabyte tensors every time, and SD's UNet and VAE the same few sizes in
+ * every layer; reusing them skips the fresh pages a new buffer costs (slow in VMs) and V8's
+ * garbage collections (each allocation counts as external memory). A freed buffer is reused only if
+ * nobody else can still see it: it was allocated here, registered to exactly one tensor (a JS
+ * kernel that wraps a view of it in a second tensor makes it shared for good), and never handed
+ * out by readSync/read (dataSync() returns the backend's own array). At most MAX_TOTAL bytes wait
+ * for reuse, the oldest going first; a buffer that goes is freed at once (the addon detaches it)
+ * rather than at V8's next collection, which can come gigabytes later.
  */
 class BufferPool {
-  static readonly MAX_BUFFER = 64 << 20; // larger buffers go back to V8
-  static readonly MAX_TOTAL = 512 << 20; // bytes held for reuse at most
+  /**
+   * Bytes held for reuse at most, by size class. Buffers from 32 MB up (SD's activations) are not
+   * kept: the C heap reuses those under 100 MB as fast (addon.cc), and holding the VAE decoder's
+   * 128-256 MB ones only raised its peak. A training step's many smaller ones want the large
+   * budget (measured: the MNIST VAE step slowed ~15% at 256 MB).
+   */
+  static readonly LARGE = 32 << 20;
+  static readonly MAX_SMALL = 512 << 20;
+  static readonly MAX_LARGE = 0;
+  /**
+   * A buffer still unused after this many bytes of others were released goes: work of another
+   * shape has begun (SD's decoder, from 64 to 512 px: each stage's sizes are dead once it is over).
+   * A training step reuses all of its buffers well within it.
+   */
+  static readonly MAX_AGE = 1 << 30;
+  private stamp = new WeakMap<ArrayBuffer, number>(); // releasedBytes when it was put in the pool
+  private releasedBytes = 0;
   private owned = new WeakSet<ArrayBuffer>();
   private uses = new WeakMap<ArrayBuffer, number>(); // tensor registrations since allocation or reuse
   private escaped = new WeakSet<ArrayBuffer>();
   private free = new Map<number, ArrayBuffer[]>(); // by length in floats
-  private bytes = 0;
+  private held = [new Set<ArrayBuffer>(), new Set<ArrayBuffer>()]; // the same buffers, oldest first: small, large
+  private bytes = [0, 0];
+
+  private static cls(ab: ArrayBuffer): number {
+    return ab.byteLength >= BufferPool.LARGE ? 1 : 0;
+  }
 
   /** n floats, contents undefined. */
   take(n: number): F32 {
     const ab = this.free.get(n)?.pop();
     if (ab) {
-      this.bytes -= ab.byteLength;
+      const c = BufferPool.cls(ab);
+      this.held[c].delete(ab);
+      this.bytes[c] -= ab.byteLength;
       this.uses.set(ab, 0);
       return new Float32Array(ab, 0, n);
     }
@@ -158,6 +196,16 @@ class BufferPool {
       this.uses.set(b.buffer, 0);
     }
     return new Float32Array(b.buffer, b.byteOffset, n);
+  }
+
+  /** Frees every buffer held for reuse. */
+  clear(): void {
+    for (const held of this.held) {
+      for (const ab of held) addon!.release?.(ab);
+      held.clear();
+    }
+    this.free.clear();
+    this.bytes = [0, 0];
   }
 
   registered(values: unknown): void {
@@ -174,13 +222,40 @@ class BufferPool {
   release(values: unknown): void {
     const ab = ownedBuffer(this.owned, values);
     if (!ab || this.escaped.has(ab) || this.uses.get(ab) !== 1) return;
-    if (ab.byteLength > BufferPool.MAX_BUFFER || this.bytes + ab.byteLength > BufferPool.MAX_TOTAL) return;
     this.uses.set(ab, 2); // never released twice
+    this.releasedBytes += ab.byteLength;
+    for (const held of this.held) {
+      for (const old of held) {
+        if (this.releasedBytes - this.stamp.get(old)! <= BufferPool.MAX_AGE) break;
+        this.drop(old);
+      }
+    }
+    const c = BufferPool.cls(ab), max = c ? BufferPool.MAX_LARGE : BufferPool.MAX_SMALL;
+    if (ab.byteLength > max) {
+      addon!.release?.(ab);
+      return;
+    }
+    for (const old of this.held[c]) {
+      if (this.bytes[c] + ab.byteLength <= max) break;
+      this.drop(old);
+    }
     const n = ab.byteLength / 4;
     const list = this.free.get(n);
     if (list) list.push(ab);
     else this.free.set(n, [ab]);
-    this.bytes += ab.byteLength;
+    this.held[c].add(ab);
+    this.bytes[c] += ab.byteLength;
+    this.stamp.set(ab, this.releasedBytes);
+  }
+
+  /** Takes a held buffer out of the pool and frees it. */
+  private drop(ab: ArrayBuffer): void {
+    const c = BufferPool.cls(ab);
+    const list = this.free.get(ab.byteLength / 4)!;
+    list.splice(list.indexOf(ab), 1);
+    this.held[c].delete(ab);
+    this.bytes[c] -= ab.byteLength;
+    addon!.release?.(ab);
   }
 }
 
@@ -191,8 +266,37 @@ function ownedBuffer(owned: WeakSet<ArrayBuffer>, values: unknown): ArrayBuffer 
 
 const buffers = new BufferPool();
 
-/** The cpu backend, with tensors the addon can work on in place and recycled output buffers. */
+/**
+ * Gives memory that is free but held for reuse back to the system: the recycled tensor buffers and
+ * the C heap's free pages (installed as util/memory.ts's release: between the phases of a pipeline).
+ */
+function releaseNativeCache(): void {
+  buffers.clear();
+  addon?.trimMemory?.();
+}
+
+/**
+ * The cpu backend, with tensors the addon can work on in place and recycled output buffers.
+ *
+ * A float32 tensor may also hold its values as float16 bits (a Uint16Array): fp16 weight files
+ * loaded for inference stay in half precision (SD 1.5's 1.07 G parameters: 2.1 GB instead of 4.3).
+ * The GEMM kernels (MatMul, Conv2D, their fused forms) take such a weight as it is and unpack it
+ * while they pack it (native/src/gemm.cc, conv.cc, winograd.cc); every other kernel, and every
+ * read (dataSync, data), sees float32 values unpacked for the occasion (unpackingHalves).
+ */
 export class NativeBackend extends MathBackendCPU {
+  /** A float32 tensor whose values are the float16 bits `halves` (see the class comment). */
+  makeHalfTensor(halves: Uint16Array, shape: number[]): tf.Tensor {
+    const dataId = this.write(halves as unknown as tf.backend_util.BackendValues, shape, 'float32');
+    halfBuffers++;
+    return tf.engine().makeTensorFromDataId(dataId, shape, 'float32', this);
+  }
+
+  /** Whether a tensor's values are held as float16 bits. */
+  isHalf(t: TensorInfo): boolean {
+    return t.dtype === 'float32' && this.data.has(t.dataId) && this.data.get(t.dataId).values instanceof Uint16Array;
+  }
+
   override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): tf.DataId {
     buffers.registered(values);
     return super.write(values, shape, dtype);
@@ -204,16 +308,71 @@ export class NativeBackend extends MathBackendCPU {
   }
 
   override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
-    if (this.data.has(dataId)) buffers.handedOut(this.data.get(dataId).values);
+    if (this.data.has(dataId)) {
+      const { values, dtype } = this.data.get(dataId);
+      if (dtype === 'float32' && values instanceof Uint16Array) return unpackHalves(values, new Float32Array(values.length));
+      buffers.handedOut(values);
+    }
     return super.readSync(dataId);
   }
 
   override disposeData(dataId: tf.DataId, force = false): boolean {
     const values = this.data.has(dataId) ? this.data.get(dataId).values : undefined;
     const released = super.disposeData(dataId, force);
-    if (values !== undefined && !this.data.has(dataId)) buffers.release(values);
+    if (values !== undefined && !this.data.has(dataId)) {
+      if (values instanceof Uint16Array) halfBuffers--;
+      buffers.release(values);
+    }
     return released;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights in half precision (NativeBackend's class comment)
+
+/** A half-precision copy of a float32 tensor on the native backend (util/half_weights.ts). */
+function toHalfTensor(t: tf.Tensor): tf.Tensor {
+  const backend = tf.backend() as NativeBackend;
+  if (!(backend instanceof NativeBackend) || t.dtype !== 'float32') throw new Error('toHalfTensor: expects a float32 tensor on the native backend');
+  const h = new Uint16Array(t.size);
+  // The backend's own array, not dataSync()'s: a buffer handed out can never be recycled or freed early.
+  addon!.floatsToHalves!(f32(backend, t) ?? (t.dataSync() as F32), h);
+  return backend.makeHalfTensor(h, [...t.shape]);
+}
+
+/** Live tensor buffers held as float16 bits: kernels look at their inputs only while there are any. */
+let halfBuffers = 0;
+
+function unpackHalves(h: Uint16Array, out: F32): F32 {
+  addon!.halvesToFloats(h, out);
+  return out;
+}
+
+/** Kernels that take half-precision inputs as they are: the GEMM family, and those that only pass a dataId on. */
+const HALF_AWARE = new Set(['BatchMatMul', '_FusedMatMul', 'Conv2D', 'FusedConv2D', UPSAMPLE_CONV, 'Reshape', 'Identity']);
+
+/** `kf` with every half-precision input unpacked to a float32 temporary for the call. */
+function unpackingHalves(kf: KernelFunc): KernelFunc {
+  return (args) => {
+    if (halfBuffers === 0) return kf(args);
+    const backend = args.backend as NativeBackend;
+    let inputs: tf.NamedTensorInfoMap | null = null;
+    const temps: TensorInfo[] = [];
+    for (const [name, t] of Object.entries(args.inputs)) {
+      if (!t || !backend.isHalf(t)) continue;
+      inputs ??= (Array.isArray(args.inputs) ? [...args.inputs] : { ...args.inputs }) as tf.NamedTensorInfoMap;
+      const h = backend.data.get(t.dataId).values as unknown as Uint16Array;
+      const tmp = backend.makeTensorInfo(t.shape, 'float32', unpackHalves(h, outBuf(h.length)));
+      temps.push(tmp);
+      (inputs as Record<string, TensorInfo>)[name] = tmp;
+    }
+    if (!inputs) return kf(args);
+    try {
+      return kf({ ...args, inputs });
+    } finally {
+      for (const t of temps) backend.disposeIntermediateTensorInfo(t);
+    }
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,10 +380,11 @@ export class NativeBackend extends MathBackendCPU {
 
 const ACT: Record<string, number> = { linear: 0, relu: 1, relu6: 2, sigmoid: 3, leakyrelu: 4, elu: 5 };
 
+/** tfjs's cpu kernel (the fallback of the kernels here), seeing half-precision inputs as float32. */
 function cpuKernel(name: string): KernelFunc {
   const k = tf.getKernel(name, 'cpu');
   if (!k) throw new Error(`tfjs cpu backend has no kernel ${name}`);
-  return k.kernelFunc;
+  return unpackingHalves(k.kernelFunc);
 }
 
 /** The backend's Float32Array for a float32 tensor, or null (other dtypes go to the JS kernel). */
@@ -232,6 +392,13 @@ function f32(backend: NativeBackend, t: TensorInfo | undefined): F32 | null {
   if (!t || t.dtype !== 'float32') return null;
   const v = backend.data.get(t.dataId).values;
   return v instanceof Float32Array ? v : null;
+}
+
+/** A GEMM weight operand: f32()'s array, or a half-precision tensor's float16 bits. */
+function weights(backend: NativeBackend, t: TensorInfo): F32 | Uint16Array | null {
+  if (t.dtype !== 'float32') return null;
+  const v = backend.data.get(t.dataId).values;
+  return v instanceof Float32Array || v instanceof Uint16Array ? v : null;
 }
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
@@ -297,7 +464,7 @@ function matmul(args: { inputs: tf.NamedTensorInfoMap; backend: NativeBackend; a
   const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
   const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
   const backend = args.backend;
-  const av = f32(backend, a), bv = f32(backend, b);
+  const av = f32(backend, a), bv = weights(backend, b);
   const ra = a.shape.length, rb = b.shape.length;
   if (!av || !bv || ra < 2 || rb < 2) return null;
   const M = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
@@ -340,7 +507,7 @@ function conv(args: { inputs: tf.NamedTensorInfoMap; backend: NativeBackend; att
   const { strides, pad, dataFormat, dilations, dimRoundingMode } = args.attrs as never as {
     strides: [number, number] | number; pad: never; dataFormat: string; dilations: [number, number] | number; dimRoundingMode: never };
   const backend = args.backend;
-  const xv = f32(backend, x), wv = f32(backend, filter);
+  const xv = f32(backend, x), wv = weights(backend, filter);
   if (!xv || !wv || (dataFormat ?? 'NHWC') !== 'NHWC' || x.shape.length !== 4 || filter.shape.length !== 4) return null;
   const info = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], filter.shape as [number, number, number, number],
     strides, dilations ?? 1, pad, dimRoundingMode, false, 'channelsLast');
@@ -358,6 +525,31 @@ function conv(args: { inputs: tf.NamedTensorInfoMap; backend: NativeBackend; att
 }
 
 const conv2D: KernelFunc = (args) => conv(args as never, null) ?? cpuKernel('Conv2D')(args);
+
+/** UPSAMPLE_CONV (ops/fused.ts): the convolution reads x at each upsampled pixel's source; else resize, then conv. */
+const upsampleConvKernel: KernelFunc = (args) => {
+  const backend = args.backend as NativeBackend;
+  const { x, filter, bias } = args.inputs as { x: TensorInfo; filter: TensorInfo; bias?: TensorInfo };
+  const { factor } = args.attrs as unknown as UpsampleConvAttrs;
+  const [B, H, W] = x.shape;
+  const upSize = [H * factor, W * factor];
+  const xv = f32(backend, x), wv = weights(backend, filter);
+  const bv = bias ? f32(backend, bias) : null;
+  if (xv && wv && (!bias || bv) && x.shape.length === 4 && filter.shape.length === 4) {
+    const info = tf.backend_util.computeConv2DInfo([B, upSize[0], upSize[1], x.shape[3]], filter.shape as [number, number, number, number],
+      1, 1, 'same', undefined, false, 'channelsLast');
+    const out = outBuf(size(info.outShape));
+    if (addon!.conv2dUpsampled?.(xv, wv, out, convShape(info), factor, bv, 0, 0)) return backend.makeTensorInfo(info.outShape, 'float32', out);
+  }
+  const up = run('ResizeNearestNeighbor', { images: x }, backend, { alignCorners: false, halfPixelCenters: false, size: upSize });
+  try {
+    return bias
+      ? run('FusedConv2D', { x: up, filter, bias }, backend, { strides: 1, pad: 'same', dataFormat: 'NHWC', dilations: 1, activation: 'linear' })
+      : run('Conv2D', { x: up, filter }, backend, { strides: 1, pad: 'same', dataFormat: 'NHWC', dilations: 1 });
+  } finally {
+    backend.disposeIntermediateTensorInfo(up);
+  }
+};
 
 const fusedConv2D: KernelFunc = (args) => {
   const { bias, preluActivationWeights } = args.inputs as { bias?: TensorInfo; preluActivationWeights?: TensorInfo };
@@ -720,6 +912,7 @@ export function nativeKernels(): Record<string, KernelFunc> {
     [ACTIVATION_GRAD]: activationGradKernel,
     [ADAMW]: adamwKernel,
     [ATTENTION]: attentionKernel,
+    [UPSAMPLE_CONV]: upsampleConvKernel,
     Sum: reduceKernel('Sum', 0),
     Max: reduceKernel('Max', 1),
     Min: reduceKernel('Min', 2),
@@ -743,11 +936,13 @@ export function registerNativeBackend(): boolean {
   // Priority below cpu's, so tfjs never picks it implicitly; sdlab selects it by name.
   tf.registerBackend(NATIVE_BACKEND_NAME, () => new NativeBackend(), 0);
   const own = nativeKernels();
+  // Every kernel but the half-aware ones sees half-precision weights as float32 (unpackingHalves).
+  const wrap = (name: string, kf: KernelFunc) => (HALF_AWARE.has(name) ? kf : unpackingHalves(kf));
   for (const [kernelName, kernelFunc] of Object.entries(own)) {
-    tf.registerKernel({ kernelName, backendName: NATIVE_BACKEND_NAME, kernelFunc });
+    tf.registerKernel({ kernelName, backendName: NATIVE_BACKEND_NAME, kernelFunc: wrap(kernelName, kernelFunc) });
   }
   for (const config of tf.getKernelsForBackend('cpu')) {
-    if (!(config.kernelName in own)) tf.registerKernel({ ...config, backendName: NATIVE_BACKEND_NAME });
+    if (!(config.kernelName in own)) tf.registerKernel({ ...config, backendName: NATIVE_BACKEND_NAME, kernelFunc: wrap(config.kernelName, config.kernelFunc) });
   }
   registered = true;
   return true;

@@ -5,8 +5,8 @@
  * Transformer2DModel. Images are NHWC.
  */
 import * as tf from '@tensorflow/tfjs';
-import { Module, ModuleList } from './module.ts';
-import { gelu } from '../ops/index.ts';
+import { Module, ModuleList, freeEarly, sequential } from './module.ts';
+import { gelu, upsampleConv2d } from '../ops/index.ts';
 import { Conv2d, GroupNorm, LayerNorm, Linear, getActivation } from './layers.ts';
 import { Attention } from './attention.ts';
 import { UsageError } from '../util/errors.ts';
@@ -64,15 +64,24 @@ export class ResnetBlock2D extends Module {
     return tf.tidy(() => {
       // norm → SiLU in one fused kernel where the backend has it.
       const normAct = (norm: GroupNorm, v: tf.Tensor4D) => (this.actName === 'silu' ? norm.forward(v, { activation: 'silu' }) : this.act(norm.forward(v)));
-      let h = this.conv1.forward(normAct(this.norm1, x));
+      // Each activation is freed once read (freeEarly: inference only).
+      const a1 = normAct(this.norm1, x);
+      let h = this.conv1.forward(a1);
+      freeEarly(a1);
       if (this.time_emb_proj) {
         if (!temb) throw new Error('ResnetBlock2D: this block has time_emb_proj and needs a timestep embedding');
         const t = this.time_emb_proj.forward(this.act(temb));
-        h = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]]));
+        const ht = tf.add(h, tf.reshape(t, [t.shape[0], 1, 1, t.shape[1]])) as tf.Tensor4D;
+        freeEarly(h);
+        h = ht;
       }
-      h = this.conv2.forward(normAct(this.norm2, h));
+      const a2 = normAct(this.norm2, h);
+      freeEarly(h);
+      h = this.conv2.forward(a2);
+      freeEarly(a2);
       const shortcut = this.conv_shortcut ? this.conv_shortcut.forward(x) : x;
       let out = tf.add(shortcut, h) as tf.Tensor4D;
+      freeEarly(h, shortcut === x ? null : shortcut);
       if (this.outputScaleFactor !== 1) out = tf.div(out, this.outputScaleFactor);
       return out;
     });
@@ -125,8 +134,17 @@ export class Upsample2D extends Module {
     return tf.tidy(() => {
       const size = outputSize ?? [x.shape[1] * 2, x.shape[2] * 2];
       // align_corners=false, half_pixel=false: src = floor(dst·in/out), PyTorch's 'nearest'.
+      // Exactly 2× into a padded-'same' conv (SD's): one kernel that reads x in place (ops/fused.ts).
+      const c = this.conv;
+      const [t, b, l, r] = c?.pad ?? [0, 0, 0, 0];
+      if (c && !outputSize && c.stride === 1 && c.kernelSize % 2 === 1 && t === (c.kernelSize - 1) / 2 && t === b && t === l && t === r) {
+        return upsampleConv2d(x, c.weight as tf.Tensor4D, c.bias as tf.Tensor1D | null);
+      }
       const up = tf.image.resizeNearestNeighbor(x, size, false, false);
-      return this.conv ? this.conv.forward(up) : up;
+      if (!c) return up;
+      const y = c.forward(up);
+      freeEarly(up);
+      return y;
     });
   }
 }
@@ -237,9 +255,17 @@ export class GEGLU extends Module {
     return tf.tidy(() => {
       // Split via [N, 2, out] → [2, N, out] and unstack: both halves are then contiguous.
       // (tf.split/slice along the last axis take ~100× longer in tfjs's cpu kernels.)
-      const h = tf.transpose(tf.reshape(this.proj.forward(x), [-1, 2, this.dimOut]), [1, 0, 2]);
+      // Each intermediate is freed once read (freeEarly: inference only); at SD's 4096 tokens each is 40-80 MB.
+      const p = this.proj.forward(x);
+      const h = tf.transpose(tf.reshape(p, [-1, 2, this.dimOut]), [1, 0, 2]);
+      freeEarly(p);
       const [value, gate] = tf.unstack(h, 0);
-      return tf.reshape(tf.mul(value!, gelu(gate!)), [...x.shape.slice(0, -1), this.dimOut]) as T;
+      freeEarly(h);
+      const g = gelu(gate!);
+      freeEarly(gate);
+      const y = tf.mul(value!, g);
+      freeEarly(value, g);
+      return tf.reshape(y, [...x.shape.slice(0, -1), this.dimOut]) as T;
     });
   }
 }
@@ -272,7 +298,7 @@ export class FeedForward extends Module {
     this.out = this.module('net.2', new Linear(inner, opts.dimOut ?? dim));
   }
   forward<T extends tf.Tensor>(x: T): T {
-    return tf.tidy(() => this.out.forward(this.act.forward(x)));
+    return sequential(x, (h) => this.act.forward(h), (h) => this.out.forward(h));
   }
 }
 
@@ -324,12 +350,21 @@ export class BasicTransformerBlock extends Module {
   }
 
   forward(x: tf.Tensor3D, context?: tf.Tensor3D): tf.Tensor3D {
-    return tf.tidy(() => {
-      let h = tf.add(this.attn1.forward(this.norm1.forward(x), this.onlyCrossAttention ? context : undefined), x) as tf.Tensor3D;
+    // h + f(norm(h)), the normalised input and f's output freed once read (freeEarly: inference only).
+    const residual = (h: tf.Tensor3D, norm: LayerNorm, f: (n: tf.Tensor3D) => tf.Tensor3D) =>
+      tf.tidy(() => {
+        const n = norm.forward(h);
+        const y = f(n);
+        freeEarly(n);
+        const out = tf.add(y, h) as tf.Tensor3D;
+        freeEarly(y);
+        return out;
+      });
+    return sequential(x,
+      (h) => residual(h, this.norm1, (n) => this.attn1.forward(n, this.onlyCrossAttention ? context : undefined)),
       // Cross-attention: every image token takes a weighted mix of the text vectors.
-      if (this.attn2) h = tf.add(this.attn2.forward(this.norm2!.forward(h), context), h) as tf.Tensor3D;
-      return tf.add(this.ff.forward(this.norm3.forward(h)), h) as tf.Tensor3D;
-    });
+      this.attn2 && ((h) => residual(h, this.norm2!, (n) => this.attn2!.forward(n, context))),
+      (h) => residual(h, this.norm3, (n) => this.ff.forward(n)));
   }
 }
 
@@ -374,10 +409,13 @@ export class Transformer2DModel extends Module {
       // A 1×1 conv on NHWC is a Linear over channels, so both projections act on the tokens.
       const h0 = this.norm.forward(x);
       const hin = this.proj_in instanceof Conv2d ? this.proj_in.forward(h0) : this.proj_in.forward(h0);
-      let tokens = tf.reshape(hin, [b, hgt * wid, this.innerDim]) as tf.Tensor3D;
-      for (const block of this.transformer_blocks) tokens = block.forward(tokens, context);
+      freeEarly(h0);
+      const tokens = sequential(tf.reshape(hin, [b, hgt * wid, this.innerDim]) as tf.Tensor3D,
+        ...this.transformer_blocks.items.map((block) => (t: tf.Tensor3D) => block.forward(t, context)));
+      freeEarly(hin);
       const grid = tf.reshape(tokens, [b, hgt, wid, this.innerDim]) as tf.Tensor4D;
       const out = this.proj_out instanceof Conv2d ? this.proj_out.forward(grid) : this.proj_out.forward(grid);
+      freeEarly(tokens, grid);
       return tf.add(out, x) as tf.Tensor4D;
     });
   }

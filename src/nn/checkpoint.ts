@@ -24,7 +24,7 @@ export function loadWeights(model: Module, file: string | SafetensorsFile, opts:
   // Borrowed reads: the file's bytes and their float32 values land in buffers reused from tensor
   // to tensor, and only the parameter's own copy is fresh memory (fresh pages cost ~1 GB/s to
   // touch in a VM: for SD's 2 GB of fp16 weights that was most of the load time).
-  assignPlanned(model, plan, (k) => st.read(k, { borrow: true }).data, opts.source ?? st.file, { borrowed: true });
+  assignPlanned(model, plan, (k) => st.read(k, { borrow: true }), opts.source ?? st.file, { borrowed: true });
 }
 
 /**

@@ -129,8 +129,9 @@ export class Linear extends Module {
   forward<T extends tf.Tensor>(x: T): T {
     return tf.tidy(() => {
       const lead = x.shape.slice(0, -1);
-      let y = tf.matMul(tf.reshape(x, [-1, this.inFeatures]), this.weight as tf.Tensor2D) as tf.Tensor;
-      if (this.bias) y = tf.add(y, this.bias);
+      // The bias in the GEMM's epilogue (one pass over the output, no second tensor).
+      const a = tf.reshape(x, [-1, this.inFeatures]) as tf.Tensor2D;
+      const y = this.bias ? tf.fused.matMul({ a, b: this.weight as tf.Tensor2D, bias: this.bias }) : tf.matMul(a, this.weight as tf.Tensor2D);
       return tf.reshape(y, [...lead, this.outFeatures]) as T;
     });
   }

@@ -19,6 +19,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
 import { firstNonFinite } from '../util/finite.ts';
+import { HALF_MIN_SIZE, type HalfWeights, halfWeights } from '../util/half_weights.ts';
 import { MAX_MODEL_PARAMS } from '../util/limits.ts';
 import { Random } from '../util/random.ts';
 import { type Layout, shapeMatches, shapeStr, toTorch, torchShape, torchToInternalPerm } from './layout.ts';
@@ -98,6 +99,31 @@ export function shapeOnlyChecked<M extends Module>(build: () => M, source: strin
     throw new UsageError(`${source}: the model would have ${n.toExponential(2)} parameters, over sdlab's limit of ${MAX_MODEL_PARAMS.toExponential(0)} (${(MAX_MODEL_PARAMS * 4) / 1e9} GB in float32).`);
   }
   return dry;
+}
+
+/**
+ * Frees activations a forward pass is done with, at once instead of when the enclosing tidy ends —
+ * only when no gradient is being recorded (backpropagation needs them). Inference then holds about
+ * one layer's working set, not a whole block's: SD's VAE decode at 512 px held every 512×512×128/256
+ * activation of a block until the block returned. Never pass a tensor the caller owns.
+ */
+export function freeEarly(...ts: Array<tf.Tensor | null | undefined>): void {
+  if (tf.engine().isTapeOn()) return;
+  for (const t of ts) if (t && !t.isDisposed) t.dispose();
+}
+
+/** x → f1 → f2 → …, each intermediate result freed (freeEarly) once the next one exists; x is the caller's. */
+export function sequential<T extends tf.Tensor>(x: T, ...fns: Array<((h: T) => T) | null | undefined>): T {
+  return tf.tidy(() => {
+    let h = x;
+    for (const f of fns) {
+      if (!f) continue;
+      const next = f(h);
+      if (h !== x && next !== h) freeEarly(h);
+      h = next;
+    }
+    return h;
+  });
 }
 
 /** An initialiser fills a fresh Float32Array of `size` values. */
@@ -201,7 +227,7 @@ export abstract class Module {
    */
   loadStateDict(sd: StateDict, opts: LoadOptions = {}): void {
     const plan = planLoad(this, sd.keys(), (k) => sd.get(k)!.shape, opts);
-    assignPlanned(this, plan, (k) => sd.get(k)!.data, opts.source ?? 'state dict');
+    assignPlanned(this, plan, (k) => sd.get(k)!, opts.source ?? 'state dict');
   }
 
   /** The name of the first parameter holding NaN or ±Infinity, or null (reads them on the backend). */
@@ -307,32 +333,36 @@ export function planLoad(
  * Assigns what planLoad planned, one tensor at a time (`read` gives a checkpoint key's values),
  * refusing NaN/Inf values: weights that are not finite would only come out as black images.
  */
-export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>, read: (key: string) => Float32Array, source: string,
-  opts: { borrowed?: boolean } = {}): void {
+export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>,
+  read: (key: string) => { data: Float32Array; dtype?: string }, source: string, opts: { borrowed?: boolean } = {}): void {
   const params = new Map(model.namedParameters());
+  // fp16 tensors stay in half precision where the backend can hold them (util/half_weights.ts).
+  const half = halfWeights();
   for (const [key, name] of plan) {
-    const data = read(key);
+    const { data, dtype } = read(key);
     const bad = firstNonFinite(data);
     if (bad >= 0) throw new UsageError(`${source}: tensor "${key}" holds non-finite values (${data[bad]} at index ${bad}): the weights are broken.`);
-    assignFromTorch(params.get(name)!, data, opts.borrowed);
+    assignFromTorch(params.get(name)!, data, opts.borrowed, half && dtype === 'F16' && data.length >= HALF_MIN_SIZE ? half : null);
   }
 }
 
 /**
  * Writes PyTorch-layout values into a parameter (converting the layout). `borrowed`: `data` is a
  * reader's reusable buffer (SafetensorsFile.read with borrow), so it is copied where the layout
- * needs no conversion (the tensor would otherwise keep the buffer).
+ * needs no conversion (the tensor would otherwise keep the buffer). `half`: keep the parameter in
+ * half precision (the values must come from float16, so nothing is rounded).
  */
-export function assignFromTorch(p: Parameter, data: Float32Array, borrowed = false): void {
+export function assignFromTorch(p: Parameter, data: Float32Array, borrowed = false, half: HalfWeights | null = null): void {
   const layout = p.layout;
+  const keep = (t: tf.Tensor) => (half ? half.toHalf(t) : t);
   if (layout === 'plain') {
-    tf.tidy(() => p.variable.assign(tf.tensor(borrowed ? data.slice() : data, p.variable.shape, 'float32')));
+    tf.tidy(() => p.variable.assign(keep(tf.tensor(borrowed && !half ? data.slice() : data, p.variable.shape, 'float32'))));
     return;
   }
   // Conv and linear weights: transposed by the active backend (the native backend's threaded
   // kernel: loading SD's UNet spent most of its time in this transpose in JS). The input tensor
   // wraps `data` only inside the tidy, so a borrowed buffer is not kept.
-  tf.tidy(() => p.variable.assign(tf.transpose(tf.tensor(data, torchShape(layout, p.variable.shape), 'float32'), torchToInternalPerm(layout))));
+  tf.tidy(() => p.variable.assign(keep(tf.transpose(tf.tensor(data, torchShape(layout, p.variable.shape), 'float32'), torchToInternalPerm(layout)))));
 }
 
 const LIST_LIMIT = 30;

@@ -25,6 +25,8 @@ import {
   GROUP_NORM,
   GROUP_NORM_GRAD,
   type GroupNormAttrs,
+  UPSAMPLE_CONV,
+  type UpsampleConvAttrs,
   normDims,
 } from './kernel_names.ts';
 
@@ -137,3 +139,25 @@ tf.registerGradient({
   inputsToSave: ['x'],
   gradFunc: (dy, saved, attrs) => ({ x: () => tf.engine().runKernel(ACTIVATION_GRAD, { dy: dy as tf.Tensor, x: saved[0] }, attrs as NamedAttrMap) as tf.Tensor }),
 });
+
+// ---------------------------------------------------------------------------------------------
+// Upsampling convolution
+
+/**
+ * conv2d(nearest-neighbour ×factor of x, filter (odd size), stride 1, 'same') + bias: diffusers'
+ * Upsample2D. With the fused kernel (and no gradient being recorded: it has none) the upsampled
+ * image is never made — in SD's VAE decoder that is a 512×512×256 float32 activation (256 MB) held
+ * beside the convolution's output. Otherwise the composition: resizeNearestNeighbor, then conv2d.
+ */
+export function upsampleConv2d(x: tf.Tensor4D, filter: tf.Tensor4D, bias: tf.Tensor1D | null, factor = 2): tf.Tensor4D {
+  if (!tf.engine().isTapeOn() && useKernel(UPSAMPLE_CONV, x, filter, bias)) {
+    const attrs: UpsampleConvAttrs = { factor };
+    const inputs: tf.NamedTensorMap = bias ? { x, filter, bias } : { x, filter };
+    return tf.engine().runKernel(UPSAMPLE_CONV, inputs, attrs as unknown as NamedAttrMap) as tf.Tensor4D;
+  }
+  return tf.tidy(() => {
+    // align_corners=false, half_pixel=false: src = floor(dst·in/out), PyTorch's 'nearest'.
+    const up = tf.image.resizeNearestNeighbor(x, [x.shape[1] * factor, x.shape[2] * factor], false, false);
+    return bias ? tf.fused.conv2d({ x: up, filter, strides: 1, pad: 'same', bias }) : tf.conv2d(up, filter, 1, 'same');
+  });
+}

@@ -10,6 +10,8 @@
  *   SdlabActivationGrad  dy, x                               → dx
  *   SdlabAdamW           p, g, m, v (same shape)             → [p', m', v']
  *   SdlabAttention       q [B, Lq, H·D], k [B, Lk, H·D], v [B, Lk, H·Dv] → softmax(scale·q kᵀ) v [B, Lq, H·Dv]
+ *   SdlabUpsampleConv2D  x [B, H, W, C], filter [k, k, C, Cout] (k odd), bias [Cout]? → conv2d(nearest ×factor
+ *                        of x, stride 1, 'same') + bias [B, factor·H, factor·W, Cout] (forward only)
  */
 
 export const GROUP_NORM = 'SdlabGroupNorm';
@@ -18,6 +20,12 @@ export const ACTIVATION = 'SdlabActivation';
 export const ACTIVATION_GRAD = 'SdlabActivationGrad';
 export const ADAMW = 'SdlabAdamW';
 export const ATTENTION = 'SdlabAttention';
+export const UPSAMPLE_CONV = 'SdlabUpsampleConv2D';
+
+/** UPSAMPLE_CONV attributes: the nearest-neighbour factor. */
+export interface UpsampleConvAttrs {
+  factor: number;
+}
 
 /** ATTENTION attributes: heads (H) and the factor on q·k (usually 1/√D). */
 export interface AttentionAttrs {

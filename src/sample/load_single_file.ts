@@ -720,7 +720,7 @@ export class LdmCheckpoint {
   /** Loads a component into `model` (names and shapes checked first, then one tensor at a time; NaN/Inf refused). */
   loadInto(model: Module, component: LdmComponent): void {
     try {
-      assignPlanned(model, this.plan(model, component), (name) => this.read(component, name).data, `${this.file} (${component})`);
+      assignPlanned(model, this.plan(model, component), (name) => this.read(component, name), `${this.file} (${component})`);
     } finally {
       this.lastFused = undefined;
     }

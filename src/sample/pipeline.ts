@@ -61,6 +61,7 @@ import type { NoiseGenerator, Scheduler } from '../schedule/base.ts';
 import type { Module } from '../nn/module.ts';
 import { guidanceScaleEmbedding } from '../nn/blocks.ts';
 import { UsageError } from '../util/errors.ts';
+import { releaseCachedMemory } from '../util/memory.ts';
 import { denormalize } from '../data/pixels.ts';
 import { type PipelineNoise, BatchNoiseGenerator, diffusersNoise, imageGenerator, perImageNoise } from './noise.ts';
 import { type PromptSyntax, emptyChunk, promptChunks } from './prompt_weighting.ts';
@@ -232,6 +233,7 @@ export class StableDiffusionPipeline {
     this.vae = c.vae;
     this.scheduler = c.scheduler;
     checkCompatible(c);
+    releaseCachedMemory(); // loading's transient buffers (util/memory.ts)
   }
 
   /** Spatial factor between pixels and latents (8 for SD). */
@@ -513,6 +515,8 @@ export class StableDiffusionPipeline {
 
       // 5. decode (latents that are not finite would decode to black images: say why instead)
       requireFinite(latents, 'pipeline: the sampled latents', [['UNet', this.unet], ['text encoder', this.textEncoder]], `the weights are finite, so sampling diverged (scheduler ${scheduler.constructor.name}, guidance ${g}): try another scheduler or a lower guidance`);
+      // The denoising loop's cached buffers go back before the decoder's larger ones (util/memory.ts).
+      releaseCachedMemory();
       const images = this.decodeLatents(latents);
       const out: PipelineOutput = { images, latents, promptEmbeds: embeds };
       if (opts.returnNoise) out.noise = start.noise.clone();

@@ -49,6 +49,7 @@ import {
   TimestepEmbedding,
   Transformer2DModel,
   Upsample2D,
+  freeEarly,
   getActivation,
   timestepEmbedding,
 } from '../nn/index.ts';
@@ -116,7 +117,11 @@ class DownBlock extends Module {
     this.resnets.items.forEach((resnet, i) => {
       h = resnet.forward(h, temb);
       // CrossAttnDownBlock2D: the text enters here (cross-attention to `context` in the transformer).
-      if (this.attentions) h = this.attentions.at(i).forward(h, context);
+      if (this.attentions) {
+        const r = h;
+        h = this.attentions.at(i).forward(r, context);
+        freeEarly(r); // only the transformer's output is kept (a skip)
+      }
       skips.push(h);
     });
     if (this.downsamplers) {
@@ -154,13 +159,20 @@ class UpBlock extends Module {
 
   /** skips: this block's skip states, oldest first (the last one is consumed first). */
   forward(x: tf.Tensor4D, skips: tf.Tensor4D[], temb: tf.Tensor2D, context?: tf.Tensor3D, upsampleSize?: [number, number]): tf.Tensor4D {
+    // Every intermediate is freed once read (freeEarly: inference only); x and the skips are the caller's.
     let h = x;
+    const next = (y: tf.Tensor4D) => {
+      if (h !== x) freeEarly(h);
+      h = y;
+    };
     this.resnets.items.forEach((resnet, i) => {
-      h = resnet.forward(tf.concat([h, skips[skips.length - 1 - i]], 3), temb);
+      const cat = tf.concat([h, skips[skips.length - 1 - i]], 3) as tf.Tensor4D;
+      next(cat);
+      next(resnet.forward(cat, temb));
       // CrossAttnUpBlock2D: the text enters here (cross-attention to `context` in the transformer).
-      if (this.attentions) h = this.attentions.at(i).forward(h, context);
+      if (this.attentions) next(this.attentions.at(i).forward(h, context));
     });
-    if (this.upsamplers) h = this.upsamplers.at(0).forward(h, upsampleSize);
+    if (this.upsamplers) next(this.upsamplers.at(0).forward(h, upsampleSize));
     return h;
   }
 }
@@ -183,7 +195,10 @@ class MidBlock extends Module {
     let h = this.resnets.at(0).forward(x, temb);
     // The transformer attends to the text (cross-attention to `context`) at the lowest resolution.
     this.attentions.items.forEach((attn, i) => {
-      h = this.resnets.at(i + 1).forward(attn.forward(h, context), temb);
+      const a = attn.forward(h, context);
+      freeEarly(h);
+      h = this.resnets.at(i + 1).forward(a, temb);
+      freeEarly(a);
     });
     return h;
   }
@@ -327,7 +342,9 @@ export class UNet2DConditionModel extends Module {
         const mine = skips.splice(skips.length - block.resnets.length, block.resnets.length);
         const next = skips[skips.length - 1];
         const size: [number, number] | undefined = forwardSize && i < this.up_blocks.length - 1 && next ? [next.shape[1], next.shape[2]] : undefined;
-        h = block.forward(h, mine, temb, context, size);
+        const out = block.forward(h, mine, temb, context, size);
+        freeEarly(h, ...mine); // each skip is read once
+        h = out;
       });
       return this.conv_out.forward(this.act(this.conv_norm_out.forward(h)));
     });
