@@ -219,3 +219,39 @@ describe('upsampleConv2d (2× nearest, then a same-padded conv) reads x in place
     }
   });
 });
+
+describe('fp16 files straight into half precision', () => {
+  it('a Linear and a Conv2d load from their float16 bits (transposed, no float32 copy) and a NaN among them is refused', async () => {
+    const { Linear, Conv2d, loadWeights } = await import('../src/nn/index.ts');
+    const { writeSafetensors } = await import('../src/io/safetensors.ts');
+    const { mkdtempSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(path.join(tmpdir(), 'sdlab-half-'));
+    const lin = new Linear(256, 128), conv = new Conv2d(32, 64, 3);
+    const wl = halfExact(128 * 256), wc = halfExact(64 * 32 * 9);
+    const file = path.join(dir, 'w.safetensors');
+    writeSafetensors(file, { weight: { shape: [128, 256], data: wl }, bias: { shape: [128], data: halfExact(128) } }, { dtype: 'F16' });
+    loadWeights(lin, file);
+    expect(backend().isHalf(lin.weight)).toBe(true);
+    // PyTorch's [out, in] → sdlab's [in, out], element by element.
+    const got = lin.weight.dataSync();
+    let wrong = 0;
+    for (let o = 0; o < 128; o++) for (let i = 0; i < 256; i++) if (got[i * 128 + o] !== wl[o * 256 + i]) wrong++;
+    expect(wrong).toBe(0);
+    const cfile = path.join(dir, 'c.safetensors');
+    writeSafetensors(cfile, { weight: { shape: [64, 32, 3, 3], data: wc }, bias: { shape: [64], data: halfExact(64) } }, { dtype: 'F16' });
+    loadWeights(conv, cfile);
+    expect(backend().isHalf(conv.weight)).toBe(true);
+    const gc = conv.weight.dataSync(); // [kh, kw, in, out] from [out, in, kh, kw]
+    wrong = 0;
+    for (let o = 0; o < 64; o++) for (let c = 0; c < 32; c++) for (let k = 0; k < 9; k++) if (gc[(k * 32 + c) * 64 + o] !== wc[(o * 32 + c) * 9 + k]) wrong++;
+    expect(wrong).toBe(0);
+    const bad = wl.slice();
+    bad[5000] = NaN;
+    const nfile = path.join(dir, 'nan.safetensors');
+    writeSafetensors(nfile, { weight: { shape: [128, 256], data: bad }, bias: { shape: [128], data: halfExact(128) } }, { dtype: 'F16' });
+    expect(() => loadWeights(new Linear(256, 128), nfile)).toThrow(/"weight" holds non-finite values \(NaN at index 5000\)/);
+    lin.dispose();
+    conv.dispose();
+  });
+});

@@ -307,7 +307,7 @@ napi_value Reduce(napi_env env, napi_callback_info info) {
   });
 }
 
-// transpose(x, shape, perm, out)
+// transpose(x, shape, perm, out): Float32Arrays, or Uint16Arrays of float16 bits
 napi_value Transpose(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
@@ -318,9 +318,10 @@ napi_value Transpose(napi_env env, napi_callback_info info) {
       if (p < 0 || p >= (long)shape.size() || seen[p]) throw Err{"transpose: bad perm"};
       seen[p] = true;
     }
-    const float* x = a.f32(0, prod(shape), "transpose x");
-    float* out = a.f32(3, prod(shape), "transpose out");
-    transpose(x, shape, perm, out);
+    // Float32Array, or Uint16Array (float16 bits) in and out.
+    const Args::Weights x = a.weights(0, prod(shape), "transpose x");
+    if (x.h) transpose(x.h, shape, perm, const_cast<uint16_t*>(a.u16(3, prod(shape), "transpose out")));
+    else transpose(x.f, shape, perm, a.f32(3, prod(shape), "transpose out"));
     return undefined(env);
   });
 }

@@ -450,7 +450,9 @@ void reduce(int op, const float* x, float* out, long outer, long red, long inner
   }
 }
 
-void transpose(const float* x, const std::vector<long>& shape, const std::vector<long>& perm, float* out) {
+namespace {
+template <class T>
+void transpose_t(const T* x, const std::vector<long>& shape, const std::vector<long>& perm, T* out) {
   const int D = (int)shape.size();
   long total = 1;
   for (long d : shape) total *= d;
@@ -478,9 +480,9 @@ void transpose(const float* x, const std::vector<long>& shape, const std::vector
       off += idx[i] * os[i];
     }
     for (long r = r0; r < r1; ++r) {
-      float* o = out + r * L;
-      const float* p = x + off;
-      if (sL == 1) std::memcpy(o, p, L * sizeof(float));
+      T* o = out + r * L;
+      const T* p = x + off;
+      if (sL == 1) std::memcpy(o, p, L * sizeof(T));
       else for (long i = 0; i < L; ++i) o[i] = p[i * sL];
       for (int i = D - 2; i >= 0; --i) {
         off += os[i];
@@ -490,6 +492,15 @@ void transpose(const float* x, const std::vector<long>& shape, const std::vector
       }
     }
   });
+}
+}  // namespace
+
+void transpose(const float* x, const std::vector<long>& shape, const std::vector<long>& perm, float* out) {
+  transpose_t(x, shape, perm, out);
+}
+
+void transpose(const uint16_t* x, const std::vector<long>& shape, const std::vector<long>& perm, uint16_t* out) {
+  transpose_t(x, shape, perm, out);
 }
 
 namespace {

@@ -1,5 +1,6 @@
 // Elementwise, reduction, transpose and softmax kernels (memory-bound; multithreaded over rows).
 #pragma once
+#include <cstdint>
 #include <vector>
 
 namespace sdlab {
@@ -26,6 +27,8 @@ void reduce(int op, const float* x, float* out, long outer, long red, long inner
 // out = op over the dims with reduced[i] set (any set of axes; out holds the kept dims in order).
 void reduce_axes(int op, const float* x, const std::vector<long>& shape, const std::vector<bool>& reduced, float* out);
 void transpose(const float* x, const std::vector<long>& shape, const std::vector<long>& perm, float* out);
+// The same on 16-bit elements (float16 weights moved to sdlab's layout as they load).
+void transpose(const uint16_t* x, const std::vector<long>& shape, const std::vector<long>& perm, uint16_t* out);
 void softmax(const float* x, float* out, long rows, long cols);
 
 // Fused normalisation over x [B, S, C] (NHWC flattened: S positions, C channels) in G groups of

@@ -48,6 +48,7 @@ export interface NativeAddon {
   binary(op: number, a: F32, aShape: number[], b: F32, bShape: number[], out: F32, outShape: number[]): void;
   unary(op: number, x: F32, out: F32, alpha: number): void;
   reduce(op: number, x: F32, out: F32, outer: number, reduce: number, inner: number): void;
+  /** x and out: Float32Arrays, or Uint16Arrays of float16 bits (loading half-precision weights). */
   transpose(x: F32, shape: number[], perm: number[], out: F32): void;
   softmax(x: F32, out: F32, rows: number, cols: number): void;
   reduceAxes(op: number, x: F32, shape: number[], reducedMask: number[], out: F32): void;
@@ -107,7 +108,7 @@ export function loadNativeAddon(): NativeAddon | null {
     addon.setThreads(nativeThreadCount());
     const a = addon;
     if (typeof a.halvesToFloats === 'function') setArrayAccel({ halvesToFloats: (src, out) => a.halvesToFloats(src, out) });
-    if (typeof a.floatsToHalves === 'function') setHalfWeights({ backend: NATIVE_BACKEND_NAME, toHalf: toHalfTensor });
+    if (typeof a.floatsToHalves === 'function') setHalfWeights({ backend: NATIVE_BACKEND_NAME, toHalf: toHalfTensor, fromHalves: halfTensorFrom });
     setMemoryRelease(releaseNativeCache);
   } catch (err) {
     addon = null;
@@ -338,6 +339,18 @@ function toHalfTensor(t: tf.Tensor): tf.Tensor {
   // The backend's own array, not dataSync()'s: a buffer handed out can never be recycled or freed early.
   addon!.floatsToHalves!(f32(backend, t) ?? (t.dataSync() as F32), h);
   return backend.makeHalfTensor(h, [...t.shape]);
+}
+
+/** A half-precision tensor of float16 bits, transposed by `perm` if given (util/half_weights.ts). */
+function halfTensorFrom(halves: Uint16Array, shape: number[], perm: number[] | null): tf.Tensor {
+  const backend = tf.backend() as NativeBackend;
+  if (!(backend instanceof NativeBackend)) throw new Error('halfTensorFrom: expects the native backend');
+  // Fresh memory without a zero-fill: every element is written below.
+  const b = Buffer.allocUnsafeSlow(halves.length * 2);
+  const out = new Uint16Array(b.buffer, b.byteOffset, halves.length);
+  if (perm) addon!.transpose(halves as unknown as F32, shape, perm, out as unknown as F32);
+  else out.set(halves);
+  return backend.makeHalfTensor(out, perm ? perm.map((p) => shape[p]) : [...shape]);
 }
 
 /** Live tensor buffers held as float16 bits: kernels look at their inputs only while there are any. */

@@ -131,11 +131,39 @@ export class SafetensorsFile {
    * the next borrowing read overwrites (no fresh memory per tensor): copy or convert it before then.
    */
   read(name: string, opts: { borrow?: boolean } = {}): SafeTensor {
+    const e = this.entry(name);
+    const bytes = this.readBytes(name, e, opts.borrow ?? false);
+    const n = bytes.length / DTYPE_SIZE[e.dtype];
+    const into = opts.borrow && e.dtype !== 'F32' ? new Float32Array(borrowBuffer('floats', n * 4), 0, n) : undefined;
+    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes, into) };
+  }
+
+  /** Dtype of tensor `name` as stored (from the header). */
+  dtypeOf(name: string): Dtype {
+    return this.entry(name).dtype;
+  }
+
+  /**
+   * An F16 tensor's float16 bits as they are in the file (weights kept in half precision), in a
+   * borrowed buffer as read's `borrow`; null for other dtypes (nothing read).
+   */
+  readHalves(name: string): Uint16Array | null {
+    const e = this.entry(name);
+    if (e.dtype !== 'F16') return null;
+    const bytes = this.readBytes(name, e, true);
+    return new Uint16Array(bytes.buffer, 0, bytes.length / 2);
+  }
+
+  private entry(name: string): TensorEntry {
     const e = this.entries.get(name);
     if (!e) throw new UsageError(`${this.file}: no tensor named "${name}".`);
+    return e;
+  }
+
+  private readBytes(name: string, e: TensorEntry, borrow: boolean): Uint8Array {
     const len = e.end - e.begin;
     // Own ArrayBuffer, starting at offset 0: aligned typed-array views.
-    const bytes = opts.borrow ? new Uint8Array(borrowBuffer('bytes', len), 0, len) : new Uint8Array(len);
+    const bytes = borrow ? new Uint8Array(borrowBuffer('bytes', len), 0, len) : new Uint8Array(len);
     const fd = fs.openSync(this.file, 'r');
     try {
       let done = 0;
@@ -148,9 +176,7 @@ export class SafetensorsFile {
       fs.closeSync(fd);
     }
     reportRead(bytes.length);
-    const n = len / DTYPE_SIZE[e.dtype];
-    const into = opts.borrow && e.dtype !== 'F32' ? new Float32Array(borrowBuffer('floats', n * 4), 0, n) : undefined;
-    return { dtype: e.dtype, shape: [...e.shape], data: decodeTensorBytes(e.dtype, bytes, into) };
+    return bytes;
   }
 
   /** Reads every tensor (or those `filter` accepts), in file order. */

@@ -13,6 +13,7 @@
  */
 import { type LoadOptions, type Module, assignPlanned, buildChecked, planLoad } from './module.ts';
 import { SafetensorsFile, type WriteDtype, writeSafetensors } from '../io/safetensors.ts';
+import { HALF_MIN_SIZE } from '../util/half_weights.ts';
 
 /**
  * Loads a safetensors file into `model` (see LoadOptions for renaming/skipping keys); a file or
@@ -24,7 +25,11 @@ export function loadWeights(model: Module, file: string | SafetensorsFile, opts:
   // Borrowed reads: the file's bytes and their float32 values land in buffers reused from tensor
   // to tensor, and only the parameter's own copy is fresh memory (fresh pages cost ~1 GB/s to
   // touch in a VM: for SD's 2 GB of fp16 weights that was most of the load time).
-  assignPlanned(model, plan, (k) => st.read(k, { borrow: true }), opts.source ?? st.file, { borrowed: true });
+  assignPlanned(model, plan, (k) => st.read(k, { borrow: true }), opts.source ?? st.file, {
+    borrowed: true,
+    // fp16 tensors that stay half precision: the file's bits, never float32 (util/half_weights.ts).
+    halves: (k) => (st.dtypeOf(k) === 'F16' && st.shapeOf(k).reduce((a, b) => a * b, 1) >= HALF_MIN_SIZE ? st.readHalves(k) : null),
+  });
 }
 
 /**

@@ -18,7 +18,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { UsageError } from '../util/errors.ts';
-import { firstNonFinite } from '../util/finite.ts';
+import { firstNonFinite, firstNonFiniteHalf } from '../util/finite.ts';
 import { HALF_MIN_SIZE, type HalfWeights, halfWeights } from '../util/half_weights.ts';
 import { MAX_MODEL_PARAMS } from '../util/limits.ts';
 import { Random } from '../util/random.ts';
@@ -334,11 +334,23 @@ export function planLoad(
  * refusing NaN/Inf values: weights that are not finite would only come out as black images.
  */
 export function assignPlanned(model: Module, plan: ReadonlyArray<[string, string]>,
-  read: (key: string) => { data: Float32Array; dtype?: string }, source: string, opts: { borrowed?: boolean } = {}): void {
+  read: (key: string) => { data: Float32Array; dtype?: string }, source: string,
+  opts: { borrowed?: boolean; halves?: (key: string) => Uint16Array | null } = {}): void {
   const params = new Map(model.namedParameters());
-  // fp16 tensors stay in half precision where the backend can hold them (util/half_weights.ts).
+  // fp16 tensors stay in half precision where the backend can hold them (util/half_weights.ts):
+  // straight from the file's bits when the reader gives them (`halves`), else from float32.
   const half = halfWeights();
   for (const [key, name] of plan) {
+    const bits = half && opts.halves ? opts.halves(key) : null;
+    if (half && bits && bits.length >= HALF_MIN_SIZE) {
+      const bad = firstNonFiniteHalf(bits);
+      if (bad >= 0) throw new UsageError(`${source}: tensor "${key}" holds non-finite values (${bits[bad] & 0x3ff ? NaN : bits[bad] & 0x8000 ? -Infinity : Infinity} at index ${bad}): the weights are broken.`);
+      const p = params.get(name)!;
+      const t = half.fromHalves(bits, torchShape(p.layout, p.variable.shape), p.layout === 'plain' ? null : torchToInternalPerm(p.layout));
+      p.variable.assign(t);
+      t.dispose();
+      continue;
+    }
     const { data, dtype } = read(key);
     const bad = firstNonFinite(data);
     if (bad >= 0) throw new UsageError(`${source}: tensor "${key}" holds non-finite values (${data[bad]} at index ${bad}): the weights are broken.`);

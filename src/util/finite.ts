@@ -14,3 +14,9 @@ export function firstNonFinite(values: ArrayLike<number>): number {
   }
   return -1;
 }
+
+/** Index of the first NaN or ±Infinity among float16 bit patterns (exponent all ones), or -1. */
+export function firstNonFiniteHalf(halves: Uint16Array): number {
+  for (let i = 0; i < halves.length; i++) if ((halves[i] & 0x7c00) === 0x7c00) return i;
+  return -1;
+}

@@ -12,6 +12,11 @@ export interface HalfWeights {
   backend: string;
   /** A half-precision copy of a float32 tensor, rounded to nearest even (exact for values from fp16). */
   toHalf(t: tf.Tensor): tf.Tensor;
+  /**
+   * A half-precision tensor of float16 bits `halves` (of shape `shape`), transposed by `perm` when
+   * given (a PyTorch layout to sdlab's, without a float32 copy); `halves` may be reused afterwards.
+   */
+  fromHalves(halves: Uint16Array, shape: number[], perm: number[] | null): tf.Tensor;
 }
 
 let installed: HalfWeights | null = null;
