@@ -47,6 +47,7 @@ struct Args {
   struct Typed {
     napi_typedarray_type type;
     void* data;
+    size_t length;
   };
   Typed typed(size_t i, size_t need, const char* what, std::initializer_list<napi_typedarray_type> types,
               const char* kind) const {
@@ -55,13 +56,12 @@ struct Args {
     napi_is_typedarray(env, argv[i], &is_ta);
     if (!is_ta) throw Err{std::string(what) + ": expected " + kind};
     Typed t;
-    size_t length;
     napi_value buf;
     size_t off;
-    napi_get_typedarray_info(env, argv[i], &t.type, &length, &t.data, &buf, &off);
+    napi_get_typedarray_info(env, argv[i], &t.type, &t.length, &t.data, &buf, &off);
     if (std::find(types.begin(), types.end(), t.type) == types.end()) throw Err{std::string(what) + ": expected " + kind};
-    if (length < need)
-      throw Err{std::string(what) + ": array of length " + std::to_string(length) + " is shorter than " + std::to_string(need)};
+    if (t.length < need)
+      throw Err{std::string(what) + ": array of length " + std::to_string(t.length) + " is shorter than " + std::to_string(need)};
     return t;
   }
   float* f32(size_t i, size_t need, const char* what) const {
@@ -96,8 +96,8 @@ struct Args {
     else w.h = static_cast<const uint16_t*>(t.data);
     return w;
   }
-  const uint16_t* u16(size_t i, size_t need, const char* what) const {
-    return static_cast<const uint16_t*>(typed(i, need, what, {napi_uint16_array}, "a Uint16Array").data);
+  uint16_t* u16(size_t i, size_t need, const char* what) const {
+    return static_cast<uint16_t*>(typed(i, need, what, {napi_uint16_array}, "a Uint16Array").data);
   }
   double num(size_t i) const {
     double v = 0;
@@ -320,7 +320,7 @@ napi_value Transpose(napi_env env, napi_callback_info info) {
     }
     // Float32Array, or Uint16Array (float16 bits) in and out.
     const Args::Weights x = a.weights(0, prod(shape), "transpose x");
-    if (x.h) transpose(x.h, shape, perm, const_cast<uint16_t*>(a.u16(3, prod(shape), "transpose out")));
+    if (x.h) transpose(x.h, shape, perm, a.u16(3, prod(shape), "transpose out"));
     else transpose(x.f, shape, perm, a.f32(3, prod(shape), "transpose out"));
     return undefined(env);
   });
@@ -558,18 +558,9 @@ napi_value Isa(napi_env env, napi_callback_info) {
 napi_value HalvesToFloats(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
-    bool is_ta = false;
-    if (a.argc > 0) napi_is_typedarray(env, a.argv[0], &is_ta);
-    if (!is_ta) throw Err{"halvesToFloats: expected a Uint16Array"};
-    napi_typedarray_type type;
-    size_t n;
-    void* data;
-    napi_value buf;
-    size_t off;
-    napi_get_typedarray_info(env, a.argv[0], &type, &n, &data, &buf, &off);
-    if (type != napi_uint16_array) throw Err{"halvesToFloats: expected a Uint16Array"};
-    float* dst = a.f32(1, n, "halvesToFloats: dst");
-    halves_to_floats(static_cast<const uint16_t*>(data), dst, (long)n);
+    const Args::Typed src = a.typed(0, 0, "halvesToFloats", {napi_uint16_array}, "a Uint16Array");
+    float* dst = a.f32(1, src.length, "halvesToFloats: dst");
+    halves_to_floats(static_cast<const uint16_t*>(src.data), dst, (long)src.length);
     return undefined(env);
   });
 }
@@ -578,11 +569,9 @@ napi_value HalvesToFloats(napi_env env, napi_callback_info info) {
 napi_value FloatsToHalves(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
-    const float* src = a.f32(0, 0, "floatsToHalves: src");
-    size_t n = 0;
-    napi_get_typedarray_info(env, a.argv[0], nullptr, &n, nullptr, nullptr, nullptr);
-    uint16_t* dst = const_cast<uint16_t*>(a.u16(1, n, "floatsToHalves: dst"));
-    floats_to_halves(src, dst, (long)n);
+    const Args::Typed src = a.typed(0, 0, "floatsToHalves: src", {napi_float32_array}, "a Float32Array");
+    uint16_t* dst = a.u16(1, src.length, "floatsToHalves: dst");
+    floats_to_halves(static_cast<const float*>(src.data), dst, (long)src.length);
     return undefined(env);
   });
 }
@@ -596,13 +585,10 @@ napi_value Release(napi_env env, napi_callback_info info) {
     bool is_ab = false;
     if (a.argc > 0) napi_is_arraybuffer(env, a.argv[0], &is_ab);
     if (!is_ab) throw Err{"release: expected an ArrayBuffer"};
-    bool detachable = false;
+    bool detached = true;
+    napi_is_detached_arraybuffer(env, a.argv[0], &detached);
     napi_value v;
-    if (napi_is_detached_arraybuffer(env, a.argv[0], &detachable) == napi_ok && !detachable)
-      detachable = napi_detach_arraybuffer(env, a.argv[0]) == napi_ok;
-    else
-      detachable = false;
-    napi_get_boolean(env, detachable, &v);
+    napi_get_boolean(env, !detached && napi_detach_arraybuffer(env, a.argv[0]) == napi_ok, &v);
     return v;
   });
 }

@@ -22,7 +22,7 @@
  */
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation, sequential } from '../nn/index.ts';
+import { Attention, Conv2d, Downsample2D, GroupNorm, Module, ModuleList, ResnetBlock2D, Upsample2D, getActivation, groupNormAct, sequential } from '../nn/index.ts';
 import { writeConfig } from '../io/config.ts';
 import { saveWeights } from '../nn/checkpoint.ts';
 import { loadPretrained } from '../nn/pretrained.ts';
@@ -105,15 +105,14 @@ export class Encoder extends Module {
   readonly mid_block: VaeMidBlock;
   readonly conv_norm_out: GroupNorm;
   readonly conv_out: Conv2d;
-  private readonly act: <T extends tf.Tensor>(x: T) => T;
-  private readonly siluOut: boolean;
+  private readonly act: string;
 
   constructor(cfg: AutoencoderKLConfig) {
     super();
     const ch = cfg.block_out_channels;
     const groups = cfg.norm_num_groups;
-    this.act = getActivation(cfg.act_fn);
-    this.siluOut = cfg.act_fn === 'silu';
+    getActivation(cfg.act_fn); // an unknown name fails here, not at the first forward
+    this.act = cfg.act_fn;
     this.conv_in = this.module('conv_in', new Conv2d(cfg.in_channels, ch[0], 3, { padding: 1 }));
     this.module('down_blocks', this.down_blocks);
     ch.forEach((cout, i) => {
@@ -127,14 +126,9 @@ export class Encoder extends Module {
     this.conv_out = this.module('conv_out', new Conv2d(top, 2 * cfg.latent_channels, 3, { padding: 1 }));
   }
 
-  /** conv_norm_out → act, in one fused kernel for SiLU. */
-  private normOut(h: tf.Tensor4D): tf.Tensor4D {
-    return this.siluOut ? this.conv_norm_out.forward(h, { activation: 'silu' }) : this.act(this.conv_norm_out.forward(h));
-  }
-
   forward(x: tf.Tensor4D): tf.Tensor4D {
     return sequential(x, (h) => this.conv_in.forward(h), ...this.down_blocks.items.map((b) => (h: tf.Tensor4D) => b.forward(h)),
-      (h) => this.mid_block.forward(h), (h) => this.normOut(h), (h) => this.conv_out.forward(h));
+      (h) => this.mid_block.forward(h), (h) => groupNormAct(this.conv_norm_out, this.act, h), (h) => this.conv_out.forward(h));
   }
 }
 
@@ -144,15 +138,14 @@ export class Decoder extends Module {
   readonly up_blocks = new ModuleList<UpDecoderBlock2D>();
   readonly conv_norm_out: GroupNorm;
   readonly conv_out: Conv2d;
-  private readonly act: <T extends tf.Tensor>(x: T) => T;
-  private readonly siluOut: boolean;
+  private readonly act: string;
 
   constructor(cfg: AutoencoderKLConfig) {
     super();
     const rev = [...cfg.block_out_channels].reverse();
     const groups = cfg.norm_num_groups;
-    this.act = getActivation(cfg.act_fn);
-    this.siluOut = cfg.act_fn === 'silu';
+    getActivation(cfg.act_fn); // an unknown name fails here, not at the first forward
+    this.act = cfg.act_fn;
     this.conv_in = this.module('conv_in', new Conv2d(cfg.latent_channels, rev[0], 3, { padding: 1 }));
     this.mid_block = this.module('mid_block', new VaeMidBlock(rev[0], groups, cfg.mid_block_add_attention));
     this.module('up_blocks', this.up_blocks);
@@ -166,14 +159,9 @@ export class Decoder extends Module {
     this.conv_out = this.module('conv_out', new Conv2d(bottom, cfg.out_channels, 3, { padding: 1 }));
   }
 
-  /** conv_norm_out → act, in one fused kernel for SiLU. */
-  private normOut(h: tf.Tensor4D): tf.Tensor4D {
-    return this.siluOut ? this.conv_norm_out.forward(h, { activation: 'silu' }) : this.act(this.conv_norm_out.forward(h));
-  }
-
   forward(z: tf.Tensor4D): tf.Tensor4D {
     return sequential(z, (h) => this.conv_in.forward(h), (h) => this.mid_block.forward(h), ...this.up_blocks.items.map((b) => (h: tf.Tensor4D) => b.forward(h)),
-      (h) => this.normOut(h), (h) => this.conv_out.forward(h));
+      (h) => groupNormAct(this.conv_norm_out, this.act, h), (h) => this.conv_out.forward(h));
   }
 }
 

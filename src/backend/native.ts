@@ -154,14 +154,12 @@ export function nativeThreadCount(): number {
  */
 class BufferPool {
   /**
-   * Bytes held for reuse at most, by size class. Buffers from 32 MB up (SD's activations) are not
-   * kept: the C heap reuses those under 100 MB as fast (addon.cc), and holding the VAE decoder's
-   * 128-256 MB ones only raised its peak. A training step's many smaller ones want the large
-   * budget (measured: the MNIST VAE step slowed ~15% at 256 MB).
+   * Buffers from 32 MB up (SD's activations) are not kept: the C heap reuses those under 100 MB as
+   * fast (addon.cc), and holding the VAE decoder's 128-256 MB ones only raised its peak.
    */
   static readonly LARGE = 32 << 20;
-  static readonly MAX_SMALL = 512 << 20;
-  static readonly MAX_LARGE = 0;
+  /** Bytes held for reuse at most: a training step's many smaller ones (the MNIST VAE step slowed ~15% at 256 MB). */
+  static readonly MAX_TOTAL = 512 << 20;
   /**
    * A buffer still unused after this many bytes of others were released goes: work of another
    * shape has begun (SD's decoder, from 64 to 512 px: each stage's sizes are dead once it is over).
@@ -174,20 +172,15 @@ class BufferPool {
   private uses = new WeakMap<ArrayBuffer, number>(); // tensor registrations since allocation or reuse
   private escaped = new WeakSet<ArrayBuffer>();
   private free = new Map<number, ArrayBuffer[]>(); // by length in floats
-  private held = [new Set<ArrayBuffer>(), new Set<ArrayBuffer>()]; // the same buffers, oldest first: small, large
-  private bytes = [0, 0];
-
-  private static cls(ab: ArrayBuffer): number {
-    return ab.byteLength >= BufferPool.LARGE ? 1 : 0;
-  }
+  private held = new Set<ArrayBuffer>(); // the same buffers, oldest first
+  private bytes = 0;
 
   /** n floats, contents undefined. */
   take(n: number): F32 {
     const ab = this.free.get(n)?.pop();
     if (ab) {
-      const c = BufferPool.cls(ab);
-      this.held[c].delete(ab);
-      this.bytes[c] -= ab.byteLength;
+      this.held.delete(ab);
+      this.bytes -= ab.byteLength;
       this.uses.set(ab, 0);
       return new Float32Array(ab, 0, n);
     }
@@ -201,12 +194,10 @@ class BufferPool {
 
   /** Frees every buffer held for reuse. */
   clear(): void {
-    for (const held of this.held) {
-      for (const ab of held) addon!.release?.(ab);
-      held.clear();
-    }
+    for (const ab of this.held) addon!.release?.(ab);
+    this.held.clear();
     this.free.clear();
-    this.bytes = [0, 0];
+    this.bytes = 0;
   }
 
   registered(values: unknown): void {
@@ -225,37 +216,33 @@ class BufferPool {
     if (!ab || this.escaped.has(ab) || this.uses.get(ab) !== 1) return;
     this.uses.set(ab, 2); // never released twice
     this.releasedBytes += ab.byteLength;
-    for (const held of this.held) {
-      for (const old of held) {
-        if (this.releasedBytes - this.stamp.get(old)! <= BufferPool.MAX_AGE) break;
-        this.drop(old);
-      }
+    for (const old of this.held) {
+      if (this.releasedBytes - this.stamp.get(old)! <= BufferPool.MAX_AGE) break;
+      this.drop(old);
     }
-    const c = BufferPool.cls(ab), max = c ? BufferPool.MAX_LARGE : BufferPool.MAX_SMALL;
-    if (ab.byteLength > max) {
+    if (ab.byteLength >= BufferPool.LARGE) {
       addon!.release?.(ab);
       return;
     }
-    for (const old of this.held[c]) {
-      if (this.bytes[c] + ab.byteLength <= max) break;
+    for (const old of this.held) {
+      if (this.bytes + ab.byteLength <= BufferPool.MAX_TOTAL) break;
       this.drop(old);
     }
     const n = ab.byteLength / 4;
     const list = this.free.get(n);
     if (list) list.push(ab);
     else this.free.set(n, [ab]);
-    this.held[c].add(ab);
-    this.bytes[c] += ab.byteLength;
+    this.held.add(ab);
+    this.bytes += ab.byteLength;
     this.stamp.set(ab, this.releasedBytes);
   }
 
   /** Takes a held buffer out of the pool and frees it. */
   private drop(ab: ArrayBuffer): void {
-    const c = BufferPool.cls(ab);
     const list = this.free.get(ab.byteLength / 4)!;
     list.splice(list.indexOf(ab), 1);
-    this.held[c].delete(ab);
-    this.bytes[c] -= ab.byteLength;
+    this.held.delete(ab);
+    this.bytes -= ab.byteLength;
     addon!.release?.(ab);
   }
 }
@@ -331,11 +318,17 @@ export class NativeBackend extends MathBackendCPU {
 // ---------------------------------------------------------------------------------------------
 // Weights in half precision (NativeBackend's class comment)
 
+/** n float16 slots of fresh memory without a zero-fill (the callers write every one). */
+function freshHalves(n: number): Uint16Array {
+  const b = Buffer.allocUnsafeSlow(n * 2);
+  return new Uint16Array(b.buffer, b.byteOffset, n);
+}
+
 /** A half-precision copy of a float32 tensor on the native backend (util/half_weights.ts). */
 function toHalfTensor(t: tf.Tensor): tf.Tensor {
   const backend = tf.backend() as NativeBackend;
   if (!(backend instanceof NativeBackend) || t.dtype !== 'float32') throw new Error('toHalfTensor: expects a float32 tensor on the native backend');
-  const h = new Uint16Array(t.size);
+  const h = freshHalves(t.size);
   // The backend's own array, not dataSync()'s: a buffer handed out can never be recycled or freed early.
   addon!.floatsToHalves!(f32(backend, t) ?? (t.dataSync() as F32), h);
   return backend.makeHalfTensor(h, [...t.shape]);
@@ -345,9 +338,7 @@ function toHalfTensor(t: tf.Tensor): tf.Tensor {
 function halfTensorFrom(halves: Uint16Array, shape: number[], perm: number[] | null): tf.Tensor {
   const backend = tf.backend() as NativeBackend;
   if (!(backend instanceof NativeBackend)) throw new Error('halfTensorFrom: expects the native backend');
-  // Fresh memory without a zero-fill: every element is written below.
-  const b = Buffer.allocUnsafeSlow(halves.length * 2);
-  const out = new Uint16Array(b.buffer, b.byteOffset, halves.length);
+  const out = freshHalves(halves.length);
   if (perm) addon!.transpose(halves as unknown as F32, shape, perm, out as unknown as F32);
   else out.set(halves);
   return backend.makeHalfTensor(out, perm ? perm.map((p) => shape[p]) : [...shape]);

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Module, ModuleList, freeEarly, sequential } from './module.ts';
 import { gelu, upsampleConv2d } from '../ops/index.ts';
-import { Conv2d, GroupNorm, LayerNorm, Linear, getActivation } from './layers.ts';
+import { Conv2d, GroupNorm, LayerNorm, Linear, getActivation, groupNormAct } from './layers.ts';
 import { Attention } from './attention.ts';
 import { UsageError } from '../util/errors.ts';
 
@@ -63,9 +63,8 @@ export class ResnetBlock2D extends Module {
   forward(x: tf.Tensor4D, temb?: tf.Tensor2D): tf.Tensor4D {
     return tf.tidy(() => {
       // norm → SiLU in one fused kernel where the backend has it.
-      const normAct = (norm: GroupNorm, v: tf.Tensor4D) => (this.actName === 'silu' ? norm.forward(v, { activation: 'silu' }) : this.act(norm.forward(v)));
       // Each activation is freed once read (freeEarly: inference only).
-      const a1 = normAct(this.norm1, x);
+      const a1 = groupNormAct(this.norm1, this.actName, x);
       let h = this.conv1.forward(a1);
       freeEarly(a1);
       if (this.time_emb_proj) {
@@ -75,7 +74,7 @@ export class ResnetBlock2D extends Module {
         freeEarly(h);
         h = ht;
       }
-      const a2 = normAct(this.norm2, h);
+      const a2 = groupNormAct(this.norm2, this.actName, h);
       freeEarly(h);
       h = this.conv2.forward(a2);
       freeEarly(a2);
@@ -136,10 +135,7 @@ export class Upsample2D extends Module {
       // align_corners=false, half_pixel=false: src = floor(dst·in/out), PyTorch's 'nearest'.
       // Exactly 2× into a padded-'same' conv (SD's): one kernel that reads x in place (ops/fused.ts).
       const c = this.conv;
-      const [t, b, l, r] = c?.pad ?? [0, 0, 0, 0];
-      if (c && !outputSize && c.stride === 1 && c.kernelSize % 2 === 1 && t === (c.kernelSize - 1) / 2 && t === b && t === l && t === r) {
-        return upsampleConv2d(x, c.weight as tf.Tensor4D, c.bias as tf.Tensor1D | null);
-      }
+      if (c && !outputSize && c.same) return upsampleConv2d(x, c.weight as tf.Tensor4D, c.bias as tf.Tensor1D | null);
       const up = tf.image.resizeNearestNeighbor(x, size, false, false);
       if (!c) return up;
       const y = c.forward(up);

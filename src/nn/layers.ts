@@ -45,6 +45,11 @@ export function getActivation(name: string, what = 'activation'): <T extends tf.
   return fn;
 }
 
+/** GroupNorm, then the activation named `act` (getActivation's names): one fused kernel for SiLU. */
+export function groupNormAct<T extends tf.Tensor>(norm: GroupNorm, act: string, x: T): T {
+  return act === 'silu' ? norm.forward(x, { activation: 'silu' }) : getActivation(act)(norm.forward(x));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Conv2d
 
@@ -77,11 +82,17 @@ export class Conv2d extends Module {
     this.bias = opts.bias === false ? null : this.param('bias', [outChannels], init.uniform(bound));
   }
 
+  /** Stride 1, odd kernel, (k − 1)/2 on every side: tfjs's 'same' padding (the kernel pads, no copy). */
+  get same(): boolean {
+    const [t, b, l, r] = this.pad;
+    const k = this.kernelSize;
+    return this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r;
+  }
+
   forward(x: tf.Tensor4D): tf.Tensor4D {
     return tf.tidy(() => {
       const [t, b, l, r] = this.pad;
-      const k = this.kernelSize;
-      const same = this.stride === 1 && k % 2 === 1 && t === (k - 1) / 2 && t === b && t === l && t === r;
+      const same = this.same;
       let y: tf.Tensor4D;
       if (this.bias && tf.getBackend() !== 'tensorflow') {
         // The bias inside the convolution kernel (its epilogue): one pass over the output less.
