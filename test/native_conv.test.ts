@@ -6,7 +6,7 @@
  * phases, some phases with no taps; asymmetric 'same' padding), the
  * filter gradient with x's channel runs packed straight into the GEMM's B panels (split between
  * threads by panels, or by pixels when there are few panels), strided convolutions, 1x1 convolutions, few output
- * channels (direct loops), Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions with enough tiles (with
+ * channels (direct loops), Winograd F(2×2, 3×3) and F(4×4, 3×3) for 3×3 stride-1 convolutions with enough tiles (with
  * bias and activation through tf.fused.conv2d too) — at 1 and 2 threads, then the same on the portable (non-SIMD) kernels
  * in a child process (SDLAB_ISA=generic) and on the old im2col path (SDLAB_IM2COL=1).
  * Error measure: max |native − cpu| / √K ≤ 1e-5, K the length of the longest sum.
@@ -72,6 +72,18 @@ describe('native convolutions', () => {
     }
     expect(worst).toBeLessThanOrEqual(TOL);
   });
+
+  it('Winograd F(4×4, 3×3) (≥ 256 4×4 tiles, ≥ 128 channels; ragged edges): forward with fused bias and activations', () => {
+    // Its transforms' constants (up to 8 and 1/24) round about ten times as much as F(2×2)'s
+    // (native/test/conv_check.cc bounds both against float64): hence 4·TOL here. Gradients do not
+    // take the Winograd path.
+    let worst = 0;
+    for (const activation of ['linear', 'relu'] as const) {
+      const f = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.fused.conv2d({ x: x as tf.Tensor4D, filter: w as tf.Tensor4D, strides: 1, pad: 'same', bias: b, activation });
+      worst = Math.max(worst, parity([{ shape: [4, 29, 30, 130] }, { shape: [3, 3, 130, 129] }, { shape: [129] }], f, 9 * 130));
+    }
+    expect(worst).toBeLessThanOrEqual(4 * TOL);
+  }, 120_000);
 
   it('the im2col path (SDLAB_IM2COL=1) agrees too', () => {
     process.env.SDLAB_IM2COL = '1';

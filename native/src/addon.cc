@@ -593,6 +593,29 @@ napi_value Release(napi_env env, napi_callback_info info) {
   });
 }
 
+// adviseHuge(array: TypedArray): advise_huge (pool.h) on its memory, for fresh buffers that JS
+// allocates (tensor outputs, weights) before anything writes them, and advise_heap_growth for
+// the heap they may have grown.
+napi_value AdviseHuge(napi_env env, napi_callback_info info) {
+  return guarded(env, [&]() -> napi_value {
+    Args a(env, info);
+    bool is_ta = false;
+    if (a.argc > 0) napi_is_typedarray(env, a.argv[0], &is_ta);
+    if (!is_ta) throw Err{"adviseHuge: expected a typed array"};
+    napi_typedarray_type type;
+    size_t length = 0, offset = 0;
+    void* data = nullptr;
+    napi_value ab;
+    napi_get_typedarray_info(env, a.argv[0], &type, &length, &data, &ab, &offset);
+    size_t bytes = 0;
+    void* base = nullptr;
+    napi_get_arraybuffer_info(env, ab, &base, &bytes);
+    if (data) advise_huge(data, bytes - offset);
+    advise_heap_growth();
+    return undefined(env);
+  });
+}
+
 // trimMemory(): hands the C heap's free pages back to the system (malloc_trim), for the moments
 // when a program moves to work of another shape (SD: text encoder → UNet → VAE decode). The
 // allocator keeps freed memory for reuse (Init's mallopt); without this, each phase's freed
@@ -666,6 +689,7 @@ napi_value Init(napi_env env, napi_value exports) {
     mallopt(M_MMAP_THRESHOLD, 100 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
   }
+  advise_heap_init();
 #endif
   struct {
     const char* name;
@@ -696,6 +720,7 @@ napi_value Init(napi_env env, napi_value exports) {
              {"floatsToHalves", FloatsToHalves},
              {"release", Release},
              {"trimMemory", TrimMemory},
+             {"adviseHuge", AdviseHuge},
              {"setThreads", SetThreads},
              {"threads", Threads},
              {"isa", Isa},

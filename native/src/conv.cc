@@ -10,7 +10,8 @@
 // cols stays near the L3 cache) remains for the AVX-512 kernel, whose tile has another shape
 // (its filter gradient packs colsᵀ from x through the GEMM: pack_cols_t), and under SDLAB_IM2COL=1.
 // Forward 3×3 stride-1 convolutions over enough pixels take Winograd F(2×2, 3×3) instead
-// (winograd.cc: 2.25× fewer multiplications), unless SDLAB_WINOGRAD=0 or SDLAB_IM2COL=1.
+// (winograd.cc: F(4×4, 3×3) on large images, 4× fewer multiplications, F(2×2, 3×3) on small
+// ones, 2.25×), unless SDLAB_WINOGRAD=0 or SDLAB_IM2COL=1.
 #include "conv.h"
 
 #include <algorithm>

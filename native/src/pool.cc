@@ -2,7 +2,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <new>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -162,9 +170,59 @@ float* scratch(int slot, size_t n) {
     std::free(s.p[slot]);
     size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
     s.p[slot] = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (s.p[slot]) advise_huge(s.p[slot], bytes);
     s.cap[slot] = n;
   }
   return s.p[slot];
 }
+
+namespace {
+bool huge_pages_wanted() {
+  static const bool on = [] {
+    const char* e = std::getenv("SDLAB_HUGEPAGES");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+}  // namespace
+
+void advise_huge(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < HUGE_MIN_BYTES || !huge_pages_wanted()) return;
+  constexpr uintptr_t H = 2u << 20;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + H - 1) & ~(H - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(H - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+namespace {
+uintptr_t heap_advised = 0;  // the heap's end when last advised (JS calls come from one thread)
+}
+
+void advise_heap_init() {
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && defined(__GLIBC__)
+  heap_advised = reinterpret_cast<uintptr_t>(sbrk(0));
+#endif
+}
+
+void advise_heap_growth() {
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && defined(__GLIBC__)
+  if (!heap_advised || !huge_pages_wanted()) return;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(sbrk(0));
+  if (end > heap_advised) madvise(reinterpret_cast<void*>(heap_advised), end - heap_advised, MADV_HUGEPAGE);
+  heap_advised = end;  // also after a trim moved it down
+#endif
+}
+
+BigBuffer::BigBuffer(size_t n) : p_(static_cast<float*>(std::malloc((n ? n : 1) * sizeof(float)))) {
+  if (!p_) throw std::bad_alloc();
+  advise_huge(p_, n * sizeof(float));
+}
+
+BigBuffer::~BigBuffer() { std::free(p_); }
 
 }  // namespace sdlab

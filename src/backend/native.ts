@@ -77,6 +77,8 @@ export interface NativeAddon {
   release?(buffer: ArrayBuffer): boolean;
   /** Returns the C heap's free pages to the system (malloc_trim; false where there is none; absent in older addons). */
   trimMemory?(): boolean;
+  /** Advises huge pages for a fresh buffer (from 4 MB) before it is written, and for the C heap's growth (addon's advise_huge, advise_heap_growth). */
+  adviseHuge?(array: F32 | Uint16Array): void;
   /** One turn of Node's event loop (the webgpu backend's synchronous reads; absent in addons built before it). */
   pumpEventLoop?(): boolean;
 }
@@ -152,6 +154,16 @@ export function nativeThreadCount(): number {
  * for reuse, the oldest going first; a buffer that goes is freed at once (the addon detaches it)
  * rather than at V8's next collection, which can come gigabytes later.
  */
+/**
+ * A fresh, not yet written buffer. First touching memory in 4 KB pages is slow (seconds per GiB
+ * in VMs; native/src/pool.h), so the addon advises huge pages for it (from 4 MB up) and for the
+ * C heap's growth that it may have caused. Below 64 KB the call would cost more than it saves.
+ */
+function fresh<T extends F32 | Uint16Array>(a: T): T {
+  if (a.byteLength >= 1 << 16) addon?.adviseHuge?.(a);
+  return a;
+}
+
 class BufferPool {
   /**
    * Buffers from 32 MB up (SD's activations) are not kept: the C heap reuses those under 100 MB as
@@ -189,7 +201,7 @@ class BufferPool {
       this.owned.add(b.buffer);
       this.uses.set(b.buffer, 0);
     }
-    return new Float32Array(b.buffer, b.byteOffset, n);
+    return fresh(new Float32Array(b.buffer, b.byteOffset, n));
   }
 
   /** Frees every buffer held for reuse. */
@@ -321,7 +333,7 @@ export class NativeBackend extends MathBackendCPU {
 /** n float16 slots of fresh memory without a zero-fill (the callers write every one). */
 function freshHalves(n: number): Uint16Array {
   const b = Buffer.allocUnsafeSlow(n * 2);
-  return new Uint16Array(b.buffer, b.byteOffset, n);
+  return fresh(new Uint16Array(b.buffer, b.byteOffset, n));
 }
 
 /** A half-precision copy of a float32 tensor on the native backend (util/half_weights.ts). */
