@@ -593,24 +593,14 @@ napi_value Release(napi_env env, napi_callback_info info) {
   });
 }
 
-// adviseHuge(array: TypedArray): advise_huge (pool.h) on its memory, for fresh buffers that JS
+// adviseHuge(array: Float32Array | Uint16Array): advise_huge (pool.h) on its memory, for fresh buffers that JS
 // allocates (tensor outputs, weights) before anything writes them, and advise_heap_growth for
 // the heap they may have grown.
 napi_value AdviseHuge(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
     Args a(env, info);
-    bool is_ta = false;
-    if (a.argc > 0) napi_is_typedarray(env, a.argv[0], &is_ta);
-    if (!is_ta) throw Err{"adviseHuge: expected a typed array"};
-    napi_typedarray_type type;
-    size_t length = 0, offset = 0;
-    void* data = nullptr;
-    napi_value ab;
-    napi_get_typedarray_info(env, a.argv[0], &type, &length, &data, &ab, &offset);
-    size_t bytes = 0;
-    void* base = nullptr;
-    napi_get_arraybuffer_info(env, ab, &base, &bytes);
-    if (data) advise_huge(data, bytes - offset);
+    const Args::Typed t = a.typed(0, 0, "adviseHuge", {napi_float32_array, napi_uint16_array}, "a Float32Array or Uint16Array");
+    if (t.data) advise_huge(t.data, t.length * (t.type == napi_float32_array ? sizeof(float) : sizeof(uint16_t)));
     advise_heap_growth();
     return undefined(env);
   });

@@ -144,6 +144,16 @@ export function nativeThreadCount(): number {
 }
 
 /**
+ * A fresh, not yet written buffer. First touching memory in 4 KB pages is slow (seconds per GiB
+ * in VMs; native/src/pool.h), so the addon advises huge pages for it (from 4 MB up) and for the
+ * C heap's growth that it may have caused. Below 64 KB the call would cost more than it saves.
+ */
+function fresh<T extends F32 | Uint16Array>(a: T): T {
+  if (a.byteLength >= 1 << 16) addon?.adviseHuge?.(a);
+  return a;
+}
+
+/**
  * Recycles the large output buffers of native kernels. A training step allocates and frees the
  * same few dozen multi-megabyte tensors every time, and SD's UNet and VAE the same few sizes in
  * every layer; reusing them skips the fresh pages a new buffer costs (slow in VMs) and V8's
@@ -154,16 +164,6 @@ export function nativeThreadCount(): number {
  * for reuse, the oldest going first; a buffer that goes is freed at once (the addon detaches it)
  * rather than at V8's next collection, which can come gigabytes later.
  */
-/**
- * A fresh, not yet written buffer. First touching memory in 4 KB pages is slow (seconds per GiB
- * in VMs; native/src/pool.h), so the addon advises huge pages for it (from 4 MB up) and for the
- * C heap's growth that it may have caused. Below 64 KB the call would cost more than it saves.
- */
-function fresh<T extends F32 | Uint16Array>(a: T): T {
-  if (a.byteLength >= 1 << 16) addon?.adviseHuge?.(a);
-  return a;
-}
-
 class BufferPool {
   /**
    * Buffers from 32 MB up (SD's activations) are not kept: the C heap reuses those under 100 MB as
